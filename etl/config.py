@@ -1,0 +1,263 @@
+"""Project configuration: the `dealcast.toml` file plus the environment variables that say where
+the exports are, which date a run is for and where the warehouse is.
+
+Every setting is resolved here, once; the rest of the code receives a `Settings` object.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from etl.stages import PipelineStages, StageCatalog
+
+ENV_PROJECT_DIR = "DEALCAST_PROJECT_DIR"
+ENV_CONFIG = "DEALCAST_CONFIG"
+ENV_EXPORTS_DIR = "DEALCAST_EXPORTS_DIR"
+ENV_AS_OF = "DEALCAST_AS_OF"
+ENV_WAREHOUSE_URL = "DEALCAST_WAREHOUSE_URL"
+ENV_WAREHOUSE_SCHEMA = "DEALCAST_WAREHOUSE_SCHEMA"
+
+CONFIG_FILE_NAME = "dealcast.toml"
+SAMPLE_EXPORTS_DIR_NAME = "sample_exports"
+
+
+class ConfigError(ValueError):
+    """The configuration file or an environment variable holds a value Dealcast cannot use."""
+
+
+def project_dir() -> Path:
+    """The Dealcast project folder: `DEALCAST_PROJECT_DIR`, else the source checkout this package
+    lives in (it holds `pyproject.toml`), else the current directory."""
+    explicit = os.environ.get(ENV_PROJECT_DIR)
+    if explicit:
+        return Path(explicit).resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / CONFIG_FILE_NAME).is_file():
+        return checkout
+    return Path.cwd().resolve()
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    min_amount: float = 0.0
+    max_amount: float = 1e9
+    earliest_date: dt.date = dt.date(2000, 1, 1)
+    latest_years_ahead: int = 10
+    max_quarantine_share: float = 0.05
+    max_volume_drop_share: float = 0.5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    min_won: int = 200
+    min_lost: int = 200
+    snapshot_frequency: str = "W-MON"
+    test_share: float = 0.2
+    calibration_share: float = 0.2
+    artifact_dir: Path = Path("model_store")
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ForecastConfig:
+    draws: int = 10_000
+    seed: int = 20240101
+
+
+@dataclass(frozen=True)
+class SalesforceSourceConfig:
+    pipeline_field: str = "Pipeline__c"
+    product_field: str = "Product__c"
+    region_field: str = "Region__c"
+    segment_field: str = "Segment__c"
+    lost_reason_field: str = "Loss_Reason__c"
+    default_pipeline: str = "Default"
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """What `dealcast.toml` says."""
+
+    path: Path
+    reporting_currency: str
+    fiscal_year_start_month: int
+    schedule_cron: str
+    schedule_timezone: str
+    quota_file: str | None
+    validation: ValidationConfig
+    model: ModelConfig
+    forecast: ForecastConfig
+    salesforce: SalesforceSourceConfig
+    stages: StageCatalog
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one run needs to know about where it reads, for which date, and where it writes."""
+
+    project: ProjectConfig
+    exports_dir: Path
+    exports_are_sample: bool
+    as_of: dt.date
+    project_dir: Path
+
+    @property
+    def model_dir(self) -> Path:
+        path = self.project.model.artifact_dir
+        return path if path.is_absolute() else self.project_dir / path
+
+    def quota_path(self) -> Path | None:
+        """The quota file, looked up in the exports directory first, then next to the config."""
+        name = self.project.quota_file
+        if not name:
+            return None
+        candidate = Path(name)
+        if candidate.is_absolute():
+            return candidate if candidate.is_file() else None
+        for base in (self.exports_dir, self.project.path.parent):
+            if (base / candidate).is_file():
+                return base / candidate
+        return None
+
+
+def _section(raw: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table, got {type(value).__name__}")
+    return value
+
+
+def _typed(cls: type, values: dict[str, Any], path: Path, section: str) -> Any:
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{path}: [{section}] has unknown setting(s) {unknown}; expected some of {sorted(known)}"
+        )
+    return cls(**values)
+
+
+def _parse_date(value: Any, where: str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value).strip())
+    except ValueError as exc:
+        raise ConfigError(f"{where}: expected a date as YYYY-MM-DD, got {value!r}") from exc
+
+
+def load_project_config(path: Path | None = None) -> ProjectConfig:
+    """Read and check `dealcast.toml` (or the file named by `DEALCAST_CONFIG`)."""
+    if path is None:
+        env_path = os.environ.get(ENV_CONFIG)
+        path = Path(env_path) if env_path else project_dir() / CONFIG_FILE_NAME
+    path = path.resolve()
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path} (set {ENV_CONFIG} to its path)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+    reporting = _section(raw, "reporting", path)
+    schedule = _section(raw, "schedule", path)
+    quotas = _section(raw, "quotas", path)
+    validation_raw = dict(_section(raw, "validation", path))
+    if "earliest_date" in validation_raw:
+        validation_raw["earliest_date"] = _parse_date(
+            validation_raw["earliest_date"], f"{path}: [validation] earliest_date"
+        )
+    model_raw = dict(_section(raw, "model", path))
+    if "artifact_dir" in model_raw:
+        artifact_dir = Path(model_raw["artifact_dir"])
+        model_raw["artifact_dir"] = artifact_dir if artifact_dir.is_absolute() else artifact_dir
+    sources = _section(raw, "sources", path)
+
+    fiscal_start = int(reporting.get("fiscal_year_start_month", 1))
+    if not 1 <= fiscal_start <= 12:
+        raise ConfigError(f"{path}: [reporting] fiscal_year_start_month must be 1..12, got {fiscal_start}")
+
+    pipelines_raw = raw.get("pipelines", [])
+    if not isinstance(pipelines_raw, list):
+        raise ConfigError(f"{path}: [[pipelines]] must be an array of tables")
+    pipelines = []
+    for i, p in enumerate(pipelines_raw):
+        where = f"{path}: pipelines[{i}]"
+        try:
+            stages = [(str(s["name"]), float(s.get("probability", float("nan")))) for s in p["stages"]]
+            pipelines.append(
+                PipelineStages(
+                    name=str(p["name"]),
+                    open_stages=tuple(name for name, _ in stages),
+                    won_stage=str(p.get("won_stage", "Closed Won")),
+                    lost_stage=str(p.get("lost_stage", "Closed Lost")),
+                    probabilities={name: prob for name, prob in stages},
+                )
+            )
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"{where}: needs name and stages = [{{name, probability}}, ...] ({exc})") from exc
+
+    return ProjectConfig(
+        path=path,
+        reporting_currency=str(reporting.get("currency", "USD")).upper(),
+        fiscal_year_start_month=fiscal_start,
+        schedule_cron=str(schedule.get("cron", "0 2 * * *")),
+        schedule_timezone=str(schedule.get("timezone", "UTC")),
+        quota_file=quotas.get("file"),
+        validation=_typed(ValidationConfig, validation_raw, path, "validation"),
+        model=_typed(ModelConfig, model_raw, path, "model"),
+        forecast=_typed(ForecastConfig, _section(raw, "forecast", path), path, "forecast"),
+        salesforce=_typed(
+            SalesforceSourceConfig, dict(sources.get("salesforce", {})), path, "sources.salesforce"
+        ),
+        stages=StageCatalog(pipelines),
+    )
+
+
+def resolve_as_of(value: str | dt.date | None = None) -> dt.date:
+    """The run's as_of date: the explicit value, else `DEALCAST_AS_OF`, else today (UTC)."""
+    if isinstance(value, dt.date):
+        return value
+    text = value or os.environ.get(ENV_AS_OF)
+    if not text:
+        return dt.datetime.now(dt.timezone.utc).date()
+    return _parse_date(text, f"as_of ({ENV_AS_OF})")
+
+
+def resolve_settings(
+    exports_dir: str | Path | None = None,
+    as_of: str | dt.date | None = None,
+    config_file: str | Path | None = None,
+) -> Settings:
+    """Resolve a run's settings: explicit values first, then environment variables, then defaults."""
+    project = load_project_config(Path(config_file) if config_file else None)
+    root = project_dir()
+    explicit_exports = exports_dir or os.environ.get(ENV_EXPORTS_DIR)
+    exports = Path(explicit_exports).resolve() if explicit_exports else root / SAMPLE_EXPORTS_DIR_NAME
+    return Settings(
+        project=project,
+        exports_dir=exports,
+        exports_are_sample=not explicit_exports,
+        as_of=resolve_as_of(as_of),
+        project_dir=root,
+    )
+
+
+def default_warehouse_url() -> str:
+    """`DEALCAST_WAREHOUSE_URL`, else the embedded SQLite file in the project's `warehouse/` folder."""
+    url = os.environ.get(ENV_WAREHOUSE_URL)
+    if url:
+        return url
+    return f"sqlite:///{project_dir() / 'warehouse' / 'dealcast.sqlite'}"

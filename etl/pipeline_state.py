@@ -1,0 +1,240 @@
+"""The pipeline as it stood at any date, rebuilt from deal history: the one place this is done.
+
+Analytics (point-in-time pipeline, waterfall, stage events), the model's as-of training set and
+the forecast backtest all call `pipeline_at` / `pipeline_at_many`, so a deal's state at a date is
+computed one way everywhere.
+
+Input is the canonical `deals` and `deal_history` frames (see `etl.schema`). `prepare_history`
+sorts and annotates history once: stage order, stage changes, backward moves, close-date pushes,
+each as running counts, so a deal's state at t is simply its last history row at or before t.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from etl.schema import STAGE_EVENT_COLUMNS, TIMESTAMP, conform
+from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
+
+DAY = np.timedelta64(1, "D")
+
+# Deal attributes carried into every point-in-time row (they are not versioned in history).
+DEAL_ATTRIBUTES = [
+    "pipeline",
+    "deal_name",
+    "account",
+    "owner",
+    "team",
+    "product",
+    "region",
+    "account_segment",
+    "lead_source",
+    "deal_type",
+    "currency",
+    "source_system",
+    "has_history",
+    "created_at",
+]
+
+STATE_COLUMNS = [
+    "stage",
+    "stage_order",
+    "stage_status",
+    "amount",
+    "amount_reporting",
+    "expected_close_date",
+    "crm_probability",
+    "forecast_category",
+    "stage_entered_at",
+    "stage_moves",
+    "backward_moves",
+    "close_pushes",
+    "closed_at",
+]
+
+
+def _timestamp(value: dt.date | dt.datetime | pd.Timestamp) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    return ts
+
+
+def as_of_end(as_of: dt.date | pd.Timestamp) -> pd.Timestamp:
+    """The instant a run for `as_of` describes: the end of that day (everything dated that day counts)."""
+    return _timestamp(as_of).normalize() + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
+
+
+def _synthesised_history(deals: pd.DataFrame, has_rows: pd.Series) -> pd.DataFrame:
+    """History for deals whose source has none: what is known, nothing invented.
+
+    An open deal gets one row at creation with its current stage (the only stage known); a closed
+    deal gets a row at creation with the stage unknown, and its closing row at `closed_at`.
+    """
+    bare = deals.loc[~has_rows]
+    if bare.empty:
+        return bare.iloc[0:0]
+    created = pd.DataFrame(
+        {
+            "deal_id": bare["deal_id"],
+            "changed_at": bare["created_at"],
+            "stage": bare["stage"].where(bare["status"] == STATUS_OPEN),
+            "amount": bare["amount"],
+            "amount_reporting": bare["amount_reporting"],
+            "expected_close_date": bare["expected_close_date"],
+            "crm_probability": bare["crm_probability"].where(bare["status"] == STATUS_OPEN),
+            "forecast_category": bare["forecast_category"].where(bare["status"] == STATUS_OPEN),
+            "source_file": bare["source_file"],
+            "source_row": bare["source_row"],
+        }
+    )
+    closed = bare.loc[bare["status"] != STATUS_OPEN]
+    closing = pd.DataFrame(
+        {
+            "deal_id": closed["deal_id"],
+            "changed_at": closed["closed_at"],
+            "stage": closed["stage"],
+            "amount": closed["amount"],
+            "amount_reporting": closed["amount_reporting"],
+            "expected_close_date": closed["expected_close_date"],
+            "crm_probability": closed["crm_probability"],
+            "forecast_category": closed["forecast_category"],
+            "source_file": closed["source_file"],
+            "source_row": closed["source_row"],
+        }
+    )
+    return pd.concat([created, closing], ignore_index=True)
+
+
+def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCatalog) -> pd.DataFrame:
+    """History sorted per deal and annotated with running counts; deals without history get the
+    rows `_synthesised_history` describes.
+
+    Added columns: pipeline, stage_order, stage_status, is_stage_change, is_backward,
+    stage_entered_at, stage_moves, backward_moves, close_pushes, is_push, valid_to.
+    Rows with the same timestamp keep their file order (`source_row`).
+    """
+    has_rows = deals["deal_id"].isin(history["deal_id"])
+    frames = [history, _synthesised_history(deals, has_rows)]
+    hist = pd.concat([f for f in frames if not f.empty] or [history], ignore_index=True)
+    hist = hist.merge(deals[["deal_id", "pipeline"]], on="deal_id", how="inner", validate="many_to_one")
+    hist = hist.sort_values(["deal_id", "changed_at", "source_row"], kind="stable").reset_index(drop=True)
+    hist = stages.annotate(hist)
+
+    deal = hist["deal_id"]
+    first = deal.ne(deal.shift())
+    prev_stage = hist["stage"].shift()
+    prev_order = hist["stage_order"].shift()
+    prev_status = hist["stage_status"].shift()
+    stage_known = hist["stage"].notna()
+    changed = stage_known & (first | prev_stage.isna() | hist["stage"].ne(prev_stage).fillna(False))
+    hist["is_stage_change"] = changed.astype(bool)
+    both_open = (hist["stage_status"] == STATUS_OPEN) & (prev_status == STATUS_OPEN)
+    hist["is_backward"] = (
+        changed & ~first & both_open & (hist["stage_order"] < prev_order).fillna(False)
+    ).astype(bool)
+
+    prev_close = hist["expected_close_date"].shift()
+    is_push = (
+        ~first
+        & (prev_status == STATUS_OPEN)
+        & (hist["expected_close_date"] > prev_close).fillna(False)
+    )
+    hist["is_push"] = is_push.astype(bool)
+
+    moves = (changed & ~first).astype("int64")
+    hist["stage_moves"] = moves.groupby(deal).cumsum()
+    hist["backward_moves"] = hist["is_backward"].astype("int64").groupby(deal).cumsum()
+    hist["close_pushes"] = is_push.astype("int64").groupby(deal).cumsum()
+
+    entered = hist["changed_at"].where(changed)
+    hist["stage_entered_at"] = entered.groupby(deal).ffill().where(stage_known)
+    hist["valid_to"] = hist.groupby(deal)["changed_at"].shift(-1)
+    return hist
+
+
+def stage_events(history: pd.DataFrame, as_of: dt.date | pd.Timestamp) -> pd.DataFrame:
+    """One row per stay in a stage (deal, stage, entered_at) up to the end of `as_of`.
+
+    `history` is the output of `prepare_history`. The current stay of an open deal runs to the
+    end of `as_of`; a stay in a won or lost stage has no duration.
+    """
+    end = as_of_end(as_of)
+    known = history.loc[history["changed_at"] <= end]
+    entries = known.loc[known["is_stage_change"]].copy()
+    deal = entries["deal_id"]
+    entries["exited_at"] = entries.groupby(deal)["changed_at"].shift(-1)
+    closed_stage = entries["stage_status"].isin([STATUS_WON, STATUS_LOST])
+    entries["is_current"] = entries["exited_at"].isna()
+    stay_end = entries["exited_at"].fillna(end)
+    days = (stay_end - entries["changed_at"]) / pd.Timedelta(days=1)
+    entries["days_in_stage"] = days.where(~closed_stage)
+    entries["exited_at"] = entries["exited_at"].where(~closed_stage | entries["exited_at"].notna())
+    events = entries.rename(
+        columns={
+            "changed_at": "entered_at",
+            "amount_reporting": "amount_at_entry",
+            "expected_close_date": "expected_close_at_entry",
+        }
+    )
+    return conform(events, STAGE_EVENT_COLUMNS, "stage_events")
+
+
+def pipeline_at_many(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    dates: Iterable[dt.date | pd.Timestamp],
+) -> pd.DataFrame:
+    """Every deal that existed at each date in `dates`, as it stood then: one row per
+    (snapshot_at, deal_id).
+
+    A date means an instant: events at or before it count. Pass `as_of_end(d)` to mean
+    "at the end of day d". `history` is the output of `prepare_history`.
+
+    Columns: snapshot_at, deal_id, the deal attributes in `DEAL_ATTRIBUTES`, the state columns
+    in `STATE_COLUMNS` (stage, amount, expected close date, probability and forecast category at
+    that time; running counts of stage moves, backward moves and close-date pushes before it),
+    status (open/won/lost at that time), days_in_stage and age_days.
+    """
+    snapshots = np.array(sorted({_timestamp(d) for d in dates}), dtype=TIMESTAMP)
+    if len(snapshots) == 0:
+        raise ValueError("pipeline_at_many needs at least one date")
+    changed_at = history["changed_at"].to_numpy(dtype=TIMESTAMP)
+    valid_to = history["valid_to"].to_numpy(dtype=TIMESTAMP)
+    # Each history row holds from changed_at (inclusive) to the next row's changed_at (exclusive):
+    # the snapshots it covers are a contiguous run of the sorted snapshot dates.
+    first = np.searchsorted(snapshots, changed_at, side="left")
+    last = np.where(np.isnat(valid_to), len(snapshots), np.searchsorted(snapshots, valid_to, side="left"))
+    counts = np.maximum(last - first, 0)
+    row_index = np.repeat(np.arange(len(history)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    snapshot_index = np.repeat(first, counts) + offsets
+
+    state_cols = [c for c in STATE_COLUMNS if c != "closed_at"]
+    state = history.iloc[row_index][["deal_id", "changed_at", *state_cols]].reset_index(drop=True)
+    state.insert(0, "snapshot_at", snapshots[snapshot_index])
+
+    attributes = deals[["deal_id", *DEAL_ATTRIBUTES]]
+    out = state.merge(attributes, on="deal_id", how="left", validate="many_to_one")
+    # A deal exists from its creation; history rows dated before creation do not make it exist earlier.
+    out = out.loc[out["created_at"] <= out["snapshot_at"]].reset_index(drop=True)
+
+    status = out["stage_status"].fillna(STATUS_OPEN)
+    out["status"] = status.astype("string")
+    # Later edits of a closed deal (an amount corrected after the win) do not move its close time.
+    out["closed_at"] = out["stage_entered_at"].where(status != STATUS_OPEN)
+    out["days_in_stage"] = ((out["snapshot_at"] - out["stage_entered_at"]) / pd.Timedelta(days=1)).where(
+        status == STATUS_OPEN
+    )
+    out["age_days"] = (out["snapshot_at"] - out["created_at"]) / pd.Timedelta(days=1)
+    columns = ["snapshot_at", "deal_id", *DEAL_ATTRIBUTES, *STATE_COLUMNS, "status", "days_in_stage", "age_days"]
+    return out[columns].sort_values(["snapshot_at", "deal_id"], kind="stable").reset_index(drop=True)
+
+
+def pipeline_at(deals: pd.DataFrame, history: pd.DataFrame, at: dt.date | pd.Timestamp) -> pd.DataFrame:
+    """Every deal that existed at instant `at`, as it stood then (see `pipeline_at_many`)."""
+    return pipeline_at_many(deals, history, [at])
