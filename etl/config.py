@@ -25,7 +25,7 @@ ENV_CONFIG = "DEALCAST_CONFIG"
 ENV_EXPORTS_DIR = "DEALCAST_EXPORTS_DIR"
 ENV_AS_OF = "DEALCAST_AS_OF"
 ENV_WAREHOUSE_URL = "DEALCAST_WAREHOUSE_URL"
-ENV_WAREHOUSE_SCHEMA = "DEALCAST_WAREHOUSE_SCHEMA"
+ENV_MODEL_DIR = "DEALCAST_MODEL_DIR"
 
 CONFIG_FILE_NAME = "dealcast.toml"
 SAMPLE_EXPORTS_DIR_NAME = "sample_exports"
@@ -113,6 +113,10 @@ class Settings:
 
     @property
     def model_dir(self) -> Path:
+        """Where model artifacts go: DEALCAST_MODEL_DIR, else [model] artifact_dir (relative to the project)."""
+        override = os.environ.get(ENV_MODEL_DIR)
+        if override:
+            return Path(override).resolve()
         path = self.project.model.artifact_dir
         return path if path.is_absolute() else self.project_dir / path
 

@@ -118,7 +118,11 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     stage_entered_at, stage_moves, backward_moves, close_pushes, is_push, valid_to.
     Rows with the same timestamp keep their file order (`source_row`).
     """
-    has_rows = deals["deal_id"].isin(history["deal_id"])
+    # A hash lookup: Series.isin on pyarrow-backed strings walks the values in Python (minutes
+    # for millions of ids).
+    has_rows = pd.Series(
+        pd.Index(history["deal_id"].unique()).get_indexer(deals["deal_id"]) >= 0, index=deals.index
+    )
     frames = [history, _synthesised_history(deals, has_rows)]
     hist = pd.concat([f for f in frames if not f.empty] or [history], ignore_index=True)
     hist = hist.merge(deals[["deal_id", "pipeline"]], on="deal_id", how="inner", validate="many_to_one")
@@ -126,34 +130,42 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     hist = stages.annotate(hist)
 
     deal = hist["deal_id"]
-    first = deal.ne(deal.shift())
-    prev_stage = hist["stage"].shift()
-    prev_order = hist["stage_order"].shift()
-    prev_status = hist["stage_status"].shift()
-    stage_known = hist["stage"].notna()
-    changed = stage_known & (first | prev_stage.isna() | hist["stage"].ne(prev_stage).fillna(False))
-    hist["is_stage_change"] = changed.astype(bool)
-    both_open = (hist["stage_status"] == STATUS_OPEN) & (prev_status == STATUS_OPEN)
-    hist["is_backward"] = (
-        changed & ~first & both_open & (hist["stage_order"] < prev_order).fillna(False)
-    ).astype(bool)
+    deal_codes = pd.factorize(deal)[0]
+    stage_codes = pd.factorize(hist["stage"])[0]  # -1 where the stage is unknown
+    first_np = np.ones(len(hist), dtype=bool)
+    first_np[1:] = deal_codes[1:] != deal_codes[:-1]
+    prev_stage_codes = np.concatenate([[-1], stage_codes[:-1]])
+    stage_known_np = stage_codes >= 0
+    changed_np = stage_known_np & (first_np | (prev_stage_codes < 0) | (stage_codes != prev_stage_codes))
 
-    prev_close = hist["expected_close_date"].shift()
-    is_push = (
-        ~first
-        & (prev_status == STATUS_OPEN)
-        & (hist["expected_close_date"] > prev_close).fillna(False)
-    )
-    hist["is_push"] = is_push.astype(bool)
+    order = hist["stage_order"].astype("float64").to_numpy()
+    prev_order = np.concatenate([[np.nan], order[:-1]])
+    is_open = (hist["stage_status"] == STATUS_OPEN).fillna(False).to_numpy(dtype=bool)
+    prev_open = np.concatenate([[False], is_open[:-1]])
+    with np.errstate(invalid="ignore"):
+        backward_np = changed_np & ~first_np & is_open & prev_open & (order < prev_order)
+
+    close = hist["expected_close_date"].to_numpy(dtype=TIMESTAMP)
+    prev_close = np.concatenate([np.array(["NaT"], dtype=TIMESTAMP), close[:-1]])
+    later = (close > prev_close) & ~np.isnat(close) & ~np.isnat(prev_close)
+    push_np = ~first_np & prev_open & later
+
+    first = pd.Series(first_np, index=hist.index)
+    changed = pd.Series(changed_np, index=hist.index)
+    is_push = pd.Series(push_np, index=hist.index)
+    stage_known = pd.Series(stage_known_np, index=hist.index)
+    hist["is_stage_change"] = changed
+    hist["is_backward"] = pd.Series(backward_np, index=hist.index)
+    hist["is_push"] = is_push
 
     moves = (changed & ~first).astype("int64")
-    hist["stage_moves"] = moves.groupby(deal).cumsum()
-    hist["backward_moves"] = hist["is_backward"].astype("int64").groupby(deal).cumsum()
-    hist["close_pushes"] = is_push.astype("int64").groupby(deal).cumsum()
+    hist["stage_moves"] = moves.groupby(deal_codes).cumsum()
+    hist["backward_moves"] = hist["is_backward"].astype("int64").groupby(deal_codes).cumsum()
+    hist["close_pushes"] = is_push.astype("int64").groupby(deal_codes).cumsum()
 
     entered = hist["changed_at"].where(changed)
-    hist["stage_entered_at"] = entered.groupby(deal).ffill().where(stage_known)
-    hist["valid_to"] = hist.groupby(deal)["changed_at"].shift(-1)
+    hist["stage_entered_at"] = entered.groupby(deal_codes).ffill().where(stage_known)
+    hist["valid_to"] = hist["changed_at"].groupby(deal_codes).shift(-1)
     return hist
 
 

@@ -115,9 +115,15 @@ def conform(frame: pd.DataFrame, columns: dict[str, str], name: str) -> pd.DataF
         raise SchemaError(f"{name}: missing canonical column(s) {missing}")
     out = frame.loc[:, list(columns)].copy()
     for col, dtype in columns.items():
+        if str(out[col].dtype) == dtype:
+            continue
         if dtype == TIMESTAMP:
             out[col] = pd.to_datetime(out[col]).astype(TIMESTAMP)
-        elif str(out[col].dtype) != dtype:
+        elif dtype == FLOAT:
+            out[col] = pd.to_numeric(out[col]).astype(FLOAT)
+        elif dtype in (INT, BOOL) and out[col].isna().any():
+            raise SchemaError(f"{name}: column {col!r} must not have missing values (dtype {dtype})")
+        else:
             out[col] = out[col].astype(dtype)
     return out.reset_index(drop=True)
 

@@ -102,6 +102,25 @@ class StageCatalog:
             return self
         return StageCatalog([*self._pipelines.values(), pipeline])
 
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> "StageCatalog":
+        """Rebuild a catalogue from `lookup_frame()` output (e.g. the `pipeline_stages` table)."""
+        pipelines = []
+        for name, part in frame.sort_values(["pipeline", "stage_order"]).groupby("pipeline", sort=False):
+            open_part = part[part["stage_status"] == STATUS_OPEN]
+            won = part.loc[part["stage_status"] == STATUS_WON, "stage"]
+            lost = part.loc[part["stage_status"] == STATUS_LOST, "stage"]
+            pipelines.append(
+                PipelineStages(
+                    name=str(name),
+                    open_stages=tuple(open_part["stage"].astype(str)),
+                    won_stage=str(won.iloc[0]),
+                    lost_stage=str(lost.iloc[0]),
+                    probabilities=dict(zip(open_part["stage"].astype(str), open_part["stage_probability"].astype(float))),
+                )
+            )
+        return cls(pipelines)
+
     def lookup_frame(self) -> pd.DataFrame:
         """One row per (pipeline, stage): stage_order, status, crm default probability, is_open."""
         rows = []

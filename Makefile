@@ -1,0 +1,35 @@
+# Dealcast: `make demo` runs the whole pipeline on a generated sample CRM; `make test` runs the tests.
+# Needs Python 3.10+ and make; everything else is installed into .venv.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEALS  ?= 10000
+export DAGSTER_HOME := $(CURDIR)/dagster_home
+
+.PHONY: install demo test bench ui clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/dagster asset materialize -m assets.definitions --select '*'
+	$(BIN)/dealcast summary
+
+test: install
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/bench.py --deals $(DEALS)
+
+ui: install
+	$(BIN)/dagster dev -m assets.definitions
+
+clean:
+	rm -rf warehouse sample_exports model_store bench_output
+	find dagster_home -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +

@@ -1,0 +1,32 @@
+"""The Dagster entry point: `dagster dev -m assets.definitions`, `dg dev`, or
+`dagster asset materialize -m assets.definitions --select '*'`."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.analytics import stage_conversion, stage_durations, velocity
+from assets.automation import nightly_schedule
+from assets.forecasting import forecast_quarterly
+from assets.ingest import crm_exports, crm_tables
+from assets.resources import DealcastSettings, WarehouseResource
+from assets.scoring import close_timing, deal_scores, deal_scoring_model, model_runs
+
+ALL_ASSETS = [
+    crm_exports,
+    crm_tables,
+    stage_conversion,
+    stage_durations,
+    velocity,
+    deal_scoring_model,
+    close_timing,
+    deal_scores,
+    model_runs,
+    forecast_quarterly,
+]
+
+defs = dg.Definitions(
+    assets=ALL_ASSETS,
+    schedules=[nightly_schedule()],
+    resources={"settings": DealcastSettings(), "warehouse": WarehouseResource()},
+)

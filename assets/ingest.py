@@ -1,0 +1,168 @@
+"""Ingest: CRM export files in, validated canonical deals and stage history out.
+
+The blocking checks run before anything reaches the tables people read: when one fails, the
+quarantine and data-quality results are still written (so the morning's diagnosis is in the
+warehouse) but deals, history and stage events are not, and every downstream asset is skipped.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import pandas as pd
+
+from assets.resources import DealcastSettings, WarehouseResource
+from assets.runs import run_settings
+from etl.crm import CrmLoad, describe_exports, load_crm, quarantine_frame, results_frame, reconciliation_frame
+from etl.report import markdown_table
+from etl.sample_crm import generate_sample
+
+SAMPLE_SEED = 7
+
+CHECKED_OUTPUTS = ("deals", "deal_history", "stage_events", "pipeline_stages")
+
+
+@dg.asset(group_name="ingest", kinds={"csv", "python"})
+def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -> dg.Output[pd.DataFrame]:
+    """The CRM export files in the exports folder, with their detected format and checksum (the bundled sample is generated on first use)."""
+    resolved = run_settings(context, settings)
+    if resolved.exports_are_sample and not (resolved.exports_dir / "Opportunity.csv").is_file():
+        summary = generate_sample(
+            resolved.exports_dir, n_deals=settings.sample_deals, seed=SAMPLE_SEED, end_date=resolved.as_of
+        )
+        context.log.info(
+            f"generated the sample CRM in {summary.out_dir}: {summary.n_deals:,} deals, "
+            f"{summary.n_history_rows:,} history rows"
+        )
+    manifest = describe_exports(resolved.exports_dir)
+    if manifest.empty:
+        raise dg.Failure(description=f"no export files in {resolved.exports_dir}")
+    return dg.Output(
+        manifest,
+        metadata={
+            "exports_dir": str(resolved.exports_dir),
+            "as_of": str(resolved.as_of),
+            "files": dg.MetadataValue.md(markdown_table(manifest)),
+            "dagster/row_count": len(manifest),
+        },
+    )
+
+
+@dg.multi_asset(
+    group_name="ingest",
+    outs={
+        "deals": dg.AssetOut(description="One row per accepted deal, normalised from the CRM exports.", kinds={"pandas", "sql"}),
+        "deal_history": dg.AssetOut(description="Every recorded change of every accepted deal, with running stage-move and push counts.", kinds={"pandas", "sql"}),
+        "stage_events": dg.AssetOut(description="One row per stay of a deal in a stage, with days in stage and backward moves.", kinds={"pandas", "sql"}),
+        "pipeline_stages": dg.AssetOut(description="Each pipeline's stages in order, with won/lost stages and CRM default probabilities.", kinds={"pandas", "sql"}),
+        "quarantine": dg.AssetOut(description="Input rows that were not accepted, each with its file, row, column and reason.", kinds={"pandas", "sql"}),
+        "data_quality_results": dg.AssetOut(description="The outcome of every data-quality expectation and per-file reconciliation of this run.", kinds={"pandas", "sql"}),
+    },
+    check_specs=[
+        dg.AssetCheckSpec(
+            "passes_validation",
+            asset=name,
+            blocking=True,
+            description="Blocking: no dataset-level data-quality failure (empty export, volume collapse, too many quarantined rows, unbalanced reconciliation).",
+        )
+        for name in CHECKED_OUTPUTS
+    ],
+)
+def crm_tables(
+    context: dg.AssetExecutionContext,
+    settings: DealcastSettings,
+    warehouse: WarehouseResource,
+    crm_exports: pd.DataFrame,
+):
+    """Read, normalise and validate the CRM exports; publish them only when every blocking check passes."""
+    resolved = run_settings(context, settings)
+    previous = warehouse.warehouse.row_count("deals") or None
+    load = load_crm(resolved, previous_deal_count=previous)
+    run_id = context.run.run_id
+    diagnostics = {
+        "quarantine": quarantine_frame(load, run_id),
+        "data_quality_results": results_frame(load, run_id),
+        "reconciliation": reconciliation_frame(load, run_id),
+    }
+    with warehouse.for_run(context, resolved.as_of) as writer:
+        if load.publishable:
+            written = writer.write_many({**load.warehouse_frames(), **diagnostics})
+        else:
+            written = writer.write_many(diagnostics)
+            context.log.error(
+                "blocking data-quality checks failed; deals, history and stage events were not written:\n"
+                + markdown_table(load.validation.blocking_failures)
+            )
+
+    yield from _outputs(load, diagnostics, written)
+    yield from _checks(load)
+
+
+def _outputs(load: CrmLoad, diagnostics: dict[str, pd.DataFrame], written: dict[str, int]):
+    status = "published" if load.publishable else "NOT published: blocking checks failed"
+    frames = {
+        "deals": load.deals,
+        "deal_history": load.history,
+        "stage_events": load.events,
+        "pipeline_stages": load.stages.lookup_frame(),
+    }
+    previews = {
+        "deals": ["deal_id", "pipeline", "owner", "stage", "status", "amount_reporting", "created_at", "closed_at"],
+        "deal_history": ["deal_id", "changed_at", "stage", "amount_reporting", "expected_close_date", "is_backward", "is_push"],
+        "stage_events": ["deal_id", "stage", "entered_at", "exited_at", "days_in_stage", "is_backward"],
+        "pipeline_stages": ["pipeline", "stage", "stage_order", "stage_status", "stage_probability"],
+    }
+    for name, frame in frames.items():
+        yield dg.Output(
+            frame,
+            output_name=name,
+            metadata={
+                "dagster/row_count": len(frame),
+                "warehouse": status,
+                "preview": dg.MetadataValue.md(markdown_table(frame[previews[name]], max_rows=10)),
+            },
+        )
+    outcome = load.validation
+    by_reason = (
+        outcome.quarantine.groupby("reason_code").size().rename("rows").reset_index()
+        if not outcome.quarantine.empty
+        else pd.DataFrame(columns=["reason_code", "rows"])
+    )
+    yield dg.Output(
+        diagnostics["quarantine"],
+        output_name="quarantine",
+        metadata={
+            "dagster/row_count": len(outcome.quarantine),
+            "rows_by_reason": dg.MetadataValue.md(markdown_table(by_reason)),
+            "reconciliation": dg.MetadataValue.md(markdown_table(outcome.reconciliation)),
+        },
+    )
+    yield dg.Output(
+        diagnostics["data_quality_results"],
+        output_name="data_quality_results",
+        metadata={
+            "dagster/row_count": written.get("data_quality_results", 0),
+            "report": dg.MetadataValue.md(outcome.report_markdown()),
+        },
+    )
+
+
+def _checks(load: CrmLoad):
+    failures = load.validation.blocking_failures
+    metadata: dict[str, dg.MetadataValue] = {
+        "failed_checks": dg.MetadataValue.int(len(failures)),
+        "quarantined_rows": dg.MetadataValue.int(len(load.validation.quarantine)),
+    }
+    if not failures.empty:
+        metadata["failures"] = dg.MetadataValue.md(
+            markdown_table(failures[["check_name", "observed", "expected", "failing_rows"]])
+        )
+        samples = {name: load.validation.sample_rows(name) for name in failures["check_name"]}
+        metadata["sample_rows"] = dg.MetadataValue.json(samples)
+    for name in CHECKED_OUTPUTS:
+        yield dg.AssetCheckResult(
+            asset_key=name,
+            check_name="passes_validation",
+            passed=failures.empty,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata=metadata,
+        )

@@ -1,0 +1,101 @@
+"""Typed Dagster resources: run settings (exports, as_of, config file) and the warehouse."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dagster as dg
+import pandas as pd
+from dagster import DagsterRunStatus
+from pydantic import Field, PrivateAttr
+
+from etl.config import Settings, default_warehouse_url, resolve_settings
+from etl.warehouse import Warehouse
+
+AS_OF_TAG = "dealcast/as_of"
+
+_RUNNING = {
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+}
+
+
+class DealcastSettings(dg.ConfigurableResource):
+    """Where the CRM exports are, which date the run is for, and which project config file to use.
+
+    Unset fields fall back to DEALCAST_EXPORTS_DIR, DEALCAST_AS_OF and DEALCAST_CONFIG, then to the
+    bundled sample, today's date and the project's dealcast.toml.
+    """
+
+    exports_dir: str | None = Field(default=None, description="Folder holding the CRM export files.")
+    as_of: str | None = Field(default=None, description="The date the run describes (YYYY-MM-DD).")
+    config_file: str | None = Field(default=None, description="Path of the dealcast.toml to use.")
+    sample_deals: int = Field(default=10_000, description="Size of the bundled sample when it is generated.")
+
+    def resolve(self) -> Settings:
+        return resolve_settings(self.exports_dir, self.as_of, self.config_file)
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The SQL warehouse (any SQLAlchemy URL). Unset, the URL comes from DEALCAST_WAREHOUSE_URL, else the
+    embedded SQLite file in the project's warehouse/ folder. The password never reaches logs or metadata."""
+
+    url: str | None = Field(default=None, description="SQLAlchemy URL; prefer DEALCAST_WAREHOUSE_URL for secrets.")
+    schema_name: str = Field(default="dealcast", description="Schema for the tables on PostgreSQL.")
+
+    _warehouse: Warehouse | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._warehouse = Warehouse(self.url or default_warehouse_url(), schema=self.schema_name)
+        self._warehouse.create_all()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._warehouse is not None:
+            self._warehouse.dispose()
+
+    @property
+    def warehouse(self) -> Warehouse:
+        if self._warehouse is None:  # used outside a run (tests, CLI)
+            self.setup_for_execution(dg.build_init_resource_context())
+        assert self._warehouse is not None
+        return self._warehouse
+
+    @contextmanager
+    def for_run(self, context: dg.AssetExecutionContext, as_of: dt.date) -> Iterator["RunWriter"]:
+        """A writer that owns `as_of` for this run: it takes over the as_of unless another run that
+        is still in progress holds it, and every write is fenced so a superseded run cannot write."""
+        warehouse = self.warehouse
+        run_id = context.run.run_id
+        holder = warehouse.claimant(as_of)
+        if holder not in (None, run_id):
+            other = context.instance.get_run_by_id(holder)
+            if other is not None and other.status in _RUNNING:
+                raise dg.Failure(
+                    description=(
+                        f"as_of {as_of} is being written by run {holder}, which is still {other.status.value}; "
+                        "this run stops so the two cannot interleave their writes."
+                    )
+                )
+        if holder != run_id:
+            warehouse.claim(as_of, run_id)
+        context.log.info(f"writing as_of {as_of} to {warehouse.safe_url}")
+        yield RunWriter(warehouse, as_of, run_id)
+
+
+class RunWriter:
+    """Writes one run's tables for its as_of (atomic per call, fenced by the run's claim)."""
+
+    def __init__(self, warehouse: Warehouse, as_of: dt.date, run_id: str) -> None:
+        self.warehouse = warehouse
+        self.as_of = as_of
+        self.run_id = run_id
+
+    def write(self, table: str, frame: pd.DataFrame) -> int:
+        return self.warehouse.write(table, frame, as_of=self.as_of, run_id=self.run_id)
+
+    def write_many(self, frames: dict[str, pd.DataFrame]) -> dict[str, int]:
+        return self.warehouse.write_many(frames, as_of=self.as_of, run_id=self.run_id)

@@ -1,0 +1,141 @@
+"""One nightly load of the CRM: read every export file, validate, and rebuild stage history.
+
+This is what the ingest asset runs; it lives here so it can be called (and tested, and
+benchmarked) without Dagster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from etl.config import Settings
+from etl.ingest import IngestResult, detect_format, read_exports
+from etl.pipeline_state import prepare_history, stage_events
+from etl.stages import StageCatalog
+from etl.tables import TABLES
+from etl.validation import FileCount, ValidationOutcome, validate_crm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CrmLoad:
+    """The validated CRM as of one run: accepted deals, their annotated history and stage events."""
+
+    ingest: IngestResult
+    validation: ValidationOutcome
+    deals: pd.DataFrame
+    history: pd.DataFrame  # etl.pipeline_state.prepare_history output
+    events: pd.DataFrame  # etl.pipeline_state.stage_events output
+    stages: StageCatalog
+
+    @property
+    def publishable(self) -> bool:
+        """False when a blocking check failed: nothing may reach the tables people read."""
+        return self.validation.blocking_failures.empty
+
+    def warehouse_frames(self) -> dict[str, pd.DataFrame]:
+        """The current-state tables of this load, shaped as the warehouse contract says."""
+        return {
+            "deals": table_frame("deals", self.deals),
+            "deal_history": table_frame("deal_history", self.history),
+            "stage_events": table_frame("stage_events", self.events),
+            "pipeline_stages": table_frame("pipeline_stages", self.stages.lookup_frame()),
+        }
+
+
+def table_frame(name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` reduced to the columns of warehouse table `name` (as_of is added by the writer)."""
+    columns = [c for c in TABLES[name].columns if c != "as_of" or c in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise KeyError(f"table {name}: frame lacks column(s) {missing}")
+    return frame.loc[:, columns]
+
+
+def load_crm(settings: Settings, previous_deal_count: int | None = None) -> CrmLoad:
+    """Read the exports directory, validate it, and rebuild history and stage events for `settings.as_of`."""
+    ingest = read_exports(settings.exports_dir, settings.project)
+    log.info(
+        "read %d file(s) from %s: %d deals, %d history rows, %d rows rejected while parsing",
+        len(ingest.files),
+        settings.exports_dir,
+        len(ingest.deals),
+        len(ingest.history),
+        len(ingest.quarantine),
+    )
+    outcome = validate_crm(
+        ingest.deals,
+        ingest.history,
+        ingest.quarantine,
+        [FileCount(str(f.path), f.rows_read) for f in ingest.files],
+        ingest.stages,
+        settings.project.validation,
+        settings.as_of,
+        previous_deal_count,
+    )
+    history = prepare_history(outcome.deals, outcome.history, ingest.stages)
+    events = stage_events(history, settings.as_of)
+    return CrmLoad(
+        ingest=ingest,
+        validation=outcome,
+        deals=outcome.deals,
+        history=history,
+        events=events,
+        stages=ingest.stages,
+    )
+
+
+def describe_exports(exports_dir: Path) -> pd.DataFrame:
+    """The files in the exports folder: name, detected format (None when not a known export), size and sha256."""
+    rows = []
+    for path in sorted(p for p in Path(exports_dir).iterdir() if p.is_file()) if Path(exports_dir).is_dir() else []:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        rows.append(
+            {
+                "file": path.name,
+                "format": detect_format(path),
+                "bytes": path.stat().st_size,
+                "sha256": digest.hexdigest(),
+                "modified_at": pd.Timestamp(path.stat().st_mtime, unit="s"),
+            }
+        )
+    return pd.DataFrame(rows, columns=["file", "format", "bytes", "sha256", "modified_at"])
+
+
+def _now() -> pd.Timestamp:
+    return pd.Timestamp(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
+
+
+def quarantine_frame(load: CrmLoad, run_id: str) -> pd.DataFrame:
+    """The `quarantine` table rows of this run (as_of is added by the writer)."""
+    frame = load.validation.quarantine.copy()
+    frame["run_id"] = run_id
+    frame["quarantined_at"] = _now()
+    return table_frame("quarantine", frame)
+
+
+def results_frame(load: CrmLoad, run_id: str) -> pd.DataFrame:
+    """The `data_quality_results` table rows of this run."""
+    frame = load.validation.results.copy()
+    frame["run_id"] = run_id
+    frame["checked_at"] = _now()
+    return table_frame("data_quality_results", frame)
+
+
+def reconciliation_frame(load: CrmLoad, run_id: str) -> pd.DataFrame:
+    """The `reconciliation` table rows of this run: per input file, rows read = accepted + quarantined."""
+    formats = {str(f.path): f.format for f in load.ingest.files}
+    frame = load.validation.reconciliation.copy()
+    frame["file_format"] = frame["source_file"].map(formats)
+    frame["run_id"] = run_id
+    return table_frame("reconciliation", frame)

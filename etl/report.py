@@ -1,0 +1,106 @@
+"""Pictures and small tables people look at in the Dagster UI: a funnel chart, a velocity trend, a
+calibration curve. Charts are rendered with matplotlib (no screen needed) and embedded in Markdown as
+PNG data URIs, which the Dagster UI shows inline in an asset's metadata."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def markdown_table(frame: pd.DataFrame, max_rows: int = 20, floatfmt: str = "{:,.4g}") -> str:
+    """A GitHub-flavoured Markdown table of the first `max_rows` rows."""
+    shown = frame.head(max_rows)
+
+    def cell(value: object) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+            return ""
+        if isinstance(value, float):
+            return floatfmt.format(value)
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    header = "| " + " | ".join(map(str, shown.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    more = [f"\n_{len(frame) - max_rows:,} more rows_"] if len(frame) > max_rows else []
+    return "\n".join([header, rule, *body, *more])
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def image_markdown(png: bytes, alt: str) -> str:
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
+def funnel_chart(conversion: pd.DataFrame) -> bytes:
+    """Any-order funnel of every pipeline over all time (rows of `stage_conversion`)."""
+    rows = conversion[
+        (conversion["funnel_mode"] == "any_order")
+        & (conversion["period_grain"] == "all")
+        & (conversion["segment_type"] == "all")
+    ]
+    pipelines = sorted(rows["pipeline"].unique())
+    fig, axes = plt.subplots(1, max(len(pipelines), 1), figsize=(4.5 * max(len(pipelines), 1), 3.6), squeeze=False)
+    for ax, pipeline in zip(axes[0], pipelines):
+        part = rows[rows["pipeline"] == pipeline].sort_values("stage_order")
+        ax.barh(part["stage"], part["reached"], color="#3b6ea8")
+        for y, (reached, rate) in enumerate(zip(part["reached"], part["next_step_rate"])):
+            label = f"{int(reached):,}" + ("" if pd.isna(rate) else f"  ({rate:.0%} advance)")
+            ax.text(reached, y, " " + label, va="center", fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"{pipeline}: deals reaching each stage", fontsize=10)
+        ax.set_xlim(0, max(part["reached"].max(), 1) * 1.6)
+        ax.tick_params(labelsize=8)
+    return _png(fig)
+
+
+def velocity_chart(velocity: pd.DataFrame) -> bytes:
+    """Monthly won amount, open pipeline and win rate for the whole business (rows of `velocity`)."""
+    rows = velocity[(velocity["period_grain"] == "month") & (velocity["segment_type"] == "all")].sort_values("period")
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    ax.plot(rows["period"], rows["pipeline_value"], label="open pipeline (period end)", color="#3b6ea8")
+    ax.bar(rows["period"], rows["won_amount"], label="won in period", color="#7fb77e")
+    ax.set_ylabel("reporting currency")
+    ax2 = ax.twinx()
+    ax2.plot(rows["period"], rows["win_rate"], color="#c0504d", linestyle="--", label="win rate")
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("win rate")
+    step = max(len(rows) // 12, 1)
+    ax.set_xticks(range(0, len(rows), step))
+    ax.set_xticklabels(rows["period"].iloc[::step], rotation=45, fontsize=8)
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
+    ax.set_title("Sales velocity by month", fontsize=10)
+    return _png(fig)
+
+
+def calibration_chart(reliability: pd.DataFrame, title: str = "Calibration on the held-out period") -> bytes:
+    """Mean predicted probability against observed win rate per bin, with the diagonal of perfect calibration.
+
+    `reliability` has columns mean_predicted, observed_rate, count.
+    """
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    shown = reliability[reliability["count"] > 0]
+    ax.plot(shown["mean_predicted"], shown["observed_rate"], marker="o", color="#3b6ea8", label="model")
+    for x, y, n in zip(shown["mean_predicted"], shown["observed_rate"], shown["count"]):
+        ax.annotate(f"{int(n):,}", (x, y), fontsize=7, textcoords="offset points", xytext=(4, -8))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted win probability")
+    ax.set_ylabel("observed win rate")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=10)
+    return _png(fig)

@@ -1,0 +1,50 @@
+"""The Dagster entry point loads, every asset is documented and grouped, and the nightly schedule runs the whole graph."""
+
+import datetime as dt
+
+import dagster as dg
+
+from assets.definitions import defs
+from assets.resources import AS_OF_TAG
+
+
+def _graph():
+    return defs.resolve_asset_graph()
+
+
+def test_every_asset_has_a_group_and_a_description():
+    graph = _graph()
+    keys = list(graph.get_all_asset_keys())
+    assert len(keys) >= 14
+    for key in keys:
+        node = graph.get(key)
+        assert node.group_name and node.group_name != "default", f"{key.to_user_string()} has no group"
+        assert node.description and len(node.description) > 20, f"{key.to_user_string()} has no description"
+
+
+def test_the_contract_tables_are_assets():
+    names = {k.to_user_string() for k in _graph().get_all_asset_keys()}
+    for table in ["deals", "stage_events", "quarantine", "data_quality_results", "stage_conversion", "stage_durations",
+                  "velocity", "deal_scores", "forecast_quarterly", "model_runs"]:
+        assert table in names
+
+
+def test_blocking_checks_guard_what_downstream_reads():
+    graph = _graph()
+    checked = {k.asset_key.to_user_string() for k in graph.asset_check_keys}
+    assert {"deals", "deal_history", "stage_events", "pipeline_stages"} <= checked
+
+
+def test_nightly_schedule_targets_the_whole_graph_at_two():
+    schedule = defs.get_schedule_def("nightly_pipeline")
+    assert schedule.cron_schedule == "0 2 * * *"
+    assert schedule.execution_timezone == "UTC"
+    job = defs.resolve_job_def(schedule.job_name)
+    job_keys = set(job.asset_layer.selected_asset_keys)
+    assert job_keys == set(_graph().get_all_asset_keys())
+
+    when = dt.datetime(2026, 11, 24, 2, 0, tzinfo=dt.timezone.utc)
+    with dg.build_schedule_context(scheduled_execution_time=when) as context:
+        request = schedule.evaluate_tick(context).run_requests[0]
+    assert request.tags[AS_OF_TAG] == "2026-11-24"
+    assert request.run_config["resources"]["settings"]["config"]["as_of"] == "2026-11-24"

@@ -1,0 +1,23 @@
+import datetime as dt
+
+import pytest
+
+from etl.sample_crm import generate_sample
+
+AS_OF = dt.date(2026, 11, 15)
+SAMPLE_DEALS = 3000
+
+
+@pytest.fixture(scope="session")
+def sample_exports(tmp_path_factory):
+    """A small generated CRM export (Salesforce format) ending on AS_OF, shared by the end-to-end tests."""
+    out = tmp_path_factory.mktemp("sample_exports")
+    generate_sample(out, n_deals=SAMPLE_DEALS, seed=11, end_date=AS_OF)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _model_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEALCAST_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.delenv("DEALCAST_AS_OF", raising=False)
+    monkeypatch.delenv("DEALCAST_EXPORTS_DIR", raising=False)

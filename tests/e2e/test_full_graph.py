@@ -1,0 +1,113 @@
+"""The whole asset graph, materialised for real (in-process Dagster runs) into SQLite and PostgreSQL.
+
+The expected numbers are computed independently of the pipeline: straight from the export files with
+the csv module, or from invariants that must hold whatever the data.
+"""
+
+import csv
+import datetime as dt
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from assets.definitions import ALL_ASSETS
+from assets.resources import DealcastSettings, WarehouseResource
+from etl.warehouse import Warehouse
+
+from .conftest import AS_OF
+
+pytestmark = pytest.mark.slow
+
+# Columns that legitimately differ between two runs of the same as_of.
+RUN_SPECIFIC = {"run_id", "quarantined_at", "checked_at", "trained_at"}
+
+
+def materialize(exports, url, schema=None):
+    resources = {
+        "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat()),
+        "warehouse": WarehouseResource(url=url, schema_name=schema or "dealcast"),
+    }
+    return dg.materialize(ALL_ASSETS, resources=resources, instance=dg.DagsterInstance.ephemeral(), raise_on_error=True)
+
+
+def won_this_quarter_from_export(exports) -> float:
+    """Won amount with a close date in AS_OF's calendar quarter, up to AS_OF, read straight from Opportunity.csv."""
+    start = dt.date(AS_OF.year, 3 * ((AS_OF.month - 1) // 3) + 1, 1)
+    total = 0.0
+    with open(exports / "Opportunity.csv", newline="", encoding="utf-8-sig") as handle:
+        for row in csv.DictReader(handle):
+            close = dt.date.fromisoformat(row["CloseDate"][:10])
+            if row["IsWon"] == "1" and row["IsDeleted"] == "0" and start <= close <= AS_OF:
+                total += float(row["Amount"])
+    return total
+
+
+def check_warehouse(warehouse: Warehouse, exports):
+    deals = warehouse.read("deals")
+    scores = warehouse.read("deal_scores", as_of=AS_OF)
+    forecast = warehouse.read("forecast_quarterly", as_of=AS_OF)
+    recon = warehouse.read("reconciliation", as_of=AS_OF)
+
+    # Rows read = accepted + quarantined, for every input file.
+    assert (recon["rows_read"] == recon["accepted"] + recon["quarantined"]).all()
+
+    # Every deal open at as_of has exactly one score.
+    created = pd.to_datetime(deals["created_at"]) <= pd.Timestamp(AS_OF) + pd.Timedelta(days=1)
+    open_ids = set(deals.loc[(deals["status"] == "open") & created, "deal_id"])
+    assert len(scores) == scores["deal_id"].nunique()
+    assert set(scores["deal_id"]) == open_ids
+    assert scores["win_probability"].between(0, 1).all()
+    assert (scores["win_this_quarter_probability"] <= scores["win_probability"] + 1e-9).all()
+
+    # Ranges are ordered everywhere, and the quarter's closed-won-to-date matches the export itself.
+    assert (forecast["p10"] <= forecast["p50"] + 0.01).all() and (forecast["p50"] <= forecast["p90"] + 0.01).all()
+    current = forecast[(forecast["segment_type"] == "all") & (forecast["quarter"] == "2026-Q4")]
+    assert len(current) == 1
+    assert current["closed_won_to_date"].iloc[0] == pytest.approx(won_this_quarter_from_export(exports), abs=0.01)
+
+    # Segment rows add up to the company total for additive columns.
+    for segment_type in ["owner", "pipeline", "product"]:
+        part = forecast[(forecast["segment_type"] == segment_type) & (forecast["quarter"] == "2026-Q4")]
+        assert part["closed_won_to_date"].sum() == pytest.approx(current["closed_won_to_date"].iloc[0], abs=0.05)
+
+    runs = warehouse.read("model_runs")
+    assert len(runs) == 1 and runs["model_version"].iloc[0] == scores["model_version"].iloc[0]
+    assert not warehouse.read("stage_conversion", as_of=AS_OF).empty
+    assert not warehouse.read("velocity", as_of=AS_OF).empty
+    assert not warehouse.read("stage_durations", as_of=AS_OF).empty
+
+
+def snapshot(warehouse: Warehouse) -> dict[str, pd.DataFrame]:
+    from etl.tables import TABLES
+
+    frames = {}
+    for name in TABLES:
+        frame = warehouse.read(name)
+        frame = frame.drop(columns=[c for c in frame.columns if c in RUN_SPECIFIC])
+        frames[name] = frame.sort_values(list(frame.columns)).reset_index(drop=True)
+    return frames
+
+
+def run_twice_and_check(exports, url, schema=None):
+    first = materialize(exports, url, schema)
+    assert first.success
+    warehouse = Warehouse(url, schema=schema or "dealcast")
+    try:
+        check_warehouse(warehouse, exports)
+        before = snapshot(warehouse)
+        assert materialize(exports, url, schema).success
+        after = snapshot(warehouse)
+        for name in before:
+            pd.testing.assert_frame_equal(before[name], after[name], check_like=True, obj=name)
+    finally:
+        warehouse.dispose()
+
+
+def test_whole_graph_into_sqlite(sample_exports, tmp_path):
+    run_twice_and_check(sample_exports, f"sqlite:///{tmp_path / 'dealcast.sqlite'}")
+
+
+@pytest.mark.postgres
+def test_whole_graph_into_postgres(sample_exports, pg_url, pg_schema):
+    run_twice_and_check(sample_exports, pg_url, pg_schema)

@@ -1,0 +1,72 @@
+import datetime as dt
+import math
+
+import pytest
+
+from etl.config import ConfigError, load_project_config, resolve_as_of, resolve_settings
+from etl.stages import PipelineStages, StageCatalog
+
+
+def test_project_config_reads_the_shipped_file():
+    cfg = load_project_config()
+    assert cfg.reporting_currency == "USD"
+    nb = cfg.stages["New Business"]
+    assert nb.open_stages[0] == "Prospecting" and nb.order_of("Negotiation/Review") == 6
+    assert nb.order_of("Closed Won") == 7 and nb.order_of("Closed Lost") == 8
+    assert nb.probability_of("Value Proposition") == 0.5 and nb.probability_of("Closed Won") == 1.0
+
+
+def test_unknown_setting_is_named(tmp_path):
+    bad = tmp_path / "dealcast.toml"
+    bad.write_text("[validation]\nmax_amout = 5\n")
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['max_amout'\]"):
+        load_project_config(bad)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_project_config(tmp_path / "nope.toml")
+
+
+def test_as_of_resolution(monkeypatch):
+    monkeypatch.setenv("DEALCAST_AS_OF", "2025-06-30")
+    assert resolve_as_of() == dt.date(2025, 6, 30)
+    assert resolve_as_of("2024-01-02") == dt.date(2024, 1, 2)
+    monkeypatch.setenv("DEALCAST_AS_OF", "30/06/2025")
+    with pytest.raises(ConfigError, match="YYYY-MM-DD"):
+        resolve_as_of()
+
+
+def test_exports_dir_from_env_is_not_the_sample(monkeypatch, tmp_path):
+    monkeypatch.setenv("DEALCAST_EXPORTS_DIR", str(tmp_path))
+    settings = resolve_settings()
+    assert settings.exports_dir == tmp_path and not settings.exports_are_sample
+    monkeypatch.delenv("DEALCAST_EXPORTS_DIR")
+    assert resolve_settings().exports_are_sample
+
+
+def test_stage_catalog_annotates_and_rejects_repeats():
+    p = PipelineStages("P", ("A", "B"), probabilities={"A": 0.2})
+    catalog = StageCatalog([p])
+    assert math.isnan(p.probability_of("B"))
+    assert p.status_of("Closed Lost") == "lost" and p.status_of("Z") is None
+    with pytest.raises(ValueError, match="repeat"):
+        PipelineStages("Q", ("A", "A"))
+    with pytest.raises(ValueError, match="configured twice"):
+        StageCatalog([p, p])
+    import pandas as pd
+
+    out = catalog.annotate(pd.DataFrame({"pipeline": ["P", "P", "X"], "stage": ["B", "Closed Won", "A"]}))
+    assert out["stage_order"].tolist()[:2] == [2, 3] and pd.isna(out["stage_order"][2])
+
+
+def test_catalog_round_trips_through_its_table():
+    from etl.config import load_project_config
+
+    catalog = load_project_config().stages
+    again = StageCatalog.from_frame(catalog.lookup_frame())
+    assert again.names == sorted(catalog.names)
+    for p in catalog:
+        q = again[p.name]
+        assert (q.open_stages, q.won_stage, q.lost_stage) == (p.open_stages, p.won_stage, p.lost_stage)
+        assert q.probabilities == p.probabilities

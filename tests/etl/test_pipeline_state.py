@@ -1,0 +1,125 @@
+"""The point-in-time rebuild, checked on a tiny hand-made history.
+
+Deal d1 (pipeline P: A -> B -> C, won/lost after):
+  2024-01-01 created in A, expected close 2024-03-01
+  2024-01-10 jumps to C (skips B)
+  2024-01-20 moves back to B and the close date is pushed to 2024-04-01
+  2024-02-01 won
+Deal d2: 2024-01-05 created in A (close 2024-02-01); 2024-01-15 close date pushed to 2024-03-01
+  (amount-only/close-only change, stage unchanged); 2024-01-25 moves to B; still open.
+Deal d3: no history in the source (current stage only); lost on 2024-03-01.
+"""
+
+import pandas as pd
+import pytest
+
+from etl.pipeline_state import as_of_end, pipeline_at, pipeline_at_many, prepare_history, stage_events
+from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform
+from etl.stages import PipelineStages, StageCatalog
+
+T = pd.Timestamp
+CATALOG = StageCatalog([PipelineStages("P", ("A", "B", "C"), probabilities={"A": 0.1, "B": 0.5, "C": 0.8})])
+
+
+def _deals() -> pd.DataFrame:
+    rows = [
+        dict(deal_id="d1", created_at=T("2024-01-01"), status="won", stage="Closed Won", closed_at=T("2024-02-01"), has_history=True, amount=100.0),
+        dict(deal_id="d2", created_at=T("2024-01-05"), status="open", stage="B", closed_at=pd.NaT, has_history=True, amount=200.0),
+        dict(deal_id="d3", created_at=T("2024-01-02"), status="lost", stage="Closed Lost", closed_at=T("2024-03-01"), has_history=False, amount=300.0),
+    ]
+    frame = pd.DataFrame(rows)
+    for col in DEAL_COLUMNS:
+        if col not in frame:
+            frame[col] = {"pipeline": "P", "source_row": 0, "push_count": 0, "amount_reporting": None}.get(col, pd.NA)
+    frame["amount_reporting"] = frame["amount"]
+    frame["expected_close_date"] = T("2024-03-01")
+    frame["stage_order"] = [4, 2, 5]
+    return conform(frame, DEAL_COLUMNS, "deals")
+
+
+def _history() -> pd.DataFrame:
+    rows = [
+        ("d1", "2024-01-01", "A", "2024-03-01"),
+        ("d1", "2024-01-10", "C", "2024-03-01"),
+        ("d1", "2024-01-20", "B", "2024-04-01"),
+        ("d1", "2024-02-01", "Closed Won", "2024-04-01"),
+        ("d2", "2024-01-05", "A", "2024-02-01"),
+        ("d2", "2024-01-15", "A", "2024-03-01"),
+        ("d2", "2024-01-25", "B", "2024-03-01"),
+    ]
+    frame = pd.DataFrame(rows, columns=["deal_id", "changed_at", "stage", "expected_close_date"])
+    frame["changed_at"] = pd.to_datetime(frame["changed_at"])
+    frame["expected_close_date"] = pd.to_datetime(frame["expected_close_date"])
+    frame["amount"] = 100.0
+    frame["amount_reporting"] = 100.0
+    frame["crm_probability"] = 0.1
+    frame["forecast_category"] = "Pipeline"
+    frame["source_file"] = "OpportunityHistory.csv"
+    frame["source_row"] = range(2, 2 + len(frame))
+    return conform(frame, DEAL_HISTORY_COLUMNS, "history")
+
+
+@pytest.fixture()
+def prepared() -> pd.DataFrame:
+    return prepare_history(_deals(), _history(), CATALOG)
+
+
+def test_running_counts(prepared):
+    d1 = prepared[prepared.deal_id == "d1"]
+    # moves: A->C, C->B, B->Won = 3; the only backward move is C->B; one push (03-01 -> 04-01).
+    assert d1["stage_moves"].tolist() == [0, 1, 2, 3]
+    assert d1["is_backward"].tolist() == [False, False, True, False]
+    assert d1["close_pushes"].tolist() == [0, 0, 1, 1]
+    d2 = prepared[prepared.deal_id == "d2"]
+    # The close-date-only change is a push, not a stage move; the stage stays entered at 01-05.
+    assert d2["is_stage_change"].tolist() == [True, False, True]
+    assert d2["stage_entered_at"].tolist() == [T("2024-01-05"), T("2024-01-05"), T("2024-01-25")]
+    assert d2["close_pushes"].tolist() == [0, 1, 1]
+
+
+def test_state_at_a_date(prepared):
+    at = pipeline_at(_deals(), prepared, T("2024-01-21")).set_index("deal_id")
+    # d1 entered B on 01-20: 1 day in stage, 20 days old, 2 moves (1 backward), 1 push.
+    assert at.loc["d1", "stage"] == "B"
+    assert at.loc["d1", "days_in_stage"] == pytest.approx(1.0)
+    assert at.loc["d1", "age_days"] == pytest.approx(20.0)
+    assert (at.loc["d1", "stage_moves"], at.loc["d1", "backward_moves"], at.loc["d1", "close_pushes"]) == (2, 1, 1)
+    assert at.loc["d1", "expected_close_date"] == T("2024-04-01")
+    # d2 still in A since 01-05 (16 days); its close date was pushed on 01-15.
+    assert at.loc["d2", "stage"] == "A" and at.loc["d2", "days_in_stage"] == pytest.approx(16.0)
+    # d3 has no history: open with its stage unknown until it closed.
+    assert at.loc["d3", "status"] == "open" and pd.isna(at.loc["d3", "stage"])
+
+
+def test_many_dates_and_existence(prepared):
+    snaps = pipeline_at_many(_deals(), prepared, [T("2024-01-03"), T("2024-02-15"), T("2024-03-05")])
+    by = {(r.snapshot_at, r.deal_id): r for r in snaps.itertuples()}
+    # On 01-03 d2 (created 01-05) does not exist yet.
+    assert {d for (s, d) in by if s == T("2024-01-03")} == {"d1", "d3"}
+    assert by[(T("2024-02-15"), "d1")].status == "won"
+    assert by[(T("2024-02-15"), "d1")].closed_at == T("2024-02-01")
+    assert by[(T("2024-02-15"), "d3")].status == "open"
+    assert by[(T("2024-03-05"), "d3")].status == "lost"
+    assert len(snaps) == 2 + 3 + 3
+
+
+def test_an_event_at_the_snapshot_instant_counts(prepared):
+    at = pipeline_at(_deals(), prepared, T("2024-01-10")).set_index("deal_id")
+    assert at.loc["d1", "stage"] == "C" and at.loc["d1", "days_in_stage"] == 0.0
+
+
+def test_stage_events(prepared):
+    events = stage_events(prepared, T("2024-01-31").date())
+    d1 = events[events.deal_id == "d1"].set_index("stage")
+    # Won on 02-01 is after as_of 01-31: the stay in B is current and runs to the end of 01-31.
+    assert list(d1.index) == ["A", "C", "B"]
+    assert d1.loc["A", "days_in_stage"] == pytest.approx(9.0)
+    assert d1.loc["C", "days_in_stage"] == pytest.approx(10.0)
+    assert bool(d1.loc["B", "is_backward"]) and bool(d1.loc["B", "is_current"])
+    assert d1.loc["B", "days_in_stage"] == pytest.approx(12.0, abs=1e-6)  # 01-20 -> end of 01-31
+    # d3 has no history: its unknown open stage is not an event.
+    assert "d3" not in set(events.deal_id)
+
+
+def test_as_of_end_is_the_last_instant_of_the_day():
+    assert as_of_end(T("2024-05-31").date()) == T("2024-05-31 23:59:59.999999")
