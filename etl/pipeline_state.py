@@ -148,7 +148,9 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     close = hist["expected_close_date"].to_numpy(dtype=TIMESTAMP)
     prev_close = np.concatenate([np.array(["NaT"], dtype=TIMESTAMP), close[:-1]])
     later = (close > prev_close) & ~np.isnat(close) & ~np.isnat(prev_close)
-    push_np = ~first_np & prev_open & later
+    # A push moves the expected close date later while the deal stays open; a deal that closes after
+    # its expected date is late, not pushed (its closing row carries the actual close date).
+    push_np = ~first_np & prev_open & is_open & later
 
     first = pd.Series(first_np, index=hist.index)
     changed = pd.Series(changed_np, index=hist.index)

@@ -123,3 +123,19 @@ def test_stage_events(prepared):
 
 def test_as_of_end_is_the_last_instant_of_the_day():
     assert as_of_end(T("2024-05-31").date()) == T("2024-05-31 23:59:59.999999")
+
+
+def test_closing_late_is_not_a_push():
+    deals = _deals()
+    history = _history()
+    # d2 is won on 2024-03-10, after its expected close date of 2024-03-01: the closing row carries the
+    # actual close date, which is later, but that is a late close, not a push.
+    late = history[history.deal_id == "d2"].iloc[[-1]].copy()
+    late["changed_at"] = T("2024-03-10")
+    late["stage"] = "Closed Won"
+    late["expected_close_date"] = T("2024-03-10")
+    late["source_row"] = 99
+    prepared = prepare_history(deals, pd.concat([history, late], ignore_index=True), CATALOG)
+    d2 = prepared[prepared.deal_id == "d2"]
+    assert d2["is_push"].tolist() == [False, True, False, False]
+    assert d2["close_pushes"].iloc[-1] == 1

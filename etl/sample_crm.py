@@ -1,0 +1,1702 @@
+"""The sample CRM: a seeded simulation of a B2B sales organisation, written as Salesforce Data
+Export files, together with the true win probability of every deal at every point of its history.
+
+`make demo` and the end-to-end tests run the whole pipeline on it, and the deal-scoring model is
+checked against its ground truth: on the sample, the log loss of the true probabilities is the best
+any model can reach, so a model's log loss can be compared with it.
+
+Files written to `out_dir` (the file names and columns are the contract the Salesforce reader reads)
+------------------------------------------------------------------------------------------------
+- `Opportunity.csv`, `OpportunityHistory.csv`, `Account.csv`, `User.csv`: Salesforce Data Export
+  format: UTF-8, every value double-quoted (the header too), `\\n` line ends, timestamps
+  `YYYY-MM-DD HH:MM:SS` in UTC, dates (`CloseDate`) as `YYYY-MM-DD 00:00:00`, booleans `0`/`1`,
+  blanks as `""`. Standard field names as in a real export, plus `OPPORTUNITY_EXTRA_COLUMNS`
+  (`CurrencyIsoCode` and the custom fields named in `dealcast.toml` [sources.salesforce]) and
+  `HISTORY_EXTRA_COLUMNS` (`PrevAmount`, `PrevCloseDate`, filled as newer orgs do).
+  `ForecastCategory` holds Salesforce's API values (`Pipeline`, `BestCase`, `Forecast` for commit,
+  `Closed`, `Omitted`) and `ForecastCategoryName` the labels (`Pipeline`, `Best Case`, `Commit`,
+  `Closed`, `Omitted`), chosen by stage: below 50% Pipeline, below 80% Best Case, else Commit.
+  OpportunityHistory has one row at creation and one row per save that changed the stage, amount or
+  close date, each the full state after the change; a closed deal's `CloseDate` is the date of its
+  closing row.
+- `quotas.csv`: quarter, segment_type (`all`, `team`, `pipeline`), segment, amount, for every quarter
+  of the simulated span and the two after `end_date`: 1.1 times the revenue the simulation expects
+  to win in that quarter (computed from its parameters, never from the drawn outcomes), rounded to
+  the thousand. Quotas therefore follow the organisation's growth, and are small in the first
+  quarter, when the CRM starts empty.
+- `truth_win_probability.csv`: deal_id, changed_at, stage, true_win_probability: one row per
+  OpportunityHistory row, in the same order (see "True win probability" below).
+
+The organisation
+----------------
+Reps (about 12 + n_deals/2500, at most 500) work in teams of about eight; a team sits in a region
+(North America, EMEA, APAC, LATAM) and has a focus (Enterprise, Commercial, Partners) that sets the
+mix of its deals' pipelines and segments. Every rep has a hidden skill level (one of five), fixed
+for the rep, so a model can learn it from the owner. Products (Core Platform, Analytics Add-on,
+Enterprise Suite, Support Plan) and segments (SMB, Mid-Market, Enterprise) set the amount scale and
+shift the dynamics. Deals are created over `years` up to `end_date`, growing about 25% a year, with
+fewer new deals in summer and late December.
+
+Dynamics (the hidden ground truth)
+----------------------------------
+Time runs in weeks, Monday 00:00 UTC to Monday 00:00 UTC; week k starts on 1970-01-05 + 7k days
+(its "boundary"). At a boundary an open deal's state is (pipeline, open stage, weeks in stage
+0..26, effect class), where the effect class is (owner's skill level, product, segment). During
+week k each open deal makes one step: advance one stage, skip one, move back one, be lost, be won
+(from the last open stage, rarely from the one before) or stay (weeks in stage + 1, capped at 26).
+The step's probabilities depend only on that state and on the calendar of week k (more wins and a
+pipeline clean-up in the last month of the quarter, less of everything in July-August and late
+December): advancing and winning get less likely the longer a deal sits in a stage, losing more
+likely (stale deals die). A deal created in week k makes its first step in week k+1.
+Every change happens on a weekday between 06:00 and 20:00 UTC, and a deal changes at most once a
+week: the stage move, the amount revision it brings (on entering the proposal stage) and the
+close-date move are one save, one history row. Amount changes and close-date moves (a push of 2-12
+weeks when the expected close date passes while the deal is open, an occasional pull-in) are drawn
+independently of the future steps, so they carry no information beyond the state.
+
+True win probability
+--------------------
+V_b(state) is the exact probability that a deal in `state` at boundary b is eventually won,
+computed by backward induction over the calendar weeks with the same step probabilities the
+simulation draws from (exact to 1e-10: the induction runs far enough ahead that fewer than 1e-10 of
+deals are still open at its horizon). From timestamps, with week(t) = floor((t - 1970-01-05 00:00)
+/ 7 days) and e = when the current stage was entered (`stage_entered_at`):
+
+    b = week(t) + 1 if t is on or after Friday 20:00 of its week, else week(t)
+    b = week(e) + 1 if the stage was entered in week b or later (a step of this week is known)
+    weeks_in_stage = min(b - week(e) - 1, 26)
+
+`SampleWorld.true_win_probability(frame)` returns V_b(pipeline, stage, weeks_in_stage, class) for
+open rows of a `pipeline_at_many` frame (1 for won, 0 for lost). It is exact for a snapshot outside
+the weekday 06:00-20:00 change window (Monday 00:00 as in `W-MON` snapshots, a weekend, the end of
+a Saturday or Sunday) and for a deal whose stage changed earlier in the snapshot's week; inside the
+window otherwise it is the value at the start of that week. The truth file gives, for each history
+row written in week k, V_(k+1) of the state after the change: exact, because the row is the deal's
+only change of week k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from etl.config import ConfigError, SalesforceSourceConfig, load_project_config
+from etl.periods import period_bounds, quarter_label, quarter_labels
+from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
+
+logger = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------------------------
+# File contract
+# ----------------------------------------------------------------------------------------------
+OPPORTUNITY_FILE = "Opportunity.csv"
+HISTORY_FILE = "OpportunityHistory.csv"
+ACCOUNT_FILE = "Account.csv"
+USER_FILE = "User.csv"
+QUOTA_FILE = "quotas.csv"
+TRUTH_FILE = "truth_win_probability.csv"
+
+OPPORTUNITY_COLUMNS = (
+    "Id", "IsDeleted", "AccountId", "IsPrivate", "Name", "Description", "StageName", "StageSortOrder",
+    "Amount", "Probability", "ExpectedRevenue", "TotalOpportunityQuantity", "CloseDate", "Type",
+    "NextStep", "LeadSource", "IsClosed", "IsWon", "ForecastCategory", "ForecastCategoryName",
+    "CampaignId", "HasOpportunityLineItem", "Pricebook2Id", "OwnerId", "CreatedDate", "CreatedById",
+    "LastModifiedDate", "LastModifiedById", "SystemModstamp", "LastActivityDate", "LastStageChangeDate",
+    "FiscalYear", "FiscalQuarter", "PrimaryPartnerAccountId", "ContractId",
+)  # fmt: skip
+HISTORY_COLUMNS = (
+    "Id", "OpportunityId", "CreatedById", "CreatedDate", "CreatedDateForInsert", "StageName", "Amount",
+    "ExpectedRevenue", "CloseDate", "Probability", "FromForecastCategory", "ForecastCategory",
+    "PrevForecastUpdate", "FromOpportunityStageName", "PrevOpportunityStageUpdate", "ValidThroughDate",
+    "SystemModstamp", "IsDeleted",
+)  # fmt: skip
+HISTORY_EXTRA_COLUMNS = ("PrevAmount", "PrevCloseDate")
+ACCOUNT_COLUMNS = (
+    "Id", "IsDeleted", "MasterRecordId", "Name", "Type", "ParentId", "BillingStreet", "BillingCity",
+    "BillingState", "BillingPostalCode", "BillingCountry", "BillingLatitude", "BillingLongitude",
+    "BillingGeocodeAccuracy", "ShippingStreet", "ShippingCity", "ShippingState", "ShippingPostalCode",
+    "ShippingCountry", "ShippingLatitude", "ShippingLongitude", "ShippingGeocodeAccuracy", "Phone", "Fax",
+    "AccountNumber", "Website", "Sic", "Industry", "AnnualRevenue", "NumberOfEmployees", "Ownership",
+    "TickerSymbol", "Description", "Rating", "Site", "OwnerId", "CreatedDate", "CreatedById",
+    "LastModifiedDate", "LastModifiedById", "SystemModstamp", "LastActivityDate", "Jigsaw",
+    "JigsawCompanyId", "CleanStatus", "AccountSource", "DunsNumber", "Tradestyle", "NaicsCode",
+    "NaicsDesc", "YearStarted", "SicDesc", "DandbCompanyId",
+)  # fmt: skip
+USER_COLUMNS = ("Id", "Name", "FirstName", "LastName", "Department", "Division", "Title", "IsActive", "UserRoleId")
+QUOTA_COLUMNS = ("quarter", "segment_type", "segment", "amount")
+TRUTH_COLUMNS = ("deal_id", "changed_at", "stage", "true_win_probability")
+CURRENCY = "USD"
+
+
+def opportunity_extra_columns(fields: SalesforceSourceConfig | None = None) -> tuple[str, ...]:
+    """The Opportunity columns after the standard ones: the currency and the custom fields."""
+    f = fields or SalesforceSourceConfig()
+    return ("CurrencyIsoCode", f.pipeline_field, f.product_field, f.region_field, f.segment_field, f.lost_reason_field)
+
+
+OPPORTUNITY_EXTRA_COLUMNS = opportunity_extra_columns()
+
+# ----------------------------------------------------------------------------------------------
+# Calendar of the simulation
+# ----------------------------------------------------------------------------------------------
+DAY_SECONDS = 86_400
+WEEK_SECONDS = 7 * DAY_SECONDS
+EPOCH_MONDAY_DAY = 4  # 1970-01-05, a Monday, is day 4 after the Unix epoch
+EPOCH_MONDAY = dt.date(1970, 1, 5)
+EVENT_HOURS = (6, 20)  # changes happen on weekdays between 06:00 and 20:00 UTC
+WINDOW_END_SECONDS = 4 * DAY_SECONDS + EVENT_HOURS[1] * 3600  # Friday 20:00 after the week's Monday
+WEEKS_IN_STAGE_CAP = 26
+TRUTH_TOLERANCE = 1e-10
+
+# Step outcomes, in the order their probabilities are stacked.
+ADVANCE, SKIP, BACK, LOST, WON, STAY = range(6)
+STEP_EVENTS = ("advance", "skip", "back", "lost", "won", "stay")
+_STAGE_DELTA = np.array([1, 2, -1, 0, 0, 0], dtype=np.int16)
+# Which calendar factor (forward, back, lost, won) scales each step outcome.
+_SEASON_OF_EVENT = np.array([0, 0, 1, 2, 3])
+
+# ----------------------------------------------------------------------------------------------
+# The organisation's parameters
+# ----------------------------------------------------------------------------------------------
+SEGMENTS = ("SMB", "Mid-Market", "Enterprise")
+_SEGMENT_EFFECT = np.array([-0.15, 0.0, 0.2])
+_SEGMENT_SPEED = np.array([1.35, 1.0, 0.7])
+_SEGMENT_AMOUNT = np.array([9_000.0, 32_000.0, 110_000.0])  # median deal size, Core Platform
+_SEGMENT_CLOSE_FACTOR = np.array([0.75, 1.0, 1.4])
+_SEGMENT_ACCOUNT_SHARE = np.array([0.5, 0.33, 0.17])
+_SEGMENT_EMPLOYEES = ((10, 199), (200, 1_999), (2_000, 60_000))
+
+PRODUCTS = ("Core Platform", "Analytics Add-on", "Enterprise Suite", "Support Plan")
+_PRODUCT_EFFECT = np.array([0.0, 0.25, -0.3, 0.4])
+_PRODUCT_SPEED = np.array([1.0, 1.15, 0.8, 1.25])
+_PRODUCT_AMOUNT = np.array([1.0, 0.4, 2.5, 0.25])
+# Product mix by segment, multiplied into the pipeline kind's mix.
+_SEGMENT_PRODUCT_TILT = np.array([[1.2, 1.0, 0.2, 1.2], [1.0, 1.0, 1.0, 1.0], [0.8, 1.0, 2.0, 0.8]])
+
+SKILL_LEVELS = np.array([-0.6, -0.3, 0.0, 0.3, 0.6])  # log-scale effect of a rep's skill
+_SKILL_SHARES = np.array([0.12, 0.22, 0.32, 0.22, 0.12])
+_EFFECT_SLOPE = 0.3  # forward and win hazards x exp(0.3 * effect), loss hazard x exp(-0.3 * effect)
+
+_AMOUNT_SIGMA = 0.6
+_REVISION_SIGMA = 0.2
+_REVISION_SHARE = 0.7  # share of deals whose amount is revised on entering the proposal stage
+_AMOUNT_CHANGE_RATE = 0.02  # weekly chance of another amount change of an open deal
+_AMOUNT_CHANGE_SIGMA = 0.15
+_PULL_IN_RATE = 0.012  # weekly chance of pulling the close date in, when it is 5+ weeks out
+_GROWTH_PER_YEAR = 0.25
+QUOTA_STRETCH = 1.1
+
+# Per pipeline kind: weekly advance rate, weekly win rate at the last stage, and the win rate the
+# loss rates are set for before stale losses (the realised rate is lower).
+_KIND_DYNAMICS = {
+    "new_business": {"advance": 0.30, "won": 0.30, "target": 0.42},
+    "expansion": {"advance": 0.28, "won": 0.30, "target": 0.62},
+    "channel": {"advance": 0.26, "won": 0.28, "target": 0.39},
+}
+_SKIP_SHARE = 0.12  # share of forward moves that skip a stage
+_BACK_RATE = 0.025  # weekly rate of moving back a stage
+_EARLY_WIN_RATE = 0.02  # weekly rate of winning from the stage before the last
+_KIND_AMOUNT = {"new_business": 1.0, "expansion": 0.6, "channel": 0.8}
+_KIND_CLOSE_WEEKS = {"new_business": (8, 20), "expansion": (4, 10), "channel": (6, 14)}
+_KIND_PRODUCTS = {
+    "new_business": np.array([0.5, 0.1, 0.25, 0.15]),
+    "expansion": np.array([0.15, 0.35, 0.2, 0.3]),
+    "channel": np.array([0.6, 0.2, 0.0, 0.2]),
+}
+
+REGIONS = ("North America", "EMEA", "APAC", "LATAM")
+_REGION_CODES = ("NA", "EMEA", "APAC", "LATAM")
+_TEAM_REGION_CYCLE = (0, 1, 0, 2, 1, 0, 3, 2)
+TEAM_FOCI = ("Enterprise", "Commercial", "Partners")
+_TEAM_FOCUS_CYCLE = (0, 1, 2, 1, 0, 1)
+_FOCUS_KINDS = {  # pipeline kind mix by team focus
+    "Enterprise": {"new_business": 0.65, "expansion": 0.35, "channel": 0.0},
+    "Commercial": {"new_business": 0.7, "expansion": 0.3, "channel": 0.0},
+    "Partners": {"new_business": 0.15, "expansion": 0.0, "channel": 0.85},
+}
+_FOCUS_SEGMENTS = {"Enterprise": (0.0, 0.3, 0.7), "Commercial": (0.6, 0.4, 0.0), "Partners": (0.5, 0.4, 0.1)}
+_FOCUS_TITLES = {
+    "Enterprise": "Enterprise Account Executive",
+    "Commercial": "Account Executive",
+    "Partners": "Channel Account Manager",
+}
+_REPS_PER_TEAM = 8
+
+LEAD_SOURCES = (
+    "Web", "Phone Inquiry", "Partner", "Purchased List", "Trade Show", "Employee Referral",
+    "External Referral", "Word of mouth", "Public Relations", "Advertisement", "Other",
+)  # fmt: skip
+_KIND_LEAD_SOURCES = {
+    "new_business": (0.28, 0.1, 0.04, 0.1, 0.14, 0.07, 0.1, 0.05, 0.04, 0.05, 0.03),
+    "expansion": (0.12, 0.2, 0.0, 0.0, 0.08, 0.05, 0.05, 0.2, 0.05, 0.0, 0.25),
+    "channel": (0.03, 0.02, 0.85, 0.0, 0.03, 0.0, 0.02, 0.0, 0.0, 0.0, 0.05),
+}
+DEAL_TYPES = (
+    "New Customer", "Existing Customer - Upgrade", "Existing Customer - Replacement",
+    "Existing Customer - Downgrade",
+)  # fmt: skip
+_KIND_DEAL_TYPES = {
+    "new_business": (1.0, 0.0, 0.0, 0.0),
+    "expansion": (0.0, 0.7, 0.15, 0.15),
+    "channel": (0.8, 0.2, 0.0, 0.0),
+}
+LOSS_REASONS = ("No Budget", "Product Fit", "Timing", "Unresponsive", "Lost to Competitor", "Price", "No Decision")
+_LOSS_REASON_MIX = np.array(
+    [
+        [0.3, 0.2, 0.2, 0.2, 0.1, 0.0, 0.0],  # lost in the first half of the stages
+        [0.0, 0.0, 0.15, 0.0, 0.35, 0.3, 0.2],  # lost in the second half
+        [0.0, 0.0, 0.15, 0.5, 0.0, 0.0, 0.35],  # lost after 10+ weeks in the stage
+    ]
+)
+_STALE_LOSS_WEEKS = 10
+
+_FIRST_NAMES = (
+    "Aaliyah", "Adrian", "Aisha", "Alejandro", "Amelia", "Andre", "Anika", "Ben", "Bianca", "Carlos",
+    "Chen", "Chloe", "Daniel", "Deepa", "Diego", "Elena", "Emeka", "Emma", "Fatima", "Felix", "Grace",
+    "Hannah", "Hiro", "Ines", "Isaac", "Jamal", "Jana", "Javier", "Julia", "Kai", "Kenji", "Lara",
+    "Leo", "Lucia", "Maya", "Mateo", "Mei", "Mohammed", "Nadia", "Noah", "Olga", "Omar", "Priya",
+    "Rafael", "Rahul", "Rosa", "Sam", "Sara", "Sofia", "Tariq", "Thomas", "Valentina", "Victor",
+    "Wei", "Yara", "Yusuf", "Zoe", "Lukas", "Ingrid", "Pedro",
+)  # fmt: skip
+_LAST_NAMES = (
+    "Abara", "Alvarez", "Andersen", "Bauer", "Becker", "Brennan", "Castillo", "Chandra", "Chen",
+    "Costa", "Dubois", "Edwards", "Fischer", "Fujita", "Garcia", "Gupta", "Hansen", "Haddad",
+    "Ibrahim", "Ito", "Jensen", "Johnson", "Kaur", "Kim", "Kowalski", "Larsen", "Lopez", "Martin",
+    "Meyer", "Mendes", "Moreau", "Murphy", "Nakamura", "Nguyen", "Novak", "Okafor", "Olsen", "Park",
+    "Patel", "Petrov", "Quinn", "Rossi", "Santos", "Schmidt", "Silva", "Singh", "Sato", "Svensson",
+    "Tanaka", "Torres", "Tran", "Walsh", "Weber", "Williams", "Wong", "Yamamoto", "Yilmaz", "Zhang",
+    "Ortiz", "Reyes",
+)  # fmt: skip
+_ACCOUNT_WORDS = (
+    "Northwind", "Blue Ridge", "Summit", "Silverline", "Redwood", "Harbor", "Granite", "Evergreen",
+    "Polaris", "Crescent", "Ironbridge", "Lakeside", "Meridian", "Oakmont", "Pinnacle", "Quantum",
+    "Riverbend", "Sterling", "Tidewater", "Vantage", "Westfield", "Apex", "Beacon", "Cobalt",
+    "Delta", "Everest", "Falcon", "Golden Gate", "Highland", "Insight", "Juniper", "Keystone",
+    "Lighthouse", "Maple", "Nova", "Orion", "Prairie", "Ridgeway", "Sequoia", "Trident", "Union",
+    "Vertex", "Willow", "Zenith", "Atlas", "Bright", "Cedar", "Dynamo", "Ember", "Frontier",
+)  # fmt: skip
+_ACCOUNT_NOUNS = (
+    "Logistics", "Health", "Foods", "Energy", "Financial", "Robotics", "Media", "Retail", "Systems",
+    "Pharma", "Analytics", "Manufacturing", "Telecom", "Insurance", "Motors", "Hotels", "Textiles",
+    "Construction", "Software", "Aerospace", "Biotech", "Consulting", "Utilities", "Airlines",
+    "Education", "Labs", "Networks", "Outfitters", "Capital", "Brewing", "Semiconductors", "Marine",
+    "Packaging", "Chemicals", "Furniture", "Security", "Travel", "Agritech", "Devices", "Studios",
+)  # fmt: skip
+_ACCOUNT_SUFFIXES = ("Inc.", "LLC", "Group", "Corp", "Ltd", "GmbH", "SA", "Holdings", "Partners", "Co.")
+_INDUSTRIES = (
+    "Technology", "Manufacturing", "Healthcare", "Finance", "Retail", "Energy", "Transportation",
+    "Education", "Hospitality", "Media", "Telecommunications", "Construction", "Consulting",
+)  # fmt: skip
+_REGION_CITIES = {
+    "North America": (
+        ("New York", "NY", "USA"), ("Austin", "TX", "USA"), ("Chicago", "IL", "USA"),
+        ("San Francisco", "CA", "USA"), ("Toronto", "ON", "Canada"), ("Atlanta", "GA", "USA"),
+        ("Boston", "MA", "USA"), ("Denver", "CO", "USA"),
+    ),
+    "EMEA": (
+        ("London", "", "United Kingdom"), ("Paris", "", "France"), ("Berlin", "", "Germany"),
+        ("Amsterdam", "", "Netherlands"), ("Madrid", "", "Spain"), ("Stockholm", "", "Sweden"),
+        ("Dubai", "", "United Arab Emirates"),
+    ),
+    "APAC": (
+        ("Sydney", "NSW", "Australia"), ("Singapore", "", "Singapore"), ("Tokyo", "", "Japan"),
+        ("Bangalore", "KA", "India"), ("Seoul", "", "South Korea"),
+    ),
+    "LATAM": (
+        ("São Paulo", "SP", "Brazil"), ("Mexico City", "CDMX", "Mexico"), ("Bogotá", "", "Colombia"),
+        ("Santiago", "", "Chile"), ("Buenos Aires", "", "Argentina"),
+    ),
+}  # fmt: skip
+_ACCOUNT_TYPES = ("Customer - Direct", "Customer - Channel", "Prospect")
+
+# Salesforce id key prefixes.
+_ID_PREFIX = {"account": "001", "user": "005", "opportunity": "006", "history": "008", "role": "00E"}
+_ID_START = {"account": 3_100_000, "user": 41_000, "opportunity": 7_400_000, "history": 52_000_000, "role": 900}
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers
+# ----------------------------------------------------------------------------------------------
+def pipeline_kind(name: str) -> str:
+    """How a pipeline behaves in the simulation: `expansion` (upsell to customers), `channel`
+    (through partners) or `new_business`, recognised from its name."""
+    lowered = name.lower()
+    if any(word in lowered for word in ("expansion", "upsell", "renewal", "cross-sell", "existing")):
+        return "expansion"
+    if any(word in lowered for word in ("channel", "partner", "reseller", "indirect")):
+        return "channel"
+    return "new_business"
+
+
+def week_of_date(day: dt.date) -> int:
+    """The index of the Monday-to-Monday week holding `day`."""
+    return (day - EPOCH_MONDAY).days // 7
+
+
+def _cumulative(weights: np.ndarray) -> np.ndarray:
+    """Row-wise cumulative probabilities of non-negative weights (rows of zeros become uniform)."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = np.where(w.sum(axis=-1, keepdims=True) > 0, w, 1.0)
+    cum = np.cumsum(w / w.sum(axis=-1, keepdims=True), axis=-1)
+    cum[..., -1] = 1.0
+    return cum
+
+
+def _draw(uniforms: np.ndarray, cumulative: np.ndarray, group: np.ndarray | None = None) -> np.ndarray:
+    """Categorical draws: the category whose cumulative band holds each uniform (per group row)."""
+    table = cumulative[None, :] if group is None else cumulative[group]
+    if group is None:
+        return np.searchsorted(cumulative, uniforms, side="right").astype(np.int16)
+    return (uniforms[:, None] >= table).sum(axis=1).astype(np.int16)
+
+
+def _civil_from_days(days: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Year, month, day of days since 1970-01-01 (proleptic Gregorian, vectorised)."""
+    z = days.astype(np.int64) + 719_468
+    era = np.floor_divide(z, 146_097)
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1_460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = np.where(mp < 10, mp + 3, mp - 9)
+    year = yoe + era * 400 + (month <= 2)
+    return year, month, day
+
+
+def _strings_from_bytes(matrix: np.ndarray, blank: np.ndarray | None = None) -> pa.Array:
+    """A string array from a (rows, width) ASCII byte matrix; rows flagged in `blank` become ""."""
+    n, width = matrix.shape
+    lengths = np.full(n, width, dtype=np.int64)
+    data = matrix
+    if blank is not None and blank.any():
+        lengths[blank] = 0
+        data = matrix[~blank]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.LargeStringArray.from_buffers(
+        n, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data).tobytes())
+    ).cast(pa.string())
+
+
+def _put_digits(out: np.ndarray, start: int, value: np.ndarray, width: int) -> None:
+    for i in range(width):
+        out[:, start + width - 1 - i] = 48 + (value // 10**i) % 10
+
+
+def format_timestamps(seconds: np.ndarray, blank: np.ndarray | None = None) -> pa.Array:
+    """`YYYY-MM-DD HH:MM:SS` for seconds since the Unix epoch (UTC)."""
+    seconds = np.asarray(seconds, dtype=np.int64)
+    days, sod = np.divmod(seconds, DAY_SECONDS)
+    year, month, day = _civil_from_days(days)
+    out = np.empty((len(seconds), 19), dtype=np.uint8)
+    _put_digits(out, 0, year, 4)
+    _put_digits(out, 5, month, 2)
+    _put_digits(out, 8, day, 2)
+    _put_digits(out, 11, sod // 3600, 2)
+    _put_digits(out, 14, (sod // 60) % 60, 2)
+    _put_digits(out, 17, sod % 60, 2)
+    out[:, [4, 7]] = ord("-")
+    out[:, 10] = ord(" ")
+    out[:, [13, 16]] = ord(":")
+    return _strings_from_bytes(out, blank)
+
+
+def format_dates(days: np.ndarray, blank: np.ndarray | None = None) -> pa.Array:
+    """`YYYY-MM-DD 00:00:00` (a Salesforce date in a Data Export) for days since the Unix epoch."""
+    return format_timestamps(np.asarray(days, dtype=np.int64) * DAY_SECONDS, blank)
+
+
+def _format_integers(values: np.ndarray, blank: np.ndarray | None = None) -> pa.Array:
+    text = pc.cast(pa.array(np.asarray(values, dtype=np.int64)), pa.string())
+    if blank is None or not blank.any():
+        return text
+    return pc.if_else(pa.array(blank), pa.scalar("", pa.string()), text)
+
+
+def _take(names: Sequence[str], codes: np.ndarray) -> pa.Array:
+    return pc.take(pa.array(list(names), type=pa.string()), pa.array(np.asarray(codes, dtype=np.int64)))
+
+
+def _constant(value: str, n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(value, pa.string()), n)
+
+
+_BASE62 = np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
+_ID_SUFFIX = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345", dtype=np.uint8)
+
+
+def salesforce_ids(kind: str, numbers: np.ndarray) -> pa.Array:
+    """18-character Salesforce-style ids: key prefix, pod `5g`, `0`, nine base-62 digits of the
+    record number, and the three-character case-safe suffix Salesforce computes from the
+    upper-case letters of the first 15 characters."""
+    numbers = np.asarray(numbers, dtype=np.int64) + _ID_START[kind]
+    n = len(numbers)
+    out = np.empty((n, 18), dtype=np.uint8)
+    out[:, :6] = np.frombuffer((_ID_PREFIX[kind] + "5g0").encode(), dtype=np.uint8)
+    rest = numbers.copy()
+    for i in range(9):
+        out[:, 14 - i] = _BASE62[rest % 62]
+        rest //= 62
+    upper = (out[:, :15] >= ord("A")) & (out[:, :15] <= ord("Z"))
+    bits = upper.reshape(n, 3, 5).astype(np.int64) @ (1 << np.arange(5))
+    out[:, 15:] = _ID_SUFFIX[bits]
+    return _strings_from_bytes(out)
+
+
+def _org_stage_order(stages: StageCatalog) -> list[str]:
+    """The org-wide stage picklist order (`StageSortOrder`): open stages merged across pipelines
+    keeping each pipeline's order, then the won stages, then the lost stages."""
+    order: list[str] = []
+    for p in stages:
+        for i, name in enumerate(p.open_stages):
+            if name in order:
+                continue
+            later = [order.index(s) for s in p.open_stages[i + 1 :] if s in order]
+            order.insert(min(later) if later else len(order), name)
+    for p in stages:
+        if p.won_stage not in order:
+            order.append(p.won_stage)
+    for p in stages:
+        if p.lost_stage not in order:
+            order.append(p.lost_stage)
+    return order
+
+
+def _forecast_category(probability: float, status: str) -> tuple[str, str]:
+    """(ForecastCategory API value, ForecastCategoryName label) of a stage."""
+    if status == STATUS_WON:
+        return "Closed", "Closed"
+    if status == STATUS_LOST:
+        return "Omitted", "Omitted"
+    if probability < 50:
+        return "Pipeline", "Pipeline"
+    if probability < 80:
+        return "BestCase", "Best Case"
+    return "Forecast", "Commit"
+
+
+_MONTH_DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+
+
+def _season_factors(weeks: np.ndarray, fiscal_year_start_month: int) -> np.ndarray:
+    """Calendar multipliers of each week's hazards, shape (len(weeks), 4): forward moves, backward
+    moves, losses, wins; from the week's Thursday."""
+    year, month, day = _civil_from_days(np.asarray(weeks, dtype=np.int64) * 7 + EPOCH_MONDAY_DAY + 3)
+    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
+    days_in_month = _MONTH_DAYS[month - 1] + ((month == 2) & leap)
+    quarter_month = (month - fiscal_year_start_month) % 3 == 2
+    quarter_end = quarter_month & (day > days_in_month - 14)
+    summer = np.isin(month, (7, 8))
+    holiday = ((month == 12) & (day >= 20)) | ((month == 1) & (day <= 3))
+    factors = np.ones((len(month), 4))
+    factors[:, 0] = np.where(quarter_month, 1.1, 1.0) * np.where(summer, 0.8, 1.0) * np.where(holiday, 0.5, 1.0)
+    factors[:, 1] = np.where(holiday, 0.5, 1.0)
+    factors[:, 2] = np.where(quarter_end, 1.2, 1.0) * np.where(summer, 0.85, 1.0) * np.where(holiday, 0.6, 1.0)
+    factors[:, 3] = (
+        np.where(quarter_month, 1.25, 1.0)
+        * np.where(quarter_end, 1.4, 1.0)
+        * np.where(summer, 0.8, 1.0)
+        * np.where(holiday, 0.45, 1.0)
+    )
+    return factors
+
+
+def _creation_season(weeks: np.ndarray, fiscal_year_start_month: int) -> np.ndarray:
+    _, month, day = _civil_from_days(np.asarray(weeks, dtype=np.int64) * 7 + EPOCH_MONDAY_DAY + 3)
+    summer = np.isin(month, (7, 8))
+    holiday = ((month == 12) & (day >= 20)) | ((month == 1) & (day <= 3))
+    quarter_start = (month - fiscal_year_start_month) % 3 == 0
+    return np.where(summer, 0.85, 1.0) * np.where(holiday, 0.35, 1.0) * np.where(quarter_start, 1.05, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The world: hidden parameters and the exact win probability
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SampleSummary:
+    out_dir: Path
+    n_deals: int
+    n_history_rows: int
+    won: int
+    lost: int
+    open: int
+    start: dt.date
+    end: dt.date
+
+
+def _resolve_project(
+    stages: StageCatalog | None, fiscal_year_start_month: int | None
+) -> tuple[StageCatalog, int, SalesforceSourceConfig]:
+    """Stages, fiscal year start and Salesforce field names: explicit values first, then
+    `dealcast.toml`; without a readable config, calendar quarters and the standard field names."""
+    try:
+        project = load_project_config()
+    except ConfigError:
+        if stages is None:
+            raise
+        return stages, fiscal_year_start_month or 1, SalesforceSourceConfig()
+    return (
+        stages if stages is not None else project.stages,
+        fiscal_year_start_month or project.fiscal_year_start_month,
+        project.salesforce,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class SampleWorld:
+    """The simulated organisation's hidden parameters, built deterministically from the seed and
+    the size: reps and their skill, teams, the step probabilities, and the exact win probability.
+
+    Effect classes number the combinations (pipeline, skill level, product, segment); stages are
+    0-based positions among a pipeline's open stages, with `n_open` for won and `n_open + 1` for lost.
+    """
+
+    seed: int
+    n_deals: int
+    start_date: dt.date
+    end_date: dt.date
+    stages: StageCatalog
+    fiscal_year_start_month: int
+    pipelines: tuple[str, ...]
+    pipeline_kinds: tuple[str, ...]
+    teams: pd.DataFrame = field(repr=False)
+    users: pd.DataFrame = field(repr=False)
+    _base_rates: np.ndarray = field(repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        seed: int = 7,
+        n_deals: int = 10_000,
+        end_date: dt.date | None = None,
+        years: float = 3.5,
+        stages: StageCatalog | None = None,
+        fiscal_year_start_month: int | None = None,
+    ) -> "SampleWorld":
+        """The world for `seed` and `n_deals` deals created over `years` up to `end_date`
+        (default today, UTC). Stages default to the project config's."""
+        if n_deals < 1:
+            raise ValueError(f"n_deals must be at least 1, got {n_deals}")
+        if not 0 < years <= 50:
+            raise ValueError(f"years must be in (0, 50], got {years}")
+        stages, fiscal_start, _ = _resolve_project(stages, fiscal_year_start_month)
+        pipelines = tuple(p.name for p in stages)
+        if not pipelines:
+            raise ValueError("the stage catalogue has no pipeline to simulate")
+        if isinstance(end_date, dt.datetime):
+            end_date = end_date.date()
+        end = end_date or dt.datetime.now(dt.timezone.utc).date()
+        start = end - dt.timedelta(days=round(years * 365.25))
+        kinds = tuple(pipeline_kind(name) for name in pipelines)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
+        teams, users = _build_org(n_deals, rng)
+        n_open = np.array([len(p.open_stages) for p in stages])
+        return cls(
+            seed=seed,
+            n_deals=n_deals,
+            start_date=start,
+            end_date=end,
+            stages=stages,
+            fiscal_year_start_month=fiscal_start,
+            pipelines=pipelines,
+            pipeline_kinds=kinds,
+            teams=teams,
+            users=users,
+            _base_rates=_base_rates(kinds, n_open),
+        )
+
+    # -- shapes and codes --------------------------------------------------------------------
+    @property
+    def first_week(self) -> int:
+        return week_of_date(self.start_date)
+
+    @property
+    def last_week(self) -> int:
+        return week_of_date(self.end_date)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.pipelines) * len(SKILL_LEVELS) * len(PRODUCTS) * len(SEGMENTS)
+
+    @property
+    def max_open_stages(self) -> int:
+        return self._base_rates.shape[2]
+
+    def n_open_stages(self, deal_class: np.ndarray) -> np.ndarray:
+        n_open = np.array([len(self.stages[p].open_stages) for p in self.pipelines])
+        return n_open[self.class_parts(deal_class)[0]]
+
+    def class_index(self, pipeline: np.ndarray, skill: np.ndarray, product: np.ndarray, segment: np.ndarray) -> np.ndarray:
+        """Effect class of (pipeline, skill level, product, segment) codes."""
+        r, n_prod, n_seg = len(SKILL_LEVELS), len(PRODUCTS), len(SEGMENTS)
+        return ((np.asarray(pipeline) * r + np.asarray(skill)) * n_prod + np.asarray(product)) * n_seg + np.asarray(segment)
+
+    def class_parts(self, deal_class: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(pipeline, skill level, product, segment) codes of effect classes."""
+        c = np.asarray(deal_class)
+        c, segment = np.divmod(c, len(SEGMENTS))
+        c, product = np.divmod(c, len(PRODUCTS))
+        pipeline, skill = np.divmod(c, len(SKILL_LEVELS))
+        return pipeline, skill, product, segment
+
+    def deal_class(
+        self,
+        pipeline: Sequence[str],
+        owner: Sequence[str],
+        product: Sequence[str],
+        segment: Sequence[str],
+        row_labels: Sequence | None = None,
+    ) -> np.ndarray:
+        """Effect classes from names: pipeline, owner (User Name or Id from User.csv), product and
+        segment (the Pipeline__c, Product__c and Segment__c values).
+
+        Raises ValueError naming the first row (its label in `row_labels`, else its position)
+        and the column whose value this sample does not have."""
+        codes = []
+        lookups = (
+            ("pipeline", pipeline, {name: i for i, name in enumerate(self.pipelines)}, f"one of {list(self.pipelines)}"),
+            ("owner", owner, self._owner_skill(), "a User Name or Id from User.csv"),
+            ("product", product, {name: i for i, name in enumerate(PRODUCTS)}, f"one of {list(PRODUCTS)}"),
+            ("account_segment", segment, {name: i for i, name in enumerate(SEGMENTS)}, f"one of {list(SEGMENTS)}"),
+        )
+        for column, values, mapping, expected in lookups:
+            series = pd.Series(np.asarray(values, dtype=object), dtype=object)
+            mapped = series.map(mapping)
+            bad = mapped.isna().to_numpy()
+            if bad.any():
+                first = int(np.flatnonzero(bad)[0])
+                label = row_labels[first] if row_labels is not None else first
+                raise ValueError(
+                    f"sample world: row {label}, column {column!r}: {series.iloc[first]!r} is not in this "
+                    f"sample (expected {expected})"
+                )
+            codes.append(mapped.to_numpy(dtype=np.int64))
+        return self.class_index(*codes)
+
+    def _owner_skill(self) -> dict[str, int]:
+        skill = dict(zip(self.users["Name"], self.users["skill_level"].astype(int)))
+        skill.update(zip(self.users["Id"], self.users["skill_level"].astype(int)))
+        return skill
+
+    # -- the Markov step ---------------------------------------------------------------------
+    def season_factors(self, weeks: np.ndarray) -> np.ndarray:
+        return _season_factors(np.atleast_1d(weeks), self.fiscal_year_start_month)
+
+    def transition_probabilities(self, week: int) -> np.ndarray:
+        """Probabilities of the step outcomes during week `week`, shape (6, classes, stages,
+        weeks in stage 0..26), stacked as advance, skip, back, lost, won, stay.
+
+        Hazards combine as competing risks: with total weekly rate L, some event happens with
+        probability 1 - exp(-L), shared in proportion to the rates."""
+        return self._probabilities(self.season_factors(np.array([week]))[0])
+
+    def _probabilities(self, factors: np.ndarray) -> np.ndarray:
+        """Step probabilities for one week's calendar factors (cached: weeks share a few)."""
+        key = tuple(np.round(factors, 12))
+        cached = self._cache.get(("probabilities", key))
+        if cached is None:
+            rates = self._base_rates * factors[_SEASON_OF_EVENT][:, None, None, None]
+            total = rates.sum(axis=0)
+            share = np.divide(-np.expm1(-total), total, out=np.zeros_like(total), where=total > 0)
+            cached = np.empty((6, *total.shape))
+            cached[:5] = rates * share
+            cached[5] = np.exp(-total)
+            cached.setflags(write=False)
+            self._cache[("probabilities", key)] = cached
+        return cached
+
+    def step(
+        self,
+        deal_class: np.ndarray,
+        stage: np.ndarray,
+        weeks_in_stage: np.ndarray,
+        week: int,
+        uniforms: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One week of the Markov process for open deals: (outcome, new stage, new weeks in stage).
+
+        `uniforms` are U(0,1) draws, one per deal; the outcome is the first of advance, skip,
+        back, lost, won whose cumulative probability exceeds the draw, else stay."""
+        probs = self.transition_probabilities(week)
+        p = probs[:5][:, deal_class, stage, weeks_in_stage]
+        outcome = (uniforms[None, :] >= np.cumsum(p, axis=0)).sum(axis=0).astype(np.int8)
+        n_open = self.n_open_stages(deal_class)
+        new_stage = stage + _STAGE_DELTA[outcome]
+        new_stage = np.where(outcome == WON, n_open, np.where(outcome == LOST, n_open + 1, new_stage))
+        new_weeks = np.where(outcome == STAY, np.minimum(weeks_in_stage + 1, WEEKS_IN_STAGE_CAP), 0)
+        return outcome, new_stage.astype(np.int16), new_weeks.astype(np.int16)
+
+    # -- exact win probability ---------------------------------------------------------------
+    def _valid_states(self) -> np.ndarray:
+        n_open = self.n_open_stages(np.arange(self.n_classes))
+        return np.arange(self.max_open_stages)[None, :] < n_open[:, None]
+
+    def value_table(self, first_boundary: int, last_boundary: int) -> np.ndarray:
+        """V_b for boundaries b in [first_boundary, last_boundary]: shape (weeks, classes,
+        stages, weeks in stage); the probability of eventually winning from each open state.
+
+        Backward induction from a horizon far enough ahead that the still-open probability
+        there is below TRUTH_TOLERANCE for every state (checked; the horizon doubles if not)."""
+        key = ("values", first_boundary, last_boundary)
+        if key in self._cache:
+            return self._cache[key]
+        valid = self._valid_states()
+        horizon = 420
+        while True:
+            # Beyond the last boundary, carry two bounds: deals still open at the horizon counted
+            # as lost (values[0]) and as won (values[1]). Their gap at boundary last + 1 bounds the
+            # error of every earlier value (an earlier state reaches it with total probability <= 1).
+            weeks = np.arange(last_boundary + horizon - 1, first_boundary - 1, -1)
+            factors = self.season_factors(weeks)
+            values = np.zeros((2, self.n_classes, self.max_open_stages, WEEKS_IN_STAGE_CAP + 1))
+            values[1][valid] = 1.0
+            for i in range(horizon - 1):
+                values = _backward_step(self._probabilities(factors[i]), values, valid)
+            gap = float((values[1] - values[0]).max())
+            if gap <= TRUTH_TOLERANCE:
+                break
+            horizon *= 2
+        value = values[0]
+        table = np.empty((last_boundary - first_boundary + 1, *value.shape))
+        for i, week in enumerate(weeks[horizon - 1 :]):
+            value = _backward_step(self._probabilities(factors[horizon - 1 + i]), value, valid)
+            table[week - first_boundary] = value
+        table.setflags(write=False)
+        for old in [k for k in self._cache if k[0] == "values"]:
+            del self._cache[old]
+        self._cache[key] = table
+        return table
+
+    def win_probability(
+        self, deal_class: np.ndarray, stage: np.ndarray, weeks_in_stage: np.ndarray, boundary_week: np.ndarray
+    ) -> np.ndarray:
+        """The exact probability of eventually winning for open deals in the given states at the
+        given week boundaries (weeks in stage above 26 count as 26)."""
+        boundary_week = np.asarray(boundary_week, dtype=np.int64)
+        if boundary_week.size == 0:
+            return np.empty(0)
+        lo, hi = int(boundary_week.min()), int(boundary_week.max())
+        cached = [k for k in self._cache if k[0] == "values" and k[1] <= lo and k[2] >= hi]
+        if cached:
+            lo = cached[0][1]
+            table = self._cache[cached[0]]
+        else:
+            table = self.value_table(lo, hi)
+        return table[
+            boundary_week - lo,
+            np.asarray(deal_class),
+            np.asarray(stage),
+            np.minimum(np.asarray(weeks_in_stage), WEEKS_IN_STAGE_CAP),
+        ]
+
+    def true_win_probability(self, frame: pd.DataFrame) -> pd.Series:
+        """The true probability of eventually winning for each row of a point-in-time frame (as
+        `etl.pipeline_state.pipeline_at_many` produces): open rows from their state at
+        `snapshot_at` (see the module docstring for how weeks in stage are counted), 1 for won
+        rows and 0 for lost rows. Index aligned with `frame`."""
+        required = ["snapshot_at", "pipeline", "stage", "stage_entered_at", "owner", "product", "account_segment", "status"]
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+            raise ValueError(f"true_win_probability: frame is missing column(s) {missing}; expected {required}")
+        status = frame["status"].astype("string").to_numpy(dtype=object, na_value=None)
+        unknown = ~np.isin(status, [STATUS_OPEN, STATUS_WON, STATUS_LOST])
+        if unknown.any():
+            row = int(np.flatnonzero(unknown)[0])
+            raise ValueError(
+                f"true_win_probability: row {row}, column 'status': expected open/won/lost, got {status[row]!r}"
+            )
+        out = np.where(status == STATUS_WON, 1.0, 0.0)
+        is_open = status == STATUS_OPEN
+        if is_open.any():
+            rows = frame.loc[is_open]
+            deal_class = self.deal_class(
+                rows["pipeline"], rows["owner"], rows["product"], rows["account_segment"], row_labels=rows.index
+            )
+            pipeline_codes = self.class_parts(deal_class)[0]
+            stage = np.full(len(rows), -1, dtype=np.int64)
+            stage_names = rows["stage"].astype("string").to_numpy(dtype=object, na_value=None)
+            for code, name in enumerate(self.pipelines):
+                in_pipeline = pipeline_codes == code
+                positions = {s: i for i, s in enumerate(self.stages[name].open_stages)}
+                mapped = pd.Series(stage_names[in_pipeline], dtype=object).map(positions)
+                stage[in_pipeline] = mapped.fillna(-1).to_numpy(dtype=np.int64)
+            if (stage < 0).any():
+                row = int(np.flatnonzero(stage < 0)[0])
+                raise ValueError(
+                    f"true_win_probability: row {rows.index[row]}, column 'stage': {stage_names[row]!r} "
+                    f"is not an open stage of pipeline {rows['pipeline'].iloc[row]!r}"
+                )
+            snapshot = _utc_microseconds(rows["snapshot_at"], "snapshot_at", rows.index)
+            entered = _utc_microseconds(rows["stage_entered_at"], "stage_entered_at", rows.index)
+            boundary, weeks_in_stage = boundary_state(snapshot, entered)
+            out[is_open] = self.win_probability(deal_class, stage, weeks_in_stage, boundary)
+        return pd.Series(out, index=frame.index, name="true_win_probability", dtype="float64")
+
+    # -- who sells what ----------------------------------------------------------------------
+    def _mixes(self) -> dict[str, np.ndarray]:
+        """The draw probabilities of a deal's attributes (the same ones the simulation uses)."""
+        cached = self._cache.get(("mixes",))
+        if cached is not None:
+            return cached
+        kinds = np.array(self.pipeline_kinds)
+        pipeline_by_focus = np.zeros((len(TEAM_FOCI), len(self.pipelines)))
+        for f, focus in enumerate(TEAM_FOCI):
+            for p, kind in enumerate(kinds):
+                pipeline_by_focus[f, p] = _FOCUS_KINDS[focus][kind] / (kinds == kind).sum()
+        pipeline_by_focus = np.where(pipeline_by_focus.sum(1, keepdims=True) > 0, pipeline_by_focus, 1.0)
+        pipeline_by_focus /= pipeline_by_focus.sum(1, keepdims=True)
+        segment_by_focus = np.array([_FOCUS_SEGMENTS[f] for f in TEAM_FOCI])
+        product = np.array([_KIND_PRODUCTS[k] for k in kinds])[:, None, :] * _SEGMENT_PRODUCT_TILT[None, :, :]
+        product = np.where(product.sum(-1, keepdims=True) > 0, product, 1.0)
+        product /= product.sum(-1, keepdims=True)  # (pipeline, segment, product)
+        rep_share = self.users["deal_share"].to_numpy()
+        focus_of_rep = self.teams["focus_code"].to_numpy()[self.users["team_code"].to_numpy()]
+        mixes = {
+            "rep_share": rep_share,
+            "focus_of_rep": focus_of_rep,
+            "pipeline_by_focus": pipeline_by_focus,
+            "segment_by_focus": segment_by_focus,
+            "product": product,
+        }
+        self._cache[("mixes",)] = mixes
+        return mixes
+
+    def team_class_share(self) -> np.ndarray:
+        """Expected share of all deals in each (team, effect class): shape (teams, classes)."""
+        m = self._mixes()
+        reps = np.arange(len(self.users))
+        joint = (
+            m["rep_share"][:, None, None, None]
+            * m["pipeline_by_focus"][m["focus_of_rep"]][:, :, None, None]
+            * m["segment_by_focus"][m["focus_of_rep"]][:, None, :, None]
+            * m["product"][None, :, :, :]
+        )  # (rep, pipeline, segment, product)
+        rep, pipe, seg, prod = np.meshgrid(
+            reps, np.arange(len(self.pipelines)), np.arange(len(SEGMENTS)), np.arange(len(PRODUCTS)), indexing="ij"
+        )
+        skill = self.users["skill_level"].to_numpy()[rep]
+        team = self.users["team_code"].to_numpy()[rep]
+        share = np.zeros((len(self.teams), self.n_classes))
+        np.add.at(share, (team.ravel(), self.class_index(pipe, skill, prod, seg).ravel()), joint.ravel())
+        return share
+
+    def mean_amount(self) -> np.ndarray:
+        """Expected amount of a deal of each effect class (amount revisions have mean 1)."""
+        pipeline, _, product, segment = self.class_parts(np.arange(self.n_classes))
+        kind_factor = np.array([_KIND_AMOUNT[k] for k in self.pipeline_kinds])[pipeline]
+        return _SEGMENT_AMOUNT[segment] * _PRODUCT_AMOUNT[product] * kind_factor * math.exp(_AMOUNT_SIGMA**2 / 2)
+
+    def creation_weights(self, weeks: np.ndarray) -> np.ndarray:
+        """Relative number of deals created in each week (growth, season, business days open in
+        the simulated span); weeks after `end_date` continue the trend as if the span went on."""
+        weeks = np.asarray(weeks, dtype=np.int64)
+        years_in = (weeks - self.first_week) / 52.1775
+        weight = np.exp(math.log1p(_GROWTH_PER_YEAR) * years_in) * _creation_season(weeks, self.fiscal_year_start_month)
+        first, last = self.business_days(weeks)
+        return np.where(weeks >= self.first_week, weight * np.maximum(last - first + 1, 0) / 5.0, 0.0)
+
+    def business_days(self, weeks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """First and last weekday (0 = Monday .. 4 = Friday) on which changes can happen in each
+        week: from `start_date` in the first week, up to `end_date` in the last week."""
+        weeks = np.asarray(weeks, dtype=np.int64)
+        first = np.where(weeks == self.first_week, min(self.start_date.weekday(), 5), 0)
+        last = np.where(weeks == self.last_week, min(self.end_date.weekday(), 4), 4)
+        return first, last
+
+    def quotas(self, stretch: float = QUOTA_STRETCH) -> pd.DataFrame:
+        """Quota per quarter for the whole company, each team and each pipeline: `stretch` times
+        the won revenue expected from the simulation's parameters, rounded to the thousand.
+
+        Expected won revenue comes from propagating the expected number of deals in every state
+        week by week (created deals in, won and lost deals out) with the step probabilities."""
+        fiscal = self.fiscal_year_start_month
+
+        def following(label: str) -> str:
+            return quarter_label(period_bounds(label, fiscal)[1], fiscal)
+
+        labels = [quarter_label(self.start_date, fiscal)]
+        while labels[-1] != quarter_label(self.end_date, fiscal):
+            labels.append(following(labels[-1]))
+        labels += [following(labels[-1]), following(following(labels[-1]))]
+        last_day = (period_bounds(labels[-1], fiscal)[1] - pd.Timedelta(days=1)).date()
+        weeks = np.arange(self.first_week, week_of_date(last_day) + 1)
+
+        created = self.creation_weights(weeks)
+        in_span = self.creation_weights(np.arange(self.first_week, self.last_week + 1)).sum()
+        team_share = self.team_class_share()
+        class_share = team_share.sum(axis=0)
+        inflow = self.n_deals * (created / in_span)[:, None] * class_share[None, :]
+        won = np.zeros((len(weeks), self.n_classes))
+        mass = np.zeros((self.n_classes, self.max_open_stages, WEEKS_IN_STAGE_CAP + 1))
+        for i, week in enumerate(weeks):
+            p = self.transition_probabilities(int(week))
+            won[i] = (mass * p[WON]).sum(axis=(1, 2))
+            moved = np.zeros_like(mass)
+            entering = (mass * p[ADVANCE]).sum(axis=2)
+            moved[:, 1:, 0] += entering[:, :-1]
+            entering = (mass * p[SKIP]).sum(axis=2)
+            moved[:, 2:, 0] += entering[:, :-2]
+            entering = (mass * p[BACK]).sum(axis=2)
+            moved[:, :-1, 0] += entering[:, 1:]
+            staying = mass * p[STAY]
+            moved[:, :, 1:] += staying[:, :, :-1]
+            moved[:, :, WEEKS_IN_STAGE_CAP] += staying[:, :, WEEKS_IN_STAGE_CAP]
+            moved[:, 0, 0] += inflow[i]
+            mass = moved
+        revenue = won * self.mean_amount()[None, :]
+        thursdays = pd.Series(pd.to_datetime(weeks * 7 + EPOCH_MONDAY_DAY + 3, unit="D"))
+        week_quarter = quarter_labels(thursdays, fiscal).to_numpy(dtype=object)
+
+        with np.errstate(invalid="ignore", divide="ignore"):
+            team_given_class = np.where(class_share > 0, team_share / class_share, 0.0)
+        pipeline_of_class = self.class_parts(np.arange(self.n_classes))[0]
+        rows = []
+        for label in labels:
+            in_quarter = week_quarter == label
+            by_class = revenue[in_quarter].sum(axis=0)
+            groups = [("all", "all", by_class.sum())]
+            groups += [("team", name, float(by_class @ team_given_class[t])) for t, name in enumerate(self.teams["team"])]
+            groups += [
+                ("pipeline", name, float(by_class[pipeline_of_class == p].sum())) for p, name in enumerate(self.pipelines)
+            ]
+            rows += [(label, kind, segment, round(stretch * value / 1000.0) * 1000) for kind, segment, value in groups]
+        frame = pd.DataFrame(rows, columns=list(QUOTA_COLUMNS))
+        return frame.astype({"amount": "int64"})
+
+
+_STAY_INDEX = np.minimum(np.arange(WEEKS_IN_STAGE_CAP + 1) + 1, WEEKS_IN_STAGE_CAP)
+
+
+def _backward_step(p: np.ndarray, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """V_k from V_(k+1) for week k's step probabilities `p` (shape (6, classes, stages, weeks in
+    stage)); `values` may carry leading axes. Won contributes 1, lost 0."""
+    entry = values[..., 0]
+    to_next = np.zeros_like(entry)
+    to_next[..., :-1] = entry[..., 1:]
+    to_skip = np.zeros_like(entry)
+    to_skip[..., :-2] = entry[..., 2:]
+    to_back = np.zeros_like(entry)
+    to_back[..., 1:] = entry[..., :-1]
+    out = (
+        p[ADVANCE] * to_next[..., None]
+        + p[SKIP] * to_skip[..., None]
+        + p[BACK] * to_back[..., None]
+        + p[WON]
+        + p[STAY] * values[..., _STAY_INDEX]
+    )
+    out[..., ~valid, :] = 0.0
+    return out
+
+
+def boundary_state(snapshot_us: np.ndarray, entered_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(week boundary, weeks in stage) of deals observed at `snapshot_us` whose stage was entered
+    at `entered_us` (both microseconds since the Unix epoch, UTC); the rule of the module docstring."""
+    week_us = WEEK_SECONDS * 1_000_000
+    epoch_us = EPOCH_MONDAY_DAY * DAY_SECONDS * 1_000_000
+    week, offset = np.divmod(np.asarray(snapshot_us, dtype=np.int64) - epoch_us, week_us)
+    boundary = week + (offset >= WINDOW_END_SECONDS * 1_000_000)
+    entered_week = (np.asarray(entered_us, dtype=np.int64) - epoch_us) // week_us
+    boundary = np.maximum(boundary, entered_week + 1)
+    return boundary, np.minimum(boundary - entered_week - 1, WEEKS_IN_STAGE_CAP)
+
+
+def _utc_microseconds(values: pd.Series, column: str, index: pd.Index) -> np.ndarray:
+    ts = pd.to_datetime(values)
+    if getattr(ts.dt, "tz", None) is not None:
+        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    if ts.isna().any():
+        row = index[int(np.flatnonzero(ts.isna().to_numpy())[0])]
+        raise ValueError(f"true_win_probability: row {row}, column {column!r}: expected a timestamp, got a blank")
+    return ts.to_numpy(dtype="datetime64[us]").astype(np.int64)
+
+
+def _build_org(n_deals: int, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Teams (region, focus) and reps (name, team, title, hidden skill level, share of deals)."""
+    n_reps = min(500, 12 + n_deals // 2500)
+    n_teams = max(4, round(n_reps / _REPS_PER_TEAM))
+    region = np.array([_TEAM_REGION_CYCLE[i % len(_TEAM_REGION_CYCLE)] for i in range(n_teams)])
+    focus = np.array([_TEAM_FOCUS_CYCLE[i % len(_TEAM_FOCUS_CYCLE)] for i in range(n_teams)])
+    base = [f"{_REGION_CODES[r]} {TEAM_FOCI[f]}" for r, f in zip(region, focus)]
+    seen: dict[str, int] = {}
+    names = []
+    for name in base:
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name} {seen[name]}")
+    role_ids = salesforce_ids("role", np.arange(n_teams)).to_pylist()
+    teams = pd.DataFrame(
+        {
+            "team": names,
+            "region": [REGIONS[r] for r in region],
+            "focus": [TEAM_FOCI[f] for f in focus],
+            "focus_code": focus,
+            "role_id": role_ids,
+        }
+    )
+    combos = rng.permutation(len(_FIRST_NAMES) * len(_LAST_NAMES))[:n_reps]
+    first = [_FIRST_NAMES[c // len(_LAST_NAMES)] for c in combos]
+    last = [_LAST_NAMES[c % len(_LAST_NAMES)] for c in combos]
+    team_code = np.arange(n_reps) % n_teams
+    skill = rng.choice(len(SKILL_LEVELS), size=n_reps, p=_SKILL_SHARES)
+    senior = rng.random(n_reps) < 0.3
+    share = rng.lognormal(0.0, 0.3, n_reps)
+    titles = [("Senior " if s else "") + _FOCUS_TITLES[TEAM_FOCI[focus[t]]] for s, t in zip(senior, team_code)]
+    users = pd.DataFrame(
+        {
+            "Id": salesforce_ids("user", np.arange(n_reps)).to_pylist(),
+            "Name": [f"{a} {b}" for a, b in zip(first, last)],
+            "FirstName": first,
+            "LastName": last,
+            "Department": [names[t] for t in team_code],
+            "Division": [teams["region"].iloc[t] for t in team_code],
+            "Title": titles,
+            "IsActive": "1",
+            "UserRoleId": [role_ids[t] for t in team_code],
+            "team_code": team_code,
+            "skill_level": skill,
+            "deal_share": share / share.sum(),
+        }
+    )
+    return teams, users
+
+
+def _base_rates(kinds: Sequence[str], n_open: np.ndarray) -> np.ndarray:
+    """Weekly hazards before the calendar factors: shape (5 outcomes, classes, stages, weeks in
+    stage), outcomes advance, skip, back, lost, won.
+
+    Per pipeline with n open stages, the loss rate of each stage is set so that, before stale
+    losses, a deal wins with the kind's target probability, losing more in the early stages.
+    Class effects: speed (segment x product) scales every hazard; the effect (skill + product +
+    segment) raises forward and win hazards and lowers the loss hazard."""
+    weeks = np.arange(WEEKS_IN_STAGE_CAP + 1)
+    fresh = np.exp(-np.maximum(weeks - 2, 0) / 8.0)  # forward and win hazards fall with time in stage
+    stale = 1.0 + 0.3 * np.maximum(weeks - 5, 0)  # the loss hazard rises with it
+    effect = SKILL_LEVELS[:, None, None] + _PRODUCT_EFFECT[None, :, None] + _SEGMENT_EFFECT[None, None, :]
+    speed = (_PRODUCT_SPEED[:, None] * _SEGMENT_SPEED[None, :])[None, :, :]
+    up = (speed * np.exp(_EFFECT_SLOPE * effect))[..., None, None]
+    down = (speed * np.exp(-_EFFECT_SLOPE * effect))[..., None, None]
+    flat = np.broadcast_to(speed, effect.shape)[..., None, None]
+    max_open = int(n_open.max())
+    rates = np.zeros((5, len(kinds), len(SKILL_LEVELS), len(PRODUCTS), len(SEGMENTS), max_open, len(weeks)))
+    for p, (kind, n) in enumerate(zip(kinds, n_open)):
+        dyn = _KIND_DYNAMICS[kind]
+        pos = np.arange(n)
+        hurdle_share = 2.0 * (n - pos) / (n * (n + 1))
+        survive = dyn["target"] ** hurdle_share
+        exit_rate = np.where(pos < n - 1, dyn["advance"], dyn["won"])
+        loss = exit_rate * (1 - survive) / survive
+        advance = np.where(pos < n - 1, dyn["advance"], 0.0)
+        skip = np.where(pos < n - 2, _SKIP_SHARE, 0.0)
+        back = np.where(pos >= 1, _BACK_RATE, 0.0)
+        won = np.where(pos == n - 1, dyn["won"], np.where(pos == n - 2, _EARLY_WIN_RATE, 0.0))
+        rates[ADVANCE, p, ..., :n, :] = up * (advance * (1 - skip))[:, None] * fresh
+        rates[SKIP, p, ..., :n, :] = up * (advance * skip)[:, None] * fresh
+        rates[BACK, p, ..., :n, :] = flat * back[:, None] * np.ones_like(fresh)
+        rates[LOST, p, ..., :n, :] = down * loss[:, None] * stale
+        rates[WON, p, ..., :n, :] = up * won[:, None] * fresh
+    rates = rates.reshape(5, -1, max_open, len(weeks))
+    rates.setflags(write=False)
+    return rates
+
+
+# ----------------------------------------------------------------------------------------------
+# Accounts and deals
+# ----------------------------------------------------------------------------------------------
+def _build_accounts(world: SampleWorld, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Accounts, grouped in pools by (region, segment) so deals find an account of their segment
+    in their rep's region. Arrays sorted by pool; `pool_start`/`pool_size` index the pools."""
+    n_accounts = max(40, world.n_deals // 4)
+    region_of_team = np.array([REGIONS.index(r) for r in world.teams["region"]])
+    region_of_rep = region_of_team[world.users["team_code"].to_numpy()]
+    region_share = np.bincount(region_of_rep, weights=world.users["deal_share"].to_numpy(), minlength=len(REGIONS))
+    pool_share = (region_share[:, None] * _SEGMENT_ACCOUNT_SHARE[None, :]).ravel()
+    needed = np.flatnonzero(np.repeat(region_share > 0, len(SEGMENTS)))
+    drawn = _draw(rng.random(n_accounts - len(needed)), _cumulative(pool_share))
+    pool = np.sort(np.concatenate([needed, drawn]).astype(np.int64), kind="stable")
+    n_pools = len(REGIONS) * len(SEGMENTS)
+    pool_size = np.bincount(pool, minlength=n_pools)
+    pool_start = np.concatenate([[0], np.cumsum(pool_size)[:-1]])
+    region, segment = np.divmod(pool, len(SEGMENTS))
+
+    n_combos = len(_ACCOUNT_WORDS) * len(_ACCOUNT_NOUNS) * len(_ACCOUNT_SUFFIXES)
+    combo = rng.permutation(n_combos)[np.arange(n_accounts) % n_combos]
+    word, rest = np.divmod(combo, len(_ACCOUNT_NOUNS) * len(_ACCOUNT_SUFFIXES))
+    noun, suffix = np.divmod(rest, len(_ACCOUNT_SUFFIXES))
+    name = pc.binary_join_element_wise(
+        _take(_ACCOUNT_WORDS, word), _take(_ACCOUNT_NOUNS, noun), _take(_ACCOUNT_SUFFIXES, suffix), " "
+    )
+    repeat = np.arange(n_accounts) // n_combos
+    if repeat.max() > 0:
+        numbered = pc.binary_join_element_wise(name, _format_integers(repeat + 1), " ")
+        name = pc.if_else(pa.array(repeat > 0), numbered, name)
+
+    low = np.array([lo for lo, _ in _SEGMENT_EMPLOYEES])[segment]
+    high = np.array([hi for _, hi in _SEGMENT_EMPLOYEES])[segment]
+    employees = np.exp(rng.uniform(np.log(low), np.log(high))).round().astype(np.int64)
+    revenue = (employees * rng.uniform(120_000, 260_000, n_accounts) / 1e5).round().astype(np.int64) * 100_000
+    city_tables = [_REGION_CITIES[r] for r in REGIONS]
+    city_index = (rng.random(n_accounts) * np.array([len(city_tables[r]) for r in region])).astype(np.int64)
+    cities = np.array([c for r in REGIONS for c in _REGION_CITIES[r]], dtype=object)
+    city_offset = np.concatenate([[0], np.cumsum([len(t) for t in city_tables])[:-1]])
+    city = city_offset[region] + city_index
+
+    reps_by_region = [np.flatnonzero(region_of_rep == r) for r in range(len(REGIONS))]
+    owner = np.zeros(n_accounts, dtype=np.int64)
+    for r, reps in enumerate(reps_by_region):
+        here = region == r
+        if here.any():
+            owner[here] = reps[(rng.random(int(here.sum())) * len(reps)).astype(np.int64)]
+    first_second = (world.first_week * 7 + EPOCH_MONDAY_DAY) * DAY_SECONDS
+    created = first_second - rng.integers(1, 365 * DAY_SECONDS, n_accounts)
+    return {
+        "id": salesforce_ids("account", np.arange(n_accounts)),
+        "name": name,
+        "segment": segment,
+        "region": region,
+        "pool_start": pool_start,
+        "pool_size": pool_size,
+        "type": _draw(rng.random(n_accounts), _cumulative(np.array([0.6, 0.15, 0.25]))),
+        "industry": (rng.random(n_accounts) * len(_INDUSTRIES)).astype(np.int64),
+        "employees": employees,
+        "revenue": revenue,
+        "city": city,
+        "cities": cities,
+        "ownership": _draw(rng.random(n_accounts), _cumulative(np.array([0.35, 0.55, 0.1]))),
+        "rating": _draw(rng.random(n_accounts), _cumulative(np.array([0.2, 0.35, 0.25, 0.2]))),
+        "source": _draw(rng.random(n_accounts), _cumulative(np.array(_KIND_LEAD_SOURCES["new_business"]))),
+        "owner": owner,
+        "created": created,
+    }
+
+
+def _draw_deals(world: SampleWorld, accounts: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Every deal's creation time and fixed attributes, sorted by creation time."""
+    n = world.n_deals
+    weeks = np.arange(world.first_week, world.last_week + 1)
+    weights = world.creation_weights(weeks)
+    week = weeks[_draw(rng.random(n), _cumulative(weights)).astype(np.int64)]
+    first, last = world.business_days(week)
+    day = first + (rng.random(n) * (last - first + 1)).astype(np.int64)
+    second = rng.integers(EVENT_HOURS[0] * 3600, EVENT_HOURS[1] * 3600, n)
+    created = (week * 7 + EPOCH_MONDAY_DAY + day) * DAY_SECONDS + second
+    order = np.argsort(created, kind="stable")
+    created, week = created[order], week[order]
+
+    mixes = world._mixes()
+    rep = _draw(rng.random(n), _cumulative(mixes["rep_share"])).astype(np.int64)
+    focus = mixes["focus_of_rep"][rep]
+    pipeline = _draw(rng.random(n), _cumulative(mixes["pipeline_by_focus"]), focus).astype(np.int64)
+    segment = _draw(rng.random(n), _cumulative(mixes["segment_by_focus"]), focus).astype(np.int64)
+    product_table = _cumulative(mixes["product"].reshape(-1, len(PRODUCTS)))
+    product = _draw(rng.random(n), product_table, pipeline * len(SEGMENTS) + segment).astype(np.int64)
+    skill = world.users["skill_level"].to_numpy()[rep]
+    deal_class = world.class_index(pipeline, skill, product, segment)
+
+    kind_code = np.array([list(_KIND_DYNAMICS).index(k) for k in world.pipeline_kinds])[pipeline]
+    kinds = list(_KIND_DYNAMICS)
+    lead_source = _draw(rng.random(n), _cumulative(np.array([_KIND_LEAD_SOURCES[k] for k in kinds])), kind_code)
+    deal_type = _draw(rng.random(n), _cumulative(np.array([_KIND_DEAL_TYPES[k] for k in kinds])), kind_code)
+
+    region_of_team = np.array([REGIONS.index(r) for r in world.teams["region"]])
+    region = region_of_team[world.users["team_code"].to_numpy()[rep]]
+    pool = region * len(SEGMENTS) + segment
+    account = accounts["pool_start"][pool] + (rng.random(n) * accounts["pool_size"][pool]).astype(np.int64)
+
+    kind_amount = np.array([_KIND_AMOUNT[k] for k in world.pipeline_kinds])[pipeline]
+    median = _SEGMENT_AMOUNT[segment] * _PRODUCT_AMOUNT[product] * kind_amount
+    amount = np.maximum(np.round(median * rng.lognormal(0.0, _AMOUNT_SIGMA, n) / 100.0), 1).astype(np.int64) * 100
+
+    close_low = np.array([_KIND_CLOSE_WEEKS[k][0] for k in kinds])[kind_code]
+    close_high = np.array([_KIND_CLOSE_WEEKS[k][1] for k in kinds])[kind_code]
+    close_weeks = rng.uniform(close_low, close_high) * _SEGMENT_CLOSE_FACTOR[segment]
+    close_day = created // DAY_SECONDS + np.round(7 * close_weeks).astype(np.int64) + rng.integers(0, 7, n)
+    return {
+        "created": created,
+        "week": week,
+        "rep": rep,
+        "pipeline": pipeline,
+        "segment": segment,
+        "product": product,
+        "class": deal_class,
+        "region": region,
+        "account": account,
+        "lead_source": lead_source,
+        "deal_type": deal_type,
+        "amount": amount,
+        "close_day": close_day,
+    }
+
+
+def _revised(amount: np.ndarray, z: np.ndarray, sigma: float) -> np.ndarray:
+    """An amount revised by a mean-one log-normal factor, in hundreds, at least 100."""
+    factor = np.exp(sigma * z - sigma**2 / 2)
+    return np.maximum(np.round(amount * factor / 100.0), 1).astype(np.int64) * 100
+
+
+def _revision_stage(world: SampleWorld) -> np.ndarray:
+    """Per pipeline, the open stage whose entry brings an amount revision (the proposal stage)."""
+    out = []
+    for name in world.pipelines:
+        stages = world.stages[name].open_stages
+        named = [i for i, s in enumerate(stages) if "proposal" in s.lower() or "quote" in s.lower()]
+        out.append(named[0] if named else max(len(stages) - 2, 0))
+    return np.array(out, dtype=np.int16)
+
+
+@dataclass
+class _Simulation:
+    """Final deal states and the history rows (in the order they were generated, which is
+    chronological within each deal)."""
+
+    stage: np.ndarray
+    status: np.ndarray  # 0 open, 1 won, 2 lost
+    amount: np.ndarray
+    close_day: np.ndarray
+    loss_reason: np.ndarray
+    last_change: np.ndarray
+    last_stage_change: np.ndarray
+    rows: dict[str, np.ndarray]
+
+
+def _simulate(world: SampleWorld, deals: dict[str, np.ndarray], rng: np.random.Generator) -> _Simulation:
+    """Run the weekly Markov process over all deals (a loop over weeks, vectorised over deals)."""
+    n = world.n_deals
+    deal_class = deals["class"]
+    n_open = world.n_open_stages(deal_class)
+    revision = _revision_stage(world)[deals["pipeline"]]
+    stage = np.zeros(n, dtype=np.int16)
+    in_stage = np.zeros(n, dtype=np.int16)
+    amount = deals["amount"].copy()
+    close = deals["close_day"].copy()
+    status = np.zeros(n, dtype=np.int8)
+    loss_reason = np.full(n, -1, dtype=np.int16)
+    last_change = deals["created"].copy()
+    last_stage_change = deals["created"].copy()
+    reason_table = _cumulative(_LOSS_REASON_MIX)
+
+    log: dict[str, list[np.ndarray]] = {
+        key: []
+        for key in (
+            "deal", "time", "stage", "amount", "close", "prev_stage", "prev_amount", "prev_close", "boundary", "in_stage",
+        )  # fmt: skip
+    }
+
+    def record(**columns: np.ndarray) -> None:
+        for key, values in columns.items():
+            log[key].append(values)
+
+    minus_one = np.full(n, -1, dtype=np.int64)
+    record(
+        deal=np.arange(n, dtype=np.int64), time=deals["created"], stage=stage.copy(), amount=amount.copy(),
+        close=close.copy(), prev_stage=minus_one.astype(np.int16), prev_amount=minus_one, prev_close=minus_one,
+        boundary=deals["week"] + 1, in_stage=in_stage.copy(),
+    )  # fmt: skip
+
+    weeks = np.arange(world.first_week, world.last_week + 1)
+    created_from = np.searchsorted(deals["week"], np.append(weeks, world.last_week + 1), side="left")
+    first_day, last_day = world.business_days(weeks)
+    open_deals = np.empty(0, dtype=np.int64)
+    for i, week in enumerate(weeks):
+        m = open_deals.size
+        if m:
+            d = open_deals
+            outcome, new_stage, new_in_stage = world.step(deal_class[d], stage[d], in_stage[d], int(week), rng.random(m))
+            u_revise, u_change, u_pull, u_reason, u_day = rng.random((5, m))
+            z_revise, z_change = rng.standard_normal((2, m))
+            push_weeks = rng.integers(2, 13, m)
+            pull_weeks = rng.integers(1, 4, m)
+            second = rng.integers(EVENT_HOURS[0] * 3600, EVENT_HOURS[1] * 3600, m)
+            day = first_day[i] + (u_day * (last_day[i] - first_day[i] + 1)).astype(np.int64)
+            when = (week * 7 + EPOCH_MONDAY_DAY + day) * DAY_SECONDS + second
+
+            closing = (outcome == WON) | (outcome == LOST)
+            moved = outcome < STAY
+            still_open = ~closing
+            old_amount = amount[d]
+            entered_forward = (outcome == ADVANCE) | (outcome == SKIP)
+            revise = still_open & entered_forward & (new_stage == revision[d]) & (u_revise < _REVISION_SHARE)
+            change = still_open & ~revise & (u_change < _AMOUNT_CHANGE_RATE)
+            new_amount = np.where(revise, _revised(old_amount, z_revise, _REVISION_SIGMA), old_amount)
+            new_amount = np.where(change, _revised(old_amount, z_change, _AMOUNT_CHANGE_SIGMA), new_amount)
+
+            old_close = close[d]
+            next_monday = (week + 1) * 7 + EPOCH_MONDAY_DAY
+            push = still_open & (old_close < next_monday)
+            pull = still_open & ~push & (old_close >= next_monday + 35) & (u_pull < _PULL_IN_RATE)
+            new_close = np.where(push, old_close + 7 * push_weeks, np.where(pull, old_close - 7 * pull_weeks, old_close))
+            new_close = np.where(closing, when // DAY_SECONDS, new_close)
+
+            row = moved | (new_amount != old_amount) | (new_close != old_close)
+            changed = d[row]
+            record(
+                deal=changed, time=when[row], stage=new_stage[row], amount=new_amount[row], close=new_close[row],
+                prev_stage=stage[changed], prev_amount=old_amount[row], prev_close=old_close[row],
+                boundary=np.full(changed.size, week + 1, dtype=np.int64), in_stage=new_in_stage[row],
+            )  # fmt: skip
+
+            lost = outcome == LOST
+            if lost.any():
+                late = 2 * stage[d[lost]] >= n_open[d[lost]]
+                group = np.where(in_stage[d[lost]] >= _STALE_LOSS_WEEKS, 2, late.astype(np.int64))
+                loss_reason[d[lost]] = _draw(u_reason[lost], reason_table, group)
+            stage[d] = new_stage
+            in_stage[d] = new_in_stage
+            amount[d] = new_amount
+            close[d] = new_close
+            status[d[outcome == WON]] = 1
+            status[d[lost]] = 2
+            last_change[changed] = when[row]
+            last_stage_change[d[moved]] = when[moved]
+            open_deals = d[still_open]
+        open_deals = np.concatenate([open_deals, np.arange(created_from[i], created_from[i + 1], dtype=np.int64)])
+
+    rows = {key: np.concatenate(parts) for key, parts in log.items()}
+    return _Simulation(stage, status, amount, close, loss_reason, last_change, last_stage_change, rows)
+
+
+def _truth(world: SampleWorld, deals: dict[str, np.ndarray], rows: dict[str, np.ndarray]) -> np.ndarray:
+    """The true win probability after each history row (see the module docstring)."""
+    deal_class = deals["class"][rows["deal"]]
+    n_open = world.n_open_stages(deal_class)
+    truth = np.where(rows["stage"] == n_open, 1.0, 0.0)
+    is_open = rows["stage"] < n_open
+    truth[is_open] = world.win_probability(
+        deal_class[is_open], rows["stage"][is_open], rows["in_stage"][is_open], rows["boundary"][is_open]
+    )
+    return truth
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing the files
+# ----------------------------------------------------------------------------------------------
+_CHUNK_ROWS = 400_000
+
+
+def _write_csv(path: Path, columns: Sequence[str], chunks: Iterator[dict[str, pa.Array]], quote_all: bool = True) -> None:
+    """Write columns chunk by chunk: every value quoted (Salesforce export style), or, for the
+    plain files, text quoted and numbers bare. Written to a temporary name, then moved into place."""
+    options = pacsv.WriteOptions(
+        quoting_style="all_valid" if quote_all else "needed",
+        quoting_header="needed" if quote_all else "none",
+        batch_size=8192,
+    )
+    partial = path.with_name(path.name + ".partial")
+    writer = None
+    try:
+        for chunk in chunks:
+            table = pa.table({c: chunk[c] for c in columns})
+            if writer is None:
+                writer = pacsv.CSVWriter(partial, table.schema, write_options=options)
+            writer.write_table(table)
+        if writer is None:
+            writer = pacsv.CSVWriter(partial, pa.schema([(c, pa.string()) for c in columns]), write_options=options)
+    finally:
+        if writer is not None:
+            writer.close()
+    partial.replace(path)
+
+
+class _StageLookup:
+    """Names, picklist order, CRM probability and forecast category of (pipeline, stage code)."""
+
+    def __init__(self, world: SampleWorld) -> None:
+        self.names = _org_stage_order(world.stages)
+        width = world.max_open_stages + 2
+        self.name = np.zeros((len(world.pipelines), width), dtype=np.int64)
+        self.probability = np.zeros((len(world.pipelines), width), dtype=np.int64)
+        categories = [
+            ("Pipeline", "Pipeline"), ("BestCase", "Best Case"), ("Forecast", "Commit"), ("Closed", "Closed"),
+            ("Omitted", "Omitted"),
+        ]  # fmt: skip
+        self.category_api = [api for api, _ in categories]
+        self.category_label = [label for _, label in categories]
+        self.category = np.zeros((len(world.pipelines), width), dtype=np.int64)
+        for p, name in enumerate(world.pipelines):
+            stages = world.stages[name]
+            n = len(stages.open_stages)
+            for code, stage in enumerate((*stages.open_stages, stages.won_stage, stages.lost_stage)):
+                status = stages.status_of(stage)
+                crm = stages.probability_of(stage)
+                percent = round(100 * crm) if not math.isnan(crm) else round(100 * (code + 1) / (n + 1))
+                self.name[p, code] = self.names.index(stage)
+                self.probability[p, code] = percent
+                self.category[p, code] = categories.index(_forecast_category(percent, status))
+
+
+def _opportunity_chunks(
+    world, deals, sim, accounts, lookup, fields, opportunity_ids, user_ids
+) -> Iterator[dict[str, pa.Array]]:
+    """Opportunity rows (one per deal, its state at `end_date`), chunk by chunk."""
+    custom = opportunity_extra_columns(fields)
+    for start in range(0, world.n_deals, _CHUNK_ROWS):
+        part = slice(start, min(start + _CHUNK_ROWS, world.n_deals))
+        n = part.stop - part.start
+        pipeline = deals["pipeline"][part]
+        stage = sim.stage[part]
+        status = sim.status[part]
+        amount = sim.amount[part]
+        probability = lookup.probability[pipeline, stage]
+        category = lookup.category[pipeline, stage]
+        close = sim.close_day[part]
+        unique_close, close_index = np.unique(close, return_inverse=True)
+        labels = quarter_labels(pd.Series(pd.to_datetime(unique_close, unit="D")), world.fiscal_year_start_month)
+        fiscal_year = pa.array(labels.str.slice(0, 4).to_numpy(dtype=object), pa.string())
+        fiscal_quarter = pa.array(labels.str.slice(6, 7).to_numpy(dtype=object), pa.string())
+        owner = pc.take(user_ids, pa.array(deals["rep"][part]))
+        created = format_timestamps(deals["created"][part])
+        modified = format_timestamps(sim.last_change[part])
+        account = deals["account"][part]
+        product = deals["product"][part]
+        reason = sim.loss_reason[part]
+        blank = _constant("", n)
+        yield {
+            "Id": opportunity_ids.slice(part.start, n),
+            "IsDeleted": _constant("0", n),
+            "AccountId": pc.take(accounts["id"], pa.array(account)),
+            "IsPrivate": _constant("0", n),
+            "Name": pc.binary_join_element_wise(pc.take(accounts["name"], pa.array(account)), _take(PRODUCTS, product), " - "),
+            "Description": blank,
+            "StageName": _take(lookup.names, lookup.name[pipeline, stage]),
+            "StageSortOrder": _format_integers(lookup.name[pipeline, stage] + 1),
+            "Amount": _format_integers(amount),
+            "Probability": _format_integers(probability),
+            "ExpectedRevenue": _format_integers(amount * probability // 100),
+            "TotalOpportunityQuantity": blank,
+            "CloseDate": format_dates(close),
+            "Type": _take(DEAL_TYPES, deals["deal_type"][part]),
+            "NextStep": blank,
+            "LeadSource": _take(LEAD_SOURCES, deals["lead_source"][part]),
+            "IsClosed": _take(("0", "1"), (status > 0).astype(np.int64)),
+            "IsWon": _take(("0", "1"), (status == 1).astype(np.int64)),
+            "ForecastCategory": _take(lookup.category_api, category),
+            "ForecastCategoryName": _take(lookup.category_label, category),
+            "CampaignId": blank,
+            "HasOpportunityLineItem": _constant("0", n),
+            "Pricebook2Id": blank,
+            "OwnerId": owner,
+            "CreatedDate": created,
+            "CreatedById": owner,
+            "LastModifiedDate": modified,
+            "LastModifiedById": owner,
+            "SystemModstamp": modified,
+            "LastActivityDate": blank,
+            "LastStageChangeDate": format_timestamps(sim.last_stage_change[part]),
+            "FiscalYear": pc.take(fiscal_year, pa.array(close_index)),
+            "FiscalQuarter": pc.take(fiscal_quarter, pa.array(close_index)),
+            "PrimaryPartnerAccountId": blank,
+            "ContractId": blank,
+            custom[0]: _constant(CURRENCY, n),
+            custom[1]: _take(world.pipelines, pipeline),
+            custom[2]: _take(PRODUCTS, product),
+            custom[3]: _take(REGIONS, deals["region"][part]),
+            custom[4]: _take(SEGMENTS, deals["segment"][part]),
+            custom[5]: _take((*LOSS_REASONS, ""), np.where(reason >= 0, reason, len(LOSS_REASONS))),
+        }
+
+
+def _history_order(rows: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The file order of history rows (by time, as Salesforce ids grow) and each row's valid-to
+    time (the deal's next change, -1 for its last row), in generation order."""
+    by_deal = np.argsort(rows["deal"], kind="stable")  # generation order is chronological per deal
+    deal_sorted = rows["deal"][by_deal]
+    next_time = np.full(len(by_deal), -1, dtype=np.int64)
+    same = deal_sorted[1:] == deal_sorted[:-1]
+    following = np.where(same, rows["time"][by_deal][1:], -1)
+    next_time[by_deal[:-1]] = following
+    file_order = np.argsort(rows["time"], kind="stable")
+    return file_order, next_time
+
+
+def _history_chunks(
+    world, deals, rows, order, valid_to, truth, lookup, opportunity_ids, user_ids, truth_out: list
+) -> Iterator[dict[str, pa.Array]]:
+    """OpportunityHistory rows in file order, chunk by chunk; the matching truth rows go to `truth_out`."""
+    for start in range(0, len(order), _CHUNK_ROWS):
+        idx = order[start : start + _CHUNK_ROWS]
+        n = len(idx)
+        deal = rows["deal"][idx]
+        pipeline = deals["pipeline"][deal]
+        stage = rows["stage"][idx]
+        prev_stage = rows["prev_stage"][idx]
+        first = prev_stage < 0
+        prev_code = np.where(first, 0, prev_stage)
+        probability = lookup.probability[pipeline, stage]
+        amount = rows["amount"][idx]
+        when = format_timestamps(rows["time"][idx])
+        opportunity = pc.take(opportunity_ids, pa.array(deal))
+        stage_name = _take(lookup.names, lookup.name[pipeline, stage])
+        owner = pc.take(user_ids, pa.array(deals["rep"][deal]))
+        blank = _constant("", n)
+        prev_category = np.where(first, len(lookup.category_api), lookup.category[pipeline, prev_code])
+        prev_name = np.where(first, len(lookup.names), lookup.name[pipeline, prev_code])
+        truth_out.append(
+            {
+                "deal_id": opportunity,
+                "changed_at": when,
+                "stage": stage_name,
+                "true_win_probability": pa.array(np.round(truth[idx], 12), pa.float64()),
+            }
+        )
+        yield {
+            "Id": salesforce_ids("history", np.arange(start, start + n)),
+            "OpportunityId": opportunity,
+            "CreatedById": owner,
+            "CreatedDate": when,
+            "CreatedDateForInsert": when,
+            "StageName": stage_name,
+            "Amount": _format_integers(amount),
+            "ExpectedRevenue": _format_integers(amount * probability // 100),
+            "CloseDate": format_dates(rows["close"][idx]),
+            "Probability": _format_integers(probability),
+            "FromForecastCategory": _take((*lookup.category_api, ""), prev_category),
+            "ForecastCategory": _take(lookup.category_api, lookup.category[pipeline, stage]),
+            "PrevForecastUpdate": blank,
+            "FromOpportunityStageName": _take((*lookup.names, ""), prev_name),
+            "PrevOpportunityStageUpdate": blank,
+            "ValidThroughDate": format_timestamps(np.maximum(valid_to[idx], 0), blank=valid_to[idx] < 0),
+            "SystemModstamp": when,
+            "IsDeleted": _constant("0", n),
+            "PrevAmount": _format_integers(rows["prev_amount"][idx], blank=first),
+            "PrevCloseDate": format_dates(np.maximum(rows["prev_close"][idx], 0), blank=first),
+        }
+
+
+def _account_chunks(world: SampleWorld, accounts: dict[str, np.ndarray], user_ids: pa.Array) -> Iterator[dict[str, pa.Array]]:
+    n_accounts = len(accounts["id"])
+    cities = accounts["cities"]
+    for start in range(0, n_accounts, _CHUNK_ROWS):
+        part = slice(start, min(start + _CHUNK_ROWS, n_accounts))
+        n = part.stop - part.start
+        city = accounts["city"][part]
+        owner = pc.take(user_ids, pa.array(accounts["owner"][part]))
+        created = format_timestamps(accounts["created"][part])
+        chunk = {c: _constant("", n) for c in ACCOUNT_COLUMNS}
+        chunk.update(
+            {
+                "Id": accounts["id"].slice(part.start, n),
+                "IsDeleted": _constant("0", n),
+                "Name": accounts["name"].slice(part.start, n),
+                "Type": _take(_ACCOUNT_TYPES, accounts["type"][part]),
+                "BillingCity": pa.array([c[0] for c in cities], pa.string()).take(pa.array(city)),
+                "BillingState": pa.array([c[1] for c in cities], pa.string()).take(pa.array(city)),
+                "BillingCountry": pa.array([c[2] for c in cities], pa.string()).take(pa.array(city)),
+                "Industry": _take(_INDUSTRIES, accounts["industry"][part]),
+                "AnnualRevenue": _format_integers(accounts["revenue"][part]),
+                "NumberOfEmployees": _format_integers(accounts["employees"][part]),
+                "Ownership": _take(("Public", "Private", "Other"), accounts["ownership"][part]),
+                "Rating": _take(("Hot", "Warm", "Cold", ""), accounts["rating"][part]),
+                "OwnerId": owner,
+                "CreatedDate": created,
+                "CreatedById": owner,
+                "LastModifiedDate": created,
+                "LastModifiedById": owner,
+                "SystemModstamp": created,
+                "CleanStatus": _constant("Pending", n),
+                "AccountSource": _take(LEAD_SOURCES, accounts["source"][part]),
+            }
+        )
+        yield chunk
+
+
+def generate_sample(
+    out_dir: Path,
+    n_deals: int = 10_000,
+    seed: int = 7,
+    end_date: dt.date | None = None,
+    years: float = 3.5,
+    stages: StageCatalog | None = None,
+) -> SampleSummary:
+    """Simulate `n_deals` deals created over `years` up to `end_date` (default today, UTC) and
+    write the sample CRM export, quotas and the true win probabilities to `out_dir`.
+
+    Same seed and arguments give byte-identical files."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    world = SampleWorld.build(seed=seed, n_deals=n_deals, end_date=end_date, years=years, stages=stages)
+    _, _, fields = _resolve_project(world.stages, world.fiscal_year_start_month)
+    accounts = _build_accounts(world, np.random.default_rng(np.random.SeedSequence([seed, 1])))
+    deals = _draw_deals(world, accounts, np.random.default_rng(np.random.SeedSequence([seed, 2])))
+    sim = _simulate(world, deals, np.random.default_rng(np.random.SeedSequence([seed, 3])))
+    truth = _truth(world, deals, sim.rows)
+    logger.info(
+        "simulated %s deals, %s history rows in %.1fs", f"{n_deals:,}", f"{len(sim.rows['deal']):,}", time.perf_counter() - started
+    )
+
+    lookup = _StageLookup(world)
+    opportunity_ids = salesforce_ids("opportunity", np.arange(n_deals))
+    user_ids = pa.array(world.users["Id"].tolist(), pa.string())
+    _write_csv(
+        out_dir / OPPORTUNITY_FILE,
+        (*OPPORTUNITY_COLUMNS, *opportunity_extra_columns(fields)),
+        _opportunity_chunks(world, deals, sim, accounts, lookup, fields, opportunity_ids, user_ids),
+    )
+    order, valid_to = _history_order(sim.rows)
+    truth_chunks: list[dict[str, pa.Array]] = []
+    _write_csv(
+        out_dir / HISTORY_FILE,
+        (*HISTORY_COLUMNS, *HISTORY_EXTRA_COLUMNS),
+        _history_chunks(world, deals, sim.rows, order, valid_to, truth, lookup, opportunity_ids, user_ids, truth_chunks),
+    )
+    _write_csv(out_dir / TRUTH_FILE, TRUTH_COLUMNS, iter(truth_chunks), quote_all=False)
+    _write_csv(out_dir / ACCOUNT_FILE, ACCOUNT_COLUMNS, _account_chunks(world, accounts, user_ids))
+    users = world.users
+    user_columns = {c: pa.array(users[c].astype(str).tolist(), pa.string()) for c in USER_COLUMNS}
+    _write_csv(out_dir / USER_FILE, USER_COLUMNS, iter([user_columns]))
+    quotas = world.quotas()
+    _write_csv(
+        out_dir / QUOTA_FILE,
+        QUOTA_COLUMNS,
+        iter([{c: pa.Array.from_pandas(quotas[c].astype("int64" if c == "amount" else object)) for c in QUOTA_COLUMNS}]),
+        quote_all=False,
+    )
+    summary = SampleSummary(
+        out_dir=out_dir,
+        n_deals=n_deals,
+        n_history_rows=int(len(sim.rows["deal"])),
+        won=int((sim.status == 1).sum()),
+        lost=int((sim.status == 2).sum()),
+        open=int((sim.status == 0).sum()),
+        start=world.start_date,
+        end=world.end_date,
+    )
+    logger.info("wrote the sample CRM to %s in %.1fs", out_dir, time.perf_counter() - started)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: write the sample CRM export and print a one-line summary."""
+    parser = argparse.ArgumentParser(prog="python -m etl.sample_crm", description="Write the seeded sample CRM export.")
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the export files to")
+    parser.add_argument("--deals", type=int, default=10_000, help="number of deals (default 10,000)")
+    parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
+    parser.add_argument(
+        "--end-date", type=dt.date.fromisoformat, default=None, help="last day simulated, YYYY-MM-DD (default today, UTC)"
+    )
+    parser.add_argument("--years", type=float, default=3.5, help="years of history (default 3.5)")
+    args = parser.parse_args(argv)
+    s = generate_sample(args.out, n_deals=args.deals, seed=args.seed, end_date=args.end_date, years=args.years)
+    print(
+        f"wrote {s.n_deals:,} deals and {s.n_history_rows:,} history rows from {s.start} to {s.end} to {s.out_dir} "
+        f"({s.won:,} won, {s.lost:,} lost, {s.open:,} open)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
