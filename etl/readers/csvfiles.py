@@ -1,0 +1,685 @@
+"""Robust CSV loading shared by every CRM reader.
+
+What a data engineer can rely on:
+- encoding: UTF-8 with or without a byte-order mark, else Windows-1252 (strict UTF-8 is tried
+  first over the whole file); UTF-16 files, binary files and spreadsheets saved as .xlsx are
+  refused with a message saying what to do;
+- every column is read as text (pyarrow's multi-threaded parser; Python's csv module takes over
+  only for files pyarrow cannot number exactly: ragged rows or unbalanced quotes);
+- each record keeps its spreadsheet row number (the header is row 1, the first record row 2, a
+  line break inside a quoted value does not start a new row, a blank line is a row);
+- a record with the wrong number of fields is quarantined (`malformed_row`), never dropped;
+- files that cannot be read at all raise `ExportFormatError` naming the file, the line and what
+  was expected.
+
+Values are then parsed by the `parse_*` helpers, which return the parsed values plus a mask of
+the non-blank values that did not parse, and `Quarantine` collects row problems with their
+reasons and the raw record.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from etl.readers import ExportFormatError
+from etl.schema import QUARANTINE_COLUMNS, TIMESTAMP, conform, empty_frame
+
+logger = logging.getLogger(__name__)
+
+_CHUNK_BYTES = 1 << 24
+_PYARROW_BLOCK_BYTES = 1 << 24
+_SNIFF_BYTES = 1 << 16
+_UTF8_BOM = codecs.BOM_UTF8
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_ZIP_MAGIC = b"PK\x03\x04"
+_OTHER_DELIMITERS = (";", "\t", "|")
+_DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+MALFORMED_ROW = "malformed_row"
+BLANK_ROW = "blank_row"
+
+
+# --------------------------------------------------------------------------------------------
+# Encoding, hashing and file-level checks
+
+
+@dataclass(frozen=True)
+class FileScan:
+    """One pass over a file's bytes: checksum, size, and what the fast reader needs to trust itself."""
+
+    sha256: str
+    size: int
+    quote_count: int
+    line_breaks: int
+    ends_with_newline: bool
+    has_bom: bool
+
+    @property
+    def physical_lines(self) -> int:
+        return self.line_breaks + (0 if self.ends_with_newline else 1)
+
+
+def _line_of(path: Path, offset: int) -> int:
+    """The 1-based physical line holding byte `offset`."""
+    line = 1
+    done = 0
+    with open(path, "rb") as handle:
+        while done < offset:
+            chunk = handle.read(min(_CHUNK_BYTES, offset - done))
+            if not chunk:
+                break
+            line += chunk.count(b"\n")
+            done += len(chunk)
+    return line
+
+
+def scan_file(path: Path) -> FileScan:
+    """Checksum the file and count its quotes and line breaks.
+
+    Raises `ExportFormatError` for an empty file, a binary file (NUL bytes, ZIP/.xlsx) or UTF-16 text.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    quotes = 0
+    breaks = 0
+    last = b""
+    has_bom = False
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            if size == 0:
+                if chunk.startswith(_ZIP_MAGIC):
+                    raise ExportFormatError(
+                        f"{path}: line 1: this is a ZIP archive or an Excel workbook (.xlsx), not CSV "
+                        "text; expected a CSV file (unzip the export, or save the sheet as CSV UTF-8)"
+                    )
+                if chunk.startswith(_UTF16_BOMS):
+                    raise ExportFormatError(
+                        f"{path}: line 1: the file is UTF-16 text; expected UTF-8 or Windows-1252 "
+                        "(save it again as 'CSV UTF-8')"
+                    )
+                has_bom = chunk.startswith(_UTF8_BOM)
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                at = size + nul
+                raise ExportFormatError(
+                    f"{path}: line {_line_of(path, at)}: binary data (a NUL byte at byte {at}); "
+                    "expected a CSV text file"
+                )
+            digest.update(chunk)
+            quotes += chunk.count(b'"')
+            breaks += chunk.count(b"\n")
+            size += len(chunk)
+            last = chunk[-1:]
+    if size == 0:
+        raise ExportFormatError(f"{path}: line 1: the file is empty; expected a header line and data rows")
+    return FileScan(
+        sha256=digest.hexdigest(),
+        size=size,
+        quote_count=quotes,
+        line_breaks=breaks,
+        ends_with_newline=last in (b"\n", b"\r"),
+        has_bom=has_bom,
+    )
+
+
+def detect_encoding(path: Path, scan: FileScan) -> str:
+    """"utf-8-sig" / "utf-8" when the whole file is valid UTF-8, else "cp1252" when it is valid
+    Windows-1252; `ExportFormatError` naming the first offending line otherwise."""
+    utf8 = codecs.getincrementaldecoder("utf-8")("strict")
+    done = 0
+    utf8_error: int | None = None
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            try:
+                utf8.decode(chunk, final=False)
+            except UnicodeDecodeError as exc:
+                utf8_error = done + exc.start
+                break
+            done += len(chunk)
+        else:
+            try:
+                utf8.decode(b"", final=True)
+            except UnicodeDecodeError:
+                utf8_error = max(scan.size - 1, 0)
+    if utf8_error is None:
+        return "utf-8-sig" if scan.has_bom else "utf-8"
+    decoder = codecs.getincrementaldecoder("cp1252")("strict")
+    done = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            try:
+                decoder.decode(chunk, final=False)
+            except UnicodeDecodeError as exc:
+                at = done + exc.start
+                raise ExportFormatError(
+                    f"{path}: line {_line_of(path, at)}: byte 0x{chunk[exc.start]:02x} at byte {at} is "
+                    f"neither UTF-8 nor Windows-1252 (the first non-UTF-8 byte is at byte {utf8_error}); "
+                    "expected a text file in UTF-8 or Windows-1252"
+                ) from None
+            done += len(chunk)
+    logger.info(
+        "%s: not valid UTF-8 (first bad byte on line %d); read as Windows-1252", path, _line_of(path, utf8_error)
+    )
+    return "cp1252"
+
+
+# --------------------------------------------------------------------------------------------
+# Header
+
+
+@dataclass(frozen=True)
+class CsvHeader:
+    """A file's header line, split on commas, plus the delimiter that splits it best."""
+
+    path: Path
+    columns: tuple[str, ...]
+    line: str
+    likely_delimiter: str
+
+    def split_on(self, delimiter: str) -> tuple[str, ...]:
+        return _split_header(self.line, delimiter)
+
+
+def _split_header(line: str, delimiter: str) -> tuple[str, ...]:
+    try:
+        fields = next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error:
+        fields = line.split(delimiter)
+    return tuple(f.strip() for f in fields)
+
+
+def _header_from_text(path: Path, text: str) -> CsvHeader | None:
+    # A byte-order mark, decoded (UTF-8) or read as Windows-1252 text (a file mixing encodings).
+    text = text.removeprefix("\ufeff").removeprefix("\u00ef\u00bb\u00bf")
+    line = text.split("\n", 1)[0].rstrip("\r")
+    if not line.strip():
+        return None
+    try:
+        first = next(csv.reader(io.StringIO(text, newline="")), [])
+    except csv.Error:
+        first = line.split(",")
+    columns = tuple(c.strip() for c in first)
+    counts = {d: len(_split_header(line, d)) for d in (",", *_OTHER_DELIMITERS)}
+    likely = max(counts, key=lambda d: (counts[d], d == ","))
+    return CsvHeader(path=path, columns=columns, line=line, likely_delimiter=likely)
+
+
+def sniff_header(path: Path) -> CsvHeader | None:
+    """The header of `path`, or None when the file is empty, binary or has no header line.
+
+    Cheap (reads the first 64 KiB) and never raises for a damaged file: format detection uses it.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError as exc:
+        logger.warning("%s: cannot be opened (%s)", path, exc)
+        return None
+    if not head or b"\0" in head or head.startswith(_ZIP_MAGIC):
+        return None
+    try:
+        text = codecs.getincrementaldecoder("utf-8-sig")("strict").decode(head, final=False)
+    except UnicodeDecodeError:
+        text = head.decode("cp1252", errors="replace")
+    return _header_from_text(path, text)
+
+
+def read_header(path: Path, encoding: str) -> CsvHeader:
+    """The header line of `path` read as `encoding`; `ExportFormatError` when line 1 is empty."""
+    with open(path, encoding=encoding, newline="") as handle:
+        text = handle.read(_SNIFF_BYTES)
+    header = _header_from_text(path, text)
+    if header is None:
+        raise ExportFormatError(f"{path}: line 1 is empty; expected the header line (column names)")
+    return header
+
+
+# --------------------------------------------------------------------------------------------
+# The table
+
+
+@dataclass
+class CsvTable:
+    """A CSV file read as text: one string column per header column, every value as written."""
+
+    path: Path
+    format: str
+    columns: tuple[str, ...]
+    scan: FileScan
+    encoding: str
+    data: pa.Table
+    source_row: np.ndarray
+    malformed: pd.DataFrame
+
+    @property
+    def rows_read(self) -> int:
+        return self.data.num_rows + len(self.malformed)
+
+    def __len__(self) -> int:
+        return self.data.num_rows
+
+    def has(self, column: str | None) -> bool:
+        return bool(column) and column in self.columns
+
+    def text(self, column: str | None) -> pd.Series:
+        """The column's values with surrounding blanks removed ("" where blank); all "" when the
+        file has no such column (an optional column left out of the export)."""
+        if not self.has(column):
+            return pd.Series("", index=pd.RangeIndex(len(self)), dtype="str")
+        values = self.data.column(column)
+        trimmed = pc.utf8_trim_whitespace(values)
+        # Use the trimmed copy only when something was trimmed; else keep the file's own buffers.
+        if pc.sum(pc.binary_length(trimmed)) != pc.sum(pc.binary_length(values)):
+            values = trimmed
+        return pd.Series(values.to_pandas(), dtype="str")
+
+    def blank_rows(self) -> np.ndarray:
+        """Records whose every value is blank (a blank line in the file is such a record)."""
+
+        def blank(column: pa.ChunkedArray) -> np.ndarray:
+            length = pc.utf8_length(pc.utf8_trim_whitespace(column))
+            return pc.equal(length, 0).to_numpy(zero_copy_only=False)
+
+        candidates = np.flatnonzero(blank(self.data.column(0)))
+        if len(candidates):
+            rest = self.data.take(pa.array(candidates))
+            keep = np.ones(len(candidates), dtype=bool)
+            for column in rest.columns[1:]:
+                keep &= blank(column)
+            candidates = candidates[keep]
+        mask = np.zeros(len(self), dtype=bool)
+        mask[candidates] = True
+        return mask
+
+    def raw_records(self, positions: np.ndarray) -> list[str]:
+        """The records at `positions` as JSON objects of the original strings."""
+        if len(positions) == 0:
+            return []
+        rows = self.data.take(pa.array(np.asarray(positions, dtype=np.int64))).to_pylist()
+        return [json.dumps(row, ensure_ascii=False) for row in rows]
+
+
+def load_csv(
+    path: Path,
+    format_label: str,
+    required: Sequence[str],
+    delimiter: str = ",",
+) -> CsvTable:
+    """Read `path` with every column as text, checking the header against `required`.
+
+    `format_label` names the format in messages (e.g. "Salesforce Opportunity"). Raises
+    `ExportFormatError` for an empty, binary, truncated or header-only file, a wrong delimiter,
+    a repeated column name, or a missing required column.
+    """
+    scan = scan_file(path)
+    encoding = "utf-8-sig" if scan.has_bom else "utf-8"
+    try:
+        header = read_header(path, encoding)
+    except UnicodeDecodeError:
+        encoding = detect_encoding(path, scan)
+        header = read_header(path, encoding)
+    columns = header.split_on(delimiter)
+    expected = ", ".join(required)
+    if len(columns) == 1 and header.likely_delimiter != delimiter:
+        found = _DELIMITER_NAMES.get(header.likely_delimiter, repr(header.likely_delimiter))
+        wanted = _DELIMITER_NAMES.get(delimiter, repr(delimiter))
+        raise ExportFormatError(
+            f"{path}: line 1: the header is {found}-separated; expected a {wanted}-separated "
+            f"{format_label} export with the columns {expected} (header found: {header.line[:200]!r})"
+        )
+    if any(c == "" for c in columns):
+        columns = tuple(c or f"column_{i + 1}" for i, c in enumerate(columns))
+    missing = [c for c in required if c not in columns]
+    if missing:
+        known = [c for c in required if c in columns]
+        hint = (
+            " None of the expected columns is there: is the header row missing?"
+            if not known
+            else ""
+        )
+        raise ExportFormatError(
+            f"{path}: line 1: missing required column(s) {', '.join(missing)}; expected a "
+            f"{format_label} export with the columns {expected}.{hint}"
+        )
+
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise ExportFormatError(
+            f"{path}: line 1: column name(s) {repeated} appear more than once in the header; "
+            f"expected each column once"
+        )
+
+    data = _read_fast(path, scan, encoding, columns, delimiter)
+    if data is _NOT_UTF8:
+        encoding = detect_encoding(path, scan)
+        data = _read_fast(path, scan, encoding, columns, delimiter)
+    if isinstance(data, pa.Table):
+        source_row = np.arange(2, data.num_rows + 2, dtype=np.int64)
+        malformed = empty_frame(QUARANTINE_COLUMNS)
+    else:
+        if encoding.startswith("utf-8"):
+            encoding = detect_encoding(path, scan)
+        data, source_row, malformed = _read_exact(path, scan, encoding, columns, delimiter)
+    table = CsvTable(
+        path=path,
+        format=format_label,
+        columns=columns,
+        scan=scan,
+        encoding=encoding,
+        data=data,
+        source_row=source_row,
+        malformed=malformed,
+    )
+    if table.rows_read == 0:
+        raise ExportFormatError(
+            f"{path}: line 2: the file has a header but no data rows; expected at least one "
+            f"{format_label} record after the header"
+        )
+    logger.info("%s: %d rows read (%s, %s)", path, table.rows_read, format_label, encoding)
+    return table
+
+
+def _arrow_encoding(encoding: str) -> str:
+    return "utf8" if encoding.startswith("utf-8") else encoding
+
+
+_NOT_UTF8 = "not utf-8"
+
+
+def _read_fast(
+    path: Path, scan: FileScan, encoding: str, columns: tuple[str, ...], delimiter: str
+) -> pa.Table | str | None:
+    """pyarrow's parser. Returns the table when every record is numbered exactly (record i is
+    spreadsheet row i + 2), `_NOT_UTF8` when the file is not UTF-8, None when the record-by-record
+    reader must take over (ragged rows, an unbalanced quote, a parse error).
+
+    Files whose values hold no line break are parsed with the faster splitter (one record per
+    line, checked by counting lines); others with the quote-aware one.
+    """
+    if scan.quote_count % 2:
+        return None
+    for newlines_in_values in (False, True):
+        invalid: list[int] = []
+
+        def on_invalid_row(row: pacsv.InvalidRow) -> str:
+            invalid.append(row.actual_columns)
+            return "skip"
+
+        try:
+            data = pacsv.read_csv(
+                path,
+                read_options=pacsv.ReadOptions(
+                    encoding=_arrow_encoding(encoding),
+                    column_names=list(columns),
+                    skip_rows=1,
+                    use_threads=True,
+                    block_size=_PYARROW_BLOCK_BYTES,
+                ),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=delimiter,
+                    newlines_in_values=newlines_in_values,
+                    ignore_empty_lines=False,
+                    invalid_row_handler=on_invalid_row,
+                ),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.string() for c in columns},
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+        except pa.ArrowInvalid as exc:
+            if "utf8" in str(exc).lower() and encoding.startswith("utf-8"):
+                return _NOT_UTF8
+            if not newlines_in_values:
+                continue
+            logger.info("%s: pyarrow could not parse the file (%s); reading it record by record", path, exc)
+            return None
+        if invalid:
+            if not newlines_in_values:
+                continue
+            logger.info(
+                "%s: %d record(s) with the wrong number of fields; reading record by record", path, len(invalid)
+            )
+            return None
+        if newlines_in_values or data.num_rows == scan.physical_lines - 1:
+            return data
+    return None
+
+
+def _read_exact(
+    path: Path, scan: FileScan, encoding: str, columns: tuple[str, ...], delimiter: str
+) -> tuple[pa.Table, np.ndarray, pd.DataFrame]:
+    """Python's csv module, record by record: exact row numbers, ragged rows quarantined."""
+    width = len(columns)
+    values: list[list[str]] = [[] for _ in columns]
+    rows: list[int] = []
+    bad: list[dict[str, object]] = []
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))
+    with open(path, encoding=encoding, newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter, strict=True)
+        row_number = 1
+        try:
+            next(reader)
+            records = list(reader)
+        except csv.Error as exc:
+            line = reader.line_num
+            cause = (
+                "the file ends inside a quoted value (truncated, or a quote is never closed)"
+                if "end of data" in str(exc)
+                else f"malformed quoting ({exc})"
+            )
+            raise ExportFormatError(
+                f"{path}: line {line}: {cause}; expected every quoted value to be closed with '\"'"
+            ) from None
+    last_index = len(records) - 1
+    for index, record in enumerate(records):
+        row_number += 1
+        if not record:
+            record = [""] * width
+        if len(record) == width:
+            for column_values, value in zip(values, record):
+                column_values.append(value)
+            rows.append(row_number)
+            continue
+        if index == last_index and len(record) < width and not scan.ends_with_newline:
+            raise ExportFormatError(
+                f"{path}: row {row_number}: the last record has {len(record)} of {width} fields and "
+                "the file does not end with a line break: the file looks truncated; expected "
+                "complete records"
+            )
+        raw = dict(zip(columns, record))
+        if len(record) > width:
+            raw["_extra_values"] = record[width:]
+        bad.append(
+            {
+                "source_file": str(path),
+                "source_row": row_number,
+                "reason_code": MALFORMED_ROW,
+                "reason": f"the row has {len(record)} fields; the header has {width}",
+                "column": pd.NA,
+                "raw_record": json.dumps(raw, ensure_ascii=False),
+            }
+        )
+    data = pa.table({c: pa.array(v, type=pa.string()) for c, v in zip(columns, values)})
+    malformed = (
+        conform(pd.DataFrame(bad), QUARANTINE_COLUMNS, "quarantine") if bad else empty_frame(QUARANTINE_COLUMNS)
+    )
+    return data, np.asarray(rows, dtype=np.int64), malformed
+
+
+# --------------------------------------------------------------------------------------------
+# Value parsing: every helper takes stripped text ("" = blank) and returns values plus the mask
+# of non-blank values that did not parse.
+
+
+def _arrow_text(values: pd.Series) -> pa.Array:
+    return pa.array(values, type=pa.large_string())
+
+
+def is_blank(values: pd.Series) -> np.ndarray:
+    return values.eq("").to_numpy(dtype=bool)
+
+
+def parse_numbers(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Decimal numbers ("15000", "1234.5", "-3e2"); blank is NaN; not finite counts as bad."""
+    blank = is_blank(values)
+    arrow = _arrow_text(values)
+    arrow = pc.if_else(pa.array(blank), pa.scalar(None, pa.large_string()), arrow)
+    try:
+        numbers = pc.cast(arrow, pa.float64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:
+        numbers = pd.to_numeric(values.where(~blank), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    numbers = np.asarray(numbers, dtype="float64")
+    bad = ~blank & ~np.isfinite(numbers)
+    numbers = np.where(np.isfinite(numbers), numbers, np.nan)
+    return pd.Series(numbers, index=values.index, dtype="float64"), bad
+
+
+def parse_timestamps(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """"YYYY-MM-DD HH:MM:SS", ISO 8601 (with T, fractions, Z or an offset) or a bare date, as
+    timezone-naive UTC; blank is NaT."""
+    blank = is_blank(values)
+    arrow = _arrow_text(values)
+    parsed = pc.strptime(arrow, format="%Y-%m-%d %H:%M:%S", unit="us", error_is_null=True)
+    result = pd.Series(parsed.to_numpy(zero_copy_only=False), index=values.index).astype(TIMESTAMP)
+    retry = result.isna().to_numpy() & ~blank
+    if retry.any():
+        others = pd.to_datetime(values[retry], format="ISO8601", utc=True, errors="coerce")
+        result.loc[retry] = others.dt.tz_localize(None).astype(TIMESTAMP)
+    bad = result.isna().to_numpy() & ~blank
+    return result, bad
+
+
+_TRUE = ("1", "true")
+_FALSE = ("0", "false")
+
+
+def parse_booleans(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """0/1/true/false (any case); blank is NA."""
+    lowered = values.str.lower()
+    true = lowered.isin(_TRUE).to_numpy(dtype=bool)
+    false = lowered.isin(_FALSE).to_numpy(dtype=bool)
+    blank = is_blank(values)
+    result = pd.array(np.where(true, True, False), dtype="boolean")
+    result[~(true | false)] = pd.NA
+    return pd.Series(result, index=values.index), ~(true | false | blank)
+
+
+# --------------------------------------------------------------------------------------------
+# Quarantine
+
+
+class Quarantine:
+    """Row problems of several files, gathered check by check.
+
+    Each problem names a file (by its key from `register`), record positions, a reason code, the
+    column and a readable reason. A row with several problems is quarantined once, under the
+    reason code and column of its first problem, with every reason in its text.
+    """
+
+    def __init__(self) -> None:
+        self._tables: list[CsvTable] = []
+        self._parts: list[pd.DataFrame] = []
+
+    def register(self, table: CsvTable) -> int:
+        self._tables.append(table)
+        return len(self._tables) - 1
+
+    def add(
+        self,
+        file_key: np.ndarray | int,
+        position: np.ndarray,
+        reason_code: str,
+        column: str | None,
+        reason: pd.Series | np.ndarray | str,
+    ) -> None:
+        position = np.asarray(position, dtype=np.int64)
+        if len(position) == 0:
+            return
+        file_key = np.broadcast_to(np.asarray(file_key, dtype=np.int64), position.shape)
+        reason_values = (
+            np.full(position.shape, reason, dtype=object)
+            if isinstance(reason, str)
+            else np.asarray(reason, dtype=object)
+        )
+        self._parts.append(
+            pd.DataFrame(
+                {
+                    "_file": file_key,
+                    "_pos": position,
+                    "_order": len(self._parts),
+                    "reason_code": reason_code,
+                    "column": column,
+                    "reason": reason_values,
+                }
+            )
+        )
+
+    def _problems(self) -> pd.DataFrame:
+        if not self._parts:
+            return pd.DataFrame(
+                {"_file": pd.Series(dtype="int64"), "_pos": pd.Series(dtype="int64")}
+            )
+        return pd.concat(self._parts, ignore_index=True)
+
+    def first_reason_codes(self, file_key: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """The reason code of the first problem of each (file, position); None where it has none."""
+        problems = self._problems()
+        codes = np.full(len(position), None, dtype=object)
+        if problems.empty:
+            return codes
+        first = problems.sort_values("_order", kind="stable").drop_duplicates(["_file", "_pos"])
+        known = pd.MultiIndex.from_arrays([first["_file"], first["_pos"]])
+        wanted = pd.MultiIndex.from_arrays([np.asarray(file_key, np.int64), np.asarray(position, np.int64)])
+        hit = known.get_indexer(wanted)
+        found = hit >= 0
+        codes[found] = first["reason_code"].to_numpy(dtype=object)[hit[found]]
+        return codes
+
+    def frame(self) -> pd.DataFrame:
+        """The quarantine rows (`etl.schema.QUARANTINE_COLUMNS`), one per quarantined record."""
+        parts: list[pd.DataFrame] = [t.malformed for t in self._tables if not t.malformed.empty]
+        problems = self._problems()
+        if not problems.empty:
+            problems = problems.sort_values(["_file", "_pos", "_order"], kind="stable")
+            first = problems.drop_duplicates(["_file", "_pos"]).set_index(["_file", "_pos"])
+            several = problems.loc[problems.duplicated(["_file", "_pos"], keep=False)]
+            if not several.empty:
+                joined = several.groupby(["_file", "_pos"], sort=False)["reason"].agg(
+                    lambda r: "; ".join(dict.fromkeys(r))
+                )
+                first.loc[joined.index, "reason"] = joined
+            first = first.reset_index()
+            for key, rows in first.groupby("_file", sort=True):
+                table = self._tables[int(key)]
+                positions = rows["_pos"].to_numpy(dtype=np.int64)
+                parts.append(
+                    pd.DataFrame(
+                        {
+                            "source_file": str(table.path),
+                            "source_row": table.source_row[positions],
+                            "reason_code": rows["reason_code"].to_numpy(),
+                            "reason": rows["reason"].to_numpy(),
+                            "column": rows["column"].to_numpy(),
+                            "raw_record": table.raw_records(positions),
+                        }
+                    )
+                )
+        if not parts:
+            return empty_frame(QUARANTINE_COLUMNS)
+        out = conform(pd.concat(parts, ignore_index=True), QUARANTINE_COLUMNS, "quarantine")
+        return out.sort_values(["source_file", "source_row"], kind="stable").reset_index(drop=True)

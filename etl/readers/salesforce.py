@@ -1,0 +1,942 @@
+"""Salesforce Data Export (and Data Loader) files -> the canonical deals and deal history.
+
+Files, recognised by their header line (or, for a damaged header, by their usual file name):
+- `Opportunity.csv`: one row per deal (required);
+- `OpportunityHistory.csv`: one row per change of stage, amount, close date, probability or
+  forecast category (the deal's stage history);
+- `User.csv` (optional): the owner's Name, team (Department) and region fallback (Division);
+- `Account.csv` (optional): the account's Name.
+
+Custom fields for pipeline, product, region, segment and loss reason are named in dealcast.toml
+`[sources.salesforce]`. A pipeline not configured in dealcast.toml gets its stage order from the
+export (StageSortOrder, IsClosed, IsWon, with each stage's usual Probability as its default).
+
+Every row read ends up either as a canonical row (or lookup entry) or in quarantine with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from etl.config import ProjectConfig, SalesforceSourceConfig
+from etl.pipeline_state import prepare_history
+from etl.readers import HISTORY_GAP_COLUMNS, ExportFormatError, ExportReader, FileReport, SourceExport
+from etl.readers.csvfiles import (
+    BLANK_ROW,
+    CsvHeader,
+    CsvTable,
+    Quarantine,
+    is_blank,
+    load_csv,
+    parse_booleans,
+    parse_numbers,
+    parse_timestamps,
+)
+from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, TIMESTAMP, conform, empty_frame
+from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, PipelineStages, StageCatalog
+
+logger = logging.getLogger(__name__)
+
+SOURCE_SYSTEM = "salesforce"
+
+OPPORTUNITY = "salesforce_opportunity"
+HISTORY = "salesforce_history"
+USER = "salesforce_user"
+ACCOUNT = "salesforce_account"
+FORMATS = (OPPORTUNITY, HISTORY, USER, ACCOUNT)
+
+LABELS = {
+    OPPORTUNITY: "Salesforce Opportunity",
+    HISTORY: "Salesforce OpportunityHistory",
+    USER: "Salesforce User",
+    ACCOUNT: "Salesforce Account",
+}
+
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    OPPORTUNITY: ("Id", "Name", "StageName", "Amount", "CloseDate", "CreatedDate", "IsClosed", "IsWon"),
+    HISTORY: ("OpportunityId", "CreatedDate", "StageName"),
+    USER: ("Id",),
+    ACCOUNT: ("Id", "Name"),
+}
+
+# The usual Data Export file names, used to recognise a file whose header is damaged so that the
+# reader can say what is wrong with it instead of skipping it.
+FILE_NAMES = {
+    "opportunity.csv": OPPORTUNITY,
+    "opportunityhistory.csv": HISTORY,
+    "user.csv": USER,
+    "account.csv": ACCOUNT,
+}
+
+# Salesforce's ForecastCategory API values and the labels users see (ForecastCategoryName).
+FORECAST_CATEGORY_LABELS = {
+    "Omitted": "Omitted",
+    "Pipeline": "Pipeline",
+    "BestCase": "Best Case",
+    "Forecast": "Commit",
+    "Closed": "Closed",
+}
+
+DEFAULT_WON_STAGE = "Closed Won"
+DEFAULT_LOST_STAGE = "Closed Lost"
+
+# Reason codes (the quarantine table's `reason_code`).
+DELETED_IN_CRM = "deleted_in_crm"
+MISSING_ID = "missing_id"
+DUPLICATE_ID = "duplicate_id"
+MISSING_REQUIRED_VALUE = "missing_required_value"
+UNPARSEABLE_DATE = "unparseable_date"
+UNPARSEABLE_AMOUNT = "unparseable_amount"
+UNPARSEABLE_NUMBER = "unparseable_number"
+UNPARSEABLE_BOOLEAN = "unparseable_boolean"
+UNKNOWN_CURRENCY = "unknown_currency"
+UNKNOWN_STAGE = "unknown_stage"
+ORPHAN_HISTORY = "orphan_history"
+DEAL_QUARANTINED = "deal_quarantined"
+
+
+# --------------------------------------------------------------------------------------------
+# Format detection
+
+
+def _format_of_columns(columns: set[str]) -> str | None:
+    if {"OpportunityId", "StageName"} <= columns:
+        return HISTORY
+    if {"Id", "StageName", "CloseDate"} <= columns and "OpportunityId" not in columns:
+        return OPPORTUNITY
+    if {"Id", "Username"} <= columns:
+        return USER
+    account_fields = {"AccountNumber", "BillingCity", "BillingCountry", "ParentId"}
+    if {"Id", "Name"} <= columns and columns & account_fields and "AccountId" not in columns:
+        return ACCOUNT
+    return None
+
+
+def detect(header: CsvHeader | None, path: Path) -> str | None:
+    """The Salesforce format of a file: from its comma-separated header, else from its usual file
+    name (Opportunity.csv, ...), else from a header split on another delimiter (the read then
+    reports the wrong delimiter). None when the file is not a Salesforce export."""
+    if header is not None:
+        found = _format_of_columns(set(header.columns))
+        if found:
+            return found
+    by_name = FILE_NAMES.get(path.name.lower())
+    if by_name:
+        return by_name
+    if header is not None and header.likely_delimiter != ",":
+        return _format_of_columns(set(header.split_on(header.likely_delimiter)))
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Row checks
+
+
+class _RowChecks:
+    """Quarantine bookkeeping for one working frame (rows of one or more files of a format)."""
+
+    def __init__(self, frame: pd.DataFrame, quarantine: Quarantine) -> None:
+        self.frame = frame
+        self.quarantine = quarantine
+        self.bad = np.zeros(len(frame), dtype=bool)
+        self.flag(frame["_blank"].to_numpy(), BLANK_ROW, None, "the row is empty")
+
+    def flag(
+        self,
+        mask: np.ndarray | pd.Series,
+        reason_code: str,
+        column: str | None,
+        reason: str | Callable[[pd.DataFrame], Sequence[str]],
+        only_clean: bool = False,
+    ) -> None:
+        mask = np.asarray(mask, dtype=bool)
+        if only_clean:
+            mask = mask & ~self.bad
+        if not mask.any():
+            return
+        rows = self.frame.loc[mask]
+        text = reason if isinstance(reason, str) else np.asarray(list(reason(rows)), dtype=object)
+        self.quarantine.add(rows["_file"].to_numpy(), rows["_pos"].to_numpy(), reason_code, column, text)
+        self.bad |= mask
+
+    def blank_required(self, columns: Sequence[str]) -> None:
+        for column in columns:
+            self.flag(
+                is_blank(self.frame[column]),
+                MISSING_REQUIRED_VALUE,
+                column,
+                f"{column} is blank; expected a value",
+            )
+
+    def parsed(
+        self,
+        column: str,
+        parser: Callable[[pd.Series], tuple[pd.Series, np.ndarray]],
+        reason_code: str,
+        expected: str,
+    ) -> pd.Series:
+        values, bad = parser(self.frame[column])
+        self.flag(
+            bad,
+            reason_code,
+            column,
+            lambda rows: [f"{column}: expected {expected}, got {v!r}" for v in rows[column]],
+        )
+        return values
+
+
+_DATE = "a date-time like 2024-05-31 14:03:00 (or ISO 8601)"
+_NUMBER = "a number like 1234.5"
+_BOOLEAN = "0, 1, true or false"
+
+
+def _working_frame(tables: Sequence[tuple[int, CsvTable]], columns: Mapping[str, str | None]) -> pd.DataFrame:
+    """The given columns of every table as stripped text ("" where blank or absent), plus the
+    file key, record position and source file/row of each row. `columns` maps working names to
+    export column names."""
+    parts = []
+    for key, table in tables:
+        part = pd.DataFrame({name: table.text(column) for name, column in columns.items()})
+        part.insert(0, "_file", np.int64(key))
+        part.insert(1, "_pos", np.arange(len(table), dtype=np.int64))
+        part["source_file"] = str(table.path)
+        part["source_row"] = table.source_row
+        part["_blank"] = table.blank_rows()
+        parts.append(part)
+    frame = pd.concat(parts, ignore_index=True)
+    return frame
+
+
+def _members(values: pd.Series, pool: pd.Series | pd.Index) -> np.ndarray:
+    """Whether each value is in `pool` (a hash lookup: fast for millions of ids)."""
+    return pd.Index(pd.unique(pool)).get_indexer(values) >= 0
+
+
+def _blank_to_na(values: pd.Series) -> pd.Series:
+    return values.where(values.ne("")).astype("string")
+
+
+def _load(paths: Sequence[Path], fmt: str, quarantine: Quarantine) -> list[tuple[int, CsvTable]]:
+    loaded = []
+    for path in paths:
+        table = load_csv(path, LABELS[fmt], REQUIRED_COLUMNS[fmt])
+        loaded.append((quarantine.register(table), table))
+    return loaded
+
+
+def _deleted_and_ids(checks: _RowChecks, what: str) -> None:
+    """IsDeleted rows, blank Ids and repeated Ids (the first live occurrence is kept)."""
+    frame = checks.frame
+    deleted, _ = parse_booleans(frame["IsDeleted"])
+    checks.flag(
+        deleted.fillna(False).to_numpy(dtype=bool),
+        DELETED_IN_CRM,
+        "IsDeleted",
+        f"the {what} is deleted in Salesforce (IsDeleted = 1)",
+    )
+    checks.flag(is_blank(frame["Id"]), MISSING_ID, "Id", f"Id is blank; expected the {what}'s id")
+    live = ~checks.bad
+    repeated = frame["Id"].where(live).duplicated(keep="first").to_numpy() & live
+    if repeated.any():
+        first = frame.loc[live, ["Id", "source_file", "source_row"]].drop_duplicates("Id").set_index("Id")
+        checks.flag(
+            repeated,
+            DUPLICATE_ID,
+            "Id",
+            lambda rows: [
+                f"Id {i!r} appears more than once; the first occurrence "
+                f"({first.at[i, 'source_file']} row {first.at[i, 'source_row']}) is kept"
+                for i in rows["Id"]
+            ],
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Lookups: users and accounts
+
+
+def _read_lookup(
+    tables: Sequence[tuple[int, CsvTable]],
+    quarantine: Quarantine,
+    columns: Mapping[str, str | None],
+    what: str,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The accepted rows of a lookup file, indexed by Id, and how many rows each file kept."""
+    if not tables:
+        return pd.DataFrame(columns=list(columns)).set_index(pd.Index([], dtype="str", name="Id")), {}
+    frame = _working_frame(tables, {"Id": "Id", "IsDeleted": "IsDeleted", **columns})
+    checks = _RowChecks(frame, quarantine)
+    _deleted_and_ids(checks, what)
+    checks.flag(
+        parse_booleans(frame["IsDeleted"])[1],
+        UNPARSEABLE_BOOLEAN,
+        "IsDeleted",
+        lambda rows: [f"IsDeleted: expected {_BOOLEAN}, got {v!r}" for v in rows["IsDeleted"]],
+    )
+    kept = frame.loc[~checks.bad]
+    accepted = kept["source_file"].value_counts().to_dict()
+    return kept.set_index("Id")[list(columns)], accepted
+
+
+def _user_names(tables: Sequence[tuple[int, CsvTable]]) -> dict[str, str | None]:
+    """Which User columns give the owner's name: Name, else FirstName + LastName."""
+    has_name = all(t.has("Name") for _, t in tables)
+    if has_name:
+        return {"Name": "Name"}
+    if all(t.has("LastName") for _, t in tables):
+        return {"FirstName": "FirstName", "LastName": "LastName"}
+    path = next(t.path for _, t in tables if not t.has("Name"))
+    raise ExportFormatError(
+        f"{path}: line 1: missing required column Name (or LastName); expected a Salesforce User "
+        "export with the columns Id, Name (or FirstName, LastName), Department, Division"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Stage catalogue
+
+
+def _infer_pipelines(
+    deals: pd.DataFrame,
+    configured: StageCatalog,
+    opportunity_paths: Sequence[Path],
+    project: ProjectConfig,
+) -> list[PipelineStages]:
+    """Stage order of every pipeline in `deals` that dealcast.toml does not configure.
+
+    Open stages (IsClosed 0) in StageSortOrder order; won = the IsWon stage; lost = the stage
+    closed and not won (named "Closed Lost" when no deal is in it); default probability = the
+    stage's most common Probability.
+    """
+    unconfigured = deals.loc[~deals["pipeline"].isin(configured.names)]
+    if unconfigured.empty:
+        return []
+    if not unconfigured["has_sort_order_column"].all():
+        names = sorted(unconfigured["pipeline"].unique())
+        raise ExportFormatError(
+            f"{opportunity_paths[0]}: line 1: pipeline(s) {names} are not configured in {project.path} "
+            "and the export has no StageSortOrder column to take their stage order from; expected "
+            "the StageSortOrder column, or the pipeline configured under [[pipelines]]"
+        )
+    known = unconfigured.loc[unconfigured["sort_order"].notna()]
+    stats = known.groupby(["pipeline", "stage"], sort=False).agg(
+        sort_order=("sort_order", "min"),
+        closed_share=("is_closed", "mean"),
+        won_share=("is_won", "mean"),
+    )
+    counts = (
+        known.groupby(["pipeline", "stage", "probability"], sort=False).size().rename("deals").reset_index()
+    )
+    probabilities = (
+        counts.sort_values(["deals", "probability"], ascending=[False, True], kind="stable")
+        .drop_duplicates(["pipeline", "stage"])
+        .set_index(["pipeline", "stage"])["probability"]
+    )
+    stats["probability"] = probabilities.reindex(stats.index) / 100.0
+    stats = stats.reset_index().sort_values(["pipeline", "sort_order", "stage"], kind="stable")
+
+    inferred = []
+    for name, stages in stats.groupby("pipeline", sort=True):
+        closed = stages["closed_share"] >= 0.5
+        won = closed & (stages["won_share"] >= 0.5)
+        lost = closed & ~won
+        open_stages = stages.loc[~closed, "stage"].tolist()
+        if not open_stages:
+            logger.warning(
+                "pipeline %r is not configured and has no deal in an open stage, so its stage order "
+                "cannot be taken from %s; its deals are quarantined (configure it under [[pipelines]] in %s)",
+                name, opportunity_paths[0], project.path,
+            )
+            continue
+        won_stage = stages.loc[won, "stage"].iloc[0] if won.any() else DEFAULT_WON_STAGE
+        lost_stage = stages.loc[lost, "stage"].iloc[0] if lost.any() else DEFAULT_LOST_STAGE
+        extra = stages.loc[closed & ~stages["stage"].isin([won_stage, lost_stage]), "stage"].tolist()
+        if extra:
+            logger.warning(
+                "pipeline %r: closed stage(s) %s besides %r and %r are not part of the inferred stage "
+                "order; their deals are quarantined (configure the pipeline in %s to map them)",
+                name, extra, won_stage, lost_stage, project.path,
+            )
+        probabilities_by_stage = dict(zip(stages["stage"], stages["probability"]))
+        pipeline = PipelineStages(
+            name=str(name),
+            open_stages=tuple(open_stages),
+            won_stage=str(won_stage),
+            lost_stage=str(lost_stage),
+            probabilities={s: float(probabilities_by_stage[s]) for s in open_stages},
+        )
+        logger.info(
+            "pipeline %r is not configured; stage order inferred from StageSortOrder: %s, won %r, lost %r",
+            pipeline.name, list(pipeline.open_stages), pipeline.won_stage, pipeline.lost_stage,
+        )
+        inferred.append(pipeline)
+    return inferred
+
+
+@dataclass(frozen=True)
+class _StagePlaces:
+    """Each row's stage looked up in its pipeline: order (NaN when unknown) and status (None)."""
+
+    order: np.ndarray
+    status: np.ndarray
+
+    @property
+    def known(self) -> np.ndarray:
+        return ~np.isnan(self.order)
+
+
+def _stage_places(
+    pipeline_codes: np.ndarray, pipeline_names: Sequence[str], stages: pd.Series, catalog: StageCatalog
+) -> _StagePlaces:
+    """Look stages up per (pipeline, stage) pair of distinct values, then spread to the rows
+    (`pipeline_codes` index `pipeline_names`; -1 = no pipeline)."""
+    stage_codes, stage_names = pd.factorize(stages)
+    order = np.full((len(pipeline_names) + 1, len(stage_names) + 1), np.nan)
+    status = np.full(order.shape, None, dtype=object)
+    for i, name in enumerate(pipeline_names):
+        if name not in catalog:
+            continue
+        pipeline = catalog[name]
+        for j, stage in enumerate(stage_names):
+            place = pipeline.order_of(stage)
+            if place is not None:
+                order[i, j] = place
+                status[i, j] = pipeline.status_of(stage)
+    rows = np.asarray(pipeline_codes, dtype=np.int64)
+    return _StagePlaces(order=order[rows, stage_codes], status=status[rows, stage_codes])
+
+
+_UNORDERED_PIPELINE = (
+    "the pipeline is not configured in dealcast.toml and the export gives no stage order for it "
+    "(no open deal with a StageSortOrder); configure it under [[pipelines]]"
+)
+
+
+def _describe_pipelines(catalog: StageCatalog, configured: StageCatalog) -> dict[str, str]:
+    described = {}
+    for p in catalog:
+        origin = "configured in dealcast.toml" if p.name in configured else "inferred from StageSortOrder"
+        described[p.name] = f"{origin}: {', '.join([*p.open_stages, p.won_stage, p.lost_stage])}"
+    return described
+
+
+# --------------------------------------------------------------------------------------------
+# The reader
+
+# Working columns `_assemble` turns into canonical deals and history.
+_DEAL_WORKING_COLUMNS = [
+    "Id", "source_file", "source_row", "pipeline", "Name", "AccountId", "OwnerId", "product_field",
+    "region_field", "segment_field", "LeadSource", "Type", "amount", "currency", "created_at",
+    "close_date", "stage", "stage_order", "status", "lost_reason_field", "ForecastCategory",
+    "ForecastCategoryName", "probability", "last_stage_change_at", "is_closed", "is_won",
+]  # fmt: skip
+_HISTORY_WORKING_COLUMNS = [
+    "OpportunityId", "changed_at", "StageName", "amount", "close_date", "probability", "ForecastCategory",
+    "source_file", "source_row", "prev_amount", "prev_close_date", "PrevAmount", "PrevCloseDate",
+]  # fmt: skip
+
+
+def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig) -> SourceExport:
+    """Read a Salesforce export (files grouped by format) into canonical frames."""
+    opportunity_paths = list(files.get(OPPORTUNITY, ()))
+    if not opportunity_paths:
+        others = [str(p) for fmt in FORMATS for p in files.get(fmt, ())]
+        raise ExportFormatError(
+            f"{others[0] if others else 'exports'}: Salesforce export file(s) {others} found but no "
+            "Opportunity.csv; expected Opportunity.csv (and OpportunityHistory.csv) in the same directory"
+        )
+    settings = project.salesforce
+    quarantine = Quarantine()
+    opp_tables = _load(opportunity_paths, OPPORTUNITY, quarantine)
+    hist_tables = _load(files.get(HISTORY, ()), HISTORY, quarantine)
+    user_tables = _load(files.get(USER, ()), USER, quarantine)
+    account_tables = _load(files.get(ACCOUNT, ()), ACCOUNT, quarantine)
+    if not hist_tables:
+        logger.warning(
+            "no OpportunityHistory.csv beside %s: deals have no stage history (only their current stage)",
+            opportunity_paths[0],
+        )
+
+    user_columns: dict[str, str | None] = (
+        {**_user_names(user_tables), "Department": "Department", "Division": "Division"} if user_tables else {}
+    )
+    users, users_kept = _read_lookup(user_tables, quarantine, user_columns, "user")
+    accounts, accounts_kept = _read_lookup(account_tables, quarantine, {"Name": "Name"}, "account")
+
+    deals, deal_checks, catalog, inferred = _read_opportunities(opp_tables, quarantine, project, settings)
+    history, hist_checks = _read_history(hist_tables, quarantine, project, deals, deal_checks, catalog)
+    quarantined = quarantine.frame()
+    files_read = [
+        (fmt, table.path, table.rows_read, table.scan.sha256)
+        for fmt, tables in ((OPPORTUNITY, opp_tables), (HISTORY, hist_tables), (USER, user_tables), (ACCOUNT, account_tables))
+        for _, table in tables
+    ]
+    accepted_deals = deals.loc[~deal_checks.bad, _DEAL_WORKING_COLUMNS]
+    accepted_history = (
+        history.loc[~hist_checks.bad, _HISTORY_WORKING_COLUMNS] if history is not None and hist_checks is not None else None
+    )
+    # The files' text is no longer needed: free it before the history is rebuilt.
+    del opp_tables, hist_tables, user_tables, account_tables, quarantine, deal_checks, hist_checks, deals, history
+
+    canonical_deals, canonical_history, gaps = _assemble(
+        accepted_deals, accepted_history, users, accounts, catalog, project
+    )
+    quarantined_by_file = quarantined["source_file"].value_counts().to_dict()
+    accepted_by_file: dict[str, int] = {}
+    for counts in (
+        canonical_deals["source_file"].value_counts().to_dict(),
+        canonical_history["source_file"].value_counts().to_dict(),
+        users_kept,
+        accounts_kept,
+    ):
+        for name, count in counts.items():
+            accepted_by_file[str(name)] = accepted_by_file.get(str(name), 0) + int(count)
+    reports = [
+        FileReport(
+            path=path,
+            format=fmt,
+            rows_read=rows_read,
+            sha256=sha256,
+            rows_accepted=accepted_by_file.get(str(path), 0),
+            rows_quarantined=int(quarantined_by_file.get(str(path), 0)),
+        )
+        for fmt, path, rows_read, sha256 in files_read
+    ]
+    logger.info(
+        "Salesforce export: %d deals, %d history rows, %d rows quarantined",
+        len(canonical_deals), len(canonical_history), len(quarantined),
+    )
+    return SourceExport(
+        deals=canonical_deals,
+        history=canonical_history,
+        quarantine=quarantined,
+        files=reports,
+        pipelines=inferred,
+        history_gaps=gaps,
+    )
+
+
+def _read_opportunities(
+    tables: Sequence[tuple[int, CsvTable]],
+    quarantine: Quarantine,
+    project: ProjectConfig,
+    settings: SalesforceSourceConfig,
+) -> tuple[pd.DataFrame, _RowChecks, StageCatalog, list[PipelineStages]]:
+    standard = (
+        "Id", "IsDeleted", "Name", "StageName", "StageSortOrder", "Amount", "Probability", "CloseDate",
+        "CreatedDate", "IsClosed", "IsWon", "LastStageChangeDate", "CurrencyIsoCode", "AccountId", "OwnerId",
+        "Type", "LeadSource", "ForecastCategory", "ForecastCategoryName",
+    )  # fmt: skip
+    columns: dict[str, str | None] = {
+        **{c: c for c in standard},
+        "pipeline_field": settings.pipeline_field,
+        "product_field": settings.product_field,
+        "region_field": settings.region_field,
+        "segment_field": settings.segment_field,
+        "lost_reason_field": settings.lost_reason_field,
+    }
+    frame = _working_frame(tables, columns)
+    frame["has_sort_order_column"] = np.concatenate(
+        [np.full(len(t), t.has("StageSortOrder")) for _, t in tables]
+    )
+    checks = _RowChecks(frame, quarantine)
+    _deleted_and_ids(checks, "opportunity")
+    checks.blank_required(["StageName", "CreatedDate", "CloseDate"])
+    frame["created_at"] = checks.parsed("CreatedDate", parse_timestamps, UNPARSEABLE_DATE, _DATE)
+    frame["close_date"] = checks.parsed("CloseDate", parse_timestamps, UNPARSEABLE_DATE, _DATE).dt.normalize()
+    frame["last_stage_change_at"] = checks.parsed("LastStageChangeDate", parse_timestamps, UNPARSEABLE_DATE, _DATE)
+    frame["amount"] = checks.parsed("Amount", parse_numbers, UNPARSEABLE_AMOUNT, _NUMBER)
+    frame["probability"] = checks.parsed("Probability", parse_numbers, UNPARSEABLE_NUMBER, _NUMBER)
+    frame["sort_order"] = checks.parsed("StageSortOrder", parse_numbers, UNPARSEABLE_NUMBER, _NUMBER)
+    frame["is_closed"] = checks.parsed("IsClosed", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN)
+    frame["is_won"] = checks.parsed("IsWon", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN)
+    checks.parsed("IsDeleted", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN)
+
+    pipeline = frame["pipeline_field"]
+    frame["pipeline"] = pipeline.where(pipeline.ne(""), settings.default_pipeline)
+    frame["stage"] = frame["StageName"]
+
+    # Stage order: configured pipelines as they are, others from the rows that parsed.
+    inference_columns = ["pipeline", "stage", "sort_order", "is_closed", "is_won", "probability", "has_sort_order_column"]
+    clean = frame.loc[~checks.bad, inference_columns]
+    inferred = _infer_pipelines(clean, project.stages, [t.path for _, t in tables], project)
+    catalog = project.stages
+    for p in inferred:
+        catalog = catalog.with_pipeline(p)
+
+    reporting = project.reporting_currency
+    currency = frame["CurrencyIsoCode"].str.upper()
+    frame["currency"] = currency.where(currency.ne(""), reporting)
+    checks.flag(
+        frame["currency"].ne(reporting).to_numpy(),
+        UNKNOWN_CURRENCY,
+        "CurrencyIsoCode",
+        lambda rows: [
+            f"CurrencyIsoCode: the amount is in {c}, not in the reporting currency {reporting}; "
+            f"Dealcast does not read an exchange-rate file yet, so only {reporting} deals can be valued"
+            for c in rows["currency"]
+        ],
+    )
+    pipeline_codes, pipeline_names = pd.factorize(frame["pipeline"])
+    places = _stage_places(pipeline_codes, list(pipeline_names), frame["stage"], catalog)
+    described = _describe_pipelines(catalog, project.stages)
+    checks.flag(
+        ~places.known & ~is_blank(frame["stage"]),
+        UNKNOWN_STAGE,
+        "StageName",
+        lambda rows: [
+            f"StageName {s!r} is not a stage of pipeline {p!r} "
+            f"({described.get(p, _UNORDERED_PIPELINE)})"
+            for s, p in zip(rows["stage"], rows["pipeline"])
+        ],
+    )
+    frame["stage_order"] = pd.array(places.order, dtype="Float64").astype("Int64")
+    frame["status"] = places.status
+    return frame, checks, catalog, inferred
+
+
+def _read_history(
+    tables: Sequence[tuple[int, CsvTable]],
+    quarantine: Quarantine,
+    project: ProjectConfig,
+    deals: pd.DataFrame,
+    deal_checks: _RowChecks,
+    catalog: StageCatalog,
+) -> tuple[pd.DataFrame | None, _RowChecks | None]:
+    if not tables:
+        return None, None
+    standard = (
+        "Id", "OpportunityId", "IsDeleted", "CreatedDate", "StageName", "Amount", "CloseDate", "Probability",
+        "ForecastCategory", "CurrencyIsoCode", "PrevAmount", "PrevCloseDate",
+    )  # fmt: skip
+    columns: dict[str, str | None] = {c: c for c in standard}
+    frame = _working_frame(tables, columns)
+    checks = _RowChecks(frame, quarantine)
+    deleted, _ = parse_booleans(frame["IsDeleted"])
+    checks.flag(
+        deleted.fillna(False).to_numpy(dtype=bool),
+        DELETED_IN_CRM,
+        "IsDeleted",
+        "the history row is deleted in Salesforce (IsDeleted = 1)",
+    )
+    checks.flag(
+        is_blank(frame["OpportunityId"]),
+        MISSING_ID,
+        "OpportunityId",
+        "OpportunityId is blank; expected the id of the opportunity this history row belongs to",
+    )
+    live = ~checks.bad & ~is_blank(frame["Id"])
+    repeated = frame["Id"].where(live).duplicated(keep="first").to_numpy() & live
+    checks.flag(
+        repeated,
+        DUPLICATE_ID,
+        "Id",
+        lambda rows: [f"history row Id {i!r} appears more than once; the first occurrence is kept" for i in rows["Id"]],
+    )
+    checks.blank_required(["CreatedDate", "StageName"])
+    frame["changed_at"] = checks.parsed("CreatedDate", parse_timestamps, UNPARSEABLE_DATE, _DATE)
+    frame["close_date"] = checks.parsed("CloseDate", parse_timestamps, UNPARSEABLE_DATE, _DATE).dt.normalize()
+    frame["prev_close_date"] = checks.parsed("PrevCloseDate", parse_timestamps, UNPARSEABLE_DATE, _DATE).dt.normalize()
+    frame["amount"] = checks.parsed("Amount", parse_numbers, UNPARSEABLE_AMOUNT, _NUMBER)
+    frame["prev_amount"] = checks.parsed("PrevAmount", parse_numbers, UNPARSEABLE_AMOUNT, _NUMBER)
+    frame["probability"] = checks.parsed("Probability", parse_numbers, UNPARSEABLE_NUMBER, _NUMBER)
+    checks.parsed("IsDeleted", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN)
+
+    # The deal each row belongs to: `position` indexes the distinct Opportunity ids (-1: not in
+    # the export); `accepted_rows()` gives each history row its accepted Opportunity row (-1: none).
+    with_id = deals.loc[~is_blank(deals["Id"]), ["Id", "_file", "_pos", "source_file", "source_row"]]
+    first_rows = with_id.loc[~with_id["Id"].duplicated(keep="first").to_numpy()]
+    ids = pd.Index(first_rows["Id"])
+    position = ids.get_indexer(frame["OpportunityId"])
+    in_export = position >= 0
+
+    def accepted_rows() -> np.ndarray:
+        rows = np.flatnonzero(~deal_checks.bad)
+        by_id = np.full(len(ids) + 1, -1, dtype=np.int64)
+        by_id[ids.get_indexer(deals["Id"].to_numpy()[rows])] = rows
+        by_id[-1] = -1
+        return by_id[position]
+
+    checks.flag(
+        ~in_export & ~is_blank(frame["OpportunityId"]),
+        ORPHAN_HISTORY,
+        "OpportunityId",
+        lambda rows: [
+            f"OpportunityId {i!r} is not in the Opportunity export; expected the history of an exported opportunity"
+            for i in rows["OpportunityId"]
+        ],
+    )
+    reporting = project.reporting_currency
+    currency = frame["CurrencyIsoCode"].str.upper()
+    checks.flag(
+        (currency.ne("") & currency.ne(reporting)).to_numpy(),
+        UNKNOWN_CURRENCY,
+        "CurrencyIsoCode",
+        lambda rows: [
+            f"CurrencyIsoCode: the amount is in {c.upper()}, not in the reporting currency {reporting}; "
+            "Dealcast does not read an exchange-rate file yet"
+            for c in rows["CurrencyIsoCode"]
+        ],
+    )
+
+    # Stages must belong to the deal's pipeline; an unknown stage quarantines the whole deal.
+    deal_row = accepted_rows()
+    has_deal = deal_row >= 0
+    deal_pipeline_codes, names = pd.factorize(deals["pipeline"])
+    pipeline_names = list(names)
+    pipeline_codes = np.where(has_deal, deal_pipeline_codes[np.where(has_deal, deal_row, 0)], -1)
+    places = _stage_places(pipeline_codes, pipeline_names, frame["StageName"], catalog)
+    unknown = has_deal & ~places.known & ~is_blank(frame["StageName"]) & ~checks.bad
+    if unknown.any():
+        described = _describe_pipelines(catalog, project.stages)
+        frame["pipeline"] = pd.Series(
+            np.asarray(pipeline_names + [None], dtype=object)[pipeline_codes], index=frame.index, dtype="str"
+        )
+        checks.flag(
+            unknown,
+            UNKNOWN_STAGE,
+            "StageName",
+            lambda rows: [
+                f"StageName {s!r} is not a stage of pipeline {p!r} ({described[p]})"
+                for s, p in zip(rows["StageName"], rows["pipeline"])
+            ],
+        )
+        first_unknown = frame.loc[unknown].drop_duplicates("OpportunityId").set_index("OpportunityId")
+        deal_rows = np.zeros(len(deals), dtype=bool)
+        deal_rows[deal_row[unknown]] = True
+        deal_checks.flag(
+            deal_rows,
+            UNKNOWN_STAGE,
+            "StageName",
+            lambda rows: [
+                f"its history ({first_unknown.at[i, 'source_file']} row {first_unknown.at[i, 'source_row']}) "
+                f"has stage {first_unknown.at[i, 'StageName']!r}, which is not a stage of pipeline {p!r} "
+                f"({described[p]})"
+                for i, p in zip(rows["Id"], rows["pipeline"])
+            ],
+        )
+        deal_row = accepted_rows()
+
+    # History of a deal that is in the export but quarantined follows its deal.
+    follows = in_export & (deal_row < 0) & ~checks.bad
+    if follows.any():
+        codes = quarantine.first_reason_codes(first_rows["_file"].to_numpy(), first_rows["_pos"].to_numpy())
+        where = pd.DataFrame(
+            {
+                "code": codes,
+                "at": (first_rows["source_file"] + " row " + first_rows["source_row"].astype(str)).to_numpy(),
+            },
+            index=first_rows["Id"].to_numpy(),
+        )
+        checks.flag(
+            follows,
+            DEAL_QUARANTINED,
+            "OpportunityId",
+            lambda rows: [
+                f"its opportunity {i!r} is quarantined ({where.at[i, 'code']}, {where.at[i, 'at']})"
+                for i in rows["OpportunityId"]
+            ],
+        )
+    return frame, checks
+
+
+def _forecast_labels(values: pd.Series) -> pd.Series:
+    return values.replace(FORECAST_CATEGORY_LABELS)
+
+
+def _lookup(ids: pd.Series, table: pd.DataFrame, column: str) -> pd.Series:
+    """`table[column]` for each id ("" where the id is not in the table)."""
+    if column not in table.columns or table.empty:
+        return pd.Series("", index=ids.index, dtype="str")
+    position = table.index.get_indexer(ids)
+    values = table[column].to_numpy(dtype=object)
+    found = np.where(position >= 0, values[np.where(position >= 0, position, 0)], "")
+    return pd.Series(found, index=ids.index, dtype="str")
+
+
+def _assemble(
+    opp: pd.DataFrame,
+    hist: pd.DataFrame | None,
+    users: pd.DataFrame,
+    accounts: pd.DataFrame,
+    catalog: StageCatalog,
+    project: ProjectConfig,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Canonical deals and history from the accepted working rows, plus the history gaps.
+
+    Owner, team and region come from User.csv, account names from Account.csv (the ids where
+    a lookup has no row). closed_at, last_stage_change_at (when the export leaves it blank) and
+    push_count come from the history as `prepare_history` annotates it.
+    """
+    reporting = project.reporting_currency
+    owner_ids = opp["OwnerId"]
+    if "Name" in users.columns:
+        user_name = _lookup(owner_ids, users, "Name")
+    else:
+        first = _lookup(owner_ids, users, "FirstName")
+        user_name = (first + " " + _lookup(owner_ids, users, "LastName")).str.strip()
+    owner = user_name.where(user_name.ne(""), owner_ids)
+    account_name = _lookup(opp["AccountId"], accounts, "Name")
+    account = account_name.where(account_name.ne(""), opp["AccountId"])
+    region = opp["region_field"].where(opp["region_field"].ne(""), _lookup(owner_ids, users, "Division"))
+    forecast = opp["ForecastCategoryName"].where(
+        opp["ForecastCategoryName"].ne(""), _forecast_labels(opp["ForecastCategory"])
+    )
+    status = opp["status"].astype("str")
+    closed = status.ne(STATUS_OPEN).to_numpy()
+
+    deals = pd.DataFrame(
+        {
+            "deal_id": opp["Id"],
+            "source_system": SOURCE_SYSTEM,
+            "source_file": opp["source_file"],
+            "source_row": opp["source_row"],
+            "pipeline": opp["pipeline"],
+            "deal_name": _blank_to_na(opp["Name"]),
+            "account": _blank_to_na(account),
+            "owner": _blank_to_na(owner),
+            "team": _blank_to_na(_lookup(owner_ids, users, "Department")),
+            "product": _blank_to_na(opp["product_field"]),
+            "region": _blank_to_na(region),
+            "account_segment": _blank_to_na(opp["segment_field"]),
+            "lead_source": _blank_to_na(opp["LeadSource"]),
+            "deal_type": _blank_to_na(opp["Type"]),
+            "amount": opp["amount"],
+            "currency": opp["currency"],
+            "amount_reporting": opp["amount"].where(opp["currency"].eq(reporting)),
+            "created_at": opp["created_at"],
+            "expected_close_date": opp["close_date"],
+            "closed_at": opp["close_date"].where(closed),
+            "stage": opp["stage"],
+            "stage_order": opp["stage_order"],
+            "status": status,
+            "lost_reason": _blank_to_na(opp["lost_reason_field"]),
+            "forecast_category": _blank_to_na(forecast),
+            "crm_probability": opp["probability"] / 100.0,
+            "last_stage_change_at": opp["last_stage_change_at"],
+            "push_count": np.int64(0),
+            "has_history": False,
+        }
+    ).reset_index(drop=True)
+    _warn_status_disagreements(opp, status)
+
+    if hist is None or hist.empty:
+        history = empty_frame(DEAL_HISTORY_COLUMNS)
+        gaps = pd.DataFrame(columns=HISTORY_GAP_COLUMNS)
+    else:
+        history = pd.DataFrame(
+            {
+                "deal_id": hist["OpportunityId"],
+                "changed_at": hist["changed_at"],
+                "stage": hist["StageName"],
+                "amount": hist["amount"],
+                # Accepted history belongs to accepted deals, all in the reporting currency.
+                "amount_reporting": hist["amount"],
+                "expected_close_date": hist["close_date"],
+                "crm_probability": hist["probability"] / 100.0,
+                "forecast_category": _blank_to_na(_forecast_labels(hist["ForecastCategory"])),
+                "source_file": hist["source_file"],
+                "source_row": hist["source_row"],
+            }
+        ).reset_index(drop=True)
+        gaps = _history_gaps(hist)
+    history = conform(history, DEAL_HISTORY_COLUMNS, "deal_history")
+    deals["has_history"] = _members(deals["deal_id"], history["deal_id"])
+    deals = conform(deals, DEAL_COLUMNS, "deals")
+
+    prepared = prepare_history(deals, history, catalog)
+    # prepare_history sorts by deal: a deal's last row is where the next row's deal differs.
+    deal = prepared["deal_id"]
+    is_last = deal.ne(deal.shift(-1)).fillna(True).to_numpy(dtype=bool)
+    last = prepared.loc[is_last, ["deal_id", "stage_entered_at", "stage_status"]].set_index("deal_id")
+    last = last.reindex(deals["deal_id"])
+    entered = last["stage_entered_at"].to_numpy(dtype=TIMESTAMP)
+    closed_in_history = last["stage_status"].isin([STATUS_WON, STATUS_LOST]).to_numpy()
+    use_history = deals["has_history"].to_numpy() & closed_in_history & (deals["status"] != STATUS_OPEN).to_numpy()
+    deals["closed_at"] = deals["closed_at"].where(~use_history, pd.Series(entered, index=deals.index))
+    deals["last_stage_change_at"] = deals["last_stage_change_at"].fillna(pd.Series(entered, index=deals.index))
+    pushes = prepared.loc[prepared["is_push"], "deal_id"].value_counts()
+    deals["push_count"] = pushes.reindex(deals["deal_id"]).fillna(0).to_numpy(dtype=np.int64)
+    return conform(deals, DEAL_COLUMNS, "deals"), history, gaps
+
+
+def _warn_status_disagreements(opp: pd.DataFrame, status: pd.Series) -> None:
+    """Log deals whose stage status (from the stage catalogue) disagrees with IsClosed/IsWon."""
+    is_closed = opp["is_closed"].astype("boolean")
+    is_won = opp["is_won"].astype("boolean")
+    crm_status = pd.Series(
+        np.where(is_won.fillna(False), STATUS_WON, np.where(is_closed.fillna(False), STATUS_LOST, STATUS_OPEN)),
+        index=opp.index,
+    )
+    known = is_closed.notna().to_numpy()
+    disagree = known & status.ne(crm_status).to_numpy()
+    if disagree.any():
+        sample = opp.loc[disagree, ["source_file", "source_row", "stage"]].head(3).to_dict("records")
+        logger.warning(
+            "%d deal(s) have a status from the stage order that disagrees with IsClosed/IsWon; the "
+            "stage order is used (first: %s)",
+            int(disagree.sum()), sample,
+        )
+
+
+def _history_gaps(hist: pd.DataFrame) -> pd.DataFrame:
+    """History rows whose PrevAmount/PrevCloseDate (where filled) differ from the row before them."""
+    # Order on integer codes (sorting millions of id strings is slow): each deal's rows together,
+    # in time order, same-time rows in file order.
+    deal_codes = pd.factorize(hist["OpportunityId"])[0]
+    changed = hist["changed_at"].to_numpy(dtype="datetime64[us]").astype(np.int64)
+    order = np.lexsort((hist["source_row"].to_numpy(), changed, deal_codes))
+    codes = deal_codes[order]
+    same_deal = np.concatenate([[False], codes[1:] == codes[:-1]])
+    parts = []
+    for column, prev_col, value_col in (
+        ("PrevAmount", "prev_amount", "amount"),
+        ("PrevCloseDate", "prev_close_date", "close_date"),
+    ):
+        stated = hist[prev_col].to_numpy()[order]
+        values = hist[value_col].to_numpy()[order]
+        previous = np.concatenate([values[:1], values[:-1]])
+        if value_col == "amount":
+            filled = ~np.isnan(stated)
+            differs = ~np.isclose(stated, previous, rtol=0, atol=0.005)
+        else:
+            filled = ~np.isnat(stated)
+            differs = stated != previous
+        mask = same_deal & filled & differs
+        if mask.any():
+            rows = hist.iloc[order[mask]]
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "deal_id": rows["OpportunityId"].to_numpy(),
+                        "source_file": rows["source_file"].to_numpy(),
+                        "source_row": rows["source_row"].to_numpy(),
+                        "column": column,
+                        "expected": pd.Series(previous[mask]).astype(str).to_numpy(),
+                        "found": rows[column].to_numpy(),
+                    }
+                )
+            )
+    if not parts:
+        return pd.DataFrame(columns=HISTORY_GAP_COLUMNS)
+    gaps = pd.concat(parts, ignore_index=True)
+    logger.warning(
+        "%d history row(s) of %d deal(s) do not continue from the row before them (PrevAmount/PrevCloseDate "
+        "differ): rows are missing from the history export (first: %s row %s)",
+        len(gaps), gaps["deal_id"].nunique(), gaps.at[0, "source_file"], gaps.at[0, "source_row"],
+    )
+    return gaps
+
+
+READER = ExportReader(
+    source_system=SOURCE_SYSTEM,
+    formats=FORMATS,
+    detect=detect,
+    read=read_salesforce,
+)
