@@ -1,0 +1,741 @@
+"""The SQL warehouse that finance and BI tools read: one class that creates the tables, writes a
+run's frames atomically and idempotently, and reads them back.
+
+Every write follows the same five steps inside ONE database transaction, so a failed or repeated
+run never leaves a half-written or duplicated table:
+
+1. lock the as_of, so two runs for the same date cannot interleave their writes
+   (PostgreSQL: `pg_advisory_xact_lock(advisory_lock_key(as_of))`; SQLite: `BEGIN IMMEDIATE`,
+   which takes the database's single write lock up front; concurrent writers wait for it);
+2. fence: the `run_claims` row of the as_of must name this run (a newer run that claimed the
+   as_of takes over, and the older run's writes raise `StaleRunError`);
+3. delete the rows the frame replaces (its as_of, every row, or the rows with its keys, per the
+   table's `TableSpec.replace`);
+4. bulk insert (PostgreSQL: psycopg 3 `COPY ... FROM STDIN` of CSV built by Arrow; SQLite:
+   one `executemany`);
+5. commit; any error rolls back everything written in that call.
+
+The URL's password never appears in logs, metadata or error messages: only `safe_url` is shown and
+every database error is re-raised as `WarehouseError` with the password masked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import logging
+import time
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+
+from etl.tables import ID, TABLES, TS, TableSpec, metadata
+
+log = logging.getLogger(__name__)
+
+MASK = "***"
+LOCK_NAMESPACE = "dealcast"
+# How long a SQLite writer waits for another writer's transaction before giving up.
+SQLITE_BUSY_TIMEOUT_MS = 120_000
+# Rows per COPY/executemany batch handed to the driver (bounds memory on very large frames).
+BATCH_ROWS = 200_000
+_BEGIN_OPTION = "dealcast_sqlite_begin"
+_PASSWORD_QUERY_KEYS = {"password", "passwd", "pwd"}
+
+# Which run currently owns writes for each as_of. Kept outside `etl.tables.metadata` because it is
+# the warehouse's own bookkeeping, not a table finance or BI read.
+claims_metadata = sa.MetaData()
+run_claims = sa.Table(
+    "run_claims",
+    claims_metadata,
+    sa.Column("as_of", sa.Date, primary_key=True, comment="The run date whose writes are owned."),
+    sa.Column("run_id", ID, nullable=False, comment="The run that owns writes for this as_of (the latest claim)."),
+    sa.Column("claimed_at", TS, nullable=False, comment="When that run claimed the as_of (UTC)."),
+    comment="Which pipeline run owns writes for each as_of; writes of any other run are refused.",
+)
+
+
+class WarehouseError(RuntimeError):
+    """A warehouse operation failed. The message names the table, column or rows at fault and the
+    warehouse's URL with its password masked; it never contains the password."""
+
+
+class StaleRunError(WarehouseError):
+    """This run no longer owns the as_of: a newer run claimed it, so this run's writes are refused."""
+
+
+# --------------------------------------------------------------------------------------------
+# Passwords
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (and any password query parameter) replaced by `***`."""
+    try:
+        parsed = make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        # Not a URL SQLAlchemy understands: mask whatever sits between "user:" and "@".
+        head, sep, rest = url.partition("://")
+        if not sep:
+            return url
+        userinfo, at, hostpart = rest.rpartition("@")
+        if not at:
+            return url
+        user, colon, _ = userinfo.partition(":")
+        return f"{head}://{user}{colon}{MASK if colon else ''}@{hostpart}"
+    masked_query = {k: MASK for k in parsed.query if k.lower() in _PASSWORD_QUERY_KEYS}
+    if masked_query:
+        parsed = parsed.update_query_dict(masked_query)
+    return parsed.render_as_string(hide_password=True).replace(urllib.parse.quote(MASK, safe=""), MASK)
+
+
+def _secrets_in(url: str) -> list[str]:
+    """Every spelling of the URL's password that could show up in a driver's message."""
+    try:
+        parsed = make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        return []
+    raw = [parsed.password or ""]
+    for key, value in parsed.query.items():
+        if key.lower() in _PASSWORD_QUERY_KEYS:
+            raw.extend([value] if isinstance(value, str) else list(value))
+    spellings: set[str] = set()
+    for secret in raw:
+        if secret:
+            spellings.update({secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)})
+    # Longest first, so a password that contains another spelling is masked whole.
+    return sorted(spellings, key=len, reverse=True)
+
+
+def _chain_text(exc: BaseException | None) -> str:
+    """The text of an exception and of every exception it was raised from."""
+    parts, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        parts.append(f"{exc!s} {exc!r}")
+        exc = exc.__cause__ or exc.__context__
+    return " ".join(parts)
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Locks
+
+
+def advisory_lock_key(as_of: dt.date) -> int:
+    """The 64-bit PostgreSQL advisory-lock key of an as_of: the first 8 bytes (big-endian, signed) of
+    BLAKE2b("dealcast:<YYYY-MM-DD>"). Stable across processes and Python versions, so any tool can
+    take the same lock to pause Dealcast's writes for a date."""
+    return _lock_key(as_of.isoformat())
+
+
+def _lock_key(name: str) -> int:
+    digest = hashlib.blake2b(f"{LOCK_NAMESPACE}:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _as_date(value: dt.date, what: str = "as_of") -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    raise WarehouseError(f"{what} must be a datetime.date, got {value!r} ({type(value).__name__})")
+
+
+def _check_run_id(run_id: str) -> str:
+    limit = run_claims.c.run_id.type.length
+    if not isinstance(run_id, str) or not run_id.strip() or len(run_id) > limit:
+        raise WarehouseError(f"run_id must be a non-empty text of at most {limit} characters, got {run_id!r}")
+    return run_id
+
+
+# --------------------------------------------------------------------------------------------
+# Frames -> database values
+
+
+def _kind(column: sa.Column) -> str:
+    """How a column's values are converted: date, timestamp, bool, int, float, decimal or text."""
+    kind_of = column.type
+    if isinstance(kind_of, sa.Boolean):
+        return "bool"
+    if isinstance(kind_of, sa.DateTime):
+        return "timestamp"
+    if isinstance(kind_of, sa.Date):
+        return "date"
+    if isinstance(kind_of, sa.Integer):
+        return "int"
+    if isinstance(kind_of, sa.Float):
+        return "float"
+    if isinstance(kind_of, sa.Numeric):
+        return "decimal"
+    if isinstance(kind_of, sa.String):
+        return "text"
+    raise WarehouseError(f"{column.table.name}.{column.name}: column type {kind_of!r} is not supported by the warehouse")
+
+
+def _rows_named(mask: pd.Series, limit: int = 5) -> str:
+    labels = mask.index[mask.to_numpy()].tolist()
+    shown = ", ".join(repr(label) for label in labels[:limit])
+    more = f" and {len(labels) - limit} more" if len(labels) > limit else ""
+    return f"row(s) {shown}{more}"
+
+
+def _to_timestamps(series: pd.Series, where: str) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(series.dtype):
+        out = series
+    else:
+        try:
+            out = pd.to_datetime(series, errors="raise")
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise WarehouseError(f"{where}: expected dates or timestamps ({exc})") from exc
+    if getattr(out.dt, "tz", None) is not None:
+        out = out.dt.tz_convert("UTC").dt.tz_localize(None)
+    return out.astype("datetime64[us]")
+
+
+def _to_floats(series: pd.Series, where: str) -> pd.Series:
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return series.astype("Float64").astype("float64")
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        return series.astype("float64")
+    try:
+        return pd.to_numeric(series, errors="raise").astype("float64")
+    except (ValueError, TypeError) as exc:
+        raise WarehouseError(f"{where}: expected numbers ({exc})") from exc
+
+
+def _convert(series: pd.Series, column: sa.Column, kind: str) -> pd.Series:
+    """One frame column in the dtype its database column needs, or a WarehouseError naming the rows."""
+    where = f"table {column.table.name}, column {column.name}"
+    if kind == "timestamp":
+        return _to_timestamps(series, where)
+    if kind == "date":
+        return _to_timestamps(series, where).dt.normalize()
+    if kind == "bool":
+        if not pd.api.types.is_bool_dtype(series.dtype):
+            inferred = pd.api.types.infer_dtype(series, skipna=True)
+            if inferred in ("integer", "floating", "mixed-integer-float"):
+                numbers = _to_floats(series, where)
+                bad = numbers.notna() & ~numbers.isin([0.0, 1.0])
+                if bad.any():
+                    raise WarehouseError(f"{where}: expected booleans (or 0/1), {_rows_named(bad)} hold other numbers")
+                return numbers.astype("boolean")
+            if inferred not in ("boolean", "empty"):
+                raise WarehouseError(f"{where}: expected booleans, found {inferred} values")
+        return series.astype("boolean")
+    if kind == "int" and (
+        pd.api.types.is_integer_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype)
+    ):
+        return series.astype("Int64")  # exact, even beyond float precision
+    if kind in ("int", "float", "decimal"):
+        numbers = _to_floats(series, where)
+        if kind == "int":
+            fractional = numbers.notna() & (numbers != np.floor(numbers))
+            if fractional.any():
+                raise WarehouseError(f"{where}: expected whole numbers, {_rows_named(fractional)} are not")
+            return numbers.astype("Int64")
+        if kind == "decimal":
+            infinite = np.isinf(numbers)
+            if infinite.any():
+                raise WarehouseError(f"{where}: expected finite amounts, {_rows_named(infinite)} are infinite")
+            return numbers.round(column.type.scale or 0)
+        return numbers
+    # text
+    inferred = pd.api.types.infer_dtype(series, skipna=True)
+    if inferred not in ("string", "empty", "integer", "floating", "mixed-integer-float", "boolean", "decimal"):
+        raise WarehouseError(
+            f"{where}: expected text, found {inferred} values (serialise structured values to JSON text first)"
+        )
+    out = series.astype("string")
+    length = getattr(column.type, "length", None)
+    if length:
+        too_long = out.str.len().fillna(0) > length
+        if too_long.any():
+            raise WarehouseError(f"{where}: text longer than {length} characters in {_rows_named(too_long)}")
+    return out
+
+
+def _python_values(series: pd.Series, kind: str, style: str) -> np.ndarray:
+    """A column as an object array of driver-ready values (None for NULL). Dates and timestamps are
+    converted once per distinct value (a run's rows share a handful of dates)."""
+    if kind not in ("date", "timestamp"):
+        values = np.array(series.to_numpy(dtype=object, na_value=None), dtype=object, copy=True)
+        values[series.isna().to_numpy()] = None
+        return values
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    raw = np.asarray(uniques, dtype="datetime64[us]")
+    if kind == "date":
+        raw = raw.astype("datetime64[D]")
+    if len(raw) == 0:
+        converted = np.empty(0, dtype=object)
+    elif style == "sqlite":
+        text = np.datetime_as_string(raw, unit="D" if kind == "date" else "us")
+        converted = (np.strings.replace(text, "T", " ") if kind == "timestamp" else text).astype(object)
+    else:
+        converted = raw.astype(object)
+    # Code -1 (missing) picks the None appended at the end.
+    return np.append(converted, None).astype(object)[codes]
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    """A frame checked against its table and converted to the column types, ready to write."""
+
+    spec: TableSpec
+    data: pd.DataFrame
+    kinds: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def rows(self) -> int:
+        return len(self.data)
+
+    def values(self, style: str) -> list[np.ndarray]:
+        """One object array per column, NULL as None. `style` "sqlite" renders dates and timestamps as
+        the text SQLAlchemy's SQLite types store; "python" gives date/datetime objects."""
+        return [_python_values(self.data[column], kind, style) for column, kind in self.kinds.items()]
+
+    def csv_block(self, start: int, stop: int) -> bytes:
+        """Rows start..stop as PostgreSQL COPY CSV, written by Arrow's C++ CSV writer: every value
+        quoted, NULL as an unquoted empty field (so an empty text stays distinct from NULL), dates
+        as YYYY-MM-DD, timestamps as YYYY-MM-DD HH:MM:SS.ffffff, booleans as true/false."""
+        block = pa.Table.from_pandas(self.data.iloc[start:stop], preserve_index=False)
+        for name, kind in self.kinds.items():
+            if kind == "date":
+                index = block.schema.get_field_index(name)
+                block = block.set_column(index, name, block.column(name).cast(pa.date32()))
+        buffer = io.BytesIO()
+        pa_csv.write_csv(block, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
+        return buffer.getvalue()
+
+    def duplicate_keys(self) -> str:
+        """The rows that share a primary key, for error messages ("" when there are none)."""
+        key = [c.name for c in self.spec.table.primary_key.columns]
+        if not key or self.data.empty:
+            return ""
+        duplicated = self.data.duplicated(subset=key, keep=False)
+        if not duplicated.any():
+            return ""
+        first = self.data.loc[duplicated, key].iloc[0].tolist()
+        return (
+            f"; {self.name} has {int(duplicated.sum())} rows sharing a primary key ({', '.join(key)}), "
+            f"{_rows_named(duplicated)}, e.g. key {first}"
+        )
+
+
+def prepare_frame(spec: TableSpec, frame: pd.DataFrame, as_of: dt.date) -> PreparedFrame:
+    """Check `frame` against `spec`'s table and convert it: exactly the table's columns (order free;
+    a missing `as_of` is filled), values of the right type, no NULL in NOT NULL columns, and (for
+    `as_of`/`whole` tables) every as_of equal to the run's."""
+    if not isinstance(frame, pd.DataFrame):
+        raise WarehouseError(f"table {spec.name}: expected a pandas DataFrame, got {type(frame).__name__}")
+    columns = spec.columns
+    repeated = sorted({c for c in frame.columns if list(frame.columns).count(c) > 1})
+    if repeated:
+        raise WarehouseError(f"table {spec.name}: the frame repeats column(s) {repeated}")
+    if "as_of" in columns and "as_of" not in frame.columns:
+        frame = frame.assign(as_of=pd.Series(pd.Timestamp(as_of), index=frame.index, dtype="datetime64[us]"))
+    missing = [c for c in columns if c not in frame.columns]
+    extra = [c for c in frame.columns if c not in columns]
+    if missing or extra:
+        raise WarehouseError(
+            f"table {spec.name}: the frame's columns do not match the table: missing {missing}, "
+            f"unexpected {extra} (expected exactly {columns})"
+        )
+    kinds = {c: _kind(spec.table.c[c]) for c in columns}
+    data = pd.DataFrame({c: _convert(frame[c], spec.table.c[c], kinds[c]) for c in columns}, index=frame.index)
+    for column in spec.table.columns:
+        if not column.nullable:
+            nulls = data[column.name].isna()
+            if nulls.any():
+                raise WarehouseError(
+                    f"table {spec.name}, column {column.name}: a value is required (NOT NULL) but "
+                    f"{_rows_named(nulls)} are empty"
+                )
+    if "as_of" in columns and spec.replace in ("as_of", "whole"):
+        other = data["as_of"] != pd.Timestamp(as_of)
+        if other.any():
+            found = sorted({str(v.date()) for v in data.loc[other, "as_of"].dropna()})
+            raise WarehouseError(
+                f"table {spec.name}, column as_of: every row must be for as_of {as_of}, but "
+                f"{_rows_named(other)} hold {found}"
+            )
+    return PreparedFrame(spec=spec, data=data, kinds=kinds)
+
+
+# --------------------------------------------------------------------------------------------
+# Database values -> frames
+
+
+def _frame_from_rows(table: sa.Table, rows: Sequence[Sequence]) -> pd.DataFrame:
+    """Typed columns whatever the database: DATE and TIMESTAMP as datetime64[us] (DATE at midnight,
+    the canonical frames' convention), NUMERIC and floats as float64, booleans as bool (nullable:
+    "boolean"), integers as int64 (nullable: "Int64"), text as pandas "string"."""
+    by_column = list(zip(*rows)) if rows else [() for _ in table.columns]
+    out = {}
+    for column, values in zip(table.columns, by_column):
+        raw = pd.Series(list(values), dtype=object)
+        kind = _kind(column)
+        if kind in ("date", "timestamp"):
+            out[column.name] = pd.to_datetime(raw).astype("datetime64[us]")
+        elif kind in ("float", "decimal"):
+            out[column.name] = pd.to_numeric(raw).astype("float64")
+        elif kind == "bool":
+            out[column.name] = raw.astype("boolean" if column.nullable else "bool")
+        elif kind == "int":
+            out[column.name] = raw.astype("Int64" if column.nullable else "int64")
+        else:
+            out[column.name] = raw.astype("string")
+    return pd.DataFrame(out)
+
+
+# --------------------------------------------------------------------------------------------
+# The warehouse
+
+
+class Warehouse:
+    """Dealcast's tables in any SQLAlchemy database (SQLite file by default, PostgreSQL in production)."""
+
+    def __init__(self, url: str, schema: str | None = "dealcast", echo: bool = False) -> None:
+        self.safe_url = redact_url(url)
+        self._secrets = _secrets_in(url)
+        try:
+            parsed = make_url(url)
+        except (sa.exc.ArgumentError, ValueError) as exc:
+            raise WarehouseError(
+                f"not a SQLAlchemy database URL: {self.safe_url} ({_scrub(str(exc), self._secrets)})"
+            ) from None
+        self.dialect = parsed.get_backend_name()
+        self.schema = schema if self.dialect == "postgresql" and schema else None
+        self._sqlite_file = (
+            Path(parsed.database)
+            if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:"
+            and not parsed.database.startswith("file:")
+            else None
+        )
+        options = {"schema_translate_map": {None: self.schema}} if self.schema else {}
+        try:
+            self.engine = sa.create_engine(url, echo=echo, pool_pre_ping=True, execution_options=options)
+        except (sa.exc.SQLAlchemyError, ImportError, TypeError, ValueError) as exc:
+            raise self._error("opening the warehouse", exc) from None
+        if self.dialect == "sqlite":
+            self._install_sqlite_transaction_control()
+        self._copy = self.dialect == "postgresql" and self.engine.dialect.driver == "psycopg"
+        self._dbapi_error: type[Exception] = getattr(self.engine.dialect.loaded_dbapi, "Error", sa.exc.DBAPIError)
+        self._quote = self.engine.dialect.identifier_preparer.quote
+        log.debug("warehouse %s (dialect %s, schema %s)", self.safe_url, self.dialect, self.schema)
+
+    def __repr__(self) -> str:
+        return f"Warehouse({self.safe_url!r}, schema={self.schema!r})"
+
+    # -- engine set-up ----------------------------------------------------------------------
+
+    def _install_sqlite_transaction_control(self) -> None:
+        """SQLAlchemy's documented recipe for real SQLite transactions with the sqlite3 driver: the
+        driver stops emitting BEGIN itself, and SQLAlchemy emits it (`BEGIN IMMEDIATE` for writes,
+        so a writer takes the database's write lock before it reads the run claim)."""
+
+        @event.listens_for(self.engine, "connect")
+        def _on_connect(dbapi_connection, connection_record):
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+                cursor.execute("PRAGMA journal_mode = WAL")
+            finally:
+                cursor.close()
+
+        @event.listens_for(self.engine, "begin")
+        def _on_begin(connection):
+            connection.exec_driver_sql(connection.get_execution_options().get(_BEGIN_OPTION, "BEGIN"))
+
+    def _error(self, action: str, exc: BaseException) -> WarehouseError:
+        message = _scrub(f"{action} failed on {self.safe_url}: {type(exc).__name__}: {exc}", self._secrets)
+        return WarehouseError(message)
+
+    def _raise_from(self, action: str, exc: BaseException, extra: str = "") -> None:
+        error = self._error(action, exc)
+        if extra:
+            error = WarehouseError(_scrub(f"{error}{extra}", self._secrets))
+        chain_text = _chain_text(exc)
+        leaks = any(secret in chain_text for secret in self._secrets)
+        # The original error stays attached for debugging unless its text (or its causes') carries
+        # the password; then it is dropped, and tracebacks show only the masked message.
+        raise error from (None if leaks else exc)
+
+    @contextmanager
+    def _database_errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except WarehouseError:
+            raise
+        except (sa.exc.SQLAlchemyError, self._dbapi_error, OSError) as exc:
+            self._raise_from(action, exc)
+
+    @contextmanager
+    def _locked_transaction(self, lock_name: str | None, as_of: dt.date | None = None) -> Iterator[sa.Connection]:
+        """A write transaction holding the lock for `as_of` (or for `lock_name`, e.g. schema creation)."""
+        with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                conn.execution_options(**{_BEGIN_OPTION: "BEGIN IMMEDIATE"})
+            with conn.begin():
+                if self.dialect == "postgresql":
+                    key = advisory_lock_key(as_of) if as_of is not None else _lock_key(lock_name or "")
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+                yield conn
+
+    def _qualified(self, name: str) -> str:
+        quoted = self._quote(name)
+        if self.schema:
+            return f"{self.engine.dialect.identifier_preparer.quote_schema(self.schema)}.{quoted}"
+        return quoted
+
+    def _spec(self, table: str) -> TableSpec:
+        try:
+            return TABLES[table]
+        except KeyError:
+            raise WarehouseError(f"unknown warehouse table {table!r}; the tables are {sorted(TABLES)}") from None
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def create_all(self) -> None:
+        """Create the schema (PostgreSQL), every table, `run_claims` and the `latest_*` views, if they
+        do not exist yet; existing tables and their rows are left as they are. Safe to call from
+        several processes at once."""
+        if self._sqlite_file is not None:
+            try:
+                self._sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self._raise_from(f"creating the folder of {self._sqlite_file}", exc)
+        with self._database_errors("creating the warehouse tables"):
+            with self._locked_transaction(f"create_all:{self.schema or ''}") as conn:
+                if self.schema:
+                    conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
+                metadata.create_all(conn, checkfirst=True)
+                claims_metadata.create_all(conn, checkfirst=True)
+                self._check_columns(conn)
+                for spec in TABLES.values():
+                    if spec.replace == "as_of":
+                        self._create_latest_view(conn, spec)
+        log.info("warehouse tables and latest_* views ready on %s", self.safe_url)
+
+    def _check_columns(self, conn: sa.Connection) -> None:
+        """Tables created by an older Dealcast may lack columns added since; say which, clearly."""
+        inspector = sa.inspect(conn)
+        for table in [*metadata.tables.values(), run_claims]:
+            present = {c["name"] for c in inspector.get_columns(table.name, schema=self.schema)}
+            absent = [c.name for c in table.columns if c.name not in present]
+            if absent:
+                raise WarehouseError(
+                    f"table {self._qualified(table.name)} on {self.safe_url} lacks column(s) {absent}: it was "
+                    "created by an older Dealcast; add them (ALTER TABLE ... ADD COLUMN, types in docs/warehouse.md)"
+                )
+
+    def _create_latest_view(self, conn: sa.Connection, spec: TableSpec) -> None:
+        table = self._qualified(spec.name)
+        view = self._qualified(f"latest_{spec.name}")
+        columns = ", ".join(self._quote(c) for c in spec.columns)
+        as_of = self._quote("as_of")
+        select = f"SELECT {columns} FROM {table} WHERE {as_of} = (SELECT MAX({as_of}) FROM {table})"
+        if self.dialect == "sqlite":
+            conn.exec_driver_sql(f"CREATE VIEW IF NOT EXISTS {view} AS {select}")
+        elif self.dialect == "postgresql":
+            conn.exec_driver_sql(f"CREATE OR REPLACE VIEW {view} AS {select}")
+            comment = f"Rows of {spec.name} for its newest as_of (the latest run)."
+            conn.exec_driver_sql(f"COMMENT ON VIEW {view} IS {_sql_string(comment)}")
+        elif f"latest_{spec.name}" not in sa.inspect(conn).get_view_names(schema=self.schema):
+            conn.exec_driver_sql(f"CREATE VIEW {view} AS {select}")
+
+    # -- run ownership ----------------------------------------------------------------------
+
+    def claim(self, as_of: dt.date, run_id: str) -> None:
+        """Make `run_id` the owner of writes for `as_of`. A later claim by another run takes over; the
+        claim waits for a write already in progress for that as_of to finish."""
+        as_of = _as_date(as_of)
+        run_id = _check_run_id(run_id)
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        with self._database_errors(f"claiming as_of {as_of} for run {run_id}"):
+            with self._locked_transaction(None, as_of) as conn:
+                previous = self._owner(conn, as_of)
+                if previous is None:
+                    conn.execute(run_claims.insert().values(as_of=as_of, run_id=run_id, claimed_at=now))
+                else:
+                    conn.execute(
+                        run_claims.update()
+                        .where(run_claims.c.as_of == as_of)
+                        .values(run_id=run_id, claimed_at=now)
+                    )
+        if previous not in (None, run_id):
+            log.info("run %s took over as_of %s from run %s on %s", run_id, as_of, previous, self.safe_url)
+        else:
+            log.info("run %s claimed as_of %s on %s", run_id, as_of, self.safe_url)
+
+    def claimant(self, as_of: dt.date) -> str | None:
+        """The run that currently owns writes for `as_of`, or None if no run has claimed it."""
+        as_of = _as_date(as_of)
+        with self._database_errors(f"reading the claim of as_of {as_of}"):
+            with self.engine.connect() as conn:
+                return conn.execute(sa.select(run_claims.c.run_id).where(run_claims.c.as_of == as_of)).scalar()
+
+    def _owner(self, conn: sa.Connection, as_of: dt.date) -> str | None:
+        query = sa.select(run_claims.c.run_id).where(run_claims.c.as_of == as_of)
+        if self.dialect not in ("sqlite", "postgresql"):
+            query = query.with_for_update()  # other databases: the row lock serialises the writers
+        return conn.execute(query).scalar()
+
+    def _fence(self, conn: sa.Connection, as_of: dt.date, run_id: str) -> None:
+        owner = self._owner(conn, as_of)
+        if owner is None:
+            raise WarehouseError(
+                f"run {run_id} has not claimed as_of {as_of} on {self.safe_url}: "
+                "call Warehouse.claim(as_of, run_id) before writing"
+            )
+        if owner != run_id:
+            raise StaleRunError(
+                f"run {run_id} no longer owns as_of {as_of} on {self.safe_url}: run {owner} claimed it "
+                f"later, so run {run_id}'s writes are refused (they would overwrite the newer run's rows)"
+            )
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(self, table: str, frame: pd.DataFrame, *, as_of: dt.date, run_id: str) -> int:
+        """Replace `table`'s rows for this run with `frame` in one transaction; returns the rows written."""
+        return self.write_many({table: frame}, as_of=as_of, run_id=run_id)[table]
+
+    def write_many(self, frames: Mapping[str, pd.DataFrame], *, as_of: dt.date, run_id: str) -> dict[str, int]:
+        """Replace several tables' rows in ONE transaction: either every table is written or none is."""
+        as_of = _as_date(as_of)
+        run_id = _check_run_id(run_id)
+        prepared = [prepare_frame(self._spec(name), frame, as_of) for name, frame in frames.items()]
+        if not prepared:
+            return {}
+        names = ", ".join(p.name for p in prepared)
+        action = f"writing {names} for as_of {as_of} (run {run_id})"
+        started = time.perf_counter()
+        try:
+            with self._locked_transaction(None, as_of) as conn:
+                self._fence(conn, as_of, run_id)
+                for item in prepared:
+                    self._delete(conn, item, as_of)
+                    self._insert(conn, item)
+        except WarehouseError:
+            raise
+        except (sa.exc.SQLAlchemyError, self._dbapi_error, pa.ArrowException, OSError) as exc:
+            self._raise_from(action, exc, "".join(p.duplicate_keys() for p in prepared))
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        total = sum(p.rows for p in prepared)
+        log.info(
+            "wrote %d rows (%s) for as_of %s, run %s, to %s in %.2f s (%.0f rows/s)",
+            total, ", ".join(f"{p.name}={p.rows}" for p in prepared), as_of, run_id, self.safe_url,
+            elapsed, total / elapsed,
+        )
+        return {p.name: p.rows for p in prepared}
+
+    def _delete(self, conn: sa.Connection, item: PreparedFrame, as_of: dt.date) -> None:
+        table = item.spec.table
+        if item.spec.replace == "as_of":
+            conn.execute(table.delete().where(table.c.as_of == as_of))
+        elif item.spec.replace == "whole":
+            conn.execute(table.delete())
+        elif item.spec.replace == "key":
+            key = list(item.spec.key) or [c.name for c in table.primary_key.columns]
+            if item.rows == 0:
+                return
+            unique = PreparedFrame(item.spec, item.data[key].drop_duplicates(), {k: item.kinds[k] for k in key})
+            condition = sa.and_(*(table.c[k] == sa.bindparam(f"key_{k}") for k in key))
+            values = unique.values("python")
+            conn.execute(table.delete().where(condition), [
+                {f"key_{k}": v for k, v in zip(key, row)} for row in zip(*values)
+            ])
+        else:
+            raise WarehouseError(f"table {item.name}: unknown replace mode {item.spec.replace!r}")
+
+    def _insert(self, conn: sa.Connection, item: PreparedFrame) -> None:
+        if item.rows == 0:
+            return
+        columns = list(item.kinds)
+        if self._copy:
+            target = f"{self._qualified(item.name)} ({', '.join(self._quote(c) for c in columns)})"
+            driver_connection = conn.connection.driver_connection
+            with driver_connection.cursor() as cursor:
+                with cursor.copy(f"COPY {target} FROM STDIN (FORMAT csv)") as copy:
+                    for start in range(0, item.rows, BATCH_ROWS):
+                        copy.write(item.csv_block(start, start + BATCH_ROWS))
+        elif self.dialect == "sqlite":
+            statement = (
+                f"INSERT INTO {self._qualified(item.name)} ({', '.join(self._quote(c) for c in columns)}) "
+                f"VALUES ({', '.join('?' for _ in columns)})"
+            )
+            values = item.values("sqlite")
+            for start in range(0, item.rows, BATCH_ROWS):
+                conn.exec_driver_sql(statement, list(zip(*(v[start : start + BATCH_ROWS] for v in values))))
+        else:
+            values = item.values("python")
+            for start in range(0, item.rows, BATCH_ROWS):
+                chunk = zip(*(v[start : start + BATCH_ROWS] for v in values))
+                conn.execute(item.spec.table.insert(), [dict(zip(columns, row)) for row in chunk])
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def read(self, table: str, as_of: dt.date | None = None) -> pd.DataFrame:
+        """`table`'s rows (only those of `as_of` if given), ordered by the table's key, with typed
+        columns: DATE/TIMESTAMP as datetime64[us], money and rates as float64, booleans as bool,
+        integers as int64 (nullable columns: "boolean"/"Int64"), text as "string"."""
+        spec = self._spec(table)
+        query = sa.select(spec.table)
+        if as_of is not None:
+            query = query.where(self._as_of_column(spec) == _as_date(as_of))
+        query = query.order_by(*spec.table.primary_key.columns)
+        with self._database_errors(f"reading {table}"):
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).fetchall()
+        return _frame_from_rows(spec.table, rows)
+
+    def latest_as_of(self, table: str) -> dt.date | None:
+        """The newest as_of in `table`, or None when it is empty."""
+        spec = self._spec(table)
+        with self._database_errors(f"reading the latest as_of of {table}"):
+            with self.engine.connect() as conn:
+                value = conn.execute(sa.select(sa.func.max(self._as_of_column(spec)))).scalar()
+        return _as_date(value) if value is not None else None
+
+    def row_count(self, table: str, as_of: dt.date | None = None) -> int:
+        """How many rows `table` holds (for `as_of` only, if given)."""
+        spec = self._spec(table)
+        query = sa.select(sa.func.count()).select_from(spec.table)
+        if as_of is not None:
+            query = query.where(self._as_of_column(spec) == _as_date(as_of))
+        with self._database_errors(f"counting the rows of {table}"):
+            with self.engine.connect() as conn:
+                return int(conn.execute(query).scalar_one())
+
+    def _as_of_column(self, spec: TableSpec) -> sa.Column:
+        if "as_of" not in spec.table.c:
+            raise WarehouseError(f"table {spec.name} has no as_of column")
+        return spec.table.c.as_of
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
