@@ -1,0 +1,454 @@
+"""As-of training snapshots for the deal-scoring model, and the same features for scoring open deals.
+
+A sales manager's question is "will this open deal be won?", asked on a given day with what was
+known that day. The training set asks that question in the past: at each prediction date t (every
+week by default) it takes every deal that was open at t, rebuilt as it stood at t by
+`etl.pipeline_state.pipeline_at_many` (stage, days in stage, amount, expected close date, stage
+moves, close-date pushes, forecast category, CRM probability), adds what the company knew about
+owners, products and accounts from deals closed strictly before t, and labels the row with the
+deal's outcome as known at `as_of` (won 1, lost 0). Deals still open at `as_of` are censored:
+left out, never counted as lost.
+
+Rules that keep the model honest (see docs of `build_training_set`):
+- no feature known only at close (`LEAKY_FEATURES`); asking for one raises `LeakageError`;
+- label maturity: prediction dates stop `maturity_days` before `as_of` (by default the 90th
+  percentile of the sales cycle), so that nearly every deal open at a prediction date has an
+  outcome by `as_of`. Without it the latest snapshots would keep only the deals that happened to
+  close quickly, and the test metrics would describe those deals instead of the open pipeline;
+- sources without stage history (a generic CSV with only the current stage) train on the deal's
+  creation-time attributes and the closed-before-t history rates only (`NO_HISTORY_FEATURES`);
+  the stage, which for a closed deal is its final stage, is never a feature there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from etl.periods import period_bounds, quarter_labels
+from etl.pipeline_state import as_of_end, pipeline_at_many
+from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
+
+logger = logging.getLogger(__name__)
+
+CATEGORICAL_FEATURES: list[str] = [
+    "pipeline",
+    "stage",
+    "forecast_category",
+    "owner",
+    "team",
+    "product",
+    "region",
+    "account_segment",
+    "lead_source",
+    "deal_type",
+]
+NUMERIC_FEATURES: list[str] = [
+    "stage_order",
+    "days_in_stage",
+    "age_days",
+    "log_amount_reporting",
+    "days_to_expected_close",
+    "stage_moves",
+    "backward_moves",
+    "close_pushes",
+    "crm_probability",
+    "week_of_quarter",
+    "owner_prior_win_rate",
+    "owner_prior_closed",
+    "product_prior_win_rate",
+    "account_prior_win_rate",
+    "account_prior_closed",
+]
+# Every feature the model may use: each one is known at the prediction date.
+FEATURES: list[str] = CATEGORICAL_FEATURES + NUMERIC_FEATURES
+
+# Features for a source without stage history: the deal's creation-time attributes plus what was
+# known about its owner, product and account from deals closed before the prediction date.
+NO_HISTORY_FEATURES: list[str] = [
+    "pipeline",
+    "owner",
+    "team",
+    "product",
+    "region",
+    "account_segment",
+    "lead_source",
+    "deal_type",
+    "owner_prior_win_rate",
+    "owner_prior_closed",
+    "product_prior_win_rate",
+    "account_prior_win_rate",
+    "account_prior_closed",
+]
+
+# Known only once a deal has closed: using any of them scores the outcome with itself.
+LEAKY_FEATURES: list[str] = [
+    "final_stage",
+    "final_amount",
+    "close_value",
+    "closed_at",
+    "close_date",
+    "is_closed",
+    "is_won",
+    "won",
+    "status",
+    "label",
+    "outcome",
+    "lost_reason",
+    "days_to_close",
+    "cycle_days",
+    "total_stage_moves",
+    "whole_life_stage_moves",
+    "stage_count",
+    "push_count",
+    "last_stage_change_at",
+    "final_probability",
+]
+
+# Columns the baselines read (CRM probability and the stage x age win rate), kept beside the
+# features in every training and scoring frame.
+CONTEXT_COLUMNS: list[str] = ["pipeline", "stage", "age_days", "crm_probability", "stage_probability"]
+
+# Pseudo-count that shrinks an owner's, product's or account's win rate towards the company's
+# win rate: an owner with 2 closed deals is mostly the company rate, one with 100 mostly their own.
+PRIOR_PSEUDO_COUNT = 10.0
+# The share of deals whose sales cycle the label-maturity wait covers by default.
+MATURITY_QUANTILE = 0.9
+# The maturity wait never takes more than this share of the history span.
+MATURITY_MAX_SHARE_OF_SPAN = 0.5
+# Default cap on training rows per prediction date (deterministic sample by deal id).
+MAX_ROWS_PER_SNAPSHOT = 5_000
+# How many (deal, date) rows one call of the point-in-time rebuild may produce before the dates
+# are processed in chunks.
+ROWS_PER_CHUNK = 2_000_000
+
+_REQUIRED_HISTORY_COLUMNS = ("valid_to", "stage_entered_at", "stage_moves", "close_pushes", "stage_status")
+
+
+class LeakageError(ValueError):
+    """A requested feature is known only once the deal has closed."""
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """As-of snapshots of deals with their known outcomes.
+
+    `frame`: one row per (snapshot_at, deal_id) with `label` (1 won, 0 lost), the features in
+    `feature_names` and the baseline columns in `CONTEXT_COLUMNS`.
+    """
+
+    frame: pd.DataFrame
+    feature_names: list[str]
+    has_history: bool
+    as_of: dt.date
+    frequency: str
+    maturity_days: float
+    censored_deals: int
+    sampled: bool
+
+    @property
+    def won_deals(self) -> int:
+        return int(self.frame.loc[self.frame["label"] == 1, "deal_id"].nunique())
+
+    @property
+    def lost_deals(self) -> int:
+        return int(self.frame.loc[self.frame["label"] == 0, "deal_id"].nunique())
+
+    @property
+    def data_window(self) -> str:
+        """Prediction dates covered and the date outcomes were read at, e.g.
+        `snapshots 2023-01-02..2024-06-24, outcomes to 2024-12-31`."""
+        if self.frame.empty:
+            return f"no snapshots, outcomes to {self.as_of:%Y-%m-%d}"
+        first = self.frame["snapshot_at"].min()
+        last = self.frame["snapshot_at"].max()
+        return f"snapshots {first:%Y-%m-%d}..{last:%Y-%m-%d}, outcomes to {self.as_of:%Y-%m-%d}"
+
+
+def source_has_history(deals: pd.DataFrame) -> bool:
+    """Whether the source recorded stage history (any deal with `has_history` true)."""
+    if deals.empty:
+        return False
+    return bool(deals["has_history"].fillna(False).astype(bool).any())
+
+
+def resolve_features(features: Sequence[str] | None, has_history: bool) -> list[str]:
+    """The feature list to use: `features` (default: all allowed) checked against the rules.
+
+    A leaky name raises `LeakageError`; an unknown name raises `ValueError`. Without stage
+    history only `NO_HISTORY_FEATURES` are kept (the others are dropped with a warning).
+    """
+    requested = list(FEATURES if features is None else features)
+    leaky = [name for name in requested if name in LEAKY_FEATURES]
+    if leaky:
+        raise LeakageError(
+            f"feature(s) {leaky} are known only once a deal has closed and would leak the outcome; "
+            f"allowed features: {FEATURES}"
+        )
+    unknown = [name for name in requested if name not in FEATURES]
+    if unknown:
+        raise ValueError(f"unknown feature(s) {unknown}; allowed features: {FEATURES}")
+    if has_history:
+        return list(dict.fromkeys(requested))
+    kept = [name for name in dict.fromkeys(requested) if name in NO_HISTORY_FEATURES]
+    dropped = [name for name in requested if name not in NO_HISTORY_FEATURES]
+    if features is not None and dropped:
+        logger.warning(
+            "the source has no stage history: using creation-time attributes only, dropping %s",
+            dropped,
+        )
+    elif dropped:
+        logger.info("the source has no stage history: using creation-time attributes only")
+    return kept
+
+
+def _check_prepared(history: pd.DataFrame) -> None:
+    missing = [c for c in _REQUIRED_HISTORY_COLUMNS if c not in history.columns]
+    if missing:
+        raise ValueError(
+            f"history is missing column(s) {missing}: pass the output of "
+            "etl.pipeline_state.prepare_history(deals, history, stages)"
+        )
+
+
+def _instant(at: dt.date | dt.datetime | pd.Timestamp) -> pd.Timestamp:
+    """A plain date means the end of that day (as a nightly run for that date sees it); a
+    timestamp is taken as the exact instant."""
+    if isinstance(at, dt.datetime):
+        ts = pd.Timestamp(at)
+        return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+    return as_of_end(at)
+
+
+def _bool(series: pd.Series) -> np.ndarray:
+    return series.fillna(False).to_numpy(dtype=bool)
+
+
+def _week_of_quarter(snapshot_at: pd.Series, fiscal_year_start_month: int) -> pd.Series:
+    """1 for the first 7 days of the (fiscal) quarter, 2 for the next 7, ..."""
+    labels = quarter_labels(snapshot_at, fiscal_year_start_month)
+    starts = {
+        label: period_bounds(label, fiscal_year_start_month)[0] for label in labels.dropna().unique()
+    }
+    quarter_begins = pd.to_datetime(labels.map(starts))
+    days = (snapshot_at - quarter_begins) / pd.Timedelta(days=1)
+    return np.floor(days / 7.0) + 1.0
+
+
+def _prior_rates(
+    open_rows: pd.DataFrame,
+    closed_rows: pd.DataFrame,
+    key: str,
+    pooled: pd.Series,
+) -> tuple[pd.Series, pd.Series]:
+    """Smoothed win rate and closed-deal count of each open row's `key` (owner, product, account)
+    over the deals closed before its snapshot; NaN where the key is blank."""
+    counts = (
+        closed_rows.dropna(subset=[key])
+        .groupby(["snapshot_at", key], observed=True)["won"]
+        .agg(prior_closed="size", prior_won="sum")
+        .reset_index()
+    )
+    joined = open_rows[["snapshot_at", key]].merge(counts, on=["snapshot_at", key], how="left")
+    closed = joined["prior_closed"].fillna(0.0).to_numpy(dtype=float)
+    won = joined["prior_won"].fillna(0.0).to_numpy(dtype=float)
+    company = open_rows["snapshot_at"].map(pooled).to_numpy(dtype=float)
+    rate = (won + PRIOR_PSEUDO_COUNT * company) / (closed + PRIOR_PSEUDO_COUNT)
+    blank = open_rows[key].isna().to_numpy()
+    rate = np.where(blank, np.nan, rate)
+    closed = np.where(blank, np.nan, closed)
+    return pd.Series(rate, index=open_rows.index), pd.Series(closed, index=open_rows.index)
+
+
+def features_from_states(
+    states: pd.DataFrame,
+    stages: StageCatalog,
+    closed_before: pd.Timestamp | None = None,
+    fiscal_year_start_month: int = 1,
+) -> pd.DataFrame:
+    """Features of the deals open in `states` (output of `pipeline_at_many`), one row per
+    (snapshot_at, deal_id).
+
+    History-based rates use the deals closed strictly before each row's snapshot (or before
+    `closed_before` when given, which must not be after the snapshot).
+    """
+    status = states["status"].astype("string")
+    is_open = _bool(status == STATUS_OPEN)
+    is_closed = _bool(status.isin([STATUS_WON, STATUS_LOST]))
+    cutoff = states["snapshot_at"] if closed_before is None else pd.Series(closed_before, index=states.index)
+    closed_mask = is_closed & _bool(states["closed_at"] < cutoff)
+    closed_rows = states.loc[closed_mask, ["snapshot_at", "owner", "product", "account"]].copy()
+    closed_rows["won"] = _bool(status[closed_mask] == STATUS_WON).astype(float)
+    pooled_counts = closed_rows.groupby("snapshot_at")["won"].agg(["size", "sum"])
+    pooled = pooled_counts["sum"] / pooled_counts["size"]
+
+    open_rows = states.loc[is_open].reset_index(drop=True)
+    out = pd.DataFrame({"deal_id": open_rows["deal_id"], "snapshot_at": open_rows["snapshot_at"]})
+    for column in CATEGORICAL_FEATURES:
+        out[column] = open_rows[column].astype("string")
+    out["stage_order"] = open_rows["stage_order"].astype("float64")
+    out["days_in_stage"] = open_rows["days_in_stage"].astype("float64")
+    out["age_days"] = open_rows["age_days"].astype("float64")
+    amount = open_rows["amount_reporting"].astype("float64")
+    out["log_amount_reporting"] = np.log1p(amount.clip(lower=0.0))
+    out["days_to_expected_close"] = (
+        (open_rows["expected_close_date"] - open_rows["snapshot_at"]) / pd.Timedelta(days=1)
+    ).astype("float64")
+    for column in ("stage_moves", "backward_moves", "close_pushes"):
+        out[column] = open_rows[column].astype("float64")
+    out["crm_probability"] = open_rows["crm_probability"].astype("float64")
+    out["week_of_quarter"] = _week_of_quarter(open_rows["snapshot_at"], fiscal_year_start_month)
+    for key, prefix in (("owner", "owner"), ("product", "product"), ("account", "account")):
+        rate, closed = _prior_rates(open_rows, closed_rows, key, pooled)
+        out[f"{prefix}_prior_win_rate"] = rate
+        if f"{prefix}_prior_closed" in NUMERIC_FEATURES:
+            out[f"{prefix}_prior_closed"] = closed
+    probabilities = stages.lookup_frame()[["pipeline", "stage", "stage_probability"]]
+    probabilities = probabilities.astype({"pipeline": "string", "stage": "string"})
+    out = out.merge(probabilities, on=["pipeline", "stage"], how="left", validate="many_to_one")
+    return out
+
+
+def snapshot_features(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    stages: StageCatalog,
+    at: dt.date | dt.datetime | pd.Timestamp,
+    closed_before: dt.date | dt.datetime | pd.Timestamp | None = None,
+    fiscal_year_start_month: int = 1,
+) -> pd.DataFrame:
+    """The model's features for every deal open at `at`, computed exactly as in the training set.
+
+    `at` as a plain date means the end of that day (what the nightly run for that date sees); a
+    timestamp is the exact instant. `closed_before` (default `at`) bounds the deals whose outcomes
+    feed the owner/product/account win rates; it may not be later than `at`.
+    Columns: deal_id, snapshot_at, every name in `FEATURES`, and `stage_probability`.
+    """
+    _check_prepared(history)
+    instant = _instant(at)
+    cutoff = None if closed_before is None else _instant(closed_before)
+    if cutoff is not None and cutoff > instant:
+        raise ValueError(
+            f"closed_before {cutoff} is after the scoring instant {instant}: outcomes after the "
+            "scoring date would leak into the history-based features"
+        )
+    states = pipeline_at_many(deals, history, [instant])
+    features = features_from_states(states, stages, cutoff, fiscal_year_start_month)
+    return features.sort_values("deal_id", kind="stable").reset_index(drop=True)
+
+
+def _default_maturity_days(outcomes: pd.DataFrame, first_date: pd.Timestamp, as_of: pd.Timestamp) -> float:
+    """The 90th percentile of closed deals' cycle length (creation to close), at most half of the
+    history span, rounded up to whole days; 0 when nothing has closed."""
+    if outcomes.empty:
+        return 0.0
+    cycle = (outcomes["closed_at"] - outcomes["created_at"]) / pd.Timedelta(days=1)
+    quantile = float(np.nanquantile(cycle.clip(lower=0.0).to_numpy(dtype=float), MATURITY_QUANTILE))
+    span = max((as_of - first_date) / pd.Timedelta(days=1), 0.0)
+    return float(np.ceil(min(quantile, MATURITY_MAX_SHARE_OF_SPAN * span)))
+
+
+def _date_chunks(instants: Sequence[pd.Timestamp], deals: int) -> Iterator[list[pd.Timestamp]]:
+    size = max(1, ROWS_PER_CHUNK // max(deals, 1))
+    for start in range(0, len(instants), size):
+        yield list(instants[start : start + size])
+
+
+def _cap_rows(frame: pd.DataFrame, cap: int) -> tuple[pd.DataFrame, bool]:
+    """At most `cap` rows per snapshot date, chosen by a hash of the deal id so the same deals are
+    kept at every date and a re-run keeps exactly the same rows."""
+    sizes = frame.groupby("snapshot_at")["deal_id"].transform("size")
+    if not bool((sizes > cap).any()):
+        return frame, False
+    order = pd.Series(
+        pd.util.hash_array(frame["deal_id"].astype(str).to_numpy(dtype=object)), index=frame.index
+    )
+    rank = order.groupby(frame["snapshot_at"]).rank(method="first")
+    return frame.loc[rank <= cap], True
+
+
+def build_training_set(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    stages: StageCatalog,
+    as_of: dt.date,
+    frequency: str = "W-MON",
+    features: Sequence[str] | None = None,
+    *,
+    maturity_days: float | None = None,
+    max_rows_per_snapshot: int = MAX_ROWS_PER_SNAPSHOT,
+    fiscal_year_start_month: int = 1,
+) -> TrainingSet:
+    """As-of snapshots of every deal open at each prediction date, labelled with its outcome.
+
+    - Prediction dates: every `frequency` date from the first deal's creation up to
+      `as_of - maturity_days`; each snapshot is the start (00:00) of that date, i.e. the pipeline
+      as the previous night's run saw it.
+    - `maturity_days` (default: the 90th percentile of the sales cycle of deals closed by `as_of`,
+      at most half the history span) lets nearly every deal open at a prediction date reach its
+      outcome by `as_of`; pass 0 to use every date up to `as_of`.
+    - Rows: deals open at the snapshot, as they stood then (`pipeline_at_many`).
+    - Label: the deal's status at the end of `as_of` (won 1, lost 0); deals still open then are
+      censored (left out).
+    - History rates (owner, product, account) count only deals closed strictly before the snapshot.
+    - At most `max_rows_per_snapshot` rows per date (deterministic sample by deal id hash).
+    """
+    _check_prepared(history)
+    has_history = source_has_history(deals)
+    names = resolve_features(features, has_history)
+    as_of_date = as_of.date() if isinstance(as_of, dt.datetime) else as_of
+    as_of_instant = as_of_end(as_of_date)
+    columns = ["deal_id", "snapshot_at", "label", *names, *[c for c in CONTEXT_COLUMNS if c not in names]]
+
+    final = pipeline_at_many(deals, history, [as_of_instant])
+    final_status = final["status"].astype("string")
+    closed = final.loc[_bool(final_status != STATUS_OPEN), ["deal_id", "status", "closed_at", "created_at"]]
+    labels = pd.DataFrame(
+        {"deal_id": closed["deal_id"], "label": _bool(closed["status"] == STATUS_WON).astype("int64")}
+    )
+
+    created = deals["created_at"].dropna()
+    empty = pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
+    if created.empty or created.min() > as_of_instant:
+        return TrainingSet(empty, names, has_history, as_of_date, frequency, 0.0, 0, False)
+    first_date = created.min().normalize()
+    if maturity_days is None:
+        maturity_days = _default_maturity_days(closed, first_date, as_of_instant)
+    last_date = pd.Timestamp(as_of_date) - pd.Timedelta(days=float(maturity_days))
+    dates = pd.date_range(first_date, last_date, freq=frequency) if last_date >= first_date else []
+    instants = list(dates)
+    logger.info(
+        "training snapshots: %d %s dates from %s to %s (maturity wait %.0f days), outcomes at %s",
+        len(instants), frequency, first_date.date(), last_date.date(), maturity_days, as_of_date,
+    )
+
+    parts: list[pd.DataFrame] = []
+    censored_ids: list[pd.Series] = []
+    sampled = False
+    for chunk in _date_chunks(instants, len(deals)):
+        states = pipeline_at_many(deals, history, chunk)
+        rows = features_from_states(states, stages, None, fiscal_year_start_month)
+        labelled = rows.merge(labels, on="deal_id", how="inner", validate="many_to_one")
+        censored_ids.append(rows.loc[~rows["deal_id"].isin(labels["deal_id"]), "deal_id"])
+        labelled, capped = _cap_rows(labelled, max_rows_per_snapshot)
+        sampled = sampled or capped
+        parts.append(labelled[columns])
+    frame = pd.concat(parts, ignore_index=True) if parts else empty
+    frame = frame.sort_values(["snapshot_at", "deal_id"], kind="stable").reset_index(drop=True)
+    if sampled:
+        logger.info("training rows capped at %d per prediction date (deal-id hash sample)", max_rows_per_snapshot)
+    return TrainingSet(
+        frame=frame,
+        feature_names=names,
+        has_history=has_history,
+        as_of=as_of_date,
+        frequency=frequency,
+        maturity_days=float(maturity_days),
+        censored_deals=int(pd.concat(censored_ids).nunique()) if censored_ids else 0,
+        sampled=sampled,
+    )

@@ -1,0 +1,111 @@
+"""Per-deal explanations: computed from the scorer itself, in words a sales manager reads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.explain import NO_FACTOR_TEXT, explain
+from models.scoring import StageRateScorer, time_split
+from tests.models.conftest import TEST_CONFIG
+
+
+def _hand_scorer() -> StageRateScorer:
+    """Stage-rate scorer on six rows: stage A (4 rows, 1 won, age 5 days), stage 'B "big"'
+    (2 rows, both won, age 40 days). Typical values: stage A (most rows), age 5 (median)."""
+    frame = pd.DataFrame(
+        {"pipeline": ["P"] * 6, "stage": ["A"] * 4 + ['B "big"'] * 2, "age_days": [5.0] * 4 + [40.0] * 2}
+    )
+    typical = {"stage": "A", "age_days": 5.0}
+    scorer = StageRateScorer(use_stage=True, version="v", feature_names=["stage", "age_days"], typical=typical, typical_stage_days=pd.DataFrame({"pipeline": [], "stage": [], "typical_days_in_stage": []}))
+    return scorer.fit(frame, pd.Series([1, 0, 0, 0, 1, 1]))
+
+
+def test_effects_are_differences_against_the_typical_value():
+    scorer = _hand_scorer()
+    deal = pd.DataFrame({"deal_id": ["x1"], "pipeline": ["P"], "stage": ['B "big"'], "age_days": [40.0]})
+    out = explain(scorer, deal)
+    factors = json.loads(out.loc[0, "top_factors"])
+    # By hand (pseudo-count 20, see test_scoring): stage A 11/24, stage B 12/22,
+    # cell B x 30-59 days (2 + 20 x 12/22)/22. Stage set to A: the cell A x 30-59 days is empty,
+    # so stage A's 11/24. Age set to 5 days: the cell B x 0-29 is empty, so stage B's 12/22.
+    actual = (2 + 20 * 12 / 22) / 22
+    assert [f["feature"] for f in factors] == ["stage", "age_days"]
+    assert factors[0]["effect"] == pytest.approx(actual - 11 / 24, abs=1e-4)
+    assert factors[1]["effect"] == pytest.approx(actual - 12 / 22, abs=1e-4)
+    assert factors[0]["text"] == 'at stage B "big"'
+    assert factors[1]["text"] == "open for 40 days (typical 5)"
+    assert out.loc[0, "top_factors_text"] == 'at stage B "big" (+13 pts); open for 40 days (typical 5) (+4 pts)'
+
+
+def test_a_typical_deal_has_no_factor():
+    scorer = _hand_scorer()
+    deal = pd.DataFrame({"deal_id": ["x2"], "pipeline": ["P"], "stage": ["A"], "age_days": [5.0]})
+    out = explain(scorer, deal)
+    assert out.loc[0, "top_factors"] == "[]"
+    assert out.loc[0, "top_factors_text"] == NO_FACTOR_TEXT
+
+
+def test_long_stay_in_stage_is_the_first_factor_in_words(trained, training):
+    """A deal typical in every way except that it has sat in its stage four times the usual."""
+    scorer = trained.scorer
+    row = {name: scorer.typical[name] for name in scorer.feature_names}
+    stage, pipeline = row["stage"], row["pipeline"]
+    # The usual stay, recomputed here: median days in that stage over the training slice.
+    slices = time_split(training.frame, TEST_CONFIG.test_share, TEST_CONFIG.calibration_share, training.maturity_days)
+    train = training.frame.loc[slices == "train"]
+    usual = train.loc[(train["stage"] == stage) & (train["pipeline"] == pipeline), "days_in_stage"].median()
+    row["days_in_stage"] = 4 * usual
+    deal = pd.DataFrame([row]).assign(deal_id="typical-but-stuck")
+    for column in ("pipeline", "stage", "forecast_category", "owner", "team", "product", "region", "account_segment", "lead_source", "deal_type"):
+        deal[column] = deal[column].astype("string")
+    out = explain(scorer, deal)
+    factors = json.loads(out.loc[0, "top_factors"])
+    assert len(factors) == 1
+    first = factors[0]
+    assert first["feature"] == "days_in_stage"
+    assert first["effect"] < 0  # in this world, deals about to be lost linger in their stage
+    assert first["text"] == f"in {stage} for {round(4 * usual)} days, 4.0x the usual {round(usual)}"
+    assert out.loc[0, "top_factors_text"].startswith(first["text"] + " (-")
+
+
+def test_real_open_deals_get_at_most_top_n_each_way(trained, world):
+    from models.training_set import snapshot_features
+    from tests.models.conftest import AS_OF
+    from tests.models.synthetic import CATALOG
+
+    deals, history = world
+    features = snapshot_features(deals, history, CATALOG, AS_OF)
+    out = explain(trained.scorer, features, top_n=1)
+    assert out["deal_id"].tolist() == features["deal_id"].tolist()
+    for text in out["top_factors"]:
+        factors = json.loads(text)
+        effects = [f["effect"] for f in factors]
+        assert sum(e > 0 for e in effects) <= 1 and sum(e < 0 for e in effects) <= 1
+        assert effects == sorted(effects, key=abs, reverse=True)
+        assert all(abs(e) >= 0.005 for e in effects)
+
+
+def test_words_for_counts_and_dates():
+    from models.explain import _factor_text
+
+    rows = pd.DataFrame(
+        {
+            "close_pushes": [0.0, 1.0, 2.0, 5.0],
+            "days_to_expected_close": [-12.0, 0.0, 30.4, np.nan],
+            "owner_prior_win_rate": [0.62, 0.0, 1.0, np.nan],
+            "typical_value": [0.0, 0.0, 0.0, 0.0],
+        }
+    )
+    assert _factor_text("close_pushes", rows).tolist() == [
+        "close date never pushed", "close date pushed once", "close date pushed twice", "close date pushed 5 times",
+    ]
+    assert _factor_text("days_to_expected_close", rows).tolist()[:3] == [
+        "expected close date passed 12 days ago", "expected to close in 0 days", "expected to close in 30 days",
+    ]
+    assert _factor_text("owner_prior_win_rate", rows).tolist() == [
+        "owner's win rate to date 62%", "owner's win rate to date 0%", "owner's win rate to date 100%", "owner prior win rate unknown",
+    ]

@@ -1,0 +1,65 @@
+"""The deal model on the realistic sample CRM, against its ground truth (slow: ~30 s).
+
+The sample (etl.sample_crm) knows every open deal's true win probability at every Monday 00:00.
+On the latest, held-out prediction dates the true probabilities' log loss is the best any model
+can reach; the trained model must come within 5% of it, be calibrated (ECE <= 0.03) and beat
+both baselines, all with the project's own settings from dealcast.toml.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+from etl.config import load_project_config
+from etl.ingest import read_exports
+from etl.pipeline_state import pipeline_at_many, prepare_history
+from etl.sample_crm import SampleWorld, generate_sample
+from models.scoring import METHOD_MODEL, time_split, train_scorer
+from models.training_set import build_training_set
+
+pytestmark = pytest.mark.slow
+
+SEED, N_DEALS, END, YEARS = 7, 10_000, dt.date(2025, 12, 31), 3.5
+
+
+@pytest.fixture(scope="module")
+def sample_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sample_crm")
+    generate_sample(out, n_deals=N_DEALS, seed=SEED, end_date=END, years=YEARS)
+    project = load_project_config()
+    export = read_exports(out, project)
+    history = prepare_history(export.deals, export.history, export.stages)
+    training = build_training_set(export.deals, history, export.stages, END)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        result = train_scorer(training, project.model, END)
+    return export, history, training, result
+
+
+def test_model_is_close_to_the_truth_and_calibrated(sample_run):
+    export, history, training, result = sample_run
+    m = result.metrics
+    assert m["eligible"] is True and m["scoring_method"] == METHOD_MODEL
+    assert m["beats_baselines"] is True
+    assert m["log_loss"] < m["crm_baseline_log_loss"] and m["log_loss"] < m["stage_rate_baseline_log_loss"]
+    assert m["ece"] <= 0.03
+
+    test = result.test_predictions
+    states = pipeline_at_many(export.deals, history, sorted(test["snapshot_at"].unique()))
+    world = SampleWorld.build(seed=SEED, n_deals=N_DEALS, end_date=END, years=YEARS)
+    states["truth"] = world.true_win_probability(states)
+    test = test.merge(states[["snapshot_at", "deal_id", "truth"]], on=["snapshot_at", "deal_id"], how="left")
+    assert test["truth"].notna().all()
+    y = test["label"].to_numpy(dtype=float)
+    truth = np.clip(test["truth"].to_numpy(dtype=float), 1e-6, 1 - 1e-6)
+    true_log_loss = float(-np.mean(y * np.log(truth) + (1 - y) * np.log(1 - truth)))
+    assert m["log_loss"] <= 1.05 * true_log_loss, (m["log_loss"], true_log_loss)
+    # The test rows are later than every row the model was fitted or calibrated on.
+    project = load_project_config()
+    slices = time_split(training.frame, project.model.test_share, project.model.calibration_share, training.maturity_days)
+    learnt = training.frame.loc[slices.isin(["train", "calibration"]).to_numpy()]
+    assert test["snapshot_at"].min() > learnt["snapshot_at"].max()
+    assert not set(test["deal_id"]) & set(learnt["deal_id"])
