@@ -1,0 +1,501 @@
+"""The quarterly revenue forecast finance plans with: P10/P50/P90 revenue per quarter and segment.
+
+Revenue(quarter) = closed won so far in the quarter
+                 + the open deals that win inside the quarter
+                 + deals not yet created that will be created and won inside the quarter.
+
+- Open deals: each wins inside the quarter with probability P(win) x P(closes inside the quarter
+  | wins), the first from the deal-scoring model, the second from `models.timing.CloseTiming`.
+  Wins are drawn independently per deal (`simulate_quarter`).
+- Deals not yet created: the historical run-rate at this point of the quarter (`new_deal_stream`).
+  For each of the last `lookback_quarters` finished quarters, the amount won inside that quarter
+  by deals created after the same point relative to the quarter's start as `as_of` is now. Each
+  Monte Carlo draw picks one of those quarters at random (a bootstrap over past quarters) and
+  adds its amounts, segment by segment, so segments stay consistent with the total. The amounts
+  are not scaled for growth: with a handful of quarters a growth estimate would add more noise
+  than it removes. No finished past quarter means no stream (zero).
+- Every segment type (all, pipeline, owner, team, product, region, lead_source, deal_type) is
+  summed from the same draws, so in every draw the segments of a type add up to the `all` total.
+
+P10/P50/P90 are quantiles of the draws with the inverted-CDF definition (the smallest drawn
+revenue with at least 10%, 50%, 90% of draws at or below it), so they are revenues that can
+actually happen and P10 <= P50 <= P90. `expected` is the mean of the draws.
+
+Every "as it stood" value comes from `etl.pipeline_state.pipeline_at` at the end of `as_of`, so
+the backtest can call `forecast_quarterly` with a past `as_of` and see only what was known then.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from etl.config import ForecastConfig
+from etl.periods import period_bounds, quarter_end, quarter_label
+from etl.pipeline_state import as_of_end, pipeline_at
+from etl.schema import SEGMENT_COLUMNS, segment_values
+from etl.stages import STATUS_OPEN, STATUS_WON, StageCatalog
+from etl.tables import TABLES
+from models.timing import CloseTiming, prepared_history, win_in_quarter_probability
+
+logger = logging.getLogger(__name__)
+
+FORECAST_COLUMNS: list[str] = TABLES["forecast_quarterly"].columns
+QUANTILES = (0.1, 0.5, 0.9)
+QUANTILE_METHOD = "inverted_cdf"
+# Uniform draws held in memory at once by `simulate_quarter` (float32 draws plus a float64 copy of
+# the outcomes: about 48 MB at this size).
+DEFAULT_CHUNK_SIZE = 1 << 22
+# Draws simulated together: long enough rows for fast sparse sums, short enough that the
+# per-segment accumulator (segments x draws) stays small.
+DRAW_BLOCK = 1000
+# Threads simulating blocks of draws at once (each holds one chunk of draws in memory).
+DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
+DEFAULT_LOOKBACK_QUARTERS = 8
+_DEFAULTS = ForecastConfig()
+_PREPARED_COLUMNS = ("valid_to", "stage_status", "stage_entered_at")
+
+
+# --- Monte Carlo ---------------------------------------------------------------------------------
+
+
+def simulate_quarter(
+    amounts: np.ndarray,
+    probabilities: np.ndarray,
+    segment_codes: np.ndarray,
+    n_segments: int,
+    draws: int,
+    seed: int | np.random.SeedSequence,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Revenue won by the open deals in each draw, summed per segment: a (draws, n_segments) float64 array.
+
+    Deal i wins in a draw with probability `probabilities[i]` (independently of other deals and
+    draws) and then adds `amounts[i]` to every segment in `segment_codes[i]`. `segment_codes` is
+    (n,) for one segment per deal or (n, k) for k segment types at once (codes in
+    0..n_segments-1; e.g. column 0 the `all` segment, column 1 the deal's pipeline, ...).
+
+    Uniform draws are float32 compared with the probability rounded to float32 (a deal's win
+    chance is off by about 1e-7 at most); sums are float64. Work proceeds in blocks of
+    about `chunk_size` deal-draws; each block of draws has its own numpy Generator seeded from
+    `seed`, and blocks run on `workers` threads (default DEFAULT_WORKERS: the machine's cores,
+    at most 4). The same inputs, seed and chunk_size give the same draws whatever `workers`.
+    """
+    amounts = np.asarray(amounts, dtype="float64")
+    probabilities = np.asarray(probabilities, dtype="float64")
+    codes = np.asarray(segment_codes)
+    if codes.ndim == 1:
+        codes = codes[:, None]
+    n = len(amounts)
+    if probabilities.shape != (n,) or codes.ndim != 2 or codes.shape[0] != n:
+        raise ValueError(
+            f"simulate_quarter: amounts {amounts.shape}, probabilities {probabilities.shape} and "
+            f"segment_codes {np.shape(segment_codes)} must describe the same deals"
+        )
+    if draws < 1 or chunk_size < 1 or n_segments < 1:
+        raise ValueError(
+            f"simulate_quarter: draws ({draws}), chunk_size ({chunk_size}) and n_segments ({n_segments}) must be positive"
+        )
+    if n and not np.isfinite(amounts).all():
+        bad = int(np.flatnonzero(~np.isfinite(amounts))[0])
+        raise ValueError(f"simulate_quarter: amounts[{bad}] is {amounts[bad]}, expected a finite amount")
+    if n and not ((probabilities >= 0) & (probabilities <= 1)).all():
+        bad = int(np.flatnonzero(~((probabilities >= 0) & (probabilities <= 1)))[0])
+        raise ValueError(f"simulate_quarter: probabilities[{bad}] is {probabilities[bad]}, expected 0..1")
+    if codes.size and (codes.min() < 0 or codes.max() >= n_segments):
+        raise ValueError(f"simulate_quarter: segment codes must be in 0..{n_segments - 1}")
+
+    totals = np.zeros((n_segments, draws), dtype="float64")
+    active = (probabilities > 0) & (amounts != 0)
+    amounts, probabilities, codes = amounts[active], probabilities[active], codes[active].astype("int64")
+    n = len(amounts)
+    if n == 0:
+        return totals.T
+
+    k = codes.shape[1]
+    # Column i holds deal i's amount in each of its segments' rows: totals += matrix @ outcomes.
+    matrix = sp.csc_matrix(
+        (np.repeat(amounts, k), codes.ravel(), np.arange(0, n * k + 1, k)), shape=(n_segments, n)
+    )
+    thresholds = probabilities.astype("float32")
+    draw_block = int(min(draws, max(DRAW_BLOCK, chunk_size // n)))
+    deal_block = int(max(1, min(n, chunk_size // draw_block)))
+    deal_blocks = [(start, min(n, start + deal_block)) for start in range(0, n, deal_block)]
+    draw_starts = list(range(0, draws, draw_block))
+    # One generator per block of draws, derived from the seed, so the draws do not depend on how
+    # many threads run the blocks.
+    root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    block_seeds = [
+        np.random.SeedSequence(root.entropy, spawn_key=(*root.spawn_key, index)) for index in range(len(draw_starts))
+    ]
+
+    def simulate_block(index: int) -> None:
+        first_draw = draw_starts[index]
+        width = min(draw_block, draws - first_draw)
+        rng = np.random.default_rng(block_seeds[index])
+        uniform_buffer = np.empty(deal_block * width, dtype="float32")
+        outcome_buffer = np.empty(deal_block * width, dtype="float64")
+        block_totals = np.zeros((n_segments, width), dtype="float64")
+        for start, stop in deal_blocks:
+            size = (stop - start) * width
+            uniform = uniform_buffer[:size].reshape(stop - start, width)
+            rng.random(out=uniform, dtype="float32")
+            won = outcome_buffer[:size].reshape(stop - start, width)
+            np.less(uniform, thresholds[start:stop, None], out=won)
+            block_totals += matrix[:, start:stop] @ won
+        totals[:, first_draw : first_draw + width] = block_totals
+
+    threads = max(1, min(workers if workers is not None else DEFAULT_WORKERS, len(draw_starts)))
+    if threads == 1:
+        for index in range(len(draw_starts)):
+            simulate_block(index)
+    else:
+        # numpy's generators, its comparisons and scipy's sparse products release the GIL.
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(simulate_block, range(len(draw_starts))))
+    return totals.T
+
+
+def summarise_draws(draws: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean and P10/P50/P90 (inverted-CDF quantiles) of each column of a (draws, segments) array."""
+    p10, p50, p90 = np.quantile(draws, QUANTILES, axis=0, method=QUANTILE_METHOD)
+    return {"expected": draws.mean(axis=0), "p10": p10, "p50": p50, "p90": p90}
+
+
+# --- Deals not yet created --------------------------------------------------------------------
+
+
+def _require_prepared(history: pd.DataFrame, where: str) -> None:
+    missing = [c for c in _PREPARED_COLUMNS if c not in history.columns]
+    if missing:
+        raise ValueError(
+            f"{where}: history lacks column(s) {missing}; expected the output of etl.pipeline_state.prepare_history"
+        )
+
+
+def _new_deal_wins(
+    state: pd.DataFrame, end: pd.Timestamp, quarter: str, fiscal_year_start_month: int, lookback_quarters: int
+) -> tuple[list[str], pd.DataFrame]:
+    """The past quarters that stand in for `quarter`, and the deals won inside each of them after
+    being created past the point that matches `end`.
+
+    `state` is the pipeline at `end` (every deal as then known). The matching point of a past
+    quarter is its start plus (`end` - `quarter`'s start): for the current quarter a point inside
+    the quarter, for the next quarter a point that many days before it starts. A past quarter
+    qualifies when it had finished by `end` and the data already existed at its matching point.
+    Returns (past quarter labels, oldest first; the won rows of `state` with a `past_quarter` column).
+    """
+    target_start, _ = period_bounds(quarter, fiscal_year_start_month)
+    offset = end - target_start
+    created = state["created_at"]
+    data_start = created.min()
+    quarters: list[str] = []
+    frames: list[pd.DataFrame] = []
+    if pd.isna(data_start):
+        return quarters, state.iloc[0:0].assign(past_quarter=pd.Series(dtype="string"))
+    won = state.loc[state["status"] == STATUS_WON]
+    back = 1
+    while len(quarters) < lookback_quarters:
+        start = target_start - pd.DateOffset(months=3 * back)
+        stop = start + pd.DateOffset(months=3)
+        cut = start + offset
+        back += 1
+        if cut < data_start:
+            break
+        if stop > end:
+            continue
+        label = quarter_label(start, fiscal_year_start_month)
+        inside = (won["created_at"] > cut) & (won["closed_at"] >= start) & (won["closed_at"] < stop)
+        quarters.append(label)
+        frames.append(won.loc[inside].assign(past_quarter=label))
+    quarters.reverse()
+    wins = pd.concat(frames, ignore_index=True) if frames else won.iloc[0:0].assign(past_quarter="")
+    return quarters, wins
+
+
+def new_deal_stream(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    as_of: dt.date | pd.Timestamp,
+    quarter: str,
+    fiscal_year_start_month: int = 1,
+    segment_type: str = "all",
+    *,
+    lookback_quarters: int = DEFAULT_LOOKBACK_QUARTERS,
+) -> pd.DataFrame:
+    """Revenue from deals not yet created at `as_of`, as past quarters delivered it: one row per
+    past quarter (index `past_quarter`, oldest first), one column per segment of `segment_type`,
+    values the amount (reporting currency) won inside that quarter by deals created after the
+    point matching `as_of` (see `_new_deal_wins`). Zero rows when no past quarter qualifies.
+
+    `history` is the output of `etl.pipeline_state.prepare_history`; everything is as known at the
+    end of `as_of`. The forecast draws one row per Monte Carlo draw.
+    """
+    if segment_type not in SEGMENT_COLUMNS:
+        raise ValueError(f"new_deal_stream: segment_type must be one of {list(SEGMENT_COLUMNS)}, got {segment_type!r}")
+    _require_prepared(history, "new_deal_stream")
+    end = as_of_end(as_of)
+    state = pipeline_at(deals, history, end)
+    quarters, wins = _new_deal_wins(state, end, quarter, fiscal_year_start_month, lookback_quarters)
+    segment = segment_values(wins, segment_type)
+    table = (
+        pd.DataFrame({"past_quarter": wins["past_quarter"], "segment": segment, "amount": wins["amount_reporting"].fillna(0.0)})
+        .groupby(["past_quarter", "segment"])["amount"]
+        .sum()
+        .unstack("segment", fill_value=0.0)
+    )
+    table = table.reindex(pd.Index(quarters, name="past_quarter"), fill_value=0.0)
+    table.columns.name = segment_type
+    return table.astype("float64")
+
+
+# --- Inputs: scores, CRM probabilities, quotas, segments ------------------------------------------
+
+
+def _win_probabilities(open_deals: pd.DataFrame, scores: pd.DataFrame) -> np.ndarray:
+    """The scoring model's win probability of each open deal; the CRM's (else the stage's default)
+    probability for deals the scores do not cover, with a warning."""
+    missing = [c for c in ("deal_id", "win_probability") if c not in scores.columns]
+    if missing:
+        raise ValueError(f"forecast_quarterly: scores lack column(s) {missing}; expected deal_id, win_probability")
+    duplicated = scores["deal_id"].duplicated()
+    if duplicated.any():
+        raise ValueError(
+            f"forecast_quarterly: scores row {int(np.flatnonzero(duplicated)[0])}, column deal_id: "
+            f"deal {scores.loc[duplicated, 'deal_id'].iloc[0]!r} is scored more than once"
+        )
+    probability = pd.to_numeric(scores["win_probability"], errors="coerce")
+    bad = ~probability.between(0.0, 1.0)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(
+            f"forecast_quarterly: scores row {row}, column win_probability: expected a probability 0..1 for deal "
+            f"{scores['deal_id'].iloc[row]!r}, got {scores['win_probability'].iloc[row]!r}"
+        )
+    lookup = pd.Series(probability.to_numpy(), index=scores["deal_id"].astype("string").to_numpy())
+    win = np.array(open_deals["deal_id"].astype("string").map(lookup), dtype="float64")
+    unscored = np.isnan(win)
+    if unscored.any():
+        fallback = open_deals["crm_probability"].astype("float64").fillna(open_deals["stage_probability"]).to_numpy()
+        win[unscored] = fallback[unscored]
+        examples = open_deals.loc[unscored, "deal_id"].head(5).tolist()
+        logger.warning(
+            "forecast: %d open deal(s) have no model score; using their CRM probability instead (e.g. %s)",
+            int(unscored.sum()), examples,
+        )
+        still = np.isnan(win)
+        if still.any():
+            raise ValueError(
+                f"forecast_quarterly: open deal(s) {open_deals.loc[still, 'deal_id'].head(5).tolist()} have no score, "
+                "no CRM probability and a stage without a configured probability; expected a win_probability in scores"
+            )
+    return np.clip(win, 0.0, 1.0)
+
+
+def _quota_table(quotas: pd.DataFrame | None) -> pd.DataFrame:
+    """Quotas keyed by (quarter, segment_type, segment), checked."""
+    columns = ["quarter", "segment_type", "segment", "amount"]
+    if quotas is None or quotas.empty:
+        return pd.DataFrame({c: pd.Series(dtype="float64" if c == "amount" else "string") for c in columns})
+    missing = [c for c in columns if c not in quotas.columns]
+    if missing:
+        raise ValueError(f"forecast_quarterly: quotas lack column(s) {missing}; expected {columns}")
+    table = pd.DataFrame(
+        {
+            "quarter": quotas["quarter"].astype("string").str.strip(),
+            "segment_type": quotas["segment_type"].astype("string").str.strip(),
+            "segment": quotas["segment"].astype("string").str.strip(),
+            "amount": pd.to_numeric(quotas["amount"], errors="coerce").astype("float64"),
+        }
+    ).reset_index(drop=True)
+    unknown = ~table["segment_type"].isin(list(SEGMENT_COLUMNS))
+    if unknown.any():
+        row = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise ValueError(
+            f"forecast_quarterly: quotas row {row}, column segment_type: expected one of {list(SEGMENT_COLUMNS)}, "
+            f"got {table['segment_type'].iloc[row]!r}"
+        )
+    if table["amount"].isna().any():
+        row = int(np.flatnonzero(table["amount"].isna().to_numpy())[0])
+        raise ValueError(f"forecast_quarterly: quotas row {row}, column amount: expected a number, got {quotas['amount'].iloc[row]!r}")
+    duplicated = table.duplicated(["quarter", "segment_type", "segment"])
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise ValueError(
+            f"forecast_quarterly: quotas row {row}: quarter {table['quarter'].iloc[row]} / "
+            f"{table['segment_type'].iloc[row]} {table['segment'].iloc[row]!r} appears more than once"
+        )
+    return table
+
+
+class SegmentIndex:
+    """Every (segment_type, segment) the forecast reports, numbered 0..n-1 type by type, and the
+    code of each deal's segment for every type."""
+
+    def __init__(self, frames: list[pd.DataFrame], quotas: pd.DataFrame) -> None:
+        types, values = [], []
+        self.categories: dict[str, pd.Index] = {}
+        self.offsets: dict[str, int] = {}
+        for segment_type in SEGMENT_COLUMNS:
+            seen = [segment_values(f, segment_type) for f in frames if len(f)]
+            seen.append(quotas.loc[quotas["segment_type"] == segment_type, "segment"].astype("string"))
+            if segment_type == "all":
+                seen.append(pd.Series(["all"], dtype="string"))
+            unique = pd.Index(pd.concat(seen, ignore_index=True).dropna().unique()).sort_values()
+            self.categories[segment_type] = unique
+            self.offsets[segment_type] = len(types)
+            types.extend([segment_type] * len(unique))
+            values.extend(unique.tolist())
+        self.segment_type = np.array(types, dtype=object)
+        self.segment = np.array(values, dtype=object)
+
+    def __len__(self) -> int:
+        return len(self.segment)
+
+    def codes(self, frame: pd.DataFrame) -> np.ndarray:
+        """(rows, segment types) codes of each row's segments."""
+        columns = []
+        for segment_type, categories in self.categories.items():
+            local = pd.Categorical(segment_values(frame, segment_type), categories=categories).codes
+            columns.append(local.astype("int64") + self.offsets[segment_type])
+        return np.stack(columns, axis=1) if columns else np.empty((len(frame), 0), dtype="int64")
+
+    def sums(self, frame: pd.DataFrame, values: np.ndarray | None = None) -> np.ndarray:
+        """Per segment: the sum of `values` over `frame`'s rows (their count when `values` is None)."""
+        codes = self.codes(frame)
+        weights = np.ones(len(frame)) if values is None else np.asarray(values, dtype="float64")
+        return np.bincount(codes.ravel(), weights=np.repeat(weights, codes.shape[1]), minlength=len(self))
+
+
+# --- The forecast -------------------------------------------------------------------------------
+
+
+def forecast_quarterly(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    stages: StageCatalog,
+    as_of: dt.date | pd.Timestamp,
+    scores: pd.DataFrame,
+    timing: CloseTiming,
+    quotas: pd.DataFrame | None,
+    fiscal_year_start_month: int = 1,
+    draws: int = _DEFAULTS.draws,
+    seed: int = _DEFAULTS.seed,
+    model_version: str = "",
+    *,
+    lookback_quarters: int = DEFAULT_LOOKBACK_QUARTERS,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """The `forecast_quarterly` rows for the quarter containing `as_of` and the next one, for every
+    segment type and value; columns exactly those of the warehouse table.
+
+    - closed_won_to_date: amount won from the quarter's start to the end of `as_of` (0 for the next quarter);
+    - expected, p10, p50, p90: mean and quantiles of closed won + simulated open-deal wins +
+      simulated new-deal wins;
+    - open_deals, open_pipeline, weighted_pipeline_crm: count, amount and amount x CRM probability
+      (the stage's default where the deal has none) of open deals whose expected close date falls
+      inside the quarter;
+    - new_deals_expected: mean of the simulated new-deal wins;
+    - quota (NULL without one), gap = quota - p50, coverage = open_pipeline / (quota - closed won),
+      NULL when that denominator is not positive (nothing left to cover).
+
+    `scores` has deal_id and win_probability for the open deals at `as_of`; `timing` is a
+    `CloseTiming` fitted at the same `as_of`; `quotas` has quarter, segment_type, segment, amount.
+    """
+    if draws < 1:
+        raise ValueError(f"forecast_quarterly: draws must be at least 1, got {draws}")
+    history = prepared_history(deals, history, stages)
+    end = as_of_end(as_of)
+    state = stages.annotate(pipeline_at(deals, history, end))
+    open_deals = state.loc[state["status"] == STATUS_OPEN].reset_index(drop=True)
+    won = state.loc[state["status"] == STATUS_WON]
+    amounts = open_deals["amount_reporting"].astype("float64").fillna(0.0).to_numpy()
+    win = _win_probabilities(open_deals, scores)
+    crm = open_deals["crm_probability"].astype("float64").fillna(open_deals["stage_probability"]).fillna(0.0).to_numpy()
+    quota_table = _quota_table(quotas)
+
+    current = quarter_label(end, fiscal_year_start_month)
+    following = quarter_label(quarter_end(end, fiscal_year_start_month), fiscal_year_start_month)
+    quarters = (current, following)
+    current_start, _ = period_bounds(current, fiscal_year_start_month)
+    closed_won = won.loc[(won["closed_at"] >= current_start) & (won["closed_at"] <= end)]
+    streams = {q: _new_deal_wins(state, end, q, fiscal_year_start_month, lookback_quarters) for q in quarters}
+
+    segments = SegmentIndex(
+        [open_deals, closed_won, *(wins for _, wins in streams.values())],
+        quota_table.loc[quota_table["quarter"].isin(quarters)],
+    )
+    open_codes = segments.codes(open_deals)
+    closed_won_sums = segments.sums(closed_won, closed_won["amount_reporting"].fillna(0.0).to_numpy())
+    expected_close = open_deals["expected_close_date"]
+    logger.info(
+        "forecast at %s: %d open deals, %d segments, %d draws per quarter", end.date(), len(open_deals), len(segments), draws
+    )
+
+    frames = []
+    for index, quarter in enumerate(quarters):
+        start, stop = period_bounds(quarter, fiscal_year_start_month)
+        probability = win_in_quarter_probability(open_deals, win, timing, quarter, fiscal_year_start_month)
+        totals = simulate_quarter(
+            amounts, probability, open_codes, len(segments), draws,
+            np.random.SeedSequence(seed, spawn_key=(index, 0)), chunk_size=chunk_size, workers=workers,
+        )
+        past_quarters, wins = streams[quarter]
+        new_deals = np.zeros(len(segments))
+        if past_quarters:
+            position = pd.Categorical(wins["past_quarter"], categories=past_quarters).codes.astype("int64")
+            codes = segments.codes(wins)
+            per_quarter = np.bincount(
+                (position[:, None] * len(segments) + codes).ravel(),
+                weights=np.repeat(wins["amount_reporting"].fillna(0.0).to_numpy(), codes.shape[1]),
+                minlength=len(past_quarters) * len(segments),
+            ).reshape(len(past_quarters), len(segments))
+            picked = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 1))).integers(
+                0, len(past_quarters), size=draws
+            )
+            new_draws = per_quarter[picked]
+            new_deals = new_draws.mean(axis=0)
+            totals += new_draws
+        closed = closed_won_sums if quarter == current else np.zeros(len(segments))
+        totals += closed
+        summary = summarise_draws(totals)
+
+        in_quarter = ((expected_close >= start) & (expected_close < stop)).fillna(False).to_numpy(dtype=bool)
+        in_quarter_deals = open_deals.loc[in_quarter]
+        frames.append(
+            pd.DataFrame(
+                {
+                    "quarter": quarter,
+                    "segment_type": segments.segment_type,
+                    "segment": segments.segment,
+                    "closed_won_to_date": closed,
+                    **summary,
+                    "weighted_pipeline_crm": segments.sums(in_quarter_deals, amounts[in_quarter] * crm[in_quarter]),
+                    "open_deals": segments.sums(in_quarter_deals).round().astype("int64"),
+                    "open_pipeline": segments.sums(in_quarter_deals, amounts[in_quarter]),
+                    "new_deals_expected": new_deals,
+                }
+            )
+        )
+    frame = pd.concat(frames, ignore_index=True).astype(
+        {"quarter": "string", "segment_type": "string", "segment": "string"}
+    )
+    frame = frame.merge(
+        quota_table.rename(columns={"amount": "quota"}), on=["quarter", "segment_type", "segment"], how="left",
+        validate="one_to_one",
+    )
+    frame["gap"] = frame["quota"] - frame["p50"]
+    remaining = frame["quota"] - frame["closed_won_to_date"]
+    frame["coverage"] = (frame["open_pipeline"] / remaining).where(remaining > 0)
+    frame["as_of"] = end.normalize()
+    frame["model_version"] = model_version
+    frame["draws"] = draws
+    return frame[FORECAST_COLUMNS].astype({"model_version": "string", "draws": "int64"})

@@ -1,0 +1,386 @@
+"""Quarterly forecast: Monte Carlo over open deals plus the stream of deals not yet created.
+
+Quantiles follow the inverted-CDF definition used by the forecast: the q-quantile of a revenue
+distribution is the smallest revenue x with P(revenue <= x) >= q.
+
+Sampling tolerance: with n = 10,000 draws the empirical CDF at any revenue has a standard
+deviation of at most sqrt(0.25 / n) = 0.005. Where every atom's exact CDF is at least 0.025
+(5 standard deviations) away from q, the sampled quantile equals the exact one except with
+probability below 1e-6, so quantiles are asserted exactly (the test checks that margin). The
+mean is asserted within 4 standard errors, sd / sqrt(n), computed from the exact distribution.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from etl.pipeline_state import as_of_end, pipeline_at
+from etl.tables import TABLES
+from models.forecast import forecast_quarterly, new_deal_stream, simulate_quarter
+from models.timing import CloseTiming
+from tests.models.hand_crm import CATALOG, make_crm
+
+DRAWS = 10_000
+AS_OF = pd.Timestamp("2024-05-16")  # 2024-Q2 (calendar quarters); the next quarter is 2024-Q3
+SAMPLING_MARGIN = 5 * np.sqrt(0.25 / DRAWS)
+
+
+def exact_distribution(amounts, probabilities):
+    """Every outcome of independent deals: {revenue: probability}, by enumerating all 2^n outcomes."""
+    law: dict[float, float] = {}
+    for outcome in itertools.product([0, 1], repeat=len(amounts)):
+        probability = 1.0
+        revenue = 0.0
+        for won, amount, p in zip(outcome, amounts, probabilities):
+            probability *= p if won else 1 - p
+            revenue += amount if won else 0.0
+        law[revenue] = law.get(revenue, 0.0) + probability
+    return law
+
+
+def exact_moments(law):
+    """Mean and standard deviation of a discrete law."""
+    mean = sum(v * p for v, p in law.items())
+    return mean, np.sqrt(sum((v - mean) ** 2 * p for v, p in law.items()))
+
+
+def exact_summary(law, shift=0.0):
+    """Mean, standard deviation and inverted-CDF P10/P50/P90 of a discrete law, checking that
+    no atom's CDF lies within the sampling margin of a quantile level."""
+    values = sorted(law)
+    cdf = np.cumsum([law[v] for v in values])
+    mean, sd = exact_moments(law)
+    quantiles = {}
+    for name, q in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9)):
+        assert np.min(np.abs(cdf - q)) > SAMPLING_MARGIN, f"test construction: an atom's CDF is too close to {q}"
+        quantiles[name] = values[int(np.argmax(cdf >= q))] + shift
+    return {"expected": mean + shift, "sd": sd, **quantiles}
+
+
+# --- simulate_quarter ---------------------------------------------------------------------------
+
+AMOUNTS = [100.0, 250.0, 400.0, 1000.0]
+PROBABILITIES = [0.9, 0.6, 0.3, 0.2]
+
+
+@pytest.mark.parametrize("chunk_size", [1 << 22, 7])
+def test_monte_carlo_matches_the_enumerated_distribution(chunk_size):
+    exact = exact_summary(exact_distribution(AMOUNTS, PROBABILITIES))
+    draws = simulate_quarter(np.array(AMOUNTS), np.array(PROBABILITIES), np.zeros(4, dtype=int), 1, DRAWS, 11, chunk_size)
+    assert draws.shape == (DRAWS, 1)
+    sample = draws[:, 0]
+    assert sample.mean() == pytest.approx(exact["expected"], abs=4 * exact["sd"] / np.sqrt(DRAWS))
+    p10, p50, p90 = np.quantile(sample, [0.1, 0.5, 0.9], method="inverted_cdf")
+    assert (p10, p50, p90) == (exact["p10"], exact["p50"], exact["p90"])
+
+
+def test_segment_totals_add_up_to_the_total_in_every_draw():
+    rng = np.random.default_rng(3)
+    n = 50
+    owner = rng.integers(0, 3, n)
+    region = rng.integers(0, 2, n)
+    codes = np.column_stack([np.zeros(n, dtype=int), 1 + owner, 4 + region])  # all | 3 owners | 2 regions
+    amounts = rng.uniform(10, 1000, n).round(2)
+    draws = simulate_quarter(amounts, rng.uniform(0, 1, n), codes, 6, 2_000, 5, chunk_size=333)
+    assert np.allclose(draws[:, 1:4].sum(axis=1), draws[:, 0], rtol=0, atol=1e-6)
+    assert np.allclose(draws[:, 4:6].sum(axis=1), draws[:, 0], rtol=0, atol=1e-6)
+    assert draws[:, 0].std() > 0
+
+
+def test_certain_outcomes_give_exact_segment_sums():
+    amounts = np.array([10.0, 20.0, 40.0, 80.0])
+    probabilities = np.array([1.0, 0.0, 1.0, 1.0])
+    codes = np.column_stack([np.zeros(4, dtype=int), [1, 1, 2, 2]])
+    draws = simulate_quarter(amounts, probabilities, codes, 3, 500, 1)
+    assert (draws == np.array([130.0, 10.0, 120.0])).all()
+
+
+def test_seeded_draws_repeat_and_different_seeds_differ():
+    args = (np.array(AMOUNTS), np.array(PROBABILITIES), np.zeros(4, dtype=int), 1, 1_000)
+    first = simulate_quarter(*args, seed=42)
+    assert np.array_equal(first, simulate_quarter(*args, seed=42))
+    assert not np.array_equal(first, simulate_quarter(*args, seed=43))
+
+
+def test_draws_do_not_depend_on_the_number_of_threads():
+    # chunk_size 7 splits the 3,500 draws into four blocks of at most 1,000, each seeded on its own.
+    args = (np.array(AMOUNTS), np.array(PROBABILITIES), np.zeros(4, dtype=int), 1, 3_500, 9, 7)
+    single = simulate_quarter(*args, workers=1)
+    assert np.array_equal(single, simulate_quarter(*args, workers=3))
+    assert len({tuple(block) for block in single[:3_000, 0].reshape(3, 1_000)}) == 3  # blocks differ
+
+
+def test_simulate_quarter_rejects_bad_inputs():
+    with pytest.raises(ValueError, match=r"probabilities\[1\] is 1.5"):
+        simulate_quarter(np.ones(2), np.array([0.5, 1.5]), np.zeros(2, dtype=int), 1, 10, 0)
+    with pytest.raises(ValueError, match="segment codes"):
+        simulate_quarter(np.ones(2), np.array([0.5, 0.5]), np.array([0, 3]), 2, 10, 0)
+
+
+# --- forecast_quarterly -------------------------------------------------------------------------
+
+
+def deal(deal_id, created, amount, owner, **extra):
+    return {"deal_id": deal_id, "created_at": created, "amount": amount, "owner": owner, **extra}
+
+
+def four_deal_crm():
+    """Data starting inside 2024-Q2 (so no past quarter to learn new deals from): two deals won
+    this quarter (Ana 70, Ben 30), a lost one, and four open deals closing this quarter."""
+    ecd = "2024-06-20"
+    deals = [
+        deal("W1", "2024-04-02", 70.0, "Ana"),
+        deal("W2", "2024-04-05", 30.0, "Ben"),
+        deal("L1", "2024-04-03", 500.0, "Ben"),
+        deal("O1", "2024-04-10", 100.0, "Ana", expected_close_date=ecd),
+        deal("O2", "2024-04-11", 250.0, "Ana", expected_close_date=ecd),
+        deal("O3", "2024-04-12", 400.0, "Ben", expected_close_date=ecd),
+        deal("O4", "2024-04-13", 1000.0, "Ben", expected_close_date=ecd),
+    ]
+    events = [
+        ("W1", "2024-04-02", "Qualify"), ("W1", "2024-04-20", "Closed Won"),
+        ("W2", "2024-04-05", "Qualify"), ("W2", "2024-05-10", "Closed Won"),
+        ("L1", "2024-04-03", "Qualify"), ("L1", "2024-04-30", "Closed Lost"),
+        ("O1", "2024-04-10", "X"), ("O2", "2024-04-11", "X"), ("O3", "2024-04-12", "Qualify"), ("O4", "2024-04-13", "Negotiate"),
+    ]
+    return make_crm(deals, events)
+
+
+def run_forecast(deals, history, scores, quotas=None, seed=5, as_of=AS_OF, **kwargs):
+    timing = CloseTiming.fit(deals, history, CATALOG, as_of)
+    return forecast_quarterly(
+        deals, history, CATALOG, as_of, scores=scores, timing=timing, quotas=quotas,
+        draws=DRAWS, seed=seed, model_version="test-v1", **kwargs,
+    )
+
+
+def row(frame, quarter, segment_type="all", segment="all"):
+    match = frame[(frame["quarter"] == quarter) & (frame["segment_type"] == segment_type) & (frame["segment"] == segment)]
+    assert len(match) == 1, (quarter, segment_type, segment)
+    return match.iloc[0]
+
+
+def test_forecast_matches_the_enumerated_distribution_per_segment():
+    deals, history = four_deal_crm()
+    # Too few won deals to learn timing, so each deal closes by its expected close date
+    # (inside 2024-Q2): its probability of winning this quarter is its score.
+    timing = CloseTiming.fit(deals, history, CATALOG, AS_OF)
+    open_rows = pipeline_at(deals, history, as_of_end(AS_OF)).query("status == 'open'")
+    assert set(timing.levels_used(open_rows)) == {"expected_close_date"}
+    scores = pd.DataFrame({"deal_id": ["O1", "O2", "O3", "O4"], "win_probability": PROBABILITIES})
+    frame = run_forecast(deals, history, scores)
+
+    cases = [
+        ("all", "all", [0, 1, 2, 3], 100.0),
+        ("owner", "Ana", [0, 1], 70.0),
+        ("owner", "Ben", [2, 3], 30.0),
+        ("team", "East", [0, 1, 2, 3], 100.0),
+    ]
+    for segment_type, segment, index, closed in cases:
+        law = exact_distribution([AMOUNTS[i] for i in index], [PROBABILITIES[i] for i in index])
+        exact = exact_summary(law, shift=closed)
+        got = row(frame, "2024-Q2", segment_type, segment)
+        assert got["closed_won_to_date"] == pytest.approx(closed)
+        assert got["expected"] == pytest.approx(exact["expected"], abs=4 * exact["sd"] / np.sqrt(DRAWS))
+        assert (got["p10"], got["p50"], got["p90"]) == pytest.approx((exact["p10"], exact["p50"], exact["p90"]))
+        assert got["new_deals_expected"] == 0.0
+
+    # Next quarter: nothing won yet, every open deal closes this quarter if it wins.
+    following = row(frame, "2024-Q3")
+    assert (following["closed_won_to_date"], following["p10"], following["p50"], following["p90"]) == (0, 0, 0, 0)
+
+
+def test_forecast_columns_rows_and_ordering_of_quantiles():
+    deals, history = four_deal_crm()
+    scores = pd.DataFrame({"deal_id": ["O1", "O2", "O3", "O4"], "win_probability": PROBABILITIES})
+    frame = run_forecast(deals, history, scores)
+    assert list(frame.columns) == TABLES["forecast_quarterly"].columns
+    assert set(frame["quarter"]) == {"2024-Q2", "2024-Q3"}
+    assert set(frame["segment_type"]) == {"all", "pipeline", "owner", "team", "product", "region", "lead_source", "deal_type"}
+    # each quarter lists the same segments: 1 total + 1 pipeline + 2 owners + 1 of each of the other five
+    assert frame.groupby("quarter").size().tolist() == [9, 9]
+    assert not frame.duplicated(["quarter", "segment_type", "segment"]).any()
+    assert ((frame["p10"] <= frame["p50"]) & (frame["p50"] <= frame["p90"])).all()
+    assert (frame["as_of"] == AS_OF).all() and (frame["draws"] == DRAWS).all() and (frame["model_version"] == "test-v1").all()
+
+
+def test_closed_won_to_date_counts_only_this_quarter_up_to_as_of():
+    # as_of in the past: a deal won after it is still open then; one won last quarter is not this quarter's.
+    deals, history = make_crm(
+        [
+            deal("PREV", "2024-03-01", 11.0, "Ana"),
+            deal("A1", "2024-03-05", 200.0, "Ana"),
+            deal("B1", "2024-04-02", 45.5, "Ben"),
+            deal("A2", "2024-04-03", 300.0, "Ana"),
+            deal("LATE", "2024-04-04", 1000.0, "Ben", expected_close_date="2024-06-01"),
+            deal("LOST", "2024-04-05", 77.0, "Ben"),
+        ],
+        [
+            ("PREV", "2024-03-01", "Qualify"), ("PREV", "2024-03-30", "Closed Won"),
+            ("A1", "2024-03-05", "X"), ("A1", "2024-04-01", "Closed Won"),
+            ("B1", "2024-04-02", "X"), ("B1", "2024-05-16 18:30", "Closed Won"),
+            ("A2", "2024-04-03", "X"), ("A2", "2024-05-02", "Closed Won"),
+            ("LATE", "2024-04-04", "X"), ("LATE", "2024-05-20", "Closed Won"),
+            ("LOST", "2024-04-05", "X"), ("LOST", "2024-05-01", "Closed Lost"),
+        ],
+    )
+    frame = run_forecast(deals, history, pd.DataFrame({"deal_id": ["LATE"], "win_probability": [0.0]}))
+    # By hand: A1 200 + A2 300 (Ana) and B1 45.5 (Ben, won on the as_of day itself).
+    assert row(frame, "2024-Q2")["closed_won_to_date"] == pytest.approx(545.5)
+    assert row(frame, "2024-Q2", "owner", "Ana")["closed_won_to_date"] == pytest.approx(500.0)
+    assert row(frame, "2024-Q2", "owner", "Ben")["closed_won_to_date"] == pytest.approx(45.5)
+    assert row(frame, "2024-Q2")["open_deals"] == 1  # LATE, as it stood at as_of
+    # No open deal can win (score 0) and there is no finished quarter with new deals after the
+    # matching point, so every quantile is the closed won amount.
+    for _, r in frame.iterrows():
+        assert r["p10"] == r["p50"] == r["p90"] == r["closed_won_to_date"]
+
+
+def test_quota_gap_and_coverage_by_hand():
+    deals, history = make_crm(
+        [
+            deal("W", "2024-04-02", 200.0, "Ana"),
+            deal("A", "2024-04-03", 500.0, "Ana", expected_close_date="2024-06-10", crm_probability=0.6),
+            deal("B", "2024-04-04", 300.0, "Ben", expected_close_date="2024-06-20", crm_probability=0.25),
+            deal("C", "2024-04-05", 1000.0, "Ben", expected_close_date="2024-08-15"),  # no CRM probability
+        ],
+        [
+            ("W", "2024-04-02", "X"), ("W", "2024-05-01", "Closed Won"),
+            ("A", "2024-04-03", "X"), ("B", "2024-04-04", "Negotiate"), ("C", "2024-04-05", "Qualify"),
+        ],
+    )
+    scores = pd.DataFrame({"deal_id": ["A", "B", "C"], "win_probability": [1.0, 0.0, 1.0]})
+    quotas = pd.DataFrame(
+        {
+            "quarter": ["2024-Q2", "2024-Q3", "2024-Q2", "2023-Q4"],
+            "segment_type": ["all", "all", "owner", "all"],
+            "segment": ["all", "all", "Ana", "all"],
+            "amount": [1000.0, 2000.0, 150.0, 5.0],
+        }
+    )
+    frame = run_forecast(deals, history, scores, quotas)
+
+    q2 = row(frame, "2024-Q2")
+    # Won 200; A (500) wins for sure this quarter, B never; C closes next quarter.
+    assert (q2["p10"], q2["p50"], q2["p90"], q2["expected"]) == pytest.approx((700.0, 700.0, 700.0, 700.0))
+    assert q2["quota"] == 1000.0
+    assert q2["gap"] == pytest.approx(1000.0 - 700.0)
+    assert (q2["open_deals"], q2["open_pipeline"]) == (2, pytest.approx(800.0))
+    assert q2["coverage"] == pytest.approx(800.0 / (1000.0 - 200.0))
+    assert q2["weighted_pipeline_crm"] == pytest.approx(500 * 0.6 + 300 * 0.25)
+
+    q3 = row(frame, "2024-Q3")
+    assert (q3["closed_won_to_date"], q3["p50"]) == (0.0, pytest.approx(1000.0))
+    assert q3["gap"] == pytest.approx(2000.0 - 1000.0)
+    assert q3["coverage"] == pytest.approx(1000.0 / 2000.0)
+    assert q3["weighted_pipeline_crm"] == pytest.approx(1000.0 * 0.2)  # Qualify's configured 0.2
+
+    ana = row(frame, "2024-Q2", "owner", "Ana")
+    assert ana["gap"] == pytest.approx(150.0 - 700.0)
+    assert pd.isna(ana["coverage"])  # quota already exceeded by closed won: nothing left to cover
+    ben = row(frame, "2024-Q2", "owner", "Ben")
+    assert pd.isna(ben["quota"]) and pd.isna(ben["gap"]) and pd.isna(ben["coverage"])
+
+
+def test_forecast_is_seeded():
+    deals, history = four_deal_crm()
+    scores = pd.DataFrame({"deal_id": ["O1", "O2", "O3", "O4"], "win_probability": PROBABILITIES})
+    first = run_forecast(deals, history, scores, seed=1)
+    pd.testing.assert_frame_equal(first, run_forecast(deals, history, scores, seed=1))
+    other = run_forecast(deals, history, scores, seed=2)
+    assert not np.array_equal(first["expected"].to_numpy(), other["expected"].to_numpy())
+
+
+def test_unscored_open_deals_fall_back_to_the_crm_stage_probability():
+    deals, history = four_deal_crm()
+    frame = run_forecast(deals, history, pd.DataFrame({"deal_id": ["O1"], "win_probability": [0.9]}))
+    # O2 in X (0.5), O3 in Qualify (0.2), O4 in Negotiate (0.8): the configured stage probabilities.
+    probabilities = [0.9, 0.5, 0.2, 0.8]
+    mean, sd = exact_moments(exact_distribution(AMOUNTS, probabilities))
+    assert row(frame, "2024-Q2")["expected"] == pytest.approx(100.0 + mean, abs=4 * sd / np.sqrt(DRAWS))
+
+
+def test_bad_scores_and_quotas_are_named():
+    deals, history = four_deal_crm()
+    with pytest.raises(ValueError, match="scores row 1, column deal_id: deal 'O1'"):
+        run_forecast(deals, history, pd.DataFrame({"deal_id": ["O1", "O1"], "win_probability": [0.5, 0.5]}))
+    with pytest.raises(ValueError, match="column win_probability"):
+        run_forecast(deals, history, pd.DataFrame({"deal_id": ["O1"], "win_probability": [1.2]}))
+    quotas = pd.DataFrame({"quarter": ["2024-Q2"], "segment_type": ["country"], "segment": ["FR"], "amount": [1.0]})
+    with pytest.raises(ValueError, match="quotas row 0, column segment_type"):
+        run_forecast(deals, history, pd.DataFrame({"deal_id": ["O1"], "win_probability": [0.5]}), quotas)
+
+
+# --- deals not yet created ----------------------------------------------------------------------
+
+
+def stream_crm():
+    """Finished quarters 2023-Q3 .. 2024-Q1 with deals created late in the quarter and won inside it.
+
+    as_of 2024-05-16 is 45 days and a day into 2024-Q2, so a past quarter's matching point is the
+    end of its 46th day (Aug 15, Nov 15, Feb 15); for 2024-Q3 it is 45 days before the quarter
+    starts (Aug 16 for 2023-Q4, Nov 16 for 2024-Q1).
+    """
+    deals = [
+        deal("START", "2023-07-02", 5.0, "Ben"),  # the data start
+        deal("N0", "2023-08-20", 60.0, "Ben"),
+        deal("N2", "2023-11-20", 30.0, "Ana"),
+        deal("N3", "2024-02-20", 100.0, "Ben"),
+        deal("N4", "2024-02-10", 50.0, "Ana"),
+        deal("N5", "2024-03-01", 70.0, "Ana"),
+    ]
+    events = [
+        ("START", "2023-07-02", "Qualify"), ("START", "2023-07-20", "Closed Lost"),
+        ("N0", "2023-08-20", "X"), ("N0", "2023-09-10", "Closed Won"),
+        ("N2", "2023-11-20", "X"), ("N2", "2023-12-01", "Closed Won"),
+        ("N3", "2024-02-20", "X"), ("N3", "2024-03-10", "Closed Won"),
+        ("N4", "2024-02-10", "X"), ("N4", "2024-03-01", "Closed Won"),
+        ("N5", "2024-03-01", "X"), ("N5", "2024-04-05", "Closed Won"),
+    ]
+    return make_crm(deals, events)
+
+
+def test_new_deal_stream_by_hand():
+    deals, history = stream_crm()
+    # 2024-Q2: 2023-Q3 N0 60; 2023-Q4 N2 30; 2024-Q1 N3 100 (N4 was created before Feb 15, N5 won in Q2).
+    # 2023-Q2's matching point (May 16) is before the data start: not used.
+    total = new_deal_stream(deals, history, AS_OF, "2024-Q2", 1, "all")
+    assert list(total.index) == ["2023-Q3", "2023-Q4", "2024-Q1"]
+    assert total["all"].tolist() == [60.0, 30.0, 100.0]
+    owners = new_deal_stream(deals, history, AS_OF, "2024-Q2", 1, "owner")
+    assert owners["Ana"].tolist() == [0.0, 30.0, 0.0]
+    assert owners["Ben"].tolist() == [60.0, 0.0, 100.0]
+    # 2024-Q3: 2024-Q2 is not finished; 2024-Q1 gets N3 100 + N4 50; 2023-Q4 gets N2 30.
+    following = new_deal_stream(deals, history, AS_OF, "2024-Q3", 1, "all")
+    assert list(following.index) == ["2023-Q4", "2024-Q1"] and following["all"].tolist() == [30.0, 150.0]
+    # Looking back one quarter only.
+    assert new_deal_stream(deals, history, AS_OF, "2024-Q2", 1, "all", lookback_quarters=1)["all"].tolist() == [100.0]
+    # Before any quarter has finished since the data start there is no stream.
+    assert new_deal_stream(deals, history, "2023-09-01", "2023-Q3", 1, "all").empty
+
+
+def test_forecast_bootstraps_past_quarters_for_new_deals():
+    deals, history = stream_crm()
+    frame = run_forecast(deals, history, pd.DataFrame({"deal_id": [], "win_probability": []}))
+
+    # 2024-Q2: won so far N5 (Ana, 70); new deals bring 60, 30 or 100 with probability 1/3 each.
+    q2 = row(frame, "2024-Q2")
+    exact = exact_summary({60.0: 1 / 3, 30.0: 1 / 3, 100.0: 1 / 3}, shift=70.0)
+    assert (q2["p10"], q2["p50"], q2["p90"]) == (exact["p10"], exact["p50"], exact["p90"]) == (100.0, 130.0, 170.0)
+    tolerance = 4 * exact["sd"] / np.sqrt(DRAWS)
+    assert q2["expected"] == pytest.approx(exact["expected"], abs=tolerance)
+    assert q2["new_deals_expected"] == pytest.approx(190 / 3, abs=tolerance)
+    ana, ben = row(frame, "2024-Q2", "owner", "Ana"), row(frame, "2024-Q2", "owner", "Ben")
+    assert (ana["p10"], ana["p50"], ana["p90"]) == (70.0, 70.0, 100.0)  # 70 + {0, 30, 0}
+    assert (ben["p10"], ben["p50"], ben["p90"]) == (0.0, 60.0, 100.0)  # {60, 0, 100}
+    # the same past quarter is drawn for every segment: owners add up to the total on average
+    assert ana["expected"] + ben["expected"] == pytest.approx(q2["expected"])
+
+    # 2024-Q3: 30 or 150 with probability 1/2 each (P50 sits on the jump of the CDF: not asserted).
+    q3 = row(frame, "2024-Q3")
+    assert (q3["p10"], q3["p90"]) == (30.0, 150.0)
+    assert q3["expected"] == pytest.approx(90.0, abs=4 * 60.0 / np.sqrt(DRAWS))
