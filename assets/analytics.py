@@ -1,6 +1,5 @@
 """Pipeline analytics: the funnel, time in stage and sales velocity, per segment, written per as_of."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

@@ -1,6 +1,5 @@
 """The nightly schedule: the whole asset graph for the day's as_of."""
 
-from __future__ import annotations
 
 import dagster as dg
 

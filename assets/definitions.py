@@ -1,7 +1,6 @@
 """The Dagster entry point: `dagster dev -m assets.definitions`, `dg dev`, or
 `dagster asset materialize -m assets.definitions --select '*'`."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """The quarterly revenue forecast with P10/P50/P90 ranges, quota, gap and coverage, appended per as_of."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd

@@ -5,14 +5,21 @@ quarantine and data-quality results are still written (so the morning's diagnosi
 warehouse) but deals, history and stage events are not, and every downstream asset is skipped.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd
 
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
-from etl.crm import CrmLoad, describe_exports, load_crm, quarantine_frame, results_frame, reconciliation_frame
+from etl.crm import (
+    CrmLoad,
+    describe_exports,
+    load_crm,
+    previous_deal_count,
+    quarantine_frame,
+    reconciliation_frame,
+    results_frame,
+)
 from etl.report import markdown_table
 from etl.sample_crm import generate_sample
 
@@ -75,7 +82,7 @@ def crm_tables(
 ):
     """Read, normalise and validate the CRM exports; publish them only when every blocking check passes."""
     resolved = run_settings(context, settings)
-    previous = warehouse.warehouse.row_count("deals") or None
+    previous = previous_deal_count(warehouse.warehouse.read("reconciliation"), resolved.as_of)
     load = load_crm(resolved, previous_deal_count=previous)
     run_id = context.run.run_id
     diagnostics = {

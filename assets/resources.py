@@ -1,6 +1,5 @@
 """Typed Dagster resources: run settings (exports, as_of, config file) and the warehouse."""
 
-from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator

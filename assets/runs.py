@@ -1,6 +1,5 @@
 """How an asset learns which as_of its run is for, consistently across every asset of the run."""
 
-from __future__ import annotations
 
 import datetime as dt
 import os

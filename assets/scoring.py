@@ -1,6 +1,5 @@
 """Deal scoring: the calibrated win-probability model, close timing, per-deal scores and the model registry."""
 
-from __future__ import annotations
 
 import datetime as dt
 

@@ -29,7 +29,8 @@ from etl.config import load_project_config  # noqa: E402
 from etl.ingest import read_exports  # noqa: E402
 from etl.pipeline_state import prepare_history, stage_events  # noqa: E402
 from etl.sample_crm import generate_sample  # noqa: E402
-from etl.validation import FileCount, validate_crm  # noqa: E402
+from etl.crm import file_counts  # noqa: E402
+from etl.validation import validate_crm  # noqa: E402
 from etl.warehouse import Warehouse  # noqa: E402
 from models.deal_scores import build_deal_scores  # noqa: E402
 from models.forecast import forecast_quarterly  # noqa: E402
@@ -103,7 +104,7 @@ def main() -> int:
     with steps.step("validate") as r:
         outcome = validate_crm(
             ingest.deals, ingest.history, ingest.quarantine,
-            [FileCount(str(f.path), f.rows_read) for f in ingest.files],
+            file_counts(ingest),
             ingest.stages, project.validation, args.as_of,
         )
         r["detail"] = f"{len(outcome.results)} checks, {len(outcome.quarantine):,} rows quarantined"

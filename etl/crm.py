@@ -15,13 +15,28 @@ from pathlib import Path
 import pandas as pd
 
 from etl.config import Settings
-from etl.ingest import IngestResult, detect_format, read_exports
+from etl.ingest import LOOKUP_FORMATS, IngestResult, detect_format, read_exports
 from etl.pipeline_state import prepare_history, stage_events
 from etl.stages import StageCatalog
 from etl.tables import TABLES
 from etl.validation import FileCount, ValidationOutcome, validate_crm
 
 log = logging.getLogger(__name__)
+
+
+CONTENT_DEALS, CONTENT_HISTORY, CONTENT_LOOKUP = "deals", "history", "lookup"
+
+
+def previous_deal_count(reconciliation: pd.DataFrame, as_of: dt.date) -> int | None:
+    """Deals accepted by the latest earlier as_of (rows of the `reconciliation` table), the baseline
+    of the volume check; None before the first run. A re-run of the same as_of compares with the
+    day before, not with itself, so re-runs give identical results."""
+    dates = pd.to_datetime(reconciliation["as_of"]).dt.date
+    earlier = reconciliation[dates < as_of]
+    if earlier.empty:
+        return None
+    latest = earlier[pd.to_datetime(earlier["as_of"]).dt.date == max(dates[dates < as_of])]
+    return int(latest.loc[latest["content"] == CONTENT_DEALS, "accepted"].sum())
 
 
 @dataclass
@@ -59,6 +74,15 @@ def table_frame(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     return frame.loc[:, columns]
 
 
+def file_counts(ingest: IngestResult) -> list[FileCount]:
+    """What each input file contributed, for the reconciliation: rows read, and for lookup files
+    (owners, accounts) the rows the reader kept as lookup entries."""
+    return [
+        FileCount(str(f.path), f.rows_read, f.rows_accepted if f.format in LOOKUP_FORMATS else 0)
+        for f in ingest.files
+    ]
+
+
 def load_crm(settings: Settings, previous_deal_count: int | None = None) -> CrmLoad:
     """Read the exports directory, validate it, and rebuild history and stage events for `settings.as_of`."""
     ingest = read_exports(settings.exports_dir, settings.project)
@@ -74,7 +98,7 @@ def load_crm(settings: Settings, previous_deal_count: int | None = None) -> CrmL
         ingest.deals,
         ingest.history,
         ingest.quarantine,
-        [FileCount(str(f.path), f.rows_read) for f in ingest.files],
+        file_counts(ingest),
         ingest.stages,
         settings.project.validation,
         settings.as_of,
@@ -135,7 +159,12 @@ def results_frame(load: CrmLoad, run_id: str) -> pd.DataFrame:
 def reconciliation_frame(load: CrmLoad, run_id: str) -> pd.DataFrame:
     """The `reconciliation` table rows of this run: per input file, rows read = accepted + quarantined."""
     formats = {str(f.path): f.format for f in load.ingest.files}
+    deal_files = set(load.ingest.deals["source_file"].dropna().astype(str))
     frame = load.validation.reconciliation.copy()
     frame["file_format"] = frame["source_file"].map(formats)
+    frame["content"] = [
+        CONTENT_DEALS if name in deal_files else CONTENT_LOOKUP if formats.get(name) in LOOKUP_FORMATS else CONTENT_HISTORY
+        for name in frame["source_file"]
+    ]
     frame["run_id"] = run_id
     return table_frame("reconciliation", frame)

@@ -35,6 +35,8 @@ __all__ = [
 
 # The CRM readers, asked in this order which format a file is.
 READERS: tuple[ExportReader, ...] = (salesforce.READER,)
+# Export formats whose rows are lookups (names of owners and accounts), not deals or history rows.
+LOOKUP_FORMATS: frozenset[str] = frozenset(fmt for reader in READERS for fmt in reader.lookup_formats)
 
 
 @dataclass

@@ -102,6 +102,17 @@ stage_events = _table(
     comment="One row per stay of a deal in a stage, up to the end of the latest run's as_of.",
 )
 
+pipeline_stages = _table(
+    "pipeline_stages",
+    sa.Column("pipeline", NAME, primary_key=True, comment="Sales pipeline (sales process)."),
+    sa.Column("stage", NAME, primary_key=True, comment="A stage of the pipeline, open, won or lost."),
+    sa.Column("stage_order", sa.Integer, nullable=False, comment="Position of the stage in its pipeline: 1..n open stages, n+1 won, n+2 lost."),
+    sa.Column("stage_status", sa.String(8), nullable=False, comment="open, won or lost: what being in this stage means for the deal."),
+    sa.Column("stage_probability", RATE, comment="The CRM's default win probability of the stage (0-1); 1 for won, 0 for lost."),
+    sa.Column("as_of", sa.Date, nullable=False, comment="The run date this table was last written for (every row carries the latest run's as_of)."),
+    comment="The stage order every table uses: configured in dealcast.toml, or taken from the CRM's own stage order.",
+)
+
 quarantine = _table(
     "quarantine",
     sa.Column("as_of", sa.Date, primary_key=True, comment="The run date these rows describe (the end of that day, UTC)."),
@@ -129,6 +140,20 @@ data_quality_results = _table(
     sa.Column("failing_rows", sa.BigInteger, nullable=False, comment="Rows that failed the check."),
     sa.Column("checked_at", TS, nullable=False, comment="When the check ran (UTC)."),
     comment="The result of every data-quality expectation and reconciliation, per run.",
+)
+
+reconciliation = _table(
+    "reconciliation",
+    sa.Column("as_of", sa.Date, primary_key=True, comment="The run date these rows describe (the end of that day, UTC)."),
+    sa.Column("source_file", sa.String(512), primary_key=True, comment="An input export file."),
+    sa.Column("file_format", sa.String(64), comment="The export format detected from the file's header (for example salesforce_opportunity)."),
+    sa.Column("content", sa.String(16), nullable=False, comment="What the file's rows became: deals, history or lookup (owner and account names)."),
+    sa.Column("rows_read", sa.BigInteger, nullable=False, comment="Data rows read from the file."),
+    sa.Column("accepted", sa.BigInteger, nullable=False, comment="Rows that became canonical deals or history rows."),
+    sa.Column("quarantined", sa.BigInteger, nullable=False, comment="Rows sent to the quarantine table, each with its reason."),
+    sa.Column("balanced", sa.Boolean, nullable=False, comment="True when rows_read = accepted + quarantined."),
+    sa.Column("run_id", ID, nullable=False, comment="The pipeline run that read the file."),
+    comment="Per input file and run: rows read = rows accepted + rows quarantined, so no row is ever lost silently.",
 )
 
 stage_conversion = _table(
@@ -298,8 +323,10 @@ TABLES: dict[str, TableSpec] = {
         TableSpec(deals, "whole"),
         TableSpec(deal_history, "whole"),
         TableSpec(stage_events, "whole"),
+        TableSpec(pipeline_stages, "whole"),
         TableSpec(quarantine, "as_of"),
         TableSpec(data_quality_results, "as_of"),
+        TableSpec(reconciliation, "as_of"),
         TableSpec(stage_conversion, "as_of"),
         TableSpec(stage_durations, "as_of"),
         TableSpec(velocity, "as_of"),

@@ -152,10 +152,12 @@ class ValidationRunError(RuntimeError):
 
 @dataclass(frozen=True)
 class FileCount:
-    """How many data rows the reader read from one input file."""
+    """How many data rows the reader read from one input file; `lookup_rows` of them became lookup
+    entries (owner or account names) rather than deals or history rows, and count as accepted."""
 
     source_file: str
     rows_read: int
+    lookup_rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -813,6 +815,7 @@ def _reconcile(
     quarantined, and whether read = accepted + quarantined. Files that rows name but the reader
     did not count get rows_read 0, so they never balance."""
     read = {f.source_file: int(f.rows_read) for f in files}
+    lookups = {f.source_file: int(f.lookup_rows) for f in files}
     accepted_files = [_source_files(p["source_file"]) for p in accepted_parts]
     quarantined_files = _source_files(quarantine["source_file"])
     file_names = (
@@ -839,7 +842,8 @@ def _reconcile(
         {
             "source_file": [str(name) for name in file_names],
             "rows_read": [read.get(name, 0) for name in file_names],
-            "accepted": np.bincount(accepted_keys // stride, minlength=len(file_names)),
+            "accepted": np.bincount(accepted_keys // stride, minlength=len(file_names))
+            + np.array([lookups.get(name, 0) for name in file_names], dtype=np.int64),
             "quarantined": np.bincount(quarantined_keys // stride, minlength=len(file_names)),
         }
     )

@@ -83,3 +83,5 @@ class ExportReader:
     formats: tuple[str, ...]
     detect: Callable[["CsvHeader | None", Path], str | None]
     read: Callable[[Mapping[str, Sequence[Path]], "ProjectConfig"], SourceExport]
+    # Formats whose rows become lookup entries (owner names, account names), not deals or history.
+    lookup_formats: tuple[str, ...] = ()

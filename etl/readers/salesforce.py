@@ -939,4 +939,5 @@ READER = ExportReader(
     formats=FORMATS,
     detect=detect,
     read=read_salesforce,
+    lookup_formats=(USER, ACCOUNT),
 )

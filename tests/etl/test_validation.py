@@ -574,3 +574,18 @@ def test_inputs_that_break_the_contract_are_refused_with_names():
     twice = [FileCount(DEALS_FILE, 2), FileCount(DEALS_FILE, 2)]
     with pytest.raises(ValueError, match="Opportunity.csv' is listed twice"):
         run(deals_frame(clean_deals(2)), files=twice)
+
+
+def test_lookup_rows_count_as_accepted_in_the_reconciliation():
+    """A users file of 13 rows feeds no deal or history row; the 12 the reader kept as owner names
+    and 1 it quarantined balance the file (13 = 12 + 1)."""
+    from etl.validation import FileCount, _reconcile
+    from etl.schema import QUARANTINE_COLUMNS, empty_frame
+
+    quarantined = empty_frame(QUARANTINE_COLUMNS)
+    quarantined.loc[0] = ["User.csv", 5, "missing_id", "Id is blank", "Id", "{}"]
+    quarantined = quarantined.astype({"source_row": "int64"})
+    empty_rows = pd.DataFrame({"source_file": pd.Series(dtype="string"), "source_row": pd.Series(dtype="int64")})
+    rec = _reconcile([FileCount("User.csv", 13, lookup_rows=12)], [empty_rows], quarantined)
+    row = rec.set_index("source_file").loc["User.csv"]
+    assert (row["rows_read"], row["accepted"], row["quarantined"], bool(row["balanced"])) == (13, 12, 1, True)

@@ -1,0 +1,65 @@
+"""The `deal_scores` table: every deal open at the end of as_of, with its calibrated win probability,
+its probability of winning within the current quarter, its expected value and its reasons."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from etl.pipeline_state import as_of_end, pipeline_at
+from etl.stages import STATUS_OPEN, StageCatalog
+from etl.tables import TABLES
+from models.explain import explain
+from models.scoring import Scorer, score_bands
+from models.timing import CloseTiming, win_this_quarter_probability
+from models.training_set import features_from_states
+
+DEAL_SCORE_COLUMNS = [c for c in TABLES["deal_scores"].columns if c != "as_of"]
+
+
+def build_deal_scores(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    stages: StageCatalog,
+    as_of: dt.date,
+    scorer: Scorer,
+    timing: CloseTiming,
+    fiscal_year_start_month: int = 1,
+) -> pd.DataFrame:
+    """Score every deal open at the end of `as_of`, as it stood then (one rebuild of the pipeline
+    serves the features, the close timing and the table's descriptive columns).
+
+    expected_value = amount (reporting currency) x win probability.
+    """
+    states = pipeline_at(deals, history, as_of_end(as_of))
+    open_deals = states[states["status"] == STATUS_OPEN].sort_values("deal_id", kind="stable").reset_index(drop=True)
+    features = features_from_states(open_deals, stages, None, fiscal_year_start_month)
+    if not features["deal_id"].astype(str).equals(open_deals["deal_id"].astype(str)):
+        raise RuntimeError("deal_scores: features and open deals are not aligned by deal_id")
+
+    win = np.asarray(scorer.predict_proba(features), dtype="float64")
+    this_quarter = win_this_quarter_probability(open_deals, win, timing, as_of, fiscal_year_start_month)
+    reasons = explain(scorer, features).set_index("deal_id")
+
+    amount = open_deals["amount_reporting"].astype("float64")
+    frame = pd.DataFrame(
+        {
+            "deal_id": open_deals["deal_id"],
+            "pipeline": open_deals["pipeline"],
+            "stage": open_deals["stage"],
+            "owner": open_deals["owner"],
+            "amount_reporting": amount,
+            "expected_close_date": open_deals["expected_close_date"],
+            "win_probability": win,
+            "win_this_quarter_probability": this_quarter,
+            "expected_value": amount.fillna(0.0) * win,
+            "score_band": score_bands(win),
+            "top_factors": reasons["top_factors"].reindex(open_deals["deal_id"]).to_numpy(),
+            "top_factors_text": reasons["top_factors_text"].reindex(open_deals["deal_id"]).to_numpy(),
+            "model_version": scorer.version,
+            "scoring_method": scorer.scoring_method,
+        }
+    )
+    return frame[DEAL_SCORE_COLUMNS]
