@@ -36,7 +36,7 @@ def test_blocking_checks_guard_what_downstream_reads():
 
 
 def test_nightly_schedule_targets_the_whole_graph_at_two():
-    schedule = defs.get_schedule_def("nightly_pipeline")
+    schedule = defs.resolve_schedule_def("nightly_pipeline")
     assert schedule.cron_schedule == "0 2 * * *"
     assert schedule.execution_timezone == "UTC"
     job = defs.resolve_job_def(schedule.job_name)
