@@ -99,6 +99,19 @@ class ProjectConfig:
     forecast: ForecastConfig
     salesforce: SalesforceSourceConfig
     stages: StageCatalog
+    # [sources.<name>] tables as written, for readers that define their own settings (hubspot, pipedrive, ...).
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # [currency] rates_file: dated exchange rates into the reporting currency (None: one currency only).
+    rates_file: str | None = None
+    # [sources] format_overrides: file name -> export format, when detection from the header must be overridden.
+    format_overrides: dict[str, str] = field(default_factory=dict)
+    # [sources] mappings: declarative column-mapping files for generic CSV exports (paths as written).
+    mappings: tuple[str, ...] = ()
+
+    def resolve_path(self, name: str) -> Path:
+        """A path from the config file: absolute as written, else relative to the config file's folder."""
+        path = Path(name)
+        return path if path.is_absolute() else self.path.parent / path
 
 
 @dataclass(frozen=True)
@@ -188,6 +201,13 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
         artifact_dir = Path(model_raw["artifact_dir"])
         model_raw["artifact_dir"] = artifact_dir if artifact_dir.is_absolute() else artifact_dir
     sources = _section(raw, "sources", path)
+    currency = _section(raw, "currency", path)
+    overrides = sources.get("format_overrides", {})
+    mappings = sources.get("mappings", [])
+    if not isinstance(overrides, dict) or not all(isinstance(v, str) for v in overrides.values()):
+        raise ConfigError(f"{path}: [sources] format_overrides must map file names to format names")
+    if not isinstance(mappings, list) or not all(isinstance(m, str) for m in mappings):
+        raise ConfigError(f"{path}: [sources] mappings must be a list of mapping file paths")
 
     fiscal_start = int(reporting.get("fiscal_year_start_month", 1))
     if not 1 <= fiscal_start <= 12:
@@ -227,6 +247,10 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
             SalesforceSourceConfig, dict(sources.get("salesforce", {})), path, "sources.salesforce"
         ),
         stages=StageCatalog(pipelines),
+        sources={k: dict(v) for k, v in sources.items() if isinstance(v, dict) and k != "format_overrides"},
+        rates_file=currency.get("rates_file"),
+        format_overrides=dict(overrides),
+        mappings=tuple(mappings),
     )
 
 
