@@ -10,6 +10,7 @@ from assets.forecasting import forecast_quarterly
 from assets.ingest import crm_exports, crm_tables
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.scoring import close_timing, deal_scores, deal_scoring_model, model_runs
+from assets.sensors import exports_sensor
 
 ALL_ASSETS = [
     crm_exports,
@@ -27,5 +28,6 @@ ALL_ASSETS = [
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     schedules=[nightly_schedule()],
+    sensors=[exports_sensor()],
     resources={"settings": DealcastSettings(), "warehouse": WarehouseResource()},
 )

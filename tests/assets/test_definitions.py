@@ -1,4 +1,4 @@
-"""The Dagster entry point loads, every asset is documented and grouped, and the nightly schedule runs the whole graph."""
+"""The Dagster entry point loads, every asset is documented and grouped, and the nightly schedule and the exports sensor run the whole graph."""
 
 import datetime as dt
 
@@ -48,3 +48,12 @@ def test_nightly_schedule_targets_the_whole_graph_at_two():
         request = schedule.evaluate_tick(context).run_requests[0]
     assert request.tags[AS_OF_TAG] == "2026-11-24"
     assert request.run_config["resources"]["settings"]["config"]["as_of"] == "2026-11-24"
+
+
+def test_new_exports_sensor_targets_the_whole_graph_and_starts_stopped():
+    sensor = defs.resolve_sensor_def("new_exports_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    assert sensor.minimum_interval_seconds == 60
+    assert sensor.description
+    job = defs.resolve_job_def(sensor.job_name)
+    assert set(job.asset_layer.selected_asset_keys) == set(_graph().get_all_asset_keys())
