@@ -99,7 +99,7 @@ def main() -> int:
         sample = generate_sample(exports, n_deals=args.deals, seed=args.seed, end_date=args.as_of)
         r["detail"] = f"{sample.n_deals:,} deals, {sample.n_history_rows:,} history rows"
     with steps.step("ingest") as r:
-        ingest = read_exports(exports, project)
+        ingest = read_exports(exports, project, as_of=args.as_of)
         r["detail"] = f"{len(ingest.deals):,} deals, {len(ingest.history):,} history rows read"
     with steps.step("validate") as r:
         outcome = validate_crm(

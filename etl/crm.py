@@ -85,7 +85,7 @@ def file_counts(ingest: IngestResult) -> list[FileCount]:
 
 def load_crm(settings: Settings, previous_deal_count: int | None = None) -> CrmLoad:
     """Read the exports directory, validate it, and rebuild history and stage events for `settings.as_of`."""
-    ingest = read_exports(settings.exports_dir, settings.project)
+    ingest = read_exports(settings.exports_dir, settings.project, as_of=settings.as_of)
     log.info(
         "read %d file(s) from %s: %d deals, %d history rows, %d rows rejected while parsing",
         len(ingest.files),

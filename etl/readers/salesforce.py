@@ -11,6 +11,10 @@ Custom fields for pipeline, product, region, segment and loss reason are named i
 `[sources.salesforce]`. A pipeline not configured in dealcast.toml gets its stage order from the
 export (StageSortOrder, IsClosed, IsWon, with each stage's usual Probability as its default).
 
+`CurrencyIsoCode` is the deal's currency (blank: the reporting currency). Amounts in another
+currency are kept as exported with `amount_reporting` left empty, in the deal and its history;
+`etl.ingest` converts them from the rates file.
+
 Every row read ends up either as a canonical row (or lookup entry) or in quarantine with its reason.
 """
 
@@ -95,7 +99,6 @@ UNPARSEABLE_DATE = "unparseable_date"
 UNPARSEABLE_AMOUNT = "unparseable_amount"
 UNPARSEABLE_NUMBER = "unparseable_number"
 UNPARSEABLE_BOOLEAN = "unparseable_boolean"
-UNKNOWN_CURRENCY = "unknown_currency"
 UNKNOWN_STAGE = "unknown_stage"
 ORPHAN_HISTORY = "orphan_history"
 DEAL_QUARANTINED = "deal_quarantined"
@@ -570,19 +573,11 @@ def _read_opportunities(
     for p in inferred:
         catalog = catalog.with_pipeline(p)
 
+    # A blank CurrencyIsoCode (a single-currency org) is the reporting currency. Amounts in other
+    # currencies are converted by etl.ingest from the rates file (amount_reporting left NaN here).
     reporting = project.reporting_currency
     currency = frame["CurrencyIsoCode"].str.upper()
     frame["currency"] = currency.where(currency.ne(""), reporting)
-    checks.flag(
-        frame["currency"].ne(reporting).to_numpy(),
-        UNKNOWN_CURRENCY,
-        "CurrencyIsoCode",
-        lambda rows: [
-            f"CurrencyIsoCode: the amount is in {c}, not in the reporting currency {reporting}; "
-            f"Dealcast does not read an exchange-rate file yet, so only {reporting} deals can be valued"
-            for c in rows["currency"]
-        ],
-    )
     pipeline_codes, pipeline_names = pd.factorize(frame["pipeline"])
     places = _stage_places(pipeline_codes, list(pipeline_names), frame["stage"], catalog)
     described = _describe_pipelines(catalog, project.stages)
@@ -613,7 +608,7 @@ def _read_history(
         return None, None
     standard = (
         "Id", "OpportunityId", "IsDeleted", "CreatedDate", "StageName", "Amount", "CloseDate", "Probability",
-        "ForecastCategory", "CurrencyIsoCode", "PrevAmount", "PrevCloseDate",
+        "ForecastCategory", "PrevAmount", "PrevCloseDate",
     )  # fmt: skip
     columns: dict[str, str | None] = {c: c for c in standard}
     frame = _working_frame(tables, columns)
@@ -672,19 +667,6 @@ def _read_history(
             for i in rows["OpportunityId"]
         ],
     )
-    reporting = project.reporting_currency
-    currency = frame["CurrencyIsoCode"].str.upper()
-    checks.flag(
-        (currency.ne("") & currency.ne(reporting)).to_numpy(),
-        UNKNOWN_CURRENCY,
-        "CurrencyIsoCode",
-        lambda rows: [
-            f"CurrencyIsoCode: the amount is in {c.upper()}, not in the reporting currency {reporting}; "
-            "Dealcast does not read an exchange-rate file yet"
-            for c in rows["CurrencyIsoCode"]
-        ],
-    )
-
     # Stages must belong to the deal's pipeline; an unknown stage quarantines the whole deal.
     deal_row = accepted_rows()
     has_deal = deal_row >= 0
@@ -744,6 +726,13 @@ def _read_history(
             ],
         )
     return frame, checks
+
+
+def _deal_in_reporting_currency(deal_ids: pd.Series, opp: pd.DataFrame, reporting: str) -> np.ndarray:
+    """Whether the deal of each history row is in the reporting currency."""
+    position = pd.Index(opp["Id"]).get_indexer(deal_ids)
+    in_reporting = opp["currency"].eq(reporting).to_numpy(dtype=bool)
+    return (position >= 0) & in_reporting[np.where(position >= 0, position, 0)]
 
 
 def _forecast_labels(values: pd.Series) -> pd.Series:
@@ -836,8 +825,9 @@ def _assemble(
                 "changed_at": hist["changed_at"],
                 "stage": hist["StageName"],
                 "amount": hist["amount"],
-                # Accepted history belongs to accepted deals, all in the reporting currency.
-                "amount_reporting": hist["amount"],
+                # In the deal's currency (the Opportunity's CurrencyIsoCode): left NaN for another
+                # currency than the reporting one, converted by etl.ingest with the deal's rate.
+                "amount_reporting": hist["amount"].where(_deal_in_reporting_currency(hist["OpportunityId"], opp, reporting)),
                 "expected_close_date": hist["close_date"],
                 "crm_probability": hist["probability"] / 100.0,
                 "forecast_category": _blank_to_na(_forecast_labels(hist["ForecastCategory"])),

@@ -108,7 +108,8 @@ def test_readers_plug_in_by_format(tmp_path, project, monkeypatch):
     assert seen == {"toy_deals": ["toys.csv"]}
     assert detect_format(tmp_path / "toys.csv") == "toy_deals"
     assert sorted(f.format for f in result.files) == ["salesforce_opportunity", "toy_deals"]
-    assert result.deals["deal_id"].tolist() == ["006A"]
+    # Two CRMs read together: deal ids are prefixed with their source system.
+    assert result.deals["deal_id"].tolist() == ["salesforce:006A"]
     assert result.quarantine["reason_code"].tolist() == ["toy"]
     assert "Toys" in result.stages.names
 

@@ -11,7 +11,8 @@ Account.csv is Windows-1252 (é, ü and an en dash), Opportunity.csv holds (spre
             amount-only change (60000 -> 75000, 03-20) and a close-date push (05-31 -> 06-30, 04-02)
   4  006D3  Amount "12,5k"                        -> quarantined unparseable_amount
   5  006D4  IsDeleted = 1                         -> quarantined deleted_in_crm
-  6  006D5  CurrencyIsoCode EUR                   -> quarantined unknown_currency
+  6  006D5  CurrencyIsoCode EUR                   -> quarantined unknown_currency by etl.ingest
+                                                     (the fixture config has no rates file)
   7  006D6  lost, Name with a quoted line break, no history, no account
   8  006D7  blank Pipeline__c -> pipeline "Default"; owner 005Z and account 001Q are in no lookup
   9  006D8  "Default"; its history has stage Qualification, unknown in "Default" -> unknown_stage
@@ -209,7 +210,8 @@ def test_small_quarantine_reasons(small):
     raw = json.loads(amount["raw_record"])
     assert raw["Id"] == "006D3" and raw["Amount"] == "12,5k" and raw["Region__c"] == ""
     currency = q.loc[(6, "unknown_currency")]
-    assert "EUR" in currency["reason"] and "exchange-rate file" in currency["reason"]
+    assert "EUR" in currency["reason"] and "no exchange-rate file is configured" in currency["reason"]
+    assert currency["column"] == "currency"
     assert "Verbal Commit" in q.loc[(11, "unknown_stage")]["reason"]
     assert list(small.quarantine.columns) == list(QUARANTINE_COLUMNS)
 
