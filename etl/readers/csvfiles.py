@@ -683,3 +683,131 @@ class Quarantine:
             return empty_frame(QUARANTINE_COLUMNS)
         out = conform(pd.concat(parts, ignore_index=True), QUARANTINE_COLUMNS, "quarantine")
         return out.sort_values(["source_file", "source_row"], kind="stable").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Locale-aware value parsing (spreadsheets saved from Excel in other languages). Same contract as
+# the `parse_*` helpers above: stripped text in ("" = blank), values plus the mask of non-blank
+# values that did not parse.
+
+# Spaces used as a thousands separator: plain, non-breaking (U+00A0) and narrow non-breaking (U+202F).
+_SPACES = (" ", "\u00a0", "\u202f")
+DEFAULT_CURRENCY_SYMBOLS = ("€", "$", "£")
+
+
+def _regex_class(characters: Sequence[str]) -> str:
+    return "[" + "".join("\\" + c if c in "\\]^-" else c for c in characters) + "]"
+
+
+def parse_locale_numbers(
+    values: pd.Series,
+    decimal: str = ".",
+    thousands: str | Sequence[str] | None = None,
+    currency_symbols: Sequence[str] = DEFAULT_CURRENCY_SYMBOLS,
+) -> tuple[pd.Series, np.ndarray]:
+    """Numbers written the way a locale writes them: "1 234,56", "1.234,56 €", "$1,234.50", "-12,5".
+
+    `decimal` is "." or ","; `thousands` is None (no grouping allowed) or one separator or several
+    (" " also accepts the non-breaking spaces Excel writes). A grouped number must group by threes
+    ("1.2345,6" with thousands "." does not parse). Currency symbols before or after the number are
+    removed. Blank is NaN; anything else that does not parse is flagged.
+    """
+    if decimal not in (".", ","):
+        raise ValueError(f"decimal separator must be '.' or ',', got {decimal!r}")
+    if thousands is None or thousands == "":
+        separators: list[str] = []
+    else:
+        separators = [thousands] if isinstance(thousands, str) else list(thousands)
+    if any(s == " " for s in separators):
+        separators = [*separators, *_SPACES[1:]]
+    if decimal in separators:
+        raise ValueError(f"the thousands separator cannot be the decimal separator {decimal!r}")
+    blank = is_blank(values)
+    text = values.astype("str")
+    if currency_symbols:
+        symbols = _regex_class(list(currency_symbols))
+        text = text.str.replace(f"^{symbols}[ \u00a0\u202f]*|[ \u00a0\u202f]*{symbols}$", "", regex=True)
+        text = text.str.replace(f"^([+-]){symbols}", r"\1", regex=True)
+    dec = "\\" + decimal
+    plain = f"[+-]?\\d+(?:{dec}\\d+)?|[+-]?{dec}\\d+"
+    pattern = plain
+    if separators:
+        sep = _regex_class(separators)
+        pattern = f"{plain}|[+-]?\\d{{1,3}}(?:{sep}\\d{{3}})+(?:{dec}\\d+)?"
+    matches = text.str.fullmatch(pattern).fillna(False).to_numpy(dtype=bool)
+    if separators:
+        text = text.str.replace(_regex_class(separators), "", regex=True)
+    if decimal == ",":
+        text = text.str.replace(",", ".", regex=False)
+    numbers = pd.to_numeric(text.where(matches & ~blank), errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    bad = ~blank & ~np.isfinite(numbers)
+    numbers = np.where(np.isfinite(numbers), numbers, np.nan)
+    return pd.Series(numbers, index=values.index, dtype="float64"), bad
+
+
+# Day-first and month-first date layouts tried when no explicit format is given (after ISO 8601).
+_DAY_FIRST_FORMATS = ("%d/%m/%Y", "%d.%m.%Y", "%d-%m-%Y", "%d/%m/%y", "%d.%m.%y")
+_MONTH_FIRST_FORMATS = ("%m/%d/%Y", "%m-%d-%Y", "%m/%d/%y")
+_TIME_SUFFIXES = ("", " %H:%M", " %H:%M:%S")
+
+
+def infer_dayfirst(values: pd.Series) -> bool | None:
+    """Whether the slash/dot/dash dates of a column are day-first: True when some value's first
+    field is above 12 and none's second is, False for the reverse, None when the column cannot
+    tell (every such value has both fields at most 12, or it has none)."""
+    parts = values.str.extract(r"^(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{2,4}(?:\s|$)")
+    first = pd.to_numeric(parts[0], errors="coerce")
+    second = pd.to_numeric(parts[1], errors="coerce")
+    day_first = bool((first > 12).any())
+    month_first = bool((second > 12).any())
+    if day_first and not month_first:
+        return True
+    if month_first and not day_first:
+        return False
+    return None
+
+
+def parse_dates(
+    values: pd.Series, date_format: str | None = None, dayfirst: bool | None = None
+) -> tuple[pd.Series, np.ndarray]:
+    """Dates (and date-times) as timezone-naive timestamps; blank is NaT.
+
+    With `date_format` (strftime codes, e.g. "%d/%m/%Y") only that layout is accepted. Otherwise
+    ISO 8601 first, then day-first layouts (31/05/2024, 31.05.2024, with an optional time) when
+    `dayfirst` is True, month-first ones (05/31/2024) when it is False; with `dayfirst` None only
+    ISO 8601 is accepted (use `infer_dayfirst` to decide from the column).
+    """
+    blank = is_blank(values)
+    if date_format:
+        result = pd.to_datetime(values.where(~blank), format=date_format, errors="coerce")
+        result = pd.Series(result, index=values.index).astype(TIMESTAMP)
+        return result, result.isna().to_numpy() & ~blank
+    result, bad = parse_timestamps(values)
+    if dayfirst is None or not bad.any():
+        return result, bad
+    layouts = _DAY_FIRST_FORMATS if dayfirst else _MONTH_FIRST_FORMATS
+    for layout in layouts:
+        for suffix in _TIME_SUFFIXES:
+            retry = result.isna().to_numpy() & ~blank
+            if not retry.any():
+                return result, retry
+            parsed = pd.to_datetime(values[retry], format=layout + suffix, errors="coerce")
+            result.loc[retry] = parsed.astype(TIMESTAMP)
+    return result, result.isna().to_numpy() & ~blank
+
+
+# Boolean spellings, compared without case: English, French, German, Spanish/Italian, checkboxes.
+BOOLEAN_TRUE = ("1", "true", "t", "yes", "y", "oui", "o", "vrai", "ja", "si", "sí", "x", "on", "-1")
+BOOLEAN_FALSE = ("0", "false", "f", "no", "n", "non", "faux", "nein", "off")
+
+
+def parse_any_booleans(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Booleans in any common spelling: true/false, yes/no, oui/non, vrai/faux, 1/0, x (a ticked
+    box; -1 is Excel/Access's true). Blank is NA."""
+    lowered = values.str.lower()
+    true = lowered.isin(BOOLEAN_TRUE).to_numpy(dtype=bool)
+    false = lowered.isin(BOOLEAN_FALSE).to_numpy(dtype=bool)
+    blank = is_blank(values)
+    result = pd.array(np.where(true, True, False), dtype="boolean")
+    result[~(true | false)] = pd.NA
+    return pd.Series(result, index=values.index), ~(true | false | blank)
