@@ -1,23 +1,45 @@
 """Ingest: every CRM export file in an exports directory -> canonical deals, history, quarantine.
 
-`read_exports` looks at each file's header line to decide its format, hands each CRM reader the
-files it recognises (`READERS`), and checks that every row of every file was either accepted or
-quarantined. Files that are no known export (a quota file, notes) are listed as skipped.
+`read_exports` decides each file's format (from `[sources] format_overrides` in dealcast.toml,
+else from its header line), hands each CRM reader the files it recognises (`READERS`), then
+applies the rules that hold across readers, and checks that every row of every file was either
+accepted or quarantined. Files that are no known export (a quota file, the rates file, notes) are
+listed as skipped.
+
+Rules across files and readers, in this order:
+1. Source systems. Every deal carries the `source_system` of the reader that read it. When the
+   directory holds exports of more than one CRM (a migration), every deal id is prefixed with its
+   system, `salesforce:006A`, `hubspot:123`, in deals and history alike, so ids of two systems
+   never collide. With one CRM, ids are kept as the CRM wrote them.
+2. Duplicates. Within one system, a deal id read more than once keeps its first copy, files taken
+   in name order (case-insensitive, the order `read_exports` lists them) and rows in file order;
+   every later copy is quarantined as `duplicate_id`, naming the copy kept. History rows of the
+   quarantined copy that come from its own file go with it (`deal_quarantined`); history from
+   other files (a separate history export) stays with the deal kept.
+3. Currency. `amount_reporting` is filled by `etl.currency.convert_to_reporting` from the
+   `[currency] rates_file`; deals that cannot be valued are quarantined (`unknown_currency`,
+   `no_rate_for_date`) and their history rows with them (`deal_quarantined`).
+Rows quarantined by these rules count as quarantined rows of their file, so each file keeps
+rows_read = rows_accepted + rows_quarantined.
 
 A new CRM reader plugs in by adding its `etl.readers.ExportReader` to `READERS`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from etl.config import ProjectConfig
+from etl.config import ConfigError, ProjectConfig
+from etl.currency import convert_to_reporting, find_rates_file, load_rates
 from etl.readers import HISTORY_GAP_COLUMNS, ExportFormatError, ExportReader, FileReport, SourceExport
-from etl.readers import salesforce
+from etl.readers import hubspot, mapped, pipedrive, salesforce
 from etl.readers.csvfiles import sniff_header
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, QUARANTINE_COLUMNS, empty_frame
 from etl.stages import StageCatalog
@@ -30,11 +52,19 @@ __all__ = [
     "FileReport",
     "IngestResult",
     "detect_format",
+    "known_formats",
     "read_exports",
 ]
 
-# The CRM readers, asked in this order which format a file is.
-READERS: tuple[ExportReader, ...] = (salesforce.READER,)
+# Reason codes of the rules across files (the reader's own codes pass through unchanged).
+DUPLICATE_ID = "duplicate_id"
+DEAL_QUARANTINED = "deal_quarantined"
+# Separates the source system from the CRM's id when several systems are read together.
+SYSTEM_SEPARATOR = ":"
+
+# The CRM readers, asked in this order which format a file is. A generic CSV mapping claims its
+# files by name, so it is asked first; the CRM readers recognise their exports by their headers.
+READERS: tuple[ExportReader, ...] = (mapped.READER, salesforce.READER, hubspot.READER, pipedrive.READER)
 # Export formats whose rows are lookups (names of owners and accounts), not deals or history rows.
 LOOKUP_FORMATS: frozenset[str] = frozenset(fmt for reader in READERS for fmt in reader.lookup_formats)
 
@@ -60,21 +90,60 @@ class IngestResult:
     history_gaps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HISTORY_GAP_COLUMNS))
 
 
-def _reader_for(path: Path) -> tuple[ExportReader, str] | None:
+def known_formats() -> dict[str, ExportReader]:
+    """Every export format the registered readers know, with the reader that reads it."""
+    return {fmt: reader for reader in READERS for fmt in reader.formats}
+
+
+def _format_overrides(project: ProjectConfig | None) -> dict[str, tuple[ExportReader, str]]:
+    """`[sources] format_overrides` by lower-case file name, each with its reader. An override
+    naming a format no reader knows is a `ConfigError`."""
+    if project is None or not project.format_overrides:
+        return {}
+    formats = known_formats()
+    overrides = {}
+    for name, fmt in project.format_overrides.items():
+        if fmt not in formats:
+            raise ConfigError(
+                f"{project.path}: [sources] format_overrides: file {name!r} is given the format {fmt!r}, "
+                f"which no reader knows; expected one of {', '.join(sorted(formats))}"
+            )
+        overrides[Path(name).name.lower()] = (formats[fmt], fmt)
+    return overrides
+
+
+def _readers(project: ProjectConfig | None) -> tuple[ExportReader, ...]:
+    """The registered readers, with the generic-CSV reader using `project`'s mapping files."""
+    if project is None:
+        return READERS
+    return tuple(mapped.reader_for(project) if reader is mapped.READER else reader for reader in READERS)
+
+
+def _reader_for(
+    path: Path,
+    overrides: dict[str, tuple[ExportReader, str]] | None = None,
+    readers: tuple[ExportReader, ...] | None = None,
+) -> tuple[ExportReader, str] | None:
+    if overrides:
+        forced = overrides.get(path.name.lower())
+        if forced is not None:
+            logger.info("%s: format %s, as [sources] format_overrides says", path, forced[1])
+            return forced
     header = sniff_header(path)
-    for reader in READERS:
+    for reader in READERS if readers is None else readers:
         found = reader.detect(header, path)
         if found is not None:
             return reader, found
     return None
 
 
-def detect_format(path: Path) -> str | None:
-    """The export format of `path` from its header line (e.g. "salesforce_opportunity",
-    "salesforce_history", "salesforce_user", "salesforce_account"), or None when it is no known
+def detect_format(path: Path, project: ProjectConfig | None = None) -> str | None:
+    """The export format of `path`: the one `project`'s `[sources] format_overrides` gives its
+    file name, else the one its header line shows (e.g. "salesforce_opportunity",
+    "salesforce_history", "salesforce_user", "salesforce_account"), else None when it is no known
     export. A file with a damaged header but a CRM's usual file name (Opportunity.csv) still gets
     that format, so that reading it explains what is wrong."""
-    found = _reader_for(Path(path))
+    found = _reader_for(Path(path), _format_overrides(project), _readers(project))
     return found[1] if found else None
 
 
@@ -85,20 +154,31 @@ def _export_files(exports_dir: Path) -> list[Path]:
     )
 
 
-def read_exports(exports_dir: Path, project: ProjectConfig) -> IngestResult:
+def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | None = None) -> IngestResult:
     """Read every CRM export in `exports_dir` (not its subfolders) into canonical frames.
 
+    `as_of` (default: today, UTC) is the day whose exchange rate values open deals.
     Raises `ExportFormatError` when a recognised file cannot be read at all, or when the
-    directory holds no CRM export; FileNotFoundError when the directory does not exist.
+    directory holds no CRM export; `ConfigError` for a format override naming no known format;
+    `etl.currency.ExchangeRatesError` for a configured rates file that is missing or unusable;
+    FileNotFoundError when the directory does not exist.
     """
     exports_dir = Path(exports_dir)
     if not exports_dir.is_dir():
         raise FileNotFoundError(f"exports directory not found: {exports_dir}")
+    if as_of is None:
+        as_of = dt.datetime.now(dt.timezone.utc).date()
+    overrides = _format_overrides(project)
     by_reader: dict[str, dict[str, list[Path]]] = {}
     readers: dict[str, ExportReader] = {}
     skipped: list[Path] = []
-    for path in _export_files(exports_dir):
-        found = _reader_for(path)
+    listed = _export_files(exports_dir)
+    unused = sorted(set(overrides) - {p.name.lower() for p in listed})
+    if unused:
+        logger.warning("[sources] format_overrides names file(s) not in %s: %s", exports_dir, unused)
+    candidates = _readers(project)
+    for path in listed:
+        found = _reader_for(path, overrides, candidates)
         if found is None:
             logger.info("%s: not a known CRM export; skipped", path)
             skipped.append(path)
@@ -111,20 +191,39 @@ def read_exports(exports_dir: Path, project: ProjectConfig) -> IngestResult:
             f"{exports_dir}: no CRM export found among {len(skipped)} file(s); expected for example "
             "Opportunity.csv and OpportunityHistory.csv from a Salesforce Data Export"
         )
+    rates_path = find_rates_file(project, exports_dir)
+    rates = load_rates(rates_path, project.reporting_currency) if rates_path is not None else None
 
     exports: list[SourceExport] = [readers[system].read(files, project) for system, files in by_reader.items()]
     stages = project.stages
     for export in exports:
         for pipeline in export.pipelines:
             stages = stages.with_pipeline(pipeline)
+    if len(exports) > 1:
+        logger.info("exports of %d CRMs read together (%s): deal ids are prefixed with their system", len(exports), ", ".join(by_reader))
+        exports = [_namespaced(export, system) for export, system in zip(exports, by_reader)]
 
     deals = _concat([e.deals for e in exports], DEAL_COLUMNS)
     history = _concat([e.history for e in exports], DEAL_HISTORY_COLUMNS)
     quarantine = _concat([e.quarantine for e in exports], QUARANTINE_COLUMNS)
     gaps = [e.history_gaps for e in exports if e.history_gaps is not None and not e.history_gaps.empty]
     files = [report for e in exports for report in e.files]
+
+    file_rank = {str(p): i for i, p in enumerate(listed)}
+    deals, history, duplicates = _quarantine_duplicates(deals, history, file_rank)
+    conversion = convert_to_reporting(
+        deals,
+        history,
+        rates,
+        project.reporting_currency,
+        as_of,
+        no_rates_hint=f"no exchange-rate file is configured ([currency] rates_file in {project.path})",
+    )
+    deals, history, unvalued = _quarantine_deals(
+        conversion.deals, conversion.history, conversion.rejected, conversion.problem_code, conversion.problem_reason, "currency"
+    )
+    quarantine, files = _add_quarantine(quarantine, [duplicates, unvalued], files)
     _check_reconciliation(files, deals, history, quarantine)
-    _check_unique_deals(deals)
     return IngestResult(
         deals=deals,
         history=history,
@@ -134,6 +233,173 @@ def read_exports(exports_dir: Path, project: ProjectConfig) -> IngestResult:
         stages=stages,
         history_gaps=pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame(columns=HISTORY_GAP_COLUMNS),
     )
+
+
+def _namespaced(export: SourceExport, system: str) -> SourceExport:
+    """`export` with every deal id prefixed by its source system (`hubspot:123`)."""
+    prefix = system + SYSTEM_SEPARATOR
+    deals = export.deals.assign(deal_id=(prefix + export.deals["deal_id"].astype("str")).astype(DEAL_COLUMNS["deal_id"]))
+    history = export.history.assign(
+        deal_id=(prefix + export.history["deal_id"].astype("str")).astype(DEAL_HISTORY_COLUMNS["deal_id"])
+    )
+    gaps = export.history_gaps
+    if gaps is not None and not gaps.empty:
+        gaps = gaps.assign(deal_id=prefix + gaps["deal_id"].astype("str"))
+    return dataclasses.replace(export, deals=deals, history=history, history_gaps=gaps)
+
+
+def _records_as_json(frame: pd.DataFrame) -> list[str]:
+    """Each row of a canonical frame as a JSON object (the record the reader made of the source row)."""
+    if frame.empty:
+        return []
+    text = frame.to_json(orient="records", lines=True, date_format="iso", force_ascii=False)
+    return text.rstrip("\n").split("\n")
+
+
+def _where(frame: pd.DataFrame) -> pd.Series:
+    return frame["source_file"].astype("str") + " row " + frame["source_row"].astype("str")
+
+
+def _quarantine_duplicates(
+    deals: pd.DataFrame, history: pd.DataFrame, file_rank: dict[str, int]
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Rule 2 of the module docstring: the first copy of a repeated deal id is kept (files in name
+    order, rows in file order), later copies are quarantined as `duplicate_id`, and history rows
+    from a quarantined copy's own file go with it. Returns the kept deals and history and the new
+    quarantine rows."""
+    if not deals["deal_id"].duplicated().any():
+        return deals, history, empty_frame(QUARANTINE_COLUMNS)
+    rank = deals["source_file"].map(file_rank).fillna(len(file_rank)).to_numpy(dtype=np.int64)
+    order = np.lexsort((deals["source_row"].to_numpy(), rank))
+    in_order = deals.iloc[order]
+    later = in_order["deal_id"].duplicated(keep="first").to_numpy()
+    dropped = in_order.loc[later]
+    kept_where = _where(in_order.loc[~later]).set_axis(in_order.loc[~later, "deal_id"].to_numpy())
+    reasons = [
+        f"deal id {i!r} is read more than once; the first copy ({kept_where[i]}) is kept (files are read "
+        "in name order, rows in file order)"
+        for i in dropped["deal_id"]
+    ]
+    rejected = np.zeros(len(deals), dtype=bool)
+    rejected[order[later]] = True
+    deal_part = _deal_quarantine_rows(deals.loc[rejected], DUPLICATE_ID, "deal_id", reasons)
+    logger.warning(
+        "%d deal row(s) repeat a deal id already read and are quarantined as %s (first: %s)",
+        len(dropped), DUPLICATE_ID, reasons[0],
+    )
+    # History rows from a quarantined copy's own file, unless the kept copy comes from that file too.
+    kept_files = in_order.loc[~later].set_index("deal_id")["source_file"]
+    history_key = history["deal_id"].astype("str") + "\x1f" + history["source_file"].astype("str")
+    dropped_keys = pd.Index(pd.unique(dropped["deal_id"].astype("str") + "\x1f" + dropped["source_file"].astype("str")))
+    same_file_as_kept = history["source_file"].to_numpy(dtype=object) == kept_files.reindex(history["deal_id"]).to_numpy(dtype=object)
+    follows = (dropped_keys.get_indexer(history_key) >= 0) & ~same_file_as_kept
+    dropped_where = _where(dropped).set_axis(dropped["deal_id"].astype("str") + "\x1f" + dropped["source_file"].astype("str"))
+    dropped_where = dropped_where[~dropped_where.index.duplicated()]
+    history_part = _history_quarantine_rows(
+        history.loc[follows],
+        [f"its deal {i!r} ({dropped_where[k]}) is quarantined ({DUPLICATE_ID})"
+         for i, k in zip(history.loc[follows, "deal_id"], history_key[follows])],
+    )
+    return (
+        deals.loc[~rejected].reset_index(drop=True),
+        history.loc[~follows].reset_index(drop=True),
+        _concat([deal_part, history_part], QUARANTINE_COLUMNS),
+    )
+
+
+def _quarantine_deals(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    rejected: np.ndarray,
+    codes: np.ndarray,
+    reasons: np.ndarray,
+    column: str,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Deals flagged in `rejected` (one reason code and reason each) and all their history rows
+    (`deal_quarantined`) moved to quarantine. Returns kept deals, kept history, quarantine rows."""
+    if not rejected.any():
+        return deals, history, empty_frame(QUARANTINE_COLUMNS)
+    bad = deals.loc[rejected]
+    parts = [
+        _deal_quarantine_rows(bad.loc[codes[rejected] == code], str(code), column, list(reasons[rejected][codes[rejected] == code]))
+        for code in pd.unique(codes[rejected])
+    ]
+    logger.warning("%d deal(s) cannot be valued in the reporting currency and are quarantined (first: %s)", len(bad), reasons[rejected][0])
+    follows = pd.Index(bad["deal_id"]).get_indexer(history["deal_id"]) >= 0
+    where = _where(bad).set_axis(bad["deal_id"].to_numpy())
+    code_of = pd.Series(codes[rejected], index=bad["deal_id"].to_numpy())
+    parts.append(
+        _history_quarantine_rows(
+            history.loc[follows],
+            [f"its deal {i!r} ({where[i]}) is quarantined ({code_of[i]})" for i in history.loc[follows, "deal_id"]],
+        )
+    )
+    return (
+        deals.loc[~rejected].reset_index(drop=True),
+        history.loc[~follows].reset_index(drop=True),
+        _concat(parts, QUARANTINE_COLUMNS),
+    )
+
+
+def _deal_quarantine_rows(deals: pd.DataFrame, code: str, column: str, reasons: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "source_file": deals["source_file"].to_numpy(),
+            "source_row": deals["source_row"].to_numpy(dtype=np.int64),
+            "reason_code": code,
+            "reason": np.asarray(reasons, dtype=object),
+            "column": column,
+            "raw_record": np.asarray(_records_as_json(deals), dtype=object),
+        }
+    ).astype(QUARANTINE_COLUMNS)
+
+
+def _history_quarantine_rows(history: pd.DataFrame, reasons: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "source_file": history["source_file"].to_numpy(),
+            "source_row": history["source_row"].to_numpy(dtype=np.int64),
+            "reason_code": DEAL_QUARANTINED,
+            "reason": np.asarray(reasons, dtype=object),
+            "column": "deal_id",
+            "raw_record": np.asarray(_records_as_json(history), dtype=object),
+        }
+    ).astype(QUARANTINE_COLUMNS)
+
+
+def _row_keys(frame: pd.DataFrame, codes: dict[str, int]) -> np.ndarray:
+    """(source_file, source_row) as one int64 per row (file codes from `codes`)."""
+    found, names = pd.factorize(frame["source_file"])
+    per_name = np.array([codes.get(str(n), -1) for n in names] + [-1], dtype=np.int64)
+    return (per_name[found] << 40) + frame["source_row"].to_numpy(dtype=np.int64)
+
+
+def _add_quarantine(
+    quarantine: pd.DataFrame, additions: list[pd.DataFrame], files: list[FileReport]
+) -> tuple[pd.DataFrame, list[FileReport]]:
+    """The readers' quarantine plus the rows quarantined by the rules across files (one row per
+    source row: a source row already quarantined keeps its first reason), and the file reports
+    with those rows moved from accepted to quarantined."""
+    added = _concat(additions, QUARANTINE_COLUMNS)
+    if added.empty:
+        return quarantine, files
+    codes = {str(r.path): i for i, r in enumerate(files)}
+    for name in pd.unique(pd.concat([quarantine["source_file"], added["source_file"]]).astype("str")):
+        codes.setdefault(str(name), len(codes))
+    keys = _row_keys(added, codes)
+    new = ~pd.Series(keys).duplicated().to_numpy() & ~np.isin(keys, _row_keys(quarantine, codes))
+    added = added.loc[new]
+    moved = added["source_file"].value_counts()
+    files = [
+        dataclasses.replace(
+            r,
+            rows_accepted=r.rows_accepted - int(moved.get(str(r.path), 0)),
+            rows_quarantined=r.rows_quarantined + int(moved.get(str(r.path), 0)),
+        )
+        for r in files
+    ]
+    merged = pd.concat([quarantine, added], ignore_index=True).astype(QUARANTINE_COLUMNS)
+    return merged.sort_values(["source_file", "source_row"], kind="stable").reset_index(drop=True), files
 
 
 def _concat(frames: list[pd.DataFrame], columns: dict[str, str]) -> pd.DataFrame:
@@ -149,14 +415,20 @@ def _check_reconciliation(
     files: list[FileReport], deals: pd.DataFrame, history: pd.DataFrame, quarantine: pd.DataFrame
 ) -> None:
     """Every row read is accepted or quarantined: rows_read = rows_accepted + rows_quarantined, and
-    the counts agree with the frames (a reader that lost rows is a bug, reported loudly)."""
-    canonical = pd.concat([deals["source_file"], history["source_file"]]).value_counts()
-    quarantined = quarantine["source_file"].value_counts()
+    the counts agree with the frames (a reader that lost rows is a bug, reported loudly). A source
+    row counts once however many canonical records it feeds (a deals export that also carries
+    stage history), as quarantined when it is in quarantine."""
+    codes = {str(r.path): i for i, r in enumerate(files)}
+    quarantined_keys = _row_keys(quarantine, codes)
+    canonical_keys = pd.unique(np.concatenate([_row_keys(deals, codes), _row_keys(history, codes)]))
+    canonical_keys = canonical_keys[~np.isin(canonical_keys, quarantined_keys)]
+    canonical = pd.Series(canonical_keys >> 40).value_counts()
+    quarantined = pd.Series(pd.unique(quarantined_keys) >> 40).value_counts()
     problems = []
-    for report in files:
+    for code, report in enumerate(files):
         name = str(report.path)
-        in_quarantine = int(quarantined.get(name, 0))
-        in_frames = int(canonical.get(name, 0))
+        in_quarantine = int(quarantined.get(code, 0))
+        in_frames = int(canonical.get(code, 0))
         if report.rows_read != report.rows_accepted + report.rows_quarantined:
             problems.append(
                 f"{name}: {report.rows_read} rows read but {report.rows_accepted} accepted + "
@@ -172,13 +444,4 @@ def _check_reconciliation(
         logger.info(
             "%s (%s): %d rows read = %d accepted + %d quarantined",
             report.path, report.format, report.rows_read, report.rows_accepted, report.rows_quarantined,
-        )
-
-
-def _check_unique_deals(deals: pd.DataFrame) -> None:
-    repeated = deals["deal_id"].duplicated(keep=False)
-    if repeated.any():
-        sample = deals.loc[repeated, ["deal_id", "source_file", "source_row"]].head(4).to_dict("records")
-        raise ExportFormatError(
-            f"the same deal id comes from more than one export: {sample}; expected each deal in one CRM export"
         )

@@ -422,7 +422,8 @@ def test_point_in_time_truth_agrees_with_the_truth_file(export, catalog, world):
     assert (frame.loc[frame["status"] == "won", "truth"] == 1).all()
     assert (frame.loc[frame["status"] == "lost", "truth"] == 0).all()
 
-    rows = t.assign(row_at=pd.to_datetime(t["changed_at"]), file_truth=t["true_win_probability"].astype(float))
+    # The same resolution on both sides (pandas 2 parses text as ns, the pipeline works in us).
+    rows = t.assign(row_at=pd.to_datetime(t["changed_at"]).astype(frame["snapshot_at"].dtype), file_truth=t["true_win_probability"].astype(float))
     merged = pd.merge_asof(
         frame.sort_values("snapshot_at"), rows[["deal_id", "row_at", "file_truth"]].sort_values("row_at"),
         left_on="snapshot_at", right_on="row_at", by="deal_id",
