@@ -35,7 +35,10 @@ Deal history, in order:
   deal_quarantined        the deal was read but quarantined (its history goes with it)
   implausible_date        changed_at blank or outside the plausible window
   unknown_stage           stage not a stage of the deal's pipeline (a blank stage is fine)
-The reader's own codes (rows it could not parse) pass through unchanged.
+The reader's own codes (rows it could not parse) pass through unchanged, and so do the codes of
+the ingest step: `duplicate_id` (a later copy of a deal id within one CRM), `unknown_currency` (no
+rate for the deal's currency in the rates file), `no_rate_for_date` (the deal's date is before the
+currency's first rate) and `deal_quarantined` (history of a deal quarantined by ingest).
 
 Warnings (reported, nothing quarantined): `deals.amount_present` (blank amounts),
 `deal_history.not_before_creation` (code history_before_creation: changed_at more than one day
