@@ -25,7 +25,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +51,7 @@ _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 MALFORMED_ROW = "malformed_row"
 BLANK_ROW = "blank_row"
+MISSING_REQUIRED_VALUE = "missing_required_value"
 
 
 # --------------------------------------------------------------------------------------------
@@ -811,3 +812,59 @@ def parse_any_booleans(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
     result = pd.array(np.where(true, True, False), dtype="boolean")
     result[~(true | false)] = pd.NA
     return pd.Series(result, index=values.index), ~(true | false | blank)
+
+
+class RowChecks:
+    """Quarantine bookkeeping for a reader's working frame (columns `_file`, `_pos`, `_blank` plus the
+    export's columns): each check flags rows, the first reason a row is flagged for is what the
+    quarantine records, and `bad` marks every flagged row. Blank rows are flagged at once.
+
+    `column_label` names a column as the person fixing the export knows it (a reader whose working
+    columns are canonical names overrides it with the export's header)."""
+
+    def __init__(self, frame: pd.DataFrame, quarantine: "Quarantine") -> None:
+        self.frame = frame
+        self.quarantine = quarantine
+        self.bad = np.zeros(len(frame), dtype=bool)
+        self.flag(frame["_blank"].to_numpy(), BLANK_ROW, None, "the row is empty")
+
+    def column_label(self, column: str) -> str:
+        return column
+
+    def flag(
+        self,
+        mask: np.ndarray | pd.Series,
+        reason_code: str,
+        column: str | None,
+        reason: str | Callable[[pd.DataFrame], Sequence[str]],
+        only_clean: bool = False,
+    ) -> None:
+        """Quarantine the rows of `mask` (only those not flagged yet with `only_clean`); `reason` is
+        one text, or a function giving each flagged row's text."""
+        mask = np.asarray(mask, dtype=bool)
+        if only_clean:
+            mask = mask & ~self.bad
+        if not mask.any():
+            return
+        rows = self.frame.loc[mask]
+        text = reason if isinstance(reason, str) else np.asarray(list(reason(rows)), dtype=object)
+        self.quarantine.add(rows["_file"].to_numpy(), rows["_pos"].to_numpy(), reason_code, column, text)
+        self.bad |= mask
+
+    def blank_required(self, columns: Sequence[str]) -> None:
+        for column in columns:
+            label = self.column_label(column)
+            self.flag(is_blank(self.frame[column]), MISSING_REQUIRED_VALUE, label, f"{label} is blank; expected a value")
+
+    def parsed(
+        self,
+        column: str,
+        parser: Callable[[pd.Series], tuple[pd.Series, np.ndarray]],
+        reason_code: str,
+        expected: str,
+    ) -> pd.Series:
+        """`column` parsed; rows whose value does not parse are flagged with `reason_code`."""
+        values, bad = parser(self.frame[column])
+        label = self.column_label(column)
+        self.flag(bad, reason_code, label, lambda rows: [f"{label}: expected {expected}, got {v!r}" for v in rows[column]])
+        return values

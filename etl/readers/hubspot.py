@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,10 +57,11 @@ import pandas as pd
 from etl.config import ConfigError, ProjectConfig
 from etl.readers import ExportFormatError, ExportReader, FileReport, SourceExport
 from etl.readers.csvfiles import (
-    BLANK_ROW,
+    MISSING_REQUIRED_VALUE,
     CsvHeader,
     CsvTable,
     Quarantine,
+    RowChecks,
     is_blank,
     load_csv,
     parse_numbers,
@@ -69,7 +70,6 @@ from etl.readers.csvfiles import (
 from etl.readers.salesforce import (
     DUPLICATE_ID,
     MISSING_ID,
-    MISSING_REQUIRED_VALUE,
     UNKNOWN_STAGE,
     UNPARSEABLE_AMOUNT,
     UNPARSEABLE_DATE,
@@ -266,48 +266,12 @@ def detect(header: CsvHeader | None, path: Path) -> str | None:
 # Row checks
 
 
-class _Checks:
-    """Quarantine bookkeeping for the working frame of deal rows (one row per file record)."""
+class _Checks(RowChecks):
+    """Row checks of the working frame of deal rows (one row per file record), whose columns are
+    canonical field names: quarantine rows name HubSpot's own column label."""
 
-    def __init__(self, frame: pd.DataFrame, quarantine: Quarantine) -> None:
-        self.frame = frame
-        self.quarantine = quarantine
-        self.bad = np.zeros(len(frame), dtype=bool)
-        self.flag(frame["_blank"].to_numpy(), BLANK_ROW, None, "the row is empty")
-
-    def flag(
-        self,
-        mask: np.ndarray | pd.Series,
-        reason_code: str,
-        column: str | None,
-        reason: str | Callable[[pd.DataFrame], Sequence[str]],
-    ) -> None:
-        mask = np.asarray(mask, dtype=bool)
-        if not mask.any():
-            return
-        rows = self.frame.loc[mask]
-        text = reason if isinstance(reason, str) else np.asarray(list(reason(rows)), dtype=object)
-        self.quarantine.add(rows["_file"].to_numpy(), rows["_pos"].to_numpy(), reason_code, column, text)
-        self.bad |= mask
-
-    def parsed(
-        self,
-        field_name: str,
-        parser: Callable[[pd.Series], tuple[pd.Series, np.ndarray]],
-        reason_code: str,
-        expected: str,
-    ) -> pd.Series:
-        values, bad = parser(self.frame[field_name])
-        self.flag(
-            bad,
-            reason_code,
-            self.label(field_name),
-            lambda rows: [f"{self.label(field_name)}: expected {expected}, got {v!r}" for v in rows[field_name]],
-        )
-        return values
-
-    def label(self, field_name: str) -> str:
-        return COLUMN_ALIASES[field_name][0]
+    def column_label(self, column: str) -> str:
+        return COLUMN_ALIASES[column][0]
 
 
 def _blank_to_na(values: pd.Series) -> pd.Series:
@@ -533,7 +497,7 @@ def read_hubspot(files: Mapping[str, Sequence[Path]], project: ProjectConfig) ->
             ],
         )
     for field_name in ("stage", "create_date"):
-        label = checks.label(field_name)
+        label = checks.column_label(field_name)
         checks.flag(is_blank(frame[field_name]), MISSING_REQUIRED_VALUE, label, f"{label} is blank; expected a value")
     frame["created_at"] = checks.parsed("create_date", parse_timestamps, UNPARSEABLE_DATE, _DATE)
     frame["close_at"] = checks.parsed("close_date", parse_timestamps, UNPARSEABLE_DATE, _DATE).dt.normalize()

@@ -408,7 +408,7 @@ def _read_lookup(
     """A lookup file's accepted rows indexed by key (text, "" where blank) and rows kept per file.
     Blank rows, blank keys and repeated keys (the first is kept) are quarantined."""
     wanted = sorted({col for canon in spec.columns for name, col in [spec.source_of(canon)] if name == lookup.name})
-    parts, checks_list = [], []
+    parts = []
     for path in paths:
         key, table = _load(path, spec, f"{spec.source_system} lookup {lookup.name!r}", [lookup.key, *wanted], quarantine)
         part = pd.DataFrame({c: table.text(c) for c in dict.fromkeys([lookup.key, *wanted])})

@@ -21,7 +21,7 @@ Every row read ends up either as a canonical row (or lookup entry) or in quarant
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +32,10 @@ from etl.config import ProjectConfig, SalesforceSourceConfig
 from etl.pipeline_state import prepare_history
 from etl.readers import HISTORY_GAP_COLUMNS, ExportFormatError, ExportReader, FileReport, SourceExport
 from etl.readers.csvfiles import (
-    BLANK_ROW,
     CsvHeader,
     CsvTable,
     Quarantine,
+    RowChecks,
     is_blank,
     load_csv,
     parse_booleans,
@@ -94,7 +94,6 @@ DEFAULT_LOST_STAGE = "Closed Lost"
 DELETED_IN_CRM = "deleted_in_crm"
 MISSING_ID = "missing_id"
 DUPLICATE_ID = "duplicate_id"
-MISSING_REQUIRED_VALUE = "missing_required_value"
 UNPARSEABLE_DATE = "unparseable_date"
 UNPARSEABLE_AMOUNT = "unparseable_amount"
 UNPARSEABLE_NUMBER = "unparseable_number"
@@ -141,59 +140,6 @@ def detect(header: CsvHeader | None, path: Path) -> str | None:
 # Row checks
 
 
-class _RowChecks:
-    """Quarantine bookkeeping for one working frame (rows of one or more files of a format)."""
-
-    def __init__(self, frame: pd.DataFrame, quarantine: Quarantine) -> None:
-        self.frame = frame
-        self.quarantine = quarantine
-        self.bad = np.zeros(len(frame), dtype=bool)
-        self.flag(frame["_blank"].to_numpy(), BLANK_ROW, None, "the row is empty")
-
-    def flag(
-        self,
-        mask: np.ndarray | pd.Series,
-        reason_code: str,
-        column: str | None,
-        reason: str | Callable[[pd.DataFrame], Sequence[str]],
-        only_clean: bool = False,
-    ) -> None:
-        mask = np.asarray(mask, dtype=bool)
-        if only_clean:
-            mask = mask & ~self.bad
-        if not mask.any():
-            return
-        rows = self.frame.loc[mask]
-        text = reason if isinstance(reason, str) else np.asarray(list(reason(rows)), dtype=object)
-        self.quarantine.add(rows["_file"].to_numpy(), rows["_pos"].to_numpy(), reason_code, column, text)
-        self.bad |= mask
-
-    def blank_required(self, columns: Sequence[str]) -> None:
-        for column in columns:
-            self.flag(
-                is_blank(self.frame[column]),
-                MISSING_REQUIRED_VALUE,
-                column,
-                f"{column} is blank; expected a value",
-            )
-
-    def parsed(
-        self,
-        column: str,
-        parser: Callable[[pd.Series], tuple[pd.Series, np.ndarray]],
-        reason_code: str,
-        expected: str,
-    ) -> pd.Series:
-        values, bad = parser(self.frame[column])
-        self.flag(
-            bad,
-            reason_code,
-            column,
-            lambda rows: [f"{column}: expected {expected}, got {v!r}" for v in rows[column]],
-        )
-        return values
-
-
 _DATE = "a date-time like 2024-05-31 14:03:00 (or ISO 8601)"
 _NUMBER = "a number like 1234.5"
 _BOOLEAN = "0, 1, true or false"
@@ -233,7 +179,7 @@ def _load(paths: Sequence[Path], fmt: str, quarantine: Quarantine) -> list[tuple
     return loaded
 
 
-def _deleted_and_ids(checks: _RowChecks, what: str) -> None:
+def _deleted_and_ids(checks: RowChecks, what: str) -> None:
     """IsDeleted rows, blank Ids and repeated Ids (the first live occurrence is kept)."""
     frame = checks.frame
     deleted, _ = parse_booleans(frame["IsDeleted"])
@@ -274,7 +220,7 @@ def _read_lookup(
     if not tables:
         return pd.DataFrame(columns=list(columns)).set_index(pd.Index([], dtype="str", name="Id")), {}
     frame = _working_frame(tables, {"Id": "Id", "IsDeleted": "IsDeleted", **columns})
-    checks = _RowChecks(frame, quarantine)
+    checks = RowChecks(frame, quarantine)
     _deleted_and_ids(checks, what)
     checks.flag(
         parse_booleans(frame["IsDeleted"])[1],
@@ -530,7 +476,7 @@ def _read_opportunities(
     quarantine: Quarantine,
     project: ProjectConfig,
     settings: SalesforceSourceConfig,
-) -> tuple[pd.DataFrame, _RowChecks, StageCatalog, list[PipelineStages]]:
+) -> tuple[pd.DataFrame, RowChecks, StageCatalog, list[PipelineStages]]:
     standard = (
         "Id", "IsDeleted", "Name", "StageName", "StageSortOrder", "Amount", "Probability", "CloseDate",
         "CreatedDate", "IsClosed", "IsWon", "LastStageChangeDate", "CurrencyIsoCode", "AccountId", "OwnerId",
@@ -548,7 +494,7 @@ def _read_opportunities(
     frame["has_sort_order_column"] = np.concatenate(
         [np.full(len(t), t.has("StageSortOrder")) for _, t in tables]
     )
-    checks = _RowChecks(frame, quarantine)
+    checks = RowChecks(frame, quarantine)
     _deleted_and_ids(checks, "opportunity")
     checks.blank_required(["StageName", "CreatedDate", "CloseDate"])
     frame["created_at"] = checks.parsed("CreatedDate", parse_timestamps, UNPARSEABLE_DATE, _DATE)
@@ -601,9 +547,9 @@ def _read_history(
     quarantine: Quarantine,
     project: ProjectConfig,
     deals: pd.DataFrame,
-    deal_checks: _RowChecks,
+    deal_checks: RowChecks,
     catalog: StageCatalog,
-) -> tuple[pd.DataFrame | None, _RowChecks | None]:
+) -> tuple[pd.DataFrame | None, RowChecks | None]:
     if not tables:
         return None, None
     standard = (
@@ -612,7 +558,7 @@ def _read_history(
     )  # fmt: skip
     columns: dict[str, str | None] = {c: c for c in standard}
     frame = _working_frame(tables, columns)
-    checks = _RowChecks(frame, quarantine)
+    checks = RowChecks(frame, quarantine)
     deleted, _ = parse_booleans(frame["IsDeleted"])
     checks.flag(
         deleted.fillna(False).to_numpy(dtype=bool),
