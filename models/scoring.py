@@ -573,20 +573,27 @@ def train_scorer(training: TrainingSet, config: ModelConfig, as_of: dt.date) -> 
     beats_baselines = None
     if eligible:
         train_part, cal_part = frame.loc[is_train], frame.loc[is_cal]
+        # A feature with no value at all in the training slice carries nothing to learn (e.g. the
+        # account win rate of a source without accounts); the model leaves it out and says so.
+        model_features = [f for f in training.feature_names if train_part[f].notna().any()]
+        empty_features = [f for f in training.feature_names if f not in model_features]
+        if empty_features:
+            logger.warning("features without any value in the training slice, left out: %s", empty_features)
+            run_params["features_without_values"] = empty_features
         logger.info("fitting the deal model on %d rows, calibrating on %d", len(train_part), len(cal_part))
         pipeline, rounds = fit_model(
-            training.feature_names, params,
+            model_features, params,
             train_part, labels[is_train], cal_part, labels[is_cal],
         )
         run_params["boosting_rounds"] = rounds
         calibration_method = "isotonic" if len(cal_part) >= ISOTONIC_MIN_ROWS else "sigmoid"
         calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=calibration_method)
-        calibrated.fit(cal_part[training.feature_names], labels[is_cal])
+        calibrated.fit(cal_part[model_features], labels[is_cal])
         # Eligible implies the training slice holds both outcomes, so `common` was learnt on it.
         model_scorer = CalibratedModelScorer(
             estimator=calibrated,
             calibration_method=calibration_method,
-            feature_names=training.feature_names,
+            feature_names=model_features,
             **common,
         )
         predictions["model"] = model_scorer.predict_proba(test)

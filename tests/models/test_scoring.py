@@ -221,3 +221,15 @@ def test_reliability_table_matches_the_test_predictions(trained):
     expected = reliability_table(predictions["label"], predictions["model"])
     pd.testing.assert_frame_equal(trained.reliability, expected)
     assert len(trained.metrics["reliability"]) == 10
+
+
+def test_a_feature_without_any_value_is_left_out_not_fatal(training):
+    """A source with no accounts has no account win rate anywhere: histogram binning cannot bin a
+    column with no values, so the model leaves the feature out and records it in its parameters."""
+    import dataclasses
+
+    blank = training.frame.assign(account_prior_win_rate=np.nan, account_prior_closed=np.nan)
+    result = train_scorer(dataclasses.replace(training, frame=blank), TEST_CONFIG, AS_OF)
+    assert result.scorer.scoring_method in (METHOD_MODEL, "crm_probability", METHOD_STAGE_RATE)
+    assert set(result.metrics["params"]["features_without_values"]) == {"account_prior_win_rate", "account_prior_closed"}
+    assert 0.0 < result.metrics["log_loss"] < 0.693
