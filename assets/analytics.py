@@ -26,8 +26,7 @@ def stage_conversion(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
         resolved.project.fiscal_year_start_month,
     )
-    with warehouse.for_run(context, resolved.as_of) as writer:
-        writer.write("stage_conversion", frame)
+    warehouse.publish(context, resolved.as_of, "stage_conversion", frame)
     overall = frame[(frame.period_grain == "all") & (frame.segment_type == "all") & (frame.funnel_mode == "any_order")]
     return dg.Output(
         frame,
@@ -53,8 +52,7 @@ def stage_durations(
     """Median, mean and p90 days in each stage, with the stall threshold per stage."""
     resolved = run_settings(context, settings)
     frame = metrics.stage_durations(deals, stage_events, StageCatalog.from_frame(pipeline_stages), resolved.as_of)
-    with warehouse.for_run(context, resolved.as_of) as writer:
-        writer.write("stage_durations", frame)
+    warehouse.publish(context, resolved.as_of, "stage_durations", frame)
     overall = frame[frame.segment_type == "all"]
     return dg.Output(
         frame,
@@ -83,8 +81,7 @@ def velocity(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
         resolved.project.fiscal_year_start_month, model_scores=deal_scores[["deal_id", "win_probability"]],
     )
-    with warehouse.for_run(context, resolved.as_of) as writer:
-        writer.write("velocity", frame)
+    warehouse.publish(context, resolved.as_of, "velocity", frame)
     recent = frame[(frame.period_grain == "quarter") & (frame.segment_type == "all")].tail(8)
     return dg.Output(
         frame,

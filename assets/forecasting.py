@@ -36,8 +36,7 @@ def forecast_quarterly(
         fiscal_year_start_month=resolved.project.fiscal_year_start_month,
         draws=forecast_cfg.draws, seed=forecast_cfg.seed, model_version=deal_scoring_model.scorer.version,
     )
-    with warehouse.for_run(context, resolved.as_of) as writer:
-        writer.write("forecast_quarterly", frame)
+    warehouse.publish(context, resolved.as_of, "forecast_quarterly", frame)
     totals = frame[frame.segment_type == "all"]
     return dg.Output(
         frame,

@@ -85,6 +85,12 @@ class WarehouseResource(dg.ConfigurableResource):
         yield RunWriter(warehouse, as_of, run_id)
 
 
+    def publish(self, context: dg.AssetExecutionContext, as_of: dt.date, table: str, frame: pd.DataFrame) -> int:
+        """Write one table's rows for `as_of` as this run (see `for_run`); returns the rows written."""
+        with self.for_run(context, as_of) as writer:
+            return writer.write(table, frame)
+
+
 class RunWriter:
     """Writes one run's tables for its as_of (atomic per call, fenced by the run's claim)."""
 

@@ -94,8 +94,7 @@ def deal_scores(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
         deal_scoring_model.scorer, close_timing, resolved.project.fiscal_year_start_month,
     )
-    with warehouse.for_run(context, resolved.as_of) as writer:
-        writer.write("deal_scores", frame)
+    warehouse.publish(context, resolved.as_of, "deal_scores", frame)
     bands = frame.groupby("score_band").agg(deals=("deal_id", "size"), expected_value=("expected_value", "sum")).reset_index()
     return dg.Output(
         frame,
@@ -126,8 +125,7 @@ def model_runs(
     resolved = run_settings(context, settings)
     trained_at = pd.Timestamp(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
     row = model_runs_row(deal_scoring_model, resolved.as_of, trained_at)
-    with warehouse.for_run(context, resolved.as_of) as writer:
-        writer.write("model_runs", pd.DataFrame([row]))
+    warehouse.publish(context, resolved.as_of, "model_runs", pd.DataFrame([row]))
     return dg.MaterializeResult(
         metadata={
             "model_version": row["model_version"],
