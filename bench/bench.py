@@ -105,7 +105,7 @@ def main() -> int:
         outcome = validate_crm(
             ingest.deals, ingest.history, ingest.quarantine,
             file_counts(ingest),
-            ingest.stages, project.validation, args.as_of,
+            ingest.stages, project.validation, args.as_of, raw_results=ingest.raw_checks, currencies=ingest.currencies,
         )
         r["detail"] = f"{len(outcome.results)} checks, {len(outcome.quarantine):,} rows quarantined"
     stages = ingest.stages

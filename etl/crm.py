@@ -16,10 +16,10 @@ import pandas as pd
 
 from etl.config import Settings
 from etl.ingest import LOOKUP_FORMATS, IngestResult, detect_format, read_exports
-from etl.pipeline_state import prepare_history, stage_events
+from etl.pipeline_state import as_of_end, prepare_history, stage_events
 from etl.stages import StageCatalog
 from etl.tables import TABLES
-from etl.validation import FileCount, ValidationOutcome, validate_crm
+from etl.validation import FileCount, ValidationOutcome, validate_crm, validate_stage_events
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def file_counts(ingest: IngestResult) -> list[FileCount]:
     """What each input file contributed, for the reconciliation: rows read, and for lookup files
     (owners, accounts) the rows the reader kept as lookup entries."""
     return [
-        FileCount(str(f.path), f.rows_read, f.rows_accepted if f.format in LOOKUP_FORMATS else 0)
+        FileCount(str(f.path), f.rows_read, f.rows_accepted if f.format in LOOKUP_FORMATS else 0, dict(f.columns))
         for f in ingest.files
     ]
 
@@ -103,9 +103,11 @@ def load_crm(settings: Settings, previous_deal_count: int | None = None) -> CrmL
         settings.project.validation,
         settings.as_of,
         previous_deal_count,
+        raw_results=ingest.raw_checks, currencies=ingest.currencies,
     )
     history = prepare_history(outcome.deals, outcome.history, ingest.stages)
     events = stage_events(history, settings.as_of)
+    outcome.add_results(*validate_stage_events(events, outcome.deals, as_of_end(settings.as_of)))
     return CrmLoad(
         ingest=ingest,
         validation=outcome,

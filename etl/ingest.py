@@ -41,7 +41,7 @@ from etl.currency import convert_to_reporting, find_rates_file, load_rates
 from etl.readers import HISTORY_GAP_COLUMNS, ExportFormatError, ExportReader, FileReport, SourceExport
 from etl.readers import hubspot, mapped, pipedrive, salesforce
 from etl.readers.csvfiles import sniff_header
-from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, QUARANTINE_COLUMNS, empty_frame
+from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, DQ_RESULT_COLUMNS, QUARANTINE_COLUMNS, empty_frame
 from etl.stages import StageCatalog
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,10 @@ class IngestResult:
     skipped_files: list[Path]
     stages: StageCatalog
     history_gaps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HISTORY_GAP_COLUMNS))
+    # The currencies an amount may be in: the reporting currency and those of the rates file.
+    currencies: list[str] = field(default_factory=list)
+    # data_quality_results rows of the raw suites each reader ran on its files as written.
+    raw_checks: pd.DataFrame = field(default_factory=lambda: empty_frame(DQ_RESULT_COLUMNS))
 
 
 def known_formats() -> dict[str, ExportReader]:
@@ -207,6 +211,7 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
     history = _concat([e.history for e in exports], DEAL_HISTORY_COLUMNS)
     quarantine = _concat([e.quarantine for e in exports], QUARANTINE_COLUMNS)
     gaps = [e.history_gaps for e in exports if e.history_gaps is not None and not e.history_gaps.empty]
+    raw_checks = [e.raw_checks for e in exports if e.raw_checks is not None and not e.raw_checks.empty]
     files = [report for e in exports for report in e.files]
 
     file_rank = {str(p): i for i, p in enumerate(listed)}
@@ -232,6 +237,8 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
         skipped_files=skipped,
         stages=stages,
         history_gaps=pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame(columns=HISTORY_GAP_COLUMNS),
+        raw_checks=pd.concat(raw_checks, ignore_index=True) if raw_checks else empty_frame(DQ_RESULT_COLUMNS),
+        currencies=sorted({project.reporting_currency, *(rates.currencies if rates is not None else [])}),
     )
 
 

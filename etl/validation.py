@@ -29,6 +29,7 @@ in the order that decides `reason_code`:
                           time, so a deal created and closed the same day is fine)
   amount_out_of_range     amount outside [min_amount, max_amount], or not a number (a blank amount
                           is accepted and counted by the warning `deals.amount_present`)
+  unknown_currency        currency neither the reporting currency nor one of the rates file's
 Deal history, in order:
   missing_id              deal_id is blank
   orphan_history          the deal is not among the deals read
@@ -66,12 +67,15 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from great_expectations.data_context.types.base import (
     DataContextConfig,
     InMemoryStoreBackendDefaults,
@@ -117,6 +121,7 @@ DEAL_QUARANTINED = "deal_quarantined"
 AMOUNT_MISSING = "amount_missing"
 HISTORY_BEFORE_CREATION = "history_before_creation"
 HISTORY_OUT_OF_ORDER = "history_out_of_order"
+UNKNOWN_CURRENCY = "unknown_currency"
 
 CHECK_DEALS_NOT_EMPTY = "deals.deals_not_empty"
 CHECK_QUARANTINE_SHARE = "deals.quarantine_share"
@@ -161,6 +166,8 @@ class FileCount:
     source_file: str
     rows_read: int
     lookup_rows: int = 0
+    # Canonical column -> the file's header for it (quarantine rows name the file's column).
+    columns: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -206,6 +213,11 @@ class ValidationOutcome:
         if rows is None or rows.empty or n <= 0:
             return []
         return json.loads(rows.head(n).to_json(orient="records", date_format="iso", date_unit="s"))
+
+    def add_results(self, results: pd.DataFrame, failures: dict[str, pd.DataFrame]) -> None:
+        """Append the results (and failing-row samples) of a suite run after `validate_crm`."""
+        self.results = pd.concat([self.results, results], ignore_index=True)
+        self.failures.update({name: _sample_frame(frame) for name, frame in failures.items()})
 
     def report_markdown(self) -> str:
         """A readable summary: blocking failures, every check, quarantined rows per reason and the
@@ -502,8 +514,12 @@ class _Window:
         return describe
 
 
-def _deal_checks(stages: StageCatalog, config: ValidationConfig, window: _Window) -> list[_RowCheck]:
-    """The deals suite, in the order that decides a quarantined row's reason_code."""
+def _deal_checks(
+    stages: StageCatalog, config: ValidationConfig, window: _Window, currencies: list[str] | None = None
+) -> list[_RowCheck]:
+    """The deals suite, in the order that decides a quarantined row's reason_code. With
+    `currencies` (the reporting currency and those of the rates file), a deal in any other currency
+    is quarantined as unknown_currency."""
     statuses = list(STATUSES)
     pipelines = stages.names
     amount_range = f"[{config.min_amount:,.2f}, {config.max_amount:,.2f}]"
@@ -594,6 +610,12 @@ def _deal_checks(stages: StageCatalog, config: ValidationConfig, window: _Window
                   gxe.ExpectColumnValuesToBeBetween(column="amount", min_value=config.min_amount,
                                                     max_value=config.max_amount, meta=meta("deals.amount_in_range")),
                   amount_text),
+        *([_RowCheck("deals.currency_known", d, SEVERITY_ROW, UNKNOWN_CURRENCY, "currency",
+                     f"currency blank or one of {', '.join(currencies)} (the reporting currency and the rates file's)",
+                     gxe.ExpectColumnValuesToBeInSet(column="currency", value_set=list(currencies),
+                                                     meta=meta("deals.currency_known")),
+                     lambda src, work: "currency " + _quoted(src["currency"]) + " has no exchange rate into the "
+                     f"reporting currency (known: {', '.join(currencies)})")] if currencies else []),
         _RowCheck("deals.amount_present", d, SEVERITY_WARNING, AMOUNT_MISSING, "amount",
                   "amount not blank (blank amounts are accepted)",
                   gxe.ExpectColumnValuesToNotBeNull(column="amount", meta=meta("deals.amount_present")),
@@ -680,6 +702,7 @@ def _deal_work_frame(deals: pd.DataFrame, stages: StageCatalog) -> pd.DataFrame:
             "expected_close_date": _checkable_datetime(deals["expected_close_date"]),
             "closed_at": _checkable_datetime(deals["closed_at"]),
             "amount": _numeric_amount(deals["amount"]),
+            "currency": _categorical(deals["currency"]),
         },
         deals.index,
     )
@@ -784,6 +807,21 @@ class _Failures:
             }
         )
         return conform(out, QUARANTINE_COLUMNS, "quarantine")
+
+
+def _file_column_names(quarantine: pd.DataFrame, files: list[FileCount]) -> pd.DataFrame:
+    """Quarantine rows whose column is a canonical name, renamed to the header of their file."""
+    pairs = [(f.source_file, canonical, header) for f in files for canonical, header in f.columns.items()]
+    if not pairs or quarantine.empty:
+        return quarantine
+    names = pd.DataFrame(pairs, columns=["source_file", "column", "header"]).astype("object")
+    keys = quarantine[["source_file", "column"]].astype("object")
+    header = keys.merge(names, on=["source_file", "column"], how="left")["header"].to_numpy()
+    renamed = quarantine.copy()
+    renamed["column"] = pd.Series(np.where(pd.isna(header), keys["column"].to_numpy(), header), index=quarantine.index).astype(
+        quarantine["column"].dtype
+    )
+    return renamed
 
 
 def _merge_quarantines(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -902,12 +940,16 @@ def validate_crm(
     config: ValidationConfig,
     as_of: dt.date,
     previous_deal_count: int | None = None,
+    raw_results: pd.DataFrame | None = None,
+    currencies: list[str] | None = None,
 ) -> ValidationOutcome:
     """Validate one run's canonical CRM frames (see the module docstring for every check).
 
     Accepted rows are returned unchanged (same columns, dtypes and values as read). Row-level
     problems quarantine the row; dataset-level problems show up in `blocking_failures`.
-    `previous_deal_count` is the previous run's accepted deal count (None on a first run).
+    `previous_deal_count` is the previous run's accepted deal count (None on a first run);
+    `raw_results` are the results of the readers' raw suites (`validate_raw_rows`), reported first;
+    `currencies` the currencies amounts may be in (None: not checked).
     """
     deals = _require_columns(deals, DEAL_COLUMNS, "deals")
     history = _require_columns(history, DEAL_HISTORY_COLUMNS, "deal_history")
@@ -918,7 +960,7 @@ def validate_crm(
             raise ValueError(f"validate_crm: file {f.source_file!r} is listed twice in the reader's file counts")
         seen.add(f.source_file)
     window = _Window.for_run(config, as_of)
-    deal_checks = _deal_checks(stages, config, window)
+    deal_checks = _deal_checks(stages, config, window, currencies)
     history_checks = _history_checks(window)
 
     with _quiet_great_expectations():
@@ -961,6 +1003,7 @@ def validate_crm(
     quarantine = _merge_quarantines(
         [reader, deal_failures.quarantine(deals, deal_work), history_failures.quarantine(history, history_work)]
     )
+    quarantine = _file_column_names(quarantine, files)
     reconciliation = _reconcile(files, [accepted_deals, accepted_history], quarantine)
 
     rows = [_reader_result(reader, reconciliation, details)]
@@ -978,6 +1021,9 @@ def validate_crm(
     rows += _reconciliation_results(reconciliation, seen, details)
 
     results = conform(pd.DataFrame(rows, columns=list(DQ_RESULT_COLUMNS)), DQ_RESULT_COLUMNS, "data_quality_results")
+    if raw_results is not None and not raw_results.empty:
+        raw = conform(raw_results, DQ_RESULT_COLUMNS, "raw suite results")
+        results = pd.concat([raw, results], ignore_index=True)
     outcome = ValidationOutcome(
         deals=accepted_deals,
         history=accepted_history,
@@ -989,6 +1035,253 @@ def validate_crm(
     )
     _log_summary(outcome)
     return outcome
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw source suites: each export file's columns as written, before any parsing
+# ---------------------------------------------------------------------------------------------
+
+# How a value must be written to parse (etl.readers.csvfiles.parse_numbers / parse_timestamps /
+# parse_booleans); blank values are not checked here (each reader says which columns need one).
+NUMBER_FORM = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+DATE_FORM = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+BOOLEAN_FORM = r"^([01]|[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"
+RAW_CHECK_PREFIX = "raw"
+
+
+@dataclass(frozen=True)
+class RawForm:
+    """A column whose non-blank values must match `pattern` (a regular expression)."""
+
+    column: str
+    kind: str  # number, date, boolean, ...: names the check
+    pattern: str
+    reason_code: str  # the code the reader quarantines a value that does not parse with
+    digit_blind: bool = True  # the pattern treats every digit alike (checked on shapes, see below)
+
+
+@dataclass(frozen=True)
+class RawRules:
+    """What a reader expects of the columns of one export format, checked with Great
+    Expectations on the text as written. Column names are the reader's working-frame names;
+    a column the file does not have is skipped."""
+
+    not_blank: tuple[str, ...] = ()
+    unique: tuple[str, ...] = ()
+    forms: tuple[RawForm, ...] = ()
+
+    @classmethod
+    def standard(
+        cls,
+        not_blank: tuple[str, ...] = (),
+        unique: tuple[str, ...] = (),
+        numbers: tuple[str, ...] = (),
+        dates: tuple[str, ...] = (),
+        booleans: tuple[str, ...] = (),
+        number_code: str = "unparseable_number",
+        date_code: str = "unparseable_date",
+        boolean_code: str = "unparseable_boolean",
+        amounts: tuple[str, ...] = (),
+    ) -> "RawRules":
+        """Rules for columns parsed with the standard parsers (plain numbers, ISO dates, 0/1/true/false)."""
+        forms = [RawForm(c, "number", NUMBER_FORM, "unparseable_amount") for c in amounts]
+        forms += [RawForm(c, "number", NUMBER_FORM, number_code) for c in numbers]
+        forms += [RawForm(c, "date", DATE_FORM, date_code) for c in dates]
+        forms += [RawForm(c, "boolean", BOOLEAN_FORM, boolean_code, digit_blind=False) for c in booleans]
+        return cls(not_blank=not_blank, unique=unique, forms=tuple(forms))
+
+
+def _raw_check_name(source_file: str, label: str, kind: str) -> str:
+    name = f"{RAW_CHECK_PREFIX}[{Path(source_file).name}].{label}.{kind}"
+    return name if len(name) <= CHECK_NAME_MAX else name[: CHECK_NAME_MAX - 3] + "..."
+
+
+def _distinct(values: pd.Series) -> tuple[np.ndarray, pa.Array]:
+    """Each row's code into the column's distinct written values (-1 for blank), and those values."""
+    text = pa.array(values, type=pa.large_string())
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    encoded = pc.dictionary_encode(text)
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    dictionary = encoded.dictionary
+    blank = pc.equal(pc.utf8_length(dictionary), 0).to_numpy(zero_copy_only=False)
+    if blank.any():
+        codes[np.isin(codes, np.flatnonzero(blank))] = -1
+    return codes, dictionary
+
+
+def _shapes(values: pa.Array) -> pa.Array:
+    """Each value with every digit written as 9: "2024-01-31" and "1999-12-01" share a shape."""
+    for digit in "012345678":
+        values = pc.replace_substring(values, digit, "9")
+    return values
+
+
+def validate_raw_rows(
+    frame: pd.DataFrame,
+    files: dict[int, str],
+    rules: RawRules,
+    label: Callable[[int, str], str],
+    format_label: str,
+) -> pd.DataFrame:
+    """Run the raw suite of one export format on a reader's working frame: text columns as
+    written ("" for blank) plus `_file` (the file key of each row, a key of `files`). Returns one
+    `data_quality_results` row per file and check (asset crm_exports, severity "row": the reader
+    quarantines each failing row with the check's reason code). `label(file_key, column)` is the
+    column's header in that file.
+
+    Great Expectations sees each column as a categorical of its distinct written values (cheap to
+    hash and scan). A form check runs on the distinct shapes of the values (every digit written
+    as 9, when the form treats all digits alike), so five million timestamps cost a few dozen
+    regular-expression matches; a failing shape fails every row written in it."""
+    columns = [c for c in dict.fromkeys([*rules.not_blank, *rules.unique, *(f.column for f in rules.forms)]) if c in frame]
+    distinct = {c: _distinct(frame[c]) for c in columns}
+    expectations: list[Any] = []
+    described: dict[str, tuple[str, str, str]] = {}
+    work = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    for column in rules.not_blank:
+        if column in distinct:
+            name = f"{column}.not_blank"
+            codes, values = distinct[column]
+            work[name] = pd.Categorical.from_codes(codes, categories=pd.Index(np.arange(len(values))))
+            expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=name, meta={"check_name": name}))
+            described[name] = (column, "not_blank", "a value in every row (blank rows are quarantined)")
+    for column in rules.unique:
+        if column in distinct:
+            name = f"{column}.unique"
+            codes, values = distinct[column]
+            work[name] = pd.Categorical.from_codes(codes, categories=pd.Index(np.arange(len(values))))
+            expectations.append(gxe.ExpectColumnValuesToBeUnique(column=name, meta={"check_name": name}))
+            described[name] = (column, "unique", "each value once (repeats are quarantined as duplicate_id)")
+    failing: dict[str, np.ndarray] = {}
+    with _quiet_great_expectations():
+        session = _GxSession()
+        if expectations:
+            results = session.validate(f"raw {format_label}", work, expectations)
+            failing = {name: _failing_rows(results[name], name) for name in results}
+        for form in rules.forms:
+            if form.column not in distinct:
+                continue
+            name = f"{form.column}.{form.kind}"
+            codes, values = distinct[form.column]
+            shape_of_value, shapes = _distinct(pd.Series(_shapes(values) if form.digit_blind else values, dtype="str"))
+            check = gxe.ExpectColumnValuesToMatchRegex(column="value", regex=form.pattern, meta={"check_name": name})
+            checked = pd.DataFrame({"value": pd.Series(shapes.to_pylist(), dtype=object)})
+            bad_shapes = _failing_rows(session.validate(f"raw {format_label} {name}", checked, [check])[name], name)
+            bad_values = np.flatnonzero(np.isin(shape_of_value, bad_shapes))
+            failing[name] = np.flatnonzero(np.isin(codes, bad_values))
+            described[name] = (
+                form.column, form.kind,
+                f"blank or written as a {form.kind} (others are quarantined as {form.reason_code})",
+            )
+    file_keys = frame["_file"].to_numpy(dtype=np.int64)
+    rows_per_file = pd.Series(file_keys).value_counts()
+    out = []
+    for name, (column, kind, expected) in described.items():
+        failing_per_file = pd.Series(file_keys[failing[name]]).value_counts()
+        for key, path in files.items():
+            total = int(rows_per_file.get(key, 0))
+            count = int(failing_per_file.get(key, 0))
+            header = label(key, column)
+            out.append(
+                _result(
+                    _raw_check_name(path, header, kind), ASSET_EXPORTS, count == 0, SEVERITY_ROW,
+                    _count_text(count, total), f"{header}: {expected}", count,
+                )
+            )
+    if not out:
+        return empty_frame(DQ_RESULT_COLUMNS)
+    return conform(pd.DataFrame(out, columns=list(DQ_RESULT_COLUMNS)), DQ_RESULT_COLUMNS, "data_quality_results")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage events: the rebuilt stays in each stage, checked before they are published
+# ---------------------------------------------------------------------------------------------
+
+ASSET_STAGE_EVENTS = "stage_events"
+CHECK_EVENTS_DEAL_KNOWN = "stage_events.deal_known"
+CHECK_EVENTS_STAGE_KNOWN = "stage_events.stage_known"
+CHECK_EVENTS_TIME_ORDER = "stage_events.entered_in_time_order"
+CHECK_EVENTS_EXIT_AFTER_ENTRY = "stage_events.exited_not_before_entered"
+CHECK_EVENTS_DAYS = "stage_events.days_in_stage_not_negative"
+CHECK_EVENTS_NOT_FUTURE = "stage_events.entered_by_as_of"
+
+
+def validate_stage_events(
+    events: pd.DataFrame, deals: pd.DataFrame, as_of_end: pd.Timestamp
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The `stage_events` suite (blocking: stage events are rebuilt from accepted history, so a
+    failure means the rebuild itself is wrong and nothing may be published): every event belongs to
+    an accepted deal and to a stage of its pipeline; a deal's events are in time order; no stay ends
+    before it begins or lasts a negative number of days; nothing is dated after the end of as_of.
+
+    `events` is `etl.pipeline_state.stage_events` output (sorted by deal, then time). Returns the
+    `data_quality_results` rows and, per check, its first failing events."""
+    deal_codes, _ = pd.factorize(events["deal_id"])
+    entered = _checkable_datetime(events["entered_at"])
+    previous = entered.groupby(deal_codes).shift(1)
+    work = pd.DataFrame(
+        {
+            "deal_known": pd.Index(deals["deal_id"]).get_indexer(events["deal_id"]) >= 0,
+            "stage_order": events["stage_order"].astype("Float64").astype("float64"),
+            "entered_at": entered,
+            "previous_entered_at": previous,
+            "exited_at": _checkable_datetime(events["exited_at"]),
+            "days_in_stage": events["days_in_stage"].astype("float64"),
+        }
+    )
+
+    def meta(name: str) -> dict:
+        return {"check_name": name}
+
+    checks = {
+        CHECK_EVENTS_DEAL_KNOWN: (
+            "every event belongs to an accepted deal",
+            gxe.ExpectColumnValuesToBeInSet(column="deal_known", value_set=[True], meta=meta(CHECK_EVENTS_DEAL_KNOWN)),
+        ),
+        CHECK_EVENTS_STAGE_KNOWN: (
+            "every event's stage is a stage of its pipeline",
+            gxe.ExpectColumnValuesToNotBeNull(column="stage_order", meta=meta(CHECK_EVENTS_STAGE_KNOWN)),
+        ),
+        CHECK_EVENTS_TIME_ORDER: (
+            "each deal's events in time order (entered_at never before the previous event's)",
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A="entered_at", column_B="previous_entered_at", or_equal=True,
+                ignore_row_if="either_value_is_missing", meta=meta(CHECK_EVENTS_TIME_ORDER),
+            ),
+        ),
+        CHECK_EVENTS_EXIT_AFTER_ENTRY: (
+            "exited_at on or after entered_at",
+            gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+                column_A="exited_at", column_B="entered_at", or_equal=True,
+                ignore_row_if="either_value_is_missing", meta=meta(CHECK_EVENTS_EXIT_AFTER_ENTRY),
+            ),
+        ),
+        CHECK_EVENTS_DAYS: (
+            "days_in_stage blank or at least 0",
+            gxe.ExpectColumnValuesToBeBetween(column="days_in_stage", min_value=0, meta=meta(CHECK_EVENTS_DAYS)),
+        ),
+        CHECK_EVENTS_NOT_FUTURE: (
+            f"entered_at at or before the end of as_of ({as_of_end})",
+            gxe.ExpectColumnValuesToBeBetween(
+                column="entered_at", max_value=as_of_end.to_pydatetime(), meta=meta(CHECK_EVENTS_NOT_FUTURE)
+            ),
+        ),
+    }
+    with _quiet_great_expectations():
+        results = _GxSession().validate("stage_events", work, [expectation for _, expectation in checks.values()])
+    rows, failures = [], {}
+    for name, (expected, _) in checks.items():
+        failing = _failing_rows(results[name], name)
+        failures[name] = events.iloc[failing[:SAMPLE_ROWS_KEPT]][
+            ["deal_id", "stage", "entered_at", "exited_at", "days_in_stage"]
+        ].reset_index(drop=True)
+        rows.append(
+            _result(name, ASSET_STAGE_EVENTS, len(failing) == 0, SEVERITY_ERROR,
+                    _count_text(len(failing), len(events), "events"), expected, len(failing))
+        )
+    frame = conform(pd.DataFrame(rows, columns=list(DQ_RESULT_COLUMNS)), DQ_RESULT_COLUMNS, "data_quality_results")
+    return frame, failures
 
 
 def _history_work_frame(

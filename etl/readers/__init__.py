@@ -51,6 +51,9 @@ class FileReport:
     sha256: str
     rows_accepted: int = 0
     rows_quarantined: int = 0
+    # Canonical column -> the file's own header for it, so that a problem found in a canonical
+    # column (etl.validation) names the column the person fixing the export knows.
+    columns: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -68,6 +71,8 @@ class SourceExport:
     files: list[FileReport]
     pipelines: list[PipelineStages] = field(default_factory=list)
     history_gaps: pd.DataFrame | None = None
+    # data_quality_results rows of the raw suites run on the files as written (etl.validation.RawRules).
+    raw_checks: pd.DataFrame | None = None
 
 
 @dataclass(frozen=True)

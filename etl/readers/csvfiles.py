@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from etl.readers import ExportFormatError
-from etl.schema import QUARANTINE_COLUMNS, TIMESTAMP, conform, empty_frame
+from etl.schema import DQ_RESULT_COLUMNS, QUARANTINE_COLUMNS, TIMESTAMP, conform, empty_frame
+from etl.validation import RawRules, validate_raw_rows
 
 logger = logging.getLogger(__name__)
 
@@ -172,10 +174,51 @@ def detect_encoding(path: Path, scan: FileScan) -> str:
                     "expected a text file in UTF-8 or Windows-1252"
                 ) from None
             done += len(chunk)
+    utf8_text = _first_utf8_sequence(path)
+    if utf8_text is not None:
+        raise ExportFormatError(
+            f"{path}: line {_line_of(path, utf8_error)}: byte 0x{_byte_at(path, utf8_error):02x} is Windows-1252 but "
+            f"line {_line_of(path, utf8_text)} is UTF-8 (bytes {_bytes_at(path, utf8_text)}): the file mixes two "
+            "encodings, so either reading would change some names; expected one encoding (re-save it as CSV UTF-8)"
+        )
     logger.info(
         "%s: not valid UTF-8 (first bad byte on line %d); read as Windows-1252", path, _line_of(path, utf8_error)
     )
     return "cp1252"
+
+
+# A well-formed UTF-8 encoding of a non-ASCII character. Text really written in Windows-1252
+# practically never contains one (it would read as "Ã©" or "â€™").
+_UTF8_SEQUENCE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+
+
+def _first_utf8_sequence(path: Path) -> int | None:
+    """Byte offset of the first well-formed multi-byte UTF-8 character in the file, if any."""
+    done = 0
+    carry = b""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            data = carry + chunk
+            match = _UTF8_SEQUENCE.search(data)
+            if match:
+                return done - len(carry) + match.start()
+            carry = data[-3:]
+            done += len(chunk)
+    return None
+
+
+def _byte_at(path: Path, offset: int) -> int:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        return handle.read(1)[0]
+
+
+def _bytes_at(path: Path, offset: int) -> str:
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read(4)
+    match = _UTF8_SEQUENCE.match(data)
+    return " ".join(f"0x{b:02x}" for b in (match.group(0) if match else data[:1]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -595,10 +638,32 @@ class Quarantine:
     def __init__(self) -> None:
         self._tables: list[CsvTable] = []
         self._parts: list[pd.DataFrame] = []
+        self._raw_results: list[pd.DataFrame] = []
 
     def register(self, table: CsvTable) -> int:
         self._tables.append(table)
         return len(self._tables) - 1
+
+    def expect(
+        self,
+        frame: pd.DataFrame,
+        rules: RawRules,
+        format_label: str,
+        label: Callable[[int, str], str] | None = None,
+    ) -> None:
+        """Run the raw Great Expectations suite `rules` on a working frame of registered files
+        (text columns plus `_file`); the results are kept for `raw_results`. `label(file, column)`
+        is the column's header in that file (default: the working name)."""
+        keys = pd.unique(frame["_file"].to_numpy(dtype=np.int64))
+        files = {int(k): str(self._tables[int(k)].path) for k in sorted(keys)}
+        self._raw_results.append(
+            validate_raw_rows(frame, files, rules, label or (lambda key, column: column), format_label)
+        )
+
+    def raw_results(self) -> pd.DataFrame:
+        """The `data_quality_results` rows of every raw suite run through `expect`."""
+        parts = [r for r in self._raw_results if not r.empty]
+        return pd.concat(parts, ignore_index=True) if parts else empty_frame(DQ_RESULT_COLUMNS)
 
     def add(
         self,
@@ -700,6 +765,44 @@ def _regex_class(characters: Sequence[str]) -> str:
     return "[" + "".join("\\" + c if c in "\\]^-" else c for c in characters) + "]"
 
 
+def _thousands_separators(decimal: str, thousands: str | Sequence[str] | None) -> list[str]:
+    if decimal not in (".", ","):
+        raise ValueError(f"decimal separator must be '.' or ',', got {decimal!r}")
+    if thousands is None or thousands == "":
+        separators: list[str] = []
+    else:
+        separators = [thousands] if isinstance(thousands, str) else list(thousands)
+    if any(s == " " for s in separators):
+        separators = [*separators, *_SPACES[1:]]
+    if decimal in separators:
+        raise ValueError(f"the thousands separator cannot be the decimal separator {decimal!r}")
+    return separators
+
+
+def _locale_number_core(decimal: str, separators: Sequence[str]) -> str:
+    """The number itself (no currency symbol): plain, or grouped by threes with `separators`."""
+    dec = "\\" + decimal
+    plain = f"[+-]?\\d+(?:{dec}\\d+)?|[+-]?{dec}\\d+"
+    if not separators:
+        return plain
+    sep = _regex_class(separators)
+    return f"{plain}|[+-]?\\d{{1,3}}(?:{sep}\\d{{3}})+(?:{dec}\\d+)?"
+
+
+def locale_number_form(
+    decimal: str = ".",
+    thousands: str | Sequence[str] | None = None,
+    currency_symbols: Sequence[str] = DEFAULT_CURRENCY_SYMBOLS,
+) -> str:
+    """A regular expression for a whole value `parse_locale_numbers` reads with these settings
+    (a currency symbol before or after the number, or between its sign and digits)."""
+    core = _locale_number_core(decimal, _thousands_separators(decimal, thousands))
+    if not currency_symbols:
+        return f"^(?:{core})$"
+    symbol = _regex_class(list(currency_symbols))
+    return f"^(?:{symbol}[ \u00a0\u202f]*)?(?:[+-]{symbol})?(?:{core})(?:[ \u00a0\u202f]*{symbol})?$"
+
+
 def parse_locale_numbers(
     values: pd.Series,
     decimal: str = ".",
@@ -713,28 +816,14 @@ def parse_locale_numbers(
     ("1.2345,6" with thousands "." does not parse). Currency symbols before or after the number are
     removed. Blank is NaN; anything else that does not parse is flagged.
     """
-    if decimal not in (".", ","):
-        raise ValueError(f"decimal separator must be '.' or ',', got {decimal!r}")
-    if thousands is None or thousands == "":
-        separators: list[str] = []
-    else:
-        separators = [thousands] if isinstance(thousands, str) else list(thousands)
-    if any(s == " " for s in separators):
-        separators = [*separators, *_SPACES[1:]]
-    if decimal in separators:
-        raise ValueError(f"the thousands separator cannot be the decimal separator {decimal!r}")
+    separators = _thousands_separators(decimal, thousands)
     blank = is_blank(values)
     text = values.astype("str")
     if currency_symbols:
         symbols = _regex_class(list(currency_symbols))
         text = text.str.replace(f"^{symbols}[ \u00a0\u202f]*|[ \u00a0\u202f]*{symbols}$", "", regex=True)
         text = text.str.replace(f"^([+-]){symbols}", r"\1", regex=True)
-    dec = "\\" + decimal
-    plain = f"[+-]?\\d+(?:{dec}\\d+)?|[+-]?{dec}\\d+"
-    pattern = plain
-    if separators:
-        sep = _regex_class(separators)
-        pattern = f"{plain}|[+-]?\\d{{1,3}}(?:{sep}\\d{{3}})+(?:{dec}\\d+)?"
+    pattern = _locale_number_core(decimal, separators)
     matches = text.str.fullmatch(pattern).fillna(False).to_numpy(dtype=bool)
     if separators:
         text = text.str.replace(_regex_class(separators), "", regex=True)

@@ -77,6 +77,7 @@ from etl.readers.salesforce import (
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
 from etl.stages import STATUS_OPEN, PipelineStages, StageCatalog
+from etl.validation import RawRules
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +265,25 @@ def detect(header: CsvHeader | None, path: Path) -> str | None:
 
 # --------------------------------------------------------------------------------------------
 # Row checks
+
+
+# Canonical column -> the HubSpot field (a key of COLUMN_ALIASES) it is read from.
+CANONICAL_FIELDS = {
+    "deal_id": "deal_id", "deal_name": "deal_name", "stage": "stage", "status": "stage", "pipeline": "pipeline",
+    "amount": "amount", "currency": "currency", "created_at": "create_date", "closed_at": "close_date",
+    "expected_close_date": "close_date", "owner": "owner", "crm_probability": "probability",
+    "forecast_category": "forecast_category", "deal_type": "deal_type", "lost_reason": "lost_reason",
+    "account": "account", "lead_source": "lead_source",
+}  # fmt: skip
+
+# The raw suite: what the deals export's columns must look like as written (etl.validation.RawRules).
+RAW_RULES = RawRules.standard(
+    not_blank=("deal_id", "stage", "create_date"),
+    unique=("deal_id",),
+    amounts=("amount", "amount_company"),
+    numbers=("probability",),
+    dates=("create_date", "close_date"),
+)
 
 
 class _Checks(RowChecks):
@@ -479,6 +499,7 @@ def read_hubspot(files: Mapping[str, Sequence[Path]], project: ProjectConfig) ->
     loaded = _load(paths, quarantine)
     frame = _working_frame(loaded)
     checks = _Checks(frame, quarantine)
+    quarantine.expect(frame, RAW_RULES, LABEL, lambda key, column: checks.column_label(column))
 
     ids = frame["deal_id"]
     checks.flag(is_blank(ids), MISSING_ID, "Record ID", "Record ID is blank; expected the deal's id")
@@ -591,6 +612,11 @@ def read_hubspot(files: Mapping[str, Sequence[Path]], project: ProjectConfig) ->
             sha256=f.table.scan.sha256,
             rows_accepted=int(accepted.get(str(f.table.path), 0)),
             rows_quarantined=int(rejected.get(str(f.table.path), 0)),
+            columns={
+                canonical: f.columns[field_name]
+                for canonical, field_name in CANONICAL_FIELDS.items()
+                if f.columns.get(field_name)
+            },
         )
         for f in loaded
     ]
@@ -598,7 +624,10 @@ def read_hubspot(files: Mapping[str, Sequence[Path]], project: ProjectConfig) ->
         "HubSpot export: %d deals (%d with stage history), %d history rows, %d rows quarantined",
         len(deals), int(deals["has_history"].sum()), len(history), len(quarantined),
     )
-    return SourceExport(deals=deals, history=history, quarantine=quarantined, files=reports, pipelines=inferred)
+    return SourceExport(
+        deals=deals, history=history, quarantine=quarantined, files=reports, pipelines=inferred,
+        raw_checks=quarantine.raw_results(),
+    )
 
 
 def _assemble(

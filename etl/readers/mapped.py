@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ from etl.config import CONFIG_FILE_NAME, ENV_CONFIG, ConfigError, ProjectConfig,
 from etl.readers import ExportFormatError, ExportReader, FileReport, SourceExport
 from etl.readers.csvfiles import (
     BLANK_ROW,
+    BOOLEAN_FALSE,
+    BOOLEAN_TRUE,
     DEFAULT_CURRENCY_SYMBOLS,
     CsvHeader,
     CsvTable,
@@ -43,6 +46,7 @@ from etl.readers.csvfiles import (
     infer_dayfirst,
     is_blank,
     load_csv,
+    locale_number_form,
     parse_any_booleans,
     parse_dates,
     parse_locale_numbers,
@@ -50,6 +54,7 @@ from etl.readers.csvfiles import (
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, STATUSES, PipelineStages, StageCatalog
+from etl.validation import RawForm, RawRules
 
 logger = logging.getLogger(__name__)
 
@@ -434,6 +439,26 @@ def _apply_defaults_and_normalise(spec: MappingSpec, frame: pd.DataFrame, column
         frame[column] = _casefold_lookup(frame[column], spec.normalise[column])[0]
 
 
+# Dates as a mapped export may write them (ISO 8601, day-first or month-first with / . or -).
+_DATE_LIKE = r"^\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}(?:[T ].*)?$"
+_ANY_BOOLEAN = "(?i)^(?:" + "|".join(re.escape(v) for v in (*BOOLEAN_TRUE, *BOOLEAN_FALSE)) + ")$"
+
+
+def _raw_rules(spec: MappingSpec) -> RawRules:
+    """The raw suite of one mapping's export: ids present and unique, numbers written in the
+    mapping's locale, dates date-like (unless the mapping fixes a date_format), flags spelled as
+    booleans."""
+    number = locale_number_form(spec.decimal, spec.thousands, spec.currency_symbols)
+    forms = [
+        RawForm(c, "number", number, UNPARSEABLE_AMOUNT if c == "amount" else UNPARSEABLE_NUMBER)
+        for c in NUMBER_COLUMNS
+    ]
+    if spec.date_format is None:
+        forms += [RawForm(c, "date", _DATE_LIKE, UNPARSEABLE_DATE) for c in DATE_COLUMNS]
+    forms += [RawForm(c, "boolean", _ANY_BOOLEAN, UNPARSEABLE_BOOLEAN, digit_blind=False) for c in BOOLEAN_COLUMNS]
+    return RawRules(not_blank=("deal_id",), unique=("deal_id",), forms=tuple(forms))
+
+
 def _read_mapping(
     spec: MappingSpec,
     deal_paths: Sequence[Path],
@@ -458,6 +483,7 @@ def _read_mapping(
         part["_blank"] = table.blank_rows()
         parts.append(part)
     frame = pd.concat(parts, ignore_index=True)
+    quarantine.expect(frame, _raw_rules(spec), label, lambda key, column: spec.columns.get(column, column))
     for column in MAPPABLE_COLUMNS:
         if column not in frame.columns:
             frame[column] = pd.Series("", index=frame.index, dtype="str")
@@ -666,11 +692,14 @@ def read_with(
     deals_parts: list[pd.DataFrame] = []
     kept: dict[str, int] = {}
     used: set[Path] = set()
+    headers: dict[Path, dict[str, str]] = {}
     for spec in mappings:
         mine = [p for p in deal_files if spec.claims(p) and p not in used]
         if not mine:
             continue
         used.update(mine)
+        for path in mine:
+            headers[path] = {c: source for c in spec.columns for name, source in [spec.source_of(c)] if name is None}
         catalog = catalog.with_pipeline(spec.pipeline)
         lookup_paths: dict[str, list[Path]] = {}
         for path in lookup_files:
@@ -706,6 +735,7 @@ def read_with(
                 path=table.path, format=fmt, rows_read=table.rows_read, sha256=table.scan.sha256,
                 rows_accepted=int(accepted.get(name, 0)) + int(kept.get(name, 0)),
                 rows_quarantined=int(in_quarantine.get(name, 0)),
+                columns=headers.get(table.path, {}),
             )
         )
     pipelines = [spec.pipeline for spec in mappings if spec.pipeline.name not in project.stages and any(spec.claims(p) for p in used)]
@@ -716,6 +746,7 @@ def read_with(
         quarantine=quarantined,
         files=reports,
         pipelines=pipelines,
+        raw_checks=quarantine.raw_results(),
     )
 
 

@@ -98,6 +98,7 @@ from etl.readers.csvfiles import (
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, STATUSES, PipelineStages, StageCatalog
+from etl.validation import RawRules
 
 logger = logging.getLogger(__name__)
 
@@ -344,6 +345,24 @@ class _Checks:
         return values
 
 
+# Canonical column -> the Pipedrive field (a key of HEADER_ALIASES) it is read from.
+CANONICAL_FIELDS = {
+    "deal_id": "id", "deal_name": "title", "amount": "value", "currency": "currency", "stage": "stage",
+    "pipeline": "pipeline", "status": "status", "lost_reason": "lost_reason", "expected_close_date": "expected_close",
+    "created_at": "created", "owner": "owner", "crm_probability": "probability", "account": "organization",
+    "closed_at": "close_time", "last_stage_change_at": "last_stage_change",
+}  # fmt: skip
+
+# The raw suite: what the deals export's columns must look like as written (etl.validation.RawRules).
+RAW_RULES = RawRules.standard(
+    not_blank=("id", "status", "created"),
+    unique=("id",),
+    amounts=("value",),
+    numbers=("probability",),
+    dates=("created", "won_time", "lost_time", "close_time", "last_stage_change", "expected_close"),
+)
+
+
 def _working_frame(tables: Sequence[tuple[int, CsvTable, dict[str, str]]]) -> pd.DataFrame:
     parts = []
     for key, table, headers in tables:
@@ -572,6 +591,7 @@ def read_pipedrive(files: Mapping[str, Sequence[Path]], project: ProjectConfig) 
         tables.append((quarantine.register(table), table, headers))
     frame = _working_frame(tables)
     checks = _Checks(frame, quarantine, {key: headers for key, _, headers in tables})
+    quarantine.expect(frame, RAW_RULES, LABEL, checks.header)
     _check_rows(checks, settings, reporting)
 
     inferred = _build_pipelines(frame.loc[~checks.bad], project, settings, paths[0])
@@ -592,8 +612,9 @@ def read_pipedrive(files: Mapping[str, Sequence[Path]], project: ProjectConfig) 
             sha256=table.scan.sha256,
             rows_accepted=int(accepted.get(str(table.path), 0)),
             rows_quarantined=int(rejected.get(str(table.path), 0)),
+            columns={c: headers[f] for c, f in CANONICAL_FIELDS.items() if headers.get(f)},
         )
-        for _, table, _ in tables
+        for _, table, headers in tables
     ]
     logger.info("Pipedrive export: %d deals, %d rows quarantined (no stage history)", len(deals), len(quarantined))
     return SourceExport(
@@ -602,6 +623,7 @@ def read_pipedrive(files: Mapping[str, Sequence[Path]], project: ProjectConfig) 
         quarantine=quarantined,
         files=reports,
         pipelines=inferred,
+        raw_checks=quarantine.raw_results(),
     )
 
 

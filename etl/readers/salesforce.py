@@ -44,6 +44,7 @@ from etl.readers.csvfiles import (
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, TIMESTAMP, conform, empty_frame
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, PipelineStages, StageCatalog
+from etl.validation import RawRules
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,28 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     HISTORY: ("OpportunityId", "CreatedDate", "StageName"),
     USER: ("Id",),
     ACCOUNT: ("Id", "Name"),
+}
+
+# The raw suites: what each file's columns must look like as written (etl.validation.RawRules).
+RAW_RULES: dict[str, RawRules] = {
+    OPPORTUNITY: RawRules.standard(
+        not_blank=("Id", "StageName", "CreatedDate", "CloseDate"),
+        unique=("Id",),
+        amounts=("Amount",),
+        numbers=("Probability", "StageSortOrder"),
+        dates=("CreatedDate", "CloseDate", "LastStageChangeDate"),
+        booleans=("IsClosed", "IsWon", "IsDeleted"),
+    ),
+    HISTORY: RawRules.standard(
+        not_blank=("OpportunityId", "CreatedDate", "StageName"),
+        unique=("Id",),
+        amounts=("Amount", "PrevAmount"),
+        numbers=("Probability",),
+        dates=("CreatedDate", "CloseDate", "PrevCloseDate"),
+        booleans=("IsDeleted",),
+    ),
+    USER: RawRules.standard(not_blank=("Id",), unique=("Id",), booleans=("IsDeleted",)),
+    ACCOUNT: RawRules.standard(not_blank=("Id",), unique=("Id",), booleans=("IsDeleted",)),
 }
 
 # The usual Data Export file names, used to recognise a file whose header is damaged so that the
@@ -220,6 +243,8 @@ def _read_lookup(
     if not tables:
         return pd.DataFrame(columns=list(columns)).set_index(pd.Index([], dtype="str", name="Id")), {}
     frame = _working_frame(tables, {"Id": "Id", "IsDeleted": "IsDeleted", **columns})
+    fmt = USER if what == "user" else ACCOUNT
+    quarantine.expect(frame, RAW_RULES[fmt], LABELS[fmt])
     checks = RowChecks(frame, quarantine)
     _deleted_and_ids(checks, what)
     checks.flag(
@@ -391,6 +416,24 @@ _HISTORY_WORKING_COLUMNS = [
 ]  # fmt: skip
 
 
+def _canonical_headers(settings: SalesforceSourceConfig) -> dict[str, dict[str, str]]:
+    """Per file format, the Salesforce column each canonical column is read from."""
+    opportunity = {
+        "deal_id": "Id", "deal_name": "Name", "amount": "Amount", "currency": "CurrencyIsoCode",
+        "created_at": "CreatedDate", "expected_close_date": "CloseDate", "closed_at": "CloseDate",
+        "stage": "StageName", "status": "StageName", "crm_probability": "Probability",
+        "forecast_category": "ForecastCategory", "last_stage_change_at": "LastStageChangeDate",
+        "lead_source": "LeadSource", "deal_type": "Type",
+    }  # fmt: skip
+    if settings.pipeline_field:
+        opportunity["pipeline"] = settings.pipeline_field
+    history = {
+        "deal_id": "OpportunityId", "changed_at": "CreatedDate", "stage": "StageName", "amount": "Amount",
+        "expected_close_date": "CloseDate", "crm_probability": "Probability", "forecast_category": "ForecastCategory",
+    }  # fmt: skip
+    return {OPPORTUNITY: opportunity, HISTORY: history}
+
+
 def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig) -> SourceExport:
     """Read a Salesforce export (files grouped by format) into canonical frames."""
     opportunity_paths = list(files.get(OPPORTUNITY, ()))
@@ -421,6 +464,7 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
     deals, deal_checks, catalog, inferred = _read_opportunities(opp_tables, quarantine, project, settings)
     history, hist_checks = _read_history(hist_tables, quarantine, project, deals, deal_checks, catalog)
     quarantined = quarantine.frame()
+    raw_checks = quarantine.raw_results()
     files_read = [
         (fmt, table.path, table.rows_read, table.scan.sha256)
         for fmt, tables in ((OPPORTUNITY, opp_tables), (HISTORY, hist_tables), (USER, user_tables), (ACCOUNT, account_tables))
@@ -446,6 +490,7 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
     ):
         for name, count in counts.items():
             accepted_by_file[str(name)] = accepted_by_file.get(str(name), 0) + int(count)
+    headers = _canonical_headers(settings)
     reports = [
         FileReport(
             path=path,
@@ -454,6 +499,7 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
             sha256=sha256,
             rows_accepted=accepted_by_file.get(str(path), 0),
             rows_quarantined=int(quarantined_by_file.get(str(path), 0)),
+            columns=headers.get(fmt, {}),
         )
         for fmt, path, rows_read, sha256 in files_read
     ]
@@ -468,6 +514,7 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
         files=reports,
         pipelines=inferred,
         history_gaps=gaps,
+        raw_checks=raw_checks,
     )
 
 
@@ -494,6 +541,7 @@ def _read_opportunities(
     frame["has_sort_order_column"] = np.concatenate(
         [np.full(len(t), t.has("StageSortOrder")) for _, t in tables]
     )
+    quarantine.expect(frame, RAW_RULES[OPPORTUNITY], LABELS[OPPORTUNITY])
     checks = RowChecks(frame, quarantine)
     _deleted_and_ids(checks, "opportunity")
     checks.blank_required(["StageName", "CreatedDate", "CloseDate"])
@@ -558,6 +606,7 @@ def _read_history(
     )  # fmt: skip
     columns: dict[str, str | None] = {c: c for c in standard}
     frame = _working_frame(tables, columns)
+    quarantine.expect(frame, RAW_RULES[HISTORY], LABELS[HISTORY])
     checks = RowChecks(frame, quarantine)
     deleted, _ = parse_booleans(frame["IsDeleted"])
     checks.flag(

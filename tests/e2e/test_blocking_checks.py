@@ -67,3 +67,33 @@ def test_too_many_bad_rows_stop_the_run_before_any_published_table(sample_export
         assert (recon["rows_read"] == recon["accepted"] + recon["quarantined"]).all()
     finally:
         warehouse.dispose()
+
+
+def test_an_unreadable_file_fails_the_run_naming_it_and_writes_nothing(sample_exports, tmp_path):
+    exports = tmp_path / "exports"
+    shutil.copytree(sample_exports, exports)
+    opportunity = exports / "Opportunity.csv"
+    opportunity.write_bytes(opportunity.read_bytes()[:-7])  # cut inside the last quoted value
+    url = f"sqlite:///{tmp_path / 'dealcast.sqlite'}"
+    result = dg.materialize(
+        ALL_ASSETS,
+        resources={
+            "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat()),
+            "warehouse": WarehouseResource(url=url),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert [e.step_key for e in failures] == ["crm_tables"]
+    message = str(failures[0].event_specific_data.error)
+    assert str(opportunity) in message and "ends inside a quoted value" in message
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert materialized == {"crm_exports"}  # the file listing only: no table of this run
+    warehouse = Warehouse(url)
+    try:
+        for table in ("deals", "quarantine", "data_quality_results", "reconciliation"):
+            assert warehouse.row_count(table) == 0, table
+    finally:
+        warehouse.dispose()

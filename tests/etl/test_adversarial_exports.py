@@ -68,6 +68,13 @@ def exports(tmp_path_factory):
     hcol = {name: i for i, name in enumerate(hheader)}
     orphan = list(history[0])
     orphan[hcol["Id"]], orphan[hcol["OpportunityId"]] = "017ORPHAN", "006NOSUCHDEAL"
+    # Out-of-order history: a deal's first two rows (at different times) trade places in the file.
+    seen = {}
+    for i, row in enumerate(history):
+        first = seen.setdefault(row[hcol["OpportunityId"]], i)
+        if first != i and history[first][hcol["CreatedDate"]] < row[hcol["CreatedDate"]]:
+            history[first], history[i] = history[i], history[first]
+            break
     _write(bad / "OpportunityHistory.csv", hheader, history + [orphan])
     first_case_row = len(opps) + 2
     expected = {deal_id: (first_case_row + i, code) for i, (deal_id, (_, code)) in enumerate(cases.items())}
@@ -116,3 +123,83 @@ def test_accepted_rows_are_unchanged_and_formula_strings_are_data(exports):
     names = after.loc[["X10", "X11"], "deal_name"].tolist()
     assert names == INJECTIONS  # stored exactly as written: never evaluated, escaped or stripped
     pd.testing.assert_frame_equal(after.loc[before.index], before)
+
+
+def test_raw_suites_count_each_bad_value_in_its_file_column(exports):
+    _, bad, *_ = exports
+    results = _load(bad).validation.results.set_index("check_name")
+    # "1 234,56", "NaN" and "twelve" are not numbers as Salesforce writes them; "-500" is (its range is
+    # the canonical suite's business); the blank CloseDate of X07; the duplicated Id (both copies).
+    expected_failures = {
+        "raw[Opportunity.csv].Amount.number": 3,
+        "raw[Opportunity.csv].CloseDate.not_blank": 1,
+        "raw[Opportunity.csv].Id.unique": 2,
+        "raw[Opportunity.csv].CreatedDate.date": 0,  # 1900-01-01 is a well-formed date: implausible, not unreadable
+        "raw[Opportunity.csv].Id.not_blank": 0,
+        "raw[OpportunityHistory.csv].OpportunityId.not_blank": 0,
+    }
+    for name, failing in expected_failures.items():
+        assert results.loc[name, "failing_rows"] == failing, name
+        assert bool(results.loc[name, "passed"]) == (failing == 0), name
+        assert results.loc[name, "asset"] == "crm_exports"
+
+
+def test_canonical_problems_name_the_files_own_column(exports):
+    _, bad, expected, _, orphan_row = exports
+    quarantine = _load(bad).validation.quarantine
+    column_at = {
+        (name.rsplit("/", 1)[-1], int(row)): column
+        for name, row, column in zip(quarantine["source_file"], quarantine["source_row"], quarantine["column"])
+    }
+    assert column_at[("Opportunity.csv", expected["X02"][0])] == "Amount"  # amount_out_of_range
+    assert column_at[("Opportunity.csv", expected["X05"][0])] == "CreatedDate"  # implausible_date
+    assert column_at[("Opportunity.csv", expected["X06"][0])] == "CloseDate"
+    assert column_at[("Opportunity.csv", expected["X09"][0])] == "CloseDate"  # closed_before_created
+    assert column_at[("OpportunityHistory.csv", orphan_row)] == "OpportunityId"
+
+
+def test_out_of_order_history_is_a_warning_and_stage_events_stay_ordered(exports):
+    _, bad, *_ = exports
+    load = _load(bad)
+    results = load.validation.results.set_index("check_name")
+    assert results.loc["deal_history.in_time_order", "severity"] == "warning"
+    assert results.loc["deal_history.in_time_order", "failing_rows"] == 1  # the one swapped pair
+    events = [name for name in results.index if name.startswith("stage_events.")]
+    assert len(events) == 6 and results.loc[events, "passed"].all()
+    assert load.publishable
+
+
+FILE_CASES = {
+    # name: (bytes of Opportunity.csv built from a clean header and rows, words the error must contain)
+    "empty": (lambda header, rows: b"", ["Opportunity.csv", "empty"]),
+    "header_only": (lambda header, rows: header, ["Opportunity.csv", "line 2", "no data rows"]),
+    "truncated_last_line": (lambda header, rows: header + rows[:-8], ["Opportunity.csv", "ends inside a quoted value"]),
+    "wrong_delimiter": (lambda header, rows: (header + rows).replace(b'","', b'";"'), ["Opportunity.csv", "line 1", "semicolon"]),
+    "binary": (lambda header, rows: header + b"\x00\x01\x02\x03\x04", ["Opportunity.csv", "binary"]),
+    "mixed_encodings": (
+        # An en dash in one deal name as UTF-8 (e2 80 93), in a later one as Windows-1252 (96).
+        lambda header, rows: header + rows.replace(b" - ", " \u2013 ".encode("utf-8"), 1).replace(b" - ", b" \x96 ", 1),
+        ["Opportunity.csv", "mixes two encodings", "line"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_a_file_that_cannot_be_read_fails_naming_the_file_and_line(exports, tmp_path, case):
+    from etl.readers import ExportFormatError
+
+    clean, *_ = exports
+    target = tmp_path / "exports"
+    shutil.copytree(clean, target)
+    text = (clean / "Opportunity.csv").read_bytes()
+    header_end = text.index(b"\n") + 1
+    build, words = FILE_CASES[case]
+    data = build(text[:header_end], text[header_end:])
+    if case == "mixed_encodings":
+        assert text.count(b" - ") >= 2  # deal names are "<account> - <product>"
+    (target / "Opportunity.csv").write_bytes(data)
+    with pytest.raises(ExportFormatError) as failure:
+        _load(target)
+    message = str(failure.value)
+    for word in words:
+        assert word in message, (case, message)

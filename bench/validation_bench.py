@@ -1,0 +1,122 @@
+"""Time data validation on a generated CRM: the raw suites the readers run on the files as written,
+the canonical deals/history suites and the stage-events suite, and how much of it is spent inside
+Great Expectations itself.
+
+    python bench/validation_bench.py --deals 1000000 [--exports DIR]
+
+`--exports` reuses (or keeps) a generated export in DIR. Prints one markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from etl import validation  # noqa: E402
+from etl.config import load_project_config  # noqa: E402
+from etl.crm import file_counts  # noqa: E402
+from etl.ingest import read_exports  # noqa: E402
+from etl.pipeline_state import as_of_end, prepare_history, stage_events  # noqa: E402
+from etl.sample_crm import generate_sample  # noqa: E402
+
+
+class GxClock:
+    """Accumulates the wall time spent in Great Expectations (`_GxSession.validate`)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._validate = validation._GxSession.validate
+        clock = self
+
+        def timed(session, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return clock._validate(session, *args, **kwargs)
+            finally:
+                clock.seconds += time.perf_counter() - start
+
+        validation._GxSession.validate = timed
+
+    def lap(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
+class RawClock:
+    """Accumulates the wall time of the raw suites the readers run (`validate_raw_rows`)."""
+
+    def __init__(self) -> None:
+        from etl.readers import csvfiles
+
+        self.seconds = 0.0
+        run = csvfiles.validate_raw_rows
+        clock = self
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return run(*args, **kwargs)
+            finally:
+                clock.seconds += time.perf_counter() - start
+
+        csvfiles.validate_raw_rows = timed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--deals", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--as-of", type=dt.date.fromisoformat, default=dt.date(2026, 11, 15))
+    parser.add_argument("--exports", type=Path, default=None)
+    args = parser.parse_args()
+    exports = args.exports or Path(tempfile.mkdtemp(prefix="dealcast-validation-")) / "exports"
+    if not (exports / "Opportunity.csv").is_file():
+        generate_sample(exports, n_deals=args.deals, seed=args.seed, end_date=args.as_of)
+    project = load_project_config()
+    gx = GxClock()
+    raw = RawClock()
+
+    start = time.perf_counter()
+    ingest = read_exports(exports, project, as_of=args.as_of)
+    ingest_seconds = time.perf_counter() - start
+    raw_gx = gx.lap()
+
+    start = time.perf_counter()
+    outcome = validation.validate_crm(
+        ingest.deals, ingest.history, ingest.quarantine, file_counts(ingest), ingest.stages,
+        project.validation, args.as_of, raw_results=ingest.raw_checks, currencies=ingest.currencies,
+    )
+    canonical_seconds = time.perf_counter() - start
+    canonical_gx = gx.lap()
+
+    history = prepare_history(outcome.deals, outcome.history, ingest.stages)
+    events = stage_events(history, args.as_of)
+    start = time.perf_counter()
+    results, _ = validation.validate_stage_events(events, outcome.deals, as_of_end(args.as_of))
+    events_seconds = time.perf_counter() - start
+    events_gx = gx.lap()
+
+    print(f"{len(ingest.deals):,} deals, {len(ingest.history):,} history rows, {len(events):,} stage events")
+    print("| step | seconds | of which Great Expectations |")
+    print("|---|---:|---:|")
+    print(f"| read exports (parsing, without the raw suites) | {ingest_seconds - raw.seconds:.1f} | |")
+    print(f"| raw suites (inside the readers) | {raw.seconds:.1f} | {raw_gx:.1f} |")
+    print(f"| canonical deals + history suites | {canonical_seconds:.1f} | {canonical_gx:.1f} |")
+    print(f"| stage_events suite | {events_seconds:.1f} | {events_gx:.1f} |")
+    validation_seconds = raw.seconds + canonical_seconds + events_seconds
+    gx_seconds = raw_gx + canonical_gx + events_gx
+    print(f"| **all validation** | **{validation_seconds:.1f}** | **{gx_seconds:.1f}** |")
+    print(f"{len(outcome.results)} checks ({int((~outcome.results['passed']).sum())} failed), "
+          f"{len(outcome.quarantine):,} rows quarantined")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
