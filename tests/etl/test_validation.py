@@ -589,3 +589,49 @@ def test_lookup_rows_count_as_accepted_in_the_reconciliation():
     rec = _reconcile([FileCount("User.csv", 13, lookup_rows=12)], [empty_rows], quarantined)
     row = rec.set_index("source_file").loc["User.csv"]
     assert (row["rows_read"], row["accepted"], row["quarantined"], bool(row["balanced"])) == (13, 12, 1, True)
+
+
+def test_currency_outside_the_rates_file_is_quarantined_with_the_files_column_name():
+    deals = deals_frame(
+        clean_deals(40) + [deal("EUR1", 41, currency="EUR"), deal("XYZ1", 42, currency="XYZ")]
+    )
+    files = [FileCount(DEALS_FILE, 42, columns={"currency": "CurrencyIsoCode", "amount": "Amount"})]
+    outcome = validate_crm(
+        deals, history_frame([]), reader_rows([]), files, CATALOG, CONFIG, AS_OF, currencies=["EUR", "USD"]
+    )
+    rows = outcome.quarantine.set_index("source_row")
+    assert list(rows.index) == [42]
+    assert rows.loc[42, "reason_code"] == "unknown_currency"
+    assert rows.loc[42, "column"] == "CurrencyIsoCode"
+    assert "'XYZ'" in rows.loc[42, "reason"]
+    result = outcome.results.set_index("check_name").loc["deals.currency_known"]
+    assert (bool(result["passed"]), int(result["failing_rows"])) == (False, 1)
+    assert set(outcome.deals["deal_id"]) >= {"EUR1"}
+
+
+def test_stage_events_suite_blocks_a_rebuild_that_goes_back_in_time():
+    from etl.validation import validate_stage_events
+
+    events = pd.DataFrame(
+        {
+            "deal_id": ["A", "A", "A", "B"],
+            "stage": ["Prospecting", "Qualification", "Negotiation", "Prospecting"],
+            "stage_order": pd.array([1, 2, None, 1], dtype="Int64"),
+            "entered_at": [ts("2024-01-01"), ts("2024-02-01"), ts("2024-01-15"), ts("2024-12-01")],
+            "exited_at": [ts("2024-02-01"), ts("2024-01-15"), NAT, NAT],
+            "days_in_stage": [31.0, -17.0, None, 0.0],
+        }
+    )
+    deals = pd.DataFrame({"deal_id": ["A"]})
+    results, failures = validate_stage_events(events, deals, pd.Timestamp("2024-11-01 23:59:59"))
+    failing = results.set_index("check_name")["failing_rows"].to_dict()
+    assert failing == {
+        "stage_events.deal_known": 1,  # B is no accepted deal
+        "stage_events.stage_known": 1,  # A's third stay has no stage order
+        "stage_events.entered_in_time_order": 1,  # 2024-01-15 after 2024-02-01
+        "stage_events.exited_not_before_entered": 1,  # left on 01-15, entered on 02-01
+        "stage_events.days_in_stage_not_negative": 1,
+        "stage_events.entered_by_as_of": 1,  # 2024-12-01 is after the end of 2024-11-01
+    }
+    assert (results["severity"] == "error").all() and not results["passed"].any()
+    assert list(failures["stage_events.deal_known"]["deal_id"]) == ["B"]
