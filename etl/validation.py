@@ -1096,25 +1096,46 @@ def _raw_check_name(source_file: str, label: str, kind: str) -> str:
     return name if len(name) <= CHECK_NAME_MAX else name[: CHECK_NAME_MAX - 3] + "..."
 
 
-def _distinct(values: pd.Series) -> tuple[np.ndarray, pa.Array]:
-    """Each row's code into the column's distinct written values (-1 for blank), and those values."""
+def _text_array(values: pd.Series) -> pa.LargeStringArray:
     text = pa.array(values, type=pa.large_string())
-    if isinstance(text, pa.ChunkedArray):
-        text = text.combine_chunks()
+    return text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+
+
+def _shapes(text: pa.LargeStringArray) -> pa.LargeStringArray:
+    """Each value with every digit written as 9 ("2024-01-31" and "1999-12-01" share a shape):
+    one pass over the column's bytes (digits are single bytes in UTF-8)."""
+    validity, offsets, data = text.buffers()
+    if data is None or data.size == 0:
+        return text
+    raw = np.frombuffer(data, dtype=np.uint8)
+    shaped = np.where((raw >= 48) & (raw <= 57), np.uint8(57), raw).astype(np.uint8)
+    return pa.LargeStringArray.from_buffers(
+        len(text), offsets, pa.py_buffer(shaped), validity, text.null_count, text.offset
+    )
+
+
+def _distinct(values: pd.Series, digit_blind: bool) -> tuple[np.ndarray, pa.Array]:
+    """Each row's code into the column's distinct written values, or their shapes when
+    `digit_blind` (-1 for blank), and those distinct values."""
+    text = _text_array(values)
+    if digit_blind:
+        text = _shapes(text)
     encoded = pc.dictionary_encode(text)
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     dictionary = encoded.dictionary
     blank = pc.equal(pc.utf8_length(dictionary), 0).to_numpy(zero_copy_only=False)
     if blank.any():
-        codes[np.isin(codes, np.flatnonzero(blank))] = -1
+        codes[np.append(blank, False)[codes]] = -1
     return codes, dictionary
 
 
-def _shapes(values: pa.Array) -> pa.Array:
-    """Each value with every digit written as 9: "2024-01-31" and "1999-12-01" share a shape."""
-    for digit in "012345678":
-        values = pc.replace_substring(values, digit, "9")
-    return values
+def _rows_with(codes: np.ndarray, bad_values: np.ndarray, n_values: int) -> np.ndarray:
+    """Positions of the rows whose code is one of `bad_values` (code -1, blank, never is)."""
+    if len(bad_values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    bad = np.zeros(n_values + 1, dtype=bool)
+    bad[bad_values] = True
+    return np.flatnonzero(bad[codes])
 
 
 def validate_raw_rows(
@@ -1134,25 +1155,30 @@ def validate_raw_rows(
     hash and scan). A form check runs on the distinct shapes of the values (every digit written
     as 9, when the form treats all digits alike), so five million timestamps cost a few dozen
     regular-expression matches; a failing shape fails every row written in it."""
-    columns = [c for c in dict.fromkeys([*rules.not_blank, *rules.unique, *(f.column for f in rules.forms)]) if c in frame]
-    distinct = {c: _distinct(frame[c]) for c in columns}
+    cache: dict[tuple[str, bool], tuple[np.ndarray, pa.Array]] = {}
+
+    def distinct(column: str, digit_blind: bool) -> tuple[np.ndarray, pa.Array]:
+        if (column, digit_blind) not in cache:
+            cache[(column, digit_blind)] = _distinct(frame[column], digit_blind)
+        return cache[(column, digit_blind)]
+
     expectations: list[Any] = []
     described: dict[str, tuple[str, str, str]] = {}
     work = pd.DataFrame(index=pd.RangeIndex(len(frame)))
     for column in rules.not_blank:
-        if column in distinct:
+        if column in frame:
             name = f"{column}.not_blank"
-            codes, values = distinct[column]
+            codes, values = distinct(column, True)
             work[name] = pd.Categorical.from_codes(codes, categories=pd.Index(np.arange(len(values))))
             expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=name, meta={"check_name": name}))
             described[name] = (column, "not_blank", "a value in every row (blank rows are quarantined)")
     for column in rules.unique:
-        if column in distinct:
+        if column in frame:
             name = f"{column}.unique"
-            codes, values = distinct[column]
+            codes, values = distinct(column, False)
             work[name] = pd.Categorical.from_codes(codes, categories=pd.Index(np.arange(len(values))))
             expectations.append(gxe.ExpectColumnValuesToBeUnique(column=name, meta={"check_name": name}))
-            described[name] = (column, "unique", "each value once (repeats are quarantined as duplicate_id)")
+            described[name] = (column, "unique", "each value once (later repeats are quarantined as duplicate_id)")
     failing: dict[str, np.ndarray] = {}
     with _quiet_great_expectations():
         session = _GxSession()
@@ -1160,16 +1186,14 @@ def validate_raw_rows(
             results = session.validate(f"raw {format_label}", work, expectations)
             failing = {name: _failing_rows(results[name], name) for name in results}
         for form in rules.forms:
-            if form.column not in distinct:
+            if form.column not in frame:
                 continue
             name = f"{form.column}.{form.kind}"
-            codes, values = distinct[form.column]
-            shape_of_value, shapes = _distinct(pd.Series(_shapes(values) if form.digit_blind else values, dtype="str"))
+            codes, values = distinct(form.column, form.digit_blind)
             check = gxe.ExpectColumnValuesToMatchRegex(column="value", regex=form.pattern, meta={"check_name": name})
-            checked = pd.DataFrame({"value": pd.Series(shapes.to_pylist(), dtype=object)})
-            bad_shapes = _failing_rows(session.validate(f"raw {format_label} {name}", checked, [check])[name], name)
-            bad_values = np.flatnonzero(np.isin(shape_of_value, bad_shapes))
-            failing[name] = np.flatnonzero(np.isin(codes, bad_values))
+            checked = pd.DataFrame({"value": pd.Series(values.to_pylist(), dtype=object)})
+            bad_values = _failing_rows(session.validate(f"raw {format_label} {name}", checked, [check])[name], name)
+            failing[name] = _rows_with(codes, bad_values, len(values))
             described[name] = (
                 form.column, form.kind,
                 f"blank or written as a {form.kind} (others are quarantined as {form.reason_code})",
