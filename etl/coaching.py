@@ -1,0 +1,806 @@
+"""People, products and quotas: the coaching view (`rep_funnel`), the spread of won deal values
+(`deal_value_spread`), the product mix (`product_mix`), revenue growth (`revenue_growth`), time
+from ask to decision (`ask_to_decision`) and pipeline coverage against quota (`pipeline_coverage`),
+shaped exactly as the warehouse tables of the same names in `etl.tables`. Definitions follow the
+project's metric definitions (design/metrics.md, "People and products" and "Pipeline health");
+each function's docstring states exactly which deals each column counts.
+
+The conventions are those of `etl.metrics`: everything is as it was known at the end of the run's
+`as_of` day (`etl.pipeline_state.as_of_end`), a deal's state then comes from one
+`etl.pipeline_state.pipeline_at_many` call (`deals_at_end`), segments from
+`etl.schema.segment_values`, periods from `etl.periods`, money is `amount_reporting` as it stood at
+as_of, and every ratio is stored beside the counts or sums it is computed from. Percentiles use
+numpy's "linear" definition (position q*(n-1) of the sorted values). Standard deviations are sample
+standard deviations (n - 1 in the denominator).
+
+Nothing loops over deals or history rows: deals are addressed by row number, segments and periods
+by integer codes, and every count, sum and percentile is a `numpy.bincount` or one sort per
+segment type.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from etl.metrics import (
+    _LOST,
+    _OPEN,
+    _STATUSES,
+    _WON,
+    _blank,
+    _calendar,
+    _codes,
+    _grouped_percentiles,
+    _index_in,
+    _ratio,
+    _status_codes,
+)
+from etl.periods import period_bounds, quarter_end, quarter_label, quarter_labels
+from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
+from etl.schema import SEGMENT_COLUMNS, TIMESTAMP, UNKNOWN_SEGMENT, segment_values
+from etl.stages import StageCatalog
+from etl.tables import TABLES
+
+log = logging.getLogger(__name__)
+
+GROWTH_GRAINS = ("month", "quarter")
+PERIOD_ALL = "all"
+OUTCOMES = ("won", "lost", "all")
+DEFAULT_MIN_REACHED = 5
+# Open stages whose name says the customer has been asked to buy (a proposal, quote or negotiation).
+ASK_STAGE_PATTERN = re.compile(r"proposal|quote|negotiat", re.IGNORECASE)
+_DAY = np.timedelta64(1, "D")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _as_of_date(as_of: dt.date | pd.Timestamp) -> dt.date:
+    return pd.Timestamp(as_of).date()
+
+
+def _table_frame(name: str, data: dict[str, np.ndarray], as_of: dt.date) -> pd.DataFrame:
+    """`data` as a frame with exactly the columns of warehouse table `name`, in its order, with
+    dtypes matching its SQL types: int64 counts, bool flags, float64 money/rates/days (NaN is
+    NULL), string text, and as_of as a date."""
+    table = TABLES[name].table
+    n = len(next(iter(data.values()))) if data else 0
+    columns: dict[str, pd.Series] = {}
+    for column in table.columns:
+        if column.name == "as_of":
+            columns["as_of"] = pd.Series([as_of] * n, dtype=object)
+            continue
+        if column.name not in data:
+            raise KeyError(f"table {name}: no values computed for column {column.name!r}")
+        values = data[column.name]
+        if isinstance(column.type, sa.Boolean):
+            columns[column.name] = pd.Series(np.asarray(values, dtype=bool))
+        elif isinstance(column.type, (sa.Integer, sa.BigInteger)):
+            columns[column.name] = pd.Series(np.asarray(values, dtype="int64"))
+        elif isinstance(column.type, (sa.Float, sa.Numeric)):
+            columns[column.name] = pd.Series(np.asarray(values, dtype="float64"))
+        else:
+            columns[column.name] = pd.Series(np.asarray(values, dtype=object), dtype="string")
+    return pd.DataFrame(columns)
+
+
+def _empty_table(name: str, as_of: dt.date) -> pd.DataFrame:
+    names = [c.name for c in TABLES[name].table.columns if c.name != "as_of"]
+    return _table_frame(name, {c: np.array([]) for c in names}, as_of)
+
+
+def _concat(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {key: np.concatenate([piece[key] for piece in pieces]) for key in pieces[0]}
+
+
+@dataclass(frozen=True)
+class DealsAtEnd:
+    """The deals that existed at the end of as_of (created by then), as they stood then.
+
+    Row i of every array is row i of `frame` (the existing deals' rows of `deals`, in order).
+    Compute it once with `deals_at_end` and pass it as `at=` to every table of this module to
+    share one point-in-time rebuild.
+    """
+
+    as_of: dt.date
+    frame: pd.DataFrame
+    status: np.ndarray  # _OPEN / _WON / _LOST (from etl.metrics)
+    closed_at: np.ndarray  # datetime64[us]; NaT while open
+    amount: np.ndarray  # amount_reporting at the end of as_of (0 where unknown)
+    created_at: np.ndarray  # datetime64[us]
+    stage_order: np.ndarray  # int64 stage order at the end of as_of; 0 where unknown
+    expected_close: np.ndarray  # datetime64[us] expected close date at the end of as_of; NaT if none
+    existing_row: np.ndarray  # per row of `deals`: its row in `frame`, -1 if it did not exist yet
+    history_deal: np.ndarray  # per history row: its row in `deals`
+
+    @property
+    def history_existing(self) -> np.ndarray:
+        """Per history row: the deal's row in `frame`, -1 if the deal did not exist at as_of."""
+        return self.existing_row[self.history_deal]
+
+    @property
+    def won(self) -> np.ndarray:
+        return self.status == _WON
+
+    @property
+    def lost(self) -> np.ndarray:
+        return self.status == _LOST
+
+
+def deals_at_end(deals: pd.DataFrame, history: pd.DataFrame, as_of: dt.date | pd.Timestamp) -> DealsAtEnd:
+    """Every deal that existed at the end of `as_of`, as it stood then, from one
+    `etl.pipeline_state.pipeline_at_many` call over lean copies of `deals` and `history` (the
+    output of `etl.pipeline_state.prepare_history`): deal ids are replaced by row numbers and the
+    columns these tables do not use are left blank, so the rebuild costs little on millions of deals."""
+    history_deal = _index_in(history["deal_id"], deals["deal_id"])
+    if (history_deal < 0).any():
+        row = int(np.flatnonzero(history_deal < 0)[0])
+        raise ValueError(
+            f"history row {row}, column deal_id: deal {history['deal_id'].iloc[row]!r} is not in deals; "
+            "expected the output of etl.pipeline_state.prepare_history for these deals"
+        )
+    n_deals, n_rows = len(deals), len(history)
+    lean_deals = {"deal_id": np.arange(n_deals)}
+    lean_deals.update({column: _blank(n_deals) for column in DEAL_ATTRIBUTES})
+    lean_deals["created_at"] = deals["created_at"].to_numpy(dtype=TIMESTAMP)
+    status = _status_codes(history["stage_status"])
+    lean_history = {column: _blank(n_rows) for column in STATE_COLUMNS if column != "closed_at"}
+    lean_history.update(
+        {
+            "deal_id": history_deal,
+            "changed_at": history["changed_at"].to_numpy(dtype=TIMESTAMP),
+            "valid_to": history["valid_to"].to_numpy(dtype=TIMESTAMP),
+            "stage_status": pd.Categorical.from_codes(status, categories=list(_STATUSES)),
+            "stage_order": history["stage_order"].to_numpy(dtype="float64", na_value=np.nan),
+            "stage_entered_at": history["stage_entered_at"].to_numpy(dtype=TIMESTAMP),
+            "amount_reporting": history["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan),
+            "expected_close_date": history["expected_close_date"].to_numpy(dtype=TIMESTAMP),
+        }
+    )
+    at = pipeline_at_many(pd.DataFrame(lean_deals), pd.DataFrame(lean_history), [as_of_end(as_of)])
+    deal_row = at["deal_id"].to_numpy(dtype="int64")
+    order = np.argsort(deal_row, kind="stable")
+    deal_row = deal_row[order]
+    existing_row = np.full(n_deals, -1, dtype="int64")
+    existing_row[deal_row] = np.arange(len(deal_row))
+    status_at = np.asarray(_status_codes(at["status"]))[order]
+    stage_order = at["stage_order"].to_numpy(dtype="float64", na_value=np.nan)[order]
+    return DealsAtEnd(
+        as_of=_as_of_date(as_of),
+        frame=deals.iloc[deal_row].reset_index(drop=True),
+        status=np.where(status_at < 0, _OPEN, status_at),
+        closed_at=at["closed_at"].to_numpy(dtype=TIMESTAMP)[order],
+        amount=np.nan_to_num(at["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan)[order]),
+        created_at=at["created_at"].to_numpy(dtype=TIMESTAMP)[order],
+        stage_order=np.where(np.isnan(stage_order), 0, stage_order).astype("int64"),
+        expected_close=at["expected_close_date"].to_numpy(dtype=TIMESTAMP)[order],
+        existing_row=existing_row,
+        history_deal=history_deal,
+    )
+
+
+def _at(deals: pd.DataFrame, history: pd.DataFrame, as_of, at: DealsAtEnd | None) -> DealsAtEnd:
+    if at is None:
+        return deals_at_end(deals, history, as_of)
+    if at.as_of != _as_of_date(as_of):
+        raise ValueError(f"at= was computed for as_of {at.as_of}, expected {_as_of_date(as_of)}")
+    return at
+
+
+def _segments(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per segment type: each row's segment code and the segment names (see `etl.schema.segment_values`)."""
+    return {segment_type: _codes(segment_values(frame, segment_type)) for segment_type in SEGMENT_COLUMNS}
+
+
+def _compact(cells: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cells that occur (sorted) and each value's dense group id among them."""
+    present = np.bincount(cells, minlength=n_cells) > 0
+    return np.flatnonzero(present), (np.cumsum(present) - 1)[cells]
+
+
+@dataclass(frozen=True)
+class _Stats:
+    count: np.ndarray
+    total: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray  # sample standard deviation; NaN below 2 values
+    quantiles: np.ndarray  # (groups, len(quantiles))
+
+
+def _group_stats(
+    groups: np.ndarray, values: np.ndarray, n_groups: int, quantiles: tuple[float, ...], value_order: np.ndarray
+) -> _Stats:
+    """Count, sum, mean, sample standard deviation and quantiles of `values` per group."""
+    count = np.bincount(groups, minlength=n_groups)
+    total = np.bincount(groups, weights=values, minlength=n_groups)
+    mean = _ratio(total, count)
+    squares = np.bincount(groups, weights=(values - mean[groups]) ** 2, minlength=n_groups)
+    std = np.sqrt(_ratio(squares, np.where(count > 1, count - 1, 0)))
+    return _Stats(count, total, mean, std, _grouped_percentiles(groups, values, n_groups, quantiles, value_order))
+
+
+# --------------------------------------------------------------------------------------------
+# rep_funnel
+# --------------------------------------------------------------------------------------------
+
+
+def rep_teams(deals: pd.DataFrame) -> pd.DataFrame:
+    """Each rep's team: owner and team (the team of most of the rep's deals, ties to the first
+    team in alphabetical order; `(unknown)` for reps whose deals have no team). Owners and teams
+    are spelled as `etl.schema.segment_values` spells them."""
+    pairs = pd.DataFrame({"owner": segment_values(deals, "owner"), "team": segment_values(deals, "team")})
+    counts = pairs.value_counts(sort=False).rename("deals").reset_index()
+    counts = counts.sort_values(["owner", "deals", "team"], ascending=[True, False, True], kind="stable")
+    return counts.drop_duplicates("owner")[["owner", "team"]].reset_index(drop=True)
+
+
+def rep_funnel(
+    conversion: pd.DataFrame,
+    deals: pd.DataFrame,
+    as_of: dt.date | pd.Timestamp,
+    min_reached: int = DEFAULT_MIN_REACHED,
+) -> pd.DataFrame:
+    """Each rep's funnel against the team median: one row per pipeline x owner x open stage.
+
+    `conversion` is the `stage_conversion` table (`etl.metrics.stage_conversion`) for the same
+    as_of; its rows with period_grain "all", funnel_mode "any_order" and segment_type "owner" are
+    the reps' funnels (owner "(unknown)" is the deals without an owner). `deals` gives each rep's
+    team (`rep_teams`, over the deals created by the end of as_of).
+    - reached, advanced, decided, won, closed, next_step_rate, stage_to_won_rate: the rep's row of
+      `conversion`;
+    - eligible: the rep reached the stage with at least `min_reached` deals and is a named rep (not
+      "(unknown)"); only eligible reps count in team medians and get a weakest stage;
+    - team_reps: eligible reps of the team in this pipeline and stage;
+    - team_median_next_step_rate / team_median_stage_to_won_rate: the median of those reps' rates
+      (of the reps whose rate is not NULL; the rep itself included);
+    - next_step_rate_vs_team / stage_to_won_rate_vs_team: the rep's rate minus the team median
+      (NULL unless the rep is eligible and both are known);
+    - is_weakest_stage: true on the one stage per rep and pipeline where next_step_rate_vs_team is
+      lowest, when it is below 0 (the earliest such stage on ties): the coaching signal.
+    """
+    as_of_day = _as_of_date(as_of)
+    if min_reached < 1:
+        raise ValueError(f"rep_funnel: min_reached must be at least 1, got {min_reached}")
+    missing = [c for c in TABLES["stage_conversion"].columns if c != "as_of" and c not in conversion.columns]
+    if missing:
+        raise KeyError(f"rep_funnel: conversion lacks column(s) {missing}; expected the stage_conversion table")
+    reps = conversion.loc[
+        (conversion["period_grain"] == PERIOD_ALL)
+        & (conversion["funnel_mode"] == "any_order")
+        & (conversion["segment_type"] == "owner")
+    ]
+    if reps.empty:
+        return _empty_table("rep_funnel", as_of_day)
+    existing = deals.loc[(deals["created_at"] <= as_of_end(as_of).to_datetime64()).to_numpy(dtype=bool)]
+    teams = rep_teams(existing)
+    frame = pd.DataFrame(
+        {
+            "pipeline": reps["pipeline"].astype(str).to_numpy(),
+            "owner": reps["segment"].astype(str).to_numpy(),
+            "stage": reps["stage"].astype(str).to_numpy(),
+            "stage_order": reps["stage_order"].to_numpy(dtype="int64"),
+            **{c: reps[c].to_numpy(dtype="int64") for c in ("reached", "advanced", "decided", "won", "closed")},
+            **{c: reps[c].to_numpy(dtype="float64", na_value=np.nan) for c in ("next_step_rate", "stage_to_won_rate")},
+        }
+    )
+    frame = frame.merge(teams.astype({"owner": str, "team": str}), on="owner", how="left", validate="many_to_one")
+    frame["team"] = frame["team"].fillna(UNKNOWN_SEGMENT)
+    frame["eligible"] = (frame["reached"] >= min_reached) & (frame["owner"] != UNKNOWN_SEGMENT)
+
+    keys = ["pipeline", "team", "stage_order"]
+    peers = frame.loc[frame["eligible"]].groupby(keys, sort=False)
+    team = pd.DataFrame(
+        {
+            "team_reps": peers.size(),
+            "team_median_next_step_rate": peers["next_step_rate"].median(),
+            "team_median_stage_to_won_rate": peers["stage_to_won_rate"].median(),
+        }
+    ).reset_index()
+    frame = frame.merge(team, on=keys, how="left", validate="many_to_one")
+    frame["team_reps"] = frame["team_reps"].fillna(0).astype("int64")
+    eligible = frame["eligible"].to_numpy(dtype=bool)
+    for rate in ("next_step_rate", "stage_to_won_rate"):
+        diff = frame[rate].to_numpy(dtype="float64") - frame[f"team_median_{rate}"].to_numpy(dtype="float64")
+        frame[f"{rate}_vs_team"] = np.where(eligible, diff, np.nan)
+
+    # The weakest stage: per (pipeline, owner) the lowest negative next-step difference.
+    gap = frame["next_step_rate_vs_team"]
+    candidates = frame.loc[gap.notna() & (gap < 0), ["pipeline", "owner", "stage_order", "next_step_rate_vs_team"]]
+    weakest = candidates.sort_values(
+        ["pipeline", "owner", "next_step_rate_vs_team", "stage_order"], kind="stable"
+    ).drop_duplicates(["pipeline", "owner"])
+    frame["is_weakest_stage"] = False
+    frame.loc[weakest.index, "is_weakest_stage"] = True
+    frame = frame.sort_values(["pipeline", "owner", "stage_order"], kind="stable").reset_index(drop=True)
+    out = _table_frame("rep_funnel", {c: frame[c].to_numpy() for c in frame.columns}, as_of_day)
+    log.info(
+        "rep_funnel: %d rows for %d reps as of %s; %d weakest stages flagged",
+        len(out), frame["owner"].nunique(), as_of_day, int(frame["is_weakest_stage"].sum()),
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# deal_value_spread
+# --------------------------------------------------------------------------------------------
+
+
+def _close_quarters(at: DealsAtEnd, mask: np.ndarray, fiscal_year_start_month: int) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and labels of the fiscal quarter of closed_at of the deals in `mask`."""
+    closed = pd.Series(at.closed_at[mask])
+    return _codes(quarter_labels(closed, fiscal_year_start_month))
+
+
+def deal_value_spread(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    as_of: dt.date | pd.Timestamp,
+    fiscal_year_start_month: int = 1,
+    *,
+    at: DealsAtEnd | None = None,
+) -> pd.DataFrame:
+    """How consistent won deal values are: one row per period x segment with at least one won deal.
+
+    Periods: period_grain "all" (period "all": every deal won by the end of as_of) and
+    period_grain "quarter" (the fiscal quarter of the close date). Segments: every segment type
+    of `etl.schema.SEGMENT_COLUMNS`. Values are amount_reporting at the end of as_of of the deals
+    won then (a deal re-opened after a win is not won).
+    - won_count, won_amount: the won deals and the sum of their amounts;
+    - mean_value = won_amount / won_count (the average deal value); median_value, p10_value,
+      p90_value, min_value, max_value: percentiles of the amounts;
+    - std_value: sample standard deviation (NULL for a single deal);
+    - cv = std_value / mean_value (coefficient of variation; NULL when either is NULL or mean 0).
+    """
+    as_of_day = _as_of_date(as_of)
+    at = _at(deals, history, as_of, at)
+    won = at.won
+    if not won.any():
+        return _empty_table("deal_value_spread", as_of_day)
+    values = at.amount[won]
+    frame = at.frame.loc[won].reset_index(drop=True)
+    quarter, quarter_names = _close_quarters(at, won, fiscal_year_start_month)
+    periods = {
+        PERIOD_ALL: (np.zeros(len(values), dtype="int64"), np.array([PERIOD_ALL], dtype=object)),
+        "quarter": (quarter, quarter_names),
+    }
+    value_order = np.argsort(values, kind="stable")
+    quantiles = (0.0, 0.1, 0.5, 0.9, 1.0)
+    pieces = []
+    for segment_type, (segment, segment_names) in _segments(frame).items():
+        n_segments = len(segment_names)
+        for grain, (period, period_names) in periods.items():
+            cells, groups = _compact(period * n_segments + segment, len(period_names) * n_segments)
+            stats = _group_stats(groups, values, len(cells), quantiles, value_order)
+            n = len(cells)
+            pieces.append(
+                {
+                    "period_grain": np.full(n, grain, dtype=object),
+                    "period": period_names[cells // n_segments],
+                    "segment_type": np.full(n, segment_type, dtype=object),
+                    "segment": segment_names[cells % n_segments],
+                    "won_count": stats.count,
+                    "won_amount": stats.total,
+                    "mean_value": stats.mean,
+                    "median_value": stats.quantiles[:, 2],
+                    "std_value": stats.std,
+                    "p10_value": stats.quantiles[:, 1],
+                    "p90_value": stats.quantiles[:, 3],
+                    "min_value": stats.quantiles[:, 0],
+                    "max_value": stats.quantiles[:, 4],
+                    "cv": _ratio(stats.std, stats.mean),
+                }
+            )
+    out = _table_frame("deal_value_spread", _concat(pieces), as_of_day)
+    log.info("deal_value_spread: %d rows from %d won deals as of %s", len(out), len(values), as_of_day)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# product_mix and revenue_growth
+# --------------------------------------------------------------------------------------------
+
+
+def _calendars(at: DealsAtEnd, fiscal_year_start_month: int):
+    first = pd.Timestamp(at.created_at.min())
+    return {g: _calendar(first, at.as_of, g, fiscal_year_start_month) for g in GROWTH_GRAINS}
+
+
+def product_mix(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    as_of: dt.date | pd.Timestamp,
+    fiscal_year_start_month: int = 1,
+    *,
+    at: DealsAtEnd | None = None,
+) -> pd.DataFrame:
+    """Product mix: one row per period grain ("month", "quarter") x period x product.
+
+    Periods run from the one in which the first deal (existing at the end of as_of) was created
+    through the one containing as_of; every product (`(unknown)` for deals without one) gets a
+    row in every period. Amounts are amount_reporting at the end of as_of.
+    - created_count, created_amount: deals created in the period (created_at) and their amount;
+    - won_count, won_amount: deals won by the end of as_of whose close date falls in the period;
+    - period_won_amount: won_amount of all products in the period;
+    - won_share = won_amount / period_won_amount (NULL when nothing was won in the period).
+    """
+    as_of_day = _as_of_date(as_of)
+    at = _at(deals, history, as_of, at)
+    if len(at.frame) == 0:
+        return _empty_table("product_mix", as_of_day)
+    product, product_names = _codes(segment_values(at.frame, "product"))
+    n_products = len(product_names)
+    won = at.won
+    pieces = []
+    for grain, calendar in _calendars(at, fiscal_year_start_month).items():
+        n_periods = len(calendar.labels)
+        n_cells = n_periods * n_products
+        created_period = calendar.period_of(at.created_at)
+        closed_period = np.where(won, calendar.period_of(at.closed_at), -1)
+
+        def tally(period: np.ndarray, mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+            keep = mask & (period >= 0)
+            cells = period[keep] * n_products + product[keep]
+            return np.bincount(cells, weights=None if weights is None else weights[keep], minlength=n_cells)
+
+        everyone = np.ones(len(product), dtype=bool)
+        won_amount = tally(closed_period, won, at.amount)
+        period_won = won_amount.reshape(n_periods, n_products).sum(axis=1)
+        period_won_amount = np.repeat(period_won, n_products)
+        pieces.append(
+            {
+                "period_grain": np.full(n_cells, grain, dtype=object),
+                "period": calendar.labels[np.repeat(np.arange(n_periods), n_products)],
+                "product": product_names[np.tile(np.arange(n_products), n_periods)],
+                "created_count": tally(created_period, everyone),
+                "created_amount": tally(created_period, everyone, at.amount),
+                "won_count": tally(closed_period, won),
+                "won_amount": won_amount,
+                "period_won_amount": period_won_amount,
+                "won_share": _ratio(won_amount, period_won_amount),
+            }
+        )
+    out = _table_frame("product_mix", _concat(pieces), as_of_day)
+    log.info("product_mix: %d rows for %d products as of %s", len(out), n_products, as_of_day)
+    return out
+
+
+def revenue_growth(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    as_of: dt.date | pd.Timestamp,
+    fiscal_year_start_month: int = 1,
+    *,
+    at: DealsAtEnd | None = None,
+) -> pd.DataFrame:
+    """Revenue growth period over period: one row per period grain ("month", "quarter") x period x segment.
+
+    Periods run as in `product_mix`; every segment value (every segment type) gets a row in every
+    period. Won deals count in the period of their close date, at amount_reporting at the end of as_of.
+    - complete: false for the period containing as_of when as_of is not its last day (its
+      won_amount, and its growth, cover only part of it);
+    - won_count, won_amount: deals won in the period;
+    - previous_period, previous_won_amount: the period before and its won_amount (NULL for the
+      first period of the table);
+    - growth = (won_amount - previous_won_amount) / previous_won_amount; NULL when the previous
+      period is absent or won nothing.
+    """
+    as_of_day = _as_of_date(as_of)
+    at = _at(deals, history, as_of, at)
+    if len(at.frame) == 0:
+        return _empty_table("revenue_growth", as_of_day)
+    won = at.won
+    end = np.datetime64(as_of_end(as_of), "us")
+    calendars = _calendars(at, fiscal_year_start_month)
+    closed_periods = {g: np.where(won, c.period_of(at.closed_at), -1) for g, c in calendars.items()}
+    pieces = []
+    for segment_type, (segment, segment_names) in _segments(at.frame).items():
+        n_segments = len(segment_names)
+        for grain, calendar in calendars.items():
+            n_periods = len(calendar.labels)
+            n_cells = n_periods * n_segments
+            closed_period = closed_periods[grain]
+            keep = closed_period >= 0
+            cells = closed_period[keep] * n_segments + segment[keep]
+            won_count = np.bincount(cells, minlength=n_cells)
+            won_amount = np.bincount(cells, weights=at.amount[keep], minlength=n_cells)
+            # The previous period's cell of the same segment is n_segments cells earlier.
+            previous = np.full(n_cells, np.nan)
+            previous[n_segments:] = won_amount[:-n_segments] if n_segments else previous[n_segments:]
+            period_index = np.repeat(np.arange(n_periods), n_segments)
+            previous_label = np.where(period_index > 0, calendar.labels[np.maximum(period_index - 1, 0)], None)
+            complete = calendar.end <= end + np.timedelta64(1, "us")
+            pieces.append(
+                {
+                    "period_grain": np.full(n_cells, grain, dtype=object),
+                    "period": calendar.labels[period_index],
+                    "segment_type": np.full(n_cells, segment_type, dtype=object),
+                    "segment": segment_names[np.tile(np.arange(n_segments), n_periods)],
+                    "complete": complete[period_index],
+                    "won_count": won_count,
+                    "won_amount": won_amount,
+                    "previous_period": previous_label,
+                    "previous_won_amount": previous,
+                    "growth": _ratio(won_amount - previous, previous),
+                }
+            )
+    out = _table_frame("revenue_growth", _concat(pieces), as_of_day)
+    log.info("revenue_growth: %d rows as of %s", len(out), as_of_day)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# ask_to_decision
+# --------------------------------------------------------------------------------------------
+
+
+def ask_stages(stages: StageCatalog, configured: Collection[str] | None = None) -> dict[str, tuple[str, ...]]:
+    """The "ask" stages of each pipeline: the open stages in `configured` (stage names), else the
+    open stages whose name contains proposal, quote or negotiat (any case), else the last two open
+    stages (the only one of a one-stage pipeline)."""
+    chosen = {}
+    wanted = set(configured or ())
+    for pipeline in stages:
+        names = tuple(s for s in pipeline.open_stages if s in wanted)
+        if not names:
+            names = tuple(s for s in pipeline.open_stages if ASK_STAGE_PATTERN.search(s))
+        if not names:
+            names = tuple(pipeline.open_stages[-2:])
+        chosen[pipeline.name] = names
+    return chosen
+
+
+def ask_to_decision(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    stages: StageCatalog,
+    as_of: dt.date | pd.Timestamp,
+    fiscal_year_start_month: int = 1,
+    configured_ask_stages: Collection[str] | None = None,
+    *,
+    at: DealsAtEnd | None = None,
+) -> pd.DataFrame:
+    """Time from ask to decision: one row per period x segment x outcome with at least one deal.
+
+    The ask stages of each pipeline are `ask_stages(stages, configured_ask_stages)`. A deal counts
+    when it is won or lost at the end of as_of and its history (`etl.pipeline_state.prepare_history`
+    output) shows it entering an ask stage by then; its days are from the first time it entered
+    any ask stage to its close (closed_at; for a re-opened deal its latest close). Deals without
+    stage history never show an ask entry and are not counted.
+    Periods: period_grain "all" (period "all") and "quarter" (fiscal quarter of the close date).
+    Segments: every segment type. Outcomes: won, lost and all (both).
+    - deals: the deals counted; median_days, mean_days, p90_days: of their days.
+    """
+    as_of_day = _as_of_date(as_of)
+    at = _at(deals, history, as_of, at)
+    chosen = ask_stages(stages, configured_ask_stages)
+    log.info("ask_to_decision: ask stages per pipeline %s", chosen)
+    pipelines = list(chosen)
+    width = max((len(p.open_stages) for p in stages), default=0) + 3
+    is_ask = np.zeros((len(pipelines) + 1, width), dtype=bool)  # last row: pipelines not configured
+    for i, name in enumerate(pipelines):
+        for stage in chosen[name]:
+            is_ask[i, stages[name].order_of(stage)] = True
+
+    end = np.datetime64(as_of_end(as_of), "us")
+    changed_at = history["changed_at"].to_numpy(dtype=TIMESTAMP)
+    deal = at.history_existing
+    pipe = _index_in(history["pipeline"], pipelines)
+    order = history["stage_order"].to_numpy(dtype="float64", na_value=np.nan)
+    order = np.where(np.isnan(order) | (order < 0) | (order >= width), 0, order).astype("int64")
+    entry = history["is_stage_change"].to_numpy(dtype=bool) & (changed_at <= end) & (deal >= 0)
+    entry &= is_ask[np.where(pipe < 0, len(pipelines), pipe), order]
+    deal, entered = deal[entry], changed_at[entry]
+    # First ask entry per deal: sort by (deal, time) and keep each deal's first row.
+    by_time = np.lexsort((entered, deal))
+    deal, entered = deal[by_time], entered[by_time]
+    first = np.ones(len(deal), dtype=bool)
+    first[1:] = deal[1:] != deal[:-1]
+    first_ask = np.full(len(at.frame), np.datetime64("NaT"), dtype=TIMESTAMP)
+    first_ask[deal[first]] = entered[first]
+
+    closed = (at.won | at.lost) & ~np.isnat(first_ask) & ~np.isnat(at.closed_at)
+    if not closed.any():
+        return _empty_table("ask_to_decision", as_of_day)
+    days = (at.closed_at[closed] - first_ask[closed]) / _DAY
+    won = at.won[closed]
+    frame = at.frame.loc[closed].reset_index(drop=True)
+    quarter, quarter_names = _close_quarters(at, closed, fiscal_year_start_month)
+    periods = {
+        PERIOD_ALL: (np.zeros(len(days), dtype="int64"), np.array([PERIOD_ALL], dtype=object)),
+        "quarter": (quarter, quarter_names),
+    }
+    outcome_masks = {"won": won, "lost": ~won, "all": np.ones(len(days), dtype=bool)}
+    pieces = []
+    for segment_type, (segment, segment_names) in _segments(frame).items():
+        n_segments = len(segment_names)
+        for grain, (period, period_names) in periods.items():
+            for outcome in OUTCOMES:
+                mask = outcome_masks[outcome]
+                if not mask.any():
+                    continue
+                values = days[mask]
+                cells, groups = _compact((period * n_segments + segment)[mask], len(period_names) * n_segments)
+                stats = _group_stats(groups, values, len(cells), (0.5, 0.9), np.argsort(values, kind="stable"))
+                n = len(cells)
+                pieces.append(
+                    {
+                        "period_grain": np.full(n, grain, dtype=object),
+                        "period": period_names[cells // n_segments],
+                        "segment_type": np.full(n, segment_type, dtype=object),
+                        "segment": segment_names[cells % n_segments],
+                        "outcome": np.full(n, outcome, dtype=object),
+                        "deals": stats.count,
+                        "median_days": stats.quantiles[:, 0],
+                        "mean_days": stats.mean,
+                        "p90_days": stats.quantiles[:, 1],
+                    }
+                )
+    out = _table_frame("ask_to_decision", _concat(pieces), as_of_day)
+    log.info("ask_to_decision: %d rows from %d closed deals with an ask as of %s", len(out), len(days), as_of_day)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# pipeline_coverage
+# --------------------------------------------------------------------------------------------
+
+
+def _stage_rates(conversion: pd.DataFrame, pipelines: list[str], width: int) -> np.ndarray:
+    """stage_to_won_rate per (pipeline, stage order) from the company-wide any-order funnel over
+    all periods; NaN where the funnel has no rate (last row: pipelines not in `pipelines`)."""
+    rows = conversion.loc[
+        (conversion["period_grain"] == PERIOD_ALL)
+        & (conversion["funnel_mode"] == "any_order")
+        & (conversion["segment_type"] == "all")
+        & (conversion["segment"] == "all")
+    ]
+    table = np.full((len(pipelines) + 1, width), np.nan)
+    pipe = _index_in(rows["pipeline"], pipelines)
+    order = rows["stage_order"].to_numpy(dtype="int64")
+    keep = (pipe >= 0) & (order >= 0) & (order < width)
+    table[pipe[keep], order[keep]] = rows["stage_to_won_rate"].to_numpy(dtype="float64", na_value=np.nan)[keep]
+    return table
+
+
+def pipeline_coverage(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    conversion: pd.DataFrame,
+    quotas: pd.DataFrame,
+    as_of: dt.date | pd.Timestamp,
+    fiscal_year_start_month: int = 1,
+    *,
+    at: DealsAtEnd | None = None,
+) -> pd.DataFrame:
+    """Coverage and pipeline needed against quota: one row per quarter x segment.
+
+    Quarters: the one containing as_of, the next one, and every quarter of `quotas` up to the next
+    one. Segments: all/all and every (segment_type, segment) that `quotas` (`etl.quotas.load_quotas`
+    output: quarter, segment_type, segment, amount) names, in every quarter. `conversion` is the
+    `stage_conversion` table of the same as_of.
+    - quota: the quotas amount of the quarter and segment (NULL when not set);
+    - closed_won: amount of the deals won (at the end of as_of) with a close date in the quarter, up
+      to the end of as_of (0 for a quarter that starts after as_of);
+    - remaining = quota - closed_won (NULL without a quota);
+    - open_deals, open_pipeline: count and amount of the deals open at the end of as_of whose
+      expected close date (as it stood then) falls in the quarter (for a past quarter: the
+      overdue deals still open);
+    - coverage = open_pipeline / remaining; NULL when remaining is NULL or not positive;
+    - rated_pipeline: the part of open_pipeline in stages that have a historical stage-to-won rate
+      (stage_to_won_rate of the deal's pipeline and current stage in `conversion`, period "all",
+      funnel_mode any_order, segment all);
+    - stage_mix_win_rate: sum of amount x that rate / rated_pipeline (the amount-weighted
+      historical win rate of this open pipeline's stage mix); NULL when rated_pipeline is 0;
+    - pipeline_needed = remaining / stage_mix_win_rate (0 when remaining is not positive: the quota
+      is met); NULL when remaining or stage_mix_win_rate is NULL or the rate is 0;
+    - pipeline_gap = pipeline_needed - open_pipeline (positive: more pipeline is needed).
+    """
+    as_of_day = _as_of_date(as_of)
+    at = _at(deals, history, as_of, at)
+    quota_frame = quotas.loc[:, ["quarter", "segment_type", "segment", "amount"]].astype(
+        {"quarter": str, "segment_type": str, "segment": str, "amount": "float64"}
+    )
+    bad = ~quota_frame["segment_type"].isin(list(SEGMENT_COLUMNS)).to_numpy(dtype=bool)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"pipeline_coverage: quotas row {row}, column segment_type: expected one of {list(SEGMENT_COLUMNS)}, "
+            f"got {quota_frame['segment_type'].iloc[row]!r}"
+        )
+    end_ts = as_of_end(as_of)
+    current = quarter_label(end_ts, fiscal_year_start_month)
+    following = quarter_label(quarter_end(end_ts, fiscal_year_start_month), fiscal_year_start_month)
+    following_start = period_bounds(following, fiscal_year_start_month)[0]
+    quota_quarters = [
+        q for q in quota_frame["quarter"].unique() if period_bounds(q, fiscal_year_start_month)[0] <= following_start
+    ]
+    quarters = sorted({current, following, *quota_quarters}, key=lambda q: period_bounds(q, fiscal_year_start_month)[0])
+    bounds = [period_bounds(q, fiscal_year_start_month) for q in quarters]
+    q_start = np.array([b[0] for b in bounds], dtype=TIMESTAMP)
+    q_end = np.array([b[1] for b in bounds], dtype=TIMESTAMP)
+
+    named = quota_frame[["segment_type", "segment"]].drop_duplicates()
+    targets = pd.concat([pd.DataFrame({"segment_type": ["all"], "segment": ["all"]}), named], ignore_index=True)
+    targets = targets.drop_duplicates().reset_index(drop=True)
+
+    def quarter_of(when: np.ndarray) -> np.ndarray:
+        index = np.searchsorted(q_start, when, side="right") - 1
+        inside = ~np.isnat(when) & (index >= 0)
+        inside[inside] &= when[inside] < q_end[index[inside]]
+        return np.where(inside, index, -1)
+
+    end = np.datetime64(end_ts, "us")
+    won_quarter = np.where(at.won & (at.closed_at <= end), quarter_of(at.closed_at), -1)
+    is_open = at.status == _OPEN
+    open_quarter = np.where(is_open, quarter_of(at.expected_close), -1)
+
+    stage_catalog_pipelines, pipe_codes = _pipeline_codes(at.frame)
+    width = int(max(at.stage_order.max(initial=0), conversion["stage_order"].max() if len(conversion) else 0)) + 1
+    rates = _stage_rates(conversion, stage_catalog_pipelines, width)
+    rate = rates[pipe_codes, np.clip(at.stage_order, 0, width - 1)]
+    rated = is_open & ~np.isnan(rate)
+    weighted = np.where(rated, at.amount * np.nan_to_num(rate), 0.0)
+
+    n_quarters = len(quarters)
+    pieces = []
+    for segment_type, group in targets.groupby("segment_type", sort=False):
+        segment_names = group["segment"].to_numpy(dtype=object)
+        position = _index_in(segment_values(at.frame, segment_type), list(segment_names))
+        n_segments = len(segment_names)
+        n_cells = n_quarters * n_segments
+
+        def tally(quarter: np.ndarray, mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+            keep = mask & (quarter >= 0) & (position >= 0)
+            cells = quarter[keep] * n_segments + position[keep]
+            return np.bincount(cells, weights=None if weights is None else weights[keep], minlength=n_cells)
+
+        everyone = np.ones(len(position), dtype=bool)
+        pieces.append(
+            {
+                "quarter": np.asarray(quarters, dtype=object)[np.repeat(np.arange(n_quarters), n_segments)],
+                "segment_type": np.full(n_cells, segment_type, dtype=object),
+                "segment": segment_names[np.tile(np.arange(n_segments), n_quarters)],
+                "closed_won": tally(won_quarter, everyone, at.amount),
+                "open_deals": tally(open_quarter, everyone),
+                "open_pipeline": tally(open_quarter, everyone, at.amount),
+                "rated_pipeline": tally(open_quarter, rated, at.amount),
+                "weighted": tally(open_quarter, rated, weighted),
+            }
+        )
+    data = _concat(pieces)
+    keys = pd.DataFrame({"quarter": data["quarter"], "segment_type": data["segment_type"], "segment": data["segment"]})
+    quota = keys.merge(quota_frame, on=["quarter", "segment_type", "segment"], how="left", validate="one_to_one")
+    quota_amount = quota["amount"].to_numpy(dtype="float64", na_value=np.nan)
+    remaining = quota_amount - data["closed_won"]
+    positive = remaining > 0
+    stage_mix = _ratio(data.pop("weighted"), data["rated_pipeline"])
+    needed = np.where(positive, _ratio(remaining, stage_mix), np.where(np.isnan(remaining), np.nan, 0.0))
+    data.update(
+        {
+            "quota": quota_amount,
+            "remaining": remaining,
+            "coverage": np.where(positive, _ratio(data["open_pipeline"], remaining), np.nan),
+            "stage_mix_win_rate": stage_mix,
+            "pipeline_needed": needed,
+            "pipeline_gap": needed - data["open_pipeline"],
+        }
+    )
+    out = _table_frame("pipeline_coverage", data, as_of_day)
+    log.info("pipeline_coverage: %d rows (%d quarters) as of %s", len(out), n_quarters, as_of_day)
+    return out
+
+
+def _pipeline_codes(frame: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """The pipelines (sorted) and each row's pipeline code."""
+    codes, names = _codes(frame["pipeline"].astype("string").fillna(UNKNOWN_SEGMENT))
+    return [str(n) for n in names], codes
