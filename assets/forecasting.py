@@ -6,10 +6,13 @@ import pandas as pd
 
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
+from etl.periods import quarter_label
 from etl.quotas import load_quotas
-from etl.report import markdown_table
+from etl.report import fan_chart, image_markdown, markdown_table
 from etl.stages import StageCatalog
+from models.backtest import forecast_fan
 from models.forecast import forecast_quarterly as simulate_forecast
+from models.revenue_calibration import RevenueCalibration, calibrated_scores
 from models.scoring import ScorerResult
 from models.timing import CloseTiming
 
@@ -29,15 +32,23 @@ def forecast_quarterly(
     """Revenue for the current and next quarter by segment: closed won to date, expected, P10/P50/P90, quota, gap and coverage."""
     resolved = run_settings(context, settings)
     forecast_cfg = resolved.project.forecast
+    fiscal_start = resolved.project.fiscal_year_start_month
     quotas = load_quotas(resolved.quota_path())
+    calibration = RevenueCalibration.fit(deal_scoring_model, deals, deal_history)
     frame = simulate_forecast(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
-        scores=deal_scores[["deal_id", "win_probability"]], timing=close_timing, quotas=quotas,
-        fiscal_year_start_month=resolved.project.fiscal_year_start_month,
-        draws=forecast_cfg.draws, seed=forecast_cfg.seed, model_version=deal_scoring_model.scorer.version,
+        scores=calibrated_scores(deal_scores, calibration), timing=close_timing, quotas=quotas,
+        fiscal_year_start_month=fiscal_start,
+        draws=forecast_cfg.draws, seed=forecast_cfg.seed,
+        # The model whose scores fed the forecast (an earlier run's when tonight's did not qualify).
+        model_version=deal_scores["model_version"].iloc[0] if len(deal_scores) else deal_scoring_model.scorer.version,
     )
     warehouse.publish(context, resolved.as_of, "forecast_quarterly", frame)
     totals = frame[frame.segment_type == "all"]
+    quarter = quarter_label(resolved.as_of, fiscal_start)
+    # Every nightly forecast of this quarter so far (this run's rows were just written).
+    trail = forecast_fan(warehouse.warehouse.read("forecast_quarterly"), quarter, fiscal_start)
+    chart = fan_chart(trail, f"{quarter}: forecast by night (P10-P90, P50) against quota", quota=trail["quota"].iloc[-1])
     return dg.Output(
         frame,
         metadata={
@@ -45,5 +56,16 @@ def forecast_quarterly(
             "company": dg.MetadataValue.md(
                 markdown_table(totals[["quarter", "closed_won_to_date", "p10", "p50", "p90", "quota", "gap", "coverage"]])
             ),
+            "revenue_calibration": dg.MetadataValue.md(
+                markdown_table(
+                    pd.DataFrame(
+                        {
+                            "amount_band_from": [0.0, *calibration.edges],
+                            "factor": list(calibration.factors),
+                        }
+                    )
+                )
+            ),
+            "fan_chart": dg.MetadataValue.md(image_markdown(chart, f"{quarter} fan chart")),
         },
     )

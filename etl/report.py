@@ -104,3 +104,38 @@ def calibration_chart(reliability: pd.DataFrame, title: str = "Calibration on th
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(title, fontsize=10)
     return _png(fig)
+
+
+def fan_chart(
+    points: pd.DataFrame,
+    title: str,
+    quota: float | None = None,
+    actual: float | None = None,
+) -> bytes:
+    """A quarter's forecast over time: the P10-P90 band and the P50 line over the as-of dates, with
+    the quota and the actual (when known) as horizontal lines, and closed won to date when `points`
+    has it.
+
+    `points` has columns as_of (dates), p10, p50, p90 and optionally closed_won_to_date, one row per
+    as-of date, in the reporting currency.
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    rows = points.sort_values("as_of")
+    x = pd.to_datetime(rows["as_of"])
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.fill_between(x, rows["p10"], rows["p90"], color="#3b6ea8", alpha=0.25, label="P10-P90")
+    ax.vlines(x, rows["p10"], rows["p90"], color="#3b6ea8", alpha=0.5, linewidth=1)
+    ax.plot(x, rows["p50"], color="#3b6ea8", marker="o", markersize=3, label="P50")
+    if "closed_won_to_date" in rows.columns and rows["closed_won_to_date"].notna().any():
+        ax.plot(x, rows["closed_won_to_date"], color="#7fb77e", drawstyle="steps-post", label="closed won to date")
+    for value, label, style in ((quota, "quota", "--"), (actual, "actual", "-")):
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            ax.axhline(value, color="#c0504d" if label == "quota" else "black", linestyle=style, linewidth=1.2, label=f"{label} {value:,.0f}")
+    ax.set_ylabel("reporting currency")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.tick_params(labelsize=8)
+    fig.autofmt_xdate()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title, fontsize=10)
+    return _png(fig)

@@ -209,7 +209,9 @@ def _new_deal_wins(
         back += 1
         if cut < data_start:
             break
-        if stop > end:
+        # Finished by `end`: its last instant (stop - 1 microsecond, as `end` is a day's last
+        # instant) is at or before `end`.
+        if stop - pd.Timedelta(microseconds=1) > end:
             continue
         label = quarter_label(start, fiscal_year_start_month)
         inside = (won["created_at"] > cut) & (won["closed_at"] >= start) & (won["closed_at"] < stop)

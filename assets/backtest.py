@@ -1,0 +1,49 @@
+"""The forecast backtest: past quarters forecast again with only what was known then, against the actual."""
+
+
+import dagster as dg
+import pandas as pd
+
+from assets.resources import DealcastSettings, WarehouseResource
+from assets.runs import run_settings
+from etl.quotas import load_quotas
+from etl.report import fan_chart, image_markdown, markdown_table
+from etl.stages import StageCatalog
+from models.backtest import backtest_fan, backtest_summary, forecast_backtest as run_backtest, quota_of
+
+
+@dg.asset(group_name="forecasting", kinds={"pandas", "sql"})
+def forecast_backtest(
+    context: dg.AssetExecutionContext,
+    settings: DealcastSettings,
+    warehouse: WarehouseResource,
+    deals: pd.DataFrame,
+    deal_history: pd.DataFrame,
+    pipeline_stages: pd.DataFrame,
+) -> dg.MaterializeResult:
+    """How accurate the forecast was: recent past quarters forecast again at their start, week 4 and week 8 with only what was known then, against the actual and two baselines."""
+    resolved = run_settings(context, settings)
+    project = resolved.project
+    frame = run_backtest(
+        deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
+        project.model, project.forecast, project.fiscal_year_start_month,
+    )
+    warehouse.publish(context, resolved.as_of, "forecast_backtest", frame)
+    metadata = {"dagster/row_count": len(frame), "quarters": frame["quarter"].nunique()}
+    if frame.empty:
+        context.log.warning("no past quarter with enough history to backtest (or [forecast] backtest_quarters = 0)")
+        return dg.MaterializeResult(metadata=metadata)
+    metadata["accuracy"] = dg.MetadataValue.md(
+        markdown_table(backtest_summary(frame, by=("method", "checkpoint")), floatfmt="{:,.3f}")
+    )
+    metadata["accuracy_company_total"] = dg.MetadataValue.md(
+        markdown_table(backtest_summary(frame[frame["segment_type"] == "all"], by=("method", "checkpoint")), floatfmt="{:,.3f}")
+    )
+    latest = frame["quarter"].max()
+    points = backtest_fan(frame, latest)
+    chart = fan_chart(
+        points, f"{latest}: forecast at start, week 4 and week 8 (backtest)",
+        quota=quota_of(load_quotas(resolved.quota_path()), latest), actual=float(points["actual"].iloc[0]),
+    )
+    metadata["fan_chart"] = dg.MetadataValue.md(image_markdown(chart, f"{latest} backtest fan chart"))
+    return dg.MaterializeResult(metadata=metadata)
