@@ -11,7 +11,7 @@ from assets.runs import run_settings
 from etl.report import calibration_chart, image_markdown, markdown_table
 from etl.stages import StageCatalog
 from models.deal_scores import build_deal_scores
-from models.registry import model_runs_row, save_artifact
+from models.registry import artifact_file, choose_scorer, model_runs_row, save_artifact
 from models.scoring import ScorerResult, train_scorer
 from models.timing import CloseTiming
 from models.training_set import build_training_set
@@ -88,11 +88,17 @@ def deal_scores(
     deal_scoring_model: ScorerResult,
     close_timing: CloseTiming,
 ) -> dg.Output[pd.DataFrame]:
-    """Every open deal's calibrated win probability, probability of winning this quarter, and its top reasons."""
+    """Every open deal's calibrated win probability, probability of winning this quarter, and its top reasons, from the latest model eligible for scoring."""
     resolved = run_settings(context, settings)
+    choice = choose_scorer(deal_scoring_model, resolved.as_of, warehouse.warehouse.read("model_runs"), resolved.model_dir)
+    if choice.reason:
+        context.log.warning(f"deal scores use {choice.scored_with} {choice.model_version}: {choice.reason}")
+    else:
+        context.log.info(f"deal scores use this run's model {choice.model_version}")
     frame = build_deal_scores(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
-        deal_scoring_model.scorer, close_timing, resolved.project.fiscal_year_start_month,
+        choice.scorer, close_timing, resolved.project.fiscal_year_start_month,
+        scored_with=choice.scored_with, scoring_reason=choice.reason,
     )
     warehouse.publish(context, resolved.as_of, "deal_scores", frame)
     bands = frame.groupby("score_band").agg(deals=("deal_id", "size"), expected_value=("expected_value", "sum")).reset_index()
@@ -100,7 +106,11 @@ def deal_scores(
         frame,
         metadata={
             "dagster/row_count": len(frame),
-            "model_version": deal_scoring_model.scorer.version,
+            "model_version": choice.model_version,
+            "scoring_method": choice.scorer.scoring_method,
+            "scored_with": choice.scored_with,
+            "model_as_of": str(choice.model_as_of),
+            "scoring_reason": choice.reason or "",
             "by_band": dg.MetadataValue.md(markdown_table(bands)),
             "top_deals": dg.MetadataValue.md(
                 markdown_table(
@@ -124,7 +134,7 @@ def model_runs(
     """The model registry: each trained model's version, data window, parameters, features and test metrics against the baselines."""
     resolved = run_settings(context, settings)
     trained_at = pd.Timestamp(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
-    row = model_runs_row(deal_scoring_model, resolved.as_of, trained_at)
+    row = model_runs_row(deal_scoring_model, resolved.as_of, trained_at, artifact_path=artifact_file(resolved.model_dir, deal_scoring_model.version))
     warehouse.publish(context, resolved.as_of, "model_runs", pd.DataFrame([row]))
     return dg.MaterializeResult(
         metadata={

@@ -12,11 +12,13 @@ from etl.pipeline_state import as_of_end, pipeline_at
 from etl.stages import STATUS_OPEN, StageCatalog
 from etl.tables import TABLES
 from models.explain import explain
-from models.scoring import Scorer, score_bands
+from models.registry import SCORED_WITH_EARLIER, SCORED_WITH_FALLBACK, SCORED_WITH_THIS_RUN
+from models.scoring import METHOD_MODEL, Scorer, score_bands
 from models.timing import CloseTiming, win_this_quarter_probability
 from models.training_set import features_from_states
 
 DEAL_SCORE_COLUMNS = [c for c in TABLES["deal_scores"].columns if c != "as_of"]
+SCORED_WITH_VALUES = (SCORED_WITH_THIS_RUN, SCORED_WITH_EARLIER, SCORED_WITH_FALLBACK)
 
 
 def build_deal_scores(
@@ -27,15 +29,26 @@ def build_deal_scores(
     scorer: Scorer,
     timing: CloseTiming,
     fiscal_year_start_month: int = 1,
+    *,
+    scored_with: str | None = None,
+    scoring_reason: str | None = None,
 ) -> pd.DataFrame:
     """Score every deal open at the end of `as_of`, as it stood then (one rebuild of the pipeline
     serves the features, the close timing and the table's descriptive columns).
 
-    expected_value = amount (reporting currency) x win probability.
+    expected_value = amount (reporting currency) x win probability. `scored_with` and
+    `scoring_reason` come from `models.registry.choose_scorer`; by default `scored_with` is
+    `this_run_model` for a calibrated model and `this_run_fallback` for a fallback scorer.
     """
-    states = pipeline_at(deals, history, as_of_end(as_of))
-    open_deals = states[states["status"] == STATUS_OPEN].sort_values("deal_id", kind="stable").reset_index(drop=True)
-    features = features_from_states(open_deals, stages, None, fiscal_year_start_month)
+    if scored_with is None:
+        scored_with = SCORED_WITH_THIS_RUN if scorer.scoring_method == METHOD_MODEL else SCORED_WITH_FALLBACK
+    if scored_with not in SCORED_WITH_VALUES:
+        raise ValueError(f"deal_scores.scored_with must be one of {SCORED_WITH_VALUES}, got {scored_with!r}")
+    states = pipeline_at(deals, history, as_of_end(as_of)).sort_values("deal_id", kind="stable").reset_index(drop=True)
+    open_deals = states[states["status"] == STATUS_OPEN].reset_index(drop=True)
+    # Every deal's state goes in, not just the open ones: the owner, product and account win rates
+    # count the deals closed before as_of, exactly as in the training set.
+    features = features_from_states(states, stages, None, fiscal_year_start_month)
     if not features["deal_id"].astype(str).equals(open_deals["deal_id"].astype(str)):
         raise RuntimeError("deal_scores: features and open deals are not aligned by deal_id")
 
@@ -60,6 +73,8 @@ def build_deal_scores(
             "top_factors_text": reasons["top_factors_text"].reindex(open_deals["deal_id"]).to_numpy(),
             "model_version": scorer.version,
             "scoring_method": scorer.scoring_method,
+            "scored_with": scored_with,
+            "scoring_reason": pd.Series(scoring_reason, index=open_deals.index, dtype=object),
         }
     )
     return frame[DEAL_SCORE_COLUMNS]

@@ -5,6 +5,10 @@ date outcomes were read at, the labelled rows, the features) and how (its parame
 data and settings give the same version, so re-running a night replaces that night's
 `model_runs` row instead of adding another. Artifacts are joblib files in the configured
 `artifact_dir` (outside git).
+
+Scoring uses the latest model eligible for scoring (`eligible_models`, `choose_scorer`): this
+run's calibrated model when it qualified, else the newest earlier one trained on data that ends
+on or before the run's as_of, else this run's flagged fallback scorer.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import joblib
+import numpy as np
 import pandas as pd
 
 from etl.tables import TABLES
@@ -60,12 +67,17 @@ def model_version(training: "TrainingSet", params: dict) -> str:
     return hashlib.sha256(_json(payload).encode("utf-8")).hexdigest()[:VERSION_LENGTH]
 
 
+def artifact_file(directory: str | Path, version: str) -> Path:
+    """Where the artifact of model `version` is kept: `<directory>/deal-scorer-<version>.joblib`."""
+    return Path(directory) / f"{ARTIFACT_PREFIX}{version}{ARTIFACT_SUFFIX}"
+
+
 def save_artifact(scorer: "Scorer", directory: str | Path) -> Path:
     """Write `scorer` to `<directory>/deal-scorer-<version>.joblib` (atomically: a reader never
     sees a half-written file) and return the path."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{ARTIFACT_PREFIX}{scorer.version}{ARTIFACT_SUFFIX}"
+    path = artifact_file(folder, scorer.version)
     handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=ARTIFACT_SUFFIX, dir=folder)
     os.close(handle)
     try:
@@ -117,3 +129,131 @@ def model_runs_row(
         "artifact_path": None if artifact_path is None else str(artifact_path),
     }
     return {column: values[column] for column in MODEL_RUNS_COLUMNS}
+
+
+# ------------------------------------------------------------------------------------------------
+# Which scorer scores tonight's deals
+
+# `deal_scores.scored_with`: which scorer produced the scores.
+SCORED_WITH_THIS_RUN = "this_run_model"
+SCORED_WITH_EARLIER = "earlier_model"
+SCORED_WITH_FALLBACK = "this_run_fallback"
+
+# What can go wrong reading a saved artifact that is there but unusable (truncated, written by an
+# incompatible version of a library, or not a scorer at all).
+_UNREADABLE_ARTIFACT = (
+    OSError, EOFError, TypeError, ValueError, KeyError, IndexError, AttributeError, ImportError, pickle.UnpicklingError,
+)
+
+
+@dataclass(frozen=True)
+class ScorerChoice:
+    """The scorer that scores a run's open deals and why.
+
+    `scored_with`: `this_run_model`, `earlier_model` or `this_run_fallback`; `reason`: why this
+    run's own model is not used, in words (None when it is); `model_as_of`: the as_of the scorer
+    was trained for.
+    """
+
+    scorer: "Scorer"
+    scored_with: str
+    model_as_of: dt.date
+    reason: str | None
+
+    @property
+    def model_version(self) -> str:
+        return self.scorer.version
+
+
+def eligible_models(
+    runs: pd.DataFrame,
+    as_of: dt.date,
+    artifact_dir: str | Path,
+    has_history: bool,
+) -> pd.DataFrame:
+    """The `model_runs` rows a run for `as_of` may score with, newest first.
+
+    A model run is *eligible for scoring* when all of these hold:
+    - it is a calibrated model that scored its own run: `scoring_method` is `calibrated_model`, which
+      `train_scorer` sets only when there was enough closed history (`eligible`) and the model beat
+      the better baseline on held-out log loss (`beats_baselines`);
+    - its data window ends on or before `as_of`: it was trained for an `as_of` no later than this
+      run's (outcomes read up to then), so a backfill never uses a model that saw later data;
+    - it was trained on the same kind of source (`has_history` equal to this run's): a model
+      trained on stage history needs stage features a no-history source does not have;
+    - its artifact `<artifact_dir>/deal-scorer-<model_version>.joblib` exists.
+    Newest means the latest `as_of`, then the latest `trained_at`. Adds the column `artifact`.
+    """
+    needed = ["model_version", "as_of", "trained_at", "scoring_method", "eligible", "beats_baselines", "has_history"]
+    missing = [c for c in needed if c not in runs.columns]
+    if missing:
+        raise ValueError(f"model_runs frame lacks column(s) {missing}; read it with Warehouse.read('model_runs')")
+    from models.scoring import METHOD_MODEL
+
+    if runs.empty:
+        return runs.assign(artifact=pd.Series(dtype=object))
+    trained_for = pd.to_datetime(runs["as_of"])
+    usable = (
+        (runs["scoring_method"].astype("string") == METHOD_MODEL).fillna(False).to_numpy(dtype=bool)
+        & runs["eligible"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        & runs["beats_baselines"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        & (trained_for <= pd.Timestamp(as_of)).fillna(False).to_numpy(dtype=bool)
+        & (runs["has_history"].astype("boolean") == bool(has_history)).fillna(False).to_numpy(dtype=bool)
+    )
+    candidates = runs.loc[usable].copy()
+    candidates["artifact"] = [artifact_file(artifact_dir, str(v)) for v in candidates["model_version"]]
+    exists = np.array([path.is_file() for path in candidates["artifact"]], dtype=bool)
+    candidates = candidates.loc[exists]
+    order = candidates.assign(_as_of=pd.to_datetime(candidates["as_of"]), _trained=pd.to_datetime(candidates["trained_at"]))
+    order = order.sort_values(["_as_of", "_trained", "model_version"], ascending=[False, False, False], kind="stable")
+    return order.drop(columns=["_as_of", "_trained"]).reset_index(drop=True)
+
+
+def choose_scorer(
+    current: "ScorerResult",
+    as_of: dt.date,
+    runs: pd.DataFrame,
+    artifact_dir: str | Path,
+) -> ScorerChoice:
+    """The scorer for a run's open deals: the newest model eligible for scoring (`eligible_models`).
+
+    - This run's model when it is a calibrated model (it is then the newest eligible one: its data
+      window ends at this run's `as_of`).
+    - Otherwise (too little history, a slice with one outcome, or a model that did not beat the
+      better baseline) the newest earlier eligible model in `runs` (the `model_runs` table) whose
+      artifact loads from `artifact_dir`; an artifact that cannot be read is skipped with a warning.
+    - Otherwise this run's own fallback scorer (stage rate, or the CRM probability when that was
+      the better baseline).
+    """
+    from models.scoring import METHOD_MODEL
+
+    this_version = current.scorer.version
+    if current.scorer.scoring_method == METHOD_MODEL:
+        return ScorerChoice(current.scorer, SCORED_WITH_THIS_RUN, as_of, None)
+    why = current.metrics.get("fallback_reason") or f"this run's scorer is {current.scorer.scoring_method}"
+    has_history = bool(current.metrics.get("has_history", True))
+    others = runs.loc[runs["model_version"].astype(str) != this_version] if not runs.empty else runs
+    for row in eligible_models(others, as_of, artifact_dir, has_history).itertuples(index=False):
+        try:
+            scorer = load_artifact(row.artifact)
+        except _UNREADABLE_ARTIFACT as exc:
+            logger.warning("model %s: artifact %s cannot be read (%s); trying an older model", row.model_version, row.artifact, exc)
+            continue
+        if scorer.version != row.model_version or scorer.scoring_method != METHOD_MODEL:
+            logger.warning(
+                "model %s: artifact %s holds %s version %s, expected calibrated_model version %s; trying an older model",
+                row.model_version, row.artifact, scorer.scoring_method, scorer.version, row.model_version,
+            )
+            continue
+        trained_for = pd.Timestamp(row.as_of).date()
+        reason = (
+            f"this run's model is not used ({why}); scored with the latest earlier eligible model "
+            f"{row.model_version}, trained for as_of {trained_for:%Y-%m-%d}"
+        )
+        return ScorerChoice(scorer, SCORED_WITH_EARLIER, trained_for, reason)
+    reason = (
+        f"{why}; no earlier eligible model (a calibrated model trained for an as_of on or before "
+        f"{as_of:%Y-%m-%d}, with its artifact in {artifact_dir}), so this run's "
+        f"{current.scorer.scoring_method} scorer is used"
+    )
+    return ScorerChoice(current.scorer, SCORED_WITH_FALLBACK, as_of, reason)

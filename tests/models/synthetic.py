@@ -107,7 +107,10 @@ def make_crm(
 
     last = history.groupby("deal_id", sort=True).tail(1).set_index("deal_id").reindex(ids)
     first_change = history.groupby("deal_id")["changed_at"].max().reindex(ids)
-    status = np.where(last["stage"] == "Closed Won", "won", np.where(last["stage"] == "Closed Lost", "lost", "open"))
+    final_stage = last["stage"].astype("string")
+    won = (final_stage == "Closed Won").fillna(False).to_numpy(dtype=bool)
+    lost = (final_stage == "Closed Lost").fillna(False).to_numpy(dtype=bool)
+    status = np.where(won, "won", np.where(lost, "lost", "open"))
     deals = _blank_deals(n_deals)
     deals["deal_id"] = ids
     deals["source_system"] = "synthetic"
@@ -139,6 +142,9 @@ def make_crm(
     deals["push_count"] = 0
     deals["has_history"] = with_history
     deals = conform(deals, DEAL_COLUMNS, "synthetic deals")
+    # Deals created after the export day are not in it (the random draws above cover all deals,
+    # so exports of the same seed at different days describe the same world).
+    deals = deals.loc[(deals["created_at"] < cutoff).to_numpy(dtype=bool)].reset_index(drop=True)
     if not with_history:
         history = history.iloc[0:0]
     return deals, history

@@ -1,9 +1,10 @@
-"""The deal model on the realistic sample CRM, against its ground truth (slow: ~30 s).
+"""The deal model on the realistic sample CRM, against its ground truth (slow: about 15 s per seed).
 
 The sample (etl.sample_crm) knows every open deal's true win probability at every Monday 00:00.
 On the latest, held-out prediction dates the true probabilities' log loss is the best any model
 can reach; the trained model must come within 5% of it, be calibrated (ECE <= 0.03) and beat
-both baselines, all with the project's own settings from dealcast.toml.
+both baselines, all with the project's own settings from dealcast.toml, for several independent
+samples (seeds), not one lucky draw.
 """
 
 from __future__ import annotations
@@ -23,24 +24,27 @@ from models.training_set import build_training_set
 
 pytestmark = pytest.mark.slow
 
-SEED, N_DEALS, END, YEARS = 7, 10_000, dt.date(2025, 12, 31), 3.5
+N_DEALS, END, YEARS = 10_000, dt.date(2025, 12, 31), 3.5
+# Seed 3 is the hardest sample measured (its stage-rate baseline comes closest to the truth).
+SEEDS = (3, 7, 11, 42)
 
 
-@pytest.fixture(scope="module")
-def sample_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sample_crm")
-    generate_sample(out, n_deals=N_DEALS, seed=SEED, end_date=END, years=YEARS)
+@pytest.fixture(scope="module", params=SEEDS, ids=[f"seed{s}" for s in SEEDS])
+def sample_run(request, tmp_path_factory):
+    seed = request.param
+    out = tmp_path_factory.mktemp(f"sample_crm_{seed}")
+    generate_sample(out, n_deals=N_DEALS, seed=seed, end_date=END, years=YEARS)
     project = load_project_config()
     export = read_exports(out, project)
     history = prepare_history(export.deals, export.history, export.stages)
     training = build_training_set(export.deals, history, export.stages, END)
     with threadpool_limits(limits=1, user_api="openmp"):
         result = train_scorer(training, project.model, END)
-    return export, history, training, result
+    return seed, export, history, training, result
 
 
 def test_model_is_close_to_the_truth_and_calibrated(sample_run):
-    export, history, training, result = sample_run
+    seed, export, history, training, result = sample_run
     m = result.metrics
     assert m["eligible"] is True and m["scoring_method"] == METHOD_MODEL
     assert m["beats_baselines"] is True
@@ -49,7 +53,7 @@ def test_model_is_close_to_the_truth_and_calibrated(sample_run):
 
     test = result.test_predictions
     states = pipeline_at_many(export.deals, history, sorted(test["snapshot_at"].unique()))
-    world = SampleWorld.build(seed=SEED, n_deals=N_DEALS, end_date=END, years=YEARS)
+    world = SampleWorld.build(seed=seed, n_deals=N_DEALS, end_date=END, years=YEARS)
     states["truth"] = world.true_win_probability(states)
     test = test.merge(states[["snapshot_at", "deal_id", "truth"]], on=["snapshot_at", "deal_id"], how="left")
     assert test["truth"].notna().all()

@@ -233,3 +233,21 @@ def test_a_feature_without_any_value_is_left_out_not_fatal(training):
     assert result.scorer.scoring_method in (METHOD_MODEL, "crm_probability", METHOD_STAGE_RATE)
     assert set(result.metrics["params"]["features_without_values"]) == {"account_prior_win_rate", "account_prior_closed"}
     assert 0.0 < result.metrics["log_loss"] < 0.693
+
+
+def test_keeping_the_best_rounds_equals_refitting_with_them(training):
+    """fit_model keeps the first `best` trees of the long fit instead of refitting: the result must
+    predict exactly what a fresh fit with `best` rounds predicts."""
+    from models.scoring import build_model_pipeline, fit_model, model_params
+
+    slices = time_split(training.frame, 0.2, 0.2, training.maturity_days)
+    frame, labels = training.frame, training.frame["label"]
+    train, cal = (slices == "train").to_numpy(), (slices == "calibration").to_numpy()
+    params = model_params({"max_iter": 150, "learning_rate": 0.3})  # overfits early: best < 150
+    pipeline, best = fit_model(training.feature_names, params, frame[train], labels[train], frame[cal], labels[cal])
+    assert 1 <= best < 150
+    assert pipeline.named_steps["classifier"].n_iter_ == best
+    fresh = build_model_pipeline(training.feature_names, {**params, "max_iter": best})
+    fresh.fit(frame.loc[train, training.feature_names], labels[train])
+    rows = frame[training.feature_names]
+    np.testing.assert_array_equal(pipeline.predict_proba(rows), fresh.predict_proba(rows))
