@@ -6,8 +6,18 @@ import dagster as dg
 
 from assets.analytics import stage_conversion, stage_durations, velocity
 from assets.automation import nightly_schedule
+from assets.backtest import forecast_backtest
+from assets.coaching import (
+    ask_to_decision,
+    deal_value_spread,
+    pipeline_coverage,
+    product_mix,
+    rep_funnel,
+    revenue_growth,
+)
 from assets.forecasting import forecast_quarterly
 from assets.ingest import crm_exports, crm_tables
+from assets.pipeline_health import close_date_slips, pipeline_snapshots, pipeline_waterfall, stalled_deals
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.scoring import close_timing, deal_scores, deal_scoring_model, model_runs
 from assets.sensors import exports_sensor
@@ -18,11 +28,22 @@ ALL_ASSETS = [
     stage_conversion,
     stage_durations,
     velocity,
+    rep_funnel,
+    deal_value_spread,
+    product_mix,
+    revenue_growth,
+    ask_to_decision,
+    pipeline_coverage,
+    pipeline_snapshots,
+    pipeline_waterfall,
+    stalled_deals,
+    close_date_slips,
     deal_scoring_model,
     close_timing,
     deal_scores,
     model_runs,
     forecast_quarterly,
+    forecast_backtest,
 ]
 
 defs = dg.Definitions(

@@ -3,7 +3,7 @@
     python bench/bench.py --deals 100000 [--warehouse-url postgresql+psycopg://...] [--keep DIR]
 
 Prints one table: wall time and peak resident memory of each step (generate, ingest, validate,
-history, metrics, training set, train, score, forecast, write) and the sizes involved. Peak memory is
+history, metrics, coaching, training set, train, score, forecast, write) and the sizes involved. Peak memory is
 the process's high-water mark during that step (Linux: reset before each step through
 /proc/self/clear_refs), so it includes what earlier steps still hold.
 """
@@ -24,10 +24,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etl import metrics  # noqa: E402
+from etl import coaching, metrics  # noqa: E402
 from etl.config import load_project_config  # noqa: E402
+from etl import pipeline_health  # noqa: E402
 from etl.ingest import read_exports  # noqa: E402
 from etl.pipeline_state import prepare_history, stage_events  # noqa: E402
+from etl.quotas import load_quotas  # noqa: E402
 from etl.sample_crm import generate_sample  # noqa: E402
 from etl.crm import file_counts  # noqa: E402
 from etl.validation import validate_crm  # noqa: E402
@@ -118,6 +120,34 @@ def main() -> int:
         conversion = metrics.stage_conversion(deals, history, stages, args.as_of, project.fiscal_year_start_month)
         durations = metrics.stage_durations(deals, events, stages, args.as_of)
         r["detail"] = f"{len(conversion):,} conversion + {len(durations):,} duration rows (velocity after scoring)"
+    with steps.step("coaching") as r:
+        # As the Dagster assets run them: each table rebuilds the as_of state itself.
+        quota_file = exports / "quotas.csv"
+        quotas = load_quotas(quota_file if quota_file.is_file() else None)
+        fiscal = project.fiscal_year_start_month
+        coaching_frames, coaching_seconds = {}, []
+        for name, build in [
+            ("rep_funnel", lambda: coaching.rep_funnel(conversion, deals, args.as_of)),
+            ("deal_value_spread", lambda: coaching.deal_value_spread(deals, history, args.as_of, fiscal)),
+            ("product_mix", lambda: coaching.product_mix(deals, history, args.as_of, fiscal)),
+            ("revenue_growth", lambda: coaching.revenue_growth(deals, history, args.as_of, fiscal)),
+            ("ask_to_decision", lambda: coaching.ask_to_decision(deals, history, stages, args.as_of, fiscal)),
+            ("pipeline_coverage", lambda: coaching.pipeline_coverage(deals, history, conversion, quotas, args.as_of, fiscal)),
+        ]:
+            started = time.perf_counter()
+            coaching_frames[name] = build()
+            coaching_seconds.append(f"{name} {time.perf_counter() - started:.1f}s")
+        r["detail"] = f"{sum(len(f) for f in coaching_frames.values()):,} rows: " + ", ".join(coaching_seconds)
+    with steps.step("snapshots") as r:
+        snapshots = pipeline_health.pipeline_snapshots(deals, history, stages, args.as_of, durations)
+        r["detail"] = f"{len(snapshots):,} rows ({snapshots['snapshot_date'].nunique()} month ends + as_of)"
+    with steps.step("waterfall") as r:
+        waterfall = pipeline_health.pipeline_waterfall(deals, history, args.as_of, project.fiscal_year_start_month)
+        r["detail"] = f"{len(waterfall):,} rows, balanced to the cent"
+    with steps.step("stalled") as r:
+        stalled = pipeline_health.stalled_deals(deals, history, durations, args.as_of)
+        slips = pipeline_health.close_date_slips(deals, history, args.as_of, project.fiscal_year_start_month)
+        r["detail"] = f"{len(stalled):,} stalled or aged deals, {len(slips):,} close-date slips"
     with steps.step("training set") as r:
         training = build_training_set(deals, history, stages, args.as_of, frequency=project.model.snapshot_frequency)
         r["detail"] = f"{len(training.frame):,} as-of snapshot rows"
@@ -157,6 +187,11 @@ def main() -> int:
             "stage_conversion": conversion,
             "stage_durations": durations,
             "velocity": speed,
+            "pipeline_snapshots": snapshots,
+            "pipeline_waterfall": waterfall,
+            "stalled_deals": stalled,
+            "close_date_slips": slips,
+            **coaching_frames,
             "deal_scores": scores,
             "forecast_quarterly": forecast,
         }

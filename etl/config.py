@@ -72,6 +72,10 @@ class ModelConfig:
 class ForecastConfig:
     draws: int = 10_000
     seed: int = 20240101
+    # Forecast backtest: how many of the latest finished quarters to re-forecast each night, and
+    # whether its models are trained once per quarter ("quarter") or at every checkpoint ("checkpoint").
+    backtest_quarters: int = 8
+    backtest_retrain: str = "quarter"
 
 
 @dataclass(frozen=True)

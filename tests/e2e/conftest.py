@@ -1,4 +1,5 @@
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +22,18 @@ def _model_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("DEALCAST_MODEL_DIR", str(tmp_path / "models"))
     monkeypatch.delenv("DEALCAST_AS_OF", raising=False)
     monkeypatch.delenv("DEALCAST_EXPORTS_DIR", raising=False)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+E2E_BACKTEST_QUARTERS = 2
+
+
+def project_config(tmp_path: Path, extra: str = "") -> Path:
+    """The project's dealcast.toml, backtesting only the last two quarters (the nightly default is
+    eight: the same code, a quarter of the time), with `extra` prepended."""
+    text = (ROOT / "dealcast.toml").read_text(encoding="utf-8")
+    assert "backtest_quarters = 8" in text
+    text = text.replace("backtest_quarters = 8", f"backtest_quarters = {E2E_BACKTEST_QUARTERS}", 1)
+    config = tmp_path / "dealcast.toml"
+    config.write_text(extra + text, encoding="utf-8")
+    return config

@@ -11,7 +11,7 @@ from assets.definitions import ALL_ASSETS
 from assets.resources import DealcastSettings, WarehouseResource
 from etl.warehouse import Warehouse
 
-from .conftest import AS_OF
+from .conftest import AS_OF, project_config
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def test_too_many_bad_rows_stop_the_run_before_any_published_table(sample_export
     result = dg.materialize(
         ALL_ASSETS,
         resources={
-            "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat()),
+            "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat(), config_file=str(project_config(tmp_path))),
             "warehouse": WarehouseResource(url=url),
         },
         instance=dg.DagsterInstance.ephemeral(),
@@ -78,7 +78,7 @@ def test_an_unreadable_file_fails_the_run_naming_it_and_writes_nothing(sample_ex
     result = dg.materialize(
         ALL_ASSETS,
         resources={
-            "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat()),
+            "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat(), config_file=str(project_config(tmp_path))),
             "warehouse": WarehouseResource(url=url),
         },
         instance=dg.DagsterInstance.ephemeral(),

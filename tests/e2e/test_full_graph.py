@@ -15,7 +15,7 @@ from assets.definitions import ALL_ASSETS
 from assets.resources import DealcastSettings, WarehouseResource
 from etl.warehouse import Warehouse
 
-from .conftest import AS_OF
+from .conftest import AS_OF, project_config
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +23,9 @@ pytestmark = pytest.mark.slow
 RUN_SPECIFIC = {"run_id", "quarantined_at", "checked_at", "trained_at"}
 
 
-def materialize(exports, url, schema=None):
+def materialize(exports, url, config, schema=None):
     resources = {
-        "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat()),
+        "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat(), config_file=str(config)),
         "warehouse": WarehouseResource(url=url, schema_name=schema or "dealcast"),
     }
     return dg.materialize(ALL_ASSETS, resources=resources, instance=dg.DagsterInstance.ephemeral(), raise_on_error=True)
@@ -89,14 +89,14 @@ def snapshot(warehouse: Warehouse) -> dict[str, pd.DataFrame]:
     return frames
 
 
-def run_twice_and_check(exports, url, schema=None):
-    first = materialize(exports, url, schema)
+def run_twice_and_check(exports, url, config, schema=None):
+    first = materialize(exports, url, config, schema)
     assert first.success
     warehouse = Warehouse(url, schema=schema or "dealcast")
     try:
         check_warehouse(warehouse, exports)
         before = snapshot(warehouse)
-        assert materialize(exports, url, schema).success
+        assert materialize(exports, url, config, schema).success
         after = snapshot(warehouse)
         for name in before:
             pd.testing.assert_frame_equal(before[name], after[name], check_like=True, obj=name)
@@ -105,9 +105,9 @@ def run_twice_and_check(exports, url, schema=None):
 
 
 def test_whole_graph_into_sqlite(sample_exports, tmp_path):
-    run_twice_and_check(sample_exports, f"sqlite:///{tmp_path / 'dealcast.sqlite'}")
+    run_twice_and_check(sample_exports, f"sqlite:///{tmp_path / 'dealcast.sqlite'}", project_config(tmp_path))
 
 
 @pytest.mark.postgres
-def test_whole_graph_into_postgres(sample_exports, pg_url, pg_schema):
-    run_twice_and_check(sample_exports, pg_url, pg_schema)
+def test_whole_graph_into_postgres(sample_exports, pg_url, pg_schema, tmp_path):
+    run_twice_and_check(sample_exports, pg_url, project_config(tmp_path), pg_schema)

@@ -12,6 +12,8 @@ from assets.definitions import ALL_ASSETS
 from assets.resources import DealcastSettings, WarehouseResource
 from etl.warehouse import Warehouse
 
+from .conftest import project_config
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,10 +22,8 @@ AS_OF = dt.date(2017, 12, 31)
 
 
 def test_maven_crm_end_to_end(tmp_path):
-    config = tmp_path / "dealcast.toml"
-    text = (ROOT / "dealcast.toml").read_text(encoding="utf-8")
     mapping = (ROOT / "examples" / "maven_crm" / "mapping.toml").as_posix()
-    config.write_text(text.replace("[validation]", f'[sources]\nmappings = ["{mapping}"]\n\n[validation]', 1))
+    config = project_config(tmp_path, extra=f'[sources]\nmappings = ["{mapping}"]\n\n')
     url = f"sqlite:///{tmp_path / 'w.sqlite'}"
     result = dg.materialize(
         ALL_ASSETS,

@@ -64,6 +64,8 @@ def scores(ids: list[str], probability: float = 0.5, as_of: dt.date | None = Non
             "top_factors_text": ["in Qualification for 12 days"] * n,
             "model_version": ["m1"] * n,
             "scoring_method": ["calibrated_model"] * n,
+            "scored_with": ["this_run_model"] * n,
+            "scoring_reason": [None] * n,
         }
     )
     if as_of is not None:
