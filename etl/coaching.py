@@ -35,13 +35,17 @@ from etl.metrics import (
     _OPEN,
     _STATUSES,
     _WON,
+    _as_of_date,
     _blank,
     _calendar,
     _codes,
+    _concat,
+    _empty_table,
     _grouped_percentiles,
     _index_in,
     _ratio,
     _status_codes,
+    _table_frame,
 )
 from etl.periods import period_bounds, quarter_end, quarter_label, quarter_labels
 from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
@@ -63,44 +67,6 @@ _DAY = np.timedelta64(1, "D")
 # --------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _as_of_date(as_of: dt.date | pd.Timestamp) -> dt.date:
-    return pd.Timestamp(as_of).date()
-
-
-def _table_frame(name: str, data: dict[str, np.ndarray], as_of: dt.date) -> pd.DataFrame:
-    """`data` as a frame with exactly the columns of warehouse table `name`, in its order, with
-    dtypes matching its SQL types: int64 counts, bool flags, float64 money/rates/days (NaN is
-    NULL), string text, and as_of as a date."""
-    table = TABLES[name].table
-    n = len(next(iter(data.values()))) if data else 0
-    columns: dict[str, pd.Series] = {}
-    for column in table.columns:
-        if column.name == "as_of":
-            columns["as_of"] = pd.Series([as_of] * n, dtype=object)
-            continue
-        if column.name not in data:
-            raise KeyError(f"table {name}: no values computed for column {column.name!r}")
-        values = data[column.name]
-        if isinstance(column.type, sa.Boolean):
-            columns[column.name] = pd.Series(np.asarray(values, dtype=bool))
-        elif isinstance(column.type, (sa.Integer, sa.BigInteger)):
-            columns[column.name] = pd.Series(np.asarray(values, dtype="int64"))
-        elif isinstance(column.type, (sa.Float, sa.Numeric)):
-            columns[column.name] = pd.Series(np.asarray(values, dtype="float64"))
-        else:
-            columns[column.name] = pd.Series(np.asarray(values, dtype=object), dtype="string")
-    return pd.DataFrame(columns)
-
-
-def _empty_table(name: str, as_of: dt.date) -> pd.DataFrame:
-    names = [c.name for c in TABLES[name].table.columns if c.name != "as_of"]
-    return _table_frame(name, {c: np.array([]) for c in names}, as_of)
-
-
-def _concat(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {key: np.concatenate([piece[key] for piece in pieces]) for key in pieces[0]}
 
 
 @dataclass(frozen=True)

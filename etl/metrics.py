@@ -59,8 +59,8 @@ def _as_of_date(as_of: dt.date | pd.Timestamp) -> dt.date:
 
 def _table_frame(name: str, data: dict[str, np.ndarray], as_of: dt.date) -> pd.DataFrame:
     """`data` as a frame with exactly the columns of warehouse table `name`, in its order, with
-    dtypes matching its SQL types: int64 counts, float64 money/rates/days (NaN is NULL), string
-    text, and as_of as a date."""
+    dtypes matching its SQL types: int64 counts, bool flags, float64 money/rates/days (NaN is
+    NULL), string text, and as_of as a date."""
     table = TABLES[name].table
     n = len(next(iter(data.values()))) if data else 0
     columns: dict[str, pd.Series] = {}
@@ -71,7 +71,9 @@ def _table_frame(name: str, data: dict[str, np.ndarray], as_of: dt.date) -> pd.D
         if column.name not in data:
             raise KeyError(f"table {name}: no values computed for column {column.name!r}")
         values = data[column.name]
-        if isinstance(column.type, (sa.Integer, sa.BigInteger)):
+        if isinstance(column.type, sa.Boolean):
+            columns[column.name] = pd.Series(np.asarray(values, dtype=bool))
+        elif isinstance(column.type, (sa.Integer, sa.BigInteger)):
             columns[column.name] = pd.Series(np.asarray(values, dtype="int64"))
         elif isinstance(column.type, (sa.Float, sa.Numeric)):
             columns[column.name] = pd.Series(np.asarray(values, dtype="float64"))
