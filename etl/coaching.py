@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 
 from etl.metrics import (
     _LOST,
