@@ -252,3 +252,31 @@ def pipeline_at_many(
 def pipeline_at(deals: pd.DataFrame, history: pd.DataFrame, at: dt.date | pd.Timestamp) -> pd.DataFrame:
     """Every deal that existed at instant `at`, as it stood then (see `pipeline_at_many`)."""
     return pipeline_at_many(deals, history, [at])
+
+
+def state_spans(deals: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """When each row of `history` (output of `prepare_history`) is its deal's state in
+    `pipeline_at_many`, without rebuilding any snapshot: one row per history row, same index.
+
+    Columns: deal_id; held_from (inclusive: the row's changed_at, or the deal's creation if later;
+    NaT when the deal has no creation time or is not in `deals`, i.e. never held); held_until
+    (exclusive: the next row's changed_at, NaT while the row still holds); status (open/won/lost
+    as `pipeline_at_many` reports it); closed_at (as `pipeline_at_many` reports it, NaT while open).
+    `pipeline_at_many` at instant t shows this row exactly when held_from <= t < held_until.
+    """
+    positions = pd.Index(deals["deal_id"]).get_indexer(history["deal_id"])
+    created_all = deals["created_at"].to_numpy(dtype=TIMESTAMP)
+    created = np.where(positions >= 0, created_all[np.maximum(positions, 0)], np.datetime64("NaT"))
+    changed_at = history["changed_at"].to_numpy(dtype=TIMESTAMP)
+    held_from = np.where(np.isnat(created) | np.isnat(changed_at), np.datetime64("NaT"), np.maximum(changed_at, created))
+    status = history["stage_status"].fillna(STATUS_OPEN)
+    return pd.DataFrame(
+        {
+            "deal_id": history["deal_id"],
+            "held_from": pd.Series(held_from.astype(TIMESTAMP), index=history.index),
+            "held_until": history["valid_to"],
+            "status": status.astype("string"),
+            "closed_at": history["stage_entered_at"].where(status != STATUS_OPEN),
+        },
+        index=history.index,
+    )

@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from etl.periods import period_bounds, quarter_labels
-from etl.pipeline_state import as_of_end, pipeline_at_many
+from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many, state_spans
+from etl.schema import TIMESTAMP
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
 
 logger = logging.getLogger(__name__)
@@ -288,6 +289,17 @@ def features_from_states(
     pooled = pooled_counts["sum"] / pooled_counts["size"]
 
     open_rows = states.loc[is_open].reset_index(drop=True)
+    out = _state_features(open_rows, fiscal_year_start_month)
+    for key, prefix in (("owner", "owner"), ("product", "product"), ("account", "account")):
+        rate, closed = _prior_rates(open_rows, closed_rows, key, pooled)
+        out[f"{prefix}_prior_win_rate"] = rate
+        if f"{prefix}_prior_closed" in NUMERIC_FEATURES:
+            out[f"{prefix}_prior_closed"] = closed
+    return _with_stage_probability(out, stages)
+
+
+def _state_features(open_rows: pd.DataFrame, fiscal_year_start_month: int) -> pd.DataFrame:
+    """The features read from the open deals' own point-in-time state (all but the prior rates)."""
     out = pd.DataFrame({"deal_id": open_rows["deal_id"], "snapshot_at": open_rows["snapshot_at"]})
     for column in CATEGORICAL_FEATURES:
         out[column] = open_rows[column].astype("string")
@@ -303,11 +315,10 @@ def features_from_states(
         out[column] = open_rows[column].astype("float64")
     out["crm_probability"] = open_rows["crm_probability"].astype("float64")
     out["week_of_quarter"] = _week_of_quarter(open_rows["snapshot_at"], fiscal_year_start_month)
-    for key, prefix in (("owner", "owner"), ("product", "product"), ("account", "account")):
-        rate, closed = _prior_rates(open_rows, closed_rows, key, pooled)
-        out[f"{prefix}_prior_win_rate"] = rate
-        if f"{prefix}_prior_closed" in NUMERIC_FEATURES:
-            out[f"{prefix}_prior_closed"] = closed
+    return out
+
+
+def _with_stage_probability(out: pd.DataFrame, stages: StageCatalog) -> pd.DataFrame:
     probabilities = stages.lookup_frame()[["pipeline", "stage", "stage_probability"]]
     probabilities = probabilities.astype({"pipeline": "string", "stage": "string"})
     out = out.merge(probabilities, on=["pipeline", "stage"], how="left", validate="many_to_one")
@@ -353,10 +364,102 @@ def _default_maturity_days(outcomes: pd.DataFrame, first_date: pd.Timestamp, as_
     return float(np.ceil(min(quantile, MATURITY_MAX_SHARE_OF_SPAN * span)))
 
 
-def _date_chunks(instants: Sequence[pd.Timestamp], deals: int) -> Iterator[list[pd.Timestamp]]:
-    size = max(1, ROWS_PER_CHUNK // max(deals, 1))
-    for start in range(0, len(instants), size):
-        yield list(instants[start : start + size])
+def _date_chunks(rows_per_date: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Consecutive ranges [start, stop) of snapshot positions holding at most `ROWS_PER_CHUNK`
+    open rows together (a single date may hold more)."""
+    start = 0
+    total = 0
+    for position, rows in enumerate(rows_per_date.tolist()):
+        if position > start and total + rows > ROWS_PER_CHUNK:
+            yield start, position
+            start, total = position, 0
+        total += rows
+    if start < len(rows_per_date):
+        yield start, len(rows_per_date)
+
+
+def _span_positions(values: np.ndarray, snapshots: np.ndarray) -> np.ndarray:
+    """Position of the first snapshot at or after each value; past the end for NaT."""
+    return np.where(np.isnat(values), len(snapshots), np.searchsorted(snapshots, values, side="left"))
+
+
+class _PriorCounts:
+    """Deals closed strictly before each snapshot date, counted overall and per owner, product and
+    account: the counts `features_from_states` takes from a rebuild at that date, read from when
+    each closed state holds (`etl.pipeline_state.state_spans`) instead of rebuilding every deal.
+
+    A closed state counts at the snapshots in [max(first snapshot it holds at, first snapshot after
+    its closed_at), first snapshot it no longer holds at).
+    """
+
+    def __init__(
+        self,
+        deals: pd.DataFrame,
+        deal_index: pd.Index,
+        spans: pd.DataFrame,
+        first: np.ndarray,
+        stop: np.ndarray,
+        snapshots: np.ndarray,
+    ) -> None:
+        self.stride = len(snapshots) + 1
+        status = spans["status"].astype("string")
+        closed_at = spans["closed_at"].to_numpy(dtype=TIMESTAMP)
+        # Equality, not Series.isin: isin on arrow-backed strings walks the values in Python.
+        closed = (_bool(status == STATUS_WON) | _bool(status == STATUS_LOST)) & ~np.isnat(closed_at)
+        after_close = np.searchsorted(snapshots, closed_at[closed], side="right")
+        start = np.maximum(first[closed], after_close)
+        end = stop[closed]
+        held = start < end
+        start, end = start[held], end[held]
+        won = _bool(status[closed] == STATUS_WON)[held].astype("int64")
+        deal_positions = deal_index.get_indexer(spans["deal_id"].to_numpy()[closed][held])
+
+        # Company-wide: +1 where a closed state starts counting, -1 where it stops.
+        size = len(snapshots) + 1
+        closed_counts = np.cumsum(np.bincount(start, minlength=size) - np.bincount(end, minlength=size))
+        won_counts = np.cumsum(
+            np.bincount(start, weights=won, minlength=size) - np.bincount(end, weights=won, minlength=size)
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pooled = won_counts.astype(float) / closed_counts.astype(float)
+        self.pooled = np.where(closed_counts > 0, pooled, np.nan)[: len(snapshots)]
+
+        # Per key: the same +1/-1 events sorted by (key code, snapshot position); the running sum
+        # at the last event at or before (code, position) is that key's count there (every key's
+        # events sum to 0, so earlier keys add nothing).
+        self.codes: dict[str, np.ndarray] = {}
+        self.events: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for key in ("owner", "product", "account"):
+            codes = pd.factorize(deals[key])[0]
+            self.codes[key] = codes
+            code = codes[deal_positions]
+            keyed = code >= 0
+            base = code[keyed].astype("int64") * self.stride
+            event_keys = np.concatenate([base + start[keyed], base + end[keyed]])
+            ones = np.ones(int(keyed.sum()), dtype="int64")
+            closed_delta = np.concatenate([ones, -ones])
+            won_delta = np.concatenate([won[keyed], -won[keyed]])
+            order = np.argsort(event_keys, kind="stable")
+            self.events[key] = (
+                event_keys[order],
+                np.concatenate([[0], np.cumsum(closed_delta[order])]),
+                np.concatenate([[0], np.cumsum(won_delta[order])]),
+            )
+
+    def rates(
+        self, key: str, deal_positions: np.ndarray, snapshot_positions: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Smoothed win rate and closed-deal count (as in `_prior_rates`) for rows of the deals at
+        `deal_positions` (rows of `deals`) at the snapshots at `snapshot_positions`."""
+        code = self.codes[key][deal_positions]
+        event_keys, closed_sums, won_sums = self.events[key]
+        at = np.searchsorted(event_keys, code.astype("int64") * self.stride + snapshot_positions, side="right")
+        closed = closed_sums[at].astype(float)
+        won = won_sums[at].astype(float)
+        company = self.pooled[snapshot_positions]
+        rate = (won + PRIOR_PSEUDO_COUNT * company) / (closed + PRIOR_PSEUDO_COUNT)
+        blank = code < 0
+        return np.where(blank, np.nan, rate), np.where(blank, np.nan, closed)
 
 
 def _cap_rows(frame: pd.DataFrame, cap: int) -> tuple[pd.DataFrame, bool]:
@@ -405,7 +508,12 @@ def build_training_set(
     as_of_instant = as_of_end(as_of_date)
     columns = ["deal_id", "snapshot_at", "label", *names, *[c for c in CONTEXT_COLUMNS if c not in names]]
 
-    final = pipeline_at_many(deals, history, [as_of_instant])
+    # Lean copies: the rebuild reads only these columns, and copies whole rows of what it is given.
+    state_cols = [c for c in STATE_COLUMNS if c != "closed_at"]
+    lean_deals = deals[["deal_id", *DEAL_ATTRIBUTES]]
+    lean_history = history[["deal_id", "changed_at", "valid_to", *state_cols]]
+    final = pipeline_at_many(lean_deals, lean_history, [as_of_instant])
+    del lean_history
     final_status = final["status"].astype("string")
     closed = final.loc[_bool(final_status != STATUS_OPEN), ["deal_id", "status", "closed_at", "created_at"]]
     labels = pd.DataFrame(
@@ -430,14 +538,43 @@ def build_training_set(
     parts: list[pd.DataFrame] = []
     censored_ids: list[pd.Series] = []
     sampled = False
-    for chunk in _date_chunks(instants, len(deals)):
-        states = pipeline_at_many(deals, history, chunk)
-        rows = features_from_states(states, stages, None, fiscal_year_start_month)
-        labelled = rows.merge(labels, on="deal_id", how="inner", validate="many_to_one")
-        censored_ids.append(rows.loc[~rows["deal_id"].isin(labels["deal_id"]), "deal_id"])
-        labelled, capped = _cap_rows(labelled, max_rows_per_snapshot)
-        sampled = sampled or capped
-        parts.append(labelled[columns])
+    if instants:
+        # Only the history rows holding an open state at some prediction date are rebuilt, and
+        # each chunk of dates rebuilds only the rows holding at its dates; the prior rates come
+        # from when each closed state holds (`_PriorCounts`).
+        snapshots = np.array(instants, dtype=TIMESTAMP)
+        spans = state_spans(deals, history)
+        first = _span_positions(spans["held_from"].to_numpy(dtype=TIMESTAMP), snapshots)
+        stop = _span_positions(spans["held_until"].to_numpy(dtype=TIMESTAMP), snapshots)
+        deal_index = pd.Index(deals["deal_id"])
+        priors = _PriorCounts(deals, deal_index, spans, first, stop, snapshots)
+        open_rows_at = np.flatnonzero(_bool(spans["status"].astype("string") == STATUS_OPEN) & (first < stop))
+        del spans
+        open_first, open_stop = first[open_rows_at], stop[open_rows_at]
+        size = len(snapshots) + 1
+        rows_per_date = np.cumsum(np.bincount(open_first, minlength=size) - np.bincount(open_stop, minlength=size))
+        open_history = history[["deal_id", "changed_at", "valid_to", *state_cols]].iloc[open_rows_at]
+        open_deals = deal_index.get_indexer(open_history["deal_id"])
+        labelled_index = pd.Index(labels["deal_id"])
+        for start, end in _date_chunks(rows_per_date[: len(snapshots)]):
+            holding = (open_first < end) & (open_stop > start)
+            chunk_deals = lean_deals.iloc[np.unique(open_deals[holding])]
+            states = pipeline_at_many(chunk_deals, open_history.loc[holding], instants[start:end])
+            states = states.loc[_bool(states["status"].astype("string") == STATUS_OPEN)].reset_index(drop=True)
+            rows = _state_features(states, fiscal_year_start_month)
+            deal_positions = deal_index.get_indexer(states["deal_id"])
+            snapshot_positions = np.searchsorted(snapshots, states["snapshot_at"].to_numpy(dtype=TIMESTAMP))
+            for key in ("owner", "product", "account"):
+                rate, closed_count = priors.rates(key, deal_positions, snapshot_positions)
+                rows[f"{key}_prior_win_rate"] = rate
+                if f"{key}_prior_closed" in NUMERIC_FEATURES:
+                    rows[f"{key}_prior_closed"] = closed_count
+            rows = _with_stage_probability(rows, stages)
+            labelled = rows.merge(labels, on="deal_id", how="inner", validate="many_to_one")
+            censored_ids.append(rows.loc[labelled_index.get_indexer(rows["deal_id"]) < 0, "deal_id"])
+            labelled, capped = _cap_rows(labelled, max_rows_per_snapshot)
+            sampled = sampled or capped
+            parts.append(labelled[columns])
     frame = pd.concat(parts, ignore_index=True) if parts else empty
     frame = frame.sort_values(["snapshot_at", "deal_id"], kind="stable").reset_index(drop=True)
     if sampled:
