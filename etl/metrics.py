@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from etl.periods import period_bounds, period_labels, quarter_labels, quarter_start
 from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
+from etl.pipeline_state import blank_column as _blank
 from etl.schema import SEGMENT_COLUMNS, TIMESTAMP, segment_values
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
 from etl.tables import TABLES
@@ -179,11 +180,6 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
 def _status_codes(stage_status: pd.Series) -> np.ndarray:
     """_OPEN/_WON/_LOST per value; -1 where the status is unknown (stage unknown or not configured)."""
     return _index_in(stage_status, list(_STATUSES))
-
-
-def _blank(n: int) -> pd.Categorical:
-    """A column of n missing values that costs one byte per row."""
-    return pd.Categorical.from_codes(np.full(n, -1, dtype=np.int8), categories=pd.Index([], dtype=object))
 
 
 def _point_in_time(

@@ -229,7 +229,8 @@ def pipeline_at_many(
     snapshot_index = np.repeat(first, counts) + offsets
 
     state_cols = [c for c in STATE_COLUMNS if c != "closed_at"]
-    state = history.iloc[row_index][["deal_id", "changed_at", *state_cols]].reset_index(drop=True)
+    # Select before repeating: every column taken is copied once per snapshot its row holds at.
+    state = history[["deal_id", "changed_at", *state_cols]].iloc[row_index].reset_index(drop=True)
     state.insert(0, "snapshot_at", snapshots[snapshot_index])
 
     attributes = deals[["deal_id", *DEAL_ATTRIBUTES]]
@@ -247,6 +248,46 @@ def pipeline_at_many(
     out["age_days"] = (out["snapshot_at"] - out["created_at"]) / pd.Timedelta(days=1)
     columns = ["snapshot_at", "deal_id", *DEAL_ATTRIBUTES, *STATE_COLUMNS, "status", "days_in_stage", "age_days"]
     return out[columns].sort_values(["snapshot_at", "deal_id"], kind="stable").reset_index(drop=True)
+
+
+def blank_column(n: int) -> pd.Categorical:
+    """A column of n missing values that costs one byte per row."""
+    return pd.Categorical.from_codes(np.full(n, -1, dtype=np.int8), categories=pd.Index([], dtype=object))
+
+
+def lean_rebuild_inputs(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    deal_columns: Iterable[str],
+    state_columns: Iterable[str],
+    categorical: Iterable[str] = (),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`deals` and `history` cut down for a `pipeline_at_many` rebuild that reads only a few
+    columns: `deal_columns` (with deal_id and created_at) and `state_columns` (with deal_id,
+    changed_at, valid_to, stage_status and stage_entered_at) are kept; every other column the
+    rebuild carries is blank at one byte per row. Columns named in `categorical` become
+    categoricals, so a rebuild repeats a small code per row instead of the text.
+    """
+    as_category = set(categorical)
+
+    def kept(frame: pd.DataFrame, column: str):
+        values = frame[column]
+        return pd.Categorical(values) if column in as_category else values.array
+
+    deal_keep = {"deal_id", "created_at", *deal_columns}
+    lean_deals = {"deal_id": deals["deal_id"].array}
+    for column in DEAL_ATTRIBUTES:
+        lean_deals[column] = kept(deals, column) if column in deal_keep else blank_column(len(deals))
+    state_keep = {"stage_status", "stage_entered_at", *state_columns}
+    lean_history = {
+        "deal_id": history["deal_id"].array,
+        "changed_at": history["changed_at"].to_numpy(dtype=TIMESTAMP),
+        "valid_to": history["valid_to"].to_numpy(dtype=TIMESTAMP),
+    }
+    for column in STATE_COLUMNS:
+        if column != "closed_at":
+            lean_history[column] = kept(history, column) if column in state_keep else blank_column(len(history))
+    return pd.DataFrame(lean_deals), pd.DataFrame(lean_history)
 
 
 def pipeline_at(deals: pd.DataFrame, history: pd.DataFrame, at: dt.date | pd.Timestamp) -> pd.DataFrame:

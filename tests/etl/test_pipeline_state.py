@@ -13,7 +13,14 @@ Deal d3: no history in the source (current stage only); lost on 2024-03-01.
 import pandas as pd
 import pytest
 
-from etl.pipeline_state import as_of_end, pipeline_at, pipeline_at_many, prepare_history, stage_events
+from etl.pipeline_state import (
+    as_of_end,
+    lean_rebuild_inputs,
+    pipeline_at,
+    pipeline_at_many,
+    prepare_history,
+    stage_events,
+)
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform
 from etl.stages import PipelineStages, StageCatalog
 
@@ -101,6 +108,24 @@ def test_many_dates_and_existence(prepared):
     assert by[(T("2024-02-15"), "d3")].status == "open"
     assert by[(T("2024-03-05"), "d3")].status == "lost"
     assert len(snaps) == 2 + 3 + 3
+
+
+def test_a_lean_rebuild_keeps_what_it_was_asked_for(prepared):
+    dates = [T("2024-01-03"), T("2024-01-21"), T("2024-02-15"), T("2024-03-05")]
+    lean_deals, lean_history = lean_rebuild_inputs(
+        _deals(), prepared, deal_columns=["pipeline"], state_columns=["stage", "close_pushes"], categorical=["pipeline", "stage"]
+    )
+    lean = pipeline_at_many(lean_deals, lean_history, dates).set_index(["snapshot_at", "deal_id"])
+    by = {(r.snapshot_at, r.deal_id): r for r in lean.reset_index().itertuples()}
+    # The same 2 + 3 + 3 + 3 rows as the full rebuild, with the asked-for columns as they stood.
+    assert len(lean) == 11
+    assert by[(T("2024-01-21"), "d1")].stage == "B" and by[(T("2024-01-21"), "d1")].close_pushes == 1
+    assert by[(T("2024-01-21"), "d1")].days_in_stage == pytest.approx(1.0)
+    assert by[(T("2024-01-21"), "d2")].pipeline == "P" and by[(T("2024-01-21"), "d2")].age_days == pytest.approx(16.0)
+    assert by[(T("2024-02-15"), "d1")].status == "won" and by[(T("2024-03-05"), "d3")].status == "lost"
+    # Strings asked for as categoricals repeat a code; what was not asked for is blank.
+    assert isinstance(lean["stage"].dtype, pd.CategoricalDtype)
+    assert lean["owner"].isna().all() and lean["amount"].isna().all() and lean["crm_probability"].isna().all()
 
 
 def test_an_event_at_the_snapshot_instant_counts(prepared):
