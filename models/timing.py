@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from etl.periods import period_bounds, quarter_label
-from etl.pipeline_state import as_of_end, pipeline_at, pipeline_at_many, prepare_history
+from etl.pipeline_state import as_of_end, lean_rebuild_inputs, pipeline_at, pipeline_at_many, prepare_history
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
 
 logger = logging.getLogger(__name__)
@@ -225,9 +225,13 @@ class CloseTiming:
         if len(dates) == 0:
             logger.info("close timing at %s: no prediction date before as_of at frequency %s", end.date(), frequency)
             return empty(len(won))
-        snapshots = pipeline_at_many(
-            deals.loc[deals["deal_id"].isin(won["deal_id"])], open_rows, [as_of_end(d) for d in dates]
+        # Only the columns the pools read: the rebuild repeats each row once per date it holds at.
+        lean_deals, lean_rows = lean_rebuild_inputs(
+            deals.loc[deals["deal_id"].isin(won["deal_id"])], open_rows,
+            deal_columns=["pipeline"], state_columns=["stage", "stage_order"], categorical=["pipeline", "stage"],
         )
+        snapshots = pipeline_at_many(lean_deals, lean_rows, [as_of_end(d) for d in dates])
+        del lean_deals, lean_rows
         snapshots = snapshots.loc[snapshots["status"] == STATUS_OPEN].drop(columns="closed_at")
         snapshots = snapshots.merge(won, on="deal_id", how="inner", validate="many_to_one")
         snapshots = snapshots.loc[snapshots["closed_at"] > snapshots["snapshot_at"]].reset_index(drop=True)

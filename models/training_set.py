@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from etl.periods import period_bounds, quarter_labels
-from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many, state_spans
+from etl.pipeline_state import DEAL_ATTRIBUTES, as_of_end, lean_rebuild_inputs, pipeline_at_many, state_spans
 from etl.schema import TIMESTAMP
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
 
@@ -128,6 +128,12 @@ MAX_ROWS_PER_SNAPSHOT = 5_000
 # are processed in chunks.
 ROWS_PER_CHUNK = 2_000_000
 
+# The deal attributes and history columns the features are computed from.
+_DEAL_FEATURE_COLUMNS = [c for c in CATEGORICAL_FEATURES if c in DEAL_ATTRIBUTES]
+_STATE_FEATURE_COLUMNS = [
+    "stage", "stage_order", "amount_reporting", "expected_close_date", "crm_probability",
+    "forecast_category", "stage_moves", "backward_moves", "close_pushes",
+]
 _REQUIRED_HISTORY_COLUMNS = ("valid_to", "stage_entered_at", "stage_moves", "close_pushes", "stage_status")
 
 
@@ -508,12 +514,8 @@ def build_training_set(
     as_of_instant = as_of_end(as_of_date)
     columns = ["deal_id", "snapshot_at", "label", *names, *[c for c in CONTEXT_COLUMNS if c not in names]]
 
-    # Lean copies: the rebuild reads only these columns, and copies whole rows of what it is given.
-    state_cols = [c for c in STATE_COLUMNS if c != "closed_at"]
-    lean_deals = deals[["deal_id", *DEAL_ATTRIBUTES]]
-    lean_history = history[["deal_id", "changed_at", "valid_to", *state_cols]]
-    final = pipeline_at_many(lean_deals, lean_history, [as_of_instant])
-    del lean_history
+    # The outcomes need only each deal's status and close time at as_of.
+    final = pipeline_at_many(*lean_rebuild_inputs(deals, history, [], []), [as_of_instant])
     final_status = final["status"].astype("string")
     closed = final.loc[_bool(final_status != STATUS_OPEN), ["deal_id", "status", "closed_at", "created_at"]]
     labels = pd.DataFrame(
@@ -553,7 +555,12 @@ def build_training_set(
         open_first, open_stop = first[open_rows_at], stop[open_rows_at]
         size = len(snapshots) + 1
         rows_per_date = np.cumsum(np.bincount(open_first, minlength=size) - np.bincount(open_stop, minlength=size))
-        open_history = history[["deal_id", "changed_at", "valid_to", *state_cols]].iloc[open_rows_at]
+        # Only the columns the features read, text as categoricals: the rebuild repeats every row
+        # once per date it holds at.
+        lean_deals, open_history = lean_rebuild_inputs(
+            deals, history.iloc[open_rows_at], _DEAL_FEATURE_COLUMNS, _STATE_FEATURE_COLUMNS,
+            categorical=[*CATEGORICAL_FEATURES],
+        )
         open_deals = deal_index.get_indexer(open_history["deal_id"])
         labelled_index = pd.Index(labels["deal_id"])
         for start, end in _date_chunks(rows_per_date[: len(snapshots)]):
