@@ -557,10 +557,11 @@ def build_training_set(
         rows_per_date = np.cumsum(np.bincount(open_first, minlength=size) - np.bincount(open_stop, minlength=size))
         # Only the columns the features read, text as categoricals: the rebuild repeats every row
         # once per date it holds at.
-        lean_deals, open_history = lean_rebuild_inputs(
-            deals, history.iloc[open_rows_at], _DEAL_FEATURE_COLUMNS, _STATE_FEATURE_COLUMNS,
-            categorical=[*CATEGORICAL_FEATURES],
+        lean_deals, lean_history = lean_rebuild_inputs(
+            deals, history, _DEAL_FEATURE_COLUMNS, _STATE_FEATURE_COLUMNS, categorical=[*CATEGORICAL_FEATURES]
         )
+        open_history = lean_history.iloc[open_rows_at]
+        del lean_history
         open_deals = deal_index.get_indexer(open_history["deal_id"])
         labelled_index = pd.Index(labels["deal_id"])
         for start, end in _date_chunks(rows_per_date[: len(snapshots)]):
