@@ -51,7 +51,14 @@ def stage_durations(
 ) -> dg.Output[pd.DataFrame]:
     """Median, mean and p90 days in each stage, with the stall threshold per stage."""
     resolved = run_settings(context, settings)
-    frame = metrics.stage_durations(deals, stage_events, StageCatalog.from_frame(pipeline_stages), resolved.as_of)
+    stages = StageCatalog.from_frame(pipeline_stages)
+    thresholds, unmatched = resolved.project.analytics.stall_thresholds(stages)
+    if unmatched:
+        context.log.warning(
+            f"[analytics] stall_days names no open stage of this CRM: {unmatched}; "
+            "those stages keep their learned threshold"
+        )
+    frame = metrics.stage_durations(deals, stage_events, stages, resolved.as_of, thresholds)
     warehouse.publish(context, resolved.as_of, "stage_durations", frame)
     overall = frame[frame.segment_type == "all"]
     return dg.Output(
@@ -59,7 +66,7 @@ def stage_durations(
         metadata={
             "dagster/row_count": len(frame),
             "overall": dg.MetadataValue.md(
-                markdown_table(overall[["pipeline", "stage", "deals", "median_days", "p90_days", "stall_threshold_days"]], max_rows=40)
+                markdown_table(overall[["pipeline", "stage", "deals", "median_days", "p90_days", "stall_threshold_days", "threshold_source"]], max_rows=40)
             ),
         },
     )

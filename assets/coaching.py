@@ -111,10 +111,13 @@ def ask_to_decision(
     """Days from entering a proposal or negotiation stage to won or lost, per close quarter, segment and outcome."""
     resolved = run_settings(context, settings)
     stages = StageCatalog.from_frame(pipeline_stages)
-    frame = coaching.ask_to_decision(deals, deal_history, stages, resolved.as_of, resolved.project.fiscal_year_start_month)
+    configured = resolved.project.analytics.ask_stages
+    frame = coaching.ask_to_decision(
+        deals, deal_history, stages, resolved.as_of, resolved.project.fiscal_year_start_month, configured
+    )
     warehouse.publish(context, resolved.as_of, "ask_to_decision", frame)
     asks = pd.DataFrame(
-        [(pipeline, ", ".join(names)) for pipeline, names in coaching.ask_stages(stages).items()],
+        [(pipeline, ", ".join(names)) for pipeline, names in coaching.ask_stages(stages, configured).items()],
         columns=["pipeline", "ask_stages"],
     )
     overall = frame[(frame.period_grain == "all") & (frame.segment_type.isin(["all", "pipeline"]))]

@@ -79,6 +79,41 @@ class ForecastConfig:
 
 
 @dataclass(frozen=True)
+class AnalyticsConfig:
+    """`[analytics]`: stall thresholds set by the sales team instead of learned, and the stages
+    that count as "the ask" in `ask_to_decision`."""
+
+    # Stage name -> days (every pipeline with that stage), or pipeline name -> {stage -> days}
+    # (that pipeline only; it wins over a stage-wide value).
+    stall_days: dict[str, Any] = field(default_factory=dict)
+    # Stage names; empty means found by name (proposal, quote, negotiat) or the last two open stages.
+    ask_stages: tuple[str, ...] = ()
+
+    def stall_thresholds(self, stages: StageCatalog) -> tuple[dict[tuple[str, str], float], list[str]]:
+        """The configured threshold of each (pipeline, open stage) of `stages`, and the configured
+        names that match no open stage there (to warn about: a typo, or a stage this CRM lacks)."""
+        thresholds: dict[tuple[str, str], float] = {}
+        unmatched: list[str] = []
+        for name, value in self.stall_days.items():
+            if isinstance(value, dict):
+                continue
+            matched = [p.name for p in stages if name in p.open_stages]
+            thresholds.update({(pipeline, name): float(value) for pipeline in matched})
+            if not matched:
+                unmatched.append(name)
+        for pipeline_name, per_stage in self.stall_days.items():
+            if not isinstance(per_stage, dict):
+                continue
+            pipeline = next((p for p in stages if p.name == pipeline_name), None)
+            for name, value in per_stage.items():
+                if pipeline is not None and name in pipeline.open_stages:
+                    thresholds[(pipeline_name, name)] = float(value)
+                else:
+                    unmatched.append(f"{pipeline_name} / {name}")
+        return thresholds, unmatched
+
+
+@dataclass(frozen=True)
 class SalesforceSourceConfig:
     pipeline_field: str = "Pipeline__c"
     product_field: str = "Product__c"
@@ -103,6 +138,7 @@ class ProjectConfig:
     forecast: ForecastConfig
     salesforce: SalesforceSourceConfig
     stages: StageCatalog
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     # [sources.<name>] tables as written, for readers that define their own settings (hubspot, pipedrive, ...).
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     # [currency] rates_file: dated exchange rates into the reporting currency (None: one currency only).
@@ -168,6 +204,30 @@ def _typed(cls: type, values: dict[str, Any], path: Path, section: str) -> Any:
     return cls(**values)
 
 
+def _positive_days(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{where} must be a number of days above 0, got {value!r}")
+    return float(value)
+
+
+def _analytics(values: dict[str, Any], path: Path) -> AnalyticsConfig:
+    """`[analytics]`, checked: every stall threshold a positive number of days, ask stages names."""
+    config = _typed(AnalyticsConfig, values, path, "analytics")
+    where = f"{path}: [analytics] stall_days"
+    if not isinstance(config.stall_days, dict):
+        raise ConfigError(f"{where} must be a table of stage = days (or pipeline = {{stage = days}})")
+    stall_days: dict[str, Any] = {}
+    for name, value in config.stall_days.items():
+        if isinstance(value, dict):
+            stall_days[name] = {stage: _positive_days(days, f"{where}.{name}.{stage}") for stage, days in value.items()}
+        else:
+            stall_days[name] = _positive_days(value, f"{where}.{name}")
+    asks = config.ask_stages
+    if not isinstance(asks, (list, tuple)) or not all(isinstance(a, str) for a in asks):
+        raise ConfigError(f"{path}: [analytics] ask_stages must be a list of stage names, got {asks!r}")
+    return AnalyticsConfig(stall_days=stall_days, ask_stages=tuple(asks))
+
+
 def _parse_date(value: Any, where: str) -> dt.date:
     if isinstance(value, dt.datetime):
         return value.date()
@@ -213,6 +273,8 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
     if not isinstance(mappings, list) or not all(isinstance(m, str) for m in mappings):
         raise ConfigError(f"{path}: [sources] mappings must be a list of mapping file paths")
 
+    analytics = _analytics(_section(raw, "analytics", path), path)
+
     fiscal_start = int(reporting.get("fiscal_year_start_month", 1))
     if not 1 <= fiscal_start <= 12:
         raise ConfigError(f"{path}: [reporting] fiscal_year_start_month must be 1..12, got {fiscal_start}")
@@ -251,6 +313,7 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
             SalesforceSourceConfig, dict(sources.get("salesforce", {})), path, "sources.salesforce"
         ),
         stages=StageCatalog(pipelines),
+        analytics=analytics,
         sources={k: dict(v) for k, v in sources.items() if isinstance(v, dict) and k != "format_overrides"},
         rates_file=currency.get("rates_file"),
         format_overrides=dict(overrides),

@@ -312,7 +312,7 @@ ask_to_decision = _table(
     sa.Column("segment_type", sa.String(16), primary_key=True, comment="Segment type: all, pipeline, owner, team, product, region, lead_source or deal_type."),
     sa.Column("segment", NAME, primary_key=True, comment="Segment value within segment_type (all for the company total, (unknown) for blanks)."),
     sa.Column("outcome", sa.String(8), primary_key=True, comment="won, lost or all (both)."),
-    sa.Column("deals", sa.BigInteger, nullable=False, comment="Closed deals whose history shows them entering an ask stage (proposal, quote or negotiation)."),
+    sa.Column("deals", sa.BigInteger, nullable=False, comment="Closed deals whose history shows them entering an ask stage ([analytics] ask_stages in dealcast.toml, else proposal, quote or negotiation by name)."),
     sa.Column("median_days", DAYS, nullable=False, comment="Median days from first entering an ask stage to the close."),
     sa.Column("mean_days", DAYS, nullable=False, comment="Mean days from first entering an ask stage to the close."),
     sa.Column("p90_days", DAYS, nullable=False, comment="90th percentile of days from first entering an ask stage to the close."),

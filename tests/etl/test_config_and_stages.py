@@ -70,3 +70,48 @@ def test_catalog_round_trips_through_its_table():
         q = again[p.name]
         assert (q.open_stages, q.won_stage, q.lost_stage) == (p.open_stages, p.won_stage, p.lost_stage)
         assert q.probabilities == p.probabilities
+
+
+def _config_with(tmp_path, text: str):
+    path = tmp_path / "dealcast.toml"
+    path.write_text(text)
+    return load_project_config(path)
+
+
+def test_configured_stall_days_expand_to_each_pipeline_with_the_stage(tmp_path):
+    cfg = _config_with(
+        tmp_path,
+        '[analytics]\nask_stages = ["Quote"]\n'
+        '[analytics.stall_days]\n"Demo" = 21\n"Quote" = 14\n"Qualify" = 5\n'
+        '[analytics.stall_days."Renewal"]\n"Quote" = 45\n"Demo" = 9\n',
+    )
+    catalog = StageCatalog(
+        [PipelineStages("New", ("Demo", "Quote")), PipelineStages("Renewal", ("Quote", "Sign"))]
+    )
+    thresholds, unmatched = cfg.analytics.stall_thresholds(catalog)
+    # "Demo" and "Quote" apply wherever the stage exists; Renewal's own "Quote" wins over the
+    # stage-wide 14; "Qualify" and Renewal's "Demo" name no stage of these pipelines.
+    assert thresholds == {("New", "Demo"): 21.0, ("New", "Quote"): 14.0, ("Renewal", "Quote"): 45.0}
+    assert unmatched == ["Qualify", "Renewal / Demo"]
+    assert cfg.analytics.ask_stages == ("Quote",)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[analytics.stall_days]\n"Demo" = 0\n', r"stall_days.Demo must be a number of days above 0, got 0"),
+        ('[analytics.stall_days]\n"Demo" = "a week"\n', r"stall_days.Demo must be a number of days above 0"),
+        ('[analytics.stall_days.Renewal]\n"Quote" = -3\n', r"stall_days.Renewal.Quote must be a number of days above 0"),
+        ('[analytics]\nask_stages = "Quote"\n', r"ask_stages must be a list of stage names"),
+        ('[analytics]\nstall_day = 3\n', r"unknown setting\(s\) \['stall_day'\]"),
+    ],
+)
+def test_bad_analytics_settings_are_named(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        _config_with(tmp_path, text)
+
+
+def test_without_an_analytics_section_nothing_is_configured(tmp_path):
+    cfg = _config_with(tmp_path, "[reporting]\ncurrency = 'EUR'\n")
+    assert cfg.analytics.stall_days == {} and cfg.analytics.ask_stages == ()
+    assert cfg.analytics.stall_thresholds(StageCatalog([PipelineStages("P", ("A",))])) == ({}, [])
