@@ -8,7 +8,7 @@ import pandas as pd
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl import pipeline_health
-from etl.report import markdown_table
+from etl.report import image_markdown, markdown_table, waterfall_chart
 from etl.stages import StageCatalog
 
 
@@ -57,13 +57,15 @@ def pipeline_waterfall(
     recent = frame[(frame.period_grain == "quarter") & (frame.segment_type == "all")].tail(6)
     columns = ["period", "start_value", "created", "pulled_in", "increased", "decreased"]
     columns += ["pushed_out", "lost", "won", "end_value"]
-    return dg.Output(
-        frame,
-        metadata={
-            "dagster/row_count": len(frame),
-            "recent_quarters": dg.MetadataValue.md(markdown_table(recent[columns], floatfmt="{:,.0f}")),
-        },
-    )
+    metadata = {
+        "dagster/row_count": len(frame),
+        "recent_quarters": dg.MetadataValue.md(markdown_table(recent[columns], floatfmt="{:,.0f}")),
+    }
+    if len(recent):
+        latest = recent.iloc[-1]
+        title = f"{latest['period']} pipeline: start to end (through {pd.Timestamp(latest['through_date']):%Y-%m-%d})"
+        metadata["waterfall"] = dg.MetadataValue.md(image_markdown(waterfall_chart(latest, title), "pipeline waterfall"))
+    return dg.Output(frame, metadata=metadata)
 
 
 @dg.asset(group_name="analytics", kinds={"pandas", "sql"})

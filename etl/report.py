@@ -1,6 +1,7 @@
 """Pictures and small tables people look at in the Dagster UI: a funnel chart, a velocity trend, a
-calibration curve. Charts are rendered with matplotlib (no screen needed) and embedded in Markdown as
-PNG data URIs, which the Dagster UI shows inline in an asset's metadata."""
+calibration curve, forecast fan charts and a pipeline waterfall. Charts are rendered with matplotlib
+(no screen needed) and embedded in Markdown as PNG data URIs, which the Dagster UI shows inline in an
+asset's metadata."""
 
 from __future__ import annotations
 
@@ -137,5 +138,50 @@ def fan_chart(
     ax.tick_params(labelsize=8)
     fig.autofmt_xdate()
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+# The movements of a pipeline waterfall in the order they are drawn, with the sign each adds.
+WATERFALL_MOVES: tuple[tuple[str, str, int], ...] = (
+    ("created", "created", 1),
+    ("pulled_in", "pulled in", 1),
+    ("increased", "increased", 1),
+    ("decreased", "decreased", -1),
+    ("pushed_out", "pushed out", -1),
+    ("lost", "lost", -1),
+    ("won", "won", -1),
+)
+
+
+def waterfall_bars(row: pd.Series) -> pd.DataFrame:
+    """The floating bars of one `pipeline_waterfall` row: start, each movement from where the
+    previous one left the pipeline, end. Columns label, bottom, height, sign (0 for start and end)."""
+    bars = [("start", 0.0, float(row["start_value"]), 0)]
+    level = float(row["start_value"])
+    for column, label, sign in WATERFALL_MOVES:
+        amount = float(row[column])
+        after = level + sign * amount
+        bars.append((label, min(level, after), amount, sign))
+        level = after
+    bars.append(("end", 0.0, float(row["end_value"]), 0))
+    return pd.DataFrame(bars, columns=["label", "bottom", "height", "sign"])
+
+
+def waterfall_chart(row: pd.Series, title: str) -> bytes:
+    """A period's pipeline from start to end through what was created, pulled in, changed, pushed
+    out, lost and won (one `pipeline_waterfall` row)."""
+    from matplotlib.ticker import FuncFormatter
+
+    bars = waterfall_bars(row)
+    colours = bars["sign"].map({0: "#3b6ea8", 1: "#7fb77e", -1: "#c0504d"})
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    ax.bar(bars["label"], bars["height"], bottom=bars["bottom"], color=colours)
+    for x, (bottom, height, sign) in enumerate(zip(bars["bottom"], bars["height"], bars["sign"])):
+        text = f"{'+' if sign > 0 else '-' if sign < 0 else ''}{height:,.0f}"
+        ax.text(x, bottom + height, text, ha="center", va="bottom", fontsize=7)
+    ax.set_ylabel("reporting currency")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.tick_params(labelsize=8)
     ax.set_title(title, fontsize=10)
     return _png(fig)

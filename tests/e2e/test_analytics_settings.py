@@ -1,6 +1,7 @@
 """The `[analytics]` settings of dealcast.toml reach the nightly tables: configured stall
 thresholds replace the learned ones in `stage_durations` (and so in `stalled_deals`), and the
-configured ask stages are the ones `ask_to_decision` measures from."""
+configured ask stages are the ones `ask_to_decision` measures from. The waterfall picture is
+checked on the same run."""
 
 import dagster as dg
 import pytest
@@ -31,7 +32,8 @@ def test_configured_thresholds_and_ask_stages_reach_the_tables(sample_exports, t
         ALL_ASSETS,
         # crm_tables writes its tables together: its quarantine and check results come along.
         selection=dg.AssetSelection.assets(
-            "stage_durations", "ask_to_decision", "stalled_deals", "quarantine", "data_quality_results"
+            "stage_durations", "ask_to_decision", "stalled_deals", "pipeline_waterfall", "quarantine",
+            "data_quality_results",
         ).upstream(),
         resources={
             "settings": DealcastSettings(
@@ -73,3 +75,7 @@ def test_configured_thresholds_and_ask_stages_reach_the_tables(sample_exports, t
     assert any("Closing Dinner" in message for message in messages)
     asks = result.asset_materializations_for_node("ask_to_decision")[0].metadata["ask_stages"].value
     assert "Negotiation/Review" in asks and "Proposal/Price Quote" not in asks
+
+    # The waterfall asset shows the current quarter's picture.
+    waterfall = result.asset_materializations_for_node("pipeline_waterfall")[0].metadata["waterfall"].value
+    assert waterfall.startswith("![pipeline waterfall](data:image/png;base64,")
