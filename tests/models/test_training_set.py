@@ -277,6 +277,19 @@ def test_rows_per_snapshot_are_capped_deterministically(world):
     pd.testing.assert_frame_equal(capped.frame, again.frame)
 
 
+def test_processing_dates_in_chunks_changes_no_row(world, training, monkeypatch):
+    """Large CRMs rebuild a few dates at a time; the rows must not depend on where chunks end."""
+    import models.training_set as training_set
+
+    deals, history = world
+    assert training.frame["snapshot_at"].nunique() > 10
+    # Smaller than any date's rows: one date per chunk (a date is never split).
+    monkeypatch.setattr(training_set, "ROWS_PER_CHUNK", 1)
+    one_date_each = build_training_set(deals, history, SYNTHETIC_CATALOG, training.as_of)
+    pd.testing.assert_frame_equal(one_date_each.frame, training.frame)
+    assert one_date_each.censored_deals == training.censored_deals
+
+
 def test_no_history_source_uses_creation_time_attributes_only():
     deals, history = make_crm(400, seed=3, end="2023-12-31", as_of="2024-03-31", with_history=False)
     prepared = prepare_history(deals, history, SYNTHETIC_CATALOG)
