@@ -10,35 +10,23 @@ without model scores (its weighted_pipeline_model column needs the scoring step)
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import _peak_rss_mb  # noqa: E402  (bench/bench.py, next to this script)
+from bench import _peak_rss_mb, part_bench_exports  # noqa: E402  (bench/bench.py, next to this script)
 from etl import coaching, metrics, pipeline_health  # noqa: E402
 from etl.config import load_project_config  # noqa: E402
 from etl.ingest import read_exports  # noqa: E402
 from etl.pipeline_state import prepare_history, stage_events  # noqa: E402
 from etl.quotas import load_quotas  # noqa: E402
-from etl.sample_crm import generate_sample  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--deals", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--as-of", type=dt.date.fromisoformat, default=dt.date(2026, 11, 15))
-    parser.add_argument("--exports", type=Path, default=None)
-    args = parser.parse_args()
-    exports = args.exports or Path(tempfile.mkdtemp(prefix="dealcast-analytics-")) / "exports"
-    if not (exports / "Opportunity.csv").is_file():
-        generate_sample(exports, n_deals=args.deals, seed=args.seed, end_date=args.as_of)
+    args, exports = part_bench_exports(__doc__, "analytics")
     project = load_project_config()
     fiscal = project.fiscal_year_start_month
     as_of = args.as_of

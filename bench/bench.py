@@ -57,6 +57,22 @@ def _reset_peak() -> None:
         pass
 
 
+def part_bench_exports(doc: str, name: str) -> tuple[argparse.Namespace, Path]:
+    """Arguments of the part benchmarks (--deals, --seed, --as-of, --exports) and the export folder
+    to read: `--exports` when it holds an export, else a sample generated there (or in a new
+    temporary folder)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--deals", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--as-of", type=dt.date.fromisoformat, default=dt.date(2026, 11, 15))
+    parser.add_argument("--exports", type=Path, default=None, help="reuse (or keep) a generated export here")
+    args = parser.parse_args()
+    exports = args.exports or Path(tempfile.mkdtemp(prefix=f"dealcast-{name}-")) / "exports"
+    if not (exports / "Opportunity.csv").is_file():
+        generate_sample(exports, n_deals=args.deals, seed=args.seed, end_date=args.as_of)
+    return args, exports
+
+
 class Steps:
     def __init__(self) -> None:
         self.rows: list[dict] = []

@@ -13,21 +13,17 @@ deals and history every step holds.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import gc
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import Steps  # noqa: E402  (bench/bench.py, next to this script)
+from bench import Steps, part_bench_exports  # noqa: E402  (bench/bench.py, next to this script)
 from etl.config import load_project_config  # noqa: E402
 from etl.ingest import read_exports  # noqa: E402
 from etl.pipeline_state import prepare_history  # noqa: E402
-from etl.sample_crm import generate_sample  # noqa: E402
 from models.deal_scores import build_deal_scores  # noqa: E402
 from models.scoring import train_scorer  # noqa: E402
 from models.timing import CloseTiming  # noqa: E402
@@ -37,21 +33,13 @@ SCORING_STEPS = ("training set", "train", "close timing", "score")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--deals", type=int, default=100_000)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--as-of", type=dt.date.fromisoformat, default=dt.date(2026, 11, 15))
-    parser.add_argument("--exports", type=Path, default=None)
-    args = parser.parse_args()
-    exports = args.exports or Path(tempfile.mkdtemp(prefix="dealcast-scoring-")) / "exports"
+    args, exports = part_bench_exports(__doc__, "scoring")
     project = load_project_config()
     as_of = args.as_of
     steps = Steps()
     print(f"Deal-scoring benchmark: {args.deals:,} deals, as_of {as_of}")
 
     with steps.step("read + history") as r:
-        if not (exports / "Opportunity.csv").is_file():
-            generate_sample(exports, n_deals=args.deals, seed=args.seed, end_date=as_of)
         ingest = read_exports(exports, project, as_of=as_of)
         deals, stages = ingest.deals, ingest.stages
         history = prepare_history(deals, ingest.history, stages)
