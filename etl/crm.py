@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from etl.config import Settings
-from etl.ingest import LOOKUP_FORMATS, IngestResult, detect_format, read_exports
+from etl.ingest import HISTORY_FORMATS, LOOKUP_FORMATS, IngestResult, detect_format, read_exports
 from etl.pipeline_state import as_of_end, prepare_history, stage_events
 from etl.stages import StageCatalog
 from etl.tables import TABLES
@@ -78,7 +78,10 @@ def file_counts(ingest: IngestResult) -> list[FileCount]:
     """What each input file contributed, for the reconciliation: rows read, and for lookup files
     (owners, accounts) the rows the reader kept as lookup entries."""
     return [
-        FileCount(str(f.path), f.rows_read, f.rows_accepted if f.format in LOOKUP_FORMATS else 0, dict(f.columns))
+        FileCount(
+            str(f.path), f.rows_read, f.rows_accepted if f.format in LOOKUP_FORMATS else 0, dict(f.columns),
+            lookup=f.format in LOOKUP_FORMATS, history_only=f.format in HISTORY_FORMATS,
+        )
         for f in ingest.files
     ]
 

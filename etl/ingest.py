@@ -67,6 +67,8 @@ SYSTEM_SEPARATOR = ":"
 READERS: tuple[ExportReader, ...] = (mapped.READER, salesforce.READER, hubspot.READER, pipedrive.READER)
 # Export formats whose rows are lookups (names of owners and accounts), not deals or history rows.
 LOOKUP_FORMATS: frozenset[str] = frozenset(fmt for reader in READERS for fmt in reader.lookup_formats)
+# Export formats whose rows are only stage history of deals read from other files.
+HISTORY_FORMATS: frozenset[str] = frozenset(fmt for reader in READERS for fmt in reader.history_formats)
 
 
 @dataclass

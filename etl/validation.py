@@ -57,13 +57,16 @@ deal whose changed_at is earlier than the deal's previous row in reading order; 
 re-sorted by time downstream, so this is reported with its count only).
 
 Blocking checks (severity "error"): `deals.deals_not_empty`, `deals.quarantine_share` (quarantined
-share of the deal files' rows above `max_quarantine_share`), `deals.volume_not_collapsed`
+share of the deal files' rows above `max_quarantine_share`; lookup files such as Account.csv and
+history-only files do not count), `deal_history.quarantine_share` (the same limit over the
+history-only files' rows quarantined for a defect of their own), `deals.volume_not_collapsed`
 (accepted deals below (1 - `max_volume_drop_share`) x the previous run's count) and one
 `crm_exports.reconciliation[<file>]` per input file (rows read = accepted + quarantined).
 
 Reconciliation counts source rows: a source row that feeds several records (a deals export that
 also carries stage history) counts once, as quarantined if any of its records was rejected.
-Deal files, for the quarantine share, are every file except those that only feed deal history.
+Deal files, for the quarantine share, are every file except lookup files and those that only feed
+deal history.
 """
 
 from __future__ import annotations
@@ -139,6 +142,7 @@ TEXT_TOO_LONG = "text_too_long"
 
 CHECK_DEALS_NOT_EMPTY = "deals.deals_not_empty"
 CHECK_QUARANTINE_SHARE = "deals.quarantine_share"
+CHECK_HISTORY_QUARANTINE_SHARE = "deal_history.quarantine_share"
 CHECK_VOLUME = "deals.volume_not_collapsed"
 CHECK_RECONCILIATION = "crm_exports.reconciliation"  # one result per file: "<this>[<file>]"
 CHECK_READER = "crm_exports.rows_parsed"
@@ -182,6 +186,12 @@ class FileCount:
     lookup_rows: int = 0
     # Canonical column -> the file's header for it (quarantine rows name the file's column).
     columns: dict[str, str] = field(default_factory=dict)
+    # True for a lookup file (owners, accounts): its rows are neither deals nor history, so they
+    # count in neither quarantine share.
+    lookup: bool = False
+    # True for a file that only holds stage history (its format says so, even when none of its rows
+    # was accepted); files of other formats count as history-only when they fed no deal.
+    history_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -1132,7 +1142,7 @@ def validate_crm(
             observed += f" (repeated deal ids: {deals['deal_id'].iloc[failing].nunique():,})"
         rows.append(_result(check.name, check.asset, len(failing) == 0, check.severity, observed, check.expected, len(failing)))
     rows.append(_not_empty_result(dataset[CHECK_DEALS_NOT_EMPTY].success, accepted_deals, deals, details))
-    rows.append(_quarantine_share_result(reconciliation, history, deals, config, quarantine, details))
+    rows += _quarantine_share_results(reconciliation, history, deals, files, config, quarantine, details)
     volume_passed = dataset[CHECK_VOLUME].success if volume_floor is not None else True
     rows.append(_volume_result(volume_passed, volume_floor, accepted_deals, previous_deal_count, config, details))
     rows += _reconciliation_results(reconciliation, seen, details)
@@ -1541,29 +1551,52 @@ def _reconciliation_results(
     return out
 
 
-def _quarantine_share_result(
+def _quarantine_share_results(
     reconciliation: pd.DataFrame,
     history: pd.DataFrame,
     deals: pd.DataFrame,
+    files: list[FileCount],
     config: ValidationConfig,
     quarantine: pd.DataFrame,
     details: dict[str, pd.DataFrame],
-) -> dict:
-    """Quarantined share of the deal files' source rows (files that do not only feed history)."""
+) -> list[dict]:
+    """Two blocking shares, each over its own rows, so a large lookup file cannot dilute them:
+
+    - deals: quarantined rows of the deal files (every file that is neither a lookup file nor
+      one that only feeds history) over the rows read from them;
+    - history: rows of the history-only files quarantined for a defect of their own, over the rows
+      read from them. Rows that follow their quarantined deal (deal_quarantined) or name a deal the
+      export does not hold (orphan_history: deleted or filtered-out deals) are judged with the
+      deals, not counted again here."""
+    lookups = {f.source_file for f in files if f.lookup}
     history_only = set(_source_files(history["source_file"]).unique()) - set(_source_files(deals["source_file"]).unique())
-    deal_files = reconciliation.loc[~reconciliation["source_file"].isin(history_only)]
-    quarantined = int(deal_files["quarantined"].sum())
-    total = int((deal_files["accepted"] + deal_files["quarantined"]).sum())
-    share = quarantined / total if total else 0.0
-    passed = share <= config.max_quarantine_share
+    history_only = (history_only - lookups) | {f.source_file for f in files if f.history_only}
+    files_of = reconciliation["source_file"]
+    deal_files = reconciliation.loc[~files_of.isin(history_only | lookups)]
+    history_files = reconciliation.loc[files_of.isin(history_only)]
     in_deal_files = _source_files(quarantine["source_file"]).isin(set(deal_files["source_file"]))
-    details[CHECK_QUARANTINE_SHARE] = quarantine.loc[in_deal_files].head(SAMPLE_ROWS_KEPT)
-    return _result(
-        CHECK_QUARANTINE_SHARE, ASSET_DEALS, passed, SEVERITY_ERROR,
-        f"{share:.2%} ({_count_text(quarantined, total, 'deal rows')} quarantined)",
-        f"at most {config.max_quarantine_share:.2%} of deal rows quarantined",
-        quarantined if not passed else 0,
-    )
+    own_defect = ~quarantine["reason_code"].isin([DEAL_QUARANTINED, ORPHAN_HISTORY])
+    in_history_files = _source_files(quarantine["source_file"]).isin(history_only) & own_defect
+    results = []
+    for check, asset, part, unit, mask in (
+        (CHECK_QUARANTINE_SHARE, ASSET_DEALS, deal_files, "deal rows", in_deal_files),
+        (CHECK_HISTORY_QUARANTINE_SHARE, ASSET_HISTORY, history_files, "history rows", in_history_files),
+    ):
+        total = int(part["rows_read"].sum())
+        quarantined = int(mask.sum())
+        share = quarantined / total if total else 0.0
+        passed = share <= config.max_quarantine_share
+        details[check] = quarantine.loc[mask].head(SAMPLE_ROWS_KEPT)
+        scope = "" if check == CHECK_QUARANTINE_SHARE else " for a defect of their own"
+        results.append(
+            _result(
+                check, asset, passed, SEVERITY_ERROR,
+                f"{share:.2%} ({_count_text(quarantined, total, unit)} quarantined{scope})",
+                f"at most {config.max_quarantine_share:.2%} of {unit} quarantined{scope}",
+                quarantined if not passed else 0,
+            )
+        )
+    return results
 
 
 def _sample_frame(frame: pd.DataFrame) -> pd.DataFrame:

@@ -90,3 +90,6 @@ class ExportReader:
     read: Callable[[Mapping[str, Sequence[Path]], "ProjectConfig"], SourceExport]
     # Formats whose rows become lookup entries (owner names, account names), not deals or history.
     lookup_formats: tuple[str, ...] = ()
+    # Formats whose rows are only stage history of deals read from other files (Salesforce's
+    # OpportunityHistory.csv): their rows are judged apart from the deals' in the quarantine share.
+    history_formats: tuple[str, ...] = ()

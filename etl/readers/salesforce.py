@@ -925,4 +925,5 @@ READER = ExportReader(
     detect=detect,
     read=read_salesforce,
     lookup_formats=(USER, ACCOUNT),
+    history_formats=(HISTORY,),
 )

@@ -141,3 +141,69 @@ def test_a_probability_outside_0_100_is_quarantined_not_stored_scaled(exports, v
     assert found is not None and found["reason_code"] == "probability_out_of_range", found
     assert f"{float(value):g}" in found["reason"] and "0-100%" in found["reason"]
     assert crm.deals["crm_probability"].dropna().between(0, 1).all()
+
+
+# -- the quarantine share ---------------------------------------------------------------------
+
+
+def _corrupt_amounts(path, every: int) -> int:
+    bad = 0
+
+    def change(col, rows):
+        nonlocal bad
+        for i, row in enumerate(rows):
+            if i % every == 0:
+                row[col["Amount"]] = "twelve"
+                bad += 1
+
+    edit(path, change)
+    return bad
+
+
+def _grow_accounts(path, extra: int) -> None:
+    def change(col, rows):
+        template = rows[0]
+        for i in range(extra):
+            copy = list(template)
+            copy[col["Id"]] = f"001EXTRA{i:011d}"
+            rows.append(copy)
+
+    edit(path, change)
+
+
+def test_a_large_account_file_does_not_dilute_the_deal_quarantine_share(exports):
+    bad = _corrupt_amounts(exports / "Opportunity.csv", every=5)  # 60 of 300 deals = 20%
+    _grow_accounts(exports / "Account.csv", 20_000)
+    crm = load(exports)
+    results = crm.validation.results.set_index("check_name")
+    share = results.loc["deals.quarantine_share"]
+    assert bad == 60
+    assert not share["passed"] and share["observed"] == f"20.00% ({bad} of {N_DEALS} deal rows quarantined)"
+    assert not crm.publishable
+
+
+def test_every_deal_quarantined_says_so_in_deal_counts(exports):
+    bad = _corrupt_amounts(exports / "Opportunity.csv", every=1)
+    crm = load(exports)
+    share = crm.validation.results.set_index("check_name").loc["deals.quarantine_share"]
+    assert share["observed"] == f"100.00% ({bad} of {N_DEALS} deal rows quarantined)"
+
+
+def test_history_is_judged_on_its_own_share(exports):
+    history = exports / "OpportunityHistory.csv"
+    _, rows = read_rows(history)
+    every = 10
+
+    def change(col, data):
+        for i, row in enumerate(data):
+            if i % every == 0:
+                row[col["CreatedDate"]] = "yesterday"
+
+    edit(history, change)
+    bad = len(range(0, len(rows), every))
+    crm = load(exports)
+    results = crm.validation.results.set_index("check_name")
+    assert results.loc["deals.quarantine_share", "passed"]
+    history_share = results.loc["deal_history.quarantine_share"]
+    assert not history_share["passed"]
+    assert f"({bad} of {len(rows):,} history rows quarantined" in history_share["observed"]

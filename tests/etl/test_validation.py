@@ -413,9 +413,11 @@ def test_reconciliation_balances_every_file(export):
         assert result(outcome, f"crm_exports.reconciliation[{file}]")["passed"]
 
 
-def test_no_blocking_failure_when_every_limit_holds(export):
+def test_no_deal_level_blocking_failure_when_every_deal_limit_holds(export):
     outcome = export["outcome"]
-    assert blocking(outcome) == set()
+    # The 18-row history file is a catalogue of bad history rows, so its own share is far above
+    # 5%; the deals' limits all hold.
+    assert blocking(outcome) == {"deal_history.quarantine_share"}
     share = result(outcome, "deals.quarantine_share")
     rejected = len(export["rejected_deal_rows"]) + 2
     total = CLEAN + len(DEAL_CASES) + 8 + 2
@@ -438,7 +440,7 @@ def test_quarantine_and_results_follow_the_warehouse_contract(export):
 def test_report_and_samples_describe_the_failures(export):
     outcome = export["outcome"]
     report = outcome.report_markdown()
-    assert "All blocking checks passed." in report
+    assert "**1 blocking check(s) failed:** `deal_history.quarantine_share`" in report
     assert "| deals.amount_in_range | deals | row | FAILED |" in report
     assert "| duplicate_id | 7 |" in report
     assert f"| {DEALS_FILE} |" in report
@@ -466,7 +468,8 @@ def test_report_and_samples_describe_the_failures(export):
     [
         (19, [], None),  # 1 bad of 20 deal rows = 5.00%: at the limit, passes
         (18, [], 1),  # 1 bad of 19 = 5.26%
-        (40, [(HISTORY_FILE, 2), (HISTORY_FILE, 3), (HISTORY_FILE, 4)], None),  # history rows do not count: 1 of 41
+        # History rows do not count for deals (1 of 41 deal rows); they are judged on their own: 3 of 4.
+        (40, [(HISTORY_FILE, 2), (HISTORY_FILE, 3), (HISTORY_FILE, 4)], "history"),
         (40, [(DEALS_FILE, 901), (DEALS_FILE, 902)], 3),  # the reader's rows do: 3 of 43 = 6.98%
     ],
 )
@@ -480,7 +483,12 @@ def test_quarantine_share_blocks_above_its_limit(clean, unparseable, quarantined
     ]
     outcome = run(deals_frame(rows), history, reader_rows(unparseable), files)
     share = result(outcome, "deals.quarantine_share")
-    if quarantined_deal_rows is None:
+    if quarantined_deal_rows == "history":
+        assert blocking(outcome) == {"deal_history.quarantine_share"}
+        assert share["passed"] and "1 of 41 deal rows" in share["observed"]
+        history_share = result(outcome, "deal_history.quarantine_share")
+        assert history_share["observed"] == "75.00% (3 of 4 history rows quarantined for a defect of their own)"
+    elif quarantined_deal_rows is None:
         assert blocking(outcome) == set()
         assert share["passed"] and share["failing_rows"] == 0
     else:
