@@ -25,6 +25,7 @@ import datetime as dt
 import hashlib
 import io
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
@@ -51,7 +52,6 @@ SQLITE_BUSY_TIMEOUT_MS = 120_000
 # Rows per COPY/executemany batch handed to the driver (bounds memory on very large frames).
 BATCH_ROWS = 200_000
 _BEGIN_OPTION = "dealcast_sqlite_begin"
-_PASSWORD_QUERY_KEYS = {"password", "passwd", "pwd"}
 
 # Which run currently owns writes for each as_of. Kept outside `etl.tables.metadata` because it is
 # the warehouse's own bookkeeping, not a table finance or BI read.
@@ -79,40 +79,83 @@ class StaleRunError(WarehouseError):
 # Passwords
 
 
+# Query keys whose value is a credential: libpq/psycopg's password and sslpassword, the
+# passwd/pwd spellings of other drivers, and tokens, secrets and private-key passphrases
+# (cloud warehouses' connectors). Matched anywhere in the key, without case; masking a key
+# that only names a file (sslkey) costs nothing.
+_CREDENTIAL_KEY = re.compile(r"pass|pwd|secret|token|credential|key|auth", re.IGNORECASE)
+_QUERY_PAIR = re.compile(r"(?P<lead>[?&;])(?P<key>[^=&;?#]+)=(?P<value>[^&;#]*)")
+# What may follow the "@" that ends the credentials: host(s), port, then a path, a query or nothing.
+_AFTER_CREDENTIALS = re.compile(r"^[\w.\-\[\]:%,~]*(?=[/?#]|$)")
+
+
+@dataclass(frozen=True)
+class _UrlCredentials:
+    """A URL with every credential masked, and the credentials it held (as written)."""
+
+    masked: str
+    secrets: tuple[str, ...]
+
+
+def _parse_credentials(url: str) -> _UrlCredentials:
+    """Find a URL's credentials by parsing it the way a person writes it, not the way SQLAlchemy
+    does: the password runs from the first ":" after "scheme://" to the LAST "@" that a host
+    follows (so an unencoded "@" in a password stays masked whole), and every query value whose key
+    names a credential (password, sslpassword, passwd, pwd, token, secret, ...) is masked too.
+    When in doubt more is masked, never less."""
+    secrets: list[str] = []
+
+    def mask_pair(match: re.Match) -> str:
+        if not _CREDENTIAL_KEY.search(urllib.parse.unquote_plus(match["key"])):
+            return match.group(0)
+        if match["value"]:
+            secrets.append(match["value"])
+        return f"{match['lead']}{match['key']}={MASK}"
+
+    head, sep, rest = url.partition("://")
+    if not sep:
+        return _UrlCredentials(url, ())
+    at = None
+    for position in reversed([i for i, c in enumerate(rest) if c == "@"]):
+        if _AFTER_CREDENTIALS.match(rest[position + 1 :]):
+            at = position
+            break
+    if at is None:
+        userinfo, after = "", rest
+    else:
+        userinfo, after = rest[:at], rest[at + 1 :]
+    # A query value holding a credential may itself contain "@": mask the query first.
+    masked_after = _QUERY_PAIR.sub(mask_pair, after)
+    if at is None:
+        return _UrlCredentials(f"{head}://{masked_after}", tuple(secrets))
+    user, colon, password = userinfo.partition(":")
+    if colon and password:
+        secrets.append(password)
+    shown_user = f"{user}:{MASK}" if colon else user
+    return _UrlCredentials(f"{head}://{shown_user}@{masked_after}", tuple(secrets))
+
+
 def redact_url(url: str) -> str:
-    """`url` with its password (and any password query parameter) replaced by `***`."""
-    try:
-        parsed = make_url(url)
-    except (sa.exc.ArgumentError, ValueError):
-        # Not a URL SQLAlchemy understands: mask whatever sits between "user:" and "@".
-        head, sep, rest = url.partition("://")
-        if not sep:
-            return url
-        userinfo, at, hostpart = rest.rpartition("@")
-        if not at:
-            return url
-        user, colon, _ = userinfo.partition(":")
-        return f"{head}://{user}{colon}{MASK if colon else ''}@{hostpart}"
-    masked_query = {k: MASK for k in parsed.query if k.lower() in _PASSWORD_QUERY_KEYS}
-    if masked_query:
-        parsed = parsed.update_query_dict(masked_query)
-    return parsed.render_as_string(hide_password=True).replace(urllib.parse.quote(MASK, safe=""), MASK)
+    """`url` with its password and every credential-bearing query value replaced by `***`."""
+    return _parse_credentials(url).masked
 
 
 def _secrets_in(url: str) -> list[str]:
-    """Every spelling of the URL's password that could show up in a driver's message."""
-    try:
+    """Every spelling of the URL's credentials that could show up in a driver's message."""
+    raw = list(_parse_credentials(url).secrets)
+    try:  # also what SQLAlchemy itself takes for the password, in case it reads the URL otherwise
         parsed = make_url(url)
+        raw.append(parsed.password or "")
     except (sa.exc.ArgumentError, ValueError):
-        return []
-    raw = [parsed.password or ""]
-    for key, value in parsed.query.items():
-        if key.lower() in _PASSWORD_QUERY_KEYS:
-            raw.extend([value] if isinstance(value, str) else list(value))
+        pass
+    # A parser that splits at the first "@" of a password shows its tail as the host
+    # ("failed to resolve host 'PW!@127.0.0.1'"): every piece between "@"s is masked as well.
+    raw += [piece for secret in list(raw) if "@" in (secret or "") for piece in secret.split("@")]
     spellings: set[str] = set()
     for secret in raw:
         if secret:
-            spellings.update({secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)})
+            decoded = urllib.parse.unquote_plus(secret)
+            spellings.update({secret, decoded, urllib.parse.quote(decoded, safe=""), urllib.parse.quote_plus(decoded)})
     # Longest first, so a password that contains another spelling is masked whole.
     return sorted(spellings, key=len, reverse=True)
 

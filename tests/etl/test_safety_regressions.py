@@ -207,3 +207,40 @@ def test_history_is_judged_on_its_own_share(exports):
     history_share = results.loc["deal_history.quarantine_share"]
     assert not history_share["passed"]
     assert f"({bad} of {len(rows):,} history rows quarantined" in history_share["observed"]
+
+
+# -- passwords in warehouse URLs --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown", "secret"),
+    [
+        ("postgresql+psycopg://adv:S3cr@PW!@127.0.0.1:1/db", "postgresql+psycopg://adv:***@127.0.0.1:1/db", "PW!"),
+        ("postgresql+psycopg://u@127.0.0.1:1/db?sslpassword=k3y-Pass&sslmode=require",
+         "postgresql+psycopg://u@127.0.0.1:1/db?sslpassword=***&sslmode=require", "k3y-Pass"),
+        ("postgresql+psycopg://u@127.0.0.1:1/db?password=a@b&application_name=x",
+         "postgresql+psycopg://u@127.0.0.1:1/db?password=***&application_name=x", "a@b"),
+        ("snowflake://u:pw-1@acct/db?private_key_passphrase=Zz9&token=T0k",
+         "snowflake://u:***@acct/db?private_key_passphrase=***&token=***", "T0k"),
+    ],
+)
+def test_every_credential_in_a_url_is_masked(url, shown, secret):
+    from etl.warehouse import redact_url
+
+    assert redact_url(url) == shown
+    assert secret not in redact_url(url)
+
+
+def test_an_unencoded_at_in_a_password_never_reaches_an_error_message():
+    from etl.warehouse import Warehouse, WarehouseError
+
+    warehouse = Warehouse("postgresql+psycopg://adv:S3cr@PW!@127.0.0.1:1/db?sslpassword=Other%40Secret&connect_timeout=2")
+    try:
+        with pytest.raises(WarehouseError) as failure:
+            warehouse.create_all()
+    finally:
+        warehouse.dispose()
+    text = str(failure.value) + repr(failure.value.__cause__)
+    for spelling in ("PW!", "S3cr", "Other@Secret", "Other%40Secret"):
+        assert spelling not in text, text
+    assert "adv:***@127.0.0.1:1/db" in text
