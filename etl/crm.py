@@ -126,15 +126,21 @@ def describe_exports(exports_dir: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(p for p in Path(exports_dir).iterdir() if p.is_file()) if Path(exports_dir).is_dir() else []:
         digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        try:
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            checksum = digest.hexdigest()
+        except OSError as exc:
+            # Listed all the same: reading the exports says what it means for the run.
+            log.warning("%s cannot be read (%s)", path, exc.strerror or type(exc).__name__)
+            checksum = f"unreadable: {exc.strerror or type(exc).__name__}"
         rows.append(
             {
                 "file": path.name,
                 "format": detect_format(path),
                 "bytes": path.stat().st_size,
-                "sha256": digest.hexdigest(),
+                "sha256": checksum,
                 "modified_at": pd.Timestamp(path.stat().st_mtime, unit="s"),
             }
         )

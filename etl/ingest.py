@@ -40,7 +40,7 @@ from etl.config import ConfigError, ProjectConfig
 from etl.currency import convert_to_reporting, find_rates_file, load_rates
 from etl.readers import HISTORY_GAP_COLUMNS, ExportFormatError, ExportReader, FileReport, SourceExport
 from etl.readers import hubspot, mapped, pipedrive, salesforce
-from etl.readers.csvfiles import sniff_header
+from etl.readers.csvfiles import sniff_header, unreadable
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, DQ_RESULT_COLUMNS, QUARANTINE_COLUMNS, empty_frame
 from etl.stages import StageCatalog
 
@@ -160,11 +160,22 @@ def _export_files(exports_dir: Path) -> list[Path]:
     )
 
 
+def _unreadable(path: Path) -> ExportFormatError | None:
+    """The error for a file the operating system will not let us read, or None when it opens."""
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        return unreadable(path, exc)
+    return None
+
+
 def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | None = None) -> IngestResult:
     """Read every CRM export in `exports_dir` (not its subfolders) into canonical frames.
 
     `as_of` (default: today, UTC) is the day whose exchange rate values open deals.
-    Raises `ExportFormatError` when a recognised file cannot be read at all, or when the
+    Raises `ExportFormatError` when a recognised file cannot be read at all (an unreadable lookup
+    file, such as Salesforce's User.csv, is skipped with a warning instead), or when the
     directory holds no CRM export; `ConfigError` for a format override naming no known format;
     `etl.currency.ExchangeRatesError` for a configured rates file that is missing or unusable;
     FileNotFoundError when the directory does not exist.
@@ -190,6 +201,14 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
             skipped.append(path)
             continue
         reader, fmt = found
+        problem = _unreadable(path)
+        if problem is not None:
+            if fmt not in LOOKUP_FORMATS:
+                raise problem
+            # A lookup file (owner or account names) only adds names: the run goes on without it.
+            logger.warning("%s (%s) skipped: %s; its names are missing from this run", path, fmt, problem)
+            skipped.append(path)
+            continue
         readers[reader.source_system] = reader
         by_reader.setdefault(reader.source_system, {}).setdefault(fmt, []).append(path)
     if not by_reader:

@@ -9,6 +9,10 @@ What a data engineer can rely on:
 - each record keeps its spreadsheet row number (the header is row 1, the first record row 2, a
   line break inside a quoted value does not start a new row, a blank line is a row);
 - a record with the wrong number of fields is quarantined (`malformed_row`), never dropped;
+- a record whose quoting is malformed (`"Acme "Big" Co"`: a quote inside a quoted value that is
+  not doubled) is quarantined (`malformed_quoting`) with its line as written, never repaired the
+  way a lenient parser (or Excel) would guess it (`Acme Big" Co"`);
+- line breaks may be LF, CRLF or CR alone (old Mac Excel);
 - files that cannot be read at all raise `ExportFormatError` naming the file, the line and what
   was expected.
 
@@ -26,7 +30,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +56,7 @@ _OTHER_DELIMITERS = (";", "\t", "|")
 _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 
 MALFORMED_ROW = "malformed_row"
+MALFORMED_QUOTING = "malformed_quoting"
 BLANK_ROW = "blank_row"
 MISSING_REQUIRED_VALUE = "missing_required_value"
 
@@ -70,10 +75,14 @@ class FileScan:
     line_breaks: int
     ends_with_newline: bool
     has_bom: bool
+    # Line breaks written as CR alone (old Mac Excel), and quotes that touch text on both sides
+    # (`e "B`): inside a quoted value such a quote should have been doubled.
+    lone_carriage_returns: int = 0
+    stray_quotes: int = 0
 
     @property
     def physical_lines(self) -> int:
-        return self.line_breaks + (0 if self.ends_with_newline else 1)
+        return self.line_breaks + self.lone_carriage_returns + (0 if self.ends_with_newline else 1)
 
 
 def _line_of(path: Path, offset: int) -> int:
@@ -90,16 +99,41 @@ def _line_of(path: Path, offset: int) -> int:
     return line
 
 
+# A quote with text (not a delimiter, line break or another quote) on both sides.
+_STRAY_QUOTE = re.compile(rb'[^,;\t|\r\n"]"[^,;\t|\r\n"]')
+
+
+def unreadable(path: Path, exc: OSError) -> ExportFormatError:
+    """The error for a file the operating system will not let Dealcast read."""
+    reason = exc.strerror or type(exc).__name__
+    return ExportFormatError(
+        f"{path}: the file cannot be read ({reason}); expected a file this user may read "
+        "(check its permissions, or whether another program holds it locked)"
+    )
+
+
 def scan_file(path: Path) -> FileScan:
     """Checksum the file and count its quotes and line breaks.
 
-    Raises `ExportFormatError` for an empty file, a binary file (NUL bytes, ZIP/.xlsx) or UTF-16 text.
+    Raises `ExportFormatError` for an unreadable file (permissions), an empty file, a binary file
+    (NUL bytes, ZIP/.xlsx) or UTF-16 text.
     """
+    try:
+        return _scan(path)
+    except OSError as exc:
+        raise unreadable(path, exc) from None
+
+
+def _scan(path: Path) -> FileScan:
     digest = hashlib.sha256()
     size = 0
     quotes = 0
     breaks = 0
+    carriage_returns = 0
+    crlf = 0
+    stray = 0
     last = b""
+    tail = b""
     has_bom = False
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK_BYTES):
@@ -125,8 +159,13 @@ def scan_file(path: Path) -> FileScan:
             digest.update(chunk)
             quotes += chunk.count(b'"')
             breaks += chunk.count(b"\n")
+            carriage_returns += chunk.count(b"\r")
+            crlf += chunk.count(b"\r\n") + (last == b"\r" and chunk[:1] == b"\n")
+            if quotes:
+                stray += len(_STRAY_QUOTE.findall(tail + chunk[:2])) + len(_STRAY_QUOTE.findall(chunk))
             size += len(chunk)
             last = chunk[-1:]
+            tail = chunk[-2:]
     if size == 0:
         raise ExportFormatError(f"{path}: line 1: the file is empty; expected a header line and data rows")
     return FileScan(
@@ -136,6 +175,8 @@ def scan_file(path: Path) -> FileScan:
         line_breaks=breaks,
         ends_with_newline=last in (b"\n", b"\r"),
         has_bom=has_bom,
+        lone_carriage_returns=carriage_returns - crlf,
+        stray_quotes=stray,
     )
 
 
@@ -249,7 +290,7 @@ def _split_header(line: str, delimiter: str) -> tuple[str, ...]:
 def _header_from_text(path: Path, text: str) -> CsvHeader | None:
     # A byte-order mark, decoded (UTF-8) or read as Windows-1252 text (a file mixing encodings).
     text = text.removeprefix("\ufeff").removeprefix("\u00ef\u00bb\u00bf")
-    line = text.split("\n", 1)[0].rstrip("\r")
+    line = re.split(r"\r\n|\n|\r", text, maxsplit=1)[0]
     if not line.strip():
         return None
     try:
@@ -454,7 +495,7 @@ def _read_fast(
     Files whose values hold no line break are parsed with the faster splitter (one record per
     line, checked by counting lines); others with the quote-aware one.
     """
-    if scan.quote_count % 2:
+    if scan.quote_count % 2 or scan.stray_quotes:
         return None
     for newlines_in_values in (False, True):
         invalid: list[int] = []
@@ -513,25 +554,62 @@ def _read_exact(
     rows: list[int] = []
     bad: list[dict[str, object]] = []
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 26))
+    records: list[list[str] | None] = []
+    broken: dict[int, tuple[str, str]] = {}  # record index -> (its lines as written, the parser's complaint)
     with open(path, encoding=encoding, newline="") as handle:
-        reader = csv.reader(handle, delimiter=delimiter, strict=True)
+        consumed: list[str] = []
+
+        def lines() -> Iterator[str]:
+            for physical in handle:
+                consumed.append(physical)
+                yield physical
+
+        reader = csv.reader(lines(), delimiter=delimiter, strict=True)
         row_number = 1
-        try:
-            next(reader)
-            records = list(reader)
-        except csv.Error as exc:
-            line = reader.line_num
-            cause = (
-                "the file ends inside a quoted value (truncated, or a quote is never closed)"
-                if "end of data" in str(exc)
-                else f"malformed quoting ({exc})"
-            )
-            raise ExportFormatError(
-                f"{path}: line {line}: {cause}; expected every quoted value to be closed with '\"'"
-            ) from None
+        while True:
+            consumed.clear()
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                if "end of data" in str(exc):
+                    raise ExportFormatError(
+                        f"{path}: line {reader.line_num}: the file ends inside a quoted value (truncated, or a "
+                        "quote is never closed); expected every quoted value to be closed with '\"'"
+                    ) from None
+                if row_number == 1:
+                    raise ExportFormatError(
+                        f"{path}: line 1: malformed quoting in the header ({exc}); expected column names "
+                        "separated by the delimiter, quoted values closed with '\"'"
+                    ) from None
+                broken[len(records)] = ("".join(consumed), str(exc))
+                records.append(None)
+                continue
+            if row_number == 1:
+                row_number = 2  # the header
+                continue
+            records.append(record)
+    row_number = 1
     last_index = len(records) - 1
     for index, record in enumerate(records):
         row_number += 1
+        if record is None:
+            text, complaint = broken[index]
+            bad.append(
+                {
+                    "source_file": str(path),
+                    "source_row": row_number,
+                    "reason_code": MALFORMED_QUOTING,
+                    "reason": (
+                        f"malformed quoting ({complaint}): a quote inside a quoted value must be doubled, "
+                        'as in "Acme ""Big"" Co"; the row is quarantined rather than guessed'
+                    ),
+                    "column": pd.NA,
+                    "raw_record": json.dumps({"_line_as_written": text.rstrip("\r\n")}, ensure_ascii=False),
+                }
+            )
+            continue
         if not record:
             record = [""] * width
         if len(record) == width:

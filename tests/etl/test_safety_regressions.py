@@ -6,6 +6,8 @@ against counts worked out from the edit itself."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from etl.currency import ExchangeRatesError
@@ -244,3 +246,115 @@ def test_an_unencoded_at_in_a_password_never_reaches_an_error_message():
     for spelling in ("PW!", "S3cr", "Other@Secret", "Other%40Secret"):
         assert spelling not in text, text
     assert "adv:***@127.0.0.1:1/db" in text
+
+
+# -- file-level faults ------------------------------------------------------------------------
+
+
+def _rename_on_line(path, line: int, quoted: str) -> None:
+    """Replace the deal name on physical line `line` (1-based) with `quoted`, written as is."""
+    header, rows = read_rows(path)
+    name = rows[line - 2][header.index("Name")]
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert lines[line - 1].count(f'"{name}"') == 1
+    lines[line - 1] = lines[line - 1].replace(f'"{name}"', quoted)
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def test_malformed_quoting_is_quarantined_with_the_line_as_written(exports):
+    opp = exports / "Opportunity.csv"
+    _rename_on_line(opp, 9, '"Acme "Big" Co"')
+    crm = load(exports)
+    found = quarantined_at(crm, "Opportunity.csv", 9)
+    assert found is not None and found["reason_code"] == "malformed_quoting", found
+    assert '"Acme \\"Big\\" Co\\"' in found["raw_record"]  # the line exactly as written, JSON-escaped
+    assert 'must be doubled' in found["reason"]
+    assert not crm.deals["deal_name"].str.contains('Big" Co', regex=False).any()
+    assert len(crm.deals) == N_DEALS - 1
+    recon = crm.validation.reconciliation
+    assert (recon["rows_read"] == recon["accepted"] + recon["quarantined"]).all()
+
+
+def test_doubled_quotes_inside_a_value_are_read_as_one_quote(exports):
+    _rename_on_line(exports / "Opportunity.csv", 9, '"Acme ""Big"" Co"')
+    crm = load(exports)
+    assert (crm.deals["deal_name"] == 'Acme "Big" Co').sum() == 1
+    assert len(crm.deals) == N_DEALS
+
+
+@pytest.mark.parametrize("name", ["Opportunity.csv", "OpportunityHistory.csv", "User.csv"])
+def test_cr_only_line_endings_are_read_like_lf(clean, exports, name):
+    path = exports / name
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r"))
+    before = load(clean)
+    after = load(exports)
+    assert len(after.deals) == len(before.deals) == N_DEALS
+    assert len(after.history) == len(before.history)
+    assert after.validation.quarantine.empty
+    assert after.deals["owner"].equals(before.deals["owner"])
+
+
+def _read_with_one_file_unreadable(clean, name: str) -> dict:
+    """Load a copy of the export in which `name` may not be read. Root reads every file whatever
+    its permissions, so when the tests run as root the load runs in a forked child that has
+    dropped to the `nobody` user (after one warm-up load here, so that it needs no new imports)."""
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from etl.crm import describe_exports
+    from etl.readers import ExportFormatError
+
+    load(clean)  # warm-up: every module the load needs is imported before the fork
+    folder = Path(tempfile.mkdtemp(prefix="dealcast-unreadable-"))
+    try:
+        exports = folder / "exports"
+        shutil.copytree(clean, exports)
+        for path in (folder, exports, *exports.iterdir()):
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        os.chmod(exports / name, 0o000)
+        reading, writing = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                os.close(reading)
+                if os.geteuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                listed = len(describe_exports(exports))
+                try:
+                    crm = load(exports)
+                    outcome = {"deals": len(crm.deals), "owners": sorted(set(crm.deals["owner"].dropna()))[:3],
+                               "skipped": [p.name for p in crm.ingest.skipped_files], "listed": listed}
+                except ExportFormatError as exc:
+                    outcome = {"error": str(exc), "listed": listed}
+            except BaseException as exc:  # report anything else to the parent as it is
+                outcome = {"crash": f"{type(exc).__name__}: {exc}"}
+                code = 1
+            with os.fdopen(writing, "w") as out:
+                out.write(json.dumps(outcome))
+            os._exit(code)
+        os.close(writing)
+        with os.fdopen(reading) as got:
+            text = got.read()
+        os.waitpid(child, 0)
+        outcome = json.loads(text)
+        assert "crash" not in outcome, outcome
+        return outcome
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_an_unreadable_deals_file_is_named_with_its_problem(clean):
+    outcome = _read_with_one_file_unreadable(clean, "Opportunity.csv")
+    assert "Opportunity.csv: the file cannot be read (Permission denied)" in outcome["error"]
+    assert outcome["listed"] == 6  # the listing of the folder still shows every file
+
+
+def test_an_unreadable_optional_user_file_is_skipped_with_a_warning(clean):
+    outcome = _read_with_one_file_unreadable(clean, "User.csv")
+    assert outcome["deals"] == N_DEALS
+    assert outcome["skipped"] == ["User.csv"] or "User.csv" in outcome["skipped"]
+    assert all(owner.startswith("005") for owner in outcome["owners"])  # ids, as without a User file
