@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from etl.config import Settings
-from etl.ingest import HISTORY_FORMATS, LOOKUP_FORMATS, IngestResult, detect_format, read_exports
+from etl.ingest import HISTORY_FORMATS, LOOKUP_FORMATS, IngestResult, detect_format, read_exports, with_values_as_written
 from etl.pipeline_state import as_of_end, prepare_history, stage_events
 from etl.stages import StageCatalog
 from etl.tables import TABLES
@@ -108,6 +108,7 @@ def load_crm(settings: Settings, previous_deal_count: int | None = None) -> CrmL
         previous_deal_count,
         raw_results=ingest.raw_checks, currencies=ingest.currencies,
     )
+    outcome.quarantine = with_values_as_written(outcome.quarantine, ingest.normalised)
     history = prepare_history(outcome.deals, outcome.history, ingest.stages)
     events = stage_events(history, settings.as_of)
     outcome.add_results(*validate_stage_events(events, outcome.deals, as_of_end(settings.as_of)))

@@ -19,6 +19,12 @@ Rules across files and readers, in this order:
 3. Currency. `amount_reporting` is filled by `etl.currency.convert_to_reporting` from the
    `[currency] rates_file`; deals that cannot be valued are quarantined (`unknown_currency`,
    `no_rate_for_date`) and their history rows with them (`deal_quarantined`).
+4. Identifying text (ids, pipeline, stage, owner, team, segments, account, currency) is put in
+   one Unicode form here, the one place every reader's rows go through: NFC (so "Jose\u0301" and
+   "José" are one owner), zero-width characters (U+200B, U+2060, U+FEFF) removed, and blanks at
+   the edges (spaces, NBSP U+00A0 and U+202F, zero-width joiners) stripped. Free text (deal
+   names, loss reasons) is kept as written. `IngestResult.normalised` keeps every value that
+   changed with its source row, so a quarantined row shows the value as written.
 Rows quarantined by these rules count as quarantined rows of their file, so each file keeps
 rows_read = rows_accepted + rows_quarantined.
 
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +68,16 @@ DUPLICATE_ID = "duplicate_id"
 DEAL_QUARANTINED = "deal_quarantined"
 # Separates the source system from the CRM's id when several systems are read together.
 SYSTEM_SEPARATOR = ":"
+# Text that identifies a deal or groups deals, normalised to one Unicode form (rule 4).
+IDENTIFYING_COLUMNS = (
+    "deal_id", "source_system", "pipeline", "stage", "owner", "team", "product", "region", "account_segment",
+    "lead_source", "deal_type", "account", "currency", "forecast_category",
+)
+NORMALISED_COLUMNS = ["source_file", "source_row", "column", "as_written"]
+# Removed wherever they are; other zero-width characters (joiners, which some scripts need inside
+# words) and every kind of blank only at the edges.
+_INVISIBLE = "[\u200b\u2060\ufeff]"
+_EDGE_BLANKS = "[\\s\u00a0\u202f\u200c\u200d]"
 
 # The CRM readers, asked in this order which format a file is. A generic CSV mapping claims its
 # files by name, so it is asked first; the CRM readers recognise their exports by their headers.
@@ -94,6 +111,8 @@ class IngestResult:
     currencies: list[str] = field(default_factory=list)
     # data_quality_results rows of the raw suites each reader ran on its files as written.
     raw_checks: pd.DataFrame = field(default_factory=lambda: empty_frame(DQ_RESULT_COLUMNS))
+    # Identifying values that Unicode normalisation changed: source_file, source_row, column, as_written.
+    normalised: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=NORMALISED_COLUMNS))
 
 
 def known_formats() -> dict[str, ExportReader]:
@@ -235,6 +254,8 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
     raw_checks = [e.raw_checks for e in exports if e.raw_checks is not None and not e.raw_checks.empty]
     files = [report for e in exports for report in e.files]
 
+    deals, deal_changes = normalise_identifying_text(deals)
+    history, history_changes = normalise_identifying_text(history)
     file_rank = {str(p): i for i, p in enumerate(listed)}
     deals, history, duplicates = _quarantine_duplicates(deals, history, file_rank)
     conversion = convert_to_reporting(
@@ -260,7 +281,75 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
         history_gaps=pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame(columns=HISTORY_GAP_COLUMNS),
         raw_checks=pd.concat(raw_checks, ignore_index=True) if raw_checks else empty_frame(DQ_RESULT_COLUMNS),
         currencies=sorted({project.reporting_currency, *(rates.currencies if rates is not None else [])}),
+        normalised=pd.concat([deal_changes, history_changes], ignore_index=True),
     )
+
+
+def normalise_identifying_text(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`frame` with its `IDENTIFYING_COLUMNS` in one Unicode form (rule 4 of the module docstring),
+    and the values that changed (`NORMALISED_COLUMNS`). A value left blank by it becomes NA."""
+    out = frame
+    changes = []
+    for column in IDENTIFYING_COLUMNS:
+        if column not in frame.columns or frame[column].dropna().empty:
+            continue
+        codes, uniques = pd.factorize(frame[column], use_na_sentinel=True)
+        text = pd.Series(uniques, dtype="string")
+        fixed = (
+            text.str.normalize("NFC")
+            .str.replace(_INVISIBLE, "", regex=True)
+            .str.replace(f"^{_EDGE_BLANKS}+|{_EDGE_BLANKS}+$", "", regex=True)
+        )
+        fixed = fixed.mask(fixed.eq(""))
+        differs = (fixed.ne(text) | fixed.isna()).to_numpy(dtype=bool, na_value=True) & text.notna().to_numpy()
+        if not differs.any():
+            continue
+        changed = (codes >= 0) & np.append(differs, False)[codes]
+        if out is frame:
+            out = frame.copy()
+        out[column] = pd.Series(np.append(fixed.to_numpy(dtype=object), pd.NA)[codes], index=frame.index).astype(
+            frame[column].dtype
+        )
+        changes.append(
+            pd.DataFrame(
+                {
+                    "source_file": frame.loc[changed, "source_file"].astype("str").to_numpy(),
+                    "source_row": frame.loc[changed, "source_row"].to_numpy(dtype=np.int64),
+                    "column": column,
+                    "as_written": frame.loc[changed, column].astype("str").to_numpy(),
+                }
+            )
+        )
+    if changes:
+        logger.info("%d identifying value(s) put in one Unicode form (NFC, no zero-width or edge blanks)",
+                    sum(len(c) for c in changes))
+    return out, pd.concat(changes, ignore_index=True) if changes else pd.DataFrame(columns=NORMALISED_COLUMNS)
+
+
+def with_values_as_written(quarantine: pd.DataFrame, normalised: pd.DataFrame) -> pd.DataFrame:
+    """`quarantine` whose rows had a value changed by Unicode normalisation carry it as written:
+    their `raw_record` JSON gains `"_as_written": {column: value}`."""
+    if quarantine.empty or normalised.empty:
+        return quarantine
+    written = (
+        normalised.groupby(["source_file", "source_row"], sort=False)[["column", "as_written"]]
+        .apply(lambda rows: dict(zip(rows["column"], rows["as_written"])))
+    )
+    keys = pd.MultiIndex.from_arrays(
+        [quarantine["source_file"].astype("str"), quarantine["source_row"].astype(np.int64)]
+    )
+    found = written.reindex(keys).to_numpy(dtype=object)
+    hit = pd.notna(found)
+    if not hit.any():
+        return quarantine
+    out = quarantine.copy()
+    raw = out["raw_record"].to_numpy(dtype=object)
+    for i in np.flatnonzero(hit):
+        record = json.loads(raw[i]) if raw[i] else {}
+        record["_as_written"] = found[i]
+        raw[i] = json.dumps(record, ensure_ascii=False)
+    out["raw_record"] = pd.Series(raw, index=out.index).astype(quarantine["raw_record"].dtype)
+    return out
 
 
 def _namespaced(export: SourceExport, system: str) -> SourceExport:

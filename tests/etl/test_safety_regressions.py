@@ -358,3 +358,51 @@ def test_an_unreadable_optional_user_file_is_skipped_with_a_warning(clean):
     assert outcome["deals"] == N_DEALS
     assert outcome["skipped"] == ["User.csv"] or "User.csv" in outcome["skipped"]
     assert all(owner.startswith("005") for owner in outcome["owners"])  # ids, as without a User file
+
+
+# -- Unicode ----------------------------------------------------------------------------------
+
+
+def test_unicode_variants_of_one_name_are_one_name_and_quarantine_keeps_the_raw_value(exports):
+    import json
+    import unicodedata
+
+    nfc = unicodedata.normalize("NFC", "Équipe Île")
+    nfd = unicodedata.normalize("NFD", "Équipe Île")
+    assert nfc != nfd
+    variants = [nfc, nfd, "\u200b" + nfc, nfc + "\u00a0", " \ufeff" + nfd + "\u202f"]
+    opp = exports / "Opportunity.csv"
+    quarantined_variant = 5  # this deal also has a negative amount
+
+    def change(col, rows):
+        for i, value in enumerate(variants):
+            rows[i][col["Segment__c"]] = value
+            rows[i][col["Region__c"]] = "EMEA" + "\u200b" * (i % 2)
+        rows[quarantined_variant][col["Segment__c"]] = nfd
+        rows[quarantined_variant][col["Amount"]] = "-500"
+
+    edit(opp, change)
+    crm = load(exports)
+    segments = crm.deals.set_index("source_row")["account_segment"]
+    assert {segments[row] for row in range(2, 2 + len(variants))} == {nfc}
+    assert crm.deals["region"].isin(["EMEA"]).sum() >= 3 and not crm.deals["region"].str.contains("\u200b").any()
+    found = quarantined_at(crm, "Opportunity.csv", quarantined_variant + 2)
+    assert found["reason_code"] == "amount_out_of_range"
+    assert json.loads(found["raw_record"])["_as_written"]["account_segment"] == nfd
+
+
+def test_a_deal_id_with_a_zero_width_space_is_the_same_deal(exports):
+    opp = exports / "Opportunity.csv"
+    header, rows = read_rows(opp)
+    first_id = rows[0][header.index("Id")]
+
+    def change(col, data):
+        copy = list(data[0])
+        copy[col["Id"]] = first_id + "\u200b"
+        data.append(copy)
+
+    edit(opp, change)
+    crm = load(exports)
+    found = quarantined_at(crm, "Opportunity.csv", N_DEALS + 2)
+    assert found is not None and found["reason_code"] == "duplicate_id"
+    assert (crm.deals["deal_id"] == first_id).sum() == 1
