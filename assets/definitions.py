@@ -17,6 +17,7 @@ from assets.coaching import (
 )
 from assets.forecasting import forecast_quarterly
 from assets.ingest import crm_exports, crm_tables
+from assets.publication import published_night_asset
 from assets.pipeline_health import close_date_slips, pipeline_snapshots, pipeline_waterfall, stalled_deals
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.scoring import close_timing, deal_scores, deal_scoring_model, model_runs
@@ -45,6 +46,8 @@ ALL_ASSETS = [
     forecast_quarterly,
     forecast_backtest,
 ]
+# Last: the night's manifest, after every asset above (the latest_* views show published nights).
+ALL_ASSETS.append(published_night_asset(ALL_ASSETS))
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,

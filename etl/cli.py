@@ -1,4 +1,5 @@
-"""`dealcast` command line: generate the sample CRM, and summarise the latest run from the warehouse."""
+"""`dealcast` command line: generate the sample CRM, summarise the latest run from the warehouse,
+export a table as a spreadsheet-safe CSV, and release the claim of a run that died mid-night."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pandas as pd
 
 from etl.config import default_warehouse_url, resolve_settings
 from etl.periods import quarter_label
+from etl.report import write_spreadsheet_csv
 from etl.warehouse import Warehouse, WarehouseError
 
 
@@ -77,6 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--deals", type=int, default=10_000)
     sample.add_argument("--seed", type=int, default=7)
     sample.add_argument("--end-date", type=dt.date.fromisoformat, default=None)
+    release = commands.add_parser(
+        "release", help="clear the claim of a run that died while writing an as_of, so another run may write it"
+    )
+    release.add_argument("--as-of", type=dt.date.fromisoformat, required=True)
+    release.add_argument("--run-id", default=None, help="release only if this run holds the claim")
+    release.add_argument("--schema", default="dealcast", help="the warehouse schema (PostgreSQL)")
+    export = commands.add_parser(
+        "export", help="write a warehouse table as a CSV for spreadsheets (formulas neutralised)"
+    )
+    export.add_argument("--table", required=True)
+    export.add_argument("--as-of", type=dt.date.fromisoformat, default=None, help="only this as_of's rows")
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument("--schema", default="dealcast", help="the warehouse schema (PostgreSQL)")
     args = parser.parse_args(argv)
 
     if args.command == "sample":
@@ -90,8 +105,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     settings = resolve_settings()
-    warehouse = Warehouse(default_warehouse_url())
+    warehouse = Warehouse(default_warehouse_url(), schema=getattr(args, "schema", "dealcast"))
     try:
+        if args.command == "release":
+            claim = warehouse.release(args.as_of, args.run_id)
+            if claim is None:
+                print(f"no run has claimed as_of {args.as_of} on {warehouse.safe_url}")
+            elif claim.released_at is not None:
+                print(f"as_of {args.as_of} was already released (run {claim.run_id}, at {claim.released_at:%Y-%m-%d %H:%M:%S} UTC)")
+            else:
+                print(f"released as_of {args.as_of} from run {claim.run_id}; its further writes will be refused")
+            return 0
+        if args.command == "export":
+            frame = warehouse.read(args.table, as_of=args.as_of)
+            rows = write_spreadsheet_csv(frame, args.out)
+            print(f"wrote {rows:,} rows of {args.table} to {args.out} (cells starting =, +, -, @ prefixed with ')")
+            return 0
         for line in summary_lines(warehouse, settings.project.reporting_currency, settings.project.fiscal_year_start_month):
             print(line)
     except WarehouseError as exc:

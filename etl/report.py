@@ -16,6 +16,36 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+# A cell a spreadsheet would run as a formula starts with one of these (OWASP, CSV injection): the
+# formula signs, tab and line breaks, and their full-width forms that some spreadsheets accept.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` ready for a CSV that people open in Excel, LibreOffice or Google Sheets: every text
+    cell that starts with a formula trigger is prefixed with a single quote (OWASP's CSV-injection
+    guidance), so `=HYPERLINK(...)` shows as text instead of running. Numbers, dates and booleans
+    are left alone (a negative amount stays a number). The warehouse itself stores text verbatim;
+    only files written for people are neutralised."""
+    out = frame.copy()
+    for column in out.columns:
+        values = out[column]
+        if not (pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype)):
+            continue
+        text = values.astype("string")
+        risky = text.str.startswith(FORMULA_TRIGGERS).fillna(False).to_numpy(dtype=bool)
+        if risky.any():
+            out[column] = text.where(~risky, "'" + text)
+    return out
+
+
+def write_spreadsheet_csv(frame: pd.DataFrame, path) -> int:
+    """Write `frame` as a CSV for people (UTF-8 with a byte-order mark so Excel reads accents, every
+    field quoted, formulas neutralised by `spreadsheet_safe`); returns the rows written."""
+    spreadsheet_safe(frame).to_csv(path, index=False, encoding="utf-8-sig", quoting=1, lineterminator="\r\n")
+    return len(frame)
+
+
 def markdown_table(frame: pd.DataFrame, max_rows: int = 20, floatfmt: str = "{:,.4g}") -> str:
     """A GitHub-flavoured Markdown table of the first `max_rows` rows."""
     shown = frame.head(max_rows)

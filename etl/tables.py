@@ -5,7 +5,10 @@ Each table declares how a run replaces its rows:
 - `as_of`  : history tables; a run replaces exactly the rows of its as_of (delete-then-insert).
 - `whole`  : current-state tables; a run replaces every row (they describe the latest run's as_of).
 - `key`    : registry tables; a run replaces the rows whose key it writes (e.g. one model_version).
-Views `latest_<table>` show the newest as_of of every `as_of` table.
+Views `latest_<table>` show, for every `as_of` table, the rows of the newest as_of in
+`published_nights` (the manifest a run writes when every table of its night has been written), so
+a killed or half-finished night never shows in them. `published_nights` is written by
+`Warehouse.publish_night` only, so it has no `TableSpec`.
 """
 
 from __future__ import annotations
@@ -536,6 +539,16 @@ model_runs = _table(
     sa.Column("params", TEXT, nullable=False, comment="The model's parameters as a JSON object."),
     sa.Column("artifact_path", TEXT, comment="Where the trained model file is kept."),
     comment="Every trained deal-scoring model: data window, parameters, features and honest test metrics against both baselines.",
+)
+
+
+published_nights = _table(
+    "published_nights",
+    sa.Column("as_of", sa.Date, primary_key=True, comment="A run date whose every table was written and verified."),
+    sa.Column("run_id", sa.String(64), nullable=False, comment="The pipeline run that verified and published the night."),
+    sa.Column("published_at", TS, nullable=False, comment="When the night was published (UTC)."),
+    sa.Column("tables", TEXT, nullable=False, comment="The night's tables and their row counts, as a JSON object."),
+    comment="The published-night manifest: the latest_* views show the newest as_of listed here, so a night's tables become visible together.",
 )
 
 

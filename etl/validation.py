@@ -207,6 +207,9 @@ class _RowCheck:
     expected: str
     expectation: Any
     describe: Callable[[pd.DataFrame, pd.DataFrame], pd.Series]  # (source rows, checked rows) -> text
+    # A work-frame column naming each failing row's own column, for checks that cover several
+    # columns at once (quarantine.column then names it instead of `column`).
+    column_of: str | None = None
 
 
 @dataclass
@@ -712,8 +715,8 @@ def _history_checks(window: _Window, config: ValidationConfig | None = None) -> 
     ]
 
 
-def _length_column(column: str) -> str:
-    return f"{column}__length"
+_TOO_LONG = "text_too_long_column"
+_TOO_LONG_ID = "deal_id_too_long"
 
 
 def _bounded_text(table: str) -> dict[str, int]:
@@ -726,34 +729,49 @@ def _bounded_text(table: str) -> dict[str, int]:
 
 
 def _length_checks(asset: str, table: str, first: str) -> tuple[list[_RowCheck], list[_RowCheck]]:
-    """One text_too_long check per bounded text column of `table` (the warehouse would refuse the
-    value at write time and fail the whole run): `first`'s check, then every other column's."""
-    checks = []
-    for column, limit in _bounded_text(table).items():
-        if column in ("as_of",) or column not in (DEAL_COLUMNS if table == "deals" else DEAL_HISTORY_COLUMNS):
+    """text_too_long checks (the warehouse would refuse such a value at write time and fail the
+    whole run): one for `first` (deal_id), checked early, and one for every other bounded text
+    column of `table` at once, naming each row's first column that is too long."""
+    limits = _bounded_text(table)
+
+    def describe_first(src: pd.DataFrame, work: pd.DataFrame) -> pd.Series:
+        lengths = src[first].astype("string").str.len().astype("Int64").astype(str)
+        return first + " is " + lengths + f" characters long; the warehouse holds at most {limits[first]}"
+
+    def describe_other(src: pd.DataFrame, work: pd.DataFrame) -> pd.Series:
+        names = work[_TOO_LONG].astype(object)
+        texts = [
+            f"{name} is {len(str(src[name].iloc[i]))} characters long; the warehouse holds at most {limits[name]}"
+            for i, name in enumerate(names)
+        ]
+        return pd.Series(texts, index=src.index, dtype=object)
+
+    first_name, other_name = f"{asset}.{first}_fits", f"{asset}.text_fits"
+    return (
+        [_RowCheck(first_name, asset, SEVERITY_ROW, TEXT_TOO_LONG, first, f"{first} at most {limits[first]} characters",
+                   gxe.ExpectColumnValuesToBeNull(column=_TOO_LONG_ID, meta={"check_name": first_name}), describe_first)],
+        [_RowCheck(other_name, asset, SEVERITY_ROW, TEXT_TOO_LONG, "text",
+                   "every text value within its warehouse column's length",
+                   gxe.ExpectColumnValuesToBeNull(column=_TOO_LONG, meta={"check_name": other_name}), describe_other,
+                   column_of=_TOO_LONG)],
+    )
+
+
+def _text_lengths(frame: pd.DataFrame, table: str, first: str = "deal_id") -> dict[str, pd.Series]:
+    """Work-frame columns: whether `first` is too long (1.0, else NULL), and the name of each row's
+    first other bounded text column whose value is too long (NULL when every value fits)."""
+    limits = {c: n for c, n in _bounded_text(table).items() if c in frame.columns}
+    too_long = pd.Series(None, index=frame.index, dtype=object)
+    first_too_long = pd.Series(np.nan, index=frame.index)
+    for column, limit in limits.items():
+        over = (frame[column].astype("string").str.len() > limit).fillna(False).to_numpy(dtype=bool)
+        if not over.any():
             continue
-        name = f"{asset}.{column}_fits"
-
-        def describe(src: pd.DataFrame, work: pd.DataFrame, column: str = column, limit: int = limit) -> pd.Series:
-            lengths = work[_length_column(column)].astype("Int64").astype(str)
-            return column + " is " + lengths + f" characters long; the warehouse holds at most {limit}"
-
-        checks.append(
-            _RowCheck(name, asset, SEVERITY_ROW, TEXT_TOO_LONG, column, f"{column} at most {limit} characters",
-                      gxe.ExpectColumnValuesToBeBetween(column=_length_column(column), max_value=limit,
-                                                        meta={"check_name": name}),
-                      describe)
-        )
-    return [c for c in checks if c.column == first], [c for c in checks if c.column != first]
-
-
-def _text_lengths(frame: pd.DataFrame, table: str) -> dict[str, np.ndarray]:
-    """Work-frame columns: the length in characters of each bounded text value (NaN when blank)."""
-    return {
-        _length_column(column): frame[column].astype("string").str.len().to_numpy(dtype="float64", na_value=np.nan)
-        for column in _bounded_text(table)
-        if column in frame.columns
-    }
+        if column == first:
+            first_too_long[over] = 1.0
+        else:
+            too_long[over & too_long.isna().to_numpy()] = column
+    return {_TOO_LONG_ID: first_too_long, _TOO_LONG: too_long}
 
 
 def _amount_check(asset: str, config: ValidationConfig, column: str) -> _RowCheck:
@@ -888,13 +906,18 @@ class _Failures:
         if len(positions) == 0:
             return pd.DataFrame()
         src_rows = src.iloc[positions]
+        if check.column_of:
+            columns = work[check.column_of].iloc[positions].to_numpy(dtype=object)
+            values = [str(src_rows[c].iloc[i]) for i, c in enumerate(columns)]
+        else:
+            columns, values = check.column, _plain(src_rows[check.column]).to_numpy()
         return pd.DataFrame(
             {
                 "source_file": src_rows["source_file"].to_numpy(),
                 "source_row": src_rows["source_row"].to_numpy(),
                 "deal_id": src_rows["deal_id"].to_numpy(),
-                "column": check.column,
-                "value": _plain(src_rows[check.column]).to_numpy(),
+                "column": columns,
+                "value": values,
                 "reason": check.describe(src_rows, work.iloc[positions]).to_numpy(),
             }
         )
@@ -916,7 +939,10 @@ class _Failures:
             text = (check.code + ": " + message.astype(str)).to_numpy(dtype=object)
             first = pd.isna(code[at])
             code[at[first]] = check.code
-            column[at[first]] = check.column
+            column[at[first]] = (
+                work[check.column_of].iloc[failing].to_numpy(dtype=object)[first]
+                if check.column_of else check.column
+            )
             earlier = reason[at]
             known = ~pd.isna(earlier)
             text[known] = earlier[known] + "; " + text[known]

@@ -7,13 +7,24 @@ run never leaves a half-written or duplicated table:
 1. lock the as_of, so two runs for the same date cannot interleave their writes
    (PostgreSQL: `pg_advisory_xact_lock(advisory_lock_key(as_of))`; SQLite: `BEGIN IMMEDIATE`,
    which takes the database's single write lock up front; concurrent writers wait for it);
-2. fence: the `run_claims` row of the as_of must name this run (a newer run that claimed the
-   as_of takes over, and the older run's writes raise `StaleRunError`);
+2. fence: the `run_claims` row of the as_of must name this run and not have been released
+   (otherwise `StaleRunError`); the run's lease is renewed in the same transaction;
 3. delete the rows the frame replaces (its as_of, every row, or the rows with its keys, per the
    table's `TableSpec.replace`);
 4. bulk insert (PostgreSQL: psycopg 3 `COPY ... FROM STDIN` of CSV built by Arrow; SQLite:
-   one `executemany`);
+   one `executemany`), and note the table in `night_writes`;
 5. commit; any error rolls back everything written in that call.
+
+Run fencing lives here, in the warehouse, not in one Dagster instance's run list: a run claims its
+as_of with a lease (`claim`), keeps it alive with `heartbeat` while it works, and gives it up when
+its night is published (`publish_night`) or an operator releases it (`release`, the
+`dealcast release --as-of` command). While a claim's lease is live, any other run's claim is
+refused with `ClaimRefusedError`, whichever Dagster instance it comes from; a killed run's claim
+expires when its lease runs out (`DEFAULT_LEASE_SECONDS` unless the run asked for another).
+
+`latest_*` views show the newest night in `published_nights`: a night becomes visible in all of
+them together, when `publish_night` has checked in one transaction that every table of the night
+was written; a killed night leaves them on the previous complete night.
 
 The URL's password never appears in logs, metadata or error messages: only `safe_url` is shown and
 every database error is re-raised as `WarehouseError` with the password masked.
@@ -24,7 +35,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import logging
+import os
 import re
 import time
 import urllib.parse
@@ -41,7 +54,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from etl.tables import ID, TABLES, TS, TableSpec, metadata
+from etl.tables import ID, TABLES, TS, TableSpec, metadata, published_nights
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +64,9 @@ LOCK_NAMESPACE = "dealcast"
 SQLITE_BUSY_TIMEOUT_MS = 120_000
 # Rows per COPY/executemany batch handed to the driver (bounds memory on very large frames).
 BATCH_ROWS = 200_000
+# How long a run's claim on its as_of stays live without a write or heartbeat. A running pipeline
+# renews it every lease/4 (see assets.resources); a killed run's claim expires after this.
+DEFAULT_LEASE_SECONDS = 600.0
 _BEGIN_OPTION = "dealcast_sqlite_begin"
 
 # Which run currently owns writes for each as_of. Kept outside `etl.tables.metadata` because it is
@@ -62,7 +78,20 @@ run_claims = sa.Table(
     sa.Column("as_of", sa.Date, primary_key=True, comment="The run date whose writes are owned."),
     sa.Column("run_id", ID, nullable=False, comment="The run that owns writes for this as_of (the latest claim)."),
     sa.Column("claimed_at", TS, nullable=False, comment="When that run claimed the as_of (UTC)."),
+    sa.Column("lease_seconds", sa.Float, comment="How long the claim stays live after each write or heartbeat."),
+    sa.Column("lease_expires_at", TS, comment="When the claim lapses unless renewed (UTC); NULL: lapsed."),
+    sa.Column("released_at", TS, comment="When the run gave the as_of up (night published, or released by an operator); NULL while held."),
     comment="Which pipeline run owns writes for each as_of; writes of any other run are refused.",
+)
+night_writes = sa.Table(
+    "night_writes",
+    claims_metadata,
+    sa.Column("as_of", sa.Date, primary_key=True, comment="The run date written."),
+    sa.Column("table_name", sa.String(64), primary_key=True, comment="A table written for that as_of."),
+    sa.Column("run_id", ID, nullable=False, comment="The run that last wrote it."),
+    sa.Column("row_count", sa.BigInteger, nullable=False, comment="How many rows that write held."),
+    sa.Column("written_at", TS, nullable=False, comment="When it was written (UTC)."),
+    comment="Which tables have been written for each as_of, by which run: what publish_night verifies.",
 )
 
 
@@ -73,6 +102,39 @@ class WarehouseError(RuntimeError):
 
 class StaleRunError(WarehouseError):
     """This run no longer owns the as_of: a newer run claimed it, so this run's writes are refused."""
+
+
+class ClaimRefusedError(WarehouseError):
+    """Another run holds a live claim on the as_of; this run may not write it until that claim is
+    released or its lease lapses."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The `run_claims` row of one as_of."""
+
+    as_of: dt.date
+    run_id: str
+    claimed_at: dt.datetime
+    lease_expires_at: dt.datetime | None
+    released_at: dt.datetime | None
+    lease_seconds: float | None = None
+
+    def live(self, now: dt.datetime) -> bool:
+        """Held and within its lease."""
+        return self.released_at is None and self.lease_expires_at is not None and self.lease_expires_at > now
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _as_datetime(value) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite without type information (raw SQL)
+        return dt.datetime.fromisoformat(value)
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -574,16 +636,29 @@ class Warehouse:
                     conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
                 metadata.create_all(conn, checkfirst=True)
                 claims_metadata.create_all(conn, checkfirst=True)
+                self._upgrade_claims(conn)
                 self._check_columns(conn)
                 for spec in TABLES.values():
                     if spec.replace == "as_of":
                         self._create_latest_view(conn, spec)
         log.info("warehouse tables and latest_* views ready on %s", self.safe_url)
 
+    def _upgrade_claims(self, conn: sa.Connection) -> None:
+        """`run_claims` of an older Dealcast lacks the lease columns; they are bookkeeping (nullable,
+        NULL meaning "lapsed"), so they are added here rather than asked of the data engineer."""
+        present = {c["name"] for c in sa.inspect(conn).get_columns(run_claims.name, schema=self.schema)}
+        for column in run_claims.columns:
+            if column.name not in present and column.nullable:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {self._qualified(run_claims.name)} ADD COLUMN {self._quote(column.name)} {kind}"
+                )
+                log.info("added column run_claims.%s on %s", column.name, self.safe_url)
+
     def _check_columns(self, conn: sa.Connection) -> None:
         """Tables created by an older Dealcast may lack columns added since; say which, clearly."""
         inspector = sa.inspect(conn)
-        for table in [*metadata.tables.values(), run_claims]:
+        for table in [*metadata.tables.values(), *claims_metadata.tables.values()]:
             present = {c["name"] for c in inspector.get_columns(table.name, schema=self.schema)}
             absent = [c.name for c in table.columns if c.name not in present]
             if absent:
@@ -597,65 +672,211 @@ class Warehouse:
         view = self._qualified(f"latest_{spec.name}")
         columns = ", ".join(self._quote(c) for c in spec.columns)
         as_of = self._quote("as_of")
-        select = f"SELECT {columns} FROM {table} WHERE {as_of} = (SELECT MAX({as_of}) FROM {table})"
+        manifest = self._qualified(published_nights.name)
+        select = f"SELECT {columns} FROM {table} WHERE {as_of} = (SELECT MAX({as_of}) FROM {manifest})"
         if self.dialect == "sqlite":
-            conn.exec_driver_sql(f"CREATE VIEW IF NOT EXISTS {view} AS {select}")
+            # Replaced, not kept: a view of an older Dealcast showed the newest as_of written.
+            conn.exec_driver_sql(f"DROP VIEW IF EXISTS {view}")
+            conn.exec_driver_sql(f"CREATE VIEW {view} AS {select}")
         elif self.dialect == "postgresql":
             conn.exec_driver_sql(f"CREATE OR REPLACE VIEW {view} AS {select}")
-            comment = f"Rows of {spec.name} for its newest as_of (the latest run)."
+            comment = f"Rows of {spec.name} for the newest published night (published_nights)."
             conn.exec_driver_sql(f"COMMENT ON VIEW {view} IS {_sql_string(comment)}")
         elif f"latest_{spec.name}" not in sa.inspect(conn).get_view_names(schema=self.schema):
             conn.exec_driver_sql(f"CREATE VIEW {view} AS {select}")
 
     # -- run ownership ----------------------------------------------------------------------
 
-    def claim(self, as_of: dt.date, run_id: str) -> None:
-        """Make `run_id` the owner of writes for `as_of`. A later claim by another run takes over; the
-        claim waits for a write already in progress for that as_of to finish."""
+    def claim(
+        self,
+        as_of: dt.date,
+        run_id: str,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        supersede: str | None = None,
+    ) -> None:
+        """Make `run_id` the owner of writes for `as_of`, with a lease of `lease_seconds`.
+
+        Granted when nobody holds the as_of, when `run_id` already does (the lease is renewed), when
+        the holder released it or its lease lapsed, or when the holder is `supersede` (a run the
+        caller knows has finished). Otherwise `ClaimRefusedError` names the holder, its lease and
+        how to clear a stuck claim. Waits for a write already in progress for that as_of."""
         as_of = _as_date(as_of)
         run_id = _check_run_id(run_id)
-        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        if not lease_seconds > 0:
+            raise WarehouseError(f"lease_seconds must be positive, got {lease_seconds!r}")
+        now = _utcnow()
+        expires = now + dt.timedelta(seconds=lease_seconds)
+        values = dict(run_id=run_id, lease_seconds=float(lease_seconds), lease_expires_at=expires, released_at=None)
         with self._database_errors(f"claiming as_of {as_of} for run {run_id}"):
             with self._locked_transaction(None, as_of) as conn:
-                previous = self._owner(conn, as_of)
+                previous = self._claim_row(conn, as_of)
                 if previous is None:
-                    conn.execute(run_claims.insert().values(as_of=as_of, run_id=run_id, claimed_at=now))
-                else:
+                    conn.execute(run_claims.insert().values(as_of=as_of, claimed_at=now, **values))
+                elif previous.run_id == run_id:
+                    conn.execute(run_claims.update().where(run_claims.c.as_of == as_of).values(**values))
+                elif not previous.live(now) or previous.run_id == supersede:
                     conn.execute(
-                        run_claims.update()
-                        .where(run_claims.c.as_of == as_of)
-                        .values(run_id=run_id, claimed_at=now)
+                        run_claims.update().where(run_claims.c.as_of == as_of).values(claimed_at=now, **values)
                     )
-        if previous not in (None, run_id):
-            log.info("run %s took over as_of %s from run %s on %s", run_id, as_of, previous, self.safe_url)
-        else:
+                else:
+                    raise ClaimRefusedError(
+                        f"as_of {as_of} on {self.safe_url} is being written by run {previous.run_id} (claimed "
+                        f"{previous.claimed_at:%Y-%m-%d %H:%M:%S} UTC, lease live until "
+                        f"{previous.lease_expires_at:%Y-%m-%d %H:%M:%S} UTC); run {run_id} stops so the two cannot "
+                        "interleave their writes. If that run is dead, wait for its lease to lapse or clear it "
+                        f"with `dealcast release --as-of {as_of}`."
+                    )
+        if previous is not None and previous.run_id != run_id:
+            log.info("run %s took over as_of %s from run %s on %s", run_id, as_of, previous.run_id, self.safe_url)
+        elif previous is None:
             log.info("run %s claimed as_of %s on %s", run_id, as_of, self.safe_url)
 
-    def claimant(self, as_of: dt.date) -> str | None:
-        """The run that currently owns writes for `as_of`, or None if no run has claimed it."""
+    def claim_of(self, as_of: dt.date) -> Claim | None:
+        """The claim on `as_of`, or None if no run has claimed it."""
         as_of = _as_date(as_of)
         with self._database_errors(f"reading the claim of as_of {as_of}"):
             with self.engine.connect() as conn:
-                return conn.execute(sa.select(run_claims.c.run_id).where(run_claims.c.as_of == as_of)).scalar()
+                return self._claim_row(conn, as_of, for_update=False)
 
-    def _owner(self, conn: sa.Connection, as_of: dt.date) -> str | None:
-        query = sa.select(run_claims.c.run_id).where(run_claims.c.as_of == as_of)
-        if self.dialect not in ("sqlite", "postgresql"):
+    def claimant(self, as_of: dt.date) -> str | None:
+        """The run that currently owns writes for `as_of`, or None if no run has claimed it."""
+        claim = self.claim_of(as_of)
+        return claim.run_id if claim is not None else None
+
+    def heartbeat(self, run_id: str) -> list[dt.date]:
+        """Renew the lease of every as_of `run_id` holds (a running pipeline calls this every few
+        minutes, so that only a dead run's claim lapses). Returns the as_ofs renewed."""
+        run_id = _check_run_id(run_id)
+        now = _utcnow()
+        with self._database_errors(f"renewing the claims of run {run_id}"):
+            with self._locked_transaction(f"heartbeat:{run_id}") as conn:
+                held = conn.execute(
+                    sa.select(run_claims.c.as_of, run_claims.c.lease_seconds).where(
+                        run_claims.c.run_id == run_id, run_claims.c.released_at.is_(None)
+                    )
+                ).fetchall()
+                for as_of, lease in held:
+                    expires = now + dt.timedelta(seconds=lease or DEFAULT_LEASE_SECONDS)
+                    conn.execute(
+                        run_claims.update()
+                        .where(run_claims.c.as_of == as_of, run_claims.c.run_id == run_id, run_claims.c.released_at.is_(None))
+                        .values(lease_expires_at=expires)
+                    )
+        return [_as_date(a) for a, _ in held]
+
+    def release(self, as_of: dt.date, run_id: str | None = None) -> Claim | None:
+        """Give up the claim on `as_of` (only if `run_id` holds it, when given): the way to clear the
+        claim of a run that died without publishing its night (`dealcast release --as-of`). The
+        released run's later writes are refused. Returns the claim as it was, None if none."""
+        as_of = _as_date(as_of)
+        with self._database_errors(f"releasing the claim of as_of {as_of}"):
+            with self._locked_transaction(None, as_of) as conn:
+                claim = self._claim_row(conn, as_of)
+                if claim is None or claim.released_at is not None:
+                    return claim
+                if run_id is not None and claim.run_id != run_id:
+                    raise StaleRunError(f"run {run_id} does not hold as_of {as_of} on {self.safe_url}; run {claim.run_id} does")
+                conn.execute(run_claims.update().where(run_claims.c.as_of == as_of).values(released_at=_utcnow()))
+        log.info("claim of run %s on as_of %s released on %s", claim.run_id, as_of, self.safe_url)
+        return claim
+
+    def _claim_row(self, conn: sa.Connection, as_of: dt.date, for_update: bool = True) -> Claim | None:
+        query = sa.select(
+            run_claims.c.run_id, run_claims.c.claimed_at, run_claims.c.lease_expires_at, run_claims.c.released_at,
+            run_claims.c.lease_seconds,
+        ).where(run_claims.c.as_of == as_of)
+        if for_update and self.dialect not in ("sqlite", "postgresql"):
             query = query.with_for_update()  # other databases: the row lock serialises the writers
-        return conn.execute(query).scalar()
+        row = conn.execute(query).first()
+        if row is None:
+            return None
+        return Claim(as_of, row[0], _as_datetime(row[1]), _as_datetime(row[2]), _as_datetime(row[3]), row[4])
 
     def _fence(self, conn: sa.Connection, as_of: dt.date, run_id: str) -> None:
-        owner = self._owner(conn, as_of)
-        if owner is None:
+        """Inside a write transaction: this run must hold the as_of; its lease is renewed."""
+        claim = self._claim_row(conn, as_of)
+        if claim is None:
             raise WarehouseError(
                 f"run {run_id} has not claimed as_of {as_of} on {self.safe_url}: "
                 "call Warehouse.claim(as_of, run_id) before writing"
             )
-        if owner != run_id:
+        if claim.run_id != run_id:
             raise StaleRunError(
-                f"run {run_id} no longer owns as_of {as_of} on {self.safe_url}: run {owner} claimed it "
+                f"run {run_id} no longer owns as_of {as_of} on {self.safe_url}: run {claim.run_id} claimed it "
                 f"later, so run {run_id}'s writes are refused (they would overwrite the newer run's rows)"
             )
+        if claim.released_at is not None:
+            raise StaleRunError(
+                f"run {run_id}'s claim on as_of {as_of} on {self.safe_url} was released at "
+                f"{claim.released_at:%Y-%m-%d %H:%M:%S} UTC (night published, or cleared by an operator), "
+                f"so run {run_id}'s writes are refused; claim the as_of again to write it"
+            )
+        conn.execute(
+            run_claims.update()
+            .where(run_claims.c.as_of == as_of)
+            .values(lease_expires_at=_utcnow() + dt.timedelta(seconds=claim.lease_seconds or DEFAULT_LEASE_SECONDS))
+        )
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish_night(self, as_of: dt.date, run_id: str, required: Sequence[str] | None = None) -> dict[str, int]:
+        """Publish the night of `as_of`: in ONE transaction, check that this run holds the as_of and
+        that every table of `required` (default: `night_tables()`) has been written for it, record
+        the night in `published_nights` (the `latest_*` views then show it, all tables together) and
+        release the claim. Raises `WarehouseError` naming the tables not written, leaving the views on
+        the previous published night. Returns each table's row count."""
+        as_of = _as_date(as_of)
+        run_id = _check_run_id(run_id)
+        required = list(night_tables() if required is None else required)
+        with self._database_errors(f"publishing the night of as_of {as_of} (run {run_id})"):
+            with self._locked_transaction(None, as_of) as conn:
+                self._fence(conn, as_of, run_id)
+                rows = conn.execute(
+                    sa.select(night_writes.c.table_name, night_writes.c.row_count).where(night_writes.c.as_of == as_of)
+                ).fetchall()
+                written = {name: int(count) for name, count in rows}
+                missing = [name for name in required if name not in written]
+                if missing:
+                    previous = conn.execute(sa.select(sa.func.max(published_nights.c.as_of))).scalar()
+                    raise WarehouseError(
+                        f"the night of as_of {as_of} is not published on {self.safe_url}: table(s) "
+                        f"{', '.join(missing)} were not written for it; the latest_* views keep showing "
+                        f"{'the night of ' + str(_as_date(previous)) if previous else 'no night'}"
+                    )
+                now = _utcnow()
+                conn.execute(published_nights.delete().where(published_nights.c.as_of == as_of))
+                conn.execute(
+                    published_nights.insert().values(
+                        as_of=as_of, run_id=run_id, published_at=now,
+                        tables=json.dumps({name: written[name] for name in sorted(written)}),
+                    )
+                )
+                conn.execute(run_claims.update().where(run_claims.c.as_of == as_of).values(released_at=now))
+        log.info("published the night of as_of %s (run %s, %d tables) on %s", as_of, run_id, len(written), self.safe_url)
+        return written
+
+    def published_as_of(self) -> dt.date | None:
+        """The newest published night (what the `latest_*` views show), None before the first."""
+        with self._database_errors("reading the published nights"):
+            with self.engine.connect() as conn:
+                value = conn.execute(sa.select(sa.func.max(published_nights.c.as_of))).scalar()
+        return _as_date(value) if value is not None else None
+
+    def _note_writes(self, conn: sa.Connection, prepared: Sequence["PreparedFrame"], as_of: dt.date, run_id: str) -> None:
+        names = [p.name for p in prepared if p.spec.replace in ("as_of", "whole")]
+        if not names:
+            return
+        now = _utcnow()
+        conn.execute(night_writes.delete().where(night_writes.c.as_of == as_of, night_writes.c.table_name.in_(names)))
+        conn.execute(
+            night_writes.insert(),
+            [
+                {"as_of": as_of, "table_name": p.name, "run_id": run_id, "row_count": p.rows, "written_at": now}
+                for p in prepared
+                if p.name in names
+            ],
+        )
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -679,6 +900,8 @@ class Warehouse:
                 for item in prepared:
                     self._delete(conn, item, as_of)
                     self._insert(conn, item)
+                self._note_writes(conn, prepared, as_of, run_id)
+                _pause_for_tests(names)
         except WarehouseError:
             raise
         except (sa.exc.SQLAlchemyError, self._dbapi_error, pa.ArrowException, OSError) as exc:
@@ -778,6 +1001,31 @@ class Warehouse:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+
+def night_tables() -> list[str]:
+    """The tables a night must have written before it is published: every table replaced per
+    as_of or whole (registry tables such as model_runs are not per night)."""
+    return [name for name, spec in TABLES.items() if spec.replace in ("as_of", "whole")]
+
+
+# Fault tests only: DEALCAST_TEST_PAUSE_IN_WRITE="<table>:<seconds>" makes a write that includes
+# <table> wait that long inside its transaction, after its rows are inserted and before the commit,
+# so a test can kill the process mid-write. Unset in every real deployment.
+_PAUSE_ENV = "DEALCAST_TEST_PAUSE_IN_WRITE"
+
+
+def _pause_for_tests(names: str) -> None:
+    setting = os.environ.get(_PAUSE_ENV)
+    if not setting:
+        return
+    table, _, seconds = setting.partition(":")
+    if table in [n.strip() for n in names.split(",")]:
+        marker = os.environ.get(_PAUSE_ENV + "_MARKER")
+        if marker:
+            Path(marker).write_text(table, encoding="utf-8")
+        log.warning("pausing %s s inside the write of %s (%s is set)", seconds, names, _PAUSE_ENV)
+        time.sleep(float(seconds or 60))
 
 
 def _sql_string(text: str) -> str:

@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from etl.tables import TABLES, metadata
-from etl.warehouse import StaleRunError, Warehouse, WarehouseError, advisory_lock_key, redact_url, run_claims
+from etl.warehouse import StaleRunError, Warehouse, WarehouseError, advisory_lock_key, claims_metadata, redact_url
 
 AS_OF = dt.date(2026, 11, 15)
 NEXT_DAY = dt.date(2026, 11, 16)
@@ -240,7 +240,7 @@ def test_create_all_is_idempotent_and_creates_tables_and_views(warehouse):
     warehouse.create_all()  # the fixture already ran it once
     inspector = sa.inspect(warehouse.engine)
     tables = set(inspector.get_table_names(schema=warehouse.schema))
-    assert tables == set(metadata.tables) | {"run_claims"}
+    assert tables == set(metadata.tables) | set(claims_metadata.tables)
     views = set(inspector.get_view_names(schema=warehouse.schema))
     assert views == {f"latest_{name}" for name, spec in TABLES.items() if spec.replace == "as_of"}
     assert LATEST_VIEWS <= views
@@ -326,8 +326,11 @@ def test_rewriting_an_as_of_replaces_exactly_its_rows(warehouse):
     assert warehouse.row_count("deal_scores", NEXT_DAY) == 2
     pd.testing.assert_frame_equal(warehouse.read("deal_scores", AS_OF), first)
     assert warehouse.latest_as_of("deal_scores") == NEXT_DAY
+    assert sql_rows(warehouse, f"SELECT COUNT(*) FROM {qualified(warehouse, 'latest_deal_scores')}") == [(0,)]
+    warehouse.publish_night(NEXT_DAY, "run-a", required=["deal_scores"])  # the views show published nights
     latest = sql_rows(warehouse, f"SELECT deal_id, win_probability FROM {qualified(warehouse, 'latest_deal_scores')} ORDER BY deal_id")
     assert latest == [("D7", 0.25), ("D8", 0.25)]
+    warehouse.claim(NEXT_DAY, "run-a")  # publishing released it
 
     # A run that scores nothing leaves nothing for its date.
     assert warehouse.write("deal_scores", scores([]), as_of=NEXT_DAY, run_id="run-a") == 0
@@ -412,7 +415,7 @@ def test_text_longer_than_its_column_is_refused(warehouse):
 def test_a_superseded_run_can_no_longer_write(warehouse):
     warehouse.claim(AS_OF, "run-a")
     warehouse.write("deal_scores", scores(["A1"]), as_of=AS_OF, run_id="run-a")
-    warehouse.claim(AS_OF, "run-b")
+    warehouse.claim(AS_OF, "run-b", supersede="run-a")  # the caller knows run-a has finished
     assert warehouse.claimant(AS_OF) == "run-b"
     with pytest.raises(StaleRunError) as caught:
         warehouse.write("deal_scores", scores(["A2"]), as_of=AS_OF, run_id="run-a")
@@ -466,7 +469,9 @@ def test_a_write_waits_while_another_holds_the_as_of(warehouse):
         holder.execute("BEGIN IMMEDIATE")
         # The holder changes the database, so a writer that had started reading before it committed
         # (a deferred BEGIN) would fail; BEGIN IMMEDIATE waits for the lock instead.
-        holder.execute("INSERT INTO run_claims VALUES ('2000-01-01', 'holder', '2000-01-01 00:00:00.000000')")
+        holder.execute(
+            "INSERT INTO run_claims (as_of, run_id, claimed_at) VALUES ('2000-01-01', 'holder', '2000-01-01 00:00:00.000000')"
+        )
         release = holder.execute
     else:
         engine = sa.create_engine(warehouse.engine.url)
@@ -500,10 +505,11 @@ def test_bulk_insert_is_not_row_by_row(warehouse):
         warehouse.write("deal_scores", scores([f"D{i}" for i in range(500)]), as_of=AS_OF, run_id="run-a")
     finally:
         sa.event.remove(warehouse.engine, "before_cursor_execute", record)
-    # lock (BEGIN IMMEDIATE or pg_advisory_xact_lock), claim check, delete, and at most one insert
-    # (PostgreSQL's COPY bypasses SQLAlchemy's cursor events).
-    assert len(statements) <= 4, statements
-    assert statements.count("INSERT") <= 1
+    # lock (BEGIN IMMEDIATE or pg_advisory_xact_lock), claim check, lease renewal, delete, at most one
+    # insert (PostgreSQL's COPY bypasses SQLAlchemy's cursor events), and the night_writes note
+    # (delete + insert): a constant number, whatever the row count.
+    assert len(statements) <= 7, statements
+    assert statements.count("INSERT") <= 2  # the rows (one executemany), the night_writes note
     assert warehouse.row_count("deal_scores") == 500
 
 
@@ -618,7 +624,7 @@ def test_docs_describe_every_table_and_column():
         "whole": "replaces every row",
         "key": "replaces only the rows whose",
     }
-    for table in [*metadata.tables.values(), run_claims]:
+    for table in [*metadata.tables.values(), *claims_metadata.tables.values()]:
         assert table.name in sections, f"docs/warehouse.md has no section for table {table.name}"
         body = sections[table.name]
         key = ", ".join(f"`{c.name}`" for c in table.primary_key.columns)
