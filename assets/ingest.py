@@ -20,10 +20,15 @@ from etl.crm import (
     reconciliation_frame,
     results_frame,
 )
+from etl.config import ConfigError
+from etl.currency import ExchangeRatesError
+from etl.readers import ExportFormatError
 from etl.report import markdown_table
 from etl.sample_crm import generate_sample
 
 SAMPLE_SEED = 7
+# Errors whose message already names the file (or setting) at fault and what was expected.
+UNREADABLE_INPUT = (ExportFormatError, ExchangeRatesError, ConfigError, FileNotFoundError)
 
 CHECKED_OUTPUTS = ("deals", "deal_history", "stage_events", "pipeline_stages")
 
@@ -83,7 +88,12 @@ def crm_tables(
     """Read, normalise and validate the CRM exports; publish them only when every blocking check passes."""
     resolved = run_settings(context, settings)
     previous = previous_deal_count(warehouse.warehouse.read("reconciliation"), resolved.as_of)
-    load = load_crm(resolved, previous_deal_count=previous)
+    try:
+        load = load_crm(resolved, previous_deal_count=previous)
+    except UNREADABLE_INPUT as exc:
+        # An export, rates file or setting that cannot be used at all: its own message names the
+        # file, the line and what was expected; the run fails with it, and writes nothing.
+        raise dg.Failure(description=str(exc), metadata={"error": type(exc).__name__}) from exc
     run_id = context.run.run_id
     diagnostics = {
         "quarantine": quarantine_frame(load, run_id),

@@ -893,6 +893,7 @@ class Warehouse:
             return {}
         names = ", ".join(p.name for p in prepared)
         action = f"writing {names} for as_of {as_of} (run {run_id})"
+        _pause_for_tests(names, "before")
         started = time.perf_counter()
         try:
             with self._locked_transaction(None, as_of) as conn:
@@ -901,7 +902,7 @@ class Warehouse:
                     self._delete(conn, item, as_of)
                     self._insert(conn, item)
                 self._note_writes(conn, prepared, as_of, run_id)
-                _pause_for_tests(names)
+                _pause_for_tests(names, "inside")
         except WarehouseError:
             raise
         except (sa.exc.SQLAlchemyError, self._dbapi_error, pa.ArrowException, OSError) as exc:
@@ -1009,23 +1010,31 @@ def night_tables() -> list[str]:
     return [name for name, spec in TABLES.items() if spec.replace in ("as_of", "whole")]
 
 
-# Fault tests only: DEALCAST_TEST_PAUSE_IN_WRITE="<table>:<seconds>" makes a write that includes
-# <table> wait that long inside its transaction, after its rows are inserted and before the commit,
-# so a test can kill the process mid-write. Unset in every real deployment.
+# Fault tests only: DEALCAST_TEST_PAUSE_IN_WRITE="<table>:<seconds>[:before]" makes a write that
+# includes <table> wait, inside its transaction after its rows are inserted and before the commit
+# (or, with ":before", before the transaction starts, holding only the run's claim), so a test can
+# kill the process mid-write or start a rival run meanwhile. The wait ends after <seconds> or as
+# soon as the file DEALCAST_TEST_PAUSE_IN_WRITE_RESUME names exists; on arrival the file
+# DEALCAST_TEST_PAUSE_IN_WRITE_MARKER names is written. Unset in every real deployment.
 _PAUSE_ENV = "DEALCAST_TEST_PAUSE_IN_WRITE"
 
 
-def _pause_for_tests(names: str) -> None:
+def _pause_for_tests(names: str, where: str) -> None:
     setting = os.environ.get(_PAUSE_ENV)
     if not setting:
         return
-    table, _, seconds = setting.partition(":")
-    if table in [n.strip() for n in names.split(",")]:
-        marker = os.environ.get(_PAUSE_ENV + "_MARKER")
-        if marker:
-            Path(marker).write_text(table, encoding="utf-8")
-        log.warning("pausing %s s inside the write of %s (%s is set)", seconds, names, _PAUSE_ENV)
-        time.sleep(float(seconds or 60))
+    table, _, rest = setting.partition(":")
+    seconds, _, place = rest.partition(":")
+    if table not in [n.strip() for n in names.split(",")] or (place or "inside") != where:
+        return
+    marker = os.environ.get(_PAUSE_ENV + "_MARKER")
+    if marker:
+        Path(marker).write_text(table, encoding="utf-8")
+    resume = os.environ.get(_PAUSE_ENV + "_RESUME")
+    log.warning("pausing up to %s s %s the write of %s (%s is set)", seconds, where, names, _PAUSE_ENV)
+    deadline = time.monotonic() + float(seconds or 60)
+    while time.monotonic() < deadline and not (resume and Path(resume).exists()):
+        time.sleep(0.1)
 
 
 def _sql_string(text: str) -> str:

@@ -595,20 +595,26 @@ def _read_exact(
     for index, record in enumerate(records):
         row_number += 1
         if record is None:
+            # An unbalanced quote can pull the next lines into the record: each physical line is
+            # quarantined as its own row, so no record hidden in it goes uncounted.
             text, complaint = broken[index]
-            bad.append(
-                {
-                    "source_file": str(path),
-                    "source_row": row_number,
-                    "reason_code": MALFORMED_QUOTING,
-                    "reason": (
-                        f"malformed quoting ({complaint}): a quote inside a quoted value must be doubled, "
-                        'as in "Acme ""Big"" Co"; the row is quarantined rather than guessed'
-                    ),
-                    "column": pd.NA,
-                    "raw_record": json.dumps({"_line_as_written": text.rstrip("\r\n")}, ensure_ascii=False),
-                }
-            )
+            physical = text.splitlines() or [text]
+            span = f" (a quoted value runs over rows {row_number}-{row_number + len(physical) - 1})" if len(physical) > 1 else ""
+            for offset, line in enumerate(physical):
+                bad.append(
+                    {
+                        "source_file": str(path),
+                        "source_row": row_number + offset,
+                        "reason_code": MALFORMED_QUOTING,
+                        "reason": (
+                            f"malformed quoting ({complaint}){span}: a quote inside a quoted value must be doubled, "
+                            'as in "Acme ""Big"" Co"; the row is quarantined rather than guessed'
+                        ),
+                        "column": pd.NA,
+                        "raw_record": json.dumps({"_line_as_written": line}, ensure_ascii=False),
+                    }
+                )
+            row_number += len(physical) - 1
             continue
         if not record:
             record = [""] * width

@@ -91,7 +91,7 @@ class Night:
         assert result.success
         assert self.warehouse.published_as_of() == FIRST_NIGHT
 
-    def start(self, home: str, lease: float = 600.0, pause: str | None = None) -> tuple[subprocess.Popen, Path]:
+    def start(self, home: str, lease: float = 600.0, pause: str | None = None, resume: Path | None = None) -> tuple[subprocess.Popen, Path]:
         """A child run of the second night on the Dagster instance in `tmp_path / home`."""
         dagster_home = self.tmp_path / home
         dagster_home.mkdir(exist_ok=True)
@@ -101,6 +101,8 @@ class Night:
         if pause:
             env["DEALCAST_TEST_PAUSE_IN_WRITE"] = pause
             env["DEALCAST_TEST_PAUSE_IN_WRITE_MARKER"] = str(marker)
+            if resume is not None:
+                env["DEALCAST_TEST_PAUSE_IN_WRITE_RESUME"] = str(resume)
         args = {"exports": str(self.exports), "as_of": SECOND_NIGHT.isoformat(), "config": str(self.config),
                 "url": self.url, "schema": self.schema, "lease": lease}
         child = subprocess.Popen(
@@ -227,9 +229,13 @@ def test_a_killed_runs_lease_lapses_and_the_next_run_takes_over(night):
 
 
 def test_two_instances_on_one_warehouse_one_wins_and_nothing_interleaves(night):
-    first, marker = night.start("instance-one", pause="stage_conversion:8")
+    # The first run holds the night's claim (paused just before a write, no lock held) while the
+    # second instance runs the same night from start to end.
+    resume = night.tmp_path / "resume-first"
+    first, marker = night.start("instance-one", pause="stage_conversion:300:before", resume=resume)
     night.wait_for(marker, first)
     second = night.outcome(night.start("instance-two")[0])
+    resume.write_text("go")
     winner = night.outcome(first)
     assert winner["success"], winner["failures"]
     assert not second["success"]

@@ -275,6 +275,24 @@ def test_malformed_quoting_is_quarantined_with_the_line_as_written(exports):
     assert (recon["rows_read"] == recon["accepted"] + recon["quarantined"]).all()
 
 
+def test_a_quote_left_open_quarantines_every_line_it_swallows(exports):
+    opp = exports / "Opportunity.csv"
+    lines = opp.read_text(encoding="utf-8").split("\n")
+    assert lines[8].endswith('"')
+    lines[8] = lines[8][:-1]  # row 9's last value loses its closing quote: it runs into row 10
+    opp.write_text("\n".join(lines), encoding="utf-8")
+    crm = load(exports)
+    for row in (9, 10):
+        found = quarantined_at(crm, "Opportunity.csv", row)
+        assert found is not None and found["reason_code"] == "malformed_quoting", (row, found)
+        assert "runs over rows 9-10" in found["reason"]
+    assert quarantined_at(crm, "Opportunity.csv", 11) is None
+    recon = crm.validation.reconciliation.set_index("source_file")
+    opportunity = recon.loc[[f for f in recon.index if f.endswith("/Opportunity.csv")][0]]
+    assert (opportunity["rows_read"], opportunity["quarantined"]) == (N_DEALS, 2)
+    assert len(crm.deals) == N_DEALS - 2
+
+
 def test_doubled_quotes_inside_a_value_are_read_as_one_quote(exports):
     _rename_on_line(exports / "Opportunity.csv", 9, '"Acme ""Big"" Co"')
     crm = load(exports)
