@@ -74,29 +74,38 @@ def _synthesised_history(deals: pd.DataFrame, has_rows: pd.Series) -> pd.DataFra
 
     An open deal gets one row at creation with its current stage (the only stage known); a closed
     deal gets a row at creation with the stage unknown, and its closing row at `closed_at`.
+
+    A deal that closes at or before the instant it was created (same-day closes: a close date
+    without a time, or a close stamped with the creation time) was never open: it gets its
+    closing row only, at its creation time. So the two rows never share the key (deal_id,
+    changed_at, source_row), and the close never sorts before the creation, which would leave
+    the deal open at the end of that day.
     """
     bare = deals.loc[~has_rows]
     if bare.empty:
         return bare.iloc[0:0]
+    is_open = (bare["status"] == STATUS_OPEN).to_numpy(dtype=bool)
+    closes_at_creation = (~is_open) & (bare["closed_at"] <= bare["created_at"]).to_numpy(dtype=bool)
+    opened = bare.loc[~closes_at_creation]
     created = pd.DataFrame(
         {
-            "deal_id": bare["deal_id"],
-            "changed_at": bare["created_at"],
-            "stage": bare["stage"].where(bare["status"] == STATUS_OPEN),
-            "amount": bare["amount"],
-            "amount_reporting": bare["amount_reporting"],
-            "expected_close_date": bare["expected_close_date"],
-            "crm_probability": bare["crm_probability"].where(bare["status"] == STATUS_OPEN),
-            "forecast_category": bare["forecast_category"].where(bare["status"] == STATUS_OPEN),
-            "source_file": bare["source_file"],
-            "source_row": bare["source_row"],
+            "deal_id": opened["deal_id"],
+            "changed_at": opened["created_at"],
+            "stage": opened["stage"].where(opened["status"] == STATUS_OPEN),
+            "amount": opened["amount"],
+            "amount_reporting": opened["amount_reporting"],
+            "expected_close_date": opened["expected_close_date"],
+            "crm_probability": opened["crm_probability"].where(opened["status"] == STATUS_OPEN),
+            "forecast_category": opened["forecast_category"].where(opened["status"] == STATUS_OPEN),
+            "source_file": opened["source_file"],
+            "source_row": opened["source_row"],
         }
     )
-    closed = bare.loc[bare["status"] != STATUS_OPEN]
+    closed = bare.loc[~is_open]
     closing = pd.DataFrame(
         {
             "deal_id": closed["deal_id"],
-            "changed_at": closed["closed_at"],
+            "changed_at": closed["closed_at"].mask(closes_at_creation[~is_open], closed["created_at"]),
             "stage": closed["stage"],
             "amount": closed["amount"],
             "amount_reporting": closed["amount_reporting"],
