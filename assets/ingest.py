@@ -84,6 +84,8 @@ def crm_tables(
     resolved = run_settings(context, settings)
     previous = previous_deal_count(warehouse.warehouse.read("reconciliation"), resolved.as_of)
     load = load_crm(resolved, previous_deal_count=previous)
+    for warning in load.stage_order_warnings:
+        context.log.warning(warning)
     run_id = context.run.run_id
     diagnostics = {
         "quarantine": quarantine_frame(load, run_id),
@@ -110,13 +112,22 @@ def _outputs(load: CrmLoad, diagnostics: dict[str, pd.DataFrame], written: dict[
         "deals": load.deals,
         "deal_history": load.history,
         "stage_events": load.events,
-        "pipeline_stages": load.stages.lookup_frame(),
+        "pipeline_stages": load.pipeline_stages,
     }
     previews = {
         "deals": ["deal_id", "pipeline", "owner", "stage", "status", "amount_reporting", "created_at", "closed_at"],
         "deal_history": ["deal_id", "changed_at", "stage", "amount_reporting", "expected_close_date", "is_backward", "is_push"],
         "stage_events": ["deal_id", "stage", "entered_at", "exited_at", "days_in_stage", "is_backward"],
         "pipeline_stages": ["pipeline", "stage", "stage_order", "stage_status", "stage_probability"],
+    }
+    order_columns = ["pipeline", "order_source", "order_basis", "stage_moves", "backward_moves", "backward_share"]
+    extra = {
+        "pipeline_stages": {
+            "stage_order": dg.MetadataValue.md(
+                markdown_table(load.pipeline_stages.drop_duplicates("pipeline")[order_columns], floatfmt="{:.1%}")
+            ),
+            "stage_order_warnings": dg.MetadataValue.json(load.stage_order_warnings),
+        }
     }
     for name, frame in frames.items():
         yield dg.Output(
@@ -126,6 +137,7 @@ def _outputs(load: CrmLoad, diagnostics: dict[str, pd.DataFrame], written: dict[
                 "dagster/row_count": len(frame),
                 "warehouse": status,
                 "preview": dg.MetadataValue.md(markdown_table(frame[previews[name]], max_rows=10)),
+                **extra.get(name, {}),
             },
         )
     outcome = load.validation

@@ -180,6 +180,27 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     return hist
 
 
+def stage_move_counts(history: pd.DataFrame) -> pd.DataFrame:
+    """How well each pipeline's stage order fits the moves its deals made: one row per pipeline
+    with stage_moves (a deal going from one open stage to another) and backward_moves (those that
+    go to an earlier open stage, `is_backward`). `history` is the output of `prepare_history`;
+    synthesised rows (creation, close) never make such a move."""
+    deal_codes = pd.factorize(history["deal_id"])[0]
+    first = np.ones(len(history), dtype=bool)
+    first[1:] = deal_codes[1:] != deal_codes[:-1]
+    is_open = (history["stage_status"] == STATUS_OPEN).fillna(False).to_numpy(dtype=bool)
+    prev_open = np.concatenate([[False], is_open[:-1]]) & ~first
+    moved = history["is_stage_change"].to_numpy(dtype=bool) & is_open & prev_open
+    counts = pd.DataFrame(
+        {
+            "pipeline": history["pipeline"].to_numpy(),
+            "stage_moves": moved.astype("int64"),
+            "backward_moves": (moved & history["is_backward"].to_numpy(dtype=bool)).astype("int64"),
+        }
+    )
+    return counts.groupby("pipeline", sort=True)[["stage_moves", "backward_moves"]].sum().reset_index()
+
+
 def stage_events(history: pd.DataFrame, as_of: dt.date | pd.Timestamp) -> pd.DataFrame:
     """One row per stay in a stage (deal, stage, entered_at) up to the end of `as_of`.
 

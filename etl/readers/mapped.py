@@ -200,6 +200,7 @@ def load_mapping(path: Path) -> MappingSpec:
             won_stage=str(pipeline_raw.get("won_stage", "Closed Won")),
             lost_stage=str(pipeline_raw.get("lost_stage", "Closed Lost")),
             probabilities={name: p for name, p in stages},
+            order_basis=f"[pipeline] stages in the mapping {path.name}",
         )
     except ValueError as exc:
         raise _fail(path, f"[pipeline] {exc}") from exc

@@ -43,7 +43,7 @@ from etl.readers.csvfiles import (
     parse_timestamps,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, TIMESTAMP, conform, empty_frame
-from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, PipelineStages, StageCatalog
+from etl.stages import ORDER_CRM, STATUS_LOST, STATUS_OPEN, STATUS_WON, PipelineStages, StageCatalog
 from etl.validation import RawRules
 
 logger = logging.getLogger(__name__)
@@ -344,6 +344,8 @@ def _infer_pipelines(
             won_stage=str(won_stage),
             lost_stage=str(lost_stage),
             probabilities={s: float(probabilities_by_stage[s]) for s in open_stages},
+            order_source=ORDER_CRM,
+            order_basis=f"StageSortOrder in {opportunity_paths[0].name}",
         )
         logger.info(
             "pipeline %r is not configured; stage order inferred from StageSortOrder: %s, won %r, lost %r",
