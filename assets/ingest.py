@@ -84,6 +84,8 @@ def crm_tables(
     resolved = run_settings(context, settings)
     previous = previous_deal_count(warehouse.warehouse.read("reconciliation"), resolved.as_of)
     load = load_crm(resolved, previous_deal_count=previous)
+    for note in load.ingest.notes:
+        context.log.info(note)
     for warning in load.stage_order_warnings:
         context.log.warning(warning)
     run_id = context.run.run_id
@@ -122,6 +124,7 @@ def _outputs(load: CrmLoad, diagnostics: dict[str, pd.DataFrame], written: dict[
     }
     order_columns = ["pipeline", "order_source", "order_basis", "stage_moves", "backward_moves", "backward_share"]
     extra = {
+        "deals": {"reader_notes": dg.MetadataValue.json(load.ingest.notes)},
         "pipeline_stages": {
             "stage_order": dg.MetadataValue.md(
                 markdown_table(load.pipeline_stages.drop_duplicates("pipeline")[order_columns], floatfmt="{:.1%}")

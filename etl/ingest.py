@@ -92,6 +92,8 @@ class IngestResult:
     currencies: list[str] = field(default_factory=list)
     # data_quality_results rows of the raw suites each reader ran on its files as written.
     raw_checks: pd.DataFrame = field(default_factory=lambda: empty_frame(DQ_RESULT_COLUMNS))
+    # The readers' notes (`SourceExport.notes`): decisions a person should know about, once each.
+    notes: list[str] = field(default_factory=list)
 
 
 def known_formats() -> dict[str, ExportReader]:
@@ -239,6 +241,7 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
         history_gaps=pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame(columns=HISTORY_GAP_COLUMNS),
         raw_checks=pd.concat(raw_checks, ignore_index=True) if raw_checks else empty_frame(DQ_RESULT_COLUMNS),
         currencies=sorted({project.reporting_currency, *(rates.currencies if rates is not None else [])}),
+        notes=[note for export in exports for note in export.notes],
     )
 
 

@@ -292,6 +292,18 @@ def read_header(path: Path, encoding: str) -> CsvHeader:
     return header
 
 
+def header_for(columns: Sequence[str], column: str | None) -> str | None:
+    """The header among `columns` for `column`: that very name, else the only one equal to it when
+    case is ignored; None when there is none (or several that differ only in case)."""
+    if not column:
+        return None
+    if column in columns:
+        return column
+    folded = column.casefold()
+    matches = [c for c in columns if c.casefold() == folded]
+    return matches[0] if len(matches) == 1 else None
+
+
 # --------------------------------------------------------------------------------------------
 # The table
 
@@ -316,15 +328,22 @@ class CsvTable:
     def __len__(self) -> int:
         return self.data.num_rows
 
+    def column_for(self, column: str | None) -> str | None:
+        """The file's header for `column`: that very name, else the one header that differs from it
+        only in case (Salesforce Data Loader writes `STAGENAME` for `StageName`); None otherwise."""
+        return header_for(self.columns, column)
+
     def has(self, column: str | None) -> bool:
-        return bool(column) and column in self.columns
+        return self.column_for(column) is not None
 
     def text(self, column: str | None) -> pd.Series:
         """The column's values with surrounding blanks removed ("" where blank); all "" when the
-        file has no such column (an optional column left out of the export)."""
-        if not self.has(column):
+        file has no such column (an optional column left out of the export). Header names are
+        matched as `column_for` says."""
+        header = self.column_for(column)
+        if header is None:
             return pd.Series("", index=pd.RangeIndex(len(self)), dtype="str")
-        values = self.data.column(column)
+        values = self.data.column(header)
         trimmed = pc.utf8_trim_whitespace(values)
         # Use the trimmed copy only when something was trimmed; else keep the file's own buffers.
         if pc.sum(pc.binary_length(trimmed)) != pc.sum(pc.binary_length(values)):
@@ -363,7 +382,8 @@ def load_csv(
     required: Sequence[str],
     delimiter: str = ",",
 ) -> CsvTable:
-    """Read `path` with every column as text, checking the header against `required`.
+    """Read `path` with every column as text, checking the header against `required` (a required
+    column may differ in case, as `header_for` says).
 
     `format_label` names the format in messages (e.g. "Salesforce Opportunity"). Raises
     `ExportFormatError` for an empty, binary, truncated or header-only file, a wrong delimiter,
@@ -387,9 +407,9 @@ def load_csv(
         )
     if any(c == "" for c in columns):
         columns = tuple(c or f"column_{i + 1}" for i, c in enumerate(columns))
-    missing = [c for c in required if c not in columns]
+    missing = [c for c in required if header_for(columns, c) is None]
     if missing:
-        known = [c for c in required if c in columns]
+        known = [c for c in required if header_for(columns, c) is not None]
         hint = (
             " None of the expected columns is there: is the header row missing?"
             if not known

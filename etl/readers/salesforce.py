@@ -7,8 +7,16 @@ Files, recognised by their header line (or, for a damaged header, by their usual
 - `User.csv` (optional): the owner's Name, team (Department) and region fallback (Division);
 - `Account.csv` (optional): the account's Name.
 
+Headers are Salesforce field names as Data Export writes them (`StageName`) or in any other case,
+as Data Loader writes them (`STAGENAME`).
+
 Custom fields for pipeline, product, region, segment and loss reason are named in dealcast.toml
-`[sources.salesforce]`. A pipeline not configured in dealcast.toml gets its stage order from the
+`[sources.salesforce]`. Orgs name their loss-reason field in many ways (`Loss_Reason__c`,
+`LossReason__c`, `Lost_Reason__c`, ...): the configured field is used when it is filled on some
+lost deal; otherwise the filled field among the usual spellings (`LOSS_REASON_FIELDS`, or any
+custom field whose name reads "loss reason" / "lost reason" / "reason lost"), and the run says
+which. Without User.csv (or Account.csv) owners (accounts) keep their Salesforce ids, and the run
+says so once. A pipeline not configured in dealcast.toml gets its stage order from the
 export (StageSortOrder, IsClosed, IsWon, with each stage's usual Probability as its default).
 
 `CurrencyIsoCode` is the deal's currency (blank: the reporting currency). Amounts in another
@@ -113,6 +121,15 @@ FORECAST_CATEGORY_LABELS = {
 DEFAULT_WON_STAGE = "Closed Won"
 DEFAULT_LOST_STAGE = "Closed Lost"
 
+# Custom fields orgs keep the loss reason in, in order of preference after the configured one
+# (compared without case); any other custom field whose name, without underscores, contains one of
+# `_LOSS_REASON_WORDS` is a candidate too.
+LOSS_REASON_FIELDS = (
+    "Loss_Reason__c", "LossReason__c", "Lost_Reason__c", "LostReason__c", "Closed_Lost_Reason__c",
+    "ClosedLostReason__c", "Reason_Lost__c", "ReasonLost__c", "Reason_for_Loss__c", "Loss_Reason_Code__c",
+)  # fmt: skip
+_LOSS_REASON_WORDS = ("lossreason", "lostreason", "reasonlost", "reasonforloss")
+
 # Reason codes (the quarantine table's `reason_code`).
 DELETED_IN_CRM = "deleted_in_crm"
 MISSING_ID = "missing_id"
@@ -130,15 +147,18 @@ DEAL_QUARANTINED = "deal_quarantined"
 # Format detection
 
 
-def _format_of_columns(columns: set[str]) -> str | None:
-    if {"OpportunityId", "StageName"} <= columns:
+def _format_of_columns(header: set[str]) -> str | None:
+    """The format a header shows. Field names are compared without case: Data Export writes
+    `StageName`, Data Loader `STAGENAME`."""
+    columns = {c.casefold() for c in header}
+    if {"opportunityid", "stagename"} <= columns:
         return HISTORY
-    if {"Id", "StageName", "CloseDate"} <= columns and "OpportunityId" not in columns:
+    if {"id", "stagename", "closedate"} <= columns and "opportunityid" not in columns:
         return OPPORTUNITY
-    if {"Id", "Username"} <= columns:
+    if {"id", "username"} <= columns:
         return USER
-    account_fields = {"AccountNumber", "BillingCity", "BillingCountry", "ParentId"}
-    if {"Id", "Name"} <= columns and columns & account_fields and "AccountId" not in columns:
+    account_fields = {"accountnumber", "billingcity", "billingcountry", "parentid"}
+    if {"id", "name"} <= columns and columns & account_fields and "accountid" not in columns:
         return ACCOUNT
     return None
 
@@ -418,7 +438,7 @@ _HISTORY_WORKING_COLUMNS = [
 ]  # fmt: skip
 
 
-def _canonical_headers(settings: SalesforceSourceConfig) -> dict[str, dict[str, str]]:
+def _canonical_headers(settings: SalesforceSourceConfig, lost_reason_field: str) -> dict[str, dict[str, str]]:
     """Per file format, the Salesforce column each canonical column is read from."""
     opportunity = {
         "deal_id": "Id", "deal_name": "Name", "amount": "Amount", "currency": "CurrencyIsoCode",
@@ -429,6 +449,8 @@ def _canonical_headers(settings: SalesforceSourceConfig) -> dict[str, dict[str, 
     }  # fmt: skip
     if settings.pipeline_field:
         opportunity["pipeline"] = settings.pipeline_field
+    if lost_reason_field:
+        opportunity["lost_reason"] = lost_reason_field
     history = {
         "deal_id": "OpportunityId", "changed_at": "CreatedDate", "stage": "StageName", "amount": "Amount",
         "expected_close_date": "CloseDate", "crm_probability": "Probability", "forecast_category": "ForecastCategory",
@@ -463,16 +485,24 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
     users, users_kept = _read_lookup(user_tables, quarantine, user_columns, "user")
     accounts, accounts_kept = _read_lookup(account_tables, quarantine, {"Name": "Name"}, "account")
 
-    deals, deal_checks, catalog, inferred = _read_opportunities(opp_tables, quarantine, project, settings)
+    notes: list[str] = []
+    lost_reason_field = _loss_reason_field(opp_tables, settings.lost_reason_field, notes)
+    deals, deal_checks, catalog, inferred = _read_opportunities(opp_tables, quarantine, project, settings, lost_reason_field)
     history, hist_checks = _read_history(hist_tables, quarantine, project, deals, deal_checks, catalog)
     quarantined = quarantine.frame()
     raw_checks = quarantine.raw_results()
+    headers = _canonical_headers(settings, lost_reason_field)
     files_read = [
-        (fmt, table.path, table.rows_read, table.scan.sha256)
+        (
+            fmt, table.path, table.rows_read, table.scan.sha256,
+            {c: table.column_for(field) or field for c, field in headers.get(fmt, {}).items()},
+        )
         for fmt, tables in ((OPPORTUNITY, opp_tables), (HISTORY, hist_tables), (USER, user_tables), (ACCOUNT, account_tables))
         for _, table in tables
     ]
     accepted_deals = deals.loc[~deal_checks.bad, _DEAL_WORKING_COLUMNS]
+    notes += _lookup_notes(accepted_deals["OwnerId"], users, bool(user_tables), "owner", "User.csv", "user ids")
+    notes += _lookup_notes(accepted_deals["AccountId"], accounts, bool(account_tables), "account", "Account.csv", "account ids")
     accepted_history = (
         history.loc[~hist_checks.bad, _HISTORY_WORKING_COLUMNS] if history is not None and hist_checks is not None else None
     )
@@ -492,7 +522,6 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
     ):
         for name, count in counts.items():
             accepted_by_file[str(name)] = accepted_by_file.get(str(name), 0) + int(count)
-    headers = _canonical_headers(settings)
     reports = [
         FileReport(
             path=path,
@@ -501,9 +530,9 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
             sha256=sha256,
             rows_accepted=accepted_by_file.get(str(path), 0),
             rows_quarantined=int(quarantined_by_file.get(str(path), 0)),
-            columns=headers.get(fmt, {}),
+            columns=columns,
         )
-        for fmt, path, rows_read, sha256 in files_read
+        for fmt, path, rows_read, sha256, columns in files_read
     ]
     logger.info(
         "Salesforce export: %d deals, %d history rows, %d rows quarantined",
@@ -517,7 +546,69 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
         pipelines=inferred,
         history_gaps=gaps,
         raw_checks=raw_checks,
+        notes=notes,
     )
+
+
+def _lookup_notes(ids: pd.Series, lookup: pd.DataFrame, has_file: bool, what: str, file_name: str, kept: str) -> list[str]:
+    """One sentence when deals show a Salesforce id instead of a name: no lookup file at all, or ids
+    the lookup file lacks (logged once, not once per deal)."""
+    given = ids.loc[ids.ne("")]
+    if given.empty:
+        return []
+    if not has_file:
+        note = (
+            f"{what}s: no {file_name} among the exports, so the {len(given):,} deal(s) with an {what} show its "
+            f"Salesforce id (e.g. {given.iloc[0]}); add {file_name} from the same export to show names"
+        )
+    else:
+        missing = given.loc[~_members(given, lookup.index)]
+        if missing.empty:
+            return []
+        note = (
+            f"{what}s: {missing.nunique():,} {kept} of {len(missing):,} deal(s) are not in {file_name} "
+            f"(e.g. {missing.iloc[0]}); those deals show the id"
+        )
+    logger.warning("%s", note)
+    return [note]
+
+
+def _loss_reason_field(tables: Sequence[tuple[int, CsvTable]], configured: str, notes: list[str]) -> str:
+    """The Opportunity field the loss reason is read from: `configured` when some lost deal (IsClosed
+    and not IsWon) has it filled, else the candidate field filled on the most lost deals (see
+    `LOSS_REASON_FIELDS`); `configured` when none is filled. A switch is added to `notes`."""
+    headers = list(dict.fromkeys(c for _, t in tables for c in t.columns))
+    folded = {c.casefold(): c for c in headers}
+    names = [configured, *LOSS_REASON_FIELDS] if configured else list(LOSS_REASON_FIELDS)
+    names += [
+        c for c in headers
+        if c.casefold().endswith("__c") and any(w in c.casefold().replace("_", "") for w in _LOSS_REASON_WORDS)
+    ]
+    candidates = list(dict.fromkeys(folded[n.casefold()] for n in names if n and n.casefold() in folded))
+    if not candidates:
+        return configured
+    filled: dict[str, int] = dict.fromkeys(candidates, 0)
+    lost_deals = 0
+    for _, table in tables:
+        is_closed, _ = parse_booleans(table.text("IsClosed"))
+        is_won, _ = parse_booleans(table.text("IsWon"))
+        lost = (is_closed.fillna(False) & ~is_won.fillna(False)).to_numpy(dtype=bool)
+        lost_deals += int(lost.sum())
+        for name in candidates:
+            filled[name] += int((table.text(name).ne("").to_numpy() & lost).sum())
+    own = next((c for c in candidates if configured and c.casefold() == configured.casefold()), None)
+    if own is not None and filled[own] > 0:
+        return own
+    best = max(candidates, key=lambda c: filled[c])  # the first of the most filled
+    if filled[best] == 0:
+        return own or configured
+    was = f"the configured field {configured} is {'empty on every lost deal' if own else 'not in the export'}"
+    notes.append(
+        f"loss reason: {was}; {best} is filled on {filled[best]:,} of {lost_deals:,} lost deal(s) and is used "
+        "(set [sources.salesforce] lost_reason_field to choose another)"
+    )
+    logger.warning("%s", notes[-1])
+    return best
 
 
 def _read_opportunities(
@@ -525,6 +616,7 @@ def _read_opportunities(
     quarantine: Quarantine,
     project: ProjectConfig,
     settings: SalesforceSourceConfig,
+    lost_reason_field: str,
 ) -> tuple[pd.DataFrame, RowChecks, StageCatalog, list[PipelineStages]]:
     standard = (
         "Id", "IsDeleted", "Name", "StageName", "StageSortOrder", "Amount", "Probability", "CloseDate",
@@ -537,7 +629,7 @@ def _read_opportunities(
         "product_field": settings.product_field,
         "region_field": settings.region_field,
         "segment_field": settings.segment_field,
-        "lost_reason_field": settings.lost_reason_field,
+        "lost_reason_field": lost_reason_field,
     }
     frame = _working_frame(tables, columns)
     frame["has_sort_order_column"] = np.concatenate(
