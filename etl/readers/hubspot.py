@@ -69,6 +69,7 @@ from etl.readers.csvfiles import (
     load_csv,
     parse_numbers,
     parse_timestamps,
+    refuse_regional_formats,
 )
 from etl.readers.salesforce import (
     DUPLICATE_ID,
@@ -516,6 +517,10 @@ def read_hubspot(files: Mapping[str, Sequence[Path]], project: ProjectConfig) ->
     loaded = _load(paths, quarantine)
     frame = _working_frame(loaded)
     checks = _Checks(frame, quarantine)
+    refuse_regional_formats(
+        frame, {f.key: f.table.path for f in loaded}, ("amount", "amount_company"), ("create_date", "close_date"),
+        lambda key, column: checks.column_label(column), LABEL,
+    )
     quarantine.expect(frame, RAW_RULES, LABEL, lambda key, column: checks.column_label(column))
 
     ids = frame["deal_id"]

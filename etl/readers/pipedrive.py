@@ -96,6 +96,7 @@ from etl.readers.csvfiles import (
     load_csv,
     parse_numbers,
     parse_timestamps,
+    refuse_regional_formats,
     sniff_header,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
@@ -608,6 +609,10 @@ def read_pipedrive(files: Mapping[str, Sequence[Path]], project: ProjectConfig) 
         tables.append((quarantine.register(table), table, headers))
     frame = _working_frame(tables)
     checks = _Checks(frame, quarantine, {key: headers for key, _, headers in tables})
+    refuse_regional_formats(
+        frame, {key: table.path for key, table, _ in tables}, ("value", "probability"),
+        ("created", "won_time", "lost_time", "close_time", "expected_close"), checks.header, LABEL,
+    )
     quarantine.expect(frame, RAW_RULES, LABEL, checks.header)
     _check_rows(checks, settings, reporting)
 

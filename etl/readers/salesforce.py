@@ -49,6 +49,7 @@ from etl.readers.csvfiles import (
     parse_booleans,
     parse_numbers,
     parse_timestamps,
+    refuse_regional_formats,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, TIMESTAMP, conform, empty_frame
 from etl.stages import ORDER_CRM, STATUS_LOST, STATUS_OPEN, STATUS_WON, PipelineStages, StageCatalog
@@ -634,6 +635,10 @@ def _read_opportunities(
     frame = _working_frame(tables, columns)
     frame["has_sort_order_column"] = np.concatenate(
         [np.full(len(t), t.has("StageSortOrder")) for _, t in tables]
+    )
+    refuse_regional_formats(
+        frame, {key: t.path for key, t in tables}, ("Amount",), ("CreatedDate", "CloseDate"),
+        lambda key, column: column, LABELS[OPPORTUNITY],
     )
     quarantine.expect(frame, RAW_RULES[OPPORTUNITY], LABELS[OPPORTUNITY])
     checks = RowChecks(frame, quarantine)
