@@ -164,16 +164,32 @@ def _format_of_columns(header: set[str]) -> str | None:
     return None
 
 
+# Salesforce fields as a warehouse loader (Fivetran, Airbyte) names them: snake_case. A file with two
+# of these is such a table, not a Data Export, whatever its name.
+SNAKE_CASE_FIELDS = frozenset(
+    {"stage_name", "close_date", "is_won", "is_closed", "opportunity_id", "owner_id", "forecast_category", "created_date"}
+)
+LOADER_COLUMN_PREFIXES = ("_fivetran_", "_airbyte_")
+
+
+def is_loader_table(columns: Sequence[str]) -> bool:
+    """Whether a header is a table as Fivetran or Airbyte land it (bookkeeping columns, or
+    Salesforce's fields in snake_case) rather than a CRM's own export."""
+    folded = {c.strip().casefold() for c in columns}
+    return any(c.startswith(LOADER_COLUMN_PREFIXES) for c in folded) or len(folded & SNAKE_CASE_FIELDS) >= 2
+
+
 def detect(header: CsvHeader | None, path: Path) -> str | None:
     """The Salesforce format of a file: from its comma-separated header, else from its usual file
-    name (Opportunity.csv, ...), else from a header split on another delimiter (the read then
-    reports the wrong delimiter). None when the file is not a Salesforce export."""
+    name (Opportunity.csv, ...) unless the header is a warehouse loader's table (snake_case), else
+    from a header split on another delimiter (the read then reports the wrong delimiter). None when
+    the file is not a Salesforce export."""
     if header is not None:
         found = _format_of_columns(set(header.columns))
         if found:
             return found
     by_name = FILE_NAMES.get(path.name.lower())
-    if by_name:
+    if by_name and not (header is not None and is_loader_table(header.split_on(header.likely_delimiter))):
         return by_name
     if header is not None and header.likely_delimiter != ",":
         return _format_of_columns(set(header.split_on(header.likely_delimiter)))
