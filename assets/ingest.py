@@ -82,19 +82,21 @@ def crm_tables(
 ):
     """Read, normalise and validate the CRM exports; publish them only when every blocking check passes."""
     resolved = run_settings(context, settings)
-    previous = previous_deal_count(warehouse.warehouse.read("reconciliation"), resolved.as_of)
-    load = load_crm(resolved, previous_deal_count=previous)
-    for note in load.ingest.notes:
-        context.log.info(note)
-    for warning in load.stage_order_warnings:
-        context.log.warning(warning)
     run_id = context.run.run_id
-    diagnostics = {
-        "quarantine": quarantine_frame(load, run_id),
-        "data_quality_results": results_frame(load, run_id),
-        "reconciliation": reconciliation_frame(load, run_id),
-    }
+    # The as_of is claimed before the exports are read: a run that fails while reading them leaves
+    # its claim, so `dealcast summary` can say that the night's run did not finish.
     with warehouse.for_run(context, resolved.as_of) as writer:
+        previous = previous_deal_count(warehouse.warehouse.read("reconciliation"), resolved.as_of)
+        load = load_crm(resolved, previous_deal_count=previous)
+        for note in load.ingest.notes:
+            context.log.info(note)
+        for warning in load.stage_order_warnings:
+            context.log.warning(warning)
+        diagnostics = {
+            "quarantine": quarantine_frame(load, run_id),
+            "data_quality_results": results_frame(load, run_id),
+            "reconciliation": reconciliation_frame(load, run_id),
+        }
         if load.publishable:
             written = writer.write_many({**load.warehouse_frames(), **diagnostics})
         else:

@@ -469,11 +469,9 @@ def _infer_pipelines(
         found = order_from_moves(by_median, moves)
         open_stages = found.stages
         if found.moves:
-            basis = (
-                f"{found.moves:,} stage moves in the date-entered columns ({found.backward:,} backward under this order)"
-            )
+            basis = f"{found.moves:,} stage moves in the date-entered columns"
         else:
-            basis = "the median date deals entered each stage (no deal has two dated stages to order them by: a guess)"
+            basis = "the median date deals entered each stage; no deal has two dated stages to order them by: a guess"
         in_open = in_pipeline.loc[in_pipeline["stage"].isin(open_stages) & in_pipeline["probability"].notna()]
         spread = in_open.groupby("stage")["probability"].agg(["min", "max"])
         constant = spread.loc[spread["min"] == spread["max"], "min"]

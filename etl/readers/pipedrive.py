@@ -472,12 +472,12 @@ def _build_pipelines(
             source = ORDER_CONFIGURED
         else:
             stages = present
-            origin = "first appearance in the export (no stage history, and no probabilities that tell the stages apart: a guess)"
+            origin = "first appearance in the export; no stage history or probabilities to order by: a guess"
             probs = [typical.get((name, s)) for s in stages]
             if len(stages) > 1:
                 if all(p is not None for p in probs) and len(set(probs)) == len(probs):
                     stages = [s for _, s in sorted(zip(probs, stages), key=lambda pair: pair[0])]
-                    origin = "each stage's usual Deal - Probability, lowest first (no stage history: a guess)"
+                    origin = "each stage's usual Deal - Probability, lowest first; no stage history: a guess"
                 else:
                     logger.warning(
                         "pipeline %r (%s) is not configured and its stages' probabilities do not tell "
@@ -486,7 +486,7 @@ def _build_pipelines(
                         name, first_path, stages, SOURCE_SYSTEM, project.path,
                     )
             else:
-                origin = "the export (the pipeline's only stage)"
+                origin = "the export, the pipeline's only stage"
         if not stages:
             # Only closed deals with a blank stage: the pipeline still needs one open stage to be
             # a pipeline; its deals are all closed, so no deal is in it.

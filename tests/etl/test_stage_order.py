@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from etl.config import Settings, load_project_config
-from etl.crm import CrmLoad, load_crm
+from etl.cli import RunSummary, _stage_order_lines
+from etl.crm import CrmLoad, load_crm, table_frame
 from etl.stages import EXACT_ORDER_LIMIT, InferredOrder, PipelineStages, StageCatalog, order_from_moves, stage_moves
 
 T = pd.Timestamp
@@ -210,3 +211,22 @@ def test_salesforce_sort_order_is_the_crm_order_and_configured_stays_configured(
     assert _order(load, "Default")["source"] == "crm"
     assert load.stages["Default"].order_basis == "StageSortOrder in Opportunity.csv"
     assert _order(load, "New Business")["source"] == "configured"
+
+
+def test_the_summary_says_where_each_order_comes_from(tmp_path, warehouse):
+    (tmp_path / "growth").mkdir()
+    (tmp_path / "sales").mkdir()
+    growth = _load(tmp_path / "growth", "hubspot-deals.csv", HUBSPOT_GROWTH)
+    sales = _load(tmp_path / "sales", "deals.csv", PIPEDRIVE_SALES)
+    as_of = dt.date(2024, 10, 1)
+    frame = pd.concat([growth.pipeline_stages, sales.pipeline_stages], ignore_index=True)
+    warehouse.claim(as_of, "run-1")
+    warehouse.write("pipeline_stages", table_frame("pipeline_stages", frame), as_of=as_of, run_id="run-1")
+    run = RunSummary(warehouse, as_of, "USD", 1, warn_backward_share=0.1, tables=warehouse.table_names())
+    assert _stage_order_lines(run) == [
+        "  stage order of 'Growth': inferred (8 stage moves in the date-entered columns); 1 of 8 stage moves "
+        "backward (12.5%): Discovery > Demo > Contract [above 10%: the deals do not follow this order]",
+        "  stage order of 'Sales': inferred (first appearance in the export; no stage history or probabilities to "
+        "order by: a guess); no stage moves to check it: Proposal > Qualified [a guess: set it under [[pipelines]] "
+        "in dealcast.toml]",
+    ]
