@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from etl.config import Settings
-from etl.ingest import LOOKUP_FORMATS, IngestResult, detect_format, read_exports
+from etl.ingest import LOOKUP_FORMATS, IngestResult, detect_format, read_exports, unrecognised_reason
 from etl.pipeline_state import as_of_end, prepare_history, stage_events, stage_move_counts
 from etl.stages import ORDER_INFERRED, StageCatalog
 from etl.tables import TABLES
@@ -164,23 +164,26 @@ def load_crm(settings: Settings, previous_deal_count: int | None = None) -> CrmL
 
 
 def describe_exports(exports_dir: Path) -> pd.DataFrame:
-    """The files in the exports folder: name, detected format (None when not a known export), size and sha256."""
+    """The files in the exports folder: name, detected format (None when not a known export, with
+    why in `not_recognised`), size and sha256."""
     rows = []
     for path in sorted(p for p in Path(exports_dir).iterdir() if p.is_file()) if Path(exports_dir).is_dir() else []:
         digest = hashlib.sha256()
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
+        fmt = detect_format(path)
         rows.append(
             {
                 "file": path.name,
-                "format": detect_format(path),
+                "format": fmt,
                 "bytes": path.stat().st_size,
                 "sha256": digest.hexdigest(),
                 "modified_at": pd.Timestamp(path.stat().st_mtime, unit="s"),
+                "not_recognised": unrecognised_reason(path) if fmt is None else None,
             }
         )
-    return pd.DataFrame(rows, columns=["file", "format", "bytes", "sha256", "modified_at"])
+    return pd.DataFrame(rows, columns=["file", "format", "bytes", "sha256", "modified_at", "not_recognised"])
 
 
 def _now() -> pd.Timestamp:

@@ -199,10 +199,12 @@ def unrecognised_reason(path: Path, project: ProjectConfig | None = None) -> str
         return "it has HubSpot's Record ID and Deal Stage but no Pipeline, Deal Name or Date entered column"
     if sum(c.startswith("deal - ") for c in folded) >= 2:
         return "it has Pipedrive 'Deal - ' headers but not both Deal - Stage and Deal - Status"
-    mappings = mapped.load_mappings(project) if project is not None else []
-    claimed = "; no mapping file's `file` matches its name" + (
-        f" (mappings read: {', '.join(repr(m.file) for m in mappings)})" if mappings else " (no mapping file is configured)"
-    )
+    claimed = ""
+    if project is not None:
+        mappings = mapped.load_mappings(project)
+        claimed = "; no mapping file's `file` matches its name" + (
+            f" (mappings read: {', '.join(repr(m.file) for m in mappings)})" if mappings else " (no mapping file is configured)"
+        )
     return f"its header ({shown}) is no Salesforce, HubSpot or Pipedrive export{claimed}"
 
 

@@ -82,3 +82,13 @@ def test_an_empty_folder_says_so(tmp_path):
     (tmp_path / "exports").mkdir()
     with pytest.raises(ExportFormatError, match="the exports folder holds no file"):
         read_exports(tmp_path / "exports", load_project_config(tmp_path / "dealcast.toml"))
+
+
+def test_the_exports_listing_says_why_a_file_is_not_recognised(exports):
+    from etl.crm import describe_exports
+
+    listing = describe_exports(exports).set_index("file")
+    assert listing.loc["notes.csv", "format"] is None
+    assert listing.loc["notes.csv", "not_recognised"] == "its header (when, who, what) is no Salesforce, HubSpot or Pipedrive export"
+    assert listing.loc["empty.csv", "not_recognised"] == "the file is empty"
+    assert "Fivetran or Airbyte" in listing.loc["opportunity.csv", "not_recognised"]
