@@ -17,7 +17,8 @@ lost deal; otherwise the filled field among the usual spellings (`LOSS_REASON_FI
 custom field whose name reads "loss reason" / "lost reason" / "reason lost"), and the run says
 which. Without User.csv (or Account.csv) owners (accounts) keep their Salesforce ids, and the run
 says so once. A pipeline not configured in dealcast.toml gets its stage order from the
-export (StageSortOrder, IsClosed, IsWon, with each stage's usual Probability as its default).
+export (StageSortOrder, IsClosed, IsWon, with each stage's usual Probability as its default);
+without a StageSortOrder column, from the moves deals made in OpportunityHistory (`_infer_pipelines`).
 
 `CurrencyIsoCode` is the deal's currency (blank: the reporting currency). Amounts in another
 currency are kept as exported with `amount_reporting` left empty, in the deal and its history;
@@ -52,7 +53,17 @@ from etl.readers.csvfiles import (
     refuse_regional_formats,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, TIMESTAMP, conform, empty_frame
-from etl.stages import ORDER_CRM, STATUS_LOST, STATUS_OPEN, STATUS_WON, PipelineStages, StageCatalog
+from etl.stages import (
+    ORDER_CRM,
+    ORDER_INFERRED,
+    STATUS_LOST,
+    STATUS_OPEN,
+    STATUS_WON,
+    PipelineStages,
+    StageCatalog,
+    order_from_moves,
+    stage_moves,
+)
 from etl.validation import RawRules
 
 logger = logging.getLogger(__name__)
@@ -313,28 +324,56 @@ def _user_names(tables: Sequence[tuple[int, CsvTable]]) -> dict[str, str | None]
 # Stage catalogue
 
 
+def _history_moves(tables: Sequence[tuple[int, CsvTable]], deals: pd.DataFrame) -> pd.DataFrame:
+    """The moves between stages in OpportunityHistory, per pipeline of the deal (columns pipeline,
+    from_stage, to_stage, moves): what a stage order is inferred from when the export does not state
+    it. Rows that do not parse are skipped here (the history checks quarantine them later)."""
+    parts = []
+    for _, table in tables:
+        at, _ = parse_timestamps(table.text("CreatedDate"))
+        parts.append(pd.DataFrame({"deal": table.text("OpportunityId"), "stage": table.text("StageName"), "at": at}))
+    history = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["deal", "stage", "at"])
+    history = history.loc[history["stage"].ne("") & history["at"].notna()]
+    pipeline_of = deals.drop_duplicates("Id").set_index("Id")["pipeline"]
+    history["pipeline"] = pipeline_of.reindex(history["deal"]).to_numpy()
+    moves = [
+        stage_moves(part["deal"], part["stage"], part["at"]).assign(pipeline=name)
+        for name, part in history.loc[history["pipeline"].notna()].groupby("pipeline", sort=True)
+    ]
+    columns = ["pipeline", "from_stage", "to_stage", "moves"]
+    return pd.concat(moves, ignore_index=True)[columns] if moves else pd.DataFrame(columns=columns)
+
+
 def _infer_pipelines(
     deals: pd.DataFrame,
     configured: StageCatalog,
     opportunity_paths: Sequence[Path],
     project: ProjectConfig,
+    history_moves: pd.DataFrame | None = None,
 ) -> list[PipelineStages]:
     """Stage order of every pipeline in `deals` that dealcast.toml does not configure.
 
-    Open stages (IsClosed 0) in StageSortOrder order; won = the IsWon stage; lost = the stage
-    closed and not won (named "Closed Lost" when no deal is in it); default probability = the
-    stage's most common Probability.
+    Open stages (IsClosed 0) in StageSortOrder order (`order_source` crm); won = the IsWon stage;
+    lost = the stage closed and not won (named "Closed Lost" when no deal is in it); default
+    probability = the stage's most common Probability. Without a StageSortOrder column the open
+    stages (those of open deals, and the stages only the history shows) are put in the order the
+    fewest of the history's moves contradict (`history_moves`, `order_source` inferred); stages
+    no deal moved between keep the order of their usual Probability.
     """
     unconfigured = deals.loc[~deals["pipeline"].isin(configured.names)]
     if unconfigured.empty:
         return []
-    if not unconfigured["has_sort_order_column"].all():
+    stated = bool(unconfigured["has_sort_order_column"].all())
+    if not stated and history_moves is None:
         names = sorted(unconfigured["pipeline"].unique())
         raise ExportFormatError(
             f"{opportunity_paths[0]}: line 1: pipeline(s) {names} are not configured in {project.path} "
-            "and the export has no StageSortOrder column to take their stage order from; expected "
-            "the StageSortOrder column, or the pipeline configured under [[pipelines]]"
+            "and the export has neither a StageSortOrder column nor an OpportunityHistory.csv to take their "
+            "stage order from; expected the StageSortOrder column, OpportunityHistory.csv, or the pipeline "
+            "configured under [[pipelines]]"
         )
+    if not stated:
+        return _pipelines_from_moves(unconfigured, history_moves, opportunity_paths, project)
     known = unconfigured.loc[unconfigured["sort_order"].notna()]
     stats = known.groupby(["pipeline", "stage"], sort=False).agg(
         sort_order=("sort_order", "min"),
@@ -404,6 +443,54 @@ class _StagePlaces:
         return ~np.isnan(self.order)
 
 
+def _pipelines_from_moves(
+    deals: pd.DataFrame, moves: pd.DataFrame, opportunity_paths: Sequence[Path], project: ProjectConfig
+) -> list[PipelineStages]:
+    """`_infer_pipelines` for an export without StageSortOrder: open stages ordered by the moves in
+    the history (see there)."""
+    inferred = []
+    for name, rows in deals.groupby("pipeline", sort=True):
+        stats = rows.groupby("stage", sort=False).agg(
+            closed_share=("is_closed", "mean"), won_share=("is_won", "mean"), probability=("probability", "median")
+        )
+        closed = stats["closed_share"] >= 0.5
+        won = closed & (stats["won_share"] >= 0.5)
+        won_stage = str(stats.index[won][0]) if won.any() else DEFAULT_WON_STAGE
+        lost_stage = str(stats.index[closed & ~won][0]) if (closed & ~won).any() else DEFAULT_LOST_STAGE
+        mine = moves.loc[moves["pipeline"] == name]
+        seen = pd.unique(pd.concat([mine["from_stage"], mine["to_stage"]]))
+        history_only = [str(st) for st in seen if st not in stats.index and st not in (won_stage, lost_stage)]
+        by_probability = stats.loc[~closed].sort_values("probability", kind="stable", na_position="last")
+        fallback = [str(st) for st in by_probability.index] + history_only
+        if not fallback:
+            logger.warning(
+                "pipeline %r is not configured and neither its deals nor its history show an open stage in %s; "
+                "its deals are quarantined (configure it under [[pipelines]] in %s)",
+                name, opportunity_paths[0], project.path,
+            )
+            continue
+        found = order_from_moves(fallback, mine)
+        basis = (
+            f"{found.moves:,} stage moves in OpportunityHistory (no StageSortOrder column)" if found.moves else
+            "each stage's usual Probability; no StageSortOrder column and no stage moves in the history: a guess"
+        )
+        pipeline = PipelineStages(
+            name=str(name),
+            open_stages=found.stages,
+            won_stage=won_stage,
+            lost_stage=lost_stage,
+            probabilities={st: float(stats["probability"].get(st, np.nan)) / 100.0 for st in found.stages},
+            order_source=ORDER_INFERRED,
+            order_basis=basis,
+        )
+        logger.info(
+            "pipeline %r is not configured; stage order inferred from %s: %s, won %r, lost %r",
+            pipeline.name, basis, list(pipeline.open_stages), pipeline.won_stage, pipeline.lost_stage,
+        )
+        inferred.append(pipeline)
+    return inferred
+
+
 def _stage_places(
     pipeline_codes: np.ndarray, pipeline_names: Sequence[str], stages: pd.Series, catalog: StageCatalog
 ) -> _StagePlaces:
@@ -434,7 +521,7 @@ _UNORDERED_PIPELINE = (
 def _describe_pipelines(catalog: StageCatalog, configured: StageCatalog) -> dict[str, str]:
     described = {}
     for p in catalog:
-        origin = "configured in dealcast.toml" if p.name in configured else "inferred from StageSortOrder"
+        origin = "configured in dealcast.toml" if p.name in configured else f"{p.order_source}: {p.order_basis}"
         described[p.name] = f"{origin}: {', '.join([*p.open_stages, p.won_stage, p.lost_stage])}"
     return described
 
@@ -504,7 +591,9 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
 
     notes: list[str] = []
     lost_reason_field = _loss_reason_field(opp_tables, settings.lost_reason_field, notes)
-    deals, deal_checks, catalog, inferred = _read_opportunities(opp_tables, quarantine, project, settings, lost_reason_field)
+    deals, deal_checks, catalog, inferred = _read_opportunities(
+        opp_tables, quarantine, project, settings, lost_reason_field, hist_tables
+    )
     history, hist_checks = _read_history(hist_tables, quarantine, project, deals, deal_checks, catalog)
     quarantined = quarantine.frame()
     raw_checks = quarantine.raw_results()
@@ -634,6 +723,7 @@ def _read_opportunities(
     project: ProjectConfig,
     settings: SalesforceSourceConfig,
     lost_reason_field: str,
+    history_tables: Sequence[tuple[int, CsvTable]] = (),
 ) -> tuple[pd.DataFrame, RowChecks, StageCatalog, list[PipelineStages]]:
     standard = (
         "Id", "IsDeleted", "Name", "StageName", "StageSortOrder", "Amount", "Probability", "CloseDate",
@@ -677,7 +767,9 @@ def _read_opportunities(
     # Stage order: configured pipelines as they are, others from the rows that parsed.
     inference_columns = ["pipeline", "stage", "sort_order", "is_closed", "is_won", "probability", "has_sort_order_column"]
     clean = frame.loc[~checks.bad, inference_columns]
-    inferred = _infer_pipelines(clean, project.stages, [t.path for _, t in tables], project)
+    stated = all(t.has("StageSortOrder") for _, t in tables)
+    moves = None if stated or not history_tables else _history_moves(history_tables, frame.loc[~checks.bad, ["Id", "pipeline"]])
+    inferred = _infer_pipelines(clean, project.stages, [t.path for _, t in tables], project, moves)
     catalog = project.stages
     for p in inferred:
         catalog = catalog.with_pipeline(p)

@@ -28,6 +28,7 @@ import pytest
 
 from etl.config import load_project_config
 from etl.ingest import detect_format, read_exports
+from etl.readers import ExportFormatError
 
 ROOT = Path(__file__).resolve().parents[2]
 DATALOADER = ROOT / "tests" / "fixtures" / "salesforce" / "dataloader"
@@ -114,3 +115,42 @@ def test_owner_ids_missing_from_the_user_file_are_counted(project, tmp_path):
     assert [n for n in result.notes if n.startswith("owners")] == [
         "owners: 2 user ids of 3 deal(s) are not in User.csv (e.g. 005B); those deals show the id"
     ]
+
+
+def test_without_stage_sort_order_the_order_comes_from_the_history(project, tmp_path):
+    # No StageSortOrder column. The org's probabilities put Demo (20) before Discovery (30), but
+    # both deals with history went Discovery -> Demo (2 moves, the first dated before the second):
+    # Discovery, Demo is the order the moves say, with none backward.
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "Opportunity.csv").write_text(
+        "Id,Name,StageName,Amount,Probability,CloseDate,CreatedDate,IsClosed,IsWon\n"
+        "006A,A,Demo,100,20,2024-06-30,2024-01-02 09:00:00,0,0\n"
+        "006B,B,Closed Won,200,100,2024-03-01,2024-01-03 09:00:00,1,1\n"
+        "006C,C,Discovery,300,30,2024-06-30,2024-01-04 09:00:00,0,0\n",
+        encoding="utf-8",
+    )
+    (exports / "OpportunityHistory.csv").write_text(
+        "OpportunityId,CreatedDate,StageName\n"
+        "006A,2024-01-02 09:00:00,Discovery\n006A,2024-01-20 09:00:00,Demo\n"
+        "006B,2024-01-03 09:00:00,Discovery\n006B,2024-02-01 09:00:00,Demo\n006B,2024-03-01 15:00:00,Closed Won\n"
+        "006C,2024-01-04 09:00:00,Discovery\n",
+        encoding="utf-8",
+    )
+    result = read_exports(exports, project)
+    default = result.stages["Default"]
+    assert default.open_stages == ("Discovery", "Demo") and default.won_stage == "Closed Won"
+    assert default.order_source == "inferred"
+    assert default.order_basis == "2 stage moves in OpportunityHistory (no StageSortOrder column)"
+    assert result.quarantine.empty and len(result.history) == 6
+
+
+def test_without_stage_sort_order_or_history_the_error_says_what_would_do(project, tmp_path):
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "Opportunity.csv").write_text(
+        "Id,Name,StageName,Amount,CloseDate,CreatedDate,IsClosed,IsWon\n006A,A,Demo,100,2024-06-30,2024-01-02 09:00:00,0,0\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ExportFormatError, match="neither a StageSortOrder column nor an OpportunityHistory.csv"):
+        read_exports(exports, project)
