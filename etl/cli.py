@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError
 
 from etl.config import ConfigError, default_warehouse_url, resolve_settings
 from etl.periods import quarter_label
+from etl.sample_crm import add_sample_arguments, generate_sample, messy_options_from, summary_line
 from etl.warehouse import Warehouse, WarehouseError
 
 # The table a complete nightly run writes last: a run whose as_of has rows here finished.
@@ -289,6 +290,16 @@ def _whole_number(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
 def _parser() -> _Parser:
     parser = _Parser(prog="dealcast", description="Dealcast: write the sample CRM, or summarise a run from the warehouse.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="summary or sample")
@@ -309,12 +320,20 @@ def _parser() -> _Parser:
         "sample", help="write the sample CRM exports", description="Write a simulated Salesforce export with quotas."
     )
     sample.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the export files to (created if missing)")
-    sample.add_argument("--deals", type=_whole_number(1), default=10_000, metavar="N", help="number of deals to simulate (default 10,000)")
+    sample.add_argument(
+        "--deals", type=_whole_number(1), default=None, metavar="N",
+        help="number of deals to simulate (default 10,000; 600 with --profile messy)",
+    )
     sample.add_argument("--seed", type=_whole_number(0), default=7, metavar="N", help="random seed; the same seed gives the same files (default 7)")
     sample.add_argument(
         "--end-date", type=_iso_date, default=None, metavar="YYYY-MM-DD",
         help="the export's date: the last day anything happens (default: today, UTC)",
     )
+    sample.add_argument(
+        "--years", type=_positive_number, default=None, metavar="YEARS",
+        help="years of history (default 3.5; 1 with --profile messy)",
+    )
+    add_sample_arguments(sample)
     return parser
 
 
@@ -356,16 +375,18 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from etl.sample_crm import generate_sample
-
     if args.out.exists() and not args.out.is_dir():
         print(f"dealcast sample: --out {args.out} is a file; expected a folder", file=sys.stderr)
         return 2
-    result = generate_sample(args.out, n_deals=args.deals, seed=args.seed, end_date=args.end_date)
-    print(
-        f"wrote {result.n_deals:,} deals and {result.n_history_rows:,} history rows to {result.out_dir}"
-        f" ({result.won:,} won, {result.lost:,} lost, {result.open:,} open)"
-    )
+    try:
+        result = generate_sample(
+            args.out, n_deals=args.deals, seed=args.seed, end_date=args.end_date, years=args.years,
+            profile=args.profile, messy=messy_options_from(args),
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"dealcast sample: error: {exc} (see dealcast sample --help)", file=sys.stderr)
+        return 2
+    print(summary_line(result))
     return 0
 
 
