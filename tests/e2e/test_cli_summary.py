@@ -184,3 +184,10 @@ def test_every_option_has_help_text():
     for name, sub in [("dealcast", parser), *subparsers.items()]:
         for action in sub._actions:
             assert action.help, f"{name}: option {action.option_strings or action.dest} has no help text"
+
+
+def test_a_bad_sample_option_gets_one_line(tmp_path, capsys):
+    assert main(["sample", "--out", str(tmp_path / "out"), "--option", "stale_share=0.3"]) == 2
+    assert capsys.readouterr().err == (
+        "dealcast sample: error: --option 'stale_share=0.3' needs --profile messy (see dealcast sample --help)\n"
+    )

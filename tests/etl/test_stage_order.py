@@ -230,3 +230,37 @@ def test_the_summary_says_where_each_order_comes_from(tmp_path, warehouse):
         "order by: a guess); no stage moves to check it: Proposal > Qualified [a guess: set it under [[pipelines]] "
         "in dealcast.toml]",
     ]
+
+
+def test_inferred_from_history_matches_the_crm_order_on_a_messy_org(tmp_path):
+    """The messy sample org (Spanish stages, a bulk import, wins keyed in at close, stale deals)
+    states its order in StageSortOrder. With that column removed, the order inferred from the moves
+    in OpportunityHistory must be the same one, and leave the same moves backward."""
+    import csv
+
+    from etl.sample_crm import generate_sample
+
+    stated = tmp_path / "stated"
+    generate_sample(stated, seed=7, end_date=dt.date(2026, 11, 15), profile="messy")
+    unstated = tmp_path / "unstated"
+    unstated.mkdir()
+    for path in stated.glob("*.csv"):
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+        if path.name == "Opportunity.csv":
+            drop = rows[0].index("StageSortOrder")
+            rows = [row[:drop] + row[drop + 1 :] for row in rows]
+        with open(unstated / path.name, "w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle, quoting=csv.QUOTE_ALL).writerows(rows)
+    config = load_project_config(ROOT / "dealcast.toml")
+    loads = {
+        name: load_crm(Settings(config, folder, False, dt.date(2026, 11, 15), ROOT))
+        for name, folder in (("stated", stated), ("unstated", unstated))
+    }
+    pipeline = next(p.name for p in loads["stated"].stages if p.order_source == "crm")
+    crm, inferred = loads["stated"].stages[pipeline], loads["unstated"].stages[pipeline]
+    assert inferred.order_source == "inferred" and "stage moves in OpportunityHistory" in inferred.order_basis
+    assert (inferred.open_stages, inferred.won_stage, inferred.lost_stage) == (crm.open_stages, crm.won_stage, crm.lost_stage)
+    fit = {name: _order(load, pipeline) for name, load in loads.items()}
+    assert (fit["stated"]["moves"], fit["stated"]["backward"]) == (fit["unstated"]["moves"], fit["unstated"]["backward"])
+    assert fit["stated"]["moves"] > 0
