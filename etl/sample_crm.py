@@ -78,29 +78,33 @@ The messy profile: a small, untidy real org
 -------------------------------------------
 `generate_sample(out_dir, profile="messy")` (or `messy=MessyOptions(...)`; command line
 `--profile messy --option NAME=VALUE`) simulates the same weekly process (the org's real life) and
-writes what an untidy org's CRM shows of it: 600 deals over one year by default (any n_deals and
-years work), one pipeline "Ventas" with Spanish stage names (Prospección, Calificación, Análisis de
-necesidades, Propuesta de valor, Propuesta/Presupuesto, Negociación/Revisión, Cerrada ganada,
-Cerrada perdida). The pipeline is not in dealcast.toml: the Salesforce reader takes its order from
-the export's StageSortOrder, IsClosed and IsWon, as for any real org; StageSortOrder keeps the gaps
-of Salesforce's default picklist (1-4, 7, 8, 9, 10: two standard stages deactivated). The shapes,
-each a `MessyOptions` knob (on by default unless said; shares are exact counts, round(share x
-eligible), drawn at random, each knob from its own random stream):
+writes what an untidy org's CRM shows of it: 650 real deals over one year by default (any n_deals
+and years work), of which about 490 reach the CRM and the export; one pipeline "Ventas" with
+Spanish stage names (Prospección, Calificación, Análisis de necesidades, Propuesta de valor,
+Propuesta/Presupuesto, Negociación/Revisión, Cerrada ganada, Cerrada perdida). The pipeline is not in
+dealcast.toml: the Salesforce reader takes its order from the export's StageSortOrder, IsClosed and
+IsWon, as for any real org; StageSortOrder keeps the gaps of Salesforce's default picklist (1-4, 7,
+8, 9, 10: two standard stages deactivated). The shapes, each a `MessyOptions` knob (on by default
+unless said; shares are exact counts, round(share x eligible), drawn at random, each knob from its
+own random stream):
 - `import_at` (0.25): the CRM goes live with a bulk import at 09:00 UTC on the Saturday on or after
   that share of the span. Every deal created before is imported then, in its state of that moment:
   CreatedDate = the import moment for all of them, one history row at it, nothing of their earlier
   life; deals closed before it come in closed, with their real CloseDate (before their CreatedDate).
   Shape `imported`. The other shapes apply to what happens after the import.
-- `keyed_at_close_share` (0.6 of won deals created after the import) and `keyed_at_close_lost_share`
-  (0.1 of lost ones): the deal is entered in the CRM only when it is decided: created at that
-  moment in the stage it was really in, closed 1 minute to 3 hours later the same day, CloseDate
-  that day. Never open on a weekly (or daily) snapshot. Shape `keyed_at_close`.
+- `keyed_at_close_share` (0.5 of the deals created after the import, drawn before anything about
+  them is decided): the rep enters the deal only once it is decided. A won one is created at the
+  moment of its win, in the stage it was really in, and closed 1 minute to 3 hours later the same
+  day, CloseDate that day; so are `keyed_at_close_lost_share` (0.3) of the lost ones. Shape
+  `keyed_at_close`: never open on a weekly (or daily) snapshot. The other lost ones and those still
+  undecided at `end_date` never reach the CRM: shape `never_entered`, in the truth files only.
 - `no_history_share` (0.3 of keyed-at-close deals not keyed late): no OpportunityHistory row at
   all; CreatedDate and CloseDate on the same day. Shape `no_history`.
-- `last_minute_stage_share` (0.5 of the other won deals that were in the CRM before their win and
-  not already in the last open stage): stage moves are never recorded (amount and close-date
-  changes are, in the stage the deal was created in) until the win, when the deal enters the last
-  open stage and is closed 1 minute to 3 hours later. Shape `last_minute_stage`.
+- `last_minute_stage_share` (0.5 of the deals in the CRM before they are decided whose first CRM
+  stage is not the last open stage, drawn before anything is decided): stage moves are never
+  recorded; amount and close-date changes are, in the stage the deal was created in. A won one
+  enters the last open stage at its win and is closed 1 minute to 3 hours later; a lost one goes
+  from its first stage to lost. Shape `last_minute_stage`.
 - `late_keyed_share` (0.3 of won deals, keyed at close or not, whose keying still falls before
   `end_date`): the close is keyed in `late_keyed_days` (7-56) days after the win (moved off a
   weekend), with CloseDate the day of the real win, earlier than the closing history row (for a
@@ -120,9 +124,9 @@ eligible), drawn at random, each knob from its own random stream):
   weekly, into USD; set `[currency] rates_file = "exchange_rates.csv"` to read it).
 `MessyOptions.off()` turns every shape off (and keeps the project's stages): the files are then
 byte for byte the clean profile's. A deal may have several shapes (keyed at close and late; stale
-and purged; imported and stale, ...). Bookings: every won deal's CloseDate is the real day of its
-win, so quarter actuals taken from the export by CloseDate are the real won revenue
-(`SampleTruth.quarter_bookings`).
+and purged; imported and stale, ...). Bookings: every won deal reaches the CRM and its CloseDate is
+the real day of its win, so quarter actuals taken from the export by CloseDate are the real won
+revenue (`SampleTruth.quarter_bookings`).
 
 Truth in the messy profile: the real world, not what the CRM shows
 -------------------------------------------------------------------
@@ -132,25 +136,43 @@ keyed in at close), 0 once it is really lost (a stale deal from its hidden loss 
 else V_b of its real open state (real stage, real weeks in stage): for a last-minute deal the stage
 it really reached, not the one the CRM still shows; for an imported deal its real age in stage.
 b is the next Monday when t is past Friday 20:00 or the deal already made this week's step (it has
-a real change this week by t), else the Monday the week started. `truth_win_probability.csv`
-gives it for every history row written (same columns as the clean profile), and
-`SampleTruth.true_win_probability(frame)` at any `snapshot_at` of a `pipeline_at_many` frame. Quarter
-actuals follow from the export (won Amount by CloseDate) and equal the real won revenue by the day
-of the win; `SampleTruth.quarter_bookings()` gives them with the revenue the parameters expect.
+a real change this week by t), else the Monday the week started. Which deals the CRM shows, and
+how, is drawn independently of how they will end (the two habits above before anything is
+decided; late keying, staleness, purges and future close dates at or after the close), so for the
+deals the CRM shows open the truth is exactly the probability given everything that has really
+happened: calibrated on them, and the best any model can do. `truth_win_probability.csv` gives it
+for every history row written (same columns as the clean profile), and
+`SampleTruth.true_win_probability(frame)` at any `snapshot_at` of a `pipeline_at_many` frame.
 
 Files the messy profile adds (plain CSV, UTF-8):
-- `truth_deals.csv`, one row per deal in Opportunity.csv order: deal_id, pipeline, owner_id, team,
-  product, segment, skill_level (hidden rep skill, 0-4), real_outcome (won/lost/open),
-  real_created_at, real_closed_at (the real moment of the win or loss), real_close_date (its day:
-  the real booking date), hidden_loss_at (stale deals: when they were really lost), crm_created_at
-  (CreatedDate), crm_closed_at (when the CRM shows it closed: the keyed-in moment), crm_status
-  (open/won/lost as exported), crm_close_date (CloseDate), amount and currency (as exported),
-  amount_reporting (the amount in USD), and one 0/1 column per shape: imported, keyed_at_close,
-  no_history, last_minute_stage, late_keyed, stale, purged, lost_future_close.
+- `truth_deals.csv`, one row per real deal in order of real creation (the order of Opportunity.csv,
+  with the deals never entered in between): deal_id, pipeline, owner_id, team, product, segment,
+  skill_level (hidden rep skill, 0-4), real_outcome (won/lost/open), real_created_at,
+  real_closed_at (the real moment of the win or loss), real_close_date (its day: the real booking
+  date), hidden_loss_at (stale deals: when they were really lost), crm_created_at (CreatedDate),
+  crm_closed_at (when the CRM shows it closed: the keyed-in moment), crm_status (open/won/lost as
+  exported), crm_close_date (CloseDate), amount and currency (as exported), amount_reporting (the
+  amount in USD), and one 0/1 column per shape: imported, keyed_at_close, never_entered, no_history,
+  last_minute_stage, late_keyed, stale, purged, lost_future_close. The crm_* columns, amount and
+  currency are blank for a deal never entered.
 - `truth_real_history.csv`: deal_id, changed_at, stage, amount_reporting, close_date: every
   simulated change (the org's real life, recorded or not), in time order.
 - `truth_sample.json`: seed, size, span, stages, options, the import moment and purge moments, and
   the number of deals given each shape; `SampleTruth.load(out_dir)` rebuilds the world from it.
+
+Python API of the messy profile
+- `generate_sample(out_dir, n_deals=None, seed=7, end_date=None, years=None, stages=None,
+  profile=None, messy=None) -> SampleSummary`; `profile` "clean" or "messy" (None: messy when
+  `messy` is given); `SampleSummary.profile` and `.shapes` (deals per shape); won/lost/open count
+  the deals as exported.
+- `MessyOptions(...)` (frozen; every field above), `MessyOptions.off()`,
+  `MessyOptions().with_assignments(["stale_share=0.3", ...])`; `SHAPES` names the shapes.
+- `SampleTruth.load(out_dir)`: `.deals` (truth_deals.csv typed: timestamps, dates, ints (amount
+  nullable), one bool column per shape), `.real_history`, `.world` (the `SampleWorld`), `.options`, `.import_at`,
+  `.purges`; `.true_win_probability(frame)` (frame columns deal_id, snapshot_at);
+  `.quarter_bookings()` (quarter, segment_type, segment, won_deals, won_amount, expected_won_amount).
+- `SampleWorld.expected_won_revenue()`: the won revenue the parameters expect per quarter and
+  segment (the quotas are 1.1 times it, rounded to the thousand).
 """
 
 from __future__ import annotations
@@ -1484,7 +1506,7 @@ def _truth(world: SampleWorld, deals: dict[str, np.ndarray], rows: dict[str, np.
 PROFILE_CLEAN = "clean"
 PROFILE_MESSY = "messy"
 PROFILES = (PROFILE_CLEAN, PROFILE_MESSY)
-PROFILE_DEFAULTS = {PROFILE_CLEAN: (10_000, 3.5), PROFILE_MESSY: (600, 1.0)}  # (deals, years)
+PROFILE_DEFAULTS = {PROFILE_CLEAN: (10_000, 3.5), PROFILE_MESSY: (650, 1.0)}  # (real deals, years)
 
 TRUTH_DEALS_FILE = "truth_deals.csv"
 TRUTH_REAL_HISTORY_FILE = "truth_real_history.csv"
@@ -1492,8 +1514,8 @@ TRUTH_MANIFEST_FILE = "truth_sample.json"
 RATES_FILE = "exchange_rates.csv"
 
 SHAPES = (
-    "imported", "keyed_at_close", "no_history", "last_minute_stage", "late_keyed", "stale", "purged",
-    "lost_future_close",
+    "imported", "keyed_at_close", "never_entered", "no_history", "last_minute_stage", "late_keyed", "stale",
+    "purged", "lost_future_close",
 )  # fmt: skip
 TRUTH_DEAL_COLUMNS = (
     "deal_id", "pipeline", "owner_id", "team", "product", "segment", "skill_level", "real_outcome",
@@ -1536,17 +1558,17 @@ _LOST_FUTURE_MIN_DAYS = 7  # a "future" close date is at least a week after the 
 
 @dataclass(frozen=True)
 class MessyOptions:
-    """The knobs of the messy profile; every shape is on by default, each set to 0 (or None, or
-    False) turns it off. Shares are exact: round(share x eligible deals) deals get the shape, drawn
-    at random among the eligible ones (see the module docstring for who is eligible).
+    """The knobs of the messy profile (the module docstring says who is eligible for each); every
+    shape is on by default, each set to 0 (or None, or False) turns it off. Shares are exact:
+    round(share x eligible deals) deals get the shape, drawn at random among the eligible ones.
 
-    keyed_at_close_share       won deals first entered in the CRM at the moment they were won, and
-                               closed 1 minute to 3 hours later the same day
-    keyed_at_close_lost_share  the same for lost deals
+    keyed_at_close_share       deals the rep enters only once decided: a won one is created at its
+                               win and closed 1 minute to 3 hours later the same day
+    keyed_at_close_lost_share  of those that are lost, the share entered the same way; the others
+                               (and those still undecided at the end) never reach the CRM
     no_history_share           keyed-at-close deals (not late-keyed) without any OpportunityHistory row
-    last_minute_stage_share    other won deals whose stage moves were never recorded: they sit in
-                               their first stage until, at the win, they enter the last open stage
-                               and are closed minutes later
+    last_minute_stage_share    deals whose stage moves are never recorded: a won one enters the last
+                               open stage at its win and is closed minutes later
     late_keyed_share           won deals whose close is keyed in `late_keyed_days` days after the
                                CloseDate they are given (the real day of the win)
     stale_share                lost deals whose loss is never recorded: they stay open, ageing
@@ -1563,8 +1585,8 @@ class MessyOptions:
                                reporting currency, `exchange_rates.csv` is written (empty: USD only)
     """
 
-    keyed_at_close_share: float = 0.6
-    keyed_at_close_lost_share: float = 0.1
+    keyed_at_close_share: float = 0.5
+    keyed_at_close_lost_share: float = 0.3
     no_history_share: float = 0.3
     last_minute_stage_share: float = 0.5
     late_keyed_share: float = 0.3
@@ -1615,12 +1637,12 @@ class MessyOptions:
     def with_assignments(self, assignments: Sequence[str]) -> "MessyOptions":
         """These options with `NAME=VALUE` assignments applied (the command line's `--option`).
         Raises ValueError naming the assignment and what was expected."""
-        kinds = {f.name: type(getattr(self, f.name)) for f in dataclass_fields(self)}
+        names = sorted(f.name for f in dataclass_fields(self))
         changes: dict[str, object] = {}
         for text in assignments:
             name, sep, value = (part.strip() for part in text.partition("="))
-            if not sep or name not in kinds:
-                raise ValueError(f"messy option {text!r}: expected NAME=VALUE with NAME one of {sorted(kinds)}")
+            if not sep or name not in names:
+                raise ValueError(f"messy option {text!r}: expected NAME=VALUE with NAME one of {names}")
             try:
                 changes[name] = _option_value(name, value)
             except ValueError as exc:
@@ -1762,7 +1784,8 @@ class _Recorded:
     recorded history row (per deal, in time order), with the shapes and truth behind them."""
 
     view: _Simulation  # final CRM state per deal; rows = the recorded rows (no-history deals included)
-    created: np.ndarray  # CreatedDate per deal
+    present: np.ndarray  # deals in the CRM (every deal but those never entered)
+    created: np.ndarray  # CreatedDate per deal (the real creation for a deal never entered)
     seq: np.ndarray  # file-order tie-break per recorded row
     in_history: np.ndarray  # recorded rows written to OpportunityHistory.csv
     shapes: dict[str, np.ndarray]
@@ -1805,9 +1828,14 @@ def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simula
         at_import = np.maximum(np.searchsorted(keys, np.arange(n) * shift + import_at, side="right") - 1, first)
     crm_first_stage = np.where(imported, r["stage"][at_import], r["stage"][first])
 
-    post = ~imported
-    keyed = _choose(stream(0), won & post, options.keyed_at_close_share)
-    keyed |= _choose(stream(1), lost & post, options.keyed_at_close_lost_share)
+    # Habits of the reps, drawn before anything is decided (so which deals the CRM shows open says
+    # nothing about how they will end): keyed in only once decided, or stage moves never recorded.
+    habit = _choose(stream(0), ~imported, options.keyed_at_close_share)
+    keyed = habit & (won | _choose(stream(1), habit & lost, options.keyed_at_close_lost_share))
+    never_entered = habit & ~keyed
+    in_crm_open = ~habit & ~closed_before_import
+    last_minute = _choose(stream(6), in_crm_open & (crm_first_stage != n_open - 1), options.last_minute_stage_share)
+    # How closes are keyed in, decided when the deal is won or lost.
     low, high = options.late_keyed_days
     late_at = _to_weekday(real_closed_at + stream(2).integers(low, high + 1, n) * DAY_SECONDS)
     end_second = _seconds_of(world.end_date + dt.timedelta(days=1), 0)
@@ -1816,8 +1844,6 @@ def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simula
     room = np.minimum(_KEYED_GAP_SECONDS[1], (keyed_in // DAY_SECONDS + 1) * DAY_SECONDS - 1 - keyed_in)
     gap = _KEYED_GAP_SECONDS[0] + (stream(4).random(n) * np.maximum(room - _KEYED_GAP_SECONDS[0] + 1, 1)).astype(np.int64)
     no_history = _choose(stream(5), keyed & ~late, options.no_history_share)
-    in_crm_open = ~keyed & ~closed_before_import
-    last_minute = _choose(stream(6), won & in_crm_open & (crm_first_stage != n_open - 1), options.last_minute_stage_share)
     stale = _choose(stream(7), lost & in_crm_open, options.stale_share)
     lost_future = _choose(
         stream(8), lost & in_crm_open & ~stale & (close_before >= close_day + _LOST_FUTURE_MIN_DAYS), options.lost_future_close_share
@@ -1833,7 +1859,8 @@ def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simula
     # Real rows the CRM keeps, as it shows them.
     closing_row = np.zeros(len(rd), dtype=bool)
     closing_row[last[closed]] = True
-    keep = ~keyed[rd] & ~(stale[rd] & closing_row) & ~(last_minute[rd] & closing_row)
+    caught_up = last_minute & won
+    keep = ~habit[rd] & ~(stale[rd] & closing_row) & ~(caught_up[rd] & closing_row)
     if import_at is not None:
         keep &= ~(imported[rd] & (r["time"] <= import_at))
     hidden_moves = last_minute[rd] & ~closing_row
@@ -1849,8 +1876,8 @@ def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simula
         (np.flatnonzero(imported), np.full(n, import_at or 0), r["stage"][at_import], r["amount"][at_import], r["close"][at_import]),
         (np.flatnonzero(keyed), keyed_in, stage_before_close, final_amount, close_day),
         (np.flatnonzero(keyed), keyed_in + gap, final_stage, final_amount, close_day),
-        (np.flatnonzero(last_minute), keyed_in, n_open - 1, final_amount, close_day),
-        (np.flatnonzero(last_minute), keyed_in + gap, final_stage, final_amount, close_day),
+        (np.flatnonzero(caught_up), keyed_in, n_open - 1, final_amount, close_day),
+        (np.flatnonzero(caught_up), keyed_in + gap, final_stage, final_amount, close_day),
         (np.flatnonzero(purged_at >= 0), purged_at, n_open + 1, final_amount, close_before),
     ]
     extra = {key: [] for key in ("deal", "time", "stage", "amount", "close")}
@@ -1874,15 +1901,20 @@ def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simula
     is_first = np.ones(len(deal), dtype=bool)
     is_first[1:] = deal[1:] != deal[:-1]
     for key in ("stage", "amount", "close"):
-        previous = np.empty_like(recorded[key], dtype=np.int64)
-        previous[0] = -1
-        previous[1:] = recorded[key][:-1]
+        previous = np.concatenate([[-1], recorded[key][:-1]]).astype(np.int64)
         recorded[f"prev_{key}"] = np.where(is_first, -1, previous)
     recorded["prev_stage"] = recorded["prev_stage"].astype(np.int16)
 
-    crm_first = np.searchsorted(deal, np.arange(n), side="left")
-    crm_last = np.searchsorted(deal, np.arange(n), side="right") - 1
-    crm_stage = recorded["stage"][crm_last]
+    present = ~never_entered
+    crm_first = np.searchsorted(deal, np.arange(n), side="left")[present]
+    crm_last = np.searchsorted(deal, np.arange(n), side="right")[present] - 1
+
+    def per_deal(values: np.ndarray, rows: np.ndarray, default: int = -1) -> np.ndarray:
+        out = np.full(n, default, dtype=np.int64)
+        out[present] = values[rows]
+        return out
+
+    crm_stage = per_deal(recorded["stage"], crm_last, 0)
     crm_status = np.where(crm_stage == n_open, 1, np.where(crm_stage == n_open + 1, 2, 0)).astype(np.int8)
     stage_moved = is_first | (recorded["stage"] != recorded["prev_stage"])
     last_stage_change = np.zeros(n, dtype=np.int64)
@@ -1891,16 +1923,17 @@ def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simula
     view = _Simulation(
         stage=crm_stage.astype(np.int16),
         status=crm_status,
-        amount=recorded["amount"][crm_last],
-        close_day=recorded["close"][crm_last],
+        amount=per_deal(recorded["amount"], crm_last),
+        close_day=per_deal(recorded["close"], crm_last),
         loss_reason=loss_reason,
-        last_change=recorded["time"][crm_last],
+        last_change=per_deal(recorded["time"], crm_last),
         last_stage_change=last_stage_change,
         rows=recorded,
     )
     shapes = {
         "imported": imported,
         "keyed_at_close": keyed,
+        "never_entered": never_entered,
         "no_history": no_history,
         "last_minute_stage": last_minute,
         "late_keyed": late,
@@ -1910,14 +1943,15 @@ def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simula
     }
     return _Recorded(
         view=view,
-        created=recorded["time"][crm_first],
+        present=present,
+        created=np.where(present, per_deal(recorded["time"], crm_first), deals["created"]),
         seq=seq,
         in_history=~no_history[deal],
         shapes=shapes,
         import_at=import_at,
         purges=purges,
         real_closed_at=real_closed_at,
-        crm_closed_at=np.where(crm_status > 0, recorded["time"][crm_last], -1),
+        crm_closed_at=np.where(present & (crm_status > 0), view.last_change, -1),
     )
 
 
@@ -1960,11 +1994,13 @@ def _in_deal_currency(
         mine = code == i
         position = np.searchsorted(table["day"].to_numpy(), created_day[mine], side="right") - 1
         factor[mine] = 1.0 / table["rate"].to_numpy()[np.maximum(position, 0)]
+    def converted(amount: np.ndarray, deal: np.ndarray) -> np.ndarray:
+        return np.where(amount >= 0, np.maximum(np.round(amount * factor[deal]), 1), amount).astype(np.int64)
+
     rows = recorded.view.rows
     for key in ("amount", "prev_amount"):
-        valid = rows[key] >= 0
-        rows[key] = np.where(valid, np.maximum(np.round(rows[key] * factor[rows["deal"]]), 1), rows[key]).astype(np.int64)
-    recorded.view.amount = rows["amount"][np.searchsorted(rows["deal"], np.arange(n), side="right") - 1]
+        rows[key] = converted(rows[key], rows["deal"])
+    recorded.view.amount = converted(recorded.view.amount, np.arange(n))
     return code, names
 
 
@@ -1972,10 +2008,11 @@ def _truth_deal_chunks(
     world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simulation, recorded: _Recorded, opportunity_ids: pa.Array,
     currency: pa.Array, user_ids: pa.Array,
 ) -> Iterator[dict[str, pa.Array]]:
-    """The rows of truth_deals.csv (one per deal, in Opportunity.csv order)."""
-    n = world.n_deals
-    real = np.array(["open", "won", "lost"])[sim.status]
-    crm = np.array(["open", "won", "lost"])[recorded.view.status]
+    """The rows of truth_deals.csv: every simulated deal, in order of real creation (the order of
+    Opportunity.csv, with the deals never entered in the CRM in between)."""
+    real = np.array([STATUS_OPEN, STATUS_WON, STATUS_LOST])[sim.status]
+    crm = np.where(recorded.present, np.array([STATUS_OPEN, STATUS_WON, STATUS_LOST])[recorded.view.status], "")
+    absent = ~recorded.present
     really_closed = sim.status > 0
     stale = recorded.shapes["stale"]
     skill = world.users["skill_level"].to_numpy()[deals["rep"]]
@@ -1993,17 +2030,16 @@ def _truth_deal_chunks(
         "real_closed_at": format_timestamps(np.maximum(recorded.real_closed_at, 0), blank=~really_closed),
         "real_close_date": _date_text(np.maximum(recorded.real_closed_at, 0) // DAY_SECONDS, blank=~really_closed),
         "hidden_loss_at": format_timestamps(np.maximum(recorded.real_closed_at, 0), blank=~stale),
-        "crm_created_at": format_timestamps(recorded.created),
+        "crm_created_at": format_timestamps(recorded.created, blank=absent),
         "crm_closed_at": format_timestamps(np.maximum(recorded.crm_closed_at, 0), blank=recorded.crm_closed_at < 0),
         "crm_status": pa.array(crm.tolist(), pa.string()),
-        "crm_close_date": _date_text(recorded.view.close_day),
-        "amount": _format_integers(recorded.view.amount),
-        "currency": currency,
+        "crm_close_date": _date_text(np.maximum(recorded.view.close_day, 0), blank=absent),
+        "amount": _format_integers(recorded.view.amount, blank=absent),
+        "currency": pc.if_else(pa.array(absent), pa.scalar("", pa.string()), currency),
         "amount_reporting": _format_integers(sim.amount),
     }
     for shape in SHAPES:
         chunk[shape] = _take(("0", "1"), recorded.shapes[shape].astype(np.int64))
-    assert all(len(v) == n for v in chunk.values())
     yield chunk
 
 
@@ -2099,8 +2135,9 @@ class SampleTruth:
             typed[column] = pd.to_datetime(typed[column].replace("", None), format="%Y-%m-%d %H:%M:%S")
         for column in ("real_close_date", "crm_close_date"):
             typed[column] = pd.to_datetime(typed[column].replace("", None), format="%Y-%m-%d")
-        for column in ("amount", "amount_reporting", "skill_level"):
+        for column in ("amount_reporting", "skill_level"):
             typed[column] = typed[column].astype("int64")
+        typed["amount"] = pd.to_numeric(typed["amount"].replace("", None)).astype("Int64")  # blank: never entered
         for shape in SHAPES:
             typed[shape] = typed[shape] == "1"
         real_history = history.assign(
@@ -2238,8 +2275,9 @@ def _opportunity_chunks(
     """Opportunity rows (one per deal, its state at `end_date`), chunk by chunk; `currency` holds
     each deal's CurrencyIsoCode (default: all USD)."""
     custom = opportunity_extra_columns(fields)
-    for start in range(0, world.n_deals, _CHUNK_ROWS):
-        part = slice(start, min(start + _CHUNK_ROWS, world.n_deals))
+    n_deals = len(deals["created"])
+    for start in range(0, n_deals, _CHUNK_ROWS):
+        part = slice(start, min(start + _CHUNK_ROWS, n_deals))
         n = part.stop - part.start
         pipeline = deals["pipeline"][part]
         stage = sim.stage[part]
@@ -2424,7 +2462,9 @@ def generate_sample(
     `profile` "clean" (the default) writes every change as it happens (10,000 deals over 3.5
     years unless given); "messy" (the default when `messy` options are given) records the same
     kind of sales process the way a small, untidy org does, with the shapes `messy` switches on,
-    plus the truth files (600 deals over one year unless given; see the module docstring).
+    plus the truth files (650 real deals over one year unless given, of which about 490 reach
+    the CRM; see the module docstring). `n_deals` counts the simulated deals; the summary's
+    `n_deals` those written to Opportunity.csv.
     Same seed and arguments give byte-identical files."""
     started = time.perf_counter()
     profile, options = _resolve_profile(profile, messy)
@@ -2453,34 +2493,47 @@ def generate_sample(
         rows = sim.rows
         order, valid_to = _history_order(rows)
         truth = _truth(world, deals, rows)
+        in_crm = deals
     else:
         recorded = _record_messy(world, deals, sim, options, seed)
-        view, created = recorded.view, recorded.created
         fx = np.random.default_rng(np.random.SeedSequence([seed, 5]))
         rates = _exchange_rates(world, options.currencies, CURRENCY, fx)
         codes, names = _in_deal_currency(recorded, options, CURRENCY, rates, fx)
-        currency = _take(names, codes)
-        # Salesforce ids grow with the moment a record is created in the CRM.
+        # Salesforce ids grow with the moment a record is created in the CRM (deals never entered
+        # get ids after them, for the truth files only).
         number = np.empty(n_deals, dtype=np.int64)
-        number[np.lexsort((np.arange(n_deals), created))] = np.arange(n_deals)
-        opportunity_ids = salesforce_ids("opportunity", number)
-        rows = {key: values[recorded.in_history] for key, values in view.rows.items()}
+        number[np.lexsort((np.arange(n_deals), recorded.created, ~recorded.present))] = np.arange(n_deals)
+        all_ids = salesforce_ids("opportunity", number)
+        # Only the deals in the CRM are exported, renumbered 0..n-1 in the same order.
+        kept = np.flatnonzero(recorded.present)
+        renumber = np.full(n_deals, -1, dtype=np.int64)
+        renumber[kept] = np.arange(len(kept))
+        in_crm = {key: values[kept] for key, values in {**deals, "created": recorded.created}.items()}
+        v = recorded.view
+        view = _Simulation(
+            v.stage[kept], v.status[kept], v.amount[kept], v.close_day[kept], v.loss_reason[kept], v.last_change[kept],
+            v.last_stage_change[kept], v.rows,
+        )  # fmt: skip
+        created, currency, opportunity_ids = in_crm["created"], _take(names, codes[kept]), all_ids.take(pa.array(kept))
+        real_deal = v.rows["deal"][recorded.in_history]
+        rows = {key: values[recorded.in_history] for key, values in v.rows.items()}
+        rows["deal"] = renumber[real_deal]
         order = np.lexsort((recorded.seq[recorded.in_history], rows["time"]))
         valid_to = _valid_to(rows["deal"], rows["time"])
         lives = _RealLives.build(world, deals["class"], sim.rows["deal"], sim.rows["time"], sim.rows["stage"])
-        truth = lives.win_probability(rows["deal"], rows["time"])
+        truth = lives.win_probability(real_deal, rows["time"])
 
     _write_csv(
         out_dir / OPPORTUNITY_FILE,
         (*OPPORTUNITY_COLUMNS, *opportunity_extra_columns(fields)),
-        _opportunity_chunks(world, {**deals, "created": created}, view, accounts, lookup, fields, opportunity_ids, user_ids, currency),
+        _opportunity_chunks(world, in_crm, view, accounts, lookup, fields, opportunity_ids, user_ids, currency),
         encoding=encoding,
     )
     truth_chunks: list[dict[str, pa.Array]] = []
     _write_csv(
         out_dir / HISTORY_FILE,
         (*HISTORY_COLUMNS, *HISTORY_EXTRA_COLUMNS),
-        _history_chunks(world, deals, rows, order, valid_to, truth, lookup, opportunity_ids, user_ids, truth_chunks),
+        _history_chunks(world, in_crm, rows, order, valid_to, truth, lookup, opportunity_ids, user_ids, truth_chunks),
         encoding=encoding,
     )
     _write_csv(out_dir / TRUTH_FILE, TRUTH_COLUMNS, iter(truth_chunks), quote_all=False)
@@ -2500,13 +2553,13 @@ def generate_sample(
         _write_csv(
             out_dir / TRUTH_DEALS_FILE,
             TRUTH_DEAL_COLUMNS,
-            _truth_deal_chunks(world, deals, sim, recorded, opportunity_ids, currency, user_ids),
+            _truth_deal_chunks(world, deals, sim, recorded, all_ids, _take(names, codes), user_ids),
             quote_all=False,
         )
         _write_csv(
             out_dir / TRUTH_REAL_HISTORY_FILE,
             TRUTH_REAL_HISTORY_COLUMNS,
-            _real_history_chunks(deals, sim, lookup, opportunity_ids),
+            _real_history_chunks(deals, sim, lookup, all_ids),
             quote_all=False,
         )
         if len(rates):
@@ -2515,7 +2568,7 @@ def generate_sample(
         _write_manifest(out_dir, world, options, years, recorded, shape_counts)
     summary = SampleSummary(
         out_dir=out_dir,
-        n_deals=n_deals,
+        n_deals=len(created),
         n_history_rows=int(len(rows["deal"])),
         won=int((view.status == 1).sum()),
         lost=int((view.status == 2).sum()),
@@ -2621,7 +2674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: write the sample CRM export and print a one-line summary."""
     parser = argparse.ArgumentParser(prog="python -m etl.sample_crm", description="Write the seeded sample CRM export.")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the export files to")
-    parser.add_argument("--deals", type=int, default=None, help="number of deals (default 10,000; 600 with --profile messy)")
+    parser.add_argument("--deals", type=int, default=None, help="number of deals (default 10,000; 650 with --profile messy, of which about 490 reach the CRM)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     parser.add_argument(
         "--end-date", type=dt.date.fromisoformat, default=None, help="last day simulated, YYYY-MM-DD (default today, UTC)"

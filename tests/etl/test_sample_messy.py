@@ -10,7 +10,6 @@ import dataclasses
 import datetime as dt
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,7 +32,10 @@ WON, LOST = "Cerrada ganada", "Cerrada perdida"
 IMPORT_AT = pd.Timestamp("2026-02-14 09:00:00")
 # Go-live in February: purges on the last Friday of May and of August (27 November is after END).
 PURGES = [pd.Timestamp("2026-05-29 17:00:00"), pd.Timestamp("2026-08-28 17:00:00")]
-SHAPES = ["imported", "keyed_at_close", "no_history", "last_minute_stage", "late_keyed", "stale", "purged", "lost_future_close"]
+SHAPES = [
+    "imported", "keyed_at_close", "never_entered", "no_history", "last_minute_stage", "late_keyed", "stale", "purged",
+    "lost_future_close",
+]  # fmt: skip
 FILES = (
     "Opportunity.csv", "OpportunityHistory.csv", "Account.csv", "User.csv", "quotas.csv", "truth_win_probability.csv",
     "truth_deals.csv", "truth_real_history.csv", "truth_sample.json",
@@ -79,7 +81,7 @@ def export(sample):
     for column in ("real_created_at", "real_closed_at", "hidden_loss_at", "crm_created_at", "crm_closed_at"):
         truth[column] = _times(truth[column])
     manifest = json.loads((sample.out_dir / "truth_sample.json").read_text(encoding="utf-8"))
-    return {"deals": deals, "history": h, "truth": truth.loc[deals.index], "manifest": manifest, **read}
+    return {"deals": deals, "history": h, "truth": truth.loc[deals.index], "all_deals": truth, "manifest": manifest, **read}
 
 
 def _eligible_wins_and_losses(export) -> tuple[pd.Series, pd.Series, pd.Series]:
@@ -95,7 +97,7 @@ def _eligible_wins_and_losses(export) -> tuple[pd.Series, pd.Series, pd.Series]:
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(sample, tmp_path, capsys):
     assert main(["--out", str(tmp_path / "b"), "--profile", "messy", "--seed", str(SEED), "--end-date", END.isoformat()]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
-    assert len(printed) == 1 and "600 deals" in printed[0] and "stale" in printed[0]
+    assert len(printed) == 1 and f"{sample.n_deals} deals" in printed[0] and "stale" in printed[0]
     generate_sample(tmp_path / "c", seed=SEED + 1, end_date=END, profile="messy")
     for name in FILES:
         assert (sample.out_dir / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
@@ -105,13 +107,16 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(sample, tmp_pa
 
 
 def test_a_small_org_over_one_year(sample, export):
-    d, t = export["deals"], export["truth"]
-    assert sample.profile == "messy" and sample.n_deals == len(d) == 600
-    real_created = t["real_created_at"]
+    d, everyone = export["deals"], export["all_deals"]
+    assert len(everyone) == 650 and everyone.index.is_unique
+    # the export holds the deals that reached the CRM: all but those never entered
+    assert sample.profile == "messy" and sample.n_deals == len(d) == (~everyone["never_entered"]).sum()
+    assert 400 <= len(d) <= 560 and set(d.index) == set(everyone.index[~everyone["never_entered"]])
+    real_created = everyone["real_created_at"]
     assert real_created.min() >= pd.Timestamp("2025-11-15") and real_created.max() < pd.Timestamp("2026-11-16")
     assert (sample.won, sample.lost, sample.open) == tuple((d["status"] == s).sum() for s in ("won", "lost", "open"))
     assert min(sample.won, sample.lost, sample.open) > 50
-    assert sample.shapes == {shape: int(t[shape].sum()) for shape in SHAPES}
+    assert sample.shapes == {shape: int(everyone[shape].sum()) for shape in SHAPES}
 
 
 def test_with_every_shape_off_the_files_are_the_clean_profile_s(tmp_path):
@@ -121,6 +126,7 @@ def test_with_every_shape_off_the_files_are_the_clean_profile_s(tmp_path):
         assert (tmp_path / "clean" / name).read_bytes() == (tmp_path / "off" / name).read_bytes(), name
     truth = pd.read_csv(tmp_path / "off" / "truth_deals.csv")
     assert truth[SHAPES].to_numpy().sum() == 0 and len(truth) == 800
+    assert (truth["crm_status"] == truth["real_outcome"]).all()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +150,7 @@ def test_spanish_stages_with_their_order_from_the_export(sample, export):
     for report in result.files:
         assert report.rows_read == report.rows_accepted + report.rows_quarantined, report.path
     assert {report.path.name for report in result.files} == {"Opportunity.csv", "OpportunityHistory.csv", "Account.csv", "User.csv"}
-    assert len(result.deals) + (result.quarantine["source_file"].str.endswith("Opportunity.csv")).sum() == 600
+    assert len(result.deals) == len(o) and result.quarantine.empty
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,14 +183,20 @@ def test_wins_keyed_in_at_close_are_never_open_on_a_monday(export):
     keyed = closed & (closing - d["created"] < DAY) & ((d["history_rows"] == 0) | opened)
     keyed &= d["created"].dt.normalize() == closing.dt.normalize()
     assert (keyed == t["keyed_at_close"]).all()
-    won, lost, _ = _eligible_wins_and_losses(export)
-    after_import = ~t["imported"]
-    assert (keyed & (d["status"] == "won")).sum() == _rounded(0.6, (won & after_import).sum()) > 30
-    assert (keyed & (d["status"] == "lost")).sum() == _rounded(0.1, (lost & after_import).sum()) > 3
+    # the habit is drawn among all deals created after the import, whatever their outcome: every
+    # won one is keyed in at close, 0.3 of the lost ones too, the rest never reach the CRM
+    everyone = export["all_deals"]
+    habit = everyone["keyed_at_close"] | everyone["never_entered"]
+    assert habit.sum() == _rounded(0.5, (everyone["real_created_at"] >= IMPORT_AT).sum())
+    assert not (habit & (everyone["real_created_at"] < IMPORT_AT)).any()
+    outcome = everyone["real_outcome"]
+    assert (everyone.loc[habit & (outcome == "won"), "keyed_at_close"]).all()
+    assert (keyed & (d["status"] == "lost")).sum() == _rounded(0.3, (habit & (outcome == "lost")).sum()) > 10
+    assert (outcome[everyone["never_entered"]] != "won").all() and everyone.loc[everyone["never_entered"], "crm_status"].eq("").all()
     # same calendar day, so no Monday 00:00 (nor any midnight) falls while it is open
     assert (d.loc[keyed, "created"].dt.normalize() == closing[keyed].dt.normalize()).all()
     share_of_wins = (keyed & (d["status"] == "won")).sum() / (d["status"] == "won").sum()
-    assert share_of_wins > 0.35
+    assert share_of_wins > 0.3
 
 
 def test_same_day_closes_without_history(export):
@@ -217,14 +229,21 @@ def test_last_minute_stage_entries(export):
     won = d["status"] == "won"
     catch_up = (d["before_last_stage"] == SPANISH_OPEN[-1]) & (d["last_at"] - d["before_last_at"] < DAY)
     last_minute = won & catch_up & (d["last_at"] - d["created"] >= DAY)
-    assert (last_minute == t["last_minute_stage"]).all() and last_minute.sum() > 10
+    flagged = t["last_minute_stage"]
+    assert (last_minute == (flagged & won)).all() and last_minute.sum() > 10
     # before the catch-up the CRM never left the stage the deal was created in
     h = export["history"].merge(d.loc[last_minute, ["first_stage", "before_last_at"]], left_on="OpportunityId", right_index=True)
     early = h[h["at"] < h["before_last_at"]]
     assert (early["StageName"] == early["first_stage"]).all()
-    real_won, _, closed_before = _eligible_wins_and_losses(export)
-    eligible = real_won & ~t["keyed_at_close"] & ~closed_before & (d["first_stage"] != SPANISH_OPEN[-1])
-    assert last_minute.sum() == _rounded(0.5, eligible.sum())
+    # drawn before the outcome among the deals in the CRM while undecided: lost and open ones too,
+    # showing the stage they were created in on every row but a closing one
+    assert (flagged & ~won).sum() > 2 * last_minute.sum() // 3
+    h = export["history"].merge(d.loc[flagged & ~won, ["first_stage", "status"]], left_on="OpportunityId", right_index=True)
+    shown = h.loc[h["StageName"].isin(SPANISH_OPEN), "StageName"]
+    assert (shown == h.loc[shown.index, "first_stage"]).all()
+    _, _, closed_before = _eligible_wins_and_losses(export)
+    eligible = ~t["keyed_at_close"] & ~closed_before & (d["first_stage"] != SPANISH_OPEN[-1])
+    assert flagged.sum() == _rounded(0.5, eligible.sum())
 
 
 def test_stale_deals_and_the_purges_that_close_them_in_bulk(export):
@@ -292,7 +311,7 @@ def test_truth_files_agree_with_the_export(export):
     tidy = t.index[~t[SHAPES].any(axis=1)]
     shown = export["OpportunityHistory.csv"].loc[lambda f: f["OpportunityId"].isin(tidy)]
     lived = real[real["deal_id"].isin(tidy)]
-    assert len(tidy) > 100 and len(shown) == len(lived)
+    assert len(tidy) > 50 and len(shown) == len(lived)
     left = shown[["OpportunityId", "CreatedDate", "StageName", "Amount"]].to_numpy()
     right = lived[["deal_id", "changed_at", "stage", "amount_reporting"]].to_numpy()
     assert (left == right).all()
@@ -385,7 +404,7 @@ def test_each_knob_moves_only_its_own_shape(sample, tmp_path):
     generate_sample(tmp_path, seed=SEED, end_date=END, messy=dataclasses.replace(MessyOptions(), stale_share=0.0))
     changed = pd.read_csv(tmp_path / "truth_deals.csv")
     assert changed["stale"].sum() == changed["purged"].sum() == 0 and base["stale"].sum() > 0
-    for shape in ("imported", "keyed_at_close", "no_history", "last_minute_stage", "late_keyed"):
+    for shape in ("imported", "keyed_at_close", "never_entered", "no_history", "last_minute_stage", "late_keyed"):
         assert (changed[shape] == base[shape]).all(), shape
     assert base["lost_future_close"].sum() < changed["lost_future_close"].sum()  # more recorded losses to draw from
 
@@ -425,6 +444,7 @@ def test_windows_1252_and_several_currencies_with_a_rates_file(tmp_path):
     assert "Prospección".encode("cp1252") in raw or "Calificación".encode("cp1252") in raw
     o = pd.read_csv(tmp_path / "Opportunity.csv", dtype=str, keep_default_na=False, encoding="cp1252")
     t = pd.read_csv(tmp_path / "truth_deals.csv", dtype=str, keep_default_na=False).set_index("deal_id").loc[o["Id"]]
+    assert len(o) == (t["crm_status"] != "").sum() > 250
     assert set(o["CurrencyIsoCode"]) == {"USD", "MXN", "COP", "CLP"}
     assert (o["CurrencyIsoCode"].to_numpy() == t["currency"].to_numpy()).all()
 
@@ -442,7 +462,7 @@ def test_windows_1252_and_several_currencies_with_a_rates_file(tmp_path):
 
     project = dataclasses.replace(load_project_config(), rates_file=str(tmp_path / "exchange_rates.csv"))
     result = read_exports(tmp_path, project, as_of=END)
-    assert len(result.deals) == 400 and result.quarantine.empty
+    assert len(result.deals) == len(o) and result.quarantine.empty
     assert "Prospección" in set(result.deals["stage"]) | set(result.history["stage"])
     valued = result.deals.set_index("deal_id")["amount_reporting"].astype(float)
     ratio = valued / t["amount_reporting"].astype(float).reindex(valued.index)
@@ -461,6 +481,32 @@ def test_dealcast_sample_writes_the_messy_profile(tmp_path, capsys):
     argv = ["sample", "--out", str(tmp_path), "--profile", "messy", "--deals", "300", "--end-date", END.isoformat()]
     assert dealcast([*argv, "--option", "import_at=none"]) == 0
     printed = capsys.readouterr().out
-    assert "300 deals" in printed and "messy shapes: imported 0, keyed_at_close" in printed
-    truth = pd.read_csv(tmp_path / "truth_deals.csv")
+    truth = pd.read_csv(tmp_path / "truth_deals.csv", keep_default_na=False)
+    exported = (truth["crm_status"] != "").sum()
+    assert f"wrote {exported} deals" in printed and "messy shapes: imported 0, keyed_at_close" in printed
     assert len(truth) == 300 and truth["imported"].sum() == 0 and truth["stale"].sum() > 0
+
+
+def test_truth_is_calibrated_on_the_deals_the_crm_shows_open(tmp_path):
+    """Each deal at the first Monday the CRM shows it open (one observation per deal, so they are
+    independent; the first such Monday, because a Monday chosen by how long the deal stays open
+    would depend on its future): the mean true probability must match the real outcomes of those
+    deals within four standard errors (plus the share still undecided at the end). Which deals the
+    CRM shows open must therefore not depend on how they will end."""
+    end = dt.date(2026, 11, 15)
+    generate_sample(tmp_path, n_deals=1500, seed=8, end_date=end, years=1.5, profile="messy")
+    project = load_project_config()
+    result = read_exports(tmp_path, project, as_of=end)
+    mondays = pd.date_range("2025-06-02", "2026-05-18", freq="W-MON")  # decided by the end, mostly
+    frame = pipeline_at_many(result.deals, prepare_history(result.deals, result.history, result.stages), mondays)
+    truth = SampleTruth.load(tmp_path)
+    facts = truth.deals.set_index("deal_id")
+    frame = frame[(frame["status"] == "open").to_numpy() & ~facts.loc[frame["deal_id"], "no_history"].to_numpy()]
+    one = frame.sort_values("snapshot_at", kind="stable").drop_duplicates("deal_id")
+    p = truth.true_win_probability(one).to_numpy()
+    outcome = facts.loc[one["deal_id"], "real_outcome"].to_numpy()
+    n = len(one)
+    won, undecided = (outcome == "won").mean(), (outcome == "open").mean()
+    se = math.sqrt(p.mean() * (1 - p.mean()) / n)
+    assert n > 400 and undecided < 0.05
+    assert won - 4 * se <= p.mean() <= won + undecided + 4 * se, (p.mean(), won, undecided, se)
