@@ -1795,93 +1795,178 @@ class _Recorded:
     crm_closed_at: np.ndarray  # -1 while open in the CRM
 
 
-def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simulation, options: MessyOptions, seed: int) -> _Recorded:
-    """Record the simulated deals the way the messy org does (see the module docstring). Each
-    shape draws from its own random stream, so changing one knob leaves the others' deals alone."""
+@dataclass(frozen=True, eq=False)
+class _RealDeals:
+    """The real rows sorted by deal (chronological within each), and per deal what the messy
+    recording needs: its first and last row, its outcome and what it looked like just before."""
+
+    rows: dict[str, np.ndarray]
+    by_deal: np.ndarray  # generation index of each sorted row (the file-order tie-break)
+    first: np.ndarray
+    last: np.ndarray
+    n_open: np.ndarray
+    won: np.ndarray
+    lost: np.ndarray
+    closed_at: np.ndarray  # the real moment of the win or loss, -1 while open
+
+    @classmethod
+    def of(cls, world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simulation) -> "_RealDeals":
+        n = world.n_deals
+        by_deal = np.argsort(sim.rows["deal"], kind="stable")  # generation order is chronological per deal
+        rows = {key: values[by_deal] for key, values in sim.rows.items()}
+        last = np.searchsorted(rows["deal"], np.arange(n), side="right") - 1
+        won, lost = sim.status == 1, sim.status == 2
+        return cls(
+            rows=rows,
+            by_deal=by_deal,
+            first=np.searchsorted(rows["deal"], np.arange(n), side="left"),
+            last=last,
+            n_open=world.n_open_stages(deals["class"]),
+            won=won,
+            lost=lost,
+            closed_at=np.where(won | lost, rows["time"][last], -1),
+        )
+
+    @property
+    def closed(self) -> np.ndarray:
+        return self.won | self.lost
+
+    @property
+    def close_day(self) -> np.ndarray:
+        return self.closed_at // DAY_SECONDS
+
+    @property
+    def close_before(self) -> np.ndarray:
+        """The expected close date just before the close (the closing row's previous one)."""
+        return self.rows["prev_close"][self.last]
+
+
+@dataclass(frozen=True, eq=False)
+class _MessyChoices:
+    """Per deal, how the messy org records it (masks and moments; -1 where a moment does not apply)."""
+
+    import_at: int | None
+    imported: np.ndarray
+    closed_before_import: np.ndarray
+    at_import: np.ndarray  # the deal's last real row at the import
+    crm_first_stage: np.ndarray
+    habit: np.ndarray  # entered only once decided
+    keyed: np.ndarray
+    never_entered: np.ndarray
+    last_minute: np.ndarray
+    late: np.ndarray
+    keyed_in: np.ndarray  # when the close is keyed in (the real moment unless late)
+    gap: np.ndarray  # seconds from the keyed-in creation or catch-up to the closing row
+    no_history: np.ndarray
+    stale: np.ndarray
+    lost_future: np.ndarray
+    purges: list[int]
+    purged_at: np.ndarray
+
+
+def _draw_messy_choices(world: SampleWorld, deals: dict[str, np.ndarray], real: _RealDeals, options: MessyOptions, seed: int) -> _MessyChoices:
+    """Decide every deal's shapes (see the module docstring). Each knob draws from its own random
+    stream, so changing one leaves the others' deals alone."""
 
     def stream(knob: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([seed, 4, knob]))
 
     n = world.n_deals
-    by_deal = np.argsort(sim.rows["deal"], kind="stable")  # generation order is chronological per deal
-    r = {key: values[by_deal] for key, values in sim.rows.items()}
-    rd = r["deal"]
-    first = np.searchsorted(rd, np.arange(n), side="left")
-    last = np.searchsorted(rd, np.arange(n), side="right") - 1
-    n_open = world.n_open_stages(deals["class"])
-    won, lost = sim.status == 1, sim.status == 2
-    closed = won | lost
-    real_closed_at = np.where(closed, r["time"][last], -1)
-    stage_before_close = r["prev_stage"][last]
-    close_before = r["prev_close"][last]  # the expected close date just before the close
-    final_amount = r["amount"][last]
-    close_day = real_closed_at // DAY_SECONDS
-
+    r = real.rows
     # The bulk import: deals created before it enter the CRM at it, in their state of that moment.
     import_at = _import_moment(world, options.import_at)
     imported = np.zeros(n, dtype=bool) if import_at is None else deals["created"] < import_at
-    closed_before_import = imported & closed & (real_closed_at <= (import_at or 0))
-    at_import = last.copy()
+    closed_before_import = imported & real.closed & (real.closed_at <= (import_at or 0))
+    at_import = real.last.copy()
     if import_at is not None:
         shift = np.int64(1) << 32
-        keys = rd.astype(np.int64) * shift + r["time"]
-        at_import = np.maximum(np.searchsorted(keys, np.arange(n) * shift + import_at, side="right") - 1, first)
-    crm_first_stage = np.where(imported, r["stage"][at_import], r["stage"][first])
+        keys = r["deal"].astype(np.int64) * shift + r["time"]
+        at_import = np.maximum(np.searchsorted(keys, np.arange(n) * shift + import_at, side="right") - 1, real.first)
+    crm_first_stage = np.where(imported, r["stage"][at_import], r["stage"][real.first])
 
     # Habits of the reps, drawn before anything is decided (so which deals the CRM shows open says
     # nothing about how they will end): keyed in only once decided, or stage moves never recorded.
     habit = _choose(stream(0), ~imported, options.keyed_at_close_share)
-    keyed = habit & (won | _choose(stream(1), habit & lost, options.keyed_at_close_lost_share))
-    never_entered = habit & ~keyed
+    keyed = habit & (real.won | _choose(stream(1), habit & real.lost, options.keyed_at_close_lost_share))
     in_crm_open = ~habit & ~closed_before_import
-    last_minute = _choose(stream(6), in_crm_open & (crm_first_stage != n_open - 1), options.last_minute_stage_share)
+    last_minute = _choose(stream(6), in_crm_open & (crm_first_stage != real.n_open - 1), options.last_minute_stage_share)
+
     # How closes are keyed in, decided when the deal is won or lost.
     low, high = options.late_keyed_days
-    late_at = _to_weekday(real_closed_at + stream(2).integers(low, high + 1, n) * DAY_SECONDS)
+    late_at = _to_weekday(real.closed_at + stream(2).integers(low, high + 1, n) * DAY_SECONDS)
     end_second = _seconds_of(world.end_date + dt.timedelta(days=1), 0)
-    late = _choose(stream(3), won & ~closed_before_import & (late_at + _KEYED_GAP_SECONDS[1] < end_second), options.late_keyed_share)
-    keyed_in = np.where(late, late_at, real_closed_at)
+    fits = late_at + _KEYED_GAP_SECONDS[1] < end_second
+    late = _choose(stream(3), real.won & ~closed_before_import & fits, options.late_keyed_share)
+    keyed_in = np.where(late, late_at, real.closed_at)
     room = np.minimum(_KEYED_GAP_SECONDS[1], (keyed_in // DAY_SECONDS + 1) * DAY_SECONDS - 1 - keyed_in)
     gap = _KEYED_GAP_SECONDS[0] + (stream(4).random(n) * np.maximum(room - _KEYED_GAP_SECONDS[0] + 1, 1)).astype(np.int64)
-    no_history = _choose(stream(5), keyed & ~late, options.no_history_share)
-    stale = _choose(stream(7), lost & in_crm_open, options.stale_share)
-    lost_future = _choose(
-        stream(8), lost & in_crm_open & ~stale & (close_before >= close_day + _LOST_FUTURE_MIN_DAYS), options.lost_future_close_share
-    )
+    stale = _choose(stream(7), real.lost & in_crm_open, options.stale_share)
+    future_close = real.close_before >= real.close_day + _LOST_FUTURE_MIN_DAYS
+    lost_future = _choose(stream(8), real.lost & in_crm_open & ~stale & future_close, options.lost_future_close_share)
+
     live_from = import_at if import_at is not None else _seconds_of(world.start_date, 0)
     purges = _purge_moments(world, live_from, options.purge_every_months)
     purged_at = np.full(n, -1, dtype=np.int64)
     for moment in purges:
-        due = stale & (purged_at < 0) & (real_closed_at < moment)
-        due &= moment // DAY_SECONDS - close_before >= options.purge_overdue_days
+        due = stale & (purged_at < 0) & (real.closed_at < moment)
+        due &= moment // DAY_SECONDS - real.close_before >= options.purge_overdue_days
         purged_at[due] = moment
+    return _MessyChoices(
+        import_at=import_at,
+        imported=imported,
+        closed_before_import=closed_before_import,
+        at_import=at_import,
+        crm_first_stage=crm_first_stage,
+        habit=habit,
+        keyed=keyed,
+        never_entered=habit & ~keyed,
+        last_minute=last_minute,
+        late=late,
+        keyed_in=keyed_in,
+        gap=gap,
+        no_history=_choose(stream(5), keyed & ~late, options.no_history_share),
+        stale=stale,
+        lost_future=lost_future,
+        purges=purges,
+        purged_at=purged_at,
+    )
 
-    # Real rows the CRM keeps, as it shows them.
+
+def _recorded_rows(real: _RealDeals, c: _MessyChoices) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The history rows the CRM holds (sorted by deal and time, with prev_* columns) and each
+    row's file-order tie-break: the real rows it keeps, as it shows them, plus its own rows."""
+    r = real.rows
+    rd = r["deal"]
+    n = len(real.last)
+    n_open = real.n_open
     closing_row = np.zeros(len(rd), dtype=bool)
-    closing_row[last[closed]] = True
-    caught_up = last_minute & won
-    keep = ~habit[rd] & ~(stale[rd] & closing_row) & ~(caught_up[rd] & closing_row)
-    if import_at is not None:
-        keep &= ~(imported[rd] & (r["time"] <= import_at))
-    hidden_moves = last_minute[rd] & ~closing_row
-    stage = np.where(hidden_moves, crm_first_stage[rd], r["stage"])
+    closing_row[real.last[real.closed]] = True
+    caught_up = c.last_minute & real.won
+    keep = ~c.habit[rd] & ~(c.stale[rd] & closing_row) & ~(caught_up[rd] & closing_row)
+    if c.import_at is not None:
+        keep &= ~(c.imported[rd] & (r["time"] <= c.import_at))
+    hidden_moves = c.last_minute[rd] & ~closing_row
+    stage = np.where(hidden_moves, c.crm_first_stage[rd], r["stage"])
     stage_only = (r["prev_stage"] >= 0) & (r["amount"] == r["prev_amount"]) & (r["close"] == r["prev_close"])
     keep &= ~(hidden_moves & stage_only)
-    time = np.where(late[rd] & closing_row, keyed_in[rd], r["time"])
-    close = np.where(lost_future[rd] & closing_row, close_before[rd], r["close"])
+    time = np.where(c.late[rd] & closing_row, c.keyed_in[rd], r["time"])
+    close = np.where(c.lost_future[rd] & closing_row, real.close_before[rd], r["close"])
 
     # Rows only the CRM has: the import, the keyed-in creation and close, the last-minute catch-up, the purge.
-    final_stage = r["stage"][last]
+    final_stage = r["stage"][real.last]
+    final_amount = r["amount"][real.last]
+    stage_before_close = r["prev_stage"][real.last]
     parts = [
-        (np.flatnonzero(imported), np.full(n, import_at or 0), r["stage"][at_import], r["amount"][at_import], r["close"][at_import]),
-        (np.flatnonzero(keyed), keyed_in, stage_before_close, final_amount, close_day),
-        (np.flatnonzero(keyed), keyed_in + gap, final_stage, final_amount, close_day),
-        (np.flatnonzero(caught_up), keyed_in, n_open - 1, final_amount, close_day),
-        (np.flatnonzero(caught_up), keyed_in + gap, final_stage, final_amount, close_day),
-        (np.flatnonzero(purged_at >= 0), purged_at, n_open + 1, final_amount, close_before),
+        (c.imported, np.full(n, c.import_at or 0), r["stage"][c.at_import], r["amount"][c.at_import], r["close"][c.at_import]),
+        (c.keyed, c.keyed_in, stage_before_close, final_amount, real.close_day),
+        (c.keyed, c.keyed_in + c.gap, final_stage, final_amount, real.close_day),
+        (caught_up, c.keyed_in, n_open - 1, final_amount, real.close_day),
+        (caught_up, c.keyed_in + c.gap, final_stage, final_amount, real.close_day),
+        (c.purged_at >= 0, c.purged_at, n_open + 1, final_amount, real.close_before),
     ]
     extra = {key: [] for key in ("deal", "time", "stage", "amount", "close")}
-    for which, when, new_stage, new_amount, new_close in parts:
+    for mask, when, new_stage, new_amount, new_close in parts:
+        which = np.flatnonzero(mask)
         extra["deal"].append(which)
         for key, values in (("time", when), ("stage", new_stage), ("amount", new_amount), ("close", new_close)):
             extra[key].append(np.broadcast_to(values, (n,))[which])
@@ -1893,10 +1978,9 @@ def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simula
         "amount": np.concatenate([r["amount"][keep], added["amount"]]),
         "close": np.concatenate([close[keep], added["close"]]),
     }
-    seq = np.concatenate([by_deal[keep], len(rd) + np.arange(len(added["deal"]))])
+    seq = np.concatenate([real.by_deal[keep], len(rd) + np.arange(len(added["deal"]))])
     order = np.lexsort((seq, recorded["time"], recorded["deal"]))
     recorded = {key: values[order] for key, values in recorded.items()}
-    seq = seq[order]
     deal = recorded["deal"]
     is_first = np.ones(len(deal), dtype=bool)
     is_first[1:] = deal[1:] != deal[:-1]
@@ -1904,8 +1988,17 @@ def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simula
         previous = np.concatenate([[-1], recorded[key][:-1]]).astype(np.int64)
         recorded[f"prev_{key}"] = np.where(is_first, -1, previous)
     recorded["prev_stage"] = recorded["prev_stage"].astype(np.int16)
+    return recorded, seq[order]
 
-    present = ~never_entered
+
+def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simulation, options: MessyOptions, seed: int) -> _Recorded:
+    """Record the simulated deals the way the messy org does (see the module docstring)."""
+    n = world.n_deals
+    real = _RealDeals.of(world, deals, sim)
+    c = _draw_messy_choices(world, deals, real, options, seed)
+    recorded, seq = _recorded_rows(real, c)
+    deal = recorded["deal"]
+    present = ~c.never_entered
     crm_first = np.searchsorted(deal, np.arange(n), side="left")[present]
     crm_last = np.searchsorted(deal, np.arange(n), side="right")[present] - 1
 
@@ -1915,42 +2008,41 @@ def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simula
         return out
 
     crm_stage = per_deal(recorded["stage"], crm_last, 0)
-    crm_status = np.where(crm_stage == n_open, 1, np.where(crm_stage == n_open + 1, 2, 0)).astype(np.int8)
-    stage_moved = is_first | (recorded["stage"] != recorded["prev_stage"])
+    crm_status = np.where(crm_stage == real.n_open, 1, np.where(crm_stage == real.n_open + 1, 2, 0)).astype(np.int8)
+    stage_moved = (recorded["prev_stage"] < 0) | (recorded["stage"] != recorded["prev_stage"])
     last_stage_change = np.zeros(n, dtype=np.int64)
     np.maximum.at(last_stage_change, deal[stage_moved], recorded["time"][stage_moved])
-    loss_reason = np.where((crm_status == 2) & (purged_at < 0), sim.loss_reason, -1).astype(np.int16)
     view = _Simulation(
         stage=crm_stage.astype(np.int16),
         status=crm_status,
         amount=per_deal(recorded["amount"], crm_last),
         close_day=per_deal(recorded["close"], crm_last),
-        loss_reason=loss_reason,
+        loss_reason=np.where((crm_status == 2) & (c.purged_at < 0), sim.loss_reason, -1).astype(np.int16),
         last_change=per_deal(recorded["time"], crm_last),
         last_stage_change=last_stage_change,
         rows=recorded,
     )
     shapes = {
-        "imported": imported,
-        "keyed_at_close": keyed,
-        "never_entered": never_entered,
-        "no_history": no_history,
-        "last_minute_stage": last_minute,
-        "late_keyed": late,
-        "stale": stale,
-        "purged": purged_at >= 0,
-        "lost_future_close": lost_future,
+        "imported": c.imported,
+        "keyed_at_close": c.keyed,
+        "never_entered": c.never_entered,
+        "no_history": c.no_history,
+        "last_minute_stage": c.last_minute,
+        "late_keyed": c.late,
+        "stale": c.stale,
+        "purged": c.purged_at >= 0,
+        "lost_future_close": c.lost_future,
     }
     return _Recorded(
         view=view,
         present=present,
         created=np.where(present, per_deal(recorded["time"], crm_first), deals["created"]),
         seq=seq,
-        in_history=~no_history[deal],
+        in_history=~c.no_history[deal],
         shapes=shapes,
-        import_at=import_at,
-        purges=purges,
-        real_closed_at=real_closed_at,
+        import_at=c.import_at,
+        purges=c.purges,
+        real_closed_at=real.closed_at,
         crm_closed_at=np.where(present & (crm_status > 0), view.last_change, -1),
     )
 
@@ -1971,7 +2063,8 @@ def _exchange_rates(world: SampleWorld, currencies: Sequence[str], reporting: st
     for code in sorted(set(currencies) - {reporting}):
         walk = np.exp(np.cumsum(rng.normal(0.0, _RATE_WEEKLY_SIGMA, len(mondays))))
         rate = _CURRENCY_USD[code] / _CURRENCY_USD.get(reporting, 1.0) * walk
-        frames.append(pd.DataFrame({"day": mondays, "currency": code, "rate": np.float64(np.array([float(f"{v:.6g}") for v in rate]))}))
+        written = [float(f"{value:.6g}") for value in rate]  # six significant digits, as the file holds them
+        frames.append(pd.DataFrame({"day": mondays, "currency": code, "rate": written}))
     if not frames:
         return pd.DataFrame({"day": np.empty(0, np.int64), "currency": [], "rate": np.empty(0)})
     return pd.concat(frames, ignore_index=True)
@@ -2075,7 +2168,11 @@ def _recode(text: str, column: str, mapping: dict[str, int], path: Path) -> int:
 class SampleTruth:
     """The ground truth of a messy-profile sample, read back from the truth files beside its
     export (`SampleTruth.load(out_dir)`): per deal (`deals`, truth_deals.csv), the real history
-    (`real_history`, truth_real_history.csv), and the true win probability at any moment."""
+    (`real_history`, truth_real_history.csv), and the true win probability at any moment.
+
+    On a messy sample use `true_win_probability` from here: `SampleWorld.true_win_probability`
+    reads the state the CRM shows, which is not the real one for stale, late-keyed, imported and
+    last-minute deals."""
 
     world: SampleWorld
     options: MessyOptions
