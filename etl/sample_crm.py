@@ -161,15 +161,16 @@ Files the messy profile adds (plain CSV, UTF-8):
   the number of deals given each shape; `SampleTruth.load(out_dir)` rebuilds the world from it.
 
 Python API of the messy profile
+-------------------------------
 - `generate_sample(out_dir, n_deals=None, seed=7, end_date=None, years=None, stages=None,
   profile=None, messy=None) -> SampleSummary`; `profile` "clean" or "messy" (None: messy when
-  `messy` is given); `SampleSummary.profile` and `.shapes` (deals per shape); won/lost/open count
-  the deals as exported.
+  `messy` is given); `SampleSummary.profile` and `.shapes` (deals per shape); its n_deals and
+  won/lost/open count the deals as exported.
 - `MessyOptions(...)` (frozen; every field above), `MessyOptions.off()`,
   `MessyOptions().with_assignments(["stale_share=0.3", ...])`; `SHAPES` names the shapes.
-- `SampleTruth.load(out_dir)`: `.deals` (truth_deals.csv typed: timestamps, dates, ints (amount
-  nullable), one bool column per shape), `.real_history`, `.world` (the `SampleWorld`), `.options`, `.import_at`,
-  `.purges`; `.true_win_probability(frame)` (frame columns deal_id, snapshot_at);
+- `SampleTruth.load(out_dir)`: `.deals` (truth_deals.csv typed: timestamps, dates, integers, amount
+  nullable, one bool column per shape), `.real_history`, `.world` (the `SampleWorld`), `.options`,
+  `.import_at`, `.purges`; `.true_win_probability(frame)` (frame columns deal_id, snapshot_at);
   `.quarter_bookings()` (quarter, segment_type, segment, won_deals, won_amount, expected_won_amount).
 - `SampleWorld.expected_won_revenue()`: the won revenue the parameters expect per quarter and
   segment (the quotas are 1.1 times it, rounded to the thousand).
