@@ -121,7 +121,9 @@ own random stream):
 - off by default: `encoding="cp1252"` writes the four Salesforce files in Windows-1252;
   `currencies=("USD", "MXN", ...)` gives each deal one of them at random, its amounts in that
   currency at the rate of its CRM creation day, and writes `exchange_rates.csv` (date,currency,rate:
-  weekly, into USD; set `[currency] rates_file = "exchange_rates.csv"` to read it).
+  weekly, into USD; set `[currency] rates_file = "exchange_rates.csv"` to read it);
+  `loss_reason_field="LossReason__c"` puts the loss reasons in a custom field dealcast.toml does not
+  name, as orgs that made their own do.
 `MessyOptions.off()` turns every shape off (and keeps the project's stages): the files are then
 byte for byte the clean profile's. A deal may have several shapes (keyed at close and late; stale
 and purged; imported and stale, ...). Bookings: every won deal reaches the CRM and its CloseDate is
@@ -1584,6 +1586,8 @@ class MessyOptions:
     encoding                   "utf-8" or "cp1252" (Windows-1252) for the Salesforce files
     currencies                 deal currencies, drawn at random per deal; with any besides the
                                reporting currency, `exchange_rates.csv` is written (empty: USD only)
+    loss_reason_field          the Opportunity column the org keeps its loss reasons in, when not
+                               the one dealcast.toml names (e.g. "LossReason__c"; blank: that one)
     """
 
     keyed_at_close_share: float = 0.5
@@ -1600,6 +1604,7 @@ class MessyOptions:
     spanish_stages: bool = True
     encoding: str = "utf-8"
     currencies: tuple[str, ...] = ()
+    loss_reason_field: str = ""
 
     def __post_init__(self) -> None:
         for name in (
@@ -1621,6 +1626,11 @@ class MessyOptions:
             raise ValueError(f"messy option import_at: expected a share of the span between 0 and 1 (or None), got {self.import_at!r}")
         if self.encoding not in ("utf-8", "cp1252"):
             raise ValueError(f"messy option encoding: expected 'utf-8' or 'cp1252', got {self.encoding!r}")
+        if self.loss_reason_field in OPPORTUNITY_COLUMNS or any(ch in self.loss_reason_field for ch in '",\r\n'):
+            raise ValueError(
+                f"messy option loss_reason_field: {self.loss_reason_field!r} is not a custom field name; "
+                "expected a name such as LossReason__c"
+            )
         unknown = [c for c in self.currencies if c not in _CURRENCY_USD]
         if unknown:
             raise ValueError(f"messy option currencies: {unknown} not simulated; expected codes among {sorted(_CURRENCY_USD)}")
@@ -1669,6 +1679,8 @@ def _option_value(name: str, text: str) -> object:
         return tuple(c.strip().upper() for c in text.split(",") if c.strip())
     if name == "encoding":
         return text.lower()
+    if name == "loss_reason_field":
+        return text
     if name in ("purge_every_months", "purge_overdue_days"):
         return int(text)
     return float(text)
@@ -2576,6 +2588,8 @@ def generate_sample(
     out_dir.mkdir(parents=True, exist_ok=True)
     world = SampleWorld.build(seed=seed, n_deals=n_deals, end_date=end_date, years=years, stages=stages)
     _, _, fields = _resolve_project(world.stages, world.fiscal_year_start_month)
+    if options is not None and options.loss_reason_field:
+        fields = replace(fields, lost_reason_field=options.loss_reason_field)
     accounts = _build_accounts(world, np.random.default_rng(np.random.SeedSequence([seed, 1])))
     deals = _draw_deals(world, accounts, np.random.default_rng(np.random.SeedSequence([seed, 2])))
     sim = _simulate(world, deals, np.random.default_rng(np.random.SeedSequence([seed, 3])))

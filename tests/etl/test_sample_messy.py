@@ -510,3 +510,15 @@ def test_truth_is_calibrated_on_the_deals_the_crm_shows_open(tmp_path):
     se = math.sqrt(p.mean() * (1 - p.mean()) / n)
     assert n > 400 and undecided < 0.05
     assert won - 4 * se <= p.mean() <= won + undecided + 4 * se, (p.mean(), won, undecided, se)
+
+
+def test_loss_reasons_in_a_custom_field_the_config_does_not_name(tmp_path):
+    generate_sample(tmp_path, n_deals=300, seed=2, end_date=END, messy=MessyOptions(loss_reason_field="LossReason__c"))
+    o = pd.read_csv(tmp_path / "Opportunity.csv", dtype=str, keep_default_na=False)
+    assert "LossReason__c" in o.columns and "Loss_Reason__c" not in o.columns
+    truth = pd.read_csv(tmp_path / "truth_deals.csv", keep_default_na=False).set_index("deal_id").loc[o["Id"]]
+    recorded_loss = (o["IsClosed"] == "1").to_numpy() & (o["IsWon"] == "0").to_numpy() & (truth["purged"] == 0).to_numpy()
+    assert recorded_loss.sum() > 20 and (o.loc[recorded_loss, "LossReason__c"] != "").all()
+    assert (o.loc[~recorded_loss, "LossReason__c"] == "").all()
+    with pytest.raises(ValueError, match="loss_reason_field: 'Amount' is not a custom field name"):
+        MessyOptions(loss_reason_field="Amount")
