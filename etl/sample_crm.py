@@ -2170,11 +2170,16 @@ def _real_history_chunks(
     }
 
 
-def _recode(text: str, column: str, mapping: dict[str, int], path: Path) -> int:
-    try:
-        return mapping[text]
-    except KeyError:
-        raise ValueError(f"{path}: column {column!r}: {text!r} is not in this sample (expected one of {sorted(mapping)})") from None
+def _recode(values: pd.Series, column: str, mapping: dict[str, int], path: Path) -> np.ndarray:
+    """Codes of `values` in `mapping`; ValueError naming the file, row and column of the first unknown."""
+    codes = values.map(mapping)
+    if codes.isna().any():
+        first = int(np.flatnonzero(codes.isna().to_numpy())[0])
+        raise ValueError(
+            f"{path}: row {first + 2}, column {column!r}: {values.iloc[first]!r} is not in this sample "
+            f"(expected one of {sorted(mapping)[:10]})"
+        )
+    return codes.to_numpy(dtype=np.int64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -2228,14 +2233,14 @@ class SampleTruth:
         history = pd.read_csv(out_dir / TRUTH_REAL_HISTORY_FILE, dtype=str, keep_default_na=False, encoding="utf-8")
         deal_class = world.deal_class(deals["pipeline"], deals["owner_id"], deals["product"], deals["segment"])
         index = {deal_id: i for i, deal_id in enumerate(deals["deal_id"])}
-        deal_code = np.array([_recode(d, "deal_id", index, out_dir / TRUTH_REAL_HISTORY_FILE) for d in history["deal_id"]], dtype=np.int64)
+        deal_code = _recode(history["deal_id"], "deal_id", index, out_dir / TRUTH_REAL_HISTORY_FILE)
         pipeline_code = world.class_parts(deal_class)[0][deal_code]
         stage_code = np.empty(len(history), dtype=np.int64)
         for p, name in enumerate(world.pipelines):
             stages = world.stages[name]
             codes = {s: i for i, s in enumerate((*stages.open_stages, stages.won_stage, stages.lost_stage))}
             here = np.flatnonzero(pipeline_code == p)
-            stage_code[here] = [_recode(s, "stage", codes, out_dir / TRUTH_REAL_HISTORY_FILE) for s in history["stage"].iloc[here]]
+            stage_code[here] = _recode(history["stage"].iloc[here], "stage", codes, out_dir / TRUTH_REAL_HISTORY_FILE)
         changed = pd.to_datetime(history["changed_at"], format="%Y-%m-%d %H:%M:%S")
         lives = _RealLives.build(
             world, deal_class, deal_code, changed.to_numpy(dtype="datetime64[s]").astype(np.int64), stage_code

@@ -522,3 +522,13 @@ def test_loss_reasons_in_a_custom_field_the_config_does_not_name(tmp_path):
     assert (o.loc[~recorded_loss, "LossReason__c"] == "").all()
     with pytest.raises(ValueError, match="loss_reason_field: 'Amount' is not a custom field name"):
         MessyOptions(loss_reason_field="Amount")
+
+
+def test_truth_files_that_do_not_fit_the_sample_are_named(tmp_path):
+    generate_sample(tmp_path, n_deals=100, seed=1, end_date=END, profile="messy")
+    path = tmp_path / "truth_real_history.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[3] = lines[3].replace("Prospección", "Prospecting")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"truth_real_history\.csv: row 4, column 'stage': 'Prospecting' is not in this sample"):
+        SampleTruth.load(tmp_path)
