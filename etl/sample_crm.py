@@ -161,6 +161,11 @@ Files the messy profile adds (plain CSV, UTF-8):
   simulated change (the org's real life, recorded or not), in time order.
 - `truth_sample.json`: seed, size, span, stages, options, the import moment and purge moments, and
   the number of deals given each shape; `SampleTruth.load(out_dir)` rebuilds the world from it.
+- `dealcast_pipelines.toml`: the `[[pipelines]]` blocks that would configure the sample's stage
+  order in dealcast.toml. The export states the order through StageSortOrder, a field of
+  Opportunity only: with few deals a stage may hold no deal on the export date (it is then only in
+  the history, with no sort order), as in a real small org's export; the reader must then place it
+  from the history, or the pipeline be configured with these blocks.
 
 Python API of the messy profile
 -------------------------------
@@ -1515,6 +1520,7 @@ TRUTH_DEALS_FILE = "truth_deals.csv"
 TRUTH_REAL_HISTORY_FILE = "truth_real_history.csv"
 TRUTH_MANIFEST_FILE = "truth_sample.json"
 RATES_FILE = "exchange_rates.csv"
+PIPELINES_CONFIG_FILE = "dealcast_pipelines.toml"
 
 SHAPES = (
     "imported", "keyed_at_close", "never_entered", "no_history", "last_minute_stage", "late_keyed", "stale",
@@ -2683,6 +2689,10 @@ def generate_sample(
             _write_csv(out_dir / RATES_FILE, ("date", "currency", "rate"), _rates_chunks(rates), quote_all=False)
         shape_counts = {shape: int(recorded.shapes[shape].sum()) for shape in SHAPES}
         _write_manifest(out_dir, world, options, years, recorded, shape_counts)
+        partial = out_dir / (PIPELINES_CONFIG_FILE + ".partial")
+        partial.write_text(pipelines_toml(world.stages), encoding="utf-8")
+        partial.replace(out_dir / PIPELINES_CONFIG_FILE)
+        logger.info("messy shapes: %s", ", ".join(f"{name} {count:,}" for name, count in shape_counts.items()))
     summary = SampleSummary(
         out_dir=out_dir,
         n_deals=len(created),
@@ -2752,6 +2762,26 @@ def _write_manifest(
     partial = out_dir / (TRUTH_MANIFEST_FILE + ".partial")
     partial.write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
     partial.replace(out_dir / TRUTH_MANIFEST_FILE)
+
+
+def pipelines_toml(stages: StageCatalog) -> str:
+    """The `[[pipelines]]` blocks of dealcast.toml that configure `stages` (names quoted as TOML
+    basic strings)."""
+    lines = [
+        "# The stage order of this sample's pipelines as dealcast.toml [[pipelines]] blocks. The export",
+        "# states it through StageSortOrder, but only for the stages some deal is in when it is taken;",
+        "# add these blocks to dealcast.toml to configure the order instead.",
+    ]
+    for p in stages:
+        lines += ["", "[[pipelines]]", f"name = {json.dumps(p.name, ensure_ascii=False)}"]
+        lines += [f"won_stage = {json.dumps(p.won_stage, ensure_ascii=False)}", f"lost_stage = {json.dumps(p.lost_stage, ensure_ascii=False)}"]
+        lines.append("stages = [")
+        for stage in p.open_stages:
+            probability = p.probability_of(stage)
+            detail = f", probability = {probability:.10g}" if not math.isnan(probability) else ""
+            lines.append(f"  {{ name = {json.dumps(stage, ensure_ascii=False)}{detail} }},")
+        lines.append("]")
+    return "\n".join(lines) + "\n"
 
 
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:

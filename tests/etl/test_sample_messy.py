@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,7 +39,7 @@ SHAPES = [
 ]  # fmt: skip
 FILES = (
     "Opportunity.csv", "OpportunityHistory.csv", "Account.csv", "User.csv", "quotas.csv", "truth_win_probability.csv",
-    "truth_deals.csv", "truth_real_history.csv", "truth_sample.json",
+    "truth_deals.csv", "truth_real_history.csv", "truth_sample.json", "dealcast_pipelines.toml",
 )  # fmt: skip
 DAY = pd.Timedelta(days=1)
 
@@ -532,3 +533,24 @@ def test_truth_files_that_do_not_fit_the_sample_are_named(tmp_path):
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"truth_real_history\.csv: row 4, column 'stage': 'Prospecting' is not in this sample"):
         SampleTruth.load(tmp_path)
+
+
+def test_a_stage_no_deal_is_in_at_the_export_date_and_the_configuration_that_orders_it(tmp_path):
+    """A small org: on the export date no deal is in one of the stages its history passes
+    through, so Opportunity.csv gives that stage no StageSortOrder. The pipelines file beside the
+    export configures the order; with it every row is accepted."""
+    generate_sample(tmp_path, n_deals=300, seed=4, end_date=END, profile="messy")
+    o = pd.read_csv(tmp_path / "Opportunity.csv", dtype=str, keep_default_na=False)
+    h = pd.read_csv(tmp_path / "OpportunityHistory.csv", dtype=str, keep_default_na=False)
+    only_in_history = set(h["StageName"]) - set(o["StageName"])
+    assert only_in_history == {"Propuesta/Presupuesto"}
+
+    config = tmp_path / "config" / "dealcast.toml"
+    config.parent.mkdir()
+    shipped = (Path(__file__).resolve().parents[2] / "dealcast.toml").read_text(encoding="utf-8")
+    config.write_text((tmp_path / "dealcast_pipelines.toml").read_text(encoding="utf-8") + "\n" + shipped, encoding="utf-8")
+    project = load_project_config(config)
+    assert list(project.stages["Ventas"].open_stages) == SPANISH_OPEN
+    assert project.stages["Ventas"].probability_of("Propuesta/Presupuesto") == 0.75
+    result = read_exports(tmp_path, project, as_of=END)
+    assert result.quarantine.empty and len(result.deals) == len(o) and len(result.history) == len(h)
