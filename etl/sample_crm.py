@@ -118,6 +118,10 @@ own random stream):
   no loss reason. Shape `purged` (always also `stale`); stale deals not caught stay open.
 - `lost_future_close_share` (0.4 of recorded losses whose expected close date was at least a week
   after the loss): closed lost with the CloseDate left at that future date. Shape `lost_future_close`.
+- `outlier_deals` (1): stale deals never touched after their creation (one history row, not purged)
+  that show 6 times the largest real win (rounded to the thousand) as their amount and a CloseDate
+  10-60 days before their creation, on every row. Shape `outlier`; `amount_reporting` in the truth
+  keeps the real amount.
 - off by default: `encoding="cp1252"` writes the four Salesforce files in Windows-1252;
   `currencies=("USD", "MXN", ...)` gives each deal one of them at random, its amounts in that
   currency at the rate of its CRM creation day, and writes `exchange_rates.csv` (date,currency,rate:
@@ -154,9 +158,9 @@ Files the messy profile adds (plain CSV, UTF-8):
   date), hidden_loss_at (stale deals: when they were really lost), crm_created_at (CreatedDate),
   crm_closed_at (when the CRM shows it closed: the keyed-in moment), crm_status (open/won/lost as
   exported), crm_close_date (CloseDate), amount and currency (as exported), amount_reporting (the
-  amount in USD), and one 0/1 column per shape: imported, keyed_at_close, never_entered, no_history,
-  last_minute_stage, late_keyed, stale, purged, lost_future_close. The crm_* columns, amount and
-  currency are blank for a deal never entered.
+  real amount in USD), and one 0/1 column per shape: imported, keyed_at_close, never_entered, no_history,
+  last_minute_stage, late_keyed, stale, purged, lost_future_close, outlier. The crm_* columns,
+  amount and currency are blank for a deal never entered.
 - `truth_real_history.csv`: deal_id, changed_at, stage, amount_reporting, close_date: every
   simulated change (the org's real life, recorded or not), in time order.
 - `truth_sample.json`: seed, size, span, stages, options, the import moment and purge moments, and
@@ -1524,7 +1528,7 @@ PIPELINES_CONFIG_FILE = "dealcast_pipelines.toml"
 
 SHAPES = (
     "imported", "keyed_at_close", "never_entered", "no_history", "last_minute_stage", "late_keyed", "stale",
-    "purged", "lost_future_close",
+    "purged", "lost_future_close", "outlier",
 )  # fmt: skip
 TRUTH_DEAL_COLUMNS = (
     "deal_id", "pipeline", "owner_id", "team", "product", "segment", "skill_level", "real_outcome",
@@ -1563,6 +1567,7 @@ _KEYED_GAP_SECONDS = (60, 3 * 3600)  # a deal keyed in at close is closed 1 minu
 _IMPORT_SECOND_OF_DAY = 9 * 3600  # the bulk import runs at 09:00:00 UTC
 _PURGE_SECOND_OF_DAY = 17 * 3600  # a purge closes its deals at 17:00:00 UTC
 _LOST_FUTURE_MIN_DAYS = 7  # a "future" close date is at least a week after the loss
+_OUTLIER_FACTOR = 6  # an outlier deal shows 6 times the largest amount ever won
 
 
 @dataclass(frozen=True)
@@ -1585,6 +1590,8 @@ class MessyOptions:
     purge_overdue_days         a purge closes the stale deals whose CloseDate is this many days past
     lost_future_close_share    recorded losses whose CloseDate is left at the expected close date,
                                at least a week after the loss
+    outlier_deals              stale deals (a number) showing 6 times the largest win as their amount
+                               and a close date before their creation
     import_at                  share of the span after which the CRM goes live with a bulk import of
                                every deal created before (None: the CRM was used from the start)
     spanish_stages             the org's single pipeline "Ventas" has Spanish stage names (False: the
@@ -1606,6 +1613,7 @@ class MessyOptions:
     purge_every_months: int = 3
     purge_overdue_days: int = 30
     lost_future_close_share: float = 0.4
+    outlier_deals: int = 1
     import_at: float | None = 0.25
     spanish_stages: bool = True
     encoding: str = "utf-8"
@@ -1623,6 +1631,8 @@ class MessyOptions:
         low, high = self.late_keyed_days
         if not 1 <= low <= high:
             raise ValueError(f"messy option late_keyed_days: expected 1 <= first <= second, got {self.late_keyed_days!r}")
+        if self.outlier_deals < 0:
+            raise ValueError(f"messy option outlier_deals: expected 0 or more, got {self.outlier_deals!r}")
         if self.purge_every_months < 0 or self.purge_overdue_days < 0:
             raise ValueError(
                 "messy options purge_every_months and purge_overdue_days: expected 0 or more, got "
@@ -1648,7 +1658,7 @@ class MessyOptions:
         return cls(
             keyed_at_close_share=0.0, keyed_at_close_lost_share=0.0, no_history_share=0.0,
             last_minute_stage_share=0.0, late_keyed_share=0.0, stale_share=0.0, purge_every_months=0,
-            lost_future_close_share=0.0, import_at=None, spanish_stages=False,
+            lost_future_close_share=0.0, outlier_deals=0, import_at=None, spanish_stages=False,
         )  # fmt: skip
 
     def with_assignments(self, assignments: Sequence[str]) -> "MessyOptions":
@@ -1687,16 +1697,20 @@ def _option_value(name: str, text: str) -> object:
         return text.lower()
     if name == "loss_reason_field":
         return text
-    if name in ("purge_every_months", "purge_overdue_days"):
+    if name in ("purge_every_months", "purge_overdue_days", "outlier_deals"):
         return int(text)
     return float(text)
 
 
 def _choose(rng: np.random.Generator, eligible: np.ndarray, share: float) -> np.ndarray:
     """Exactly round(share x eligible) of the eligible deals, drawn at random (a deal mask)."""
-    candidates = np.flatnonzero(eligible)
+    return _choose_count(rng, eligible, math.floor(share * int(eligible.sum()) + 0.5))
+
+
+def _choose_count(rng: np.random.Generator, eligible: np.ndarray, count: int) -> np.ndarray:
+    """`count` of the eligible deals (all of them when fewer), drawn at random (a deal mask)."""
     chosen = np.zeros(len(eligible), dtype=bool)
-    chosen[rng.permutation(candidates)[: math.floor(share * len(candidates) + 0.5)]] = True
+    chosen[rng.permutation(np.flatnonzero(eligible))[:count]] = True
     return chosen
 
 
@@ -1881,6 +1895,9 @@ class _MessyChoices:
     lost_future: np.ndarray
     purges: list[int]
     purged_at: np.ndarray
+    outlier: np.ndarray
+    outlier_amount: int  # what the CRM shows as the amount of an outlier deal
+    outlier_close: np.ndarray  # the close date (day) it shows, before the deal's creation
 
 
 def _draw_messy_choices(world: SampleWorld, deals: dict[str, np.ndarray], real: _RealDeals, options: MessyOptions, seed: int) -> _MessyChoices:
@@ -1930,6 +1947,14 @@ def _draw_messy_choices(world: SampleWorld, deals: dict[str, np.ndarray], real: 
         due = stale & (purged_at < 0) & (real.closed_at < moment)
         due &= moment // DAY_SECONDS - real.close_before >= options.purge_overdue_days
         purged_at[due] = moment
+
+    # Outliers: dead deals nobody touched after creating them, showing an amount far above any
+    # win and a close date before their creation (one row only, so nothing else contradicts it).
+    untouched = real.last - np.where(imported, at_import, real.first) == 1
+    outlier = _choose_count(stream(9), stale & (purged_at < 0) & untouched, options.outlier_deals)
+    largest_win = int(r["amount"][real.last][real.won].max()) if real.won.any() else int(r["amount"].max())
+    created_day = np.where(imported, (import_at or 0) // DAY_SECONDS, deals["created"] // DAY_SECONDS)
+    outlier_close = created_day - stream(10).integers(10, 61, n)
     return _MessyChoices(
         import_at=import_at,
         imported=imported,
@@ -1948,6 +1973,9 @@ def _draw_messy_choices(world: SampleWorld, deals: dict[str, np.ndarray], real: 
         lost_future=lost_future,
         purges=purges,
         purged_at=purged_at,
+        outlier=outlier,
+        outlier_amount=round(_OUTLIER_FACTOR * largest_win, -3),
+        outlier_close=outlier_close,
     )
 
 
@@ -1998,6 +2026,9 @@ def _recorded_rows(real: _RealDeals, c: _MessyChoices) -> tuple[dict[str, np.nda
         "close": np.concatenate([close[keep], added["close"]]),
     }
     seq = np.concatenate([real.by_deal[keep], len(rd) + np.arange(len(added["deal"]))])
+    outlier_row = c.outlier[recorded["deal"]]
+    recorded["amount"] = np.where(outlier_row, c.outlier_amount, recorded["amount"])
+    recorded["close"] = np.where(outlier_row, c.outlier_close[recorded["deal"]], recorded["close"])
     order = np.lexsort((seq, recorded["time"], recorded["deal"]))
     recorded = {key: values[order] for key, values in recorded.items()}
     deal = recorded["deal"]
@@ -2051,6 +2082,7 @@ def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simula
         "stale": c.stale,
         "purged": c.purged_at >= 0,
         "lost_future_close": c.lost_future,
+        "outlier": c.outlier,
     }
     return _Recorded(
         view=view,

@@ -35,7 +35,7 @@ IMPORT_AT = pd.Timestamp("2026-02-14 09:00:00")
 PURGES = [pd.Timestamp("2026-05-29 17:00:00"), pd.Timestamp("2026-08-28 17:00:00")]
 SHAPES = [
     "imported", "keyed_at_close", "never_entered", "no_history", "last_minute_stage", "late_keyed", "stale", "purged",
-    "lost_future_close",
+    "lost_future_close", "outlier",
 ]  # fmt: skip
 FILES = (
     "Opportunity.csv", "OpportunityHistory.csv", "Account.csv", "User.csv", "quotas.csv", "truth_win_probability.csv",
@@ -289,6 +289,19 @@ def test_lost_deals_with_future_close_dates(export):
     assert future.sum() == _rounded(0.4, eligible.sum())
 
 
+def test_one_outlier_far_above_any_win_with_a_close_date_before_its_creation(export):
+    d, t = export["deals"], export["truth"]
+    amount = d["Amount"].astype(int)
+    largest_win = amount[d["status"] == "won"].max()
+    far_above = amount >= 5 * largest_win
+    assert far_above.sum() == 1 and (far_above == t["outlier"]).all()
+    deal = d[far_above].iloc[0]
+    assert deal["status"] == "open" and deal["history_rows"] == 1 and deal["Amount"] == str(round(6 * largest_win, -3))
+    assert pd.Timedelta(days=10) <= deal["created"].normalize() - deal["close"] <= pd.Timedelta(days=60)
+    facts = t[far_above].iloc[0]
+    assert facts["stale"] and facts["real_outcome"] == "lost" and int(facts["amount_reporting"]) < largest_win
+
+
 # ----------------------------------------------------------------------------------------------
 # The truth agrees with the files
 # ----------------------------------------------------------------------------------------------
@@ -297,7 +310,7 @@ def test_truth_files_agree_with_the_export(export):
     assert (t["crm_status"] == d["status"]).all()
     assert (t["crm_created_at"] == d["created"]).all()
     assert (t["crm_close_date"] == d["CloseDate"].str[:10]).all()
-    assert (t["amount"] == d["Amount"]).all() and (t["amount"] == t["amount_reporting"]).all()
+    assert (t["amount"] == d["Amount"]).all() and (t.loc[~t["outlier"], "amount"] == t.loc[~t["outlier"], "amount_reporting"]).all()
     with_history = d["history_rows"] > 0
     closed = d["status"] != "open"
     assert (t.loc[closed & with_history, "crm_closed_at"] == d.loc[closed & with_history, "last_at"]).all()
@@ -453,7 +466,7 @@ def test_windows_1252_and_several_currencies_with_a_rates_file(tmp_path):
     assert set(rates.currencies) == {"MXN", "COP", "CLP"}
     table = rates.table
     # each amount is the USD amount at the rate of the deal's creation day (the latest rate on or before it)
-    for deal_id, row in t.iterrows():
+    for deal_id, row in t[t["outlier"] == "0"].iterrows():
         created = pd.Timestamp(row["crm_created_at"]).normalize()
         if row["currency"] == "USD":
             assert row["amount"] == row["amount_reporting"]
@@ -466,6 +479,7 @@ def test_windows_1252_and_several_currencies_with_a_rates_file(tmp_path):
     assert len(result.deals) == len(o) and result.quarantine.empty
     assert "Prospección" in set(result.deals["stage"]) | set(result.history["stage"])
     valued = result.deals.set_index("deal_id")["amount_reporting"].astype(float)
+    valued = valued[(t["outlier"] == "0").reindex(valued.index).to_numpy()]
     ratio = valued / t["amount_reporting"].astype(float).reindex(valued.index)
     assert ratio.between(0.7, 1.4).all() and abs(ratio.median() - 1) < 0.05
 
