@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("summary", help="summarise the latest run in the warehouse")
     sample = commands.add_parser("sample", help="write the sample CRM exports")
     sample.add_argument("--out", type=Path, required=True)
-    sample.add_argument("--deals", type=int, default=None, help="number of deals (default 10,000; 650 with --profile messy, of which about 490 reach the CRM)")
+    sample.add_argument("--deals", type=int, default=None, help="number of deals (default 10,000; 720 with --profile messy, of which about 460 reach the CRM)")
     sample.add_argument("--seed", type=int, default=7)
     sample.add_argument("--end-date", type=dt.date.fromisoformat, default=None)
     sample.add_argument("--years", type=float, default=None, help="years of history (default 3.5; 1 with --profile messy)")

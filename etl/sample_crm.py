@@ -78,8 +78,8 @@ The messy profile: a small, untidy real org
 -------------------------------------------
 `generate_sample(out_dir, profile="messy")` (or `messy=MessyOptions(...)`; command line
 `--profile messy --option NAME=VALUE`) simulates the same weekly process (the org's real life) and
-writes what an untidy org's CRM shows of it: 650 real deals over one year by default (any n_deals
-and years work), of which about 490 reach the CRM and the export; one pipeline "Ventas" with
+writes what an untidy org's CRM shows of it: 720 real deals over one year by default (any n_deals
+and years work), of which about 460 reach the CRM and the export; one pipeline "Ventas" with
 Spanish stage names (Prospección, Calificación, Análisis de necesidades, Propuesta de valor,
 Propuesta/Presupuesto, Negociación/Revisión, Cerrada ganada, Cerrada perdida). The pipeline is not in
 dealcast.toml: the Salesforce reader takes its order from the export's StageSortOrder, IsClosed and
@@ -92,7 +92,7 @@ own random stream):
   CreatedDate = the import moment for all of them, one history row at it, nothing of their earlier
   life; deals closed before it come in closed, with their real CloseDate (before their CreatedDate).
   Shape `imported`. The other shapes apply to what happens after the import.
-- `keyed_at_close_share` (0.5 of the deals created after the import, drawn before anything about
+- `keyed_at_close_share` (0.7 of the deals created after the import, drawn before anything about
   them is decided): the rep enters the deal only once it is decided. A won one is created at the
   moment of its win, in the stage it was really in, and closed 1 minute to 3 hours later the same
   day, CloseDate that day; so are `keyed_at_close_lost_share` (0.3) of the lost ones. Shape
@@ -109,7 +109,7 @@ own random stream):
   `end_date`): the close is keyed in `late_keyed_days` (7-56) days after the win (moved off a
   weekend), with CloseDate the day of the real win, earlier than the closing history row (for a
   keyed-at-close deal, earlier than its CreatedDate). Shape `late_keyed`.
-- `stale_share` (0.5 of lost deals that were in the CRM before their loss): the loss is never
+- `stale_share` (0.6 of lost deals that were in the CRM before their loss): the loss is never
   recorded. The deal stays open in the stage and with the CloseDate of its last recorded row,
   overdue once that date passes, ageing. Shape `stale`.
 - `purge_every_months` (3) and `purge_overdue_days` (30): at 17:00:00 UTC on the last Friday of every
@@ -1518,7 +1518,7 @@ def _truth(world: SampleWorld, deals: dict[str, np.ndarray], rows: dict[str, np.
 PROFILE_CLEAN = "clean"
 PROFILE_MESSY = "messy"
 PROFILES = (PROFILE_CLEAN, PROFILE_MESSY)
-PROFILE_DEFAULTS = {PROFILE_CLEAN: (10_000, 3.5), PROFILE_MESSY: (650, 1.0)}  # (real deals, years)
+PROFILE_DEFAULTS = {PROFILE_CLEAN: (10_000, 3.5), PROFILE_MESSY: (720, 1.0)}  # (real deals, years)
 
 TRUTH_DEALS_FILE = "truth_deals.csv"
 TRUTH_REAL_HISTORY_FILE = "truth_real_history.csv"
@@ -1603,13 +1603,13 @@ class MessyOptions:
                                the one dealcast.toml names (e.g. "LossReason__c"; blank: that one)
     """
 
-    keyed_at_close_share: float = 0.5
+    keyed_at_close_share: float = 0.7
     keyed_at_close_lost_share: float = 0.3
     no_history_share: float = 0.3
     last_minute_stage_share: float = 0.5
     late_keyed_share: float = 0.3
     late_keyed_days: tuple[int, int] = (7, 56)
-    stale_share: float = 0.5
+    stale_share: float = 0.6
     purge_every_months: int = 3
     purge_overdue_days: int = 30
     lost_future_close_share: float = 0.4
@@ -2615,7 +2615,7 @@ def generate_sample(
     `profile` "clean" (the default) writes every change as it happens (10,000 deals over 3.5
     years unless given); "messy" (the default when `messy` options are given) records the same
     kind of sales process the way a small, untidy org does, with the shapes `messy` switches on,
-    plus the truth files (650 real deals over one year unless given, of which about 490 reach
+    plus the truth files (720 real deals over one year unless given, of which about 460 reach
     the CRM; see the module docstring). `n_deals` counts the simulated deals; the summary's
     `n_deals` those written to Opportunity.csv.
     Same seed and arguments give byte-identical files."""
@@ -2853,7 +2853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: write the sample CRM export and print a one-line summary."""
     parser = argparse.ArgumentParser(prog="python -m etl.sample_crm", description="Write the seeded sample CRM export.")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the export files to")
-    parser.add_argument("--deals", type=int, default=None, help="number of deals (default 10,000; 650 with --profile messy, of which about 490 reach the CRM)")
+    parser.add_argument("--deals", type=int, default=None, help="number of deals (default 10,000; 720 with --profile messy, of which about 460 reach the CRM)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     parser.add_argument(
         "--end-date", type=dt.date.fromisoformat, default=None, help="last day simulated, YYYY-MM-DD (default today, UTC)"

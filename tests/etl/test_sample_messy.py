@@ -109,7 +109,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(sample, tmp_pa
 
 def test_a_small_org_over_one_year(sample, export):
     d, everyone = export["deals"], export["all_deals"]
-    assert len(everyone) == 650 and everyone.index.is_unique
+    assert len(everyone) == 720 and everyone.index.is_unique
     # the export holds the deals that reached the CRM: all but those never entered
     assert sample.profile == "messy" and sample.n_deals == len(d) == (~everyone["never_entered"]).sum()
     assert 400 <= len(d) <= 560 and set(d.index) == set(everyone.index[~everyone["never_entered"]])
@@ -184,11 +184,11 @@ def test_wins_keyed_in_at_close_are_never_open_on_a_monday(export):
     keyed = closed & (closing - d["created"] < DAY) & ((d["history_rows"] == 0) | opened)
     keyed &= d["created"].dt.normalize() == closing.dt.normalize()
     assert (keyed == t["keyed_at_close"]).all()
-    # the habit is drawn among all deals created after the import, whatever their outcome: every
-    # won one is keyed in at close, 0.3 of the lost ones too, the rest never reach the CRM
+    # the habit (0.7) is drawn among all deals created after the import, whatever their outcome:
+    # every won one is keyed in at close, 0.3 of the lost ones too, the rest never reach the CRM
     everyone = export["all_deals"]
     habit = everyone["keyed_at_close"] | everyone["never_entered"]
-    assert habit.sum() == _rounded(0.5, (everyone["real_created_at"] >= IMPORT_AT).sum())
+    assert habit.sum() == _rounded(0.7, (everyone["real_created_at"] >= IMPORT_AT).sum())
     assert not (habit & (everyone["real_created_at"] < IMPORT_AT)).any()
     outcome = everyone["real_outcome"]
     assert (everyone.loc[habit & (outcome == "won"), "keyed_at_close"]).all()
@@ -274,7 +274,7 @@ def test_stale_deals_and_the_purges_that_close_them_in_bulk(export):
     assert overdue.sum() > 20 and t.loc[overdue, "stale"].all()
 
     _, real_lost, closed_before = _eligible_wins_and_losses(export)
-    assert t["stale"].sum() == _rounded(0.5, (real_lost & ~t["keyed_at_close"] & ~closed_before).sum())
+    assert t["stale"].sum() == _rounded(0.6, (real_lost & ~t["keyed_at_close"] & ~closed_before).sum())
 
 
 def test_lost_deals_with_future_close_dates(export):
@@ -523,7 +523,7 @@ def test_truth_is_calibrated_on_the_deals_the_crm_shows_open(tmp_path):
     n = len(one)
     won, undecided = (outcome == "won").mean(), (outcome == "open").mean()
     se = math.sqrt(p.mean() * (1 - p.mean()) / n)
-    assert n > 400 and undecided < 0.05
+    assert n > 300 and undecided < 0.05
     assert won - 4 * se <= p.mean() <= won + undecided + 4 * se, (p.mean(), won, undecided, se)
 
 
@@ -557,7 +557,7 @@ def test_a_stage_no_deal_is_in_at_the_export_date_and_the_configuration_that_ord
     o = pd.read_csv(tmp_path / "Opportunity.csv", dtype=str, keep_default_na=False)
     h = pd.read_csv(tmp_path / "OpportunityHistory.csv", dtype=str, keep_default_na=False)
     only_in_history = set(h["StageName"]) - set(o["StageName"])
-    assert only_in_history == {"Propuesta/Presupuesto"}
+    assert only_in_history and only_in_history <= set(SPANISH_OPEN)
 
     config = tmp_path / "config" / "dealcast.toml"
     config.parent.mkdir()
