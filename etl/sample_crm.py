@@ -2824,8 +2824,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
         "stale deals, purges, a bulk import, Spanish stages) with truth files (default clean)",
     )  # fmt: skip
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
-                        help="a messy-profile option, repeatable, e.g. --option stale_share=0.3 "
-                        f"(names: {', '.join(f.name for f in dataclass_fields(MessyOptions))})")  # fmt: skip
+                        help="a messy-profile option, repeatable, e.g. --option stale_share=0.3; what each does is in "
+                        f"the etl.sample_crm docstring (names: {', '.join(f.name for f in dataclass_fields(MessyOptions))})")  # fmt: skip
 
 
 def messy_options_from(args: argparse.Namespace) -> MessyOptions | None:
