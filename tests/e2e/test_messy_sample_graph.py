@@ -53,14 +53,13 @@ def test_whole_graph_on_a_messy_org_into_postgres(tmp_path, pg_url, pg_schema):
         stages = warehouse.read("pipeline_stages").query("pipeline == 'Ventas'").sort_values("stage_order")
         assert stages["stage"].tolist() == SPANISH and stages["stage_order"].tolist() == list(range(1, 9))
 
-        # deals nobody closed look open: every one of them is scored like any open deal
+        # deals nobody closed look open: every one of them is scored like any open deal, and nothing
+        # closed in the export is scored (deals created and closed the same day without history included)
         scores = warehouse.read("deal_scores", as_of=AS_OF)
         open_ids = set(deals.loc[deals["status"] == "open", "deal_id"])
-        assert open_ids <= set(scores["deal_id"]) and scores["win_probability"].between(0, 1).all()
-        # nothing closed in the export is scored, except (while the point-in-time rebuild leaves them
-        # open) deals created and closed the same day without history
+        assert set(scores["deal_id"]) == open_ids and scores["win_probability"].between(0, 1).all()
         same_day = set(truth.loc[truth["no_history"] == 1, "deal_id"])
-        assert set(scores["deal_id"]) - open_ids <= same_day
+        assert same_day and not same_day & set(scores["deal_id"])
         stale_open = set(truth.loc[(truth["stale"] == 1) & (truth["purged"] == 0), "deal_id"])
         assert len(stale_open) > 20 and stale_open <= open_ids
         assert not warehouse.read("forecast_quarterly", as_of=AS_OF).empty
