@@ -67,6 +67,9 @@ Reconciliation counts source rows: a source row that feeds several records (a de
 also carries stage history) counts once, as quarantined if any of its records was rejected.
 Deal files, for the quarantine share, are every file except lookup files and those that only feed
 deal history.
+Rows a mapping's filter leaves out (`excluded_by_filter`) are quarantined so that every row is
+accounted for, but they are no data problem: the quarantine shares and `crm_exports.rows_parsed`
+leave them out of their counts and say how many there were.
 """
 
 from __future__ import annotations
@@ -143,6 +146,8 @@ TEXT_TOO_LONG = "text_too_long"
 CHECK_DEALS_NOT_EMPTY = "deals.deals_not_empty"
 CHECK_QUARANTINE_SHARE = "deals.quarantine_share"
 CHECK_HISTORY_QUARANTINE_SHARE = "deal_history.quarantine_share"
+# The reason code of rows a mapping's [filter] leaves out (etl.readers.mapped): not a problem.
+EXCLUDED_BY_FILTER = "excluded_by_filter"
 CHECK_VOLUME = "deals.volume_not_collapsed"
 CHECK_RECONCILIATION = "crm_exports.reconciliation"  # one result per file: "<this>[<file>]"
 CHECK_READER = "crm_exports.rows_parsed"
@@ -1512,12 +1517,17 @@ def _history_work_frame(
 
 
 def _reader_result(reader: pd.DataFrame, reconciliation: pd.DataFrame, details: dict[str, pd.DataFrame]) -> dict:
-    """The reader's own rejections (rows it could not parse), reported beside our checks."""
-    details[CHECK_READER] = reader.head(SAMPLE_ROWS_KEPT)
+    """The reader's own rejections (rows it could not parse), reported beside our checks; rows a
+    mapping's filter left out are no rejection and only mentioned."""
+    left_out = reader["reason_code"].eq(EXCLUDED_BY_FILTER).to_numpy(dtype=bool)
+    rejected = reader.loc[~left_out]
+    details[CHECK_READER] = rejected.head(SAMPLE_ROWS_KEPT)
     total_read = int(reconciliation["rows_read"].sum())
+    observed = _count_text(len(rejected), total_read, "rows read could not be parsed")
+    if left_out.any():
+        observed += f"; {int(left_out.sum()):,} left out by a mapping's filter"
     return _result(
-        CHECK_READER, ASSET_EXPORTS, reader.empty, SEVERITY_ROW,
-        _count_text(len(reader), total_read, "rows read could not be parsed"), "every row parsed", len(reader),
+        CHECK_READER, ASSET_EXPORTS, rejected.empty, SEVERITY_ROW, observed, "every row parsed", len(rejected),
     )
 
 
@@ -1593,31 +1603,40 @@ def _quarantine_share_results(
     - history: rows of the history-only files quarantined for a defect of their own, over the rows
       read from them. Rows that follow their quarantined deal (deal_quarantined) or name a deal the
       export does not hold (orphan_history: deleted or filtered-out deals) are judged with the
-      deals, not counted again here."""
+      deals, not counted again here.
+
+    Rows a mapping's filter left out on purpose (`excluded_by_filter`) are no problem: they count in
+    neither part of a share, and the message says how many there were."""
     lookups = {f.source_file for f in files if f.lookup}
     history_only = set(_source_files(history["source_file"]).unique()) - set(_source_files(deals["source_file"]).unique())
     history_only = (history_only - lookups) | {f.source_file for f in files if f.history_only}
     files_of = reconciliation["source_file"]
     deal_files = reconciliation.loc[~files_of.isin(history_only | lookups)]
     history_files = reconciliation.loc[files_of.isin(history_only)]
-    in_deal_files = _source_files(quarantine["source_file"]).isin(set(deal_files["source_file"]))
-    own_defect = ~quarantine["reason_code"].isin([DEAL_QUARANTINED, ORPHAN_HISTORY])
-    in_history_files = _source_files(quarantine["source_file"]).isin(history_only) & own_defect
+    source = _source_files(quarantine["source_file"])
+    filtered = quarantine["reason_code"].eq(EXCLUDED_BY_FILTER).to_numpy(dtype=bool)
+    in_deal_files = source.isin(set(deal_files["source_file"])).to_numpy(dtype=bool)
+    own_defect = ~quarantine["reason_code"].isin([DEAL_QUARANTINED, ORPHAN_HISTORY]).to_numpy(dtype=bool)
+    in_history_files = source.isin(history_only).to_numpy(dtype=bool)
     results = []
-    for check, asset, part, unit, mask in (
-        (CHECK_QUARANTINE_SHARE, ASSET_DEALS, deal_files, "deal rows", in_deal_files),
-        (CHECK_HISTORY_QUARANTINE_SHARE, ASSET_HISTORY, history_files, "history rows", in_history_files),
+    for check, asset, part, unit, rows, counted in (
+        (CHECK_QUARANTINE_SHARE, ASSET_DEALS, deal_files, "deal rows", in_deal_files, in_deal_files),
+        (CHECK_HISTORY_QUARANTINE_SHARE, ASSET_HISTORY, history_files, "history rows", in_history_files,
+         in_history_files & own_defect),
     ):
-        total = int(part["rows_read"].sum())
+        excluded = int((rows & filtered).sum())
+        total = int(part["rows_read"].sum()) - excluded
+        mask = counted & ~filtered
         quarantined = int(mask.sum())
         share = quarantined / total if total else 0.0
         passed = share <= config.max_quarantine_share
         details[check] = quarantine.loc[mask].head(SAMPLE_ROWS_KEPT)
         scope = "" if check == CHECK_QUARANTINE_SHARE else " for a defect of their own"
+        left_out = f"; {excluded:,} more left out by a mapping's filter" if excluded else ""
         results.append(
             _result(
                 check, asset, passed, SEVERITY_ERROR,
-                f"{share:.2%} ({_count_text(quarantined, total, unit)} quarantined{scope})",
+                f"{share:.2%} ({_count_text(quarantined, total, unit)} quarantined{scope}{left_out})",
                 f"at most {config.max_quarantine_share:.2%} of {unit} quarantined{scope}",
                 quarantined if not passed else 0,
             )
