@@ -161,7 +161,7 @@ def test_missing_and_empty_warehouses(tmp_path, capsys, monkeypatch):
         (["sample", "--out", "x", "--end-date", "31/12/2024"], "dealcast sample: error: argument --end-date: expected a date as YYYY-MM-DD, got '31/12/2024'"),
         (["sample"], "dealcast sample: error: the following arguments are required: --out"),
         (["summary", "--as-of", "yesterday"], "dealcast summary: error: argument --as-of: expected a date as YYYY-MM-DD, got 'yesterday'"),
-        (["forecast"], "dealcast: error: argument COMMAND: invalid choice: 'forecast' (choose from 'summary', 'sample')"),
+        (["forecast"], "dealcast: error: argument COMMAND: invalid choice: 'forecast' (choose from 'summary', 'sample', 'release', 'export')"),
     ],
 )
 def test_bad_arguments_get_one_line(argv, message, capsys):
