@@ -46,6 +46,7 @@ from etl.metrics import (
     _status_codes,
     _table_frame,
 )
+from etl.bookings import booking_anchor, booking_dates
 from etl.periods import period_bounds, quarter_end, quarter_label, quarter_labels
 from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
 from etl.schema import SEGMENT_COLUMNS, TIMESTAMP, UNKNOWN_SEGMENT, segment_values
@@ -81,6 +82,7 @@ class DealsAtEnd:
     frame: pd.DataFrame
     status: np.ndarray  # _OPEN / _WON / _LOST (from etl.metrics)
     closed_at: np.ndarray  # datetime64[us]; NaT while open
+    booked_at: np.ndarray  # datetime64[us] booking date (etl.bookings) of closed deals; NaT while open
     amount: np.ndarray  # amount_reporting at the end of as_of (0 where unknown)
     created_at: np.ndarray  # datetime64[us]
     stage_order: np.ndarray  # int64 stage order at the end of as_of; 0 where unknown
@@ -140,11 +142,14 @@ def deals_at_end(deals: pd.DataFrame, history: pd.DataFrame, as_of: dt.date | pd
     existing_row[deal_row] = np.arange(len(deal_row))
     status_at = np.asarray(_status_codes(at["status"]))[order]
     stage_order = at["stage_order"].to_numpy(dtype="float64", na_value=np.nan)[order]
+    frame = deals.iloc[deal_row].reset_index(drop=True)
+    closed_at = at["closed_at"].to_numpy(dtype=TIMESTAMP)[order]
     return DealsAtEnd(
         as_of=_as_of_date(as_of),
-        frame=deals.iloc[deal_row].reset_index(drop=True),
+        frame=frame,
         status=np.where(status_at < 0, _OPEN, status_at),
-        closed_at=at["closed_at"].to_numpy(dtype=TIMESTAMP)[order],
+        closed_at=closed_at,
+        booked_at=booking_dates(booking_anchor(frame), closed_at, _as_of_date(as_of)),
         amount=np.nan_to_num(at["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan)[order]),
         created_at=at["created_at"].to_numpy(dtype=TIMESTAMP)[order],
         stage_order=np.where(np.isnan(stage_order), 0, stage_order).astype("int64"),
@@ -301,8 +306,8 @@ def rep_funnel(
 
 
 def _close_quarters(at: DealsAtEnd, mask: np.ndarray, fiscal_year_start_month: int) -> tuple[np.ndarray, np.ndarray]:
-    """Codes and labels of the fiscal quarter of closed_at of the deals in `mask`."""
-    closed = pd.Series(at.closed_at[mask])
+    """Codes and labels of the fiscal quarter of the booking date of the deals in `mask`."""
+    closed = pd.Series(at.booked_at[mask])
     return _codes(quarter_labels(closed, fiscal_year_start_month))
 
 
@@ -317,8 +322,8 @@ def deal_value_spread(
     """How consistent won deal values are: one row per period x segment with at least one won deal.
 
     Periods: period_grain "all" (period "all": every deal won by the end of as_of) and
-    period_grain "quarter" (the fiscal quarter of the close date). Segments: every segment type
-    of `etl.schema.SEGMENT_COLUMNS`. Values are amount_reporting at the end of as_of of the deals
+    period_grain "quarter" (the fiscal quarter of the booking date, `etl.bookings`). Segments: every
+    segment type of `etl.schema.SEGMENT_COLUMNS`. Values are amount_reporting at the end of as_of of the deals
     won then (a deal re-opened after a win is not won).
     - won_count, won_amount: the won deals and the sum of their amounts;
     - mean_value = won_amount / won_count (the average deal value); median_value, p10_value,
@@ -376,7 +381,9 @@ def deal_value_spread(
 
 
 def _calendars(at: DealsAtEnd, fiscal_year_start_month: int):
-    first = pd.Timestamp(at.created_at.min())
+    """Month and quarter calendars from the first creation or booking date through as_of."""
+    booked = at.booked_at[~np.isnat(at.booked_at)]
+    first = pd.Timestamp(min(at.created_at.min(), booked.min()) if len(booked) else at.created_at.min())
     return {g: _calendar(first, at.as_of, g, fiscal_year_start_month) for g in GROWTH_GRAINS}
 
 
@@ -390,11 +397,12 @@ def product_mix(
 ) -> pd.DataFrame:
     """Product mix: one row per period grain ("month", "quarter") x period x product.
 
-    Periods run from the one in which the first deal (existing at the end of as_of) was created
-    through the one containing as_of; every product (`(unknown)` for deals without one) gets a
+    Periods run from the one in which the first deal (existing at the end of as_of) was created or
+    booked through the one containing as_of; every product (`(unknown)` for deals without one) gets a
     row in every period. Amounts are amount_reporting at the end of as_of.
     - created_count, created_amount: deals created in the period (created_at) and their amount;
-    - won_count, won_amount: deals won by the end of as_of whose close date falls in the period;
+    - won_count, won_amount: deals won by the end of as_of whose booking date (`etl.bookings`)
+      falls in the period;
     - period_won_amount: won_amount of all products in the period;
     - won_share = won_amount / period_won_amount (NULL when nothing was won in the period).
     """
@@ -410,7 +418,7 @@ def product_mix(
         n_periods = len(calendar.labels)
         n_cells = n_periods * n_products
         created_period = calendar.period_of(at.created_at)
-        closed_period = np.where(won, calendar.period_of(at.closed_at), -1)
+        closed_period = np.where(won, calendar.period_of(at.booked_at), -1)
 
         def tally(period: np.ndarray, mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
             keep = mask & (period >= 0)
@@ -450,7 +458,8 @@ def revenue_growth(
     """Revenue growth period over period: one row per period grain ("month", "quarter") x period x segment.
 
     Periods run as in `product_mix`; every segment value (every segment type) gets a row in every
-    period. Won deals count in the period of their close date, at amount_reporting at the end of as_of.
+    period. Won deals count in the period of their booking date (`etl.bookings`), at
+    amount_reporting at the end of as_of.
     - complete: false for the period containing as_of when as_of is not its last day (its
       won_amount, and its growth, cover only part of it);
     - won_count, won_amount: deals won in the period;
@@ -466,7 +475,7 @@ def revenue_growth(
     won = at.won
     end = np.datetime64(as_of_end(as_of), "us")
     calendars = _calendars(at, fiscal_year_start_month)
-    closed_periods = {g: np.where(won, c.period_of(at.closed_at), -1) for g, c in calendars.items()}
+    closed_periods = {g: np.where(won, c.period_of(at.booked_at), -1) for g, c in calendars.items()}
     pieces = []
     for segment_type, (segment, segment_names) in _segments(at.frame).items():
         n_segments = len(segment_names)
@@ -539,9 +548,10 @@ def ask_to_decision(
     The ask stages of each pipeline are `ask_stages(stages, configured_ask_stages)`. A deal counts
     when it is won or lost at the end of as_of and its history (`etl.pipeline_state.prepare_history`
     output) shows it entering an ask stage by then; its days are from the first time it entered
-    any ask stage to its close (closed_at; for a re-opened deal its latest close). Deals without
-    stage history never show an ask entry and are not counted.
-    Periods: period_grain "all" (period "all") and "quarter" (fiscal quarter of the close date).
+    any ask stage to the moment it was marked closed (closed_at; for a re-opened deal its latest
+    close). Deals without stage history never show an ask entry and are not counted.
+    Periods: period_grain "all" (period "all") and "quarter" (fiscal quarter of the booking date,
+    `etl.bookings`).
     Segments: every segment type. Outcomes: won, lost and all (both).
     - deals: the deals counted; median_days, mean_days, p90_days: of their days.
     """
@@ -654,8 +664,8 @@ def pipeline_coverage(
     output: quarter, segment_type, segment, amount) names, in every quarter. `conversion` is the
     `stage_conversion` table of the same as_of.
     - quota: the quotas amount of the quarter and segment (NULL when not set);
-    - closed_won: amount of the deals won (at the end of as_of) with a close date in the quarter, up
-      to the end of as_of (0 for a quarter that starts after as_of);
+    - closed_won: amount of the deals won (at the end of as_of) with a booking date (`etl.bookings`)
+      in the quarter, up to the end of as_of (0 for a quarter that starts after as_of);
     - remaining = quota - closed_won (NULL without a quota);
     - open_deals, open_pipeline: count and amount of the deals open at the end of as_of whose
       expected close date (as it stood then) falls in the quarter (for a past quarter: the
@@ -705,7 +715,7 @@ def pipeline_coverage(
         return np.where(inside, index, -1)
 
     end = np.datetime64(end_ts, "us")
-    won_quarter = np.where(at.won & (at.closed_at <= end), quarter_of(at.closed_at), -1)
+    won_quarter = np.where(at.won & (at.closed_at <= end), quarter_of(at.booked_at), -1)
     is_open = at.status == _OPEN
     open_quarter = np.where(is_open, quarter_of(at.expected_close), -1)
 

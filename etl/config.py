@@ -18,6 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from etl.bookings import BOOKING_RULES, DEFAULT_BOOKING_RULE
 from etl.stages import PipelineStages, StageCatalog
 
 ENV_PROJECT_DIR = "DEALCAST_PROJECT_DIR"
@@ -147,6 +148,8 @@ class ProjectConfig:
     format_overrides: dict[str, str] = field(default_factory=dict)
     # [sources] mappings: declarative column-mapping files for generic CSV exports (paths as written).
     mappings: tuple[str, ...] = ()
+    # [reporting] booking_date: which date books a closed deal into a period (etl.bookings).
+    booking_date: str = DEFAULT_BOOKING_RULE
 
     def resolve_path(self, name: str) -> Path:
         """A path from the config file: absolute as written, else relative to the config file's folder."""
@@ -278,6 +281,12 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
     fiscal_start = int(reporting.get("fiscal_year_start_month", 1))
     if not 1 <= fiscal_start <= 12:
         raise ConfigError(f"{path}: [reporting] fiscal_year_start_month must be 1..12, got {fiscal_start}")
+    booking_date = reporting.get("booking_date", DEFAULT_BOOKING_RULE)
+    if booking_date not in BOOKING_RULES:
+        raise ConfigError(
+            f"{path}: [reporting] booking_date must be one of {', '.join(repr(r) for r in BOOKING_RULES)}, "
+            f"got {booking_date!r}"
+        )
 
     pipelines_raw = raw.get("pipelines", [])
     if not isinstance(pipelines_raw, list):
@@ -318,6 +327,7 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
         rates_file=currency.get("rates_file"),
         format_overrides=dict(overrides),
         mappings=tuple(mappings),
+        booking_date=booking_date,
     )
 
 

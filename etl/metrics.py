@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from etl.bookings import booking_anchor, booking_dates
 from etl.periods import period_bounds, period_labels, quarter_labels, quarter_start
 from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
 from etl.pipeline_state import blank_column as _blank
@@ -233,6 +234,7 @@ class _DealsAsOf:
     frame: pd.DataFrame
     status: np.ndarray  # _OPEN / _WON / _LOST
     closed_at: np.ndarray  # datetime64[us]; NaT while open
+    booked_at: np.ndarray  # datetime64[us] booking date (etl.bookings) of closed deals; NaT while open
     amount: np.ndarray  # amount_reporting at the end of as_of (0 where unknown)
     created_at: np.ndarray  # datetime64[us]
     existing_row: np.ndarray  # per row of `deals`: its row in `frame`, -1 if it did not exist yet
@@ -259,15 +261,25 @@ def _deals_as_of(deals: pd.DataFrame, history: pd.DataFrame, as_of: dt.date | pd
     existing_row = np.full(len(deals), -1, dtype="int64")
     existing_row[deal_row] = np.arange(len(deal_row))
     status = np.asarray(_status_codes(at["status"]))[order]
+    frame = deals.iloc[deal_row].reset_index(drop=True)
+    closed_at = at["closed_at"].to_numpy(dtype=TIMESTAMP)[order]
     return _DealsAsOf(
-        frame=deals.iloc[deal_row].reset_index(drop=True),
+        frame=frame,
         status=np.where(status < 0, _OPEN, status),
-        closed_at=at["closed_at"].to_numpy(dtype=TIMESTAMP)[order],
+        closed_at=closed_at,
+        booked_at=booking_dates(booking_anchor(frame), closed_at, _as_of_date(as_of)),
         amount=np.nan_to_num(at["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan)[order]),
         created_at=at["created_at"].to_numpy(dtype=TIMESTAMP)[order],
         existing_row=existing_row,
         history_deal=history_deal,
     )
+
+
+def _first_day(deals_now: "_DealsAsOf") -> pd.Timestamp:
+    """The earliest creation or booking date of the deals: the start of the tables' calendars (a
+    deal keyed in after its close date is booked before it was created)."""
+    booked = deals_now.booked_at[~np.isnat(deals_now.booked_at)]
+    return pd.Timestamp(min(deals_now.created_at.min(), booked.min()) if len(booked) else deals_now.created_at.min())
 
 
 def _segments(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -707,12 +719,13 @@ def velocity(
 
     `history` is the output of `etl.pipeline_state.prepare_history` with the catalogue `stages`,
     whose configured stage probabilities stand in for missing CRM probabilities. Periods run from the first
-    period in which a deal (existing at the end of as_of) was created through the period
+    period in which a deal (existing at the end of as_of) was created or booked through the period
     containing as_of; every segment value gets a row in every period (zeros where nothing
     happened). Deals' status, close time and amount are as they stood at the end of as_of: a deal
-    closed after as_of is open, and a re-opened deal counts only by its latest close.
+    marked closed after as_of is open, and a re-opened deal counts only by its latest close.
     - created_count: deals created in the period;
-    - won_count / lost_count / won_amount / lost_amount: deals closed in the period (closed_at);
+    - won_count / lost_count / won_amount / lost_amount: deals closed at as_of whose booking date
+      (`etl.bookings`: by default the CRM's close date) falls in the period;
     - open_deals / pipeline_value / weighted_pipeline_crm: the open deals at the end of the period
       (the end of as_of for the period containing as_of), with their amount and probability then.
       The probability is the CRM's, else the stage's configured default; deals with neither add
@@ -730,8 +743,7 @@ def velocity(
     deals_now = _deals_as_of(deals, history, as_of)
     if len(deals_now.frame) == 0:
         return _empty_table("velocity", as_of_day)
-    first_created = pd.Timestamp(deals_now.created_at.min())
-    calendars = {g: _calendar(first_created, as_of_day, g, fiscal_year_start_month) for g in VELOCITY_GRAINS}
+    calendars = {g: _calendar(_first_day(deals_now), as_of_day, g, fiscal_year_start_month) for g in VELOCITY_GRAINS}
     months, quarters = calendars["month"], calendars["quarter"]
     # Quarter ends are month ends, so each quarter's open pipeline is one month's.
     quarter_month = np.searchsorted(months.snapshot_at, quarters.snapshot_at)
@@ -751,7 +763,7 @@ def velocity(
     has_model = ~np.isnan(open_rows["model_probability"])
     open_model = np.where(has_model, open_rows["amount"] * np.nan_to_num(open_rows["model_probability"]), 0.0)
     deal_periods = {
-        grain: (calendar.period_of(deals_now.created_at), np.where(closed, calendar.period_of(deals_now.closed_at), -1))
+        grain: (calendar.period_of(deals_now.created_at), np.where(closed, calendar.period_of(deals_now.booked_at), -1))
         for grain, calendar in calendars.items()
     }
 
