@@ -87,6 +87,7 @@ def velocity(
     frame = metrics.velocity(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
         resolved.project.fiscal_year_start_month, model_scores=deal_scores[["deal_id", "win_probability"]],
+        keyed_at_close_hours=resolved.project.warnings.keyed_at_close_hours,
     )
     warehouse.publish(context, resolved.as_of, "velocity", frame)
     recent = frame[(frame.period_grain == "quarter") & (frame.segment_type == "all")].tail(8)

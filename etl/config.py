@@ -115,6 +115,26 @@ class AnalyticsConfig:
 
 
 @dataclass(frozen=True)
+class WarningsConfig:
+    """`[warnings]`: when the non-blocking data-quality warnings fire (etl.quality_warnings), and
+    what counts as a win keyed in at the moment of closing."""
+
+    # A win created less than this many hours before it was marked won was keyed in at close: its
+    # cycle length is not recorded (left out of velocity's cycle days and the aged threshold). 0: off.
+    keyed_at_close_hours: float = 24.0
+    # ... or that entered its last open stage less than this many minutes before it was marked won.
+    keyed_at_close_minutes: float = 10.0
+    # wins_keyed_at_close fires above this share of the wins.
+    keyed_at_close_share: float = 0.2
+    # overdue_open_deals fires above this share of the open deals.
+    overdue_share: float = 0.25
+    # outlier_amounts: open or lost deals above this multiple of the largest deal ever won.
+    outlier_factor: float = 10.0
+    # pipeline_mostly_stalled fires above this share of a pipeline's open deals stalled or aged.
+    mostly_stalled_share: float = 0.5
+
+
+@dataclass(frozen=True)
 class SalesforceSourceConfig:
     pipeline_field: str = "Pipeline__c"
     product_field: str = "Product__c"
@@ -150,6 +170,8 @@ class ProjectConfig:
     mappings: tuple[str, ...] = ()
     # [reporting] booking_date: which date books a closed deal into a period (etl.bookings).
     booking_date: str = DEFAULT_BOOKING_RULE
+    # [warnings]: thresholds of the non-blocking data-quality warnings.
+    warnings: WarningsConfig = field(default_factory=WarningsConfig)
 
     def resolve_path(self, name: str) -> Path:
         """A path from the config file: absolute as written, else relative to the config file's folder."""
@@ -231,6 +253,23 @@ def _analytics(values: dict[str, Any], path: Path) -> AnalyticsConfig:
     return AnalyticsConfig(stall_days=stall_days, ask_stages=tuple(asks))
 
 
+def _warnings(values: dict[str, Any], path: Path) -> WarningsConfig:
+    """`[warnings]`, checked: hours and minutes at least 0, shares between 0 and 1, factor above 1."""
+    config = _typed(WarningsConfig, values, path, "warnings")
+    for name in WarningsConfig.__dataclass_fields__:
+        value = getattr(config, name)
+        where = f"{path}: [warnings] {name}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if name.endswith("_share") and not 0 <= value <= 1:
+            raise ConfigError(f"{where} must be a share between 0 and 1, got {value!r}")
+        if name == "outlier_factor" and not value > 1:
+            raise ConfigError(f"{where} must be above 1 (a multiple of the largest win), got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{where} must not be negative, got {value!r}")
+    return WarningsConfig(**{name: float(getattr(config, name)) for name in WarningsConfig.__dataclass_fields__})
+
+
 def _parse_date(value: Any, where: str) -> dt.date:
     if isinstance(value, dt.datetime):
         return value.date()
@@ -277,6 +316,7 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
         raise ConfigError(f"{path}: [sources] mappings must be a list of mapping file paths")
 
     analytics = _analytics(_section(raw, "analytics", path), path)
+    warnings_config = _warnings(_section(raw, "warnings", path), path)
 
     fiscal_start = int(reporting.get("fiscal_year_start_month", 1))
     if not 1 <= fiscal_start <= 12:
@@ -328,6 +368,7 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
         format_overrides=dict(overrides),
         mappings=tuple(mappings),
         booking_date=booking_date,
+        warnings=warnings_config,
     )
 
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from etl.bookings import booking_anchor, booking_dates
+from etl.bookings import DEFAULT_KEYED_AT_CLOSE_HOURS, booking_anchor, booking_dates, keyed_in_at_close
 from etl.periods import period_bounds, period_labels, quarter_labels, quarter_start
 from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
 from etl.pipeline_state import blank_column as _blank
@@ -714,6 +714,7 @@ def velocity(
     as_of: dt.date | pd.Timestamp,
     fiscal_year_start_month: int = 1,
     model_scores: pd.DataFrame | None = None,
+    keyed_at_close_hours: float = DEFAULT_KEYED_AT_CLOSE_HOURS,
 ) -> pd.DataFrame:
     """Sales velocity: one row per period grain ("month", "quarter") x period x segment.
 
@@ -735,7 +736,12 @@ def velocity(
       (deal_id, win_probability) is given; NULL otherwise. Unscored open deals add nothing;
     - avg_deal_value = won_amount / won_count; win_rate = won / (won + lost);
       win_rate_value = won_amount / (won_amount + lost_amount);
-    - cycle_days_median / mean / p90: days from created_at to closed_at of the deals won in the period;
+    - cycle_won_count: the period's wins whose cycle length was recorded: wins created less than
+      `keyed_at_close_hours` before they were marked won (`etl.bookings.keyed_in_at_close`: keyed
+      into the CRM at the moment of closing) are left out, since their created_at is not when the
+      sale began; 0 counts every win;
+    - cycle_days_median / mean / p90: days from created_at to closed_at (the moment the deal was
+      marked won) of those wins;
     - velocity_per_day = open_deals x avg_deal_value x win_rate / cycle_days_mean.
     Ratios are NULL when a denominator is 0 or a part is NULL.
     """
@@ -758,6 +764,8 @@ def velocity(
     lost = deals_now.status == _LOST
     closed = won | lost
     cycle_days = (deals_now.closed_at - deals_now.created_at) / np.timedelta64(1, "D")
+    # A win keyed in at the moment of closing has no recorded cycle (etl.bookings.keyed_in_at_close).
+    cycle_days[keyed_in_at_close(deals_now.created_at, deals_now.closed_at, keyed_at_close_hours)] = np.nan
     has_probability = ~np.isnan(open_rows["probability"])
     open_weighted = np.where(has_probability, open_rows["amount"] * np.nan_to_num(open_rows["probability"]), 0.0)
     has_model = ~np.isnan(open_rows["model_probability"])
@@ -841,9 +849,11 @@ def _velocity_rows(
     created_count = tally(created_period, np.ones(len(segment), dtype=bool))
     won_count, lost_count = tally(closed_period, won), tally(closed_period, lost)
     won_amount, lost_amount = tally(closed_period, won, amount), tally(closed_period, lost, amount)
-    won_keep = won & (closed_period >= 0)
+    # Cycle statistics: the period's wins whose cycle was recorded (NaN: keyed in at close).
+    won_keep = won & (closed_period >= 0) & ~np.isnan(cycle_days)
     won_cells = closed_period[won_keep] * n_segments + segment[won_keep]
     won_cycles = cycle_days[won_keep]
+    cycle_count = np.bincount(won_cells, minlength=n_cells)
     cycle_total = np.bincount(won_cells, weights=won_cycles, minlength=n_cells)
     cycle_quantiles = _grouped_percentiles(won_cells, won_cycles, n_cells, (0.5, 0.9))
 
@@ -857,7 +867,7 @@ def _velocity_rows(
 
     avg_deal_value = _ratio(won_amount, won_count)
     win_rate = _ratio(won_count, won_count + lost_count)
-    cycle_mean = _ratio(cycle_total, won_count)
+    cycle_mean = _ratio(cycle_total, cycle_count)
     return {
         "period_grain": np.full(n_cells, grain, dtype=object),
         "period": calendar.labels[np.repeat(np.arange(n_periods), n_segments)],
@@ -875,6 +885,7 @@ def _velocity_rows(
         "avg_deal_value": avg_deal_value,
         "win_rate": win_rate,
         "win_rate_value": _ratio(won_amount, won_amount + lost_amount),
+        "cycle_won_count": cycle_count,
         "cycle_days_median": cycle_quantiles[:, 0],
         "cycle_days_mean": cycle_mean,
         "cycle_days_p90": cycle_quantiles[:, 1],

@@ -5,11 +5,12 @@ export read through the real reader, with every number worked out by hand below.
 Pipeline "Sales": Prospecting (0.1), Proposal (0.6), then Closed Won / Closed Lost. The run is for
 as_of 2026-08-01 unless a test says otherwise. Amounts in USD (the reporting currency).
 
-  A1 1000  created 05-04 09:00 in Prospecting, Proposal 06-10, marked Closed Won on 07-15 10:00 with
-           its CloseDate backdated to 06-28 (keyed in two weeks late)   -> booked 06-28 (2026-Q2)
-  B2 2000  created 06-01 09:00, marked Closed Lost on 07-20 09:00 with a CloseDate of 09-30, after
+  A1 1000  created 05-04 09:00 in Prospecting (expected to close 06-30), Proposal 06-10, marked
+           Closed Won on 07-15 10:00 with its CloseDate set to 06-28 (keyed in two weeks late)
+                                                                         -> booked 06-28 (2026-Q2)
+  B2 2000  created 06-01 09:00 (expected 09-30), marked Closed Lost on 07-20 09:00 with a CloseDate of 09-30, after
            as_of                                                         -> booked 07-20 (2026-Q3)
-  C3 4000  created 04-02 09:00, won 05-20 12:00, CloseDate 05-20        -> booked 05-20 (2026-Q2)
+  C3 4000  created 04-02 09:00 (expected 05-31), won 05-20 12:00, CloseDate 05-20        -> booked 05-20 (2026-Q2)
   D4  500  created 07-01 08:00, open in Proposal, CloseDate 08-31
   E5  700  created 07-10 09:00 and marked Closed Won five minutes later, with a CloseDate of 07-06:
            keyed in after the sale closed                                -> booked 07-06 (2026-Q3)
@@ -30,6 +31,7 @@ from etl.coaching import deal_value_spread, pipeline_coverage, product_mix, reve
 from etl.config import ConfigError, Settings, load_project_config
 from etl.crm import load_crm
 from etl.metrics import stage_conversion, velocity
+from etl.pipeline_health import pipeline_waterfall
 
 T = pd.Timestamp
 AS_OF = dt.date(2026, 8, 1)
@@ -57,8 +59,8 @@ OPPORTUNITIES = [
 ]
 HISTORY_HEADER = ["Id", "OpportunityId", "CreatedDate", "StageName", "Amount", "CloseDate", "Probability", "IsDeleted"]
 HISTORY = [
-    ["H1", "A1", "2026-05-04 09:00:00", "Prospecting", "1000", "2026-07-31", "10", "0"],
-    ["H2", "A1", "2026-06-10 10:00:00", "Proposal", "1000", "2026-07-31", "60", "0"],
+    ["H1", "A1", "2026-05-04 09:00:00", "Prospecting", "1000", "2026-06-30", "10", "0"],
+    ["H2", "A1", "2026-06-10 10:00:00", "Proposal", "1000", "2026-06-30", "60", "0"],
     ["H3", "A1", "2026-07-15 10:00:00", "Closed Won", "1000", "2026-06-28", "100", "0"],
     ["H4", "B2", "2026-06-01 09:00:00", "Prospecting", "2000", "2026-09-30", "10", "0"],
     ["H5", "B2", "2026-07-20 09:00:00", "Closed Lost", "2000", "2026-09-30", "0", "0"],
@@ -230,3 +232,47 @@ def test_keyed_in_at_close_by_hand():
     # Under 24 hours (or closed before creation) is keyed in at close; exactly 24 hours is not.
     assert keyed_in_at_close(created, closed).tolist() == [True, True, False, True, False]
     assert keyed_in_at_close(created, closed, hours=0).tolist() == [False] * 5
+
+
+# ---------------------------------------------------------------------------------------------
+# The waterfall books closed deals on their booking date too, restating the timeline: A1 closes
+# (won) on 06-28 although it was marked won on 07-15; E5 is created and won on 07-06 (it was keyed
+# in on 07-10). A period's pipeline is the open deals expected to close by its last day.
+#   2026-Q2: created C3 4000 (05-31) and A1 1000 (06-30); won C3 (05-20) and A1 (06-28); end 0.
+#            A rebuild at 06-30 still sees A1 open, expected 06-30: recorded end 1000 (1 deal).
+#   2026-Q3: start B2 2000 (expected 09-30); created D4 500 (08-31) and E5 700 (07-06, won at once);
+#            lost B2 (07-20); won E5; end D4 500 = the recorded end.
+#   2026-06: start A1 1000 (at 05-31 it was expected 06-30); won A1 on 06-28; end 0 (recorded 1000).
+#   2026-07: start 0 (A1 closed in June); E5 created and won (700); B2, expected 09-30, is outside.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_waterfall_books_closed_deals_on_their_booking_date(crm):
+    table = pipeline_waterfall(crm.deals, crm.history, AS_OF)
+
+    def check(grain, period, **expected):
+        row = _one(table, period_grain=grain, period=period, segment_type="all")
+        assert {k: row[k] for k in expected} == expected
+
+    check("quarter", "2026-Q2", start_value=0.0, created=5000.0, pulled_in=0.0, won=5000.0, lost=0.0, end_value=0.0,
+          deals_won=2, recorded_end_value=1000.0, recorded_deals_end=1)
+    check("quarter", "2026-Q3", start_value=2000.0, created=1200.0, won=700.0, lost=2000.0, end_value=500.0,
+          recorded_end_value=500.0, recorded_deals_end=1)
+    check("month", "2026-06", start_value=1000.0, created=0.0, won=1000.0, end_value=0.0, recorded_end_value=1000.0)
+    check("month", "2026-07", start_value=0.0, created=700.0, won=700.0, lost=0.0, end_value=0.0, recorded_end_value=0.0)
+    # Waterfall won per quarter = velocity's bookings of the deals that were in the pipeline.
+    speed = velocity(crm.deals, crm.history, crm.stages, AS_OF)
+    for quarter in ("2026-Q2", "2026-Q3"):
+        assert _one(table, period_grain="quarter", period=quarter, segment_type="all")["won"] == _one(
+            speed, period_grain="quarter", period=quarter, segment_type="all")["won_amount"]
+
+
+def test_waterfall_books_on_the_day_marked_closed_when_configured(tmp_path):
+    load = _load(tmp_path, 'booking_date = "closed_stage_at"')
+    table = pipeline_waterfall(load.deals, load.history, AS_OF)
+    # Nothing is restated: A1 leaves in July as it was recorded, and the recorded end is the end.
+    q2 = _one(table, period_grain="quarter", period="2026-Q2", segment_type="all")
+    assert (q2["won"], q2["end_value"], q2["recorded_end_value"]) == (4000.0, 1000.0, 1000.0)
+    assert (table["end_value"] == table["recorded_end_value"]).all()
+    july = _one(table, period_grain="month", period="2026-07", segment_type="all")
+    assert (july["start_value"], july["won"]) == (1000.0, 1700.0)
