@@ -34,7 +34,7 @@ def stage_conversion(
             "dagster/row_count": len(frame),
             "funnel": dg.MetadataValue.md(image_markdown(funnel_chart(frame), "funnel")),
             "overall": dg.MetadataValue.md(
-                markdown_table(overall[["pipeline", "stage", "reached", "advanced", "won", "next_step_rate", "stage_to_won_rate"]], max_rows=40)
+                markdown_table(overall[["pipeline", "stage", "reached", "advanced", "won", "next_step_rate", "stage_to_won_rate", "unplaced", "rate_note"]], max_rows=40)
             ),
         },
     )

@@ -51,7 +51,6 @@ from etl.periods import period_bounds, quarter_end, quarter_label, quarter_label
 from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
 from etl.schema import SEGMENT_COLUMNS, TIMESTAMP, UNKNOWN_SEGMENT, segment_values
 from etl.stages import StageCatalog
-from etl.tables import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +240,9 @@ def rep_funnel(
     as_of_day = _as_of_date(as_of)
     if min_reached < 1:
         raise ValueError(f"rep_funnel: min_reached must be at least 1, got {min_reached}")
-    missing = [c for c in TABLES["stage_conversion"].columns if c != "as_of" and c not in conversion.columns]
+    used = ("pipeline", "period_grain", "funnel_mode", "segment_type", "segment", "stage", "stage_order", "reached",
+            "advanced", "decided", "won", "closed", "next_step_rate", "stage_to_won_rate")
+    missing = [c for c in used if c not in conversion.columns]
     if missing:
         raise KeyError(f"rep_funnel: conversion lacks column(s) {missing}; expected the stage_conversion table")
     reps = conversion.loc[

@@ -17,7 +17,7 @@ import pandas as pd
 from etl.bookings import with_booking_dates
 from etl.config import Settings
 from etl.ingest import LOOKUP_FORMATS, IngestResult, detect_format, read_exports
-from etl.pipeline_state import as_of_end, prepare_history, stage_events
+from etl.pipeline_state import as_of_end, closed_at_from_history, prepare_history, stage_events
 from etl.stages import StageCatalog
 from etl.tables import TABLES
 from etl.validation import FileCount, ValidationOutcome, validate_crm, validate_stage_events
@@ -109,7 +109,8 @@ def load_crm(settings: Settings, previous_deal_count: int | None = None) -> CrmL
     history = prepare_history(outcome.deals, outcome.history, ingest.stages)
     events = stage_events(history, settings.as_of)
     outcome.add_results(*validate_stage_events(events, outcome.deals, as_of_end(settings.as_of)))
-    deals = with_booking_dates(outcome.deals, settings.as_of, settings.project.booking_date)
+    deals = outcome.deals.assign(closed_at=closed_at_from_history(outcome.deals, history))
+    deals = with_booking_dates(deals, settings.as_of, settings.project.booking_date)
     return CrmLoad(
         ingest=ingest,
         validation=outcome,

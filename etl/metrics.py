@@ -365,12 +365,73 @@ def _funnel_levels(
     won, lost = deals_now.status == _WON, deals_now.status == _LOST
     any_level = np.where(won, deal_open + 1, highest)
     in_level = np.where(won & (unbroken == deal_open), deal_open + 1, unbroken)
+    any_lost_stage = np.where(lost & (last_open > 0), last_open, 0)
+    in_lost_stage = np.where(lost & (last_open > 0) & (last_open <= in_level), last_open, 0)
+
+    # Deals whose path is not recorded (no stage history, or a lost deal whose history shows no
+    # open stage). In a one-stage pipeline the path is known: the deal was in that stage.
+    recorded = deals_now.frame["has_history"].to_numpy(dtype=bool)
+    single = deal_open == 1
+    pathless_lost = lost & (highest == 0) & (deal_open > 0)
+    # any_order: such a lost deal reached the first stage (every deal was open in some stage); where
+    # it went from there and where it was lost is unknown unless the pipeline has one stage.
+    any_level = np.where(pathless_lost, 1, any_level)
+    any_lost_stage = np.where(pathless_lost & single, 1, any_lost_stage)
+    # in_order: in a one-stage pipeline a deal without history entered that stage.
+    unrecorded_single = single & ~recorded
+    in_level = np.where(unrecorded_single & won, 2, np.where(unrecorded_single & (in_level == 0), 1, in_level))
+    in_lost_stage = np.where(unrecorded_single & lost, 1, in_lost_stage)
     return {
         "any_order_level": any_level,
         "in_order_level": in_level,
-        "any_order_lost_stage": np.where(lost & (last_open > 0), last_open, 0),
-        "in_order_lost_stage": np.where(lost & (last_open > 0) & (last_open <= in_level), last_open, 0),
+        "any_order_lost_stage": any_lost_stage,
+        "in_order_lost_stage": in_lost_stage,
+        "any_order_unplaced": pathless_lost & ~single,
+        "in_order_unplaced": ~recorded & (deal_open > 1) & (in_level == 0),
     }
+
+
+def _funnel_rates(
+    mode: str,
+    stage_order: np.ndarray,
+    unplaced: np.ndarray,
+    advanced: np.ndarray,
+    decided: np.ndarray,
+    won: np.ndarray,
+    closed: np.ndarray,
+    lost_here: np.ndarray,
+    reached: np.ndarray,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The three funnel rates of each row, NULL where the deals whose path is not recorded
+    (`unplaced`) could change them, and a note saying why (NULL when every rate is as computed).
+
+    any_order: an unplaced deal is lost and reached the first stage, but where it went from there is
+    unknown, so next_step_rate and drop_off_rate are unknown at every stage and stage_to_won_rate
+    from the second stage on. in_order: unplaced deals are left out of every count (their in-order
+    path is not recorded, and leaving out won and lost deals alike biases no rate); the note says so.
+    """
+    next_step, to_won, drop_off = _ratio(advanced, decided), _ratio(won, closed), _ratio(lost_here, reached)
+    note = np.full(len(unplaced), None, dtype=object)
+    has = unplaced > 0
+    if not has.any():
+        return {"next_step_rate": next_step, "stage_to_won_rate": to_won, "drop_off_rate": drop_off}, note
+    count = pd.Series(unplaced[has]).map("{:,}".format).to_numpy(dtype=object)
+    if mode == "any_order":
+        later = has & (stage_order > 1)
+        next_step = np.where(has, np.nan, next_step)
+        drop_off = np.where(has, np.nan, drop_off)
+        to_won = np.where(later, np.nan, to_won)
+        text = np.where(
+            stage_order[has] == 1,
+            " lost deal(s) without recorded stages count as reaching this first stage, but whether they "
+            "went further and where they were lost is unknown: next_step_rate and drop_off_rate are NULL",
+            " lost deal(s) without recorded stages may have reached this stage: next_step_rate, "
+            "stage_to_won_rate and drop_off_rate are NULL (the first stage's stage_to_won_rate is known)",
+        )
+        note[has] = count + text
+    else:
+        note[has] = count + " deal(s) without stage history are left out: their in-order path is not recorded"
+    return {"next_step_rate": next_step, "stage_to_won_rate": to_won, "drop_off_rate": drop_off}, note
 
 
 def stage_conversion(
@@ -413,10 +474,19 @@ def stage_conversion(
     - open: counted as having entered their current stage only, so in any_order they reached
       stages 1..current; in in_order they count only if the current stage is the first one;
     - won: in any_order they reached every open stage and advanced past each (a win passes them
-      all); in in_order they reached none (no open stage is known to have been entered);
-    - lost: the stage they were lost in is unknown, so they count in no stage of either mode.
-      On data without history the funnel therefore shows only open and won deals; use
-      `velocity.win_rate` for the win rate of such data.
+      all);
+    - lost (and any lost deal whose history records no open stage): in any_order they reached the
+      first stage (every deal was open in some stage), but where they went from there and where they
+      were lost is unknown: they are `unplaced`. Where a row's pipeline, period and segment have
+      unplaced deals, next_step_rate and drop_off_rate (every stage) and stage_to_won_rate (from the
+      second stage on) are NULL, and `rate_note` says why; the first stage's stage_to_won_rate (won
+      over all closed deals: the creation-to-outcome rate) stays. Counts hold the deals known to
+      have reached, advanced or been lost at a stage;
+    - in in_order every deal without history other than an open one in the first stage is unplaced
+      and left out of every count (won and lost alike, so the rates of the deals with a recorded
+      path are unbiased); `rate_note` says how many.
+    In a pipeline with one open stage every deal was in it: deals without history are placed exactly
+    in both modes (a lead funnel read creation to outcome: 842 won of 8,000 leads is 10.5%).
     Deals in pipelines without a configured stage order are left out (with a warning).
     """
     as_of_day = _as_of_date(as_of)
@@ -461,6 +531,8 @@ def stage_conversion(
                 closed = won + at_or_above[rows, _LOST, stage_order]
                 decided = advanced + at[rows, _WON, stage_order] + at[rows, _LOST, stage_order]
                 lost_here = lost[rows, stage_order]
+                unplaced = np.bincount(group_ids[levels[f"{mode}_unplaced"]], minlength=n_groups)[rows]
+                rates, note = _funnel_rates(mode, stage_order, unplaced, advanced, decided, won, closed, lost_here, reached)
                 n_rows = len(rows)
                 pieces.append(
                     {
@@ -478,9 +550,9 @@ def stage_conversion(
                         "lost_here": lost_here,
                         "decided": decided,
                         "closed": closed,
-                        "next_step_rate": _ratio(advanced, decided),
-                        "stage_to_won_rate": _ratio(won, closed),
-                        "drop_off_rate": _ratio(lost_here, reached),
+                        "unplaced": unplaced,
+                        **rates,
+                        "rate_note": note,
                     }
                 )
     out = _table_frame("stage_conversion", _concat(pieces), as_of_day)

@@ -85,6 +85,7 @@ STAGE_EVENT_COLUMNS: dict[str, str] = {
     "amount_at_entry": FLOAT,
     "expected_close_at_entry": TIMESTAMP,
     "is_backward": BOOL,
+    "is_contradictory": BOOL,
     "is_current": BOOL,
 }
 

@@ -82,6 +82,7 @@ deal_history = _table(
     sa.Column("is_stage_change", sa.Boolean, nullable=False, comment="True when this change moved the deal to another stage."),
     sa.Column("is_backward", sa.Boolean, nullable=False, comment="True when this change moved the deal back to an earlier open stage."),
     sa.Column("is_push", sa.Boolean, nullable=False, comment="True when this change moved the expected close date later."),
+    sa.Column("is_contradictory", sa.Boolean, nullable=False, comment="True when this change contradicts the sales process or the deal's record: it moves the deal out of a won or lost stage (re-opened, or won turned lost), or it was added because the history ended in another status than the deal's record, which is taken as the truth."),
     sa.Column("source_file", TEXT, comment="Export file the change was read from."),
     sa.Column("as_of", sa.Date, nullable=False, comment="The run date this table was last written for (every row carries the latest run's as_of)."),
     comment="Every recorded change of a deal (stage, amount, close date, probability), the deal's full state from changed_at on.",
@@ -99,6 +100,7 @@ stage_events = _table(
     sa.Column("amount_at_entry", MONEY, comment="Deal amount in the reporting currency when it entered the stage."),
     sa.Column("expected_close_at_entry", sa.Date, comment="Expected close date when the deal entered the stage."),
     sa.Column("is_backward", sa.Boolean, nullable=False, comment="True when the deal came back to this stage from a later open stage."),
+    sa.Column("is_contradictory", sa.Boolean, nullable=False, comment="True when entering this stage contradicts the sales process or the deal's record (see deal_history.is_contradictory), e.g. Closed Won -> Prospecting."),
     sa.Column("is_current", sa.Boolean, nullable=False, comment="True for the stage the deal is in at the end of as_of."),
     sa.Column("as_of", sa.Date, nullable=False, comment="The run date this table was last written for (every row carries the latest run's as_of)."),
     comment="One row per stay of a deal in a stage, up to the end of the latest run's as_of.",
@@ -178,9 +180,11 @@ stage_conversion = _table(
     # closed = reached and closed won or lost (stage_to_won_rate = won / closed).
     sa.Column("decided", sa.BigInteger, nullable=False, comment="Deals that reached S and then advanced or closed (the denominator of next_step_rate)."),
     sa.Column("closed", sa.BigInteger, nullable=False, comment="Deals that reached S and were closed won or lost (the denominator of stage_to_won_rate)."),
-    sa.Column("next_step_rate", RATE, comment="advanced / decided; NULL when decided is 0."),
-    sa.Column("stage_to_won_rate", RATE, comment="won / closed; NULL when closed is 0."),
-    sa.Column("drop_off_rate", RATE, comment="lost_here / reached; NULL when reached is 0."),
+    sa.Column("unplaced", sa.BigInteger, nullable=False, comment="Deals of the row's pipeline, period and segment whose path through the stages is not recorded (no stage history): any_order, lost deals counted at the first stage only; in_order, deals left out of every count."),
+    sa.Column("next_step_rate", RATE, comment="advanced / decided; NULL when decided is 0, or (any_order) when unplaced deals make it unknown."),
+    sa.Column("stage_to_won_rate", RATE, comment="won / closed; NULL when closed is 0, or (any_order, from the second stage on) when unplaced deals make it unknown."),
+    sa.Column("drop_off_rate", RATE, comment="lost_here / reached; NULL when reached is 0, or (any_order) when unplaced deals make it unknown."),
+    sa.Column("rate_note", TEXT, comment="Why rates are NULL or leave deals out because stages were not recorded, with the number of deals; NULL when every rate is computed from every deal."),
     comment="Funnel: deals that reached each stage, advanced past it, won, or were lost in it, by creation period and segment.",
 )
 

@@ -18,7 +18,6 @@ as_of 2026-08-01 unless a test says otherwise. Amounts in USD (the reporting cur
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 from pathlib import Path
 
@@ -28,10 +27,10 @@ import pytest
 
 from etl.bookings import booking_dates, keyed_in_at_close, with_booking_dates
 from etl.coaching import deal_value_spread, pipeline_coverage, product_mix, revenue_growth
-from etl.config import ConfigError, Settings, load_project_config
-from etl.crm import load_crm
+from etl.config import ConfigError, load_project_config
 from etl.metrics import stage_conversion, velocity
 from etl.pipeline_health import pipeline_waterfall
+from tests.etl.hand_exports import load_salesforce
 
 T = pd.Timestamp
 AS_OF = dt.date(2026, 8, 1)
@@ -46,10 +45,6 @@ name = "Sales"
 stages = [{{ name = "Prospecting", probability = 0.1 }}, {{ name = "Proposal", probability = 0.6 }}]
 """
 
-OPPORTUNITY_HEADER = [
-    "Id", "IsDeleted", "Name", "StageName", "Amount", "Probability", "CloseDate", "IsClosed", "IsWon",
-    "CurrencyIsoCode", "OwnerId", "CreatedDate", "Pipeline__c",
-]
 OPPORTUNITIES = [
     ["A1", "0", "Alpha", "Closed Won", "1000", "100", "2026-06-28", "1", "1", "USD", "005A", "2026-05-04 09:00:00", "Sales"],
     ["B2", "0", "Beta", "Closed Lost", "2000", "0", "2026-09-30", "1", "0", "USD", "005A", "2026-06-01 09:00:00", "Sales"],
@@ -57,7 +52,6 @@ OPPORTUNITIES = [
     ["D4", "0", "Delta", "Proposal", "500", "60", "2026-08-31", "0", "0", "USD", "005B", "2026-07-01 08:00:00", "Sales"],
     ["E5", "0", "Epsilon", "Closed Won", "700", "100", "2026-07-06", "1", "1", "USD", "005B", "2026-07-10 09:00:00", "Sales"],
 ]
-HISTORY_HEADER = ["Id", "OpportunityId", "CreatedDate", "StageName", "Amount", "CloseDate", "Probability", "IsDeleted"]
 HISTORY = [
     ["H1", "A1", "2026-05-04 09:00:00", "Prospecting", "1000", "2026-06-30", "10", "0"],
     ["H2", "A1", "2026-06-10 10:00:00", "Proposal", "1000", "2026-06-30", "60", "0"],
@@ -72,22 +66,8 @@ HISTORY = [
 ]
 
 
-def _write(path: Path, header: list[str], rows: list[list[str]]) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, quoting=csv.QUOTE_ALL)
-        writer.writerow(header)
-        writer.writerows(rows)
-
-
-def _load(tmp_path: Path, booking: str = "", as_of: dt.date = AS_OF):
-    exports = tmp_path / "exports"
-    exports.mkdir(exist_ok=True)
-    _write(exports / "Opportunity.csv", OPPORTUNITY_HEADER, OPPORTUNITIES)
-    _write(exports / "OpportunityHistory.csv", HISTORY_HEADER, HISTORY)
-    config = tmp_path / "dealcast.toml"
-    config.write_text(CONFIG.format(booking=booking), encoding="utf-8")
-    project = load_project_config(config)
-    load = load_crm(Settings(project=project, exports_dir=exports, exports_are_sample=False, as_of=as_of, project_dir=tmp_path))
+def _load(folder: Path, booking: str = "", as_of: dt.date = AS_OF):
+    load = load_salesforce(folder, CONFIG.format(booking=booking), OPPORTUNITIES, HISTORY, as_of)
     assert load.publishable and load.validation.quarantine.empty
     return load
 
