@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import unicodedata
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -58,8 +59,30 @@ GROWTH_GRAINS = ("month", "quarter")
 PERIOD_ALL = "all"
 OUTCOMES = ("won", "lost", "all")
 DEFAULT_MIN_REACHED = 5
-# Open stages whose name says the customer has been asked to buy (a proposal, quote or negotiation).
-ASK_STAGE_PATTERN = re.compile(r"proposal|quote|negotiat", re.IGNORECASE)
+# Word stems of stage names that say the customer has been asked to buy (a proposal, quote or
+# negotiation), lower-case and without accents, as `_folded` writes names.
+ASK_STAGE_STEMS = (
+    # English
+    "proposal", "quote", "quotation", "negotiat",
+    # Spanish (propuesta, cotizacion, presupuesto, oferta, negociacion) and Portuguese (proposta,
+    # cotacao, orcamento, negociacao) share "negocia"
+    "propuesta", "cotizacion", "presupuesto", "oferta", "negocia", "proposta", "cotacao", "orcamento",
+    # French
+    "proposition", "devis", "offre",
+    # German
+    "angebot", "verhandl",
+    # Italian
+    "preventivo", "offerta", "quotazione", "trattativ", "negozia",
+    # Dutch
+    "voorstel", "offerte", "onderhandel",
+)
+# "Value proposition" stages (Salesforce's default picklist and its translations) pitch value; they
+# are not the ask, so they are removed from a name before the stems are looked for.
+VALUE_PROPOSITION_PATTERN = re.compile(
+    r"value proposition|propuesta de valor|proposition de valeur|propost[ao] d[ie] valor[e]?"
+    r"|wert\w*(angebot|versprechen)|nutzenversprechen|waarde\w*(propositie|voorstel)"
+)
+ASK_CONFIGURED, ASK_BY_NAME = "configured", "name"
 _DAY = np.timedelta64(1, "D")
 
 
@@ -518,20 +541,62 @@ def revenue_growth(
 # --------------------------------------------------------------------------------------------
 
 
+def _folded(name: str) -> str:
+    """`name` lower-cased, without accents, with runs of spaces, dashes and slashes made one space."""
+    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii").lower()
+    return re.sub(r"[\s\-_/]+", " ", plain).strip()
+
+
+def is_ask_stage_name(name: str) -> bool:
+    """True when a stage name says the customer has been asked to buy: a proposal, quote or
+    negotiation stage, in English, Spanish, French, German, Portuguese, Italian or Dutch (accents
+    and case ignored; "value proposition" stages pitch value and are not asks)."""
+    folded = VALUE_PROPOSITION_PATTERN.sub(" ", _folded(name))
+    return any(stem in folded for stem in ASK_STAGE_STEMS)
+
+
 def ask_stages(stages: StageCatalog, configured: Collection[str] | None = None) -> dict[str, tuple[str, ...]]:
     """The "ask" stages of each pipeline: the open stages in `configured` (stage names), else the
-    open stages whose name contains proposal, quote or negotiat (any case), else the last two open
-    stages (the only one of a one-stage pipeline)."""
+    open stages whose name says proposal, quote or negotiation (`is_ask_stage_name`), else none:
+    a pipeline without an ask stage is not measured, and `ask_to_decision` says so."""
+    return {name: names for name, (names, _) in _ask_stages_with_source(stages, configured).items()}
+
+
+def _ask_stages_with_source(
+    stages: StageCatalog, configured: Collection[str] | None
+) -> dict[str, tuple[tuple[str, ...], str | None]]:
+    """Per pipeline: its ask stages and how they were found ("configured", "name"; None: none)."""
     chosen = {}
     wanted = set(configured or ())
     for pipeline in stages:
         names = tuple(s for s in pipeline.open_stages if s in wanted)
-        if not names:
-            names = tuple(s for s in pipeline.open_stages if ASK_STAGE_PATTERN.search(s))
-        if not names:
-            names = tuple(pipeline.open_stages[-2:])
-        chosen[pipeline.name] = names
+        if names:
+            chosen[pipeline.name] = (names, ASK_CONFIGURED)
+            continue
+        names = tuple(s for s in pipeline.open_stages if is_ask_stage_name(s))
+        chosen[pipeline.name] = (names, ASK_BY_NAME if names else None)
     return chosen
+
+
+def ask_stage_notes(stages: StageCatalog, configured: Collection[str] | None = None) -> dict[str, str]:
+    """Per pipeline, in words: its ask stages and how they were found, or that it has none."""
+    return _ask_notes(stages, _ask_stages_with_source(stages, configured))
+
+
+def _ask_notes(stages: StageCatalog, chosen: dict[str, tuple[tuple[str, ...], str | None]]) -> dict[str, str]:
+    notes = {}
+    for pipeline in stages:
+        names, source = chosen[pipeline.name]
+        if source == ASK_CONFIGURED:
+            notes[pipeline.name] = "ask stages " + ", ".join(names) + " ([analytics] ask_stages)"
+        elif source == ASK_BY_NAME:
+            notes[pipeline.name] = "ask stages " + ", ".join(names) + " (found by name)"
+        else:
+            notes[pipeline.name] = (
+                "no ask stage: none of " + ", ".join(pipeline.open_stages) + " is named like a proposal, quote or "
+                "negotiation (en, es, fr, de, pt, it, nl); name them in [analytics] ask_stages to measure this pipeline"
+            )
+    return notes
 
 
 def ask_to_decision(
@@ -554,11 +619,18 @@ def ask_to_decision(
     Periods: period_grain "all" (period "all") and "quarter" (fiscal quarter of the booking date,
     `etl.bookings`).
     Segments: every segment type. Outcomes: won, lost and all (both).
-    - deals: the deals counted; median_days, mean_days, p90_days: of their days.
+    - deals: the deals counted; median_days, mean_days, p90_days: of their days;
+    - note: on segment_type "pipeline" rows, the pipeline's ask stages and how they were found
+      ([analytics] ask_stages, or by name); on segment_type "all" rows, the pipelines left out.
+    A pipeline with deals but no ask stage (none configured, none named like one) is not guessed
+    at: it gets one row (period "all", segment_type "pipeline", outcome "all") with deals 0, NULL
+    days and a note saying so.
     """
     as_of_day = _as_of_date(as_of)
     at = _at(deals, history, as_of, at)
-    chosen = ask_stages(stages, configured_ask_stages)
+    with_source = _ask_stages_with_source(stages, configured_ask_stages)
+    chosen = {name: names for name, (names, _) in with_source.items()}
+    notes = _ask_notes(stages, with_source)
     log.info("ask_to_decision: ask stages per pipeline %s", chosen)
     pipelines = list(chosen)
     width = max((len(p.open_stages) for p in stages), default=0) + 3
@@ -585,8 +657,13 @@ def ask_to_decision(
     first_ask[deal[first]] = entered[first]
 
     closed = (at.won | at.lost) & ~np.isnat(first_ask) & ~np.isnat(at.closed_at)
+    present = set(at.frame["pipeline"].dropna().astype(str))
+    unmeasured = [name for name in chosen if name in present and not chosen[name]]
+    if unmeasured:
+        log.warning("ask_to_decision: %s", "; ".join(f"{name}: {notes[name]}" for name in unmeasured))
+    pieces = [_unmeasured_rows(unmeasured, notes)] if unmeasured else []
     if not closed.any():
-        return _empty_table("ask_to_decision", as_of_day)
+        return _ask_table(pieces, notes, unmeasured, as_of_day)
     days = (at.closed_at[closed] - first_ask[closed]) / _DAY
     won = at.won[closed]
     frame = at.frame.loc[closed].reset_index(drop=True)
@@ -596,7 +673,6 @@ def ask_to_decision(
         "quarter": (quarter, quarter_names),
     }
     outcome_masks = {"won": won, "lost": ~won, "all": np.ones(len(days), dtype=bool)}
-    pieces = []
     for segment_type, (segment, segment_names) in _segments(frame).items():
         n_segments = len(segment_names)
         for grain, (period, period_names) in periods.items():
@@ -621,9 +697,42 @@ def ask_to_decision(
                         "p90_days": stats.quantiles[:, 1],
                     }
                 )
-    out = _table_frame("ask_to_decision", _concat(pieces), as_of_day)
+    out = _ask_table(pieces, notes, unmeasured, as_of_day)
     log.info("ask_to_decision: %d rows from %d closed deals with an ask as of %s", len(out), len(days), as_of_day)
     return out
+
+
+def _unmeasured_rows(pipelines: list[str], notes: dict[str, str]) -> dict[str, np.ndarray]:
+    """One row per pipeline without an ask stage: deals 0, days NULL (the note is added later)."""
+    n = len(pipelines)
+    return {
+        "period_grain": np.full(n, PERIOD_ALL, dtype=object),
+        "period": np.full(n, PERIOD_ALL, dtype=object),
+        "segment_type": np.full(n, "pipeline", dtype=object),
+        "segment": np.asarray(pipelines, dtype=object),
+        "outcome": np.full(n, "all", dtype=object),
+        "deals": np.zeros(n, dtype="int64"),
+        "median_days": np.full(n, np.nan),
+        "mean_days": np.full(n, np.nan),
+        "p90_days": np.full(n, np.nan),
+    }
+
+
+def _ask_table(
+    pieces: list[dict[str, np.ndarray]], notes: dict[str, str], unmeasured: list[str], as_of_day: dt.date
+) -> pd.DataFrame:
+    """The ask_to_decision rows with their notes: each pipeline row says its ask stages, each "all"
+    row which pipelines have none."""
+    if not pieces:
+        return _empty_table("ask_to_decision", as_of_day)
+    data = _concat(pieces)
+    pipeline_rows = data["segment_type"] == "pipeline"
+    note = np.full(len(pipeline_rows), None, dtype=object)
+    note[pipeline_rows] = [notes.get(str(name)) for name in data["segment"][pipeline_rows]]
+    if unmeasured:
+        note[data["segment_type"] == "all"] = "leaves out pipeline(s) without an ask stage: " + ", ".join(unmeasured)
+    data["note"] = note
+    return _table_frame("ask_to_decision", data, as_of_day)
 
 
 # --------------------------------------------------------------------------------------------

@@ -319,11 +319,12 @@ ask_to_decision = _table(
     sa.Column("segment_type", sa.String(16), primary_key=True, comment="Segment type: all, pipeline, owner, team, product, region, lead_source or deal_type."),
     sa.Column("segment", NAME, primary_key=True, comment="Segment value within segment_type (all for the company total, (unknown) for blanks)."),
     sa.Column("outcome", sa.String(8), primary_key=True, comment="won, lost or all (both)."),
-    sa.Column("deals", sa.BigInteger, nullable=False, comment="Closed deals whose history shows them entering an ask stage ([analytics] ask_stages in dealcast.toml, else proposal, quote or negotiation by name)."),
-    sa.Column("median_days", DAYS, nullable=False, comment="Median days from first entering an ask stage to the close."),
-    sa.Column("mean_days", DAYS, nullable=False, comment="Mean days from first entering an ask stage to the close."),
-    sa.Column("p90_days", DAYS, nullable=False, comment="90th percentile of days from first entering an ask stage to the close."),
-    comment="Time from ask (entering a proposal, quote or negotiation stage) to decision (won or lost), per close quarter, segment and outcome.",
+    sa.Column("deals", sa.BigInteger, nullable=False, comment="Closed deals whose history shows them entering an ask stage ([analytics] ask_stages in dealcast.toml, else a proposal, quote or negotiation stage by name in en, es, fr, de, pt, it or nl); 0 on the row of a pipeline without an ask stage."),
+    sa.Column("median_days", DAYS, comment="Median days from first entering an ask stage to the close; NULL for a pipeline without an ask stage."),
+    sa.Column("mean_days", DAYS, comment="Mean days from first entering an ask stage to the close; NULL for a pipeline without an ask stage."),
+    sa.Column("p90_days", DAYS, comment="90th percentile of days from first entering an ask stage to the close; NULL for a pipeline without an ask stage."),
+    sa.Column("note", TEXT, comment="Pipeline rows: the pipeline's ask stages and how they were found, or that it has none and is not measured; all rows: the pipelines left out for lack of an ask stage."),
+    comment="Time from ask (entering a proposal, quote or negotiation stage) to decision (won or lost), per booking quarter, segment and outcome.",
 )
 
 pipeline_coverage = _table(
