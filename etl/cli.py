@@ -11,6 +11,7 @@ import pandas as pd
 
 from etl.config import default_warehouse_url, resolve_settings
 from etl.periods import quarter_label
+from etl.sample_crm import add_sample_arguments, messy_options_from
 from etl.warehouse import Warehouse, WarehouseError
 
 
@@ -74,19 +75,29 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("summary", help="summarise the latest run in the warehouse")
     sample = commands.add_parser("sample", help="write the sample CRM exports")
     sample.add_argument("--out", type=Path, required=True)
-    sample.add_argument("--deals", type=int, default=10_000)
+    sample.add_argument("--deals", type=int, default=None, help="number of deals (default 10,000; 600 with --profile messy)")
     sample.add_argument("--seed", type=int, default=7)
     sample.add_argument("--end-date", type=dt.date.fromisoformat, default=None)
+    sample.add_argument("--years", type=float, default=None, help="years of history (default 3.5; 1 with --profile messy)")
+    add_sample_arguments(sample)
     args = parser.parse_args(argv)
 
     if args.command == "sample":
         from etl.sample_crm import generate_sample
 
-        result = generate_sample(args.out, n_deals=args.deals, seed=args.seed, end_date=args.end_date)
+        try:
+            result = generate_sample(
+                args.out, n_deals=args.deals, seed=args.seed, end_date=args.end_date, years=args.years,
+                profile=args.profile, messy=messy_options_from(args),
+            )  # fmt: skip
+        except ValueError as exc:
+            sample.error(str(exc))
         print(
             f"wrote {result.n_deals:,} deals and {result.n_history_rows:,} history rows to {result.out_dir}"
             f" ({result.won:,} won, {result.lost:,} lost, {result.open:,} open)"
         )
+        if result.shapes:
+            print("messy shapes: " + ", ".join(f"{name} {count:,}" for name, count in result.shapes.items()))
         return 0
 
     settings = resolve_settings()

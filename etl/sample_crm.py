@@ -73,18 +73,98 @@ a Saturday or Sunday) and for a deal whose stage changed earlier in the snapshot
 window otherwise it is the value at the start of that week. The truth file gives, for each history
 row written in week k, V_(k+1) of the state after the change: exact, because the row is the deal's
 only change of week k.
+
+The messy profile: a small, untidy real org
+-------------------------------------------
+`generate_sample(out_dir, profile="messy")` (or `messy=MessyOptions(...)`; command line
+`--profile messy --option NAME=VALUE`) simulates the same weekly process (the org's real life) and
+writes what an untidy org's CRM shows of it: 600 deals over one year by default (any n_deals and
+years work), one pipeline "Ventas" with Spanish stage names (Prospección, Calificación, Análisis de
+necesidades, Propuesta de valor, Propuesta/Presupuesto, Negociación/Revisión, Cerrada ganada,
+Cerrada perdida). The pipeline is not in dealcast.toml: the Salesforce reader takes its order from
+the export's StageSortOrder, IsClosed and IsWon, as for any real org; StageSortOrder keeps the gaps
+of Salesforce's default picklist (1-4, 7, 8, 9, 10: two standard stages deactivated). The shapes,
+each a `MessyOptions` knob (on by default unless said; shares are exact counts, round(share x
+eligible), drawn at random, each knob from its own random stream):
+- `import_at` (0.25): the CRM goes live with a bulk import at 09:00 UTC on the Saturday on or after
+  that share of the span. Every deal created before is imported then, in its state of that moment:
+  CreatedDate = the import moment for all of them, one history row at it, nothing of their earlier
+  life; deals closed before it come in closed, with their real CloseDate (before their CreatedDate).
+  Shape `imported`. The other shapes apply to what happens after the import.
+- `keyed_at_close_share` (0.6 of won deals created after the import) and `keyed_at_close_lost_share`
+  (0.1 of lost ones): the deal is entered in the CRM only when it is decided: created at that
+  moment in the stage it was really in, closed 1 minute to 3 hours later the same day, CloseDate
+  that day. Never open on a weekly (or daily) snapshot. Shape `keyed_at_close`.
+- `no_history_share` (0.3 of keyed-at-close deals not keyed late): no OpportunityHistory row at
+  all; CreatedDate and CloseDate on the same day. Shape `no_history`.
+- `last_minute_stage_share` (0.5 of the other won deals that were in the CRM before their win and
+  not already in the last open stage): stage moves are never recorded (amount and close-date
+  changes are, in the stage the deal was created in) until the win, when the deal enters the last
+  open stage and is closed 1 minute to 3 hours later. Shape `last_minute_stage`.
+- `late_keyed_share` (0.3 of won deals, keyed at close or not, whose keying still falls before
+  `end_date`): the close is keyed in `late_keyed_days` (7-56) days after the win (moved off a
+  weekend), with CloseDate the day of the real win, earlier than the closing history row (for a
+  keyed-at-close deal, earlier than its CreatedDate). Shape `late_keyed`.
+- `stale_share` (0.5 of lost deals that were in the CRM before their loss): the loss is never
+  recorded. The deal stays open in the stage and with the CloseDate of its last recorded row,
+  overdue once that date passes, ageing. Shape `stale`.
+- `purge_every_months` (3) and `purge_overdue_days` (30): at 17:00:00 UTC on the last Friday of every
+  third month after the go-live month, a purge closes as lost, all with that one timestamp, every
+  stale deal already dead whose CloseDate is at least 30 days past; Amount and CloseDate unchanged,
+  no loss reason. Shape `purged` (always also `stale`); stale deals not caught stay open.
+- `lost_future_close_share` (0.4 of recorded losses whose expected close date was at least a week
+  after the loss): closed lost with the CloseDate left at that future date. Shape `lost_future_close`.
+- off by default: `encoding="cp1252"` writes the four Salesforce files in Windows-1252;
+  `currencies=("USD", "MXN", ...)` gives each deal one of them at random, its amounts in that
+  currency at the rate of its CRM creation day, and writes `exchange_rates.csv` (date,currency,rate:
+  weekly, into USD; set `[currency] rates_file = "exchange_rates.csv"` to read it).
+`MessyOptions.off()` turns every shape off (and keeps the project's stages): the files are then
+byte for byte the clean profile's. A deal may have several shapes (keyed at close and late; stale
+and purged; imported and stale, ...). Bookings: every won deal's CloseDate is the real day of its
+win, so quarter actuals taken from the export by CloseDate are the real won revenue
+(`SampleTruth.quarter_bookings`).
+
+Truth in the messy profile: the real world, not what the CRM shows
+-------------------------------------------------------------------
+The true win probability of a deal at moment t is that of its real state at t, whatever the CRM
+shows: 1 once it is really won (a win not keyed in yet, the creation and closing rows of a deal
+keyed in at close), 0 once it is really lost (a stale deal from its hidden loss on, a purge row),
+else V_b of its real open state (real stage, real weeks in stage): for a last-minute deal the stage
+it really reached, not the one the CRM still shows; for an imported deal its real age in stage.
+b is the next Monday when t is past Friday 20:00 or the deal already made this week's step (it has
+a real change this week by t), else the Monday the week started. `truth_win_probability.csv`
+gives it for every history row written (same columns as the clean profile), and
+`SampleTruth.true_win_probability(frame)` at any `snapshot_at` of a `pipeline_at_many` frame. Quarter
+actuals follow from the export (won Amount by CloseDate) and equal the real won revenue by the day
+of the win; `SampleTruth.quarter_bookings()` gives them with the revenue the parameters expect.
+
+Files the messy profile adds (plain CSV, UTF-8):
+- `truth_deals.csv`, one row per deal in Opportunity.csv order: deal_id, pipeline, owner_id, team,
+  product, segment, skill_level (hidden rep skill, 0-4), real_outcome (won/lost/open),
+  real_created_at, real_closed_at (the real moment of the win or loss), real_close_date (its day:
+  the real booking date), hidden_loss_at (stale deals: when they were really lost), crm_created_at
+  (CreatedDate), crm_closed_at (when the CRM shows it closed: the keyed-in moment), crm_status
+  (open/won/lost as exported), crm_close_date (CloseDate), amount and currency (as exported),
+  amount_reporting (the amount in USD), and one 0/1 column per shape: imported, keyed_at_close,
+  no_history, last_minute_stage, late_keyed, stale, purged, lost_future_close.
+- `truth_real_history.csv`: deal_id, changed_at, stage, amount_reporting, close_date: every
+  simulated change (the org's real life, recorded or not), in time order.
+- `truth_sample.json`: seed, size, span, stages, options, the import moment and purge moments, and
+  the number of deals given each shape; `SampleTruth.load(out_dir)` rebuilds the world from it.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +175,7 @@ import pyarrow.csv as pacsv
 
 from etl.config import ConfigError, SalesforceSourceConfig, load_project_config
 from etl.periods import period_bounds, quarter_label, quarter_labels
-from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
+from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, PipelineStages, StageCatalog
 
 logger = logging.getLogger(__name__)
 
@@ -536,6 +616,8 @@ class SampleSummary:
     open: int
     start: dt.date
     end: dt.date
+    profile: str = "clean"
+    shapes: dict[str, int] = field(default_factory=dict)  # messy profile: deals given each shape
 
 
 def _resolve_project(
@@ -921,10 +1003,19 @@ class SampleWorld:
 
     def quotas(self, stretch: float = QUOTA_STRETCH) -> pd.DataFrame:
         """Quota per quarter for the whole company, each team and each pipeline: `stretch` times
-        the won revenue expected from the simulation's parameters, rounded to the thousand.
+        the won revenue expected from the simulation's parameters, rounded to the thousand."""
+        rows = [
+            (label, kind, segment, round(stretch * value / 1000.0) * 1000)
+            for label, kind, segment, value in self._expected_revenue_rows()
+        ]
+        frame = pd.DataFrame(rows, columns=list(QUOTA_COLUMNS))
+        return frame.astype({"amount": "int64"})
 
-        Expected won revenue comes from propagating the expected number of deals in every state
-        week by week (created deals in, won and lost deals out) with the step probabilities."""
+    def _expected_revenue_rows(self) -> list[tuple[str, str, str, float]]:
+        """(quarter, segment_type, segment, expected won revenue) for every quarter of the span and
+        the two after it. Expected won revenue comes from propagating the expected number of deals
+        in every state week by week (created deals in, won and lost deals out) with the step
+        probabilities."""
         fiscal = self.fiscal_year_start_month
 
         def following(label: str) -> str:
@@ -975,9 +1066,15 @@ class SampleWorld:
             groups += [
                 ("pipeline", name, float(by_class[pipeline_of_class == p].sum())) for p, name in enumerate(self.pipelines)
             ]
-            rows += [(label, kind, segment, round(stretch * value / 1000.0) * 1000) for kind, segment, value in groups]
-        frame = pd.DataFrame(rows, columns=list(QUOTA_COLUMNS))
-        return frame.astype({"amount": "int64"})
+            rows += [(label, kind, segment, value) for kind, segment, value in groups]
+        return rows
+
+    def expected_won_revenue(self) -> pd.DataFrame:
+        """The won revenue the simulation's parameters expect per quarter (booked in the week of
+        the win), for the whole company, each team and each pipeline, over the quota quarters:
+        columns quarter, segment_type, segment, amount (unrounded)."""
+        frame = pd.DataFrame(self._expected_revenue_rows(), columns=list(QUOTA_COLUMNS))
+        return frame.astype({"amount": "float64"})
 
 
 _STAY_INDEX = np.minimum(np.arange(WEEKS_IN_STAGE_CAP + 1) + 1, WEEKS_IN_STAGE_CAP)
@@ -1382,14 +1479,706 @@ def _truth(world: SampleWorld, deals: dict[str, np.ndarray], rows: dict[str, np.
 
 
 # ----------------------------------------------------------------------------------------------
+# The messy real org: the same sales process, recorded the way an untidy small org records it
+# ----------------------------------------------------------------------------------------------
+PROFILE_CLEAN = "clean"
+PROFILE_MESSY = "messy"
+PROFILES = (PROFILE_CLEAN, PROFILE_MESSY)
+PROFILE_DEFAULTS = {PROFILE_CLEAN: (10_000, 3.5), PROFILE_MESSY: (600, 1.0)}  # (deals, years)
+
+TRUTH_DEALS_FILE = "truth_deals.csv"
+TRUTH_REAL_HISTORY_FILE = "truth_real_history.csv"
+TRUTH_MANIFEST_FILE = "truth_sample.json"
+RATES_FILE = "exchange_rates.csv"
+
+SHAPES = (
+    "imported", "keyed_at_close", "no_history", "last_minute_stage", "late_keyed", "stale", "purged",
+    "lost_future_close",
+)  # fmt: skip
+TRUTH_DEAL_COLUMNS = (
+    "deal_id", "pipeline", "owner_id", "team", "product", "segment", "skill_level", "real_outcome",
+    "real_created_at", "real_closed_at", "real_close_date", "hidden_loss_at", "crm_created_at",
+    "crm_closed_at", "crm_status", "crm_close_date", "amount", "currency", "amount_reporting", *SHAPES,
+)  # fmt: skip
+TRUTH_REAL_HISTORY_COLUMNS = ("deal_id", "changed_at", "stage", "amount_reporting", "close_date")
+
+SPANISH_PIPELINE = PipelineStages(
+    name="Ventas",
+    open_stages=(
+        "Prospección", "Calificación", "Análisis de necesidades", "Propuesta de valor", "Propuesta/Presupuesto",
+        "Negociación/Revisión",
+    ),  # fmt: skip
+    won_stage="Cerrada ganada",
+    lost_stage="Cerrada perdida",
+    probabilities={
+        "Prospección": 0.10, "Calificación": 0.10, "Análisis de necesidades": 0.20, "Propuesta de valor": 0.50,
+        "Propuesta/Presupuesto": 0.75, "Negociación/Revisión": 0.90,
+    },  # fmt: skip
+)
+# StageSortOrder as a Spanish-language org's export gives it: the positions of Salesforce's default
+# picklist, whose "Id. Decision Makers" (5) and "Perception Analysis" (6) the org deactivated.
+SPANISH_SORT_ORDER = {
+    "Prospección": 1, "Calificación": 2, "Análisis de necesidades": 3, "Propuesta de valor": 4,
+    "Propuesta/Presupuesto": 7, "Negociación/Revisión": 8, "Cerrada ganada": 9, "Cerrada perdida": 10,
+}  # fmt: skip
+
+# Exchange rates into USD around which the rates file's weekly rates wander (1% a week).
+_CURRENCY_USD = {
+    "USD": 1.0, "EUR": 1.08, "GBP": 1.27, "CAD": 0.73, "AUD": 0.66, "JPY": 0.0067, "MXN": 0.055,
+    "BRL": 0.19, "COP": 0.00025, "CLP": 0.00105, "ARS": 0.0011, "PEN": 0.27,
+}  # fmt: skip
+_RATE_WEEKLY_SIGMA = 0.01
+_KEYED_GAP_SECONDS = (60, 3 * 3600)  # a deal keyed in at close is closed 1 minute to 3 hours after
+_IMPORT_SECOND_OF_DAY = 9 * 3600  # the bulk import runs at 09:00:00 UTC
+_PURGE_SECOND_OF_DAY = 17 * 3600  # a purge closes its deals at 17:00:00 UTC
+_LOST_FUTURE_MIN_DAYS = 7  # a "future" close date is at least a week after the loss
+
+
+@dataclass(frozen=True)
+class MessyOptions:
+    """The knobs of the messy profile; every shape is on by default, each set to 0 (or None, or
+    False) turns it off. Shares are exact: round(share x eligible deals) deals get the shape, drawn
+    at random among the eligible ones (see the module docstring for who is eligible).
+
+    keyed_at_close_share       won deals first entered in the CRM at the moment they were won, and
+                               closed 1 minute to 3 hours later the same day
+    keyed_at_close_lost_share  the same for lost deals
+    no_history_share           keyed-at-close deals (not late-keyed) without any OpportunityHistory row
+    last_minute_stage_share    other won deals whose stage moves were never recorded: they sit in
+                               their first stage until, at the win, they enter the last open stage
+                               and are closed minutes later
+    late_keyed_share           won deals whose close is keyed in `late_keyed_days` days after the
+                               CloseDate they are given (the real day of the win)
+    stale_share                lost deals whose loss is never recorded: they stay open, ageing
+    purge_every_months         a purge every so many months closes stale deals as lost in bulk (0: never)
+    purge_overdue_days         a purge closes the stale deals whose CloseDate is this many days past
+    lost_future_close_share    recorded losses whose CloseDate is left at the expected close date,
+                               at least a week after the loss
+    import_at                  share of the span after which the CRM goes live with a bulk import of
+                               every deal created before (None: the CRM was used from the start)
+    spanish_stages             the org's single pipeline "Ventas" has Spanish stage names (False: the
+                               stages of `dealcast.toml`)
+    encoding                   "utf-8" or "cp1252" (Windows-1252) for the Salesforce files
+    currencies                 deal currencies, drawn at random per deal; with any besides the
+                               reporting currency, `exchange_rates.csv` is written (empty: USD only)
+    """
+
+    keyed_at_close_share: float = 0.6
+    keyed_at_close_lost_share: float = 0.1
+    no_history_share: float = 0.3
+    last_minute_stage_share: float = 0.5
+    late_keyed_share: float = 0.3
+    late_keyed_days: tuple[int, int] = (7, 56)
+    stale_share: float = 0.5
+    purge_every_months: int = 3
+    purge_overdue_days: int = 30
+    lost_future_close_share: float = 0.4
+    import_at: float | None = 0.25
+    spanish_stages: bool = True
+    encoding: str = "utf-8"
+    currencies: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in (
+            "keyed_at_close_share", "keyed_at_close_lost_share", "no_history_share", "last_minute_stage_share",
+            "late_keyed_share", "stale_share", "lost_future_close_share",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"messy option {name}: expected a share between 0 and 1, got {value!r}")
+        low, high = self.late_keyed_days
+        if not 1 <= low <= high:
+            raise ValueError(f"messy option late_keyed_days: expected 1 <= first <= second, got {self.late_keyed_days!r}")
+        if self.purge_every_months < 0 or self.purge_overdue_days < 0:
+            raise ValueError(
+                "messy options purge_every_months and purge_overdue_days: expected 0 or more, got "
+                f"{self.purge_every_months!r} and {self.purge_overdue_days!r}"
+            )
+        if self.import_at is not None and not 0.0 < self.import_at < 1.0:
+            raise ValueError(f"messy option import_at: expected a share of the span between 0 and 1 (or None), got {self.import_at!r}")
+        if self.encoding not in ("utf-8", "cp1252"):
+            raise ValueError(f"messy option encoding: expected 'utf-8' or 'cp1252', got {self.encoding!r}")
+        unknown = [c for c in self.currencies if c not in _CURRENCY_USD]
+        if unknown:
+            raise ValueError(f"messy option currencies: {unknown} not simulated; expected codes among {sorted(_CURRENCY_USD)}")
+
+    @classmethod
+    def off(cls) -> "MessyOptions":
+        """Every shape off and the project's own stages: the messy profile then writes the clean
+        profile's export (plus the truth files), the baseline to switch shapes on one at a time."""
+        return cls(
+            keyed_at_close_share=0.0, keyed_at_close_lost_share=0.0, no_history_share=0.0,
+            last_minute_stage_share=0.0, late_keyed_share=0.0, stale_share=0.0, purge_every_months=0,
+            lost_future_close_share=0.0, import_at=None, spanish_stages=False,
+        )  # fmt: skip
+
+    def with_assignments(self, assignments: Sequence[str]) -> "MessyOptions":
+        """These options with `NAME=VALUE` assignments applied (the command line's `--option`).
+        Raises ValueError naming the assignment and what was expected."""
+        kinds = {f.name: type(getattr(self, f.name)) for f in dataclass_fields(self)}
+        changes: dict[str, object] = {}
+        for text in assignments:
+            name, sep, value = (part.strip() for part in text.partition("="))
+            if not sep or name not in kinds:
+                raise ValueError(f"messy option {text!r}: expected NAME=VALUE with NAME one of {sorted(kinds)}")
+            try:
+                changes[name] = _option_value(name, value)
+            except ValueError as exc:
+                raise ValueError(f"messy option {text!r}: {exc}") from None
+        return replace(self, **changes)
+
+
+def _option_value(name: str, text: str) -> object:
+    """A messy option's value from its command-line text."""
+    if name == "import_at":
+        return None if text.lower() in ("none", "off", "") else float(text)
+    if name == "spanish_stages":
+        lowered = text.lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError("expected true or false")
+        return lowered in ("true", "1", "yes")
+    if name == "late_keyed_days":
+        parts = [int(p) for p in text.split(",")]
+        if len(parts) != 2:
+            raise ValueError("expected two numbers of days, e.g. 7,56")
+        return (parts[0], parts[1])
+    if name == "currencies":
+        return tuple(c.strip().upper() for c in text.split(",") if c.strip())
+    if name == "encoding":
+        return text.lower()
+    if name in ("purge_every_months", "purge_overdue_days"):
+        return int(text)
+    return float(text)
+
+
+def _choose(rng: np.random.Generator, eligible: np.ndarray, share: float) -> np.ndarray:
+    """Exactly round(share x eligible) of the eligible deals, drawn at random (a deal mask)."""
+    candidates = np.flatnonzero(eligible)
+    chosen = np.zeros(len(eligible), dtype=bool)
+    chosen[rng.permutation(candidates)[: math.floor(share * len(candidates) + 0.5)]] = True
+    return chosen
+
+
+def _to_weekday(seconds: np.ndarray) -> np.ndarray:
+    """Moments on a Saturday or Sunday moved to the Monday after, same time of day."""
+    weekday = (seconds // DAY_SECONDS + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    return seconds + np.where(weekday >= 5, 7 - weekday, 0) * DAY_SECONDS
+
+
+def _seconds_of(day: dt.date, second_of_day: int) -> int:
+    return (day - dt.date(1970, 1, 1)).days * DAY_SECONDS + second_of_day
+
+
+def _import_moment(world: SampleWorld, import_at: float | None) -> int | None:
+    """The bulk import: 09:00 UTC on the Saturday on or after `import_at` of the span (that day
+    itself when the Saturday is past `end_date`)."""
+    if import_at is None:
+        return None
+    day = world.start_date + dt.timedelta(days=round(import_at * (world.end_date - world.start_date).days))
+    saturday = day + dt.timedelta(days=(5 - day.weekday()) % 7)
+    return _seconds_of(saturday if saturday <= world.end_date else day, _IMPORT_SECOND_OF_DAY)
+
+
+def _purge_moments(world: SampleWorld, live_from: int, every_months: int) -> list[int]:
+    """17:00 UTC on the last Friday of every `every_months`-th month after the month the CRM went
+    live, up to `end_date`."""
+    if every_months <= 0:
+        return []
+    live = dt.date(1970, 1, 1) + dt.timedelta(days=live_from // DAY_SECONDS)
+    moments = []
+    k = 1
+    while True:
+        month_index = live.year * 12 + live.month - 1 + k * every_months
+        following = dt.date(month_index // 12 + (month_index % 12 + 1) // 12, (month_index % 12 + 1) % 12 + 1, 1)
+        last_day = following - dt.timedelta(days=1)
+        friday = last_day - dt.timedelta(days=(last_day.weekday() - 4) % 7)
+        if friday > world.end_date:
+            return moments
+        moments.append(_seconds_of(friday, _PURGE_SECOND_OF_DAY))
+        k += 1
+
+
+@dataclass(frozen=True, eq=False)
+class _RealLives:
+    """Every deal's real life (the simulated history, before any of it is recorded or hidden),
+    sorted by deal and time; answers the true win probability of a deal at any moment."""
+
+    world: SampleWorld
+    deal_class: np.ndarray  # per deal
+    deal: np.ndarray  # per real row
+    time: np.ndarray  # seconds since the Unix epoch
+    stage: np.ndarray  # stage code (n_open won, n_open + 1 lost)
+    entered: np.ndarray  # when the row's stage was entered
+
+    @classmethod
+    def build(cls, world: SampleWorld, deal_class: np.ndarray, deal: np.ndarray, time: np.ndarray, stage: np.ndarray) -> "_RealLives":
+        order = np.lexsort((time, deal))
+        deal, time, stage = deal[order], time[order], stage[order]
+        starts = np.ones(len(deal), dtype=bool)
+        starts[1:] = (deal[1:] != deal[:-1]) | (stage[1:] != stage[:-1])
+        entered = time[np.maximum.accumulate(np.where(starts, np.arange(len(deal)), 0))]
+        return cls(world, np.asarray(deal_class), deal, time, stage, entered)
+
+    def win_probability(self, deal: np.ndarray, seconds: np.ndarray, labels: Sequence | None = None) -> np.ndarray:
+        """The probability that each deal is eventually won, given its real state at `seconds`:
+        1 once really won, 0 once really lost, else V_b of its real open state, where the boundary b
+        is the next Monday when the moment is past Friday 20:00 or the deal already made this week's
+        step (it has a real row this week by then), else the Monday the week started.
+
+        Raises ValueError (naming the row by `labels`, else its position) for a moment before the
+        deal's real creation."""
+        deal = np.asarray(deal, dtype=np.int64)
+        seconds = np.asarray(seconds, dtype=np.int64)
+        shift = np.int64(1) << 32
+        keys = self.deal.astype(np.int64) * shift + self.time
+        row = np.searchsorted(keys, deal * shift + seconds, side="right") - 1
+        bad = (row < 0) | (self.deal[np.maximum(row, 0)] != deal)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            label = labels[first] if labels is not None else first
+            raise ValueError(f"true win probability: row {label}: the deal did not exist yet at that moment")
+        stage = self.stage[row]
+        deal_class = self.deal_class[deal]
+        n_open = self.world.n_open_stages(deal_class)
+        out = np.where(stage == n_open, 1.0, 0.0)
+        is_open = stage < n_open
+        if is_open.any():
+            epoch = EPOCH_MONDAY_DAY * DAY_SECONDS
+            week, offset = np.divmod(seconds - epoch, WEEK_SECONDS)
+            stepped = (self.time[row] - epoch) // WEEK_SECONDS == week
+            boundary = week + ((offset >= WINDOW_END_SECONDS) | stepped)
+            entered_week = (self.entered[row] - epoch) // WEEK_SECONDS
+            boundary = np.maximum(boundary, entered_week + 1)
+            weeks_in_stage = np.minimum(boundary - entered_week - 1, WEEKS_IN_STAGE_CAP)
+            out[is_open] = self.world.win_probability(
+                deal_class[is_open], stage[is_open], weeks_in_stage[is_open], boundary[is_open]
+            )
+        return out
+
+
+@dataclass
+class _Recorded:
+    """What the CRM shows of the real simulation: the deals' final recorded state and every
+    recorded history row (per deal, in time order), with the shapes and truth behind them."""
+
+    view: _Simulation  # final CRM state per deal; rows = the recorded rows (no-history deals included)
+    created: np.ndarray  # CreatedDate per deal
+    seq: np.ndarray  # file-order tie-break per recorded row
+    in_history: np.ndarray  # recorded rows written to OpportunityHistory.csv
+    shapes: dict[str, np.ndarray]
+    import_at: int | None
+    purges: list[int]
+    real_closed_at: np.ndarray  # -1 while really open
+    crm_closed_at: np.ndarray  # -1 while open in the CRM
+
+
+def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simulation, options: MessyOptions, seed: int) -> _Recorded:
+    """Record the simulated deals the way the messy org does (see the module docstring). Each
+    shape draws from its own random stream, so changing one knob leaves the others' deals alone."""
+
+    def stream(knob: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([seed, 4, knob]))
+
+    n = world.n_deals
+    by_deal = np.argsort(sim.rows["deal"], kind="stable")  # generation order is chronological per deal
+    r = {key: values[by_deal] for key, values in sim.rows.items()}
+    rd = r["deal"]
+    first = np.searchsorted(rd, np.arange(n), side="left")
+    last = np.searchsorted(rd, np.arange(n), side="right") - 1
+    n_open = world.n_open_stages(deals["class"])
+    won, lost = sim.status == 1, sim.status == 2
+    closed = won | lost
+    real_closed_at = np.where(closed, r["time"][last], -1)
+    stage_before_close = r["prev_stage"][last]
+    close_before = r["prev_close"][last]  # the expected close date just before the close
+    final_amount = r["amount"][last]
+    close_day = real_closed_at // DAY_SECONDS
+
+    # The bulk import: deals created before it enter the CRM at it, in their state of that moment.
+    import_at = _import_moment(world, options.import_at)
+    imported = np.zeros(n, dtype=bool) if import_at is None else deals["created"] < import_at
+    closed_before_import = imported & closed & (real_closed_at <= (import_at or 0))
+    at_import = last.copy()
+    if import_at is not None:
+        shift = np.int64(1) << 32
+        keys = rd.astype(np.int64) * shift + r["time"]
+        at_import = np.maximum(np.searchsorted(keys, np.arange(n) * shift + import_at, side="right") - 1, first)
+    crm_first_stage = np.where(imported, r["stage"][at_import], r["stage"][first])
+
+    post = ~imported
+    keyed = _choose(stream(0), won & post, options.keyed_at_close_share)
+    keyed |= _choose(stream(1), lost & post, options.keyed_at_close_lost_share)
+    low, high = options.late_keyed_days
+    late_at = _to_weekday(real_closed_at + stream(2).integers(low, high + 1, n) * DAY_SECONDS)
+    end_second = _seconds_of(world.end_date + dt.timedelta(days=1), 0)
+    late = _choose(stream(3), won & ~closed_before_import & (late_at + _KEYED_GAP_SECONDS[1] < end_second), options.late_keyed_share)
+    keyed_in = np.where(late, late_at, real_closed_at)
+    room = np.minimum(_KEYED_GAP_SECONDS[1], (keyed_in // DAY_SECONDS + 1) * DAY_SECONDS - 1 - keyed_in)
+    gap = _KEYED_GAP_SECONDS[0] + (stream(4).random(n) * np.maximum(room - _KEYED_GAP_SECONDS[0] + 1, 1)).astype(np.int64)
+    no_history = _choose(stream(5), keyed & ~late, options.no_history_share)
+    in_crm_open = ~keyed & ~closed_before_import
+    last_minute = _choose(stream(6), won & in_crm_open & (crm_first_stage != n_open - 1), options.last_minute_stage_share)
+    stale = _choose(stream(7), lost & in_crm_open, options.stale_share)
+    lost_future = _choose(
+        stream(8), lost & in_crm_open & ~stale & (close_before >= close_day + _LOST_FUTURE_MIN_DAYS), options.lost_future_close_share
+    )
+    live_from = import_at if import_at is not None else _seconds_of(world.start_date, 0)
+    purges = _purge_moments(world, live_from, options.purge_every_months)
+    purged_at = np.full(n, -1, dtype=np.int64)
+    for moment in purges:
+        due = stale & (purged_at < 0) & (real_closed_at < moment)
+        due &= moment // DAY_SECONDS - close_before >= options.purge_overdue_days
+        purged_at[due] = moment
+
+    # Real rows the CRM keeps, as it shows them.
+    closing_row = np.zeros(len(rd), dtype=bool)
+    closing_row[last[closed]] = True
+    keep = ~keyed[rd] & ~(stale[rd] & closing_row) & ~(last_minute[rd] & closing_row)
+    if import_at is not None:
+        keep &= ~(imported[rd] & (r["time"] <= import_at))
+    hidden_moves = last_minute[rd] & ~closing_row
+    stage = np.where(hidden_moves, crm_first_stage[rd], r["stage"])
+    stage_only = (r["prev_stage"] >= 0) & (r["amount"] == r["prev_amount"]) & (r["close"] == r["prev_close"])
+    keep &= ~(hidden_moves & stage_only)
+    time = np.where(late[rd] & closing_row, keyed_in[rd], r["time"])
+    close = np.where(lost_future[rd] & closing_row, close_before[rd], r["close"])
+
+    # Rows only the CRM has: the import, the keyed-in creation and close, the last-minute catch-up, the purge.
+    final_stage = r["stage"][last]
+    parts = [
+        (np.flatnonzero(imported), np.full(n, import_at or 0), r["stage"][at_import], r["amount"][at_import], r["close"][at_import]),
+        (np.flatnonzero(keyed), keyed_in, stage_before_close, final_amount, close_day),
+        (np.flatnonzero(keyed), keyed_in + gap, final_stage, final_amount, close_day),
+        (np.flatnonzero(last_minute), keyed_in, n_open - 1, final_amount, close_day),
+        (np.flatnonzero(last_minute), keyed_in + gap, final_stage, final_amount, close_day),
+        (np.flatnonzero(purged_at >= 0), purged_at, n_open + 1, final_amount, close_before),
+    ]
+    extra = {key: [] for key in ("deal", "time", "stage", "amount", "close")}
+    for which, when, new_stage, new_amount, new_close in parts:
+        extra["deal"].append(which)
+        for key, values in (("time", when), ("stage", new_stage), ("amount", new_amount), ("close", new_close)):
+            extra[key].append(np.broadcast_to(values, (n,))[which])
+    added = {key: np.concatenate(values).astype(np.int64) for key, values in extra.items()}
+    recorded = {
+        "deal": np.concatenate([rd[keep], added["deal"]]),
+        "time": np.concatenate([time[keep], added["time"]]),
+        "stage": np.concatenate([stage[keep], added["stage"]]).astype(np.int16),
+        "amount": np.concatenate([r["amount"][keep], added["amount"]]),
+        "close": np.concatenate([close[keep], added["close"]]),
+    }
+    seq = np.concatenate([by_deal[keep], len(rd) + np.arange(len(added["deal"]))])
+    order = np.lexsort((seq, recorded["time"], recorded["deal"]))
+    recorded = {key: values[order] for key, values in recorded.items()}
+    seq = seq[order]
+    deal = recorded["deal"]
+    is_first = np.ones(len(deal), dtype=bool)
+    is_first[1:] = deal[1:] != deal[:-1]
+    for key in ("stage", "amount", "close"):
+        previous = np.empty_like(recorded[key], dtype=np.int64)
+        previous[0] = -1
+        previous[1:] = recorded[key][:-1]
+        recorded[f"prev_{key}"] = np.where(is_first, -1, previous)
+    recorded["prev_stage"] = recorded["prev_stage"].astype(np.int16)
+
+    crm_first = np.searchsorted(deal, np.arange(n), side="left")
+    crm_last = np.searchsorted(deal, np.arange(n), side="right") - 1
+    crm_stage = recorded["stage"][crm_last]
+    crm_status = np.where(crm_stage == n_open, 1, np.where(crm_stage == n_open + 1, 2, 0)).astype(np.int8)
+    stage_moved = is_first | (recorded["stage"] != recorded["prev_stage"])
+    last_stage_change = np.zeros(n, dtype=np.int64)
+    np.maximum.at(last_stage_change, deal[stage_moved], recorded["time"][stage_moved])
+    loss_reason = np.where((crm_status == 2) & (purged_at < 0), sim.loss_reason, -1).astype(np.int16)
+    view = _Simulation(
+        stage=crm_stage.astype(np.int16),
+        status=crm_status,
+        amount=recorded["amount"][crm_last],
+        close_day=recorded["close"][crm_last],
+        loss_reason=loss_reason,
+        last_change=recorded["time"][crm_last],
+        last_stage_change=last_stage_change,
+        rows=recorded,
+    )
+    shapes = {
+        "imported": imported,
+        "keyed_at_close": keyed,
+        "no_history": no_history,
+        "last_minute_stage": last_minute,
+        "late_keyed": late,
+        "stale": stale,
+        "purged": purged_at >= 0,
+        "lost_future_close": lost_future,
+    }
+    return _Recorded(
+        view=view,
+        created=recorded["time"][crm_first],
+        seq=seq,
+        in_history=~no_history[deal],
+        shapes=shapes,
+        import_at=import_at,
+        purges=purges,
+        real_closed_at=real_closed_at,
+        crm_closed_at=np.where(crm_status > 0, recorded["time"][crm_last], -1),
+    )
+
+
+def _valid_to(deal: np.ndarray, time: np.ndarray) -> np.ndarray:
+    """Each row's next row time of the same deal (-1 for a deal's last row); rows sorted by deal."""
+    following = np.full(len(deal), -1, dtype=np.int64)
+    same = deal[1:] == deal[:-1]
+    following[:-1] = np.where(same, time[1:], -1)
+    return following
+
+
+def _exchange_rates(world: SampleWorld, currencies: Sequence[str], reporting: str, rng: np.random.Generator) -> pd.DataFrame:
+    """Weekly rates (Mondays from the week before the span to `end_date`) into the reporting
+    currency for every currency but the reporting one: a 1%-a-week random walk around its usual rate."""
+    mondays = np.arange(world.first_week - 1, world.last_week + 1) * 7 + EPOCH_MONDAY_DAY
+    frames = []
+    for code in sorted(set(currencies) - {reporting}):
+        walk = np.exp(np.cumsum(rng.normal(0.0, _RATE_WEEKLY_SIGMA, len(mondays))))
+        rate = _CURRENCY_USD[code] / _CURRENCY_USD.get(reporting, 1.0) * walk
+        frames.append(pd.DataFrame({"day": mondays, "currency": code, "rate": np.float64(np.array([float(f"{v:.6g}") for v in rate]))}))
+    if not frames:
+        return pd.DataFrame({"day": np.empty(0, np.int64), "currency": [], "rate": np.empty(0)})
+    return pd.concat(frames, ignore_index=True)
+
+
+def _in_deal_currency(
+    recorded: _Recorded, options: MessyOptions, reporting: str, rates: pd.DataFrame, rng: np.random.Generator
+) -> tuple[np.ndarray, list[str]]:
+    """Give each deal a currency and turn its recorded amounts into it, at the rate of the day it
+    was created in the CRM (whole units). Returns the currency codes and their names."""
+    names = list(options.currencies) or [reporting]
+    n = len(recorded.created)
+    code = (rng.random(n) * len(names)).astype(np.int64)
+    factor = np.ones(n)
+    created_day = recorded.created // DAY_SECONDS
+    for i, name in enumerate(names):
+        table = rates[rates["currency"] == name]
+        if name == reporting or table.empty:
+            continue
+        mine = code == i
+        position = np.searchsorted(table["day"].to_numpy(), created_day[mine], side="right") - 1
+        factor[mine] = 1.0 / table["rate"].to_numpy()[np.maximum(position, 0)]
+    rows = recorded.view.rows
+    for key in ("amount", "prev_amount"):
+        valid = rows[key] >= 0
+        rows[key] = np.where(valid, np.maximum(np.round(rows[key] * factor[rows["deal"]]), 1), rows[key]).astype(np.int64)
+    recorded.view.amount = rows["amount"][np.searchsorted(rows["deal"], np.arange(n), side="right") - 1]
+    return code, names
+
+
+def _truth_deal_chunks(
+    world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simulation, recorded: _Recorded, opportunity_ids: pa.Array,
+    currency: pa.Array, user_ids: pa.Array,
+) -> Iterator[dict[str, pa.Array]]:
+    """The rows of truth_deals.csv (one per deal, in Opportunity.csv order)."""
+    n = world.n_deals
+    real = np.array(["open", "won", "lost"])[sim.status]
+    crm = np.array(["open", "won", "lost"])[recorded.view.status]
+    really_closed = sim.status > 0
+    stale = recorded.shapes["stale"]
+    skill = world.users["skill_level"].to_numpy()[deals["rep"]]
+    team = world.users["Department"].to_numpy()[deals["rep"]]
+    chunk = {
+        "deal_id": opportunity_ids,
+        "pipeline": _take(world.pipelines, deals["pipeline"]),
+        "owner_id": pc.take(user_ids, pa.array(deals["rep"])),
+        "team": pa.array(team.tolist(), pa.string()),
+        "product": _take(PRODUCTS, deals["product"]),
+        "segment": _take(SEGMENTS, deals["segment"]),
+        "skill_level": _format_integers(skill),
+        "real_outcome": pa.array(real.tolist(), pa.string()),
+        "real_created_at": format_timestamps(deals["created"]),
+        "real_closed_at": format_timestamps(np.maximum(recorded.real_closed_at, 0), blank=~really_closed),
+        "real_close_date": _date_text(np.maximum(recorded.real_closed_at, 0) // DAY_SECONDS, blank=~really_closed),
+        "hidden_loss_at": format_timestamps(np.maximum(recorded.real_closed_at, 0), blank=~stale),
+        "crm_created_at": format_timestamps(recorded.created),
+        "crm_closed_at": format_timestamps(np.maximum(recorded.crm_closed_at, 0), blank=recorded.crm_closed_at < 0),
+        "crm_status": pa.array(crm.tolist(), pa.string()),
+        "crm_close_date": _date_text(recorded.view.close_day),
+        "amount": _format_integers(recorded.view.amount),
+        "currency": currency,
+        "amount_reporting": _format_integers(sim.amount),
+    }
+    for shape in SHAPES:
+        chunk[shape] = _take(("0", "1"), recorded.shapes[shape].astype(np.int64))
+    assert all(len(v) == n for v in chunk.values())
+    yield chunk
+
+
+def _date_text(days: np.ndarray, blank: np.ndarray | None = None) -> pa.Array:
+    """`YYYY-MM-DD` for days since the Unix epoch."""
+    return pc.utf8_slice_codeunits(format_dates(days, blank), 0, 10)
+
+
+def _real_history_chunks(
+    deals: dict[str, np.ndarray], sim: _Simulation, lookup: "_StageLookup", opportunity_ids: pa.Array
+) -> Iterator[dict[str, pa.Array]]:
+    """The rows of truth_real_history.csv: every simulated change, recorded or not, in time order."""
+    rows = sim.rows
+    order = np.argsort(rows["time"], kind="stable")
+    deal = rows["deal"][order]
+    yield {
+        "deal_id": pc.take(opportunity_ids, pa.array(deal)),
+        "changed_at": format_timestamps(rows["time"][order]),
+        "stage": _take(lookup.names, lookup.name[deals["pipeline"][deal], rows["stage"][order]]),
+        "amount_reporting": _format_integers(rows["amount"][order]),
+        "close_date": _date_text(rows["close"][order]),
+    }
+
+
+def _recode(text: str, column: str, mapping: dict[str, int], path: Path) -> int:
+    try:
+        return mapping[text]
+    except KeyError:
+        raise ValueError(f"{path}: column {column!r}: {text!r} is not in this sample (expected one of {sorted(mapping)})") from None
+
+
+@dataclass(frozen=True, eq=False)
+class SampleTruth:
+    """The ground truth of a messy-profile sample, read back from the truth files beside its
+    export (`SampleTruth.load(out_dir)`): per deal (`deals`, truth_deals.csv), the real history
+    (`real_history`, truth_real_history.csv), and the true win probability at any moment."""
+
+    world: SampleWorld
+    options: MessyOptions
+    deals: pd.DataFrame
+    real_history: pd.DataFrame
+    import_at: pd.Timestamp | None
+    purges: tuple[pd.Timestamp, ...]
+    _lives: _RealLives = field(repr=False)
+
+    @classmethod
+    def load(cls, out_dir: Path) -> "SampleTruth":
+        """Read the truth of the sample written to `out_dir` (its manifest rebuilds the world)."""
+        out_dir = Path(out_dir)
+        manifest_path = out_dir / TRUTH_MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{manifest_path}: not found; expected a sample written with profile='messy'")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        catalog = StageCatalog(
+            [
+                PipelineStages(
+                    name=p["name"], open_stages=tuple(p["open_stages"]), won_stage=p["won_stage"],
+                    lost_stage=p["lost_stage"], probabilities=dict(p["probabilities"]),
+                )
+                for p in manifest["pipelines"]
+            ]
+        )  # fmt: skip
+        world = SampleWorld.build(
+            seed=manifest["seed"],
+            n_deals=manifest["n_deals"],
+            end_date=dt.date.fromisoformat(manifest["end_date"]),
+            years=manifest["years"],
+            stages=catalog,
+            fiscal_year_start_month=manifest["fiscal_year_start_month"],
+        )
+        options = manifest["options"]
+        options = MessyOptions(
+            **{**options, "late_keyed_days": tuple(options["late_keyed_days"]), "currencies": tuple(options["currencies"])}
+        )
+        deals = pd.read_csv(out_dir / TRUTH_DEALS_FILE, dtype=str, keep_default_na=False, encoding="utf-8")
+        history = pd.read_csv(out_dir / TRUTH_REAL_HISTORY_FILE, dtype=str, keep_default_na=False, encoding="utf-8")
+        deal_class = world.deal_class(deals["pipeline"], deals["owner_id"], deals["product"], deals["segment"])
+        index = {deal_id: i for i, deal_id in enumerate(deals["deal_id"])}
+        deal_code = np.array([_recode(d, "deal_id", index, out_dir / TRUTH_REAL_HISTORY_FILE) for d in history["deal_id"]], dtype=np.int64)
+        pipeline_code = world.class_parts(deal_class)[0][deal_code]
+        stage_code = np.empty(len(history), dtype=np.int64)
+        for p, name in enumerate(world.pipelines):
+            stages = world.stages[name]
+            codes = {s: i for i, s in enumerate((*stages.open_stages, stages.won_stage, stages.lost_stage))}
+            here = np.flatnonzero(pipeline_code == p)
+            stage_code[here] = [_recode(s, "stage", codes, out_dir / TRUTH_REAL_HISTORY_FILE) for s in history["stage"].iloc[here]]
+        changed = pd.to_datetime(history["changed_at"], format="%Y-%m-%d %H:%M:%S")
+        lives = _RealLives.build(
+            world, deal_class, deal_code, changed.to_numpy(dtype="datetime64[s]").astype(np.int64), stage_code
+        )
+        typed = deals.copy()
+        for column in ("real_created_at", "real_closed_at", "hidden_loss_at", "crm_created_at", "crm_closed_at"):
+            typed[column] = pd.to_datetime(typed[column].replace("", None), format="%Y-%m-%d %H:%M:%S")
+        for column in ("real_close_date", "crm_close_date"):
+            typed[column] = pd.to_datetime(typed[column].replace("", None), format="%Y-%m-%d")
+        for column in ("amount", "amount_reporting", "skill_level"):
+            typed[column] = typed[column].astype("int64")
+        for shape in SHAPES:
+            typed[shape] = typed[shape] == "1"
+        real_history = history.assign(
+            changed_at=changed,
+            amount_reporting=history["amount_reporting"].astype("int64"),
+            close_date=pd.to_datetime(history["close_date"], format="%Y-%m-%d"),
+        )
+        return cls(
+            world=world,
+            options=options,
+            deals=typed,
+            real_history=real_history,
+            import_at=pd.Timestamp(manifest["import_at"]) if manifest["import_at"] else None,
+            purges=tuple(pd.Timestamp(p) for p in manifest["purges"]),
+            _lives=lives,
+        )
+
+    def true_win_probability(self, frame: pd.DataFrame) -> pd.Series:
+        """The true probability that each row's deal is eventually won, given the real state of
+        the world at `snapshot_at` (what the CRM shows does not enter: a stale deal is 0 from its
+        hidden loss on, a deal whose win is not keyed in yet is 1). `frame` needs `deal_id` and
+        `snapshot_at` (UTC, naive or aware), as `etl.pipeline_state.pipeline_at_many` gives them.
+        Index aligned with `frame`; ValueError names the row of an unknown deal id or a moment
+        before the deal existed."""
+        missing = [c for c in ("deal_id", "snapshot_at") if c not in frame.columns]
+        if missing:
+            raise ValueError(f"true_win_probability: frame is missing column(s) {missing}; expected deal_id and snapshot_at")
+        codes = pd.Series(np.arange(len(self.deals)), index=self.deals["deal_id"].to_numpy())
+        deal = frame["deal_id"].map(codes)
+        if deal.isna().any():
+            row = int(np.flatnonzero(deal.isna().to_numpy())[0])
+            raise ValueError(
+                f"true_win_probability: row {frame.index[row]}, column 'deal_id': {frame['deal_id'].iloc[row]!r} is not a deal of this sample"
+            )
+        seconds = _utc_microseconds(frame["snapshot_at"], "snapshot_at", frame.index) // 1_000_000
+        out = self._lives.win_probability(deal.to_numpy(dtype=np.int64), seconds, labels=frame.index)
+        return pd.Series(out, index=frame.index, name="true_win_probability", dtype="float64")
+
+    def quarter_bookings(self) -> pd.DataFrame:
+        """Real won revenue per quarter (booked by the real day of the win, which is every won
+        deal's CloseDate in the export) for the whole company, each team and each pipeline, in
+        the reporting currency, beside the revenue the simulation's parameters expect
+        (`expected_won_amount`). Columns: quarter, segment_type, segment, won_deals, won_amount,
+        expected_won_amount."""
+        fiscal = self.world.fiscal_year_start_month
+        expected = self.world.expected_won_revenue()
+        won = self.deals[self.deals["real_outcome"] == STATUS_WON]
+        quarter = quarter_labels(won["real_close_date"], fiscal) if len(won) else pd.Series(dtype=object)
+        won = won.assign(quarter=quarter.to_numpy())
+        parts = [won.assign(segment_type="all", segment="all")]
+        parts += [won.assign(segment_type="team", segment=won["team"]), won.assign(segment_type="pipeline", segment=won["pipeline"])]
+        actual = (
+            pd.concat(parts, ignore_index=True)
+            .groupby(["quarter", "segment_type", "segment"], as_index=False)
+            .agg(won_deals=("deal_id", "size"), won_amount=("amount_reporting", "sum"))
+        )
+        out = expected.rename(columns={"amount": "expected_won_amount"}).merge(
+            actual, on=["quarter", "segment_type", "segment"], how="outer"
+        )
+        out[["won_deals", "won_amount"]] = out[["won_deals", "won_amount"]].fillna(0).astype("int64")
+        out["expected_won_amount"] = out["expected_won_amount"].fillna(0.0)
+        return out[["quarter", "segment_type", "segment", "won_deals", "won_amount", "expected_won_amount"]].sort_values(
+            ["quarter", "segment_type", "segment"], ignore_index=True
+        )
+
+
+# ----------------------------------------------------------------------------------------------
 # Writing the files
 # ----------------------------------------------------------------------------------------------
 _CHUNK_ROWS = 400_000
 
 
-def _write_csv(path: Path, columns: Sequence[str], chunks: Iterator[dict[str, pa.Array]], quote_all: bool = True) -> None:
+def _write_csv(
+    path: Path, columns: Sequence[str], chunks: Iterator[dict[str, pa.Array]], quote_all: bool = True, encoding: str = "utf-8"
+) -> None:
     """Write columns chunk by chunk: every value quoted (Salesforce export style), or, for the
-    plain files, text quoted and numbers bare. Written to a temporary name, then moved into place."""
+    plain files, text quoted and numbers bare; in UTF-8, or re-encoded (e.g. "cp1252") before it
+    is moved into place. Written to a temporary name, then moved into place."""
     options = pacsv.WriteOptions(
         quoting_style="all_valid" if quote_all else "needed",
         quoting_header="needed" if quote_all else "none",
@@ -1408,14 +2197,19 @@ def _write_csv(path: Path, columns: Sequence[str], chunks: Iterator[dict[str, pa
     finally:
         if writer is not None:
             writer.close()
+    if encoding != "utf-8":
+        partial.write_bytes(partial.read_bytes().decode("utf-8").encode(encoding))
     partial.replace(path)
 
 
 class _StageLookup:
     """Names, picklist order, CRM probability and forecast category of (pipeline, stage code)."""
 
-    def __init__(self, world: SampleWorld) -> None:
+    def __init__(self, world: SampleWorld, sort_order: dict[str, int] | None = None) -> None:
         self.names = _org_stage_order(world.stages)
+        # StageSortOrder: the picklist position, or the org's own positions where it has them
+        positions = [(sort_order or {}).get(name, i + 1) for i, name in enumerate(self.names)]
+        self.sort_order = np.array(positions, dtype=np.int64)
         width = world.max_open_stages + 2
         self.name = np.zeros((len(world.pipelines), width), dtype=np.int64)
         self.probability = np.zeros((len(world.pipelines), width), dtype=np.int64)
@@ -1439,9 +2233,10 @@ class _StageLookup:
 
 
 def _opportunity_chunks(
-    world, deals, sim, accounts, lookup, fields, opportunity_ids, user_ids
+    world, deals, sim, accounts, lookup, fields, opportunity_ids, user_ids, currency: pa.Array | None = None
 ) -> Iterator[dict[str, pa.Array]]:
-    """Opportunity rows (one per deal, its state at `end_date`), chunk by chunk."""
+    """Opportunity rows (one per deal, its state at `end_date`), chunk by chunk; `currency` holds
+    each deal's CurrencyIsoCode (default: all USD)."""
     custom = opportunity_extra_columns(fields)
     for start in range(0, world.n_deals, _CHUNK_ROWS):
         part = slice(start, min(start + _CHUNK_ROWS, world.n_deals))
@@ -1472,7 +2267,7 @@ def _opportunity_chunks(
             "Name": pc.binary_join_element_wise(pc.take(accounts["name"], pa.array(account)), _take(PRODUCTS, product), " - "),
             "Description": blank,
             "StageName": _take(lookup.names, lookup.name[pipeline, stage]),
-            "StageSortOrder": _format_integers(lookup.name[pipeline, stage] + 1),
+            "StageSortOrder": _format_integers(lookup.sort_order[lookup.name[pipeline, stage]]),
             "Amount": _format_integers(amount),
             "Probability": _format_integers(probability),
             "ExpectedRevenue": _format_integers(amount * probability // 100),
@@ -1500,7 +2295,7 @@ def _opportunity_chunks(
             "FiscalQuarter": pc.take(fiscal_quarter, pa.array(close_index)),
             "PrimaryPartnerAccountId": blank,
             "ContractId": blank,
-            custom[0]: _constant(CURRENCY, n),
+            custom[0]: _constant(CURRENCY, n) if currency is None else currency.slice(part.start, n),
             custom[1]: _take(world.pipelines, pipeline),
             custom[2]: _take(PRODUCTS, product),
             custom[3]: _take(REGIONS, deals["region"][part]),
@@ -1615,17 +2410,30 @@ def _account_chunks(world: SampleWorld, accounts: dict[str, np.ndarray], user_id
 
 def generate_sample(
     out_dir: Path,
-    n_deals: int = 10_000,
+    n_deals: int | None = None,
     seed: int = 7,
     end_date: dt.date | None = None,
-    years: float = 3.5,
+    years: float | None = None,
     stages: StageCatalog | None = None,
+    profile: str | None = None,
+    messy: MessyOptions | None = None,
 ) -> SampleSummary:
     """Simulate `n_deals` deals created over `years` up to `end_date` (default today, UTC) and
     write the sample CRM export, quotas and the true win probabilities to `out_dir`.
 
+    `profile` "clean" (the default) writes every change as it happens (10,000 deals over 3.5
+    years unless given); "messy" (the default when `messy` options are given) records the same
+    kind of sales process the way a small, untidy org does, with the shapes `messy` switches on,
+    plus the truth files (600 deals over one year unless given; see the module docstring).
     Same seed and arguments give byte-identical files."""
     started = time.perf_counter()
+    profile, options = _resolve_profile(profile, messy)
+    default_deals, default_years = PROFILE_DEFAULTS[profile]
+    n_deals = default_deals if n_deals is None else n_deals
+    years = default_years if years is None else years
+    spanish = options is not None and options.spanish_stages and stages is None
+    if spanish:
+        stages = StageCatalog([SPANISH_PIPELINE])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     world = SampleWorld.build(seed=seed, n_deals=n_deals, end_date=end_date, years=years, stages=stages)
@@ -1633,31 +2441,53 @@ def generate_sample(
     accounts = _build_accounts(world, np.random.default_rng(np.random.SeedSequence([seed, 1])))
     deals = _draw_deals(world, accounts, np.random.default_rng(np.random.SeedSequence([seed, 2])))
     sim = _simulate(world, deals, np.random.default_rng(np.random.SeedSequence([seed, 3])))
-    truth = _truth(world, deals, sim.rows)
     logger.info(
         "simulated %s deals, %s history rows in %.1fs", f"{n_deals:,}", f"{len(sim.rows['deal']):,}", time.perf_counter() - started
     )
-
-    lookup = _StageLookup(world)
-    opportunity_ids = salesforce_ids("opportunity", np.arange(n_deals))
+    lookup = _StageLookup(world, SPANISH_SORT_ORDER if spanish else None)
     user_ids = pa.array(world.users["Id"].tolist(), pa.string())
+    encoding = options.encoding if options is not None else "utf-8"
+    if options is None:
+        view, created, currency, recorded = sim, deals["created"], None, None
+        opportunity_ids = salesforce_ids("opportunity", np.arange(n_deals))
+        rows = sim.rows
+        order, valid_to = _history_order(rows)
+        truth = _truth(world, deals, rows)
+    else:
+        recorded = _record_messy(world, deals, sim, options, seed)
+        view, created = recorded.view, recorded.created
+        fx = np.random.default_rng(np.random.SeedSequence([seed, 5]))
+        rates = _exchange_rates(world, options.currencies, CURRENCY, fx)
+        codes, names = _in_deal_currency(recorded, options, CURRENCY, rates, fx)
+        currency = _take(names, codes)
+        # Salesforce ids grow with the moment a record is created in the CRM.
+        number = np.empty(n_deals, dtype=np.int64)
+        number[np.lexsort((np.arange(n_deals), created))] = np.arange(n_deals)
+        opportunity_ids = salesforce_ids("opportunity", number)
+        rows = {key: values[recorded.in_history] for key, values in view.rows.items()}
+        order = np.lexsort((recorded.seq[recorded.in_history], rows["time"]))
+        valid_to = _valid_to(rows["deal"], rows["time"])
+        lives = _RealLives.build(world, deals["class"], sim.rows["deal"], sim.rows["time"], sim.rows["stage"])
+        truth = lives.win_probability(rows["deal"], rows["time"])
+
     _write_csv(
         out_dir / OPPORTUNITY_FILE,
         (*OPPORTUNITY_COLUMNS, *opportunity_extra_columns(fields)),
-        _opportunity_chunks(world, deals, sim, accounts, lookup, fields, opportunity_ids, user_ids),
+        _opportunity_chunks(world, {**deals, "created": created}, view, accounts, lookup, fields, opportunity_ids, user_ids, currency),
+        encoding=encoding,
     )
-    order, valid_to = _history_order(sim.rows)
     truth_chunks: list[dict[str, pa.Array]] = []
     _write_csv(
         out_dir / HISTORY_FILE,
         (*HISTORY_COLUMNS, *HISTORY_EXTRA_COLUMNS),
-        _history_chunks(world, deals, sim.rows, order, valid_to, truth, lookup, opportunity_ids, user_ids, truth_chunks),
+        _history_chunks(world, deals, rows, order, valid_to, truth, lookup, opportunity_ids, user_ids, truth_chunks),
+        encoding=encoding,
     )
     _write_csv(out_dir / TRUTH_FILE, TRUTH_COLUMNS, iter(truth_chunks), quote_all=False)
-    _write_csv(out_dir / ACCOUNT_FILE, ACCOUNT_COLUMNS, _account_chunks(world, accounts, user_ids))
+    _write_csv(out_dir / ACCOUNT_FILE, ACCOUNT_COLUMNS, _account_chunks(world, accounts, user_ids), encoding=encoding)
     users = world.users
     user_columns = {c: pa.array(users[c].astype(str).tolist(), pa.string()) for c in USER_COLUMNS}
-    _write_csv(out_dir / USER_FILE, USER_COLUMNS, iter([user_columns]))
+    _write_csv(out_dir / USER_FILE, USER_COLUMNS, iter([user_columns]), encoding=encoding)
     quotas = world.quotas()
     _write_csv(
         out_dir / QUOTA_FILE,
@@ -1665,36 +2495,148 @@ def generate_sample(
         iter([{c: pa.Array.from_pandas(quotas[c].astype("int64" if c == "amount" else object)) for c in QUOTA_COLUMNS}]),
         quote_all=False,
     )
+    shape_counts: dict[str, int] = {}
+    if recorded is not None:
+        _write_csv(
+            out_dir / TRUTH_DEALS_FILE,
+            TRUTH_DEAL_COLUMNS,
+            _truth_deal_chunks(world, deals, sim, recorded, opportunity_ids, currency, user_ids),
+            quote_all=False,
+        )
+        _write_csv(
+            out_dir / TRUTH_REAL_HISTORY_FILE,
+            TRUTH_REAL_HISTORY_COLUMNS,
+            _real_history_chunks(deals, sim, lookup, opportunity_ids),
+            quote_all=False,
+        )
+        if len(rates):
+            _write_csv(out_dir / RATES_FILE, ("date", "currency", "rate"), _rates_chunks(rates), quote_all=False)
+        shape_counts = {shape: int(recorded.shapes[shape].sum()) for shape in SHAPES}
+        _write_manifest(out_dir, world, options, years, recorded, shape_counts)
     summary = SampleSummary(
         out_dir=out_dir,
         n_deals=n_deals,
-        n_history_rows=int(len(sim.rows["deal"])),
-        won=int((sim.status == 1).sum()),
-        lost=int((sim.status == 2).sum()),
-        open=int((sim.status == 0).sum()),
+        n_history_rows=int(len(rows["deal"])),
+        won=int((view.status == 1).sum()),
+        lost=int((view.status == 2).sum()),
+        open=int((view.status == 0).sum()),
         start=world.start_date,
         end=world.end_date,
+        profile=profile,
+        shapes=shape_counts,
     )
     logger.info("wrote the sample CRM to %s in %.1fs", out_dir, time.perf_counter() - started)
     return summary
+
+
+def _resolve_profile(profile: str | None, messy: MessyOptions | None) -> tuple[str, MessyOptions | None]:
+    """(profile, messy options or None for the clean profile); ValueError for an unknown profile
+    or messy options with the clean profile."""
+    if profile is None:
+        profile = PROFILE_CLEAN if messy is None else PROFILE_MESSY
+    if profile not in PROFILES:
+        raise ValueError(f"sample profile {profile!r}: expected one of {list(PROFILES)}")
+    if profile == PROFILE_CLEAN:
+        if messy is not None:
+            raise ValueError("messy options were given with profile 'clean'; use profile='messy'")
+        return profile, None
+    return profile, messy if messy is not None else MessyOptions()
+
+
+def _rates_chunks(rates: pd.DataFrame) -> Iterator[dict[str, pa.Array]]:
+    yield {
+        "date": _date_text(rates["day"].to_numpy(dtype=np.int64)),
+        "currency": pa.array(rates["currency"].tolist(), pa.string()),
+        "rate": pa.array(rates["rate"].to_numpy(), pa.float64()),
+    }
+
+
+def _write_manifest(
+    out_dir: Path, world: SampleWorld, options: MessyOptions, years: float, recorded: _Recorded, shape_counts: dict[str, int]
+) -> None:
+    """truth_sample.json: what `SampleTruth.load` needs to rebuild the world, and what was done."""
+
+    def moment(seconds: int) -> str:
+        return (dt.datetime(1970, 1, 1) + dt.timedelta(seconds=int(seconds))).isoformat(sep=" ")
+
+    manifest = {
+        "profile": PROFILE_MESSY,
+        "seed": world.seed,
+        "n_deals": world.n_deals,
+        "end_date": world.end_date.isoformat(),
+        "years": years,
+        "start_date": world.start_date.isoformat(),
+        "fiscal_year_start_month": world.fiscal_year_start_month,
+        "pipelines": [
+            {
+                "name": p.name, "open_stages": list(p.open_stages), "won_stage": p.won_stage, "lost_stage": p.lost_stage,
+                "probabilities": {s: p.probability_of(s) for s in p.open_stages},
+            }
+            for p in world.stages
+        ],  # fmt: skip
+        "options": asdict(options),
+        "import_at": moment(recorded.import_at) if recorded.import_at is not None else None,
+        "purges": [moment(p) for p in recorded.purges],
+        "shape_counts": shape_counts,
+    }
+    partial = out_dir / (TRUTH_MANIFEST_FILE + ".partial")
+    partial.write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial.replace(out_dir / TRUTH_MANIFEST_FILE)
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the sample command (`python -m etl.sample_crm` and `dealcast sample`)."""
+    parser.add_argument(
+        "--profile", choices=PROFILES, default=PROFILE_CLEAN,
+        help="clean: every change recorded as it happens; messy: a small untidy org (wins keyed in at close, "
+        "stale deals, purges, a bulk import, Spanish stages) with truth files (default clean)",
+    )  # fmt: skip
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a messy-profile option, repeatable, e.g. --option stale_share=0.3 "
+                        f"(names: {', '.join(f.name for f in dataclass_fields(MessyOptions))})")  # fmt: skip
+
+
+def messy_options_from(args: argparse.Namespace) -> MessyOptions | None:
+    """The messy options the parsed sample arguments ask for (None for the clean profile).
+    Raises ValueError naming a bad `--option`, or one given with the clean profile."""
+    if args.profile == PROFILE_CLEAN:
+        if args.option:
+            raise ValueError(f"--option {args.option[0]!r} needs --profile messy")
+        return None
+    return MessyOptions().with_assignments(args.option)
+
+
+def summary_line(s: SampleSummary) -> str:
+    """One line describing a written sample, for the command line."""
+    line = (
+        f"wrote {s.n_deals:,} deals and {s.n_history_rows:,} history rows from {s.start} to {s.end} to {s.out_dir} "
+        f"({s.won:,} won, {s.lost:,} lost, {s.open:,} open)"
+    )
+    if s.profile == PROFILE_MESSY:
+        line += "; messy shapes: " + ", ".join(f"{name} {count:,}" for name, count in s.shapes.items())
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: write the sample CRM export and print a one-line summary."""
     parser = argparse.ArgumentParser(prog="python -m etl.sample_crm", description="Write the seeded sample CRM export.")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the export files to")
-    parser.add_argument("--deals", type=int, default=10_000, help="number of deals (default 10,000)")
+    parser.add_argument("--deals", type=int, default=None, help="number of deals (default 10,000; 600 with --profile messy)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     parser.add_argument(
         "--end-date", type=dt.date.fromisoformat, default=None, help="last day simulated, YYYY-MM-DD (default today, UTC)"
     )
-    parser.add_argument("--years", type=float, default=3.5, help="years of history (default 3.5)")
+    parser.add_argument("--years", type=float, default=None, help="years of history (default 3.5; 1 with --profile messy)")
+    add_sample_arguments(parser)
     args = parser.parse_args(argv)
-    s = generate_sample(args.out, n_deals=args.deals, seed=args.seed, end_date=args.end_date, years=args.years)
-    print(
-        f"wrote {s.n_deals:,} deals and {s.n_history_rows:,} history rows from {s.start} to {s.end} to {s.out_dir} "
-        f"({s.won:,} won, {s.lost:,} lost, {s.open:,} open)"
-    )
+    try:
+        messy = messy_options_from(args)
+        s = generate_sample(
+            args.out, n_deals=args.deals, seed=args.seed, end_date=args.end_date, years=args.years, profile=args.profile, messy=messy
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(summary_line(s))
     return 0
 
 
