@@ -11,6 +11,7 @@ import pandas as pd
 
 from etl.config import default_warehouse_url, resolve_settings
 from etl.periods import quarter_label
+from etl.quality_warnings import WARNINGS
 from etl.sample_crm import add_sample_arguments, messy_options_from
 from etl.warehouse import Warehouse, WarehouseError
 
@@ -62,11 +63,31 @@ def summary_lines(warehouse: Warehouse, currency: str, fiscal_year_start_month: 
         )
         if not run["eligible"]:
             lines.append(f"  (no model trained: {run['fallback_reason']})")
+    lines += warning_lines(warehouse, as_of)
     lines += [
         f"  warehouse: {warehouse.safe_url}",
         "  open the Dagster UI with `make ui`, then http://127.0.0.1:3000",
     ]
     return lines
+
+
+def warning_lines(warehouse: Warehouse, as_of: dt.date) -> list[str]:
+    """The data-quality warnings of `as_of` that fired for the whole CRM, one line each."""
+    try:
+        warnings = warehouse.read("data_quality_warnings", as_of=as_of)
+    except WarehouseError:
+        return ["  data-quality warnings: not in this warehouse yet (the next run writes them)"]
+    if warnings.empty:
+        return []
+    fired = warnings[warnings["fired"] & (warnings["pipeline"] == "all")]
+    order = {name: i for i, name in enumerate(WARNINGS)}
+    fired = fired.iloc[sorted(range(len(fired)), key=lambda i: order.get(fired["check_name"].iloc[i], len(order)))]
+    if fired.empty:
+        return ["  data-quality warnings: none fired"]
+    return [
+        f"  data-quality warnings ({len(fired)} fired; counts and examples in data_quality_warnings):",
+        *(f"    {row.check_name}: {row.message}" for row in fired.itertuples()),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,8 +122,9 @@ class WarningsConfig:
     # A win created less than this many hours before it was marked won was keyed in at close: its
     # cycle length is not recorded (left out of velocity's cycle days and the aged threshold). 0: off.
     keyed_at_close_hours: float = 24.0
-    # ... or that entered its last open stage less than this many minutes before it was marked won.
-    keyed_at_close_minutes: float = 10.0
+    # ... or that entered its last open stage less than this many minutes before it was marked won
+    # (reps who record stages only when they close walk through them within a few hours). 0: off.
+    keyed_at_close_minutes: float = 180.0
     # wins_keyed_at_close fires above this share of the wins.
     keyed_at_close_share: float = 0.2
     # overdue_open_deals fires above this share of the open deals.

@@ -549,6 +549,24 @@ model_runs = _table(
 )
 
 
+data_quality_warnings = _table(
+    "data_quality_warnings",
+    sa.Column("as_of", sa.Date, primary_key=True, comment="The run date these rows describe (the end of that day, UTC)."),
+    sa.Column("check_name", sa.String(64), primary_key=True, comment="The warning: wins_keyed_in_at_close, overdue_open_deals, close_date_before_creation, outlier_amounts, contradictory_history, pipeline_mostly_stalled or future_close_date (docs/data-quality.md)."),
+    sa.Column("pipeline", NAME, primary_key=True, comment="The pipeline the row counts, or all for the whole CRM."),
+    sa.Column("fired", sa.Boolean, nullable=False, comment="True when the warning fires: share above threshold, or any affected deal when threshold is NULL ([warnings] in dealcast.toml)."),
+    sa.Column("severity", sa.String(8), nullable=False, comment="Always warning: nothing is quarantined and the run goes on."),
+    sa.Column("population", sa.BigInteger, nullable=False, comment="Deals the warning looks at (for example the open deals, or the wins) at the end of as_of."),
+    sa.Column("affected", sa.BigInteger, nullable=False, comment="Of those, the deals the warning is about."),
+    sa.Column("share", RATE, comment="affected / population; NULL when population is 0."),
+    sa.Column("affected_amount", MONEY, nullable=False, comment="Amount of the affected deals at the end of as_of, reporting currency."),
+    sa.Column("threshold", RATE, comment="The share above which the warning fires; NULL when any affected deal fires it."),
+    sa.Column("message", TEXT, nullable=False, comment="The counts in a sentence, as the UI and dealcast summary show them."),
+    sa.Column("examples", TEXT, nullable=False, comment="Up to five affected deals, largest first, as a JSON list of {deal_id, deal_name, owner, pipeline, stage, amount_reporting, detail}."),
+    comment="Non-blocking data-quality warnings a sales manager needs, with counts and examples, per as_of, for the whole CRM and each pipeline.",
+)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     table: sa.Table
@@ -574,6 +592,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec(quarantine, "as_of"),
         TableSpec(data_quality_results, "as_of"),
         TableSpec(reconciliation, "as_of"),
+        TableSpec(data_quality_warnings, "as_of"),
         TableSpec(stage_conversion, "as_of"),
         TableSpec(stage_durations, "as_of"),
         TableSpec(velocity, "as_of"),
