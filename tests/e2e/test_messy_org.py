@@ -52,7 +52,8 @@ def test_messy_org_end_to_end_against_its_truth(messy, pg_url, pg_schema, tmp_pa
     warehouse = Warehouse(pg_url, schema=pg_schema)
     try:
         tables = {name: warehouse.read(name) for name in ("deals", "velocity", "forecast_quarterly", "data_quality_warnings",
-                                                          "ask_to_decision", "pipeline_waterfall")}
+                                                          "ask_to_decision", "pipeline_waterfall", "deal_value_spread",
+                                                          "revenue_growth", "product_mix", "pipeline_coverage")}
     finally:
         warehouse.dispose()
     real = truth.deals.set_index("deal_id")
@@ -72,6 +73,20 @@ def test_messy_org_end_to_end_against_its_truth(messy, pg_url, pg_schema, tmp_pa
     forecast = tables["forecast_quarterly"]
     q4 = forecast[(forecast["quarter"] == "2026-Q4") & (forecast["segment_type"] == "all")].iloc[0]
     assert q4["closed_won_to_date"] == pytest.approx(float(bookings["2026-Q4"]), abs=0.01)
+
+    # Every table that shows a quarter's bookings shows the same number (docs/metrics.md).
+    spread = tables["deal_value_spread"]
+    spread = spread[(spread["period_grain"] == "quarter") & (spread["segment_type"] == "all")].set_index("period")["won_amount"]
+    growth = tables["revenue_growth"]
+    growth = growth[(growth["period_grain"] == "quarter") & (growth["segment_type"] == "all")].set_index("period")["won_amount"]
+    mix = tables["product_mix"]
+    mix = mix[mix["period_grain"] == "quarter"].groupby("period")["won_amount"].sum()
+    for quarter, amount in quarters["won_amount"].items():
+        assert spread.get(quarter, 0.0) == pytest.approx(amount, abs=0.01)
+        assert growth[quarter] == pytest.approx(amount, abs=0.01) and mix[quarter] == pytest.approx(amount, abs=0.01)
+    coverage = tables["pipeline_coverage"]
+    coverage = coverage[(coverage["quarter"] == "2026-Q4") & (coverage["segment_type"] == "all")].iloc[0]
+    assert coverage["closed_won"] == pytest.approx(q4["closed_won_to_date"], abs=0.01)
 
     # Cycle statistics leave out the wins created less than a day before they were marked won.
     created_at_close = (real["crm_closed_at"] - real["crm_created_at"]) < pd.Timedelta(hours=24)
