@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from etl.bookings import booking_anchor, booking_dates
 from etl.metrics import (
     _LOST,
     _OPEN,
@@ -41,13 +42,13 @@ from etl.metrics import (
     _codes,
     _concat,
     _empty_table,
+    _first_day,
     _grouped_percentiles,
     _index_in,
     _ratio,
     _status_codes,
     _table_frame,
 )
-from etl.bookings import booking_anchor, booking_dates
 from etl.periods import period_bounds, quarter_end, quarter_label, quarter_labels
 from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
 from etl.schema import SEGMENT_COLUMNS, TIMESTAMP, UNKNOWN_SEGMENT, segment_values
@@ -406,8 +407,7 @@ def deal_value_spread(
 
 def _calendars(at: DealsAtEnd, fiscal_year_start_month: int):
     """Month and quarter calendars from the first creation or booking date through as_of."""
-    booked = at.booked_at[~np.isnat(at.booked_at)]
-    first = pd.Timestamp(min(at.created_at.min(), booked.min()) if len(booked) else at.created_at.min())
+    first = _first_day(at)
     return {g: _calendar(first, at.as_of, g, fiscal_year_start_month) for g in GROWTH_GRAINS}
 
 

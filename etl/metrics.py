@@ -276,8 +276,9 @@ def _deals_as_of(deals: pd.DataFrame, history: pd.DataFrame, as_of: dt.date | pd
 
 
 def _first_day(deals_now: "_DealsAsOf") -> pd.Timestamp:
-    """The earliest creation or booking date of the deals: the start of the tables' calendars (a
-    deal keyed in after its close date is booked before it was created)."""
+    """The earliest creation or booking date of the deals (`_DealsAsOf`, or any object with the same
+    created_at and booked_at arrays): the start of the tables' calendars (a deal keyed in after its
+    close date is booked before it was created)."""
     booked = deals_now.booked_at[~np.isnat(deals_now.booked_at)]
     return pd.Timestamp(min(deals_now.created_at.min(), booked.min()) if len(booked) else deals_now.created_at.min())
 

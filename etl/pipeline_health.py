@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from etl.bookings import DEFAULT_KEYED_AT_CLOSE_HOURS, keyed_in_at_close
 from etl.metrics import (
     _LOST,
     _OPEN,
@@ -43,7 +44,6 @@ from etl.metrics import (
     _STATUSES,
     _status_codes,
 )
-from etl.bookings import DEFAULT_KEYED_AT_CLOSE_HOURS, keyed_in_at_close
 from etl.periods import quarter_labels
 from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
 from etl.schema import SEGMENT_COLUMNS, TIMESTAMP, UNKNOWN_SEGMENT

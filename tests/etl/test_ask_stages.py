@@ -24,8 +24,9 @@ import pytest
 
 from etl.coaching import ask_stages, ask_to_decision, is_ask_stage_name
 from etl.pipeline_state import prepare_history
-from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform
+from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS
 from etl.stages import PipelineStages, StageCatalog
+from tests.etl.hand_frames import canonical
 
 T = pd.Timestamp
 AS_OF = dt.date(2024, 3, 31)
@@ -68,9 +69,7 @@ def _crm():
     deals["crm_close_date"] = deals["closed_at"]
     defaults = dict(source_system="hand", source_file="deals.csv", source_row=1, owner="Ana", currency="USD",
                     amount=100.0, amount_reporting=100.0, push_count=0, has_history=True)
-    for column in DEAL_COLUMNS:
-        if column not in deals:
-            deals[column] = defaults.get(column, pd.NA)
+    deals = canonical(deals, DEAL_COLUMNS, defaults, "deals")
     events = [
         ("v1", "2024-01-02", "Prospección"), ("v1", "2024-01-05", "Propuesta de valor"),
         ("v1", "2024-01-10", "Propuesta/Presupuesto"), ("v1", "2024-01-25", "Negociación/Revisión"),
@@ -81,11 +80,8 @@ def _crm():
     history = pd.DataFrame(events, columns=["deal_id", "changed_at", "stage"])
     history["changed_at"] = pd.to_datetime(history["changed_at"])
     history["source_row"] = np.arange(2, len(history) + 2)
-    for column in DEAL_HISTORY_COLUMNS:
-        if column not in history:
-            history[column] = {"source_file": "history.csv", "amount": 100.0, "amount_reporting": 100.0}.get(column, pd.NA)
-    deals = conform(deals, DEAL_COLUMNS, "deals")
-    return deals, prepare_history(deals, conform(history, DEAL_HISTORY_COLUMNS, "history"), CATALOG)
+    history = canonical(history, DEAL_HISTORY_COLUMNS, {"source_file": "history.csv", "amount": 100.0, "amount_reporting": 100.0}, "history")
+    return deals, prepare_history(deals, history, CATALOG)
 
 
 def test_spanish_ask_stages_measure_the_real_time_to_decision():

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -30,7 +29,7 @@ from etl.coaching import deal_value_spread, pipeline_coverage, product_mix, reve
 from etl.config import ConfigError, load_project_config
 from etl.metrics import stage_conversion, velocity
 from etl.pipeline_health import pipeline_waterfall
-from tests.etl.hand_exports import load_salesforce
+from tests.etl.hand_frames import load_salesforce, one_row as _one
 
 T = pd.Timestamp
 AS_OF = dt.date(2026, 8, 1)
@@ -79,14 +78,6 @@ def crm(tmp_path_factory):
 
 def _deal(load, deal_id: str) -> pd.Series:
     return load.deals.set_index("deal_id").loc[deal_id]
-
-
-def _one(frame: pd.DataFrame, **where) -> pd.Series:
-    mask = np.ones(len(frame), dtype=bool)
-    for column, value in where.items():
-        mask &= (frame[column] == value).to_numpy()
-    assert mask.sum() == 1, where
-    return frame.loc[mask].iloc[0]
 
 
 def test_booking_date_rule_by_hand():

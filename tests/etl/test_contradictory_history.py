@@ -22,7 +22,7 @@ import pytest
 
 from etl.metrics import velocity
 from etl.pipeline_state import as_of_end, pipeline_at
-from tests.etl.hand_exports import load_salesforce
+from tests.etl.hand_frames import load_salesforce
 
 T = pd.Timestamp
 AS_OF = dt.date(2026, 3, 31)

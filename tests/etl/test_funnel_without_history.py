@@ -22,8 +22,9 @@ import pandas as pd
 
 from etl.metrics import stage_conversion
 from etl.pipeline_state import prepare_history
-from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
+from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, empty_frame
 from etl.stages import PipelineStages, StageCatalog
+from tests.etl.hand_frames import canonical
 
 T = pd.Timestamp
 AS_OF = dt.date(2024, 6, 30)
@@ -40,10 +41,7 @@ def _deals(pipeline: str, rows: list[tuple[str, str, str]]) -> pd.DataFrame:
         currency="USD", amount=100.0, amount_reporting=100.0, created_at=T("2024-01-10"), push_count=0,
         has_history=False,
     )
-    for column in DEAL_COLUMNS:
-        if column not in frame:
-            frame[column] = defaults.get(column, pd.NA)
-    return conform(frame, DEAL_COLUMNS, "deals")
+    return canonical(frame, DEAL_COLUMNS, defaults, "deals")
 
 
 def _funnel(deals: pd.DataFrame, catalog: StageCatalog) -> pd.DataFrame:

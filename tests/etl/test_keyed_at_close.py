@@ -19,28 +19,20 @@ from __future__ import annotations
 
 import datetime as dt
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from etl.metrics import velocity
 from etl.pipeline_health import stalled_deals
 from etl.pipeline_state import prepare_history
-from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform
+from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS
 from etl.stages import PipelineStages, StageCatalog
+from tests.etl.hand_frames import canonical, one_row as _one
 
 T = pd.Timestamp
 AS_OF = dt.date(2024, 3, 31)
 WON = "Closed Won"
 CATALOG = StageCatalog([PipelineStages("P", ("A", "B"), probabilities={"A": 0.3, "B": 0.6})])
-
-
-def _frame(rows: list[dict], columns: dict[str, str], defaults: dict, name: str) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    for column in columns:
-        if column not in frame:
-            frame[column] = defaults.get(column, pd.NA)
-    return conform(frame, columns, name)
 
 
 def crm() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -68,17 +60,9 @@ def crm() -> tuple[pd.DataFrame, pd.DataFrame]:
               ("O1", "2024-01-05", "A"), ("O3", "2024-02-23", "A"), ("O2", "2024-03-20", "B")]
     history = [dict(deal_id=d, changed_at=T(t), stage=s, amount=100.0, amount_reporting=100.0,
                     expected_close_date=T("2024-06-30"), source_row=i + 2) for i, (d, t, s) in enumerate(events)]
-    deals_frame = _frame(deals, DEAL_COLUMNS, defaults, "deals")
-    history_frame = _frame(history, DEAL_HISTORY_COLUMNS, dict(source_file="history.csv"), "history")
+    deals_frame = canonical(deals, DEAL_COLUMNS, defaults, "deals")
+    history_frame = canonical(history, DEAL_HISTORY_COLUMNS, dict(source_file="history.csv"), "history")
     return deals_frame, prepare_history(deals_frame, history_frame, CATALOG)
-
-
-def _one(frame: pd.DataFrame, **where) -> pd.Series:
-    mask = np.ones(len(frame), dtype=bool)
-    for column, value in where.items():
-        mask &= (frame[column] == value).to_numpy()
-    assert mask.sum() == 1, where
-    return frame.loc[mask].iloc[0]
 
 
 def test_velocity_cycle_leaves_out_wins_keyed_in_at_close():

@@ -40,9 +40,10 @@ from etl.cli import warning_lines
 from etl.config import ConfigError, WarningsConfig, load_project_config
 from etl.pipeline_state import prepare_history
 from etl.quality_warnings import data_quality_warnings
-from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform
+from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS
 from etl.stages import PipelineStages, StageCatalog
 from etl.tables import TABLES
+from tests.etl.hand_frames import canonical
 
 T = pd.Timestamp
 AS_OF = dt.date(2024, 6, 30)
@@ -86,10 +87,7 @@ def warnings_table() -> pd.DataFrame:
     deals["closed_at"] = [closing[d] if status != "open" else pd.NaT for d, status in zip(deals["deal_id"], deals["status"])]
     defaults = dict(source_system="hand", source_file="deals.csv", source_row=1, owner="Ana", currency="USD", push_count=0,
                     has_history=True, deal_name="Deal")
-    for column in DEAL_COLUMNS:
-        if column not in deals:
-            deals[column] = defaults.get(column, pd.NA)
-    deals = conform(deals, DEAL_COLUMNS, "deals")
+    deals = canonical(deals, DEAL_COLUMNS, defaults, "deals")
     expected = dict(zip(deals["deal_id"], deals["expected_close_date"]))
     history = pd.DataFrame(EVENTS, columns=["deal_id", "changed_at", "stage"])
     history["changed_at"] = pd.to_datetime(history["changed_at"])
@@ -98,10 +96,7 @@ def warnings_table() -> pd.DataFrame:
     history["amount"] = history["amount_reporting"]
     history["source_row"] = np.arange(2, len(history) + 2)
     history["source_file"] = "history.csv"
-    for column in DEAL_HISTORY_COLUMNS:
-        if column not in history:
-            history[column] = pd.NA
-    prepared = prepare_history(deals, conform(history, DEAL_HISTORY_COLUMNS, "history"), CATALOG)
+    prepared = prepare_history(deals, canonical(history, DEAL_HISTORY_COLUMNS, {}, "history"), CATALOG)
     stalled = pd.DataFrame({"deal_id": ["o1", "o2", "o4"], "reason": ["In A for 171 days", "In B for 60 days", "open 10 days"]})
     return data_quality_warnings(deals, prepared, stalled, AS_OF, WarningsConfig())
 
