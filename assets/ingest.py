@@ -82,15 +82,21 @@ def crm_tables(
 ):
     """Read, normalise and validate the CRM exports; publish them only when every blocking check passes."""
     resolved = run_settings(context, settings)
-    previous = previous_deal_count(warehouse.warehouse.read("reconciliation"), resolved.as_of)
-    load = load_crm(resolved, previous_deal_count=previous)
     run_id = context.run.run_id
-    diagnostics = {
-        "quarantine": quarantine_frame(load, run_id),
-        "data_quality_results": results_frame(load, run_id),
-        "reconciliation": reconciliation_frame(load, run_id),
-    }
+    # The as_of is claimed before the exports are read: a run that fails while reading them leaves
+    # its claim, so `dealcast summary` can say that the night's run did not finish.
     with warehouse.for_run(context, resolved.as_of) as writer:
+        previous = previous_deal_count(warehouse.warehouse.read("reconciliation"), resolved.as_of)
+        load = load_crm(resolved, previous_deal_count=previous)
+        for note in load.ingest.notes:
+            context.log.info(note)
+        for warning in load.stage_order_warnings:
+            context.log.warning(warning)
+        diagnostics = {
+            "quarantine": quarantine_frame(load, run_id),
+            "data_quality_results": results_frame(load, run_id),
+            "reconciliation": reconciliation_frame(load, run_id),
+        }
         if load.publishable:
             written = writer.write_many({**load.warehouse_frames(), **diagnostics})
         else:
@@ -110,13 +116,23 @@ def _outputs(load: CrmLoad, diagnostics: dict[str, pd.DataFrame], written: dict[
         "deals": load.deals,
         "deal_history": load.history,
         "stage_events": load.events,
-        "pipeline_stages": load.stages.lookup_frame(),
+        "pipeline_stages": load.pipeline_stages,
     }
     previews = {
         "deals": ["deal_id", "pipeline", "owner", "stage", "status", "amount_reporting", "created_at", "closed_at"],
         "deal_history": ["deal_id", "changed_at", "stage", "amount_reporting", "expected_close_date", "is_backward", "is_push"],
         "stage_events": ["deal_id", "stage", "entered_at", "exited_at", "days_in_stage", "is_backward"],
         "pipeline_stages": ["pipeline", "stage", "stage_order", "stage_status", "stage_probability"],
+    }
+    order_columns = ["pipeline", "order_source", "order_basis", "stage_moves", "backward_moves", "backward_share"]
+    extra = {
+        "deals": {"reader_notes": dg.MetadataValue.json(load.ingest.notes)},
+        "pipeline_stages": {
+            "stage_order": dg.MetadataValue.md(
+                markdown_table(load.pipeline_stages.drop_duplicates("pipeline")[order_columns], floatfmt="{:.1%}")
+            ),
+            "stage_order_warnings": dg.MetadataValue.json(load.stage_order_warnings),
+        }
     }
     for name, frame in frames.items():
         yield dg.Output(
@@ -126,6 +142,7 @@ def _outputs(load: CrmLoad, diagnostics: dict[str, pd.DataFrame], written: dict[
                 "dagster/row_count": len(frame),
                 "warehouse": status,
                 "preview": dg.MetadataValue.md(markdown_table(frame[previews[name]], max_rows=10)),
+                **extra.get(name, {}),
             },
         )
     outcome = load.validation

@@ -1,19 +1,33 @@
-"""`dealcast` command line: generate the sample CRM, and summarise the latest run from the warehouse."""
+"""`dealcast` command line: write the sample CRM, and summarise a run from the warehouse.
+
+`dealcast summary` reads the warehouse only: it never creates a database, and it exits non-zero
+when the run it describes was blocked by the data-quality checks or did not finish. Every message
+is one line naming what is wrong; no database error reaches the terminal unexplained.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-from etl.config import default_warehouse_url, resolve_settings
+from etl.config import ConfigError, default_warehouse_url, resolve_settings
 from etl.periods import quarter_label
 from etl.quality_warnings import WARNINGS
-from etl.sample_crm import add_sample_arguments, messy_options_from
+from etl.sample_crm import add_sample_arguments, generate_sample, messy_options_from, summary_line
 from etl.warehouse import Warehouse, WarehouseError
+
+# The table a complete nightly run writes last: a run whose as_of has rows here finished.
+FINAL_TABLE = "forecast_quarterly"
+# Tables `dealcast summary` needs before it can say anything.
+REQUIRED_TABLES = ("data_quality_results", "reconciliation", "run_claims")
 
 
 def _money(value: float | None, currency: str) -> str:
@@ -26,112 +40,386 @@ def _number(value: float | None, pattern: str = "{:.3f}") -> str:
     return "n/a" if value is None or pd.isna(value) else pattern.format(value)
 
 
-def summary_lines(warehouse: Warehouse, currency: str, fiscal_year_start_month: int) -> list[str]:
-    """What the latest run produced, in a few lines a data engineer reads after `make demo`."""
-    as_of = warehouse.latest_as_of("forecast_quarterly") or warehouse.latest_as_of("data_quality_results")
-    if as_of is None:
-        return [f"The warehouse at {warehouse.safe_url} has no run yet: run `make demo` first."]
-    recon = warehouse.read("reconciliation", as_of=as_of)
-    deals = warehouse.read("deals")
+# --------------------------------------------------------------------------------------------
+# The summary
+
+
+@dataclass
+class RunSummary:
+    """What `dealcast summary` says about one as_of: the lines to print and whether the run is one
+    to rely on (False: blocked, not finished, or no run at all)."""
+
+    warehouse: Warehouse
+    as_of: dt.date | None
+    currency: str
+    fiscal_year_start_month: int
+    warn_backward_share: float = 0.2
+    tables: set[str] = field(default_factory=set)
+    lines: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def read(self, table: str, as_of: dt.date | None = None) -> pd.DataFrame | None:
+        """`table`'s rows (of `as_of` if given), None when the warehouse has no such table."""
+        return self.warehouse.read(table, as_of=as_of) if table in self.tables else None
+
+
+def _input_lines(run: RunSummary) -> list[str]:
+    recon = run.read("reconciliation", run.as_of)
+    if recon is None or recon.empty:
+        return ["  no input reconciliation for this as_of"]
+    return [
+        f"  input rows read {int(recon['rows_read'].sum()):,} = accepted {int(recon['accepted'].sum()):,}"
+        f" + quarantined {int(recon['quarantined'].sum()):,} (in {len(recon)} files)"
+    ]
+
+
+def _deal_lines(run: RunSummary) -> list[str]:
+    deals = run.read("deals")
+    if deals is None or deals.empty:
+        return ["  no deals published"]
+    kept_for = pd.to_datetime(deals["as_of"]).dt.date.iloc[0]
+    if kept_for != run.as_of:
+        return [f"  deal statuses are kept for the latest published run only (as_of {kept_for})"]
     closed = deals[deals["status"].isin(["won", "lost"])]
     won = int((closed["status"] == "won").sum())
-    lines = [
-        f"Dealcast run for as_of {as_of}",
-        f"  input rows read {int(recon['rows_read'].sum()):,} = accepted {int(recon['accepted'].sum()):,}"
-        f" + quarantined {int(recon['quarantined'].sum()):,} (in {len(recon)} files)",
+    if closed.empty:
+        return [f"  deals accepted {len(deals):,}: all open, no closed deals"]
+    return [
         f"  deals accepted {len(deals):,}: {int((deals['status'] == 'open').sum()):,} open, {won:,} won,"
-        f" {len(closed) - won:,} lost; win rate {won / len(closed):.1%}" if len(closed) else "  no closed deals",
+        f" {len(closed) - won:,} lost; win rate {won / len(closed):.1%}"
     ]
-    forecast = warehouse.read("forecast_quarterly", as_of=as_of)
-    this_quarter = forecast[
-        (forecast["segment_type"] == "all") & (forecast["quarter"] == quarter_label(as_of, fiscal_year_start_month))
-    ]
-    if not this_quarter.empty:
-        row = this_quarter.iloc[0]
-        lines.append(
-            f"  forecast {row['quarter']}: P10 {_money(row['p10'], currency)} | P50 {_money(row['p50'], currency)}"
-            f" | P90 {_money(row['p90'], currency)} (closed won so far {_money(row['closed_won_to_date'], currency)},"
-            f" quota {_money(row['quota'], currency)})"
+
+
+def _stage_order_lines(run: RunSummary) -> list[str]:
+    stages = run.read("pipeline_stages")
+    if stages is None or stages.empty or "order_source" not in stages.columns:
+        return []
+    if pd.to_datetime(stages["as_of"]).dt.date.iloc[0] != run.as_of:
+        return []
+    lines = []
+    for pipeline, rows in stages.sort_values(["pipeline", "stage_order"]).groupby("pipeline", sort=True):
+        first = rows.iloc[0]
+        order = " > ".join(rows.loc[rows["stage_status"] == "open", "stage"].astype(str))
+        fit = (
+            f"{int(first['backward_moves']):,} of {int(first['stage_moves']):,} stage moves backward"
+            f" ({first['backward_share']:.1%})" if pd.notna(first["backward_share"]) else "no stage moves to check it"
         )
-    runs = warehouse.read("model_runs")
-    if not runs.empty:
-        run = runs.sort_values("trained_at").iloc[-1]
-        lines.append(
-            f"  deal-scoring model {run['model_version']} ({run['scoring_method']}): held-out log loss"
-            f" {_number(run['log_loss'])}, AUC {_number(run['auc'])}; stage-rate baseline log loss"
-            f" {_number(run['stage_rate_baseline_log_loss'])}, AUC {_number(run['stage_rate_baseline_auc'])}"
-        )
-        if not run["eligible"]:
-            lines.append(f"  (no model trained: {run['fallback_reason']})")
-    lines += warning_lines(warehouse, as_of)
-    lines += [
-        f"  warehouse: {warehouse.safe_url}",
-        "  open the Dagster UI with `make ui`, then http://127.0.0.1:3000",
-    ]
+        # A configured order is the user's own; an order taken from the export is shown.
+        shown = "" if first["order_source"] == "configured" else f": {order}"
+        line = f"  stage order of {pipeline!r}: {first['order_source']} ({first['order_basis']}); {fit}{shown}"
+        if first["order_source"] == "inferred" and pd.isna(first["backward_share"]):
+            line += " [a guess: set it under [[pipelines]] in dealcast.toml]"
+        elif pd.notna(first["backward_share"]) and first["backward_share"] > run.warn_backward_share:
+            line += f" [above {run.warn_backward_share:.0%}: the deals do not follow this order]"
+        lines.append(line)
     return lines
 
 
-def warning_lines(warehouse: Warehouse, as_of: dt.date) -> list[str]:
-    """The data-quality warnings of `as_of` that fired for the whole CRM, one line each."""
-    try:
-        warnings = warehouse.read("data_quality_warnings", as_of=as_of)
-    except WarehouseError:
-        return ["  data-quality warnings: not in this warehouse yet (the next run writes them)"]
-    if warnings.empty:
+def _forecast_lines(run: RunSummary) -> list[str]:
+    forecast = run.read("forecast_quarterly", run.as_of)
+    if forecast is None:
+        return []
+    this_quarter = forecast[
+        (forecast["segment_type"] == "all") & (forecast["quarter"] == quarter_label(run.as_of, run.fiscal_year_start_month))
+    ]
+    if this_quarter.empty:
+        return []
+    row = this_quarter.iloc[0]
+    return [
+        f"  forecast {row['quarter']}: P10 {_money(row['p10'], run.currency)} | P50 {_money(row['p50'], run.currency)}"
+        f" | P90 {_money(row['p90'], run.currency)} (closed won so far {_money(row['closed_won_to_date'], run.currency)},"
+        f" quota {_money(row['quota'], run.currency)})"
+    ]
+
+
+def _model_lines(run: RunSummary) -> list[str]:
+    runs = run.read("model_runs")
+    if runs is None:
+        return []
+    runs = runs[pd.to_datetime(runs["as_of"]).dt.date == run.as_of]
+    if runs.empty:
+        return []
+    model = runs.sort_values("trained_at").iloc[-1]
+    lines = [
+        f"  deal-scoring model {model['model_version']} ({model['scoring_method']}): held-out log loss"
+        f" {_number(model['log_loss'])}, AUC {_number(model['auc'])}; stage-rate baseline log loss"
+        f" {_number(model['stage_rate_baseline_log_loss'])}, AUC {_number(model['stage_rate_baseline_auc'])}"
+    ]
+    if not model["eligible"]:
+        lines.append(f"  (no model trained: {model['fallback_reason']})")
+    return lines
+
+
+def _warning_lines(run: RunSummary) -> list[str]:
+    """The data-quality warnings of the run that fired for the whole CRM, one line each."""
+    warnings = run.read("data_quality_warnings", run.as_of)
+    if warnings is None or warnings.empty:
         return []
     fired = warnings[warnings["fired"] & (warnings["pipeline"] == "all")]
-    order = {name: i for i, name in enumerate(WARNINGS)}
-    fired = fired.iloc[sorted(range(len(fired)), key=lambda i: order.get(fired["check_name"].iloc[i], len(order)))]
     if fired.empty:
         return ["  data-quality warnings: none fired"]
+    order = {name: i for i, name in enumerate(WARNINGS)}
+    fired = fired.iloc[sorted(range(len(fired)), key=lambda i: order.get(fired["check_name"].iloc[i], len(order)))]
     return [
         f"  data-quality warnings ({len(fired)} fired; counts and examples in data_quality_warnings):",
         *(f"    {row.check_name}: {row.message}" for row in fired.itertuples()),
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dealcast", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("summary", help="summarise the latest run in the warehouse")
-    sample = commands.add_parser("sample", help="write the sample CRM exports")
-    sample.add_argument("--out", type=Path, required=True)
-    sample.add_argument("--deals", type=int, default=None, help="number of deals (default 10,000; 600 with --profile messy)")
-    sample.add_argument("--seed", type=int, default=7)
-    sample.add_argument("--end-date", type=dt.date.fromisoformat, default=None)
-    sample.add_argument("--years", type=float, default=None, help="years of history (default 3.5; 1 with --profile messy)")
-    add_sample_arguments(sample)
-    args = parser.parse_args(argv)
+# The sections of a finished run's summary, in order; each returns its lines (none when it has
+# nothing to say). A new section is a function of `RunSummary` added here.
+SECTIONS: list[Callable[[RunSummary], list[str]]] = [
+    _input_lines,
+    _deal_lines,
+    _stage_order_lines,
+    _forecast_lines,
+    _model_lines,
+    _warning_lines,
+]
 
-    if args.command == "sample":
-        from etl.sample_crm import generate_sample
 
-        try:
-            result = generate_sample(
-                args.out, n_deals=args.deals, seed=args.seed, end_date=args.end_date, years=args.years,
-                profile=args.profile, messy=messy_options_from(args),
-            )  # fmt: skip
-        except ValueError as exc:
-            sample.error(str(exc))
-        print(
-            f"wrote {result.n_deals:,} deals and {result.n_history_rows:,} history rows to {result.out_dir}"
-            f" ({result.won:,} won, {result.lost:,} lost, {result.open:,} open)"
-        )
-        if result.shapes:
-            print("messy shapes: " + ", ".join(f"{name} {count:,}" for name, count in result.shapes.items()))
-        return 0
+def _latest_as_of(run: RunSummary, claims: pd.DataFrame) -> dt.date | None:
+    dates = [run.warehouse.latest_as_of("data_quality_results")]
+    if not claims.empty:
+        dates.append(pd.to_datetime(claims["as_of"]).dt.date.max())
+    dates = [d for d in dates if d is not None]
+    return max(dates) if dates else None
 
-    settings = resolve_settings()
-    warehouse = Warehouse(default_warehouse_url())
+
+def _blocked_lines(run: RunSummary, results: pd.DataFrame) -> list[str]:
+    failed = results[(results["severity"] == "error") & ~results["passed"].astype(bool)]
+    if failed.empty:
+        return []
+    lines = [
+        f"  BLOCKED: the run for as_of {run.as_of} failed {len(failed)} blocking data-quality check(s); its deals "
+        "and every table after them were not written:"
+    ]
+    lines += [f"    {r.check_name}: {r.observed} (expected {r.expected})" for r in failed.itertuples(index=False)]
+    quarantine = run.read("quarantine", run.as_of)
+    if quarantine is not None and not quarantine.empty:
+        reasons = quarantine["reason_code"].value_counts().head(5)
+        lines.append("    quarantined rows by reason: " + ", ".join(f"{code} {n:,}" for code, n in reasons.items()))
+    return lines
+
+
+def _unfinished_lines(run: RunSummary, claims: pd.DataFrame, results: pd.DataFrame) -> list[str]:
+    claim = claims[pd.to_datetime(claims["as_of"]).dt.date == run.as_of]
+    final = run.read(FINAL_TABLE, run.as_of)
+    if final is not None and not final.empty:
+        return []
+    who = f"run {claim['run_id'].iloc[0]} (started writing at {claim['claimed_at'].iloc[0]:%Y-%m-%d %H:%M} UTC)" if not claim.empty else "the run"
+    if results.empty:
+        return [
+            f"  FAILED: {who} for as_of {run.as_of} stopped before its data-quality results were written (for example "
+            "an export file it could not read, or a configuration error); its log in the Dagster UI says why"
+        ]
+    return [
+        f"  NOT FINISHED: {who} for as_of {run.as_of} wrote its ingest tables but no {FINAL_TABLE}: it failed or is "
+        "still running; its log in the Dagster UI says which"
+    ]
+
+
+def summarise(
+    warehouse: Warehouse,
+    currency: str,
+    fiscal_year_start_month: int,
+    as_of: dt.date | None = None,
+    warn_backward_share: float = 0.2,
+) -> RunSummary:
+    """The summary of the run for `as_of` (default: the latest run that started writing)."""
+    run = RunSummary(warehouse, None, currency, fiscal_year_start_month, warn_backward_share)
+    run.tables = warehouse.table_names()
+    missing = [t for t in REQUIRED_TABLES if t not in run.tables]
+    if missing:
+        run.ok = False
+        run.lines = [
+            f"The warehouse at {warehouse.safe_url} has no Dealcast tables ({', '.join(missing)} missing): run the "
+            "pipeline first (`make demo`, or the Dagster job), or point --warehouse at the warehouse it wrote."
+        ]
+        return run
+    claims = warehouse.claims()
+    latest = _latest_as_of(run, claims)
+    if latest is None:
+        run.ok = False
+        run.lines = [f"The warehouse at {warehouse.safe_url} has no run yet: run `make demo` (or the Dagster job) first."]
+        return run
+    run.as_of = as_of or latest
+    results = warehouse.read("data_quality_results", as_of=run.as_of)
+    known = set(pd.to_datetime(claims["as_of"]).dt.date) | ({run.as_of} if not results.empty else set())
+    if run.as_of not in known:
+        run.ok = False
+        run.lines = [f"No run for as_of {run.as_of} in the warehouse at {warehouse.safe_url} (the latest is {latest})."]
+        return run
+    run.lines = [f"Dealcast run for as_of {run.as_of}"]
+    problems = _blocked_lines(run, results) or _unfinished_lines(run, claims, results)
+    if problems:
+        run.ok = False
+        run.lines += problems
+        finished = warehouse.latest_as_of(FINAL_TABLE) if FINAL_TABLE in run.tables else None
+        if finished is not None and finished != run.as_of:
+            run.lines.append(f"  the latest finished run is for as_of {finished}: dealcast summary --as-of {finished}")
+        run.lines.append(f"  warehouse: {warehouse.safe_url}")
+        return run
+    for section in SECTIONS:
+        run.lines += section(run)
+    run.lines += [
+        f"  warehouse: {warehouse.safe_url}",
+        "  open the Dagster UI with `make ui`, then http://127.0.0.1:3000",
+    ]
+    return run
+
+
+def summary_lines(
+    warehouse: Warehouse, currency: str, fiscal_year_start_month: int, as_of: dt.date | None = None
+) -> list[str]:
+    """What the run for `as_of` (default the latest) produced, in a few lines a data engineer reads
+    after `make demo` (see `summarise`)."""
+    return summarise(warehouse, currency, fiscal_year_start_month, as_of).lines
+
+
+# --------------------------------------------------------------------------------------------
+# The command line
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block), with exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _iso_date(text: str) -> dt.date:
     try:
-        for line in summary_lines(warehouse, settings.project.reporting_currency, settings.project.fiscal_year_start_month):
-            print(line)
-    except WarehouseError as exc:
-        print(f"dealcast: {exc}", file=sys.stderr)
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+
+
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="dealcast", description="Dealcast: write the sample CRM, or summarise a run from the warehouse.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="summary or sample")
+    summary = commands.add_parser(
+        "summary",
+        help="summarise the latest run (or the one of --as-of) from the warehouse",
+        description="Summarise a run from the warehouse; exits 1 when that run was blocked or did not finish.",
+    )
+    summary.add_argument(
+        "--as-of", type=_iso_date, default=None, metavar="YYYY-MM-DD",
+        help="the run date to summarise (default: the latest run in the warehouse)",
+    )
+    summary.add_argument(
+        "--warehouse", default=None, metavar="URL",
+        help="SQLAlchemy URL of the warehouse (default: DEALCAST_WAREHOUSE_URL, else the project's SQLite file)",
+    )
+    sample = commands.add_parser(
+        "sample", help="write the sample CRM exports", description="Write a simulated Salesforce export with quotas."
+    )
+    sample.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the export files to (created if missing)")
+    sample.add_argument(
+        "--deals", type=_whole_number(1), default=None, metavar="N",
+        help="number of deals to simulate (default 10,000; 600 with --profile messy)",
+    )
+    sample.add_argument("--seed", type=_whole_number(0), default=7, metavar="N", help="random seed; the same seed gives the same files (default 7)")
+    sample.add_argument(
+        "--end-date", type=_iso_date, default=None, metavar="YYYY-MM-DD",
+        help="the export's date: the last day anything happens (default: today, UTC)",
+    )
+    sample.add_argument(
+        "--years", type=_positive_number, default=None, metavar="YEARS",
+        help="years of history (default 3.5; 1 with --profile messy)",
+    )
+    add_sample_arguments(sample)
+    return parser
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file `url` names when it does not exist (connecting would create it)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    path = Path(database)
+    return None if path.is_file() else path
+
+
+def _summary(args: argparse.Namespace) -> int:
+    settings = resolve_settings()
+    url = args.warehouse or default_warehouse_url()
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        print(
+            f"dealcast summary: no warehouse at {missing} (the SQLite file does not exist): run the pipeline first "
+            "(`make demo`, or the Dagster job), or pass --warehouse",
+            file=sys.stderr,
+        )
         return 1
+    warehouse = Warehouse(url)
+    try:
+        run = summarise(
+            warehouse, settings.project.reporting_currency, settings.project.fiscal_year_start_month, args.as_of,
+            settings.project.validation.warn_backward_share,
+        )
     finally:
         warehouse.dispose()
+    for line in run.lines:
+        print(line)
+    return 0 if run.ok else 1
+
+
+def _sample(args: argparse.Namespace) -> int:
+    if args.out.exists() and not args.out.is_dir():
+        print(f"dealcast sample: --out {args.out} is a file; expected a folder", file=sys.stderr)
+        return 2
+    try:
+        result = generate_sample(
+            args.out, n_deals=args.deals, seed=args.seed, end_date=args.end_date, years=args.years,
+            profile=args.profile, messy=messy_options_from(args),
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"dealcast sample: error: {exc} (see dealcast sample --help)", file=sys.stderr)
+        return 2
+    print(summary_line(result))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _sample(args) if args.command == "sample" else _summary(args)
+    except (ConfigError, WarehouseError) as exc:
+        # One line: a database's own message may span several.
+        print(f"dealcast {args.command}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f" {exc.filename}:" if exc.filename else ""
+        print(f"dealcast {args.command}:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

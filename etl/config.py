@@ -56,6 +56,9 @@ class ValidationConfig:
     latest_years_ahead: int = 10
     max_quarantine_share: float = 0.05
     max_volume_drop_share: float = 0.5
+    # A pipeline whose stage order leaves more than this share of its deals' stage moves backward
+    # is reported (log, ingest metadata, `dealcast summary`); it does not stop the run.
+    warn_backward_share: float = 0.2
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import pandas as pd
 
 from etl.bookings import with_booking_dates
 from etl.config import Settings
-from etl.ingest import LOOKUP_FORMATS, IngestResult, detect_format, read_exports
-from etl.pipeline_state import as_of_end, closed_at_from_history, prepare_history, stage_events
-from etl.stages import StageCatalog
+from etl.ingest import LOOKUP_FORMATS, IngestResult, detect_format, read_exports, unrecognised_reason
+from etl.pipeline_state import as_of_end, closed_at_from_history, prepare_history, stage_events, stage_move_counts
+from etl.stages import ORDER_INFERRED, StageCatalog
 from etl.tables import TABLES
 from etl.validation import FileCount, ValidationOutcome, validate_crm, validate_stage_events
 
@@ -50,6 +50,9 @@ class CrmLoad:
     history: pd.DataFrame  # etl.pipeline_state.prepare_history output
     events: pd.DataFrame  # etl.pipeline_state.stage_events output
     stages: StageCatalog
+    pipeline_stages: pd.DataFrame  # `pipeline_stage_table` output
+    # Pipelines whose stage order is a guess, or that their deals' moves contradict often.
+    stage_order_warnings: list[str]
 
     @property
     def publishable(self) -> bool:
@@ -62,8 +65,44 @@ class CrmLoad:
             "deals": table_frame("deals", self.deals),
             "deal_history": table_frame("deal_history", self.history),
             "stage_events": table_frame("stage_events", self.events),
-            "pipeline_stages": table_frame("pipeline_stages", self.stages.lookup_frame()),
+            "pipeline_stages": table_frame("pipeline_stages", self.pipeline_stages),
         }
+
+
+def pipeline_stage_table(stages: StageCatalog, history: pd.DataFrame) -> pd.DataFrame:
+    """The `pipeline_stages` rows: every pipeline's stages in order with where the order comes from,
+    plus how many of its deals' moves between open stages (in `history`, the output of
+    `prepare_history`) there are and how many go backward under that order."""
+    table = stages.lookup_frame().merge(stage_move_counts(history), on="pipeline", how="left")
+    for column in ("stage_moves", "backward_moves"):
+        table[column] = table[column].fillna(0).astype("int64")
+    moves = table["stage_moves"].where(table["stage_moves"] > 0)
+    table["backward_share"] = (table["backward_moves"] / moves).astype("float64")
+    return table
+
+
+def stage_order_warnings(table: pd.DataFrame, warn_share: float) -> list[str]:
+    """One sentence per pipeline of `pipeline_stage_table` whose order is a guess (inferred with no
+    move between open stages to check it against) or leaves more than `warn_share` of its deals'
+    moves backward."""
+    warnings = []
+    for name, rows in table.groupby("pipeline", sort=True):
+        first = rows.iloc[0]
+        order = " > ".join(rows.loc[rows["stage_status"] == "open"].sort_values("stage_order")["stage"].astype(str))
+        fix = "set the order under [[pipelines]] in dealcast.toml"
+        if first["order_source"] == ORDER_INFERRED and first["stage_moves"] == 0:
+            warnings.append(
+                f"pipeline {name!r}: the stage order {order} is a guess, from {first['order_basis']}; no deal moved "
+                f"between its open stages to check it; {fix}"
+            )
+        elif pd.notna(first["backward_share"]) and first["backward_share"] > warn_share:
+            warnings.append(
+                f"pipeline {name!r}: {first['backward_moves']:,} of {first['stage_moves']:,} stage moves "
+                f"({first['backward_share']:.0%}) go backward under its {first['order_source']} stage order {order} "
+                f"({first['order_basis']}); above {warn_share:.0%}, the deals do not follow one order: check the "
+                f"stages, or {fix}"
+            )
+    return warnings
 
 
 def table_frame(name: str, frame: pd.DataFrame) -> pd.DataFrame:
@@ -111,6 +150,10 @@ def load_crm(settings: Settings, previous_deal_count: int | None = None) -> CrmL
     outcome.add_results(*validate_stage_events(events, outcome.deals, as_of_end(settings.as_of)))
     deals = outcome.deals.assign(closed_at=closed_at_from_history(outcome.deals, history))
     deals = with_booking_dates(deals, settings.as_of, settings.project.booking_date)
+    stage_table = pipeline_stage_table(ingest.stages, history)
+    order_warnings = stage_order_warnings(stage_table, settings.project.validation.warn_backward_share)
+    for warning in order_warnings:
+        log.warning("%s", warning)
     return CrmLoad(
         ingest=ingest,
         validation=outcome,
@@ -118,27 +161,32 @@ def load_crm(settings: Settings, previous_deal_count: int | None = None) -> CrmL
         history=history,
         events=events,
         stages=ingest.stages,
+        pipeline_stages=stage_table,
+        stage_order_warnings=order_warnings,
     )
 
 
 def describe_exports(exports_dir: Path) -> pd.DataFrame:
-    """The files in the exports folder: name, detected format (None when not a known export), size and sha256."""
+    """The files in the exports folder: name, detected format (None when not a known export, with
+    why in `not_recognised`), size and sha256."""
     rows = []
     for path in sorted(p for p in Path(exports_dir).iterdir() if p.is_file()) if Path(exports_dir).is_dir() else []:
         digest = hashlib.sha256()
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
+        fmt = detect_format(path)
         rows.append(
             {
                 "file": path.name,
-                "format": detect_format(path),
+                "format": fmt,
                 "bytes": path.stat().st_size,
                 "sha256": digest.hexdigest(),
                 "modified_at": pd.Timestamp(path.stat().st_mtime, unit="s"),
+                "not_recognised": unrecognised_reason(path) if fmt is None else None,
             }
         )
-    return pd.DataFrame(rows, columns=["file", "format", "bytes", "sha256", "modified_at"])
+    return pd.DataFrame(rows, columns=["file", "format", "bytes", "sha256", "modified_at", "not_recognised"])
 
 
 def _now() -> pd.Timestamp:

@@ -54,6 +54,7 @@ __all__ = [
     "detect_format",
     "known_formats",
     "read_exports",
+    "unrecognised_reason",
 ]
 
 # Reason codes of the rules across files (the reader's own codes pass through unchanged).
@@ -92,6 +93,8 @@ class IngestResult:
     currencies: list[str] = field(default_factory=list)
     # data_quality_results rows of the raw suites each reader ran on its files as written.
     raw_checks: pd.DataFrame = field(default_factory=lambda: empty_frame(DQ_RESULT_COLUMNS))
+    # The readers' notes (`SourceExport.notes`): decisions a person should know about, once each.
+    notes: list[str] = field(default_factory=list)
 
 
 def known_formats() -> dict[str, ExportReader]:
@@ -151,6 +154,75 @@ def detect_format(path: Path, project: ProjectConfig | None = None) -> str | Non
     return found[1] if found else None
 
 
+# What the readers recognise, for the message when no file is recognised.
+RECOGNISED_EXPORTS = (
+    "Salesforce Data Export or Data Loader files (Opportunity: Id, StageName, CloseDate; OpportunityHistory: "
+    "OpportunityId, StageName; User: Id, Username; Account: Id, Name and an address or account number field)",
+    "HubSpot deals exports (Record ID or Deal ID, Deal Stage, and Pipeline, Deal Name or Date entered columns)",
+    "Pipedrive deals exports (Deal - Stage and Deal - Status among 'Deal - ' headers)",
+)
+
+
+def unrecognised_reason(path: Path, project: ProjectConfig | None = None) -> str:
+    """Why no reader recognises `path`, in words a person fixing the export understands: what its
+    header looks like, which export it comes close to and what that one needs."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    if size == 0:
+        return "the file is empty"
+    header = sniff_header(path)
+    if header is None:
+        return "no header line could be read (a binary file such as a spreadsheet saved as .xlsx, or a blank first line)"
+    columns = header.split_on(header.likely_delimiter)
+    folded = {c.strip().casefold() for c in columns}
+    shown = ", ".join(columns[:6]) + (", ..." if len(columns) > 6 else "")
+    if any(c.startswith(salesforce.LOADER_COLUMN_PREFIXES) for c in folded):
+        return (
+            f"its header ({shown}) is a table landed by Fivetran or Airbyte (snake_case columns with "
+            "_fivetran_/_airbyte_ bookkeeping columns), not a CRM's own export file"
+        )
+    if salesforce.is_loader_table(columns):
+        table = "opportunity_history" if "opportunity_id" in folded else "opportunity"
+        return (
+            f"its header ({shown}) is a Salesforce {table} table in snake_case (stage_name, close_date, is_won), "
+            "the layout Fivetran and Airbyte land in a warehouse, not a Salesforce Data Export (StageName, "
+            "CloseDate, IsWon)"
+        )
+    if "stagename" in folded:
+        missing = [c for c in ("Id", "CloseDate") if c.casefold() not in folded]
+        return f"it has Salesforce fields (StageName) but no {' or '.join(missing)}, which an Opportunity export needs"
+    if folded & {"deal stage", "dealstage"}:
+        if not folded & {"record id", "deal id", "hs_object_id"}:
+            return "it has a HubSpot Deal Stage column but no Record ID (or Deal ID), which a HubSpot deals export needs"
+        return "it has HubSpot's Record ID and Deal Stage but no Pipeline, Deal Name or Date entered column"
+    if sum(c.startswith("deal - ") for c in folded) >= 2:
+        return "it has Pipedrive 'Deal - ' headers but not both Deal - Stage and Deal - Status"
+    claimed = ""
+    if project is not None:
+        mappings = mapped.load_mappings(project)
+        claimed = "; no mapping file's `file` matches its name" + (
+            f" (mappings read: {', '.join(repr(m.file) for m in mappings)})" if mappings else " (no mapping file is configured)"
+        )
+    return f"its header ({shown}) is no Salesforce, HubSpot or Pipedrive export{claimed}"
+
+
+def _nothing_recognised(exports_dir: Path, skipped: list[Path], project: ProjectConfig) -> ExportFormatError:
+    if not skipped:
+        return ExportFormatError(
+            f"{exports_dir}: the exports folder holds no file; expected CRM export files, for example "
+            "Opportunity.csv and OpportunityHistory.csv from a Salesforce Data Export"
+        )
+    lines = [f"  - {p.name}: {unrecognised_reason(p, project)}" for p in skipped]
+    return ExportFormatError(
+        f"{exports_dir}: no CRM export recognised among {len(skipped)} file(s):\n" + "\n".join(lines) + "\n"
+        f"Dealcast reads {'; '.join(RECOGNISED_EXPORTS)}. For any other CSV, write a mapping file and list it "
+        f"under [sources] mappings (docs/mapping.md); for a CRM export whose header was changed, name its format "
+        f"under [sources.format_overrides] (formats: {', '.join(sorted(known_formats()))}); both in {project.path}."
+    )
+
+
 def _export_files(exports_dir: Path) -> list[Path]:
     return sorted(
         (p for p in exports_dir.iterdir() if p.is_file() and not p.name.startswith((".", "~$"))),
@@ -184,17 +256,14 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
     for path in listed:
         found = _reader_for(path, overrides, candidates)
         if found is None:
-            logger.info("%s: not a known CRM export; skipped", path)
+            logger.info("%s: not a known CRM export, skipped: %s", path, unrecognised_reason(path, project))
             skipped.append(path)
             continue
         reader, fmt = found
         readers[reader.source_system] = reader
         by_reader.setdefault(reader.source_system, {}).setdefault(fmt, []).append(path)
     if not by_reader:
-        raise ExportFormatError(
-            f"{exports_dir}: no CRM export found among {len(skipped)} file(s); expected for example "
-            "Opportunity.csv and OpportunityHistory.csv from a Salesforce Data Export"
-        )
+        raise _nothing_recognised(exports_dir, skipped, project)
     rates_path = find_rates_file(project, exports_dir)
     rates = load_rates(rates_path, project.reporting_currency) if rates_path is not None else None
 
@@ -239,6 +308,7 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
         history_gaps=pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame(columns=HISTORY_GAP_COLUMNS),
         raw_checks=pd.concat(raw_checks, ignore_index=True) if raw_checks else empty_frame(DQ_RESULT_COLUMNS),
         currencies=sorted({project.reporting_currency, *(rates.currencies if rates is not None else [])}),
+        notes=[note for export in exports for note in export.notes],
     )
 
 

@@ -775,6 +775,9 @@ def _model_probabilities(model_scores: pd.DataFrame, deal_ids: pd.Series) -> np.
             f"model_scores: row {row}, column deal_id: deal {model_scores['deal_id'].iloc[row]!r} is scored "
             "more than once; expected one score per deal"
         )
+    if model_scores.empty:
+        # No deal scored (for example no deal is open): every deal's model probability is unknown.
+        return np.full(len(deal_ids), np.nan)
     where = _index_in(deal_ids, model_scores["deal_id"])
     probability = model_scores["win_probability"].to_numpy(dtype="float64", na_value=np.nan)
     return np.where(where >= 0, probability[np.maximum(where, 0)], np.nan)

@@ -77,29 +77,38 @@ def _synthesised_history(deals: pd.DataFrame, has_rows: pd.Series) -> pd.DataFra
 
     An open deal gets one row at creation with its current stage (the only stage known); a closed
     deal gets a row at creation with the stage unknown, and its closing row at `closed_at`.
+
+    A deal that closes at or before the instant it was created (same-day closes: a close date
+    without a time, or a close stamped with the creation time) was never open: it gets its
+    closing row only, at its creation time. So the two rows never share the key (deal_id,
+    changed_at, source_row), and the close never sorts before the creation, which would leave
+    the deal open at the end of that day.
     """
     bare = deals.loc[~has_rows]
     if bare.empty:
         return bare.iloc[0:0]
+    is_open = (bare["status"] == STATUS_OPEN).to_numpy(dtype=bool)
+    closes_at_creation = (~is_open) & (bare["closed_at"] <= bare["created_at"]).to_numpy(dtype=bool)
+    opened = bare.loc[~closes_at_creation]
     created = pd.DataFrame(
         {
-            "deal_id": bare["deal_id"],
-            "changed_at": bare["created_at"],
-            "stage": bare["stage"].where(bare["status"] == STATUS_OPEN),
-            "amount": bare["amount"],
-            "amount_reporting": bare["amount_reporting"],
-            "expected_close_date": bare["expected_close_date"],
-            "crm_probability": bare["crm_probability"].where(bare["status"] == STATUS_OPEN),
-            "forecast_category": bare["forecast_category"].where(bare["status"] == STATUS_OPEN),
-            "source_file": bare["source_file"],
-            "source_row": bare["source_row"],
+            "deal_id": opened["deal_id"],
+            "changed_at": opened["created_at"],
+            "stage": opened["stage"].where(opened["status"] == STATUS_OPEN),
+            "amount": opened["amount"],
+            "amount_reporting": opened["amount_reporting"],
+            "expected_close_date": opened["expected_close_date"],
+            "crm_probability": opened["crm_probability"].where(opened["status"] == STATUS_OPEN),
+            "forecast_category": opened["forecast_category"].where(opened["status"] == STATUS_OPEN),
+            "source_file": opened["source_file"],
+            "source_row": opened["source_row"],
         }
     )
-    closed = bare.loc[bare["status"] != STATUS_OPEN]
+    closed = bare.loc[~is_open]
     closing = pd.DataFrame(
         {
             "deal_id": closed["deal_id"],
-            "changed_at": closed["closed_at"],
+            "changed_at": closed["closed_at"].mask(closes_at_creation[~is_open], closed["created_at"]),
             "stage": closed["stage"],
             "amount": closed["amount"],
             "amount_reporting": closed["amount_reporting"],
@@ -252,6 +261,27 @@ def closed_at_from_history(deals: pd.DataFrame, history: pd.DataFrame) -> pd.Ser
     marked = pd.Series(ends["stage_entered_at"].to_numpy(dtype=TIMESTAMP)[closed], index=ends["deal_id"].to_numpy()[closed])
     found = marked.reindex(deals["deal_id"].to_numpy())
     return pd.Series(found.to_numpy(dtype=TIMESTAMP), index=deals.index).fillna(deals["closed_at"])
+
+
+def stage_move_counts(history: pd.DataFrame) -> pd.DataFrame:
+    """How well each pipeline's stage order fits the moves its deals made: one row per pipeline
+    with stage_moves (a deal going from one open stage to another) and backward_moves (those that
+    go to an earlier open stage, `is_backward`). `history` is the output of `prepare_history`;
+    synthesised rows (creation, close) never make such a move."""
+    deal_codes = pd.factorize(history["deal_id"])[0]
+    first = np.ones(len(history), dtype=bool)
+    first[1:] = deal_codes[1:] != deal_codes[:-1]
+    is_open = (history["stage_status"] == STATUS_OPEN).fillna(False).to_numpy(dtype=bool)
+    prev_open = np.concatenate([[False], is_open[:-1]]) & ~first
+    moved = history["is_stage_change"].to_numpy(dtype=bool) & is_open & prev_open
+    counts = pd.DataFrame(
+        {
+            "pipeline": history["pipeline"].to_numpy(),
+            "stage_moves": moved.astype("int64"),
+            "backward_moves": (moved & history["is_backward"].to_numpy(dtype=bool)).astype("int64"),
+        }
+    )
+    return counts.groupby("pipeline", sort=True)[["stage_moves", "backward_moves"]].sum().reset_index()
 
 
 def stage_events(history: pd.DataFrame, as_of: dt.date | pd.Timestamp) -> pd.DataFrame:

@@ -113,8 +113,13 @@ pipeline_stages = _table(
     sa.Column("stage_order", sa.Integer, nullable=False, comment="Position of the stage in its pipeline: 1..n open stages, n+1 won, n+2 lost."),
     sa.Column("stage_status", sa.String(8), nullable=False, comment="open, won or lost: what being in this stage means for the deal."),
     sa.Column("stage_probability", RATE, comment="The CRM's default win probability of the stage (0-1); 1 for won, 0 for lost."),
+    sa.Column("order_source", sa.String(16), nullable=False, comment="Where the pipeline's stage order comes from: configured (dealcast.toml, a reader setting or a mapping), crm (stated by the export, e.g. Salesforce StageSortOrder) or inferred (worked out from the export)."),
+    sa.Column("order_basis", TEXT, comment="What the pipeline's stage order rests on, in words (for example the number of stage moves it was inferred from, or why it is a guess)."),
+    sa.Column("stage_moves", sa.Integer, nullable=False, comment="Moves of the pipeline's deals from one open stage to another in deal_history (same on every row of the pipeline)."),
+    sa.Column("backward_moves", sa.Integer, nullable=False, comment="How many of those moves go to an earlier open stage under this order."),
+    sa.Column("backward_share", RATE, comment="backward_moves / stage_moves: how much the deals contradict the order; NULL when no deal moved between open stages (the order cannot be checked)."),
     sa.Column("as_of", sa.Date, nullable=False, comment="The run date this table was last written for (every row carries the latest run's as_of)."),
-    comment="The stage order every table uses: configured in dealcast.toml, or taken from the CRM's own stage order.",
+    comment="The stage order every table uses, where it comes from and how well the deals' moves fit it.",
 )
 
 quarantine = _table(

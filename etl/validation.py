@@ -55,6 +55,9 @@ share of the deal files' rows above `max_quarantine_share`), `deals.volume_not_c
 Reconciliation counts source rows: a source row that feeds several records (a deals export that
 also carries stage history) counts once, as quarantined if any of its records was rejected.
 Deal files, for the quarantine share, are every file except those that only feed deal history.
+Rows a mapping's filter leaves out (`excluded_by_filter`) are quarantined so that every row is
+accounted for, but they are no data problem: the quarantine share and `crm_exports.rows_parsed`
+leave them out of their counts and say how many there were.
 """
 
 from __future__ import annotations
@@ -125,6 +128,8 @@ UNKNOWN_CURRENCY = "unknown_currency"
 
 CHECK_DEALS_NOT_EMPTY = "deals.deals_not_empty"
 CHECK_QUARANTINE_SHARE = "deals.quarantine_share"
+# The reason code of rows a mapping's [filter] leaves out (etl.readers.mapped): not a problem.
+EXCLUDED_BY_FILTER = "excluded_by_filter"
 CHECK_VOLUME = "deals.volume_not_collapsed"
 CHECK_RECONCILIATION = "crm_exports.reconciliation"  # one result per file: "<this>[<file>]"
 CHECK_READER = "crm_exports.rows_parsed"
@@ -1355,12 +1360,17 @@ def _history_work_frame(
 
 
 def _reader_result(reader: pd.DataFrame, reconciliation: pd.DataFrame, details: dict[str, pd.DataFrame]) -> dict:
-    """The reader's own rejections (rows it could not parse), reported beside our checks."""
-    details[CHECK_READER] = reader.head(SAMPLE_ROWS_KEPT)
+    """The reader's own rejections (rows it could not parse), reported beside our checks; rows a
+    mapping's filter left out are no rejection and only mentioned."""
+    left_out = reader["reason_code"].eq(EXCLUDED_BY_FILTER).to_numpy(dtype=bool)
+    rejected = reader.loc[~left_out]
+    details[CHECK_READER] = rejected.head(SAMPLE_ROWS_KEPT)
     total_read = int(reconciliation["rows_read"].sum())
+    observed = _count_text(len(rejected), total_read, "rows read could not be parsed")
+    if left_out.any():
+        observed += f"; {int(left_out.sum()):,} left out by a mapping's filter"
     return _result(
-        CHECK_READER, ASSET_EXPORTS, reader.empty, SEVERITY_ROW,
-        _count_text(len(reader), total_read, "rows read could not be parsed"), "every row parsed", len(reader),
+        CHECK_READER, ASSET_EXPORTS, rejected.empty, SEVERITY_ROW, observed, "every row parsed", len(rejected),
     )
 
 
@@ -1428,18 +1438,22 @@ def _quarantine_share_result(
     quarantine: pd.DataFrame,
     details: dict[str, pd.DataFrame],
 ) -> dict:
-    """Quarantined share of the deal files' source rows (files that do not only feed history)."""
+    """Quarantined share of the deal files' source rows (files that do not only feed history). Rows
+    a mapping's filter left out on purpose (`excluded_by_filter`) are not problems: they count in
+    neither part of the share, and the message says how many there were."""
     history_only = set(_source_files(history["source_file"]).unique()) - set(_source_files(deals["source_file"]).unique())
     deal_files = reconciliation.loc[~reconciliation["source_file"].isin(history_only)]
-    quarantined = int(deal_files["quarantined"].sum())
-    total = int((deal_files["accepted"] + deal_files["quarantined"]).sum())
+    in_deal_files = _source_files(quarantine["source_file"]).isin(set(deal_files["source_file"]))
+    excluded = int((in_deal_files & quarantine["reason_code"].eq(EXCLUDED_BY_FILTER).to_numpy(dtype=bool)).sum())
+    quarantined = int(deal_files["quarantined"].sum()) - excluded
+    total = int((deal_files["accepted"] + deal_files["quarantined"]).sum()) - excluded
     share = quarantined / total if total else 0.0
     passed = share <= config.max_quarantine_share
-    in_deal_files = _source_files(quarantine["source_file"]).isin(set(deal_files["source_file"]))
     details[CHECK_QUARANTINE_SHARE] = quarantine.loc[in_deal_files].head(SAMPLE_ROWS_KEPT)
+    left_out = f"; {excluded:,} more left out by a mapping's filter" if excluded else ""
     return _result(
         CHECK_QUARANTINE_SHARE, ASSET_DEALS, passed, SEVERITY_ERROR,
-        f"{share:.2%} ({_count_text(quarantined, total, 'deal rows')} quarantined)",
+        f"{share:.2%} ({_count_text(quarantined, total, 'deal rows')} quarantined{left_out})",
         f"at most {config.max_quarantine_share:.2%} of deal rows quarantined",
         quarantined if not passed else 0,
     )

@@ -727,6 +727,22 @@ class Warehouse:
             with self.engine.connect() as conn:
                 return int(conn.execute(query).scalar_one())
 
+    def table_names(self) -> set[str]:
+        """The tables (and views) that exist in the warehouse, so that a reader can tell an empty or
+        foreign database from a Dealcast warehouse before it queries anything."""
+        with self._database_errors("listing the warehouse tables"):
+            with self.engine.connect() as conn:
+                inspector = sa.inspect(conn)
+                return set(inspector.get_table_names(schema=self.schema)) | set(inspector.get_view_names(schema=self.schema))
+
+    def claims(self) -> pd.DataFrame:
+        """Every run claim (`run_claims`: as_of, run_id, claimed_at), newest as_of first: which run
+        last started writing each as_of, whether or not it finished."""
+        with self._database_errors("reading the run claims"):
+            with self.engine.connect() as conn:
+                rows = conn.execute(sa.select(run_claims).order_by(run_claims.c.as_of.desc())).fetchall()
+        return _frame_from_rows(run_claims, rows)
+
     def _as_of_column(self, spec: TableSpec) -> sa.Column:
         if "as_of" not in spec.table.c:
             raise WarehouseError(f"table {spec.name} has no as_of column")

@@ -73,6 +73,9 @@ class SourceExport:
     history_gaps: pd.DataFrame | None = None
     # data_quality_results rows of the raw suites run on the files as written (etl.validation.RawRules).
     raw_checks: pd.DataFrame | None = None
+    # What the reader decided that a person should know, one sentence each, said once (for example
+    # which field the loss reason was read from, or that owners are shown by their ids).
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,6 +292,18 @@ def read_header(path: Path, encoding: str) -> CsvHeader:
     return header
 
 
+def header_for(columns: Sequence[str], column: str | None) -> str | None:
+    """The header among `columns` for `column`: that very name, else the only one equal to it when
+    case is ignored; None when there is none (or several that differ only in case)."""
+    if not column:
+        return None
+    if column in columns:
+        return column
+    folded = column.casefold()
+    matches = [c for c in columns if c.casefold() == folded]
+    return matches[0] if len(matches) == 1 else None
+
+
 # --------------------------------------------------------------------------------------------
 # The table
 
@@ -316,15 +328,22 @@ class CsvTable:
     def __len__(self) -> int:
         return self.data.num_rows
 
+    def column_for(self, column: str | None) -> str | None:
+        """The file's header for `column`: that very name, else the one header that differs from it
+        only in case (Salesforce Data Loader writes `STAGENAME` for `StageName`); None otherwise."""
+        return header_for(self.columns, column)
+
     def has(self, column: str | None) -> bool:
-        return bool(column) and column in self.columns
+        return self.column_for(column) is not None
 
     def text(self, column: str | None) -> pd.Series:
         """The column's values with surrounding blanks removed ("" where blank); all "" when the
-        file has no such column (an optional column left out of the export)."""
-        if not self.has(column):
+        file has no such column (an optional column left out of the export). Header names are
+        matched as `column_for` says."""
+        header = self.column_for(column)
+        if header is None:
             return pd.Series("", index=pd.RangeIndex(len(self)), dtype="str")
-        values = self.data.column(column)
+        values = self.data.column(header)
         trimmed = pc.utf8_trim_whitespace(values)
         # Use the trimmed copy only when something was trimmed; else keep the file's own buffers.
         if pc.sum(pc.binary_length(trimmed)) != pc.sum(pc.binary_length(values)):
@@ -363,7 +382,8 @@ def load_csv(
     required: Sequence[str],
     delimiter: str = ",",
 ) -> CsvTable:
-    """Read `path` with every column as text, checking the header against `required`.
+    """Read `path` with every column as text, checking the header against `required` (a required
+    column may differ in case, as `header_for` says).
 
     `format_label` names the format in messages (e.g. "Salesforce Opportunity"). Raises
     `ExportFormatError` for an empty, binary, truncated or header-only file, a wrong delimiter,
@@ -381,15 +401,21 @@ def load_csv(
     if len(columns) == 1 and header.likely_delimiter != delimiter:
         found = _DELIMITER_NAMES.get(header.likely_delimiter, repr(header.likely_delimiter))
         wanted = _DELIMITER_NAMES.get(delimiter, repr(delimiter))
+        with_columns = f" with the columns {expected}" if required else ""
+        regional = (
+            "; a semicolon-separated file is usually one saved by Excel with European settings: export it "
+            f"again, or {MAPPING_HINT}"
+            if header.likely_delimiter == ";" else ""
+        )
         raise ExportFormatError(
             f"{path}: line 1: the header is {found}-separated; expected a {wanted}-separated "
-            f"{format_label} export with the columns {expected} (header found: {header.line[:200]!r})"
+            f"{format_label} export{with_columns} (header found: {header.line[:200]!r}){regional}"
         )
     if any(c == "" for c in columns):
         columns = tuple(c or f"column_{i + 1}" for i, c in enumerate(columns))
-    missing = [c for c in required if c not in columns]
+    missing = [c for c in required if header_for(columns, c) is None]
     if missing:
-        known = [c for c in required if c in columns]
+        known = [c for c in required if header_for(columns, c) is not None]
         hint = (
             " None of the expected columns is there: is the header row missing?"
             if not known
@@ -884,6 +910,57 @@ def parse_dates(
             parsed = pd.to_datetime(values[retry], format=layout + suffix, errors="coerce")
             result.loc[retry] = parsed.astype(TIMESTAMP)
     return result, result.isna().to_numpy() & ~blank
+
+
+# Values as a spreadsheet saved with European (or other non-ISO) regional settings writes them:
+# decimal commas, optionally grouped (1.234,56 / 1 234,56 / 12,5), and dates with the day or month
+# first (31.05.2024, 05/31/2024, with or without a time).
+_REGIONAL_NUMBER = r"[+-]?(?:\d{1,3}(?:[.\s\u00a0\u202f']\d{3})+|\d+),\d+"
+_REGIONAL_DATE = r"\d{1,2}[./-]\d{1,2}[./-]\d{2,4}(?:[ T]\d{1,2}:\d{2}(?::\d{2})?)?"
+MAPPING_HINT = (
+    "read it through a mapping file, which sets the delimiter, decimal and thousands separators, date "
+    "layout and encoding (see docs/mapping.md and examples/pipedrive_eu/mapping.toml)"
+)
+
+
+def refuse_regional_formats(
+    frame: pd.DataFrame,
+    paths: Mapping[int, Path],
+    numbers: Sequence[str],
+    dates: Sequence[str],
+    header: Callable[[int, str], str],
+    format_label: str,
+) -> None:
+    """Stop a CRM reader before it quarantines a whole file whose numbers or dates a spreadsheet
+    rewrote in its regional format. For each file (`_file` key in `frame`, path in `paths`) and
+    each of the `numbers` and `dates` columns (working names; `header(key, column)` is the file's
+    own name): when at least half of the filled values do not parse as the CRM writes them and
+    most of those are written like 1.234,56 or 31.05.2024, raise `ExportFormatError` naming the
+    file, the column and a value, and suggesting a mapping file. A few bad values are left to
+    the row checks (quarantined one by one)."""
+    for key, rows in frame.groupby("_file", sort=True):
+        for column, parse, form, written in [
+            *((c, parse_numbers, _REGIONAL_NUMBER, "with a decimal comma") for c in numbers),
+            *((c, parse_timestamps, _REGIONAL_DATE, "with the day or month first") for c in dates),
+        ]:
+            values = rows[column]
+            filled = values.loc[values.ne("")]
+            if filled.empty:
+                continue
+            _, bad = parse(filled)
+            failing = filled.loc[bad]
+            if len(failing) * 2 < len(filled):
+                continue
+            regional = failing.str.fullmatch(form).fillna(False).to_numpy(dtype=bool)
+            if regional.sum() * 2 <= len(failing):
+                continue
+            example = failing.loc[regional].iloc[0]
+            raise ExportFormatError(
+                f"{paths[int(key)]}: column {header(int(key), column)}: {len(failing):,} of {len(filled):,} values are "
+                f"written in a spreadsheet's regional format, {written} (e.g. {example!r}), not as a {format_label} "
+                f"export writes them; the file was probably opened and saved again by Excel with European settings. "
+                f"Export it again, or {MAPPING_HINT}"
+            )
 
 
 # Boolean spellings, compared without case: English, French, German, Spanish/Italian, checkboxes.

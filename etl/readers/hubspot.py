@@ -24,9 +24,12 @@ no forecast category. push_count is therefore always 0.
 Stage order: a pipeline configured in dealcast.toml `[[pipelines]]` is used as configured (stage
 names matched case-insensitively). Any other pipeline's order is inferred from the export: its won
 and lost stages are the stages named in `[sources.hubspot] won_stages` / `lost_stages` (defaults
-"Closed won" / "Closed lost", case-insensitive); its open stages are ordered by the median time at
-which deals entered them (stages nobody has a date for come last, in the file's column order); a
-stage's default probability is the Deal probability of the deals in it when they all share one
+"Closed won" / "Closed lost", case-insensitive); its open stages are put in the order that the
+fewest of the deals' moves contradict (`etl.stages.order_from_moves`: a move is a deal's step from
+one dated stage to its next; stages dated at the same instant are not ordered by it). Stages no deal
+moved between keep the order of the median time at which deals entered them (stages nobody has a
+date for come last, in the file's column order). `order_basis` says how many moves the order rests
+on, or that it is a guess when no deal has two dated stages. A stage's default probability is the Deal probability of the deals in it when they all share one
 value, else unknown. Stage and pipeline names are matched case-insensitively everywhere; a
 configured pipeline keeps its configured spelling, an inferred one the spelling of the Deal Stage
 (and Pipeline) column. A deal whose Deal Stage, or a dated stage of its pipeline, is not in the
@@ -66,6 +69,7 @@ from etl.readers.csvfiles import (
     load_csv,
     parse_numbers,
     parse_timestamps,
+    refuse_regional_formats,
 )
 from etl.readers.salesforce import (
     DUPLICATE_ID,
@@ -76,7 +80,7 @@ from etl.readers.salesforce import (
     UNPARSEABLE_NUMBER,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
-from etl.stages import STATUS_OPEN, PipelineStages, StageCatalog
+from etl.stages import ORDER_INFERRED, STATUS_OPEN, PipelineStages, StageCatalog, order_from_moves, stage_moves
 from etl.validation import RawRules
 
 logger = logging.getLogger(__name__)
@@ -457,7 +461,17 @@ def _infer_pipelines(
             )
             continue
         open_stats = open_stats.sort_values(["median", "position", "stage"], na_position="last", kind="stable")
-        open_stages = tuple(str(s) for s in open_stats["stage"])
+        by_median = [str(s) for s in open_stats["stage"]]
+        # The order that the fewest dated moves contradict; stages no deal moved between keep the
+        # order of the median date deals entered them.
+        dated_stage = stages["stage"].iloc[: len(dated)]  # the dated rows come first in `stages`
+        moves = stage_moves(its_events["row"], dated_stage, its_events["entered_at"])
+        found = order_from_moves(by_median, moves)
+        open_stages = found.stages
+        if found.moves:
+            basis = f"{found.moves:,} stage moves in the date-entered columns"
+        else:
+            basis = "the median date deals entered each stage; no deal has two dated stages to order them by: a guess"
         in_open = in_pipeline.loc[in_pipeline["stage"].isin(open_stages) & in_pipeline["probability"].notna()]
         spread = in_open.groupby("stage")["probability"].agg(["min", "max"])
         constant = spread.loc[spread["min"] == spread["max"], "min"]
@@ -467,10 +481,12 @@ def _infer_pipelines(
             won_stage=won,
             lost_stage=lost,
             probabilities={s: float(constant.get(s, np.nan)) for s in open_stages},
+            order_source=ORDER_INFERRED,
+            order_basis=basis,
         )
         logger.info(
-            "pipeline %r is not configured; stage order inferred from the date-entered columns: %s, won %r, lost %r",
-            pipeline.name, list(pipeline.open_stages), pipeline.won_stage, pipeline.lost_stage,
+            "pipeline %r is not configured; stage order inferred from %s: %s, won %r, lost %r",
+            pipeline.name, basis, list(pipeline.open_stages), pipeline.won_stage, pipeline.lost_stage,
         )
         inferred.append(pipeline)
     return inferred
@@ -499,6 +515,10 @@ def read_hubspot(files: Mapping[str, Sequence[Path]], project: ProjectConfig) ->
     loaded = _load(paths, quarantine)
     frame = _working_frame(loaded)
     checks = _Checks(frame, quarantine)
+    refuse_regional_formats(
+        frame, {f.key: f.table.path for f in loaded}, ("amount", "amount_company"), ("create_date", "close_date"),
+        lambda key, column: checks.column_label(column), LABEL,
+    )
     quarantine.expect(frame, RAW_RULES, LABEL, lambda key, column: checks.column_label(column))
 
     ids = frame["deal_id"]

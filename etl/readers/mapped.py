@@ -54,6 +54,7 @@ from etl.readers.csvfiles import (
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, STATUSES, PipelineStages, StageCatalog
+from etl import validation
 from etl.validation import RawForm, RawRules
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ INVALID_STATUS = "invalid_status"
 STATUS_STAGE_MISMATCH = "status_stage_mismatch"
 MISSING_CLOSE_DATE = "missing_close_date"
 IMPLAUSIBLE_DATE = "implausible_date"
+# A row the mapping's [filter] leaves out on purpose (not a bad row): quarantined so that every row
+# read is accounted for, and not counted as a data-quality problem (etl.validation).
+EXCLUDED_BY_FILTER = validation.EXCLUDED_BY_FILTER
 
 # Canonical columns a mapping can fill, by kind.
 TEXT_COLUMNS = (
@@ -89,12 +93,13 @@ OTHER_COLUMNS = ("deal_id", "stage", "status")
 MAPPABLE_COLUMNS = OTHER_COLUMNS + TEXT_COLUMNS + DATE_COLUMNS + NUMBER_COLUMNS + BOOLEAN_COLUMNS
 
 CREATED_AT_RULES = ("quarantine", "earliest", "latest")
+LOST_DATE_RULES = ("quarantine", "created_at", "latest")
 ENCODINGS = {"auto": None, "utf-8": "utf-8", "utf8": "utf-8", "windows-1252": "cp1252", "cp1252": "cp1252"}
 DELIMITERS = (",", ";", "\t")
 _TOP_LEVEL_KEYS = {
     "file", "source_system", "delimiter", "encoding", "decimal", "thousands", "currency_symbols",
     "date_format", "dayfirst", "probability_scale", "created_at_when_blank", "pipeline", "columns",
-    "values", "defaults", "normalise", "lookups",
+    "values", "defaults", "normalise", "lookups", "filter", "status_from_lookup", "lost_date_when_blank",
 }
 
 
@@ -115,14 +120,32 @@ class LookupSpec:
 
 
 @dataclass(frozen=True)
+class StatusFromLookup:
+    """`[status_from_lookup]`: a deal that has a row in the lookup `lookup` gets the status `found`,
+    one that has none gets `missing` (a lead that appears in the closed-deals file is won). With
+    `lost_after_days` (missing = lost only), a deal missing from the lookup is lost that many days
+    after its creation, and still open when that day is after the export's end."""
+
+    lookup: str
+    found: str
+    missing: str
+    lost_after_days: int | None = None
+
+
+@dataclass(frozen=True)
 class MappingSpec:
-    """One mapping file, parsed and checked (see docs/mapping.md for every setting)."""
+    """One mapping file, parsed and checked (see docs/mapping.md for every setting).
+
+    `columns` maps a canonical column to its sources in order of preference: the first source
+    with a value in a row gives the column's value (one source is the usual case). `filter` maps an
+    export column to the values of the rows kept: True / False (a boolean flag; blank is false), or
+    texts compared without case."""
 
     path: Path
     file: str
     source_system: str
     pipeline: PipelineStages
-    columns: dict[str, str]
+    columns: dict[str, tuple[str, ...]]
     delimiter: str | None = None
     encoding: str | None = None
     decimal: str = "."
@@ -137,6 +160,9 @@ class MappingSpec:
     defaults: dict[str, str] = field(default_factory=dict)
     normalise: dict[str, dict[str, str]] = field(default_factory=dict)
     lookups: dict[str, LookupSpec] = field(default_factory=dict)
+    filter: dict[str, bool | tuple[str, ...]] = field(default_factory=dict)
+    status_from_lookup: StatusFromLookup | None = None
+    lost_date_when_blank: str = "quarantine"
 
     def claims(self, path: Path) -> bool:
         """Whether this mapping reads `path` (its `file` name or glob, compared without case)."""
@@ -148,13 +174,28 @@ class MappingSpec:
                 return lookup
         return None
 
-    def source_of(self, column: str) -> tuple[str | None, str]:
-        """(lookup name or None, column name) that feeds a canonical column."""
-        source = self.columns[column]
+    def sources_of(self, column: str) -> list[tuple[str | None, str]]:
+        """(lookup name or None, column name) of each source of a canonical column, in order."""
+        return [self._split(source) for source in self.columns.get(column, ())]
+
+    def _split(self, source: str) -> tuple[str | None, str]:
         head, dot, rest = source.partition(".")
         if dot and head in self.lookups:
             return head, rest
         return None, source
+
+    def label(self, column: str) -> str:
+        """The export's name for a canonical column, as messages show it ("Won time or Lost time")."""
+        sources = self.columns.get(column)
+        return " or ".join(sources) if sources else f"(default {column})"
+
+    def export_columns(self) -> list[str]:
+        """Every export column the mapping reads: sources that are no lookup column, lookup join
+        columns that are not canonical columns, and filter columns (each once, in that order)."""
+        names = [name for c in self.columns for lookup, name in self.sources_of(c) if lookup is None]
+        names += [lookup.on for lookup in self.lookups.values() if lookup.on not in self.columns]
+        names += list(self.filter)
+        return list(dict.fromkeys(names))
 
 
 def _fail(path: Path, message: str) -> ConfigError:
@@ -200,17 +241,23 @@ def load_mapping(path: Path) -> MappingSpec:
             won_stage=str(pipeline_raw.get("won_stage", "Closed Won")),
             lost_stage=str(pipeline_raw.get("lost_stage", "Closed Lost")),
             probabilities={name: p for name, p in stages},
+            order_basis=f"[pipeline] stages in the mapping {path.name}",
         )
     except ValueError as exc:
         raise _fail(path, f"[pipeline] {exc}") from exc
 
-    columns = _text_table(raw.get("columns", {}), path, "columns")
+    columns = _source_lists(raw.get("columns", {}), path)
     bad_columns = sorted(set(columns) - set(MAPPABLE_COLUMNS))
     if bad_columns:
         raise _fail(path, f"[columns] unknown canonical column(s) {bad_columns}; expected some of {list(MAPPABLE_COLUMNS)}")
-    for required in ("deal_id", "stage"):
-        if required not in columns:
-            raise _fail(path, f"[columns] {required} is required (the source column holding the deal's {required})")
+    defaults = {str(k): str(v) for k, v in dict(raw.get("defaults", {})).items()}
+    if "deal_id" not in columns:
+        raise _fail(path, "[columns] deal_id is required (the source column holding the deal's id)")
+    if "stage" not in columns and "stage" not in defaults:
+        raise _fail(
+            path, "[columns] stage is required (the source column holding the deal's stage), unless "
+            "[defaults] stage names the stage every deal is in"
+        )
 
     lookups: dict[str, LookupSpec] = {}
     for name, spec in dict(raw.get("lookups", {})).items():
@@ -218,8 +265,7 @@ def load_mapping(path: Path) -> MappingSpec:
             raise _fail(path, f"[lookups.{name}] needs file, key (its key column) and on (the canonical column it joins)")
         lookups[str(name)] = LookupSpec(name=str(name), file=str(spec["file"]), key=str(spec["key"]), on=str(spec["on"]))
     for lookup in lookups.values():
-        joined = columns.get(lookup.on, "").partition(".")
-        if joined[1] and joined[0] in lookups:
+        if any(source.partition(".")[0] in lookups and "." in source for source in columns.get(lookup.on, ())):
             raise _fail(path, f"[lookups.{lookup.name}] joins on {lookup.on!r}, which itself comes from a lookup")
 
     values = raw.get("values", {})
@@ -249,13 +295,17 @@ def load_mapping(path: Path) -> MappingSpec:
     bad_normalised = sorted(set(normalise) - set(MAPPABLE_COLUMNS))
     if bad_normalised:
         raise _fail(path, f"[normalise] unknown canonical column(s) {bad_normalised}")
-    defaults = {str(k): str(v) for k, v in dict(raw.get("defaults", {})).items()}
     bad_defaults = sorted(set(defaults) - set(MAPPABLE_COLUMNS))
     if bad_defaults:
         raise _fail(path, f"[defaults] unknown canonical column(s) {bad_defaults}")
     dayfirst = raw.get("dayfirst")
     if dayfirst is not None and not isinstance(dayfirst, bool):
         raise _fail(path, f"dayfirst must be true or false, got {dayfirst!r}")
+    row_filter = _filter(raw.get("filter", {}), path)
+    status_rule = _status_from_lookup(raw.get("status_from_lookup"), lookups, columns, path)
+    lost_rule = str(raw.get("lost_date_when_blank", "quarantine"))
+    if lost_rule not in LOST_DATE_RULES:
+        raise _fail(path, f"lost_date_when_blank must be one of {list(LOST_DATE_RULES)}, got {lost_rule!r}")
 
     return MappingSpec(
         path=path,
@@ -277,7 +327,75 @@ def load_mapping(path: Path) -> MappingSpec:
         defaults=defaults,
         normalise=normalise,
         lookups=lookups,
+        filter=row_filter,
+        status_from_lookup=status_rule,
+        lost_date_when_blank=lost_rule,
     )
+
+
+def _source_lists(raw: Any, path: Path) -> dict[str, tuple[str, ...]]:
+    """`[columns]`: canonical column = "source" or ["first choice", "second choice", ...]."""
+    if not isinstance(raw, dict):
+        raise _fail(path, f"[columns] must be a table of canonical column = source column, got {raw!r}")
+    out: dict[str, tuple[str, ...]] = {}
+    for canonical, sources in raw.items():
+        names = [sources] if isinstance(sources, str) else sources
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise _fail(
+                path, f"[columns] {canonical}: expected a source column or a non-empty list of source columns "
+                f"(the first one filled in a row is used), got {sources!r}"
+            )
+        out[str(canonical)] = tuple(names)
+    return out
+
+
+def _filter(raw: Any, path: Path) -> dict[str, bool | tuple[str, ...]]:
+    """`[filter]`: export column = true / false (a flag the kept rows have; blank is false), a text
+    or a list of texts (the values the kept rows have, compared without case)."""
+    if not isinstance(raw, dict):
+        raise _fail(path, f"[filter] must be a table of column = value(s) to keep, got {raw!r}")
+    out: dict[str, bool | tuple[str, ...]] = {}
+    for column, kept in raw.items():
+        if isinstance(kept, bool):
+            out[str(column)] = kept
+        elif isinstance(kept, str):
+            out[str(column)] = (kept,)
+        elif isinstance(kept, list) and kept and all(isinstance(v, str) for v in kept):
+            out[str(column)] = tuple(kept)
+        else:
+            raise _fail(
+                path, f"[filter] {column}: expected true or false, a text or a list of texts (the values of the rows "
+                f"to keep), got {kept!r}"
+            )
+    return out
+
+
+def _status_from_lookup(
+    raw: Any, lookups: Mapping[str, LookupSpec], columns: Mapping[str, tuple[str, ...]], path: Path
+) -> StatusFromLookup | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"lookup", "found", "missing", "lost_after_days"} or "lookup" not in raw:
+        raise _fail(
+            path, "[status_from_lookup] needs lookup (a name under [lookups]), and may set found and missing "
+            f"(statuses) and lost_after_days; got {raw!r}"
+        )
+    days = raw.get("lost_after_days")
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days <= 0):
+        raise _fail(path, f"[status_from_lookup] lost_after_days must be a whole number of days above 0, got {days!r}")
+    rule = StatusFromLookup(
+        str(raw["lookup"]), str(raw.get("found", STATUS_WON)), str(raw.get("missing", STATUS_LOST)), days
+    )
+    if days is not None and rule.missing != STATUS_LOST:
+        raise _fail(path, f"[status_from_lookup] lost_after_days needs missing = 'lost', got missing = {rule.missing!r}")
+    if rule.lookup not in lookups:
+        raise _fail(path, f"[status_from_lookup] lookup {rule.lookup!r} is not under [lookups] (known: {sorted(lookups)})")
+    if rule.found not in STATUSES or rule.missing not in STATUSES:
+        raise _fail(path, f"[status_from_lookup] found and missing must be one of {list(STATUSES)}, got {rule.found!r}, {rule.missing!r}")
+    clash = [c for c in ("status", "is_won", "is_closed") if c in columns]
+    if clash:
+        raise _fail(path, f"[status_from_lookup] and [columns] {clash} both give the status; keep one")
+    return rule
 
 
 def load_mappings(project: ProjectConfig) -> list[MappingSpec]:
@@ -412,7 +530,7 @@ def _read_lookup(
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """A lookup file's accepted rows indexed by key (text, "" where blank) and rows kept per file.
     Blank rows, blank keys and repeated keys (the first is kept) are quarantined."""
-    wanted = sorted({col for canon in spec.columns for name, col in [spec.source_of(canon)] if name == lookup.name})
+    wanted = sorted({col for canon in spec.columns for name, col in spec.sources_of(canon) if name == lookup.name})
     parts = []
     for path in paths:
         key, table = _load(path, spec, f"{spec.source_system} lookup {lookup.name!r}", [lookup.key, *wanted], quarantine)
@@ -439,24 +557,103 @@ def _apply_defaults_and_normalise(spec: MappingSpec, frame: pd.DataFrame, column
         frame[column] = _casefold_lookup(frame[column], spec.normalise[column])[0]
 
 
+def _first_filled(candidates: Sequence[pd.Series]) -> pd.Series:
+    """Per row, the first of `candidates` that is not blank ("" when all are)."""
+    out = candidates[0]
+    for more in candidates[1:]:
+        out = out.where(out.ne(""), more)
+    return out
+
+
 # Dates as a mapped export may write them (ISO 8601, day-first or month-first with / . or -).
 _DATE_LIKE = r"^\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}(?:[T ].*)?$"
 _ANY_BOOLEAN = "(?i)^(?:" + "|".join(re.escape(v) for v in (*BOOLEAN_TRUE, *BOOLEAN_FALSE)) + ")$"
+# The export's own columns in the working frame of the raw suite (apart from the bookkeeping columns).
+_RAW = "x:"
 
 
 def _raw_rules(spec: MappingSpec) -> RawRules:
-    """The raw suite of one mapping's export: ids present and unique, numbers written in the
-    mapping's locale, dates date-like (unless the mapping fixes a date_format), flags spelled as
-    booleans."""
+    """The raw suite of one mapping's export, one check per export column and kind (a column that
+    feeds several canonical columns is checked once): ids present and unique, numbers written in
+    the mapping's locale, dates date-like (unless the mapping fixes a date_format), flags spelled
+    as booleans."""
     number = locale_number_form(spec.decimal, spec.thousands, spec.currency_symbols)
-    forms = [
-        RawForm(c, "number", number, UNPARSEABLE_AMOUNT if c == "amount" else UNPARSEABLE_NUMBER)
-        for c in NUMBER_COLUMNS
-    ]
+
+    def direct(columns: Sequence[str]) -> list[tuple[str, str]]:
+        return [(c, name) for c in columns for lookup, name in spec.sources_of(c) if lookup is None]
+
+    forms: dict[tuple[str, str], RawForm] = {}
+    for canonical, name in direct(NUMBER_COLUMNS):
+        code = UNPARSEABLE_AMOUNT if canonical == "amount" else UNPARSEABLE_NUMBER
+        forms.setdefault((name, "number"), RawForm(_RAW + name, "number", number, code))
     if spec.date_format is None:
-        forms += [RawForm(c, "date", _DATE_LIKE, UNPARSEABLE_DATE) for c in DATE_COLUMNS]
-    forms += [RawForm(c, "boolean", _ANY_BOOLEAN, UNPARSEABLE_BOOLEAN, digit_blind=False) for c in BOOLEAN_COLUMNS]
-    return RawRules(not_blank=("deal_id",), unique=("deal_id",), forms=tuple(forms))
+        for _, name in direct(DATE_COLUMNS):
+            forms.setdefault((name, "date"), RawForm(_RAW + name, "date", _DATE_LIKE, UNPARSEABLE_DATE))
+    flags = [name for _, name in direct(BOOLEAN_COLUMNS)] + [c for c, kept in spec.filter.items() if isinstance(kept, bool)]
+    for name in flags:
+        forms.setdefault((name, "boolean"), RawForm(_RAW + name, "boolean", _ANY_BOOLEAN, UNPARSEABLE_BOOLEAN, digit_blind=False))
+    ids = [_RAW + name for _, name in direct(["deal_id"])]
+    single_id = tuple(ids) if len(ids) == 1 else ()
+    return RawRules(not_blank=single_id, unique=single_id, forms=tuple(forms.values()))
+
+
+def _apply_filter(spec: MappingSpec, raw: pd.DataFrame, checks: "_Checks") -> None:
+    """Quarantine the rows `[filter]` leaves out (`excluded_by_filter`), each with the value that
+    excluded it; a flag column whose value is not a boolean quarantines the row (it cannot be judged)."""
+    for column, kept in spec.filter.items():
+        values = raw[_RAW + column]
+        if isinstance(kept, bool):
+            flags, bad = parse_any_booleans(values)
+            checks.flag(
+                bad, UNPARSEABLE_BOOLEAN, column,
+                lambda: f"{column}: expected yes/no, true/false, 1/0 (the mapping's filter reads it), got " + _quoted(values),
+            )
+            leave_out = flags.fillna(False).to_numpy(dtype=bool) != kept
+            wanted = "true" if kept else "false or blank"
+        else:
+            leave_out = ~values.str.strip().str.casefold().isin([k.strip().casefold() for k in kept]).to_numpy(dtype=bool)
+            wanted = " or ".join(repr(k) for k in kept)
+        checks.flag(
+            leave_out, EXCLUDED_BY_FILTER, column,
+            lambda: f"left out by the mapping's [filter]: {column} is " + _quoted(values) + f"; the filter keeps {wanted}",
+        )
+
+
+@dataclass
+class _Places:
+    """Each row's stage in its pipeline: the stage (catalogue spelling, "" when unknown), its status
+    ("" when unknown), its order and the stage's default probability (NaN when unknown)."""
+
+    stage: pd.Series
+    status: pd.Series
+    order: pd.Series
+    probability: pd.Series
+
+
+def _place_stages(pipeline: pd.Series, stage: pd.Series, status: pd.Series, catalog: StageCatalog) -> _Places:
+    """Stage names compared without case, per pipeline; a won or lost `status` puts the deal in its
+    pipeline's won or lost stage whatever the stage column says."""
+    places = _Places(
+        stage=pd.Series("", index=stage.index, dtype="str"),
+        status=pd.Series("", index=stage.index, dtype="str"),
+        order=pd.Series(np.nan, index=stage.index),
+        probability=pd.Series(np.nan, index=stage.index),
+    )
+    for name in pd.unique(pipeline):
+        if name not in catalog:
+            continue
+        p = catalog[name]
+        rows = pipeline.eq(name).to_numpy()
+        names = [*p.open_stages, p.won_stage, p.lost_stage]
+        found, hit = _casefold_lookup(stage[rows], {n: n for n in names})
+        closed_to = status[rows].map({STATUS_WON: p.won_stage, STATUS_LOST: p.lost_stage}).fillna("")
+        found = found.where(closed_to.eq(""), closed_to)
+        found = found.where(hit | closed_to.ne("").to_numpy(), "")
+        places.stage[rows] = found
+        places.status[rows] = found.map({n: p.status_of(n) for n in names}).fillna("")
+        places.order[rows] = found.map({n: float(p.order_of(n) or 0) for n in names}).astype("float64")
+        places.probability[rows] = found.map({n: p.probability_of(n) for n in names}).astype("float64")
+    return places
 
 
 def _read_mapping(
@@ -468,30 +665,34 @@ def _read_mapping(
     quarantine: Quarantine,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """The accepted deals of one mapping (canonical columns) and the lookup rows kept per file."""
-    direct = {c: s for c in spec.columns for name, s in [spec.source_of(c)] if name is None}
-    # Lookups joined on an export column that feeds no canonical column read it as "_on:<column>".
-    for lookup in spec.lookups.values():
-        if lookup.on not in spec.columns:
-            direct[f"_on:{lookup.on}"] = lookup.on
+    exported = spec.export_columns()
     parts = []
     label = f"{spec.source_system} export (mapping {spec.path.name})"
     for path in deal_paths:
-        key, table = _load(path, spec, label, list(direct.values()), quarantine)
-        part = pd.DataFrame({c: table.text(s) for c, s in direct.items()})
+        key, table = _load(path, spec, label, exported, quarantine)
+        part = pd.DataFrame({_RAW + c: table.text(c) for c in exported})
         part["_file"], part["_pos"] = np.int64(key), np.arange(len(table), dtype=np.int64)
         part["source_file"], part["source_row"] = str(path), table.source_row
         part["_blank"] = table.blank_rows()
         parts.append(part)
-    frame = pd.concat(parts, ignore_index=True)
-    quarantine.expect(frame, _raw_rules(spec), label, lambda key, column: spec.columns.get(column, column))
-    for column in MAPPABLE_COLUMNS:
-        if column not in frame.columns:
-            frame[column] = pd.Series("", index=frame.index, dtype="str")
-    for column in direct:
-        if not column.startswith("_on:"):
-            _apply_defaults_and_normalise(spec, frame, column)
+    raw = pd.concat(parts, ignore_index=True)
+    quarantine.expect(raw, _raw_rules(spec), label, lambda key, column: column.removeprefix(_RAW))
+    frame = raw[["_file", "_pos", "source_file", "source_row", "_blank"]].copy()
+    checks = _Checks(frame, quarantine)
+    _apply_filter(spec, raw, checks)
 
+    # Canonical columns: those read from the export first (normalised, so that a lookup joined on
+    # them finds the normalised value), then those with a lookup among their sources.
+    blank = pd.Series("", index=frame.index, dtype="str")
+    from_lookup = {c for c in spec.columns if any(lookup is not None for lookup, _ in spec.sources_of(c))}
+    for column in MAPPABLE_COLUMNS:
+        sources = spec.sources_of(column)
+        frame[column] = _first_filled([raw[_RAW + name] for _, name in sources]) if sources and column not in from_lookup else blank
+        if sources and column not in from_lookup:
+            _apply_defaults_and_normalise(spec, frame, column)
     kept_lookups: dict[str, int] = {}
+    joined: dict[tuple[str, str], pd.Series] = {}
+    found_in: dict[str, np.ndarray] = {}
     for lookup in spec.lookups.values():
         paths = lookup_paths.get(lookup.name, [])
         if not paths:
@@ -502,22 +703,23 @@ def _read_mapping(
         table, kept = _read_lookup(spec, lookup, paths, quarantine)
         for name, count in kept.items():
             kept_lookups[name] = kept_lookups.get(name, 0) + int(count)
-        keys = frame[lookup.on] if lookup.on in spec.columns else frame[f"_on:{lookup.on}"]
+        keys = frame[lookup.on] if lookup.on in spec.columns else raw[_RAW + lookup.on]
         position = table.index.get_indexer(keys)
-        for canonical in spec.columns:
-            source_lookup, source_column = spec.source_of(canonical)
-            if source_lookup != lookup.name:
-                continue
-            values = table[source_column].to_numpy(dtype=object)
+        found_in[lookup.name] = position >= 0
+        for column in table.columns:
+            values = table[column].to_numpy(dtype=object)
             found = np.where(position >= 0, values[np.where(position >= 0, position, 0)], "") if len(values) else ""
-            frame[canonical] = pd.Series(found, index=frame.index, dtype="str")
-            _apply_defaults_and_normalise(spec, frame, canonical)
+            joined[(lookup.name, column)] = pd.Series(found, index=frame.index, dtype="str")
+    for column in sorted(from_lookup):
+        frame[column] = _first_filled(
+            [raw[_RAW + name] if lookup is None else joined[(lookup, name)] for lookup, name in spec.sources_of(column)]
+        )
+        _apply_defaults_and_normalise(spec, frame, column)
     for column in MAPPABLE_COLUMNS:
         if column not in spec.columns and column in spec.defaults:
             _apply_defaults_and_normalise(spec, frame, column)
 
-    checks = _Checks(frame, quarantine)
-    source = {c: spec.columns.get(c, f"(default {c})") for c in MAPPABLE_COLUMNS}
+    source = {c: spec.label(c) for c in MAPPABLE_COLUMNS}
 
     # Ids.
     checks.flag(is_blank(frame["deal_id"]), MISSING_ID, source["deal_id"], f"{source['deal_id']} is blank; expected the deal's id")
@@ -558,7 +760,7 @@ def _read_mapping(
         checks.flag(bad, UNPARSEABLE_BOOLEAN, source[column], lambda: f"{source[column]}: expected yes/no, true/false, oui/non, 1/0 or x, got " + _quoted(frame[column]))
         booleans[column] = values
 
-    # Pipeline, stage and status.
+    # Pipeline and status.
     pipeline = frame["pipeline"].where(frame["pipeline"].ne(""), spec.pipeline.name)
     checks.flag(
         ~pipeline.isin(catalog.names).to_numpy(), UNKNOWN_PIPELINE, source["pipeline"],
@@ -574,31 +776,45 @@ def _read_mapping(
     is_won, is_closed = booleans["is_won"], booleans["is_closed"]
     from_flags = np.where(is_won.fillna(False), STATUS_WON, np.where(is_closed.fillna(False), STATUS_LOST, np.where(is_closed.notna(), STATUS_OPEN, "")))
     status = status.where(status.ne(""), pd.Series(from_flags, index=frame.index, dtype="str"))
-    status_source = spec.columns.get("status") or "/".join(
-        spec.columns[c] for c in BOOLEAN_COLUMNS if c in spec.columns
-    ) or source["stage"]
+    status_source = (
+        spec.label("status") if "status" in spec.columns
+        else "/".join(spec.label(c) for c in BOOLEAN_COLUMNS if c in spec.columns) or source["stage"]
+    )
+    rule = spec.status_from_lookup
+    if rule is not None:
+        status = pd.Series(np.where(found_in[rule.lookup], rule.found, rule.missing), index=frame.index, dtype="str")
+        status_source = f"[status_from_lookup] {rule.lookup}"
+    places = _place_stages(pipeline, stage, status, catalog)
 
-    # Stage names compared without case, per pipeline; a closed status puts the deal in that
-    # pipeline's won or lost stage (the open stage it closed from is not kept: no history).
-    canonical_stage = pd.Series("", index=frame.index, dtype="str")
-    stage_status = pd.Series("", index=frame.index, dtype="str")
-    stage_order = pd.Series(np.nan, index=frame.index)
-    probability_default = pd.Series(np.nan, index=frame.index)
-    for name in pd.unique(pipeline):
-        if name not in catalog:
-            continue
-        p = catalog[name]
-        rows = pipeline.eq(name).to_numpy()
-        names = [*p.open_stages, p.won_stage, p.lost_stage]
-        found, hit = _casefold_lookup(stage[rows], {n: n for n in names})
-        closed_to = status[rows].map({STATUS_WON: p.won_stage, STATUS_LOST: p.lost_stage}).fillna("")
-        found = found.where(closed_to.eq(""), closed_to)
-        hit = hit | closed_to.ne("").to_numpy()
-        found = found.where(hit, "")
-        canonical_stage[rows] = found
-        stage_status[rows] = found.map({n: p.status_of(n) for n in names}).fillna("")
-        stage_order[rows] = found.map({n: float(p.order_of(n) or 0) for n in names}).astype("float64")
-        probability_default[rows] = found.map({n: p.probability_of(n) for n in names}).astype("float64")
+    # Creation dates, and the export's end: the latest creation date, or close date of a closed
+    # deal, among the rows read.
+    ok = ~checks.bad
+    closed_now = places.status.isin([STATUS_WON, STATUS_LOST]).to_numpy()
+    export_end = pd.concat([parsed["created_at"][ok], parsed["closed_at"][ok & closed_now]]).max()
+    created_at = parsed["created_at"]
+    blank_created = created_at.isna().to_numpy()
+    if blank_created.any() and spec.created_at_when_blank != "quarantine":
+        fill = created_at[ok].min() if spec.created_at_when_blank == "earliest" else export_end
+        logger.info(
+            "%s: %d deal(s) with a blank %s get created_at %s (created_at_when_blank = %r in %s)",
+            deal_paths[0], int((blank_created & ok).sum()), source["created_at"], fill, spec.created_at_when_blank, spec.path,
+        )
+        created_at = created_at.fillna(fill)
+    lost_after = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us]")
+    if rule is not None and rule.lost_after_days is not None:
+        # Missing from the lookup: lost `lost_after_days` after creation, or still open when that
+        # day is after the export's end (it may still close).
+        missing = ~found_in[rule.lookup]
+        due = created_at + pd.Timedelta(days=rule.lost_after_days)
+        still_open = missing & (due > export_end).to_numpy(dtype=bool)
+        lost_after = due.where(missing & ~still_open)
+        if still_open.any():
+            status = status.mask(still_open, STATUS_OPEN)
+            places = _place_stages(pipeline, stage, status, catalog)
+
+    # A closed status puts the deal in its pipeline's won or lost stage (the open stage it closed
+    # from is not kept: no history); other stage names are compared without case.
+    canonical_stage = places.stage
     described = {p.name: ", ".join([*p.open_stages, p.won_stage, p.lost_stage]) for p in catalog}
     checks.flag(
         (frame["stage"].eq("") & canonical_stage.eq("")).to_numpy(), MISSING_REQUIRED_VALUE, source["stage"],
@@ -610,33 +826,35 @@ def _read_mapping(
         + " (" + pipeline.map(described).fillna("") + ") and not mapped under [values.stage]",
     )
     checks.flag(
-        (status.ne("") & status.ne(stage_status)).to_numpy(), STATUS_STAGE_MISMATCH, status_source,
+        (status.ne("") & status.ne(places.status)).to_numpy(), STATUS_STAGE_MISMATCH, status_source,
         lambda: f"{status_source} says the deal is " + status + " but its stage " + _quoted(canonical_stage)
-        + " is " + stage_status + "; expected an open stage for an open deal",
+        + " is " + places.status + "; expected an open stage for an open deal",
     )
-    status = stage_status
+    status = places.status
+    stage_order = places.order
+    probability_default = places.probability
 
-    # Dates: closed deals take their close date from closed_at, else expected_close_date.
+    # Close dates: closed_at, else expected_close_date; a lost deal missing from a status lookup is
+    # lost `lost_after_days` after creation; other lost deals without a date follow
+    # lost_date_when_blank.
     closed = status.isin([STATUS_WON, STATUS_LOST]).to_numpy()
     closed_at = parsed["closed_at"].where(parsed["closed_at"].notna(), parsed["expected_close_date"]).where(closed)
+    closed_at = closed_at.fillna(lost_after.where(closed))
+    undated_lost = status.eq(STATUS_LOST).to_numpy() & closed_at.isna().to_numpy()
+    if undated_lost.any() and spec.lost_date_when_blank != "quarantine":
+        fill = created_at if spec.lost_date_when_blank == "created_at" else pd.Series(export_end, index=frame.index)
+        closed_at = closed_at.mask(undated_lost, fill)
+        logger.info(
+            "%s: %d lost deal(s) without a lost date are dated at %s (lost_date_when_blank in %s)",
+            deal_paths[0], int((undated_lost & ~checks.bad).sum()),
+            "their creation" if spec.lost_date_when_blank == "created_at" else f"the export's end, {export_end}", spec.path,
+        )
     expected_close = parsed["expected_close_date"].where(parsed["expected_close_date"].notna(), closed_at)
     checks.flag(
         closed & closed_at.isna().to_numpy(), MISSING_CLOSE_DATE, source["closed_at"],
-        lambda: "the deal is " + status + f" but {source['closed_at']} is blank; expected its close date",
+        lambda: "the deal is " + status + f" but {source['closed_at']} is blank; expected its close date"
+        + (" (or lost_date_when_blank in the mapping)" if spec.lost_date_when_blank == "quarantine" else ""),
     )
-    created_at = parsed["created_at"]
-    blank_created = created_at.isna().to_numpy()
-    if blank_created.any() and spec.created_at_when_blank != "quarantine":
-        ok = ~checks.bad
-        if spec.created_at_when_blank == "earliest":
-            fill = created_at[ok].min()
-        else:
-            fill = pd.concat([created_at[ok], closed_at[ok]]).max()
-        logger.info(
-            "%s: %d deal(s) with a blank %s get created_at %s (created_at_when_blank = %r in %s)",
-            deal_paths[0], int((blank_created & ok).sum()), source["created_at"], fill, spec.created_at_when_blank, spec.path,
-        )
-        created_at = created_at.fillna(fill)
     checks.flag(
         created_at.isna().to_numpy(), IMPLAUSIBLE_DATE, source["created_at"],
         f"{source['created_at']} is blank; expected the date the deal was created "
@@ -700,7 +918,7 @@ def read_with(
             continue
         used.update(mine)
         for path in mine:
-            headers[path] = {c: source for c in spec.columns for name, source in [spec.source_of(c)] if name is None}
+            headers[path] = {c: spec.label(c) for c in spec.columns}
         catalog = catalog.with_pipeline(spec.pipeline)
         lookup_paths: dict[str, list[Path]] = {}
         for path in lookup_files:

@@ -60,10 +60,12 @@ Stage order per pipeline, first rule that applies:
 1. the pipeline is configured in dealcast.toml `[[pipelines]]`: that order;
 2. `[sources.pipedrive] stage_order = { "<pipeline>" = ["<stage>", ...] }`: those open stages in
    that order, then won_stage and lost_stage;
-3. inferred from the stage names in the export. Each stage's typical probability is the most
-   common Deal - Probability of its deals (the smallest on a tie). When every stage has one and no
-   two stages share it, stages are ordered by it (lowest first); otherwise they keep the order in
-   which they first appear in the files (a warning says so; nothing is quarantined for it).
+3. inferred from the stage names in the export (`order_source` inferred). Each stage's typical
+   probability is the most common Deal - Probability of its deals (the smallest on a tie). When
+   every stage has one and no two stages share it, stages are ordered by it (lowest first);
+   otherwise they keep the order in which they first appear in the files (a warning says so;
+   nothing is quarantined for it). Without stage history either order is a guess, and
+   `order_basis` says so (the run reports it: `etl.crm.stage_order_warnings`).
 In rules 2 and 3 a stage's default probability is its typical probability (blank if none). Under
 rules 1 and 2 an open deal whose stage is not one of the pipeline's open stages is quarantined
 (`unknown_stage`).
@@ -96,10 +98,20 @@ from etl.readers.csvfiles import (
     load_csv,
     parse_numbers,
     parse_timestamps,
+    refuse_regional_formats,
     sniff_header,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
-from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, STATUSES, PipelineStages, StageCatalog
+from etl.stages import (
+    ORDER_CONFIGURED,
+    ORDER_INFERRED,
+    STATUS_LOST,
+    STATUS_OPEN,
+    STATUS_WON,
+    STATUSES,
+    PipelineStages,
+    StageCatalog,
+)
 from etl.validation import RawRules
 
 logger = logging.getLogger(__name__)
@@ -455,17 +467,19 @@ def _build_pipelines(
         if name in project.stages:
             continue
         present = [str(s) for s in pd.unique(frame.loc[frame["pipeline_name"].eq(name) & frame["stage"].ne(""), "stage"])]
+        source = ORDER_INFERRED
         if name in settings.stage_order:
             stages = list(settings.stage_order[name])
             origin = f"[sources.{SOURCE_SYSTEM}] stage_order"
+            source = ORDER_CONFIGURED
         else:
             stages = present
-            origin = "the export"
+            origin = "first appearance in the export; no stage history or probabilities to order by: a guess"
             probs = [typical.get((name, s)) for s in stages]
             if len(stages) > 1:
                 if all(p is not None for p in probs) and len(set(probs)) == len(probs):
                     stages = [s for _, s in sorted(zip(probs, stages), key=lambda pair: pair[0])]
-                    origin = "the export, ordered by each stage's usual Deal - Probability"
+                    origin = "each stage's usual Deal - Probability, lowest first; no stage history: a guess"
                 else:
                     logger.warning(
                         "pipeline %r (%s) is not configured and its stages' probabilities do not tell "
@@ -473,6 +487,8 @@ def _build_pipelines(
                         "order in [sources.%s] stage_order or [[pipelines]] in %s)",
                         name, first_path, stages, SOURCE_SYSTEM, project.path,
                     )
+            else:
+                origin = "the export, the pipeline's only stage"
         if not stages:
             # Only closed deals with a blank stage: the pipeline still needs one open stage to be
             # a pipeline; its deals are all closed, so no deal is in it.
@@ -492,6 +508,8 @@ def _build_pipelines(
             won_stage=settings.won_stage,
             lost_stage=settings.lost_stage,
             probabilities={s: typical.get((name, s), float("nan")) for s in stages},
+            order_source=source,
+            order_basis=origin,
         )
         logger.info("pipeline %r: stage order from %s: %s", name, origin, list(pipeline.open_stages))
         built.append(pipeline)
@@ -595,6 +613,10 @@ def read_pipedrive(files: Mapping[str, Sequence[Path]], project: ProjectConfig) 
         tables.append((quarantine.register(table), table, headers))
     frame = _working_frame(tables)
     checks = _Checks(frame, quarantine, {key: headers for key, _, headers in tables})
+    refuse_regional_formats(
+        frame, {key: table.path for key, table, _ in tables}, ("value", "probability"),
+        ("created", "won_time", "lost_time", "close_time", "expected_close"), checks.header, LABEL,
+    )
     quarantine.expect(frame, RAW_RULES, LABEL, checks.header)
     _check_rows(checks, settings, reporting)
 

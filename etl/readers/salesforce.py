@@ -7,9 +7,18 @@ Files, recognised by their header line (or, for a damaged header, by their usual
 - `User.csv` (optional): the owner's Name, team (Department) and region fallback (Division);
 - `Account.csv` (optional): the account's Name.
 
+Headers are Salesforce field names as Data Export writes them (`StageName`) or in any other case,
+as Data Loader writes them (`STAGENAME`).
+
 Custom fields for pipeline, product, region, segment and loss reason are named in dealcast.toml
-`[sources.salesforce]`. A pipeline not configured in dealcast.toml gets its stage order from the
-export (StageSortOrder, IsClosed, IsWon, with each stage's usual Probability as its default).
+`[sources.salesforce]`. Orgs name their loss-reason field in many ways (`Loss_Reason__c`,
+`LossReason__c`, `Lost_Reason__c`, ...): the configured field is used when it is filled on some
+lost deal; otherwise the filled field among the usual spellings (`LOSS_REASON_FIELDS`, or any
+custom field whose name reads "loss reason" / "lost reason" / "reason lost"), and the run says
+which. Without User.csv (or Account.csv) owners (accounts) keep their Salesforce ids, and the run
+says so once. A pipeline not configured in dealcast.toml gets its stage order from the
+export (StageSortOrder, IsClosed, IsWon, with each stage's usual Probability as its default);
+without a StageSortOrder column, from the moves deals made in OpportunityHistory (`_infer_pipelines`).
 
 `CurrencyIsoCode` is the deal's currency (blank: the reporting currency). Amounts in another
 currency are kept as exported with `amount_reporting` left empty, in the deal and its history;
@@ -41,9 +50,20 @@ from etl.readers.csvfiles import (
     parse_booleans,
     parse_numbers,
     parse_timestamps,
+    refuse_regional_formats,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, TIMESTAMP, conform, empty_frame
-from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, PipelineStages, StageCatalog
+from etl.stages import (
+    ORDER_CRM,
+    ORDER_INFERRED,
+    STATUS_LOST,
+    STATUS_OPEN,
+    STATUS_WON,
+    PipelineStages,
+    StageCatalog,
+    order_from_moves,
+    stage_moves,
+)
 from etl.validation import RawRules
 
 logger = logging.getLogger(__name__)
@@ -113,6 +133,15 @@ FORECAST_CATEGORY_LABELS = {
 DEFAULT_WON_STAGE = "Closed Won"
 DEFAULT_LOST_STAGE = "Closed Lost"
 
+# Custom fields orgs keep the loss reason in, in order of preference after the configured one
+# (compared without case); any other custom field whose name, without underscores, contains one of
+# `_LOSS_REASON_WORDS` is a candidate too.
+LOSS_REASON_FIELDS = (
+    "Loss_Reason__c", "LossReason__c", "Lost_Reason__c", "LostReason__c", "Closed_Lost_Reason__c",
+    "ClosedLostReason__c", "Reason_Lost__c", "ReasonLost__c", "Reason_for_Loss__c", "Loss_Reason_Code__c",
+)  # fmt: skip
+_LOSS_REASON_WORDS = ("lossreason", "lostreason", "reasonlost", "reasonforloss")
+
 # Reason codes (the quarantine table's `reason_code`).
 DELETED_IN_CRM = "deleted_in_crm"
 MISSING_ID = "missing_id"
@@ -130,29 +159,48 @@ DEAL_QUARANTINED = "deal_quarantined"
 # Format detection
 
 
-def _format_of_columns(columns: set[str]) -> str | None:
-    if {"OpportunityId", "StageName"} <= columns:
+def _format_of_columns(header: set[str]) -> str | None:
+    """The format a header shows. Field names are compared without case: Data Export writes
+    `StageName`, Data Loader `STAGENAME`."""
+    columns = {c.casefold() for c in header}
+    if {"opportunityid", "stagename"} <= columns:
         return HISTORY
-    if {"Id", "StageName", "CloseDate"} <= columns and "OpportunityId" not in columns:
+    if {"id", "stagename", "closedate"} <= columns and "opportunityid" not in columns:
         return OPPORTUNITY
-    if {"Id", "Username"} <= columns:
+    if {"id", "username"} <= columns:
         return USER
-    account_fields = {"AccountNumber", "BillingCity", "BillingCountry", "ParentId"}
-    if {"Id", "Name"} <= columns and columns & account_fields and "AccountId" not in columns:
+    account_fields = {"accountnumber", "billingcity", "billingcountry", "parentid"}
+    if {"id", "name"} <= columns and columns & account_fields and "accountid" not in columns:
         return ACCOUNT
     return None
 
 
+# Salesforce fields as a warehouse loader (Fivetran, Airbyte) names them: snake_case. A file with two
+# of these is such a table, not a Data Export, whatever its name.
+SNAKE_CASE_FIELDS = frozenset(
+    {"stage_name", "close_date", "is_won", "is_closed", "opportunity_id", "owner_id", "forecast_category", "created_date"}
+)
+LOADER_COLUMN_PREFIXES = ("_fivetran_", "_airbyte_")
+
+
+def is_loader_table(columns: Sequence[str]) -> bool:
+    """Whether a header is a table as Fivetran or Airbyte land it (bookkeeping columns, or
+    Salesforce's fields in snake_case) rather than a CRM's own export."""
+    folded = {c.strip().casefold() for c in columns}
+    return any(c.startswith(LOADER_COLUMN_PREFIXES) for c in folded) or len(folded & SNAKE_CASE_FIELDS) >= 2
+
+
 def detect(header: CsvHeader | None, path: Path) -> str | None:
     """The Salesforce format of a file: from its comma-separated header, else from its usual file
-    name (Opportunity.csv, ...), else from a header split on another delimiter (the read then
-    reports the wrong delimiter). None when the file is not a Salesforce export."""
+    name (Opportunity.csv, ...) unless the header is a warehouse loader's table (snake_case), else
+    from a header split on another delimiter (the read then reports the wrong delimiter). None when
+    the file is not a Salesforce export."""
     if header is not None:
         found = _format_of_columns(set(header.columns))
         if found:
             return found
     by_name = FILE_NAMES.get(path.name.lower())
-    if by_name:
+    if by_name and not (header is not None and is_loader_table(header.split_on(header.likely_delimiter))):
         return by_name
     if header is not None and header.likely_delimiter != ",":
         return _format_of_columns(set(header.split_on(header.likely_delimiter)))
@@ -276,28 +324,56 @@ def _user_names(tables: Sequence[tuple[int, CsvTable]]) -> dict[str, str | None]
 # Stage catalogue
 
 
+def _history_moves(tables: Sequence[tuple[int, CsvTable]], deals: pd.DataFrame) -> pd.DataFrame:
+    """The moves between stages in OpportunityHistory, per pipeline of the deal (columns pipeline,
+    from_stage, to_stage, moves): what a stage order is inferred from when the export does not state
+    it. Rows that do not parse are skipped here (the history checks quarantine them later)."""
+    parts = []
+    for _, table in tables:
+        at, _ = parse_timestamps(table.text("CreatedDate"))
+        parts.append(pd.DataFrame({"deal": table.text("OpportunityId"), "stage": table.text("StageName"), "at": at}))
+    history = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["deal", "stage", "at"])
+    history = history.loc[history["stage"].ne("") & history["at"].notna()]
+    pipeline_of = deals.drop_duplicates("Id").set_index("Id")["pipeline"]
+    history["pipeline"] = pipeline_of.reindex(history["deal"]).to_numpy()
+    moves = [
+        stage_moves(part["deal"], part["stage"], part["at"]).assign(pipeline=name)
+        for name, part in history.loc[history["pipeline"].notna()].groupby("pipeline", sort=True)
+    ]
+    columns = ["pipeline", "from_stage", "to_stage", "moves"]
+    return pd.concat(moves, ignore_index=True)[columns] if moves else pd.DataFrame(columns=columns)
+
+
 def _infer_pipelines(
     deals: pd.DataFrame,
     configured: StageCatalog,
     opportunity_paths: Sequence[Path],
     project: ProjectConfig,
+    history_moves: pd.DataFrame | None = None,
 ) -> list[PipelineStages]:
     """Stage order of every pipeline in `deals` that dealcast.toml does not configure.
 
-    Open stages (IsClosed 0) in StageSortOrder order; won = the IsWon stage; lost = the stage
-    closed and not won (named "Closed Lost" when no deal is in it); default probability = the
-    stage's most common Probability.
+    Open stages (IsClosed 0) in StageSortOrder order (`order_source` crm); won = the IsWon stage;
+    lost = the stage closed and not won (named "Closed Lost" when no deal is in it); default
+    probability = the stage's most common Probability. Without a StageSortOrder column the open
+    stages (those of open deals, and the stages only the history shows) are put in the order the
+    fewest of the history's moves contradict (`history_moves`, `order_source` inferred); stages
+    no deal moved between keep the order of their usual Probability.
     """
     unconfigured = deals.loc[~deals["pipeline"].isin(configured.names)]
     if unconfigured.empty:
         return []
-    if not unconfigured["has_sort_order_column"].all():
+    stated = bool(unconfigured["has_sort_order_column"].all())
+    if not stated and history_moves is None:
         names = sorted(unconfigured["pipeline"].unique())
         raise ExportFormatError(
             f"{opportunity_paths[0]}: line 1: pipeline(s) {names} are not configured in {project.path} "
-            "and the export has no StageSortOrder column to take their stage order from; expected "
-            "the StageSortOrder column, or the pipeline configured under [[pipelines]]"
+            "and the export has neither a StageSortOrder column nor an OpportunityHistory.csv to take their "
+            "stage order from; expected the StageSortOrder column, OpportunityHistory.csv, or the pipeline "
+            "configured under [[pipelines]]"
         )
+    if not stated:
+        return _pipelines_from_moves(unconfigured, history_moves, opportunity_paths, project)
     known = unconfigured.loc[unconfigured["sort_order"].notna()]
     stats = known.groupby(["pipeline", "stage"], sort=False).agg(
         sort_order=("sort_order", "min"),
@@ -344,6 +420,8 @@ def _infer_pipelines(
             won_stage=str(won_stage),
             lost_stage=str(lost_stage),
             probabilities={s: float(probabilities_by_stage[s]) for s in open_stages},
+            order_source=ORDER_CRM,
+            order_basis=f"StageSortOrder in {opportunity_paths[0].name}",
         )
         logger.info(
             "pipeline %r is not configured; stage order inferred from StageSortOrder: %s, won %r, lost %r",
@@ -363,6 +441,54 @@ class _StagePlaces:
     @property
     def known(self) -> np.ndarray:
         return ~np.isnan(self.order)
+
+
+def _pipelines_from_moves(
+    deals: pd.DataFrame, moves: pd.DataFrame, opportunity_paths: Sequence[Path], project: ProjectConfig
+) -> list[PipelineStages]:
+    """`_infer_pipelines` for an export without StageSortOrder: open stages ordered by the moves in
+    the history (see there)."""
+    inferred = []
+    for name, rows in deals.groupby("pipeline", sort=True):
+        stats = rows.groupby("stage", sort=False).agg(
+            closed_share=("is_closed", "mean"), won_share=("is_won", "mean"), probability=("probability", "median")
+        )
+        closed = stats["closed_share"] >= 0.5
+        won = closed & (stats["won_share"] >= 0.5)
+        won_stage = str(stats.index[won][0]) if won.any() else DEFAULT_WON_STAGE
+        lost_stage = str(stats.index[closed & ~won][0]) if (closed & ~won).any() else DEFAULT_LOST_STAGE
+        mine = moves.loc[moves["pipeline"] == name]
+        seen = pd.unique(pd.concat([mine["from_stage"], mine["to_stage"]]))
+        history_only = [str(st) for st in seen if st not in stats.index and st not in (won_stage, lost_stage)]
+        by_probability = stats.loc[~closed].sort_values("probability", kind="stable", na_position="last")
+        fallback = [str(st) for st in by_probability.index] + history_only
+        if not fallback:
+            logger.warning(
+                "pipeline %r is not configured and neither its deals nor its history show an open stage in %s; "
+                "its deals are quarantined (configure it under [[pipelines]] in %s)",
+                name, opportunity_paths[0], project.path,
+            )
+            continue
+        found = order_from_moves(fallback, mine)
+        basis = (
+            f"{found.moves:,} stage moves in OpportunityHistory (no StageSortOrder column)" if found.moves else
+            "each stage's usual Probability; no StageSortOrder column and no stage moves in the history: a guess"
+        )
+        pipeline = PipelineStages(
+            name=str(name),
+            open_stages=found.stages,
+            won_stage=won_stage,
+            lost_stage=lost_stage,
+            probabilities={st: float(stats["probability"].get(st, np.nan)) / 100.0 for st in found.stages},
+            order_source=ORDER_INFERRED,
+            order_basis=basis,
+        )
+        logger.info(
+            "pipeline %r is not configured; stage order inferred from %s: %s, won %r, lost %r",
+            pipeline.name, basis, list(pipeline.open_stages), pipeline.won_stage, pipeline.lost_stage,
+        )
+        inferred.append(pipeline)
+    return inferred
 
 
 def _stage_places(
@@ -395,7 +521,7 @@ _UNORDERED_PIPELINE = (
 def _describe_pipelines(catalog: StageCatalog, configured: StageCatalog) -> dict[str, str]:
     described = {}
     for p in catalog:
-        origin = "configured in dealcast.toml" if p.name in configured else "inferred from StageSortOrder"
+        origin = "configured in dealcast.toml" if p.name in configured else f"{p.order_source}: {p.order_basis}"
         described[p.name] = f"{origin}: {', '.join([*p.open_stages, p.won_stage, p.lost_stage])}"
     return described
 
@@ -416,7 +542,7 @@ _HISTORY_WORKING_COLUMNS = [
 ]  # fmt: skip
 
 
-def _canonical_headers(settings: SalesforceSourceConfig) -> dict[str, dict[str, str]]:
+def _canonical_headers(settings: SalesforceSourceConfig, lost_reason_field: str) -> dict[str, dict[str, str]]:
     """Per file format, the Salesforce column each canonical column is read from."""
     opportunity = {
         "deal_id": "Id", "deal_name": "Name", "amount": "Amount", "currency": "CurrencyIsoCode",
@@ -427,6 +553,8 @@ def _canonical_headers(settings: SalesforceSourceConfig) -> dict[str, dict[str, 
     }  # fmt: skip
     if settings.pipeline_field:
         opportunity["pipeline"] = settings.pipeline_field
+    if lost_reason_field:
+        opportunity["lost_reason"] = lost_reason_field
     history = {
         "deal_id": "OpportunityId", "changed_at": "CreatedDate", "stage": "StageName", "amount": "Amount",
         "expected_close_date": "CloseDate", "crm_probability": "Probability", "forecast_category": "ForecastCategory",
@@ -461,16 +589,26 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
     users, users_kept = _read_lookup(user_tables, quarantine, user_columns, "user")
     accounts, accounts_kept = _read_lookup(account_tables, quarantine, {"Name": "Name"}, "account")
 
-    deals, deal_checks, catalog, inferred = _read_opportunities(opp_tables, quarantine, project, settings)
+    notes: list[str] = []
+    lost_reason_field = _loss_reason_field(opp_tables, settings.lost_reason_field, notes)
+    deals, deal_checks, catalog, inferred = _read_opportunities(
+        opp_tables, quarantine, project, settings, lost_reason_field, hist_tables
+    )
     history, hist_checks = _read_history(hist_tables, quarantine, project, deals, deal_checks, catalog)
     quarantined = quarantine.frame()
     raw_checks = quarantine.raw_results()
+    headers = _canonical_headers(settings, lost_reason_field)
     files_read = [
-        (fmt, table.path, table.rows_read, table.scan.sha256)
+        (
+            fmt, table.path, table.rows_read, table.scan.sha256,
+            {c: table.column_for(field) or field for c, field in headers.get(fmt, {}).items()},
+        )
         for fmt, tables in ((OPPORTUNITY, opp_tables), (HISTORY, hist_tables), (USER, user_tables), (ACCOUNT, account_tables))
         for _, table in tables
     ]
     accepted_deals = deals.loc[~deal_checks.bad, _DEAL_WORKING_COLUMNS]
+    notes += _lookup_notes(accepted_deals["OwnerId"], users, bool(user_tables), "owner", "User.csv", "user ids")
+    notes += _lookup_notes(accepted_deals["AccountId"], accounts, bool(account_tables), "account", "Account.csv", "account ids")
     accepted_history = (
         history.loc[~hist_checks.bad, _HISTORY_WORKING_COLUMNS] if history is not None and hist_checks is not None else None
     )
@@ -490,7 +628,6 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
     ):
         for name, count in counts.items():
             accepted_by_file[str(name)] = accepted_by_file.get(str(name), 0) + int(count)
-    headers = _canonical_headers(settings)
     reports = [
         FileReport(
             path=path,
@@ -499,9 +636,9 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
             sha256=sha256,
             rows_accepted=accepted_by_file.get(str(path), 0),
             rows_quarantined=int(quarantined_by_file.get(str(path), 0)),
-            columns=headers.get(fmt, {}),
+            columns=columns,
         )
-        for fmt, path, rows_read, sha256 in files_read
+        for fmt, path, rows_read, sha256, columns in files_read
     ]
     logger.info(
         "Salesforce export: %d deals, %d history rows, %d rows quarantined",
@@ -515,7 +652,69 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
         pipelines=inferred,
         history_gaps=gaps,
         raw_checks=raw_checks,
+        notes=notes,
     )
+
+
+def _lookup_notes(ids: pd.Series, lookup: pd.DataFrame, has_file: bool, what: str, file_name: str, kept: str) -> list[str]:
+    """One sentence when deals show a Salesforce id instead of a name: no lookup file at all, or ids
+    the lookup file lacks (logged once, not once per deal)."""
+    given = ids.loc[ids.ne("")]
+    if given.empty:
+        return []
+    if not has_file:
+        note = (
+            f"{what}s: no {file_name} among the exports, so the {len(given):,} deal(s) with an {what} show its "
+            f"Salesforce id (e.g. {given.iloc[0]}); add {file_name} from the same export to show names"
+        )
+    else:
+        missing = given.loc[~_members(given, lookup.index)]
+        if missing.empty:
+            return []
+        note = (
+            f"{what}s: {missing.nunique():,} {kept} of {len(missing):,} deal(s) are not in {file_name} "
+            f"(e.g. {missing.iloc[0]}); those deals show the id"
+        )
+    logger.warning("%s", note)
+    return [note]
+
+
+def _loss_reason_field(tables: Sequence[tuple[int, CsvTable]], configured: str, notes: list[str]) -> str:
+    """The Opportunity field the loss reason is read from: `configured` when some lost deal (IsClosed
+    and not IsWon) has it filled, else the candidate field filled on the most lost deals (see
+    `LOSS_REASON_FIELDS`); `configured` when none is filled. A switch is added to `notes`."""
+    headers = list(dict.fromkeys(c for _, t in tables for c in t.columns))
+    folded = {c.casefold(): c for c in headers}
+    names = [configured, *LOSS_REASON_FIELDS] if configured else list(LOSS_REASON_FIELDS)
+    names += [
+        c for c in headers
+        if c.casefold().endswith("__c") and any(w in c.casefold().replace("_", "") for w in _LOSS_REASON_WORDS)
+    ]
+    candidates = list(dict.fromkeys(folded[n.casefold()] for n in names if n and n.casefold() in folded))
+    if not candidates:
+        return configured
+    filled: dict[str, int] = dict.fromkeys(candidates, 0)
+    lost_deals = 0
+    for _, table in tables:
+        is_closed, _ = parse_booleans(table.text("IsClosed"))
+        is_won, _ = parse_booleans(table.text("IsWon"))
+        lost = (is_closed.fillna(False) & ~is_won.fillna(False)).to_numpy(dtype=bool)
+        lost_deals += int(lost.sum())
+        for name in candidates:
+            filled[name] += int((table.text(name).ne("").to_numpy() & lost).sum())
+    own = next((c for c in candidates if configured and c.casefold() == configured.casefold()), None)
+    if own is not None and filled[own] > 0:
+        return own
+    best = max(candidates, key=lambda c: filled[c])  # the first of the most filled
+    if filled[best] == 0:
+        return own or configured
+    was = f"the configured field {configured} is {'empty on every lost deal' if own else 'not in the export'}"
+    notes.append(
+        f"loss reason: {was}; {best} is filled on {filled[best]:,} of {lost_deals:,} lost deal(s) and is used "
+        "(set [sources.salesforce] lost_reason_field to choose another)"
+    )
+    logger.warning("%s", notes[-1])
+    return best
 
 
 def _read_opportunities(
@@ -523,6 +722,8 @@ def _read_opportunities(
     quarantine: Quarantine,
     project: ProjectConfig,
     settings: SalesforceSourceConfig,
+    lost_reason_field: str,
+    history_tables: Sequence[tuple[int, CsvTable]] = (),
 ) -> tuple[pd.DataFrame, RowChecks, StageCatalog, list[PipelineStages]]:
     standard = (
         "Id", "IsDeleted", "Name", "StageName", "StageSortOrder", "Amount", "Probability", "CloseDate",
@@ -535,11 +736,15 @@ def _read_opportunities(
         "product_field": settings.product_field,
         "region_field": settings.region_field,
         "segment_field": settings.segment_field,
-        "lost_reason_field": settings.lost_reason_field,
+        "lost_reason_field": lost_reason_field,
     }
     frame = _working_frame(tables, columns)
     frame["has_sort_order_column"] = np.concatenate(
         [np.full(len(t), t.has("StageSortOrder")) for _, t in tables]
+    )
+    refuse_regional_formats(
+        frame, {key: t.path for key, t in tables}, ("Amount",), ("CreatedDate", "CloseDate"),
+        lambda key, column: column, LABELS[OPPORTUNITY],
     )
     quarantine.expect(frame, RAW_RULES[OPPORTUNITY], LABELS[OPPORTUNITY])
     checks = RowChecks(frame, quarantine)
@@ -562,7 +767,9 @@ def _read_opportunities(
     # Stage order: configured pipelines as they are, others from the rows that parsed.
     inference_columns = ["pipeline", "stage", "sort_order", "is_closed", "is_won", "probability", "has_sort_order_column"]
     clean = frame.loc[~checks.bad, inference_columns]
-    inferred = _infer_pipelines(clean, project.stages, [t.path for _, t in tables], project)
+    stated = all(t.has("StageSortOrder") for _, t in tables)
+    moves = None if stated or not history_tables else _history_moves(history_tables, frame.loc[~checks.bad, ["Id", "pipeline"]])
+    inferred = _infer_pipelines(clean, project.stages, [t.path for _, t in tables], project, moves)
     catalog = project.stages
     for p in inferred:
         catalog = catalog.with_pipeline(p)

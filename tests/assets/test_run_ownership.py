@@ -57,7 +57,9 @@ def test_a_finished_holder_is_taken_over_and_fenced(url):
     assert warehouse.claimant(AS_OF) == result.run_id
     # The superseded run can no longer write that as_of.
     frame = pd.DataFrame(
-        [{"pipeline": "P", "stage": "A", "stage_order": 1, "stage_status": "open", "stage_probability": 0.1}]
+        [{"pipeline": "P", "stage": "A", "stage_order": 1, "stage_status": "open", "stage_probability": 0.1,
+          "order_source": "configured", "order_basis": None, "stage_moves": 0, "backward_moves": 0,
+          "backward_share": None}]
     )
     with pytest.raises(StaleRunError):
         warehouse.write("pipeline_stages", frame, as_of=AS_OF, run_id="holder-run")

@@ -16,6 +16,7 @@ from assets.resources import DealcastSettings, WarehouseResource
 from etl.warehouse import Warehouse
 
 from .conftest import AS_OF, project_config
+from .test_cli_summary import check_finished_night_summary
 
 pytestmark = pytest.mark.slow
 
@@ -104,8 +105,10 @@ def run_twice_and_check(exports, url, config, schema=None):
         warehouse.dispose()
 
 
-def test_whole_graph_into_sqlite(sample_exports, tmp_path):
-    run_twice_and_check(sample_exports, f"sqlite:///{tmp_path / 'dealcast.sqlite'}", project_config(tmp_path))
+def test_whole_graph_into_sqlite(sample_exports, tmp_path, capsys, monkeypatch):
+    url, config = f"sqlite:///{tmp_path / 'dealcast.sqlite'}", project_config(tmp_path)
+    run_twice_and_check(sample_exports, url, config)
+    check_finished_night_summary(url, config, sample_exports, capsys, monkeypatch)
 
 
 @pytest.mark.postgres

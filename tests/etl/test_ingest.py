@@ -206,7 +206,7 @@ def test_bytes_that_are_neither_utf8_nor_windows_1252(tmp_path, project):
 
 def test_directory_without_any_export(tmp_path, project):
     (tmp_path / "quotas.csv").write_text("quarter,segment_type,segment,amount\n")
-    with pytest.raises(ExportFormatError, match="no CRM export found among 1 file"):
+    with pytest.raises(ExportFormatError, match="no CRM export recognised among 1 file"):
         read_exports(tmp_path, project)
     with pytest.raises(FileNotFoundError, match="exports directory not found"):
         read_exports(tmp_path / "missing", project)

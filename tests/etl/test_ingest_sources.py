@@ -168,7 +168,7 @@ def test_format_override_from_dealcast_toml(tmp_path):
     exports = tmp_path / "exports"
     exports.mkdir()
     # No StageSortOrder and no "StageName"+"CloseDate" pair the detector needs: only the override finds it.
-    header = [c for c in SF_HEADER if c != "CloseDate"] + ["closedate"]
+    header = [c for c in SF_HEADER if c != "CloseDate"] + ["Close Date"]
     (exports / "deals.csv").write_text(_csv([header, _sf_row("006A")]))
     assert detect_format(exports / "deals.csv") is None
     # Read as a Salesforce Opportunity export, it says what is wrong with it.

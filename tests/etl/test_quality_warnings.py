@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from etl.cli import warning_lines
+from etl.cli import RunSummary, _warning_lines
 from etl.config import ConfigError, WarningsConfig, load_project_config
 from etl.pipeline_state import prepare_history
 from etl.quality_warnings import data_quality_warnings
@@ -167,7 +167,10 @@ def test_dealcast_summary_lists_the_fired_warnings(warehouse, warnings_table):
     assert warehouse.write("data_quality_warnings", warnings_table, as_of=AS_OF, run_id="run-w") == 21
     read_back = warehouse.read("data_quality_warnings", as_of=AS_OF)
     assert json.loads(read_back.set_index(["check_name", "pipeline"]).loc[("outlier_amounts", "all"), "examples"])[0]["amount_reporting"] == 500000.0
-    lines = warning_lines(warehouse, AS_OF)
+    def warning_lines(as_of: dt.date) -> list[str]:
+        return _warning_lines(RunSummary(warehouse, as_of, "USD", 1, tables=warehouse.table_names()))
+
+    lines = warning_lines(AS_OF)
     # All seven warnings fire on this CRM, listed in the order of the table.
     assert lines[0] == "  data-quality warnings (7 fired; counts and examples in data_quality_warnings):"
     assert lines[1].startswith("    wins_keyed_in_at_close: 2 of 4 wins (50.0%) were keyed in at close")
@@ -175,7 +178,7 @@ def test_dealcast_summary_lists_the_fired_warnings(warehouse, warnings_table):
         "wins_keyed_in_at_close", "overdue_open_deals", "close_date_before_creation", "outlier_amounts",
         "contradictory_history", "pipeline_mostly_stalled", "future_close_date",
     ]
-    assert warning_lines(warehouse, dt.date(2024, 7, 1)) == []
+    assert warning_lines(dt.date(2024, 7, 1)) == []
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,94 @@
+"""When no file of the exports folder is recognised, the error lists every file with why it was not
+matched, and points to mapping files and [sources.format_overrides]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from etl.config import load_project_config
+from etl.ingest import read_exports, unrecognised_reason
+from etl.readers import ExportFormatError
+
+FILES = {
+    "empty.csv": b"",
+    "pipeline.xlsx": b"PK\x03\x04\x14\x00\x06\x00 workbook bytes",
+    # Salesforce's opportunity table as Fivetran lands it: snake_case, with its bookkeeping columns.
+    "opportunity.csv": b"id,is_deleted,account_id,name,stage_name,amount,close_date,is_won,_fivetran_synced\n"
+    b"006A,false,001A,Acme,Prospecting,100,2024-05-31,false,2024-06-01 02:00:00\n",
+    # The same layout from another loader: no bookkeeping column, still snake_case Salesforce.
+    "opportunity_history.csv": b"id,opportunity_id,created_date,stage_name,amount,close_date\n"
+    b"008A,006A,2024-05-01 09:00:00,Prospecting,100,2024-05-31\n",
+    "hubspot-deals.csv": b"Deal Name,Deal Stage,Pipeline,Amount\nAcme,Closed won,Sales Pipeline,100\n",
+    "pipedrive.csv": b"Deal - ID,Deal - Title,Deal - Stage\n1,Acme,Qualified\n",
+    "salesforce-report.csv": b"Opportunity Name,StageName,Amount\nAcme,Prospecting,100\n",
+    "notes.csv": b"when,who,what\n2024-06-01,Ann,called Acme\n",
+}
+
+
+@pytest.fixture
+def exports(tmp_path):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    for name, data in FILES.items():
+        (folder / name).write_bytes(data)
+    (tmp_path / "dealcast.toml").write_text('[reporting]\ncurrency = "USD"\n', encoding="utf-8")
+    return folder
+
+
+def test_every_file_is_listed_with_why_it_was_not_recognised(exports):
+    project = load_project_config(exports.parent / "dealcast.toml")
+    with pytest.raises(ExportFormatError) as error:
+        read_exports(exports, project)
+    message = str(error.value)
+    assert message.startswith(f"{exports}: no CRM export recognised among 8 file(s):\n")
+    lines = dict(line.strip()[2:].split(": ", 1) for line in message.splitlines()[1:9])
+    assert lines["empty.csv"] == "the file is empty"
+    assert lines["pipeline.xlsx"].startswith("no header line could be read (a binary file such as a spreadsheet saved as .xlsx")
+    assert "is a table landed by Fivetran or Airbyte" in lines["opportunity.csv"]
+    assert "is a Salesforce opportunity_history table in snake_case" in lines["opportunity_history.csv"]
+    assert "the layout Fivetran and Airbyte land in a warehouse" in lines["opportunity_history.csv"]
+    assert lines["hubspot-deals.csv"] == (
+        "it has a HubSpot Deal Stage column but no Record ID (or Deal ID), which a HubSpot deals export needs"
+    )
+    assert lines["pipedrive.csv"] == "it has Pipedrive 'Deal - ' headers but not both Deal - Stage and Deal - Status"
+    assert lines["salesforce-report.csv"] == (
+        "it has Salesforce fields (StageName) but no Id or CloseDate, which an Opportunity export needs"
+    )
+    assert lines["notes.csv"] == (
+        "its header (when, who, what) is no Salesforce, HubSpot or Pipedrive export; no mapping file's `file` "
+        "matches its name (no mapping file is configured)"
+    )
+    assert "[sources] mappings (docs/mapping.md)" in message
+    assert "[sources.format_overrides] (formats: " in message and "salesforce_opportunity" in message
+    assert str(exports.parent / "dealcast.toml") in message
+
+
+def test_the_reason_names_the_mappings_that_did_not_claim_the_file(exports, tmp_path):
+    (tmp_path / "leads.toml").write_text(
+        'file = "leads_*.csv"\n[pipeline]\nname = "Leads"\nstages = ["New"]\n[columns]\ndeal_id = "id"\nstage = "stage"\n',
+        encoding="utf-8",
+    )
+    (tmp_path / "dealcast.toml").write_text('[reporting]\ncurrency = "USD"\n[sources]\nmappings = ["leads.toml"]\n', encoding="utf-8")
+    project = load_project_config(tmp_path / "dealcast.toml")
+    assert unrecognised_reason(exports / "notes.csv", project).endswith(
+        "no mapping file's `file` matches its name (mappings read: 'leads_*.csv')"
+    )
+
+
+def test_an_empty_folder_says_so(tmp_path):
+    (tmp_path / "dealcast.toml").write_text('[reporting]\ncurrency = "USD"\n', encoding="utf-8")
+    (tmp_path / "exports").mkdir()
+    with pytest.raises(ExportFormatError, match="the exports folder holds no file"):
+        read_exports(tmp_path / "exports", load_project_config(tmp_path / "dealcast.toml"))
+
+
+def test_the_exports_listing_says_why_a_file_is_not_recognised(exports):
+    from etl.crm import describe_exports
+
+    listing = describe_exports(exports).set_index("file")
+    assert listing.loc["notes.csv", "format"] is None
+    assert listing.loc["notes.csv", "not_recognised"] == "its header (when, who, what) is no Salesforce, HubSpot or Pipedrive export"
+    assert listing.loc["empty.csv", "not_recognised"] == "the file is empty"
+    assert "Fivetran or Airbyte" in listing.loc["opportunity.csv", "not_recognised"]
