@@ -16,10 +16,13 @@ reason where it is not, never the 100% a win-only count makes up.
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from etl.config import Settings, load_project_config
+from etl.crm import load_crm
 from etl.metrics import stage_conversion
 from etl.pipeline_state import prepare_history
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, empty_frame
@@ -92,3 +95,21 @@ def test_multi_stage_funnel_without_history_says_what_is_unknown():
     assert (a["reached"], a["decided"], a["closed"], a["unplaced"]) == (2, 0, 0, 8)
     assert np.isnan(a["next_step_rate"]) and np.isnan(a["stage_to_won_rate"])
     assert a["rate_note"] == "8 deal(s) without stage history are left out: their in-order path is not recorded"
+
+
+def test_olist_lead_funnel_through_its_mapping(tmp_path):
+    # examples/olist_funnel on its fixture (tests/etl/test_mapping_examples.py works the leads out):
+    # 20 leads, 5 won, 7 lost (90 days after first contact), 8 still open, all in the one stage MQL.
+    root = Path(__file__).resolve().parents[2]
+    mapping = (root / "examples" / "olist_funnel" / "mapping.toml").as_posix()
+    (tmp_path / "dealcast.toml").write_text(f'[reporting]\ncurrency = "USD"\n[sources]\nmappings = ["{mapping}"]\n', encoding="utf-8")
+    settings = Settings(load_project_config(tmp_path / "dealcast.toml"), root / "tests" / "fixtures" / "olist_funnel",
+                        False, dt.date(2018, 6, 30), tmp_path)
+    load = load_crm(settings)
+    funnel = stage_conversion(load.deals, load.history, load.stages, settings.as_of)
+    for mode in ("any_order", "in_order"):
+        mql = _row(funnel, mode, "MQL")
+        # Every lead reached MQL; 5 won and 7 lost are decided, the 8 open leads are not yet.
+        assert (mql["reached"], mql["won"], mql["lost_here"], mql["closed"], mql["decided"]) == (20, 5, 7, 12, 12)
+        assert mql["stage_to_won_rate"] == 5 / 12 and mql["next_step_rate"] == 5 / 12 and mql["drop_off_rate"] == 7 / 20
+        assert mql["unplaced"] == 0 and pd.isna(mql["rate_note"])
