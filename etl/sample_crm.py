@@ -78,34 +78,38 @@ The messy profile: a small, untidy real org
 -------------------------------------------
 `generate_sample(out_dir, profile="messy")` (or `messy=MessyOptions(...)`; command line
 `--profile messy --option NAME=VALUE`) simulates the same weekly process (the org's real life) and
-writes what an untidy org's CRM shows of it: 600 deals over one year by default (any n_deals and
-years work), one pipeline "Ventas" with Spanish stage names (Prospección, Calificación, Análisis de
-necesidades, Propuesta de valor, Propuesta/Presupuesto, Negociación/Revisión, Cerrada ganada,
-Cerrada perdida). The pipeline is not in dealcast.toml: the Salesforce reader takes its order from
-the export's StageSortOrder, IsClosed and IsWon, as for any real org; StageSortOrder keeps the gaps
-of Salesforce's default picklist (1-4, 7, 8, 9, 10: two standard stages deactivated). The shapes,
-each a `MessyOptions` knob (on by default unless said; shares are exact counts, round(share x
-eligible), drawn at random, each knob from its own random stream):
+writes what an untidy org's CRM shows of it: 720 real deals over one year by default (any n_deals
+and years work), of which about 460 reach the CRM and the export; one pipeline "Ventas" with
+Spanish stage names (Prospección, Calificación, Análisis de necesidades, Propuesta de valor,
+Propuesta/Presupuesto, Negociación/Revisión, Cerrada ganada, Cerrada perdida). The pipeline is not in
+dealcast.toml: the Salesforce reader takes its order from the export's StageSortOrder, IsClosed and
+IsWon, as for any real org; StageSortOrder keeps the gaps of Salesforce's default picklist (1-4, 7,
+8, 9, 10: two standard stages deactivated). The shapes, each a `MessyOptions` knob (on by default
+unless said; shares are exact counts, round(share x eligible), drawn at random, each knob from its
+own random stream):
 - `import_at` (0.25): the CRM goes live with a bulk import at 09:00 UTC on the Saturday on or after
   that share of the span. Every deal created before is imported then, in its state of that moment:
   CreatedDate = the import moment for all of them, one history row at it, nothing of their earlier
   life; deals closed before it come in closed, with their real CloseDate (before their CreatedDate).
   Shape `imported`. The other shapes apply to what happens after the import.
-- `keyed_at_close_share` (0.6 of won deals created after the import) and `keyed_at_close_lost_share`
-  (0.1 of lost ones): the deal is entered in the CRM only when it is decided: created at that
-  moment in the stage it was really in, closed 1 minute to 3 hours later the same day, CloseDate
-  that day. Never open on a weekly (or daily) snapshot. Shape `keyed_at_close`.
+- `keyed_at_close_share` (0.7 of the deals created after the import, drawn before anything about
+  them is decided): the rep enters the deal only once it is decided. A won one is created at the
+  moment of its win, in the stage it was really in, and closed 1 minute to 3 hours later the same
+  day, CloseDate that day; so are `keyed_at_close_lost_share` (0.3) of the lost ones. Shape
+  `keyed_at_close`: never open on a weekly (or daily) snapshot. The other lost ones and those still
+  undecided at `end_date` never reach the CRM: shape `never_entered`, in the truth files only.
 - `no_history_share` (0.3 of keyed-at-close deals not keyed late): no OpportunityHistory row at
   all; CreatedDate and CloseDate on the same day. Shape `no_history`.
-- `last_minute_stage_share` (0.5 of the other won deals that were in the CRM before their win and
-  not already in the last open stage): stage moves are never recorded (amount and close-date
-  changes are, in the stage the deal was created in) until the win, when the deal enters the last
-  open stage and is closed 1 minute to 3 hours later. Shape `last_minute_stage`.
+- `last_minute_stage_share` (0.5 of the deals in the CRM before they are decided whose first CRM
+  stage is not the last open stage, drawn before anything is decided): stage moves are never
+  recorded; amount and close-date changes are, in the stage the deal was created in. A won one
+  enters the last open stage at its win and is closed 1 minute to 3 hours later; a lost one goes
+  from its first stage to lost. Shape `last_minute_stage`.
 - `late_keyed_share` (0.3 of won deals, keyed at close or not, whose keying still falls before
   `end_date`): the close is keyed in `late_keyed_days` (7-56) days after the win (moved off a
   weekend), with CloseDate the day of the real win, earlier than the closing history row (for a
   keyed-at-close deal, earlier than its CreatedDate). Shape `late_keyed`.
-- `stale_share` (0.5 of lost deals that were in the CRM before their loss): the loss is never
+- `stale_share` (0.6 of lost deals that were in the CRM before their loss): the loss is never
   recorded. The deal stays open in the stage and with the CloseDate of its last recorded row,
   overdue once that date passes, ageing. Shape `stale`.
 - `purge_every_months` (3) and `purge_overdue_days` (30): at 17:00:00 UTC on the last Friday of every
@@ -114,15 +118,21 @@ eligible), drawn at random, each knob from its own random stream):
   no loss reason. Shape `purged` (always also `stale`); stale deals not caught stay open.
 - `lost_future_close_share` (0.4 of recorded losses whose expected close date was at least a week
   after the loss): closed lost with the CloseDate left at that future date. Shape `lost_future_close`.
+- `outlier_deals` (1): stale deals never touched after their creation (one history row, not purged)
+  that show 6 times the largest real win (rounded to the thousand) as their amount and a CloseDate
+  10-60 days before their creation, on every row. Shape `outlier`; `amount_reporting` in the truth
+  keeps the real amount.
 - off by default: `encoding="cp1252"` writes the four Salesforce files in Windows-1252;
   `currencies=("USD", "MXN", ...)` gives each deal one of them at random, its amounts in that
   currency at the rate of its CRM creation day, and writes `exchange_rates.csv` (date,currency,rate:
-  weekly, into USD; set `[currency] rates_file = "exchange_rates.csv"` to read it).
+  weekly, into USD; set `[currency] rates_file = "exchange_rates.csv"` to read it);
+  `loss_reason_field="LossReason__c"` puts the loss reasons in a custom field dealcast.toml does not
+  name, as orgs that made their own do.
 `MessyOptions.off()` turns every shape off (and keeps the project's stages): the files are then
 byte for byte the clean profile's. A deal may have several shapes (keyed at close and late; stale
-and purged; imported and stale, ...). Bookings: every won deal's CloseDate is the real day of its
-win, so quarter actuals taken from the export by CloseDate are the real won revenue
-(`SampleTruth.quarter_bookings`).
+and purged; imported and stale, ...). Bookings: every won deal reaches the CRM and its CloseDate is
+the real day of its win, so quarter actuals taken from the export by CloseDate are the real won
+revenue (`SampleTruth.quarter_bookings`).
 
 Truth in the messy profile: the real world, not what the CRM shows
 -------------------------------------------------------------------
@@ -132,25 +142,49 @@ keyed in at close), 0 once it is really lost (a stale deal from its hidden loss 
 else V_b of its real open state (real stage, real weeks in stage): for a last-minute deal the stage
 it really reached, not the one the CRM still shows; for an imported deal its real age in stage.
 b is the next Monday when t is past Friday 20:00 or the deal already made this week's step (it has
-a real change this week by t), else the Monday the week started. `truth_win_probability.csv`
-gives it for every history row written (same columns as the clean profile), and
-`SampleTruth.true_win_probability(frame)` at any `snapshot_at` of a `pipeline_at_many` frame. Quarter
-actuals follow from the export (won Amount by CloseDate) and equal the real won revenue by the day
-of the win; `SampleTruth.quarter_bookings()` gives them with the revenue the parameters expect.
+a real change this week by t), else the Monday the week started. Which deals the CRM shows, and
+how, is drawn independently of how they will end (the two habits above before anything is
+decided; late keying, staleness, purges and future close dates at or after the close), so for the
+deals the CRM shows open the truth is exactly the probability given everything that has really
+happened: calibrated on them, and the best any model can do. `truth_win_probability.csv` gives it
+for every history row written (same columns as the clean profile), and
+`SampleTruth.true_win_probability(frame)` at any `snapshot_at` of a `pipeline_at_many` frame.
 
 Files the messy profile adds (plain CSV, UTF-8):
-- `truth_deals.csv`, one row per deal in Opportunity.csv order: deal_id, pipeline, owner_id, team,
-  product, segment, skill_level (hidden rep skill, 0-4), real_outcome (won/lost/open),
-  real_created_at, real_closed_at (the real moment of the win or loss), real_close_date (its day:
-  the real booking date), hidden_loss_at (stale deals: when they were really lost), crm_created_at
-  (CreatedDate), crm_closed_at (when the CRM shows it closed: the keyed-in moment), crm_status
-  (open/won/lost as exported), crm_close_date (CloseDate), amount and currency (as exported),
-  amount_reporting (the amount in USD), and one 0/1 column per shape: imported, keyed_at_close,
-  no_history, last_minute_stage, late_keyed, stale, purged, lost_future_close.
+- `truth_deals.csv`, one row per real deal in order of real creation (the order of Opportunity.csv,
+  with the deals never entered in between): deal_id, pipeline, owner_id, team, product, segment,
+  skill_level (hidden rep skill, 0-4), real_outcome (won/lost/open), real_created_at,
+  real_closed_at (the real moment of the win or loss), real_close_date (its day: the real booking
+  date), hidden_loss_at (stale deals: when they were really lost), crm_created_at (CreatedDate),
+  crm_closed_at (when the CRM shows it closed: the keyed-in moment), crm_status (open/won/lost as
+  exported), crm_close_date (CloseDate), amount and currency (as exported), amount_reporting (the
+  real amount in USD), and one 0/1 column per shape: imported, keyed_at_close, never_entered, no_history,
+  last_minute_stage, late_keyed, stale, purged, lost_future_close, outlier. The crm_* columns,
+  amount and currency are blank for a deal never entered.
 - `truth_real_history.csv`: deal_id, changed_at, stage, amount_reporting, close_date: every
   simulated change (the org's real life, recorded or not), in time order.
 - `truth_sample.json`: seed, size, span, stages, options, the import moment and purge moments, and
   the number of deals given each shape; `SampleTruth.load(out_dir)` rebuilds the world from it.
+- `dealcast_pipelines.toml`: the `[[pipelines]]` blocks that would configure the sample's stage
+  order in dealcast.toml. The export states the order through StageSortOrder, a field of
+  Opportunity only: with few deals a stage may hold no deal on the export date (it is then only in
+  the history, with no sort order), as in a real small org's export; the reader must then place it
+  from the history, or the pipeline be configured with these blocks.
+
+Python API of the messy profile
+-------------------------------
+- `generate_sample(out_dir, n_deals=None, seed=7, end_date=None, years=None, stages=None,
+  profile=None, messy=None) -> SampleSummary`; `profile` "clean" or "messy" (None: messy when
+  `messy` is given); `SampleSummary.profile` and `.shapes` (deals per shape); its n_deals and
+  won/lost/open count the deals as exported.
+- `MessyOptions(...)` (frozen; every field above), `MessyOptions.off()`,
+  `MessyOptions().with_assignments(["stale_share=0.3", ...])`; `SHAPES` names the shapes.
+- `SampleTruth.load(out_dir)`: `.deals` (truth_deals.csv typed: timestamps, dates, integers, amount
+  nullable, one bool column per shape), `.real_history`, `.world` (the `SampleWorld`), `.options`,
+  `.import_at`, `.purges`; `.true_win_probability(frame)` (frame columns deal_id, snapshot_at);
+  `.quarter_bookings()` (quarter, segment_type, segment, won_deals, won_amount, expected_won_amount).
+- `SampleWorld.expected_won_revenue()`: the won revenue the parameters expect per quarter and
+  segment (the quotas are 1.1 times it, rounded to the thousand).
 """
 
 from __future__ import annotations
@@ -1484,16 +1518,17 @@ def _truth(world: SampleWorld, deals: dict[str, np.ndarray], rows: dict[str, np.
 PROFILE_CLEAN = "clean"
 PROFILE_MESSY = "messy"
 PROFILES = (PROFILE_CLEAN, PROFILE_MESSY)
-PROFILE_DEFAULTS = {PROFILE_CLEAN: (10_000, 3.5), PROFILE_MESSY: (600, 1.0)}  # (deals, years)
+PROFILE_DEFAULTS = {PROFILE_CLEAN: (10_000, 3.5), PROFILE_MESSY: (720, 1.0)}  # (real deals, years)
 
 TRUTH_DEALS_FILE = "truth_deals.csv"
 TRUTH_REAL_HISTORY_FILE = "truth_real_history.csv"
 TRUTH_MANIFEST_FILE = "truth_sample.json"
 RATES_FILE = "exchange_rates.csv"
+PIPELINES_CONFIG_FILE = "dealcast_pipelines.toml"
 
 SHAPES = (
-    "imported", "keyed_at_close", "no_history", "last_minute_stage", "late_keyed", "stale", "purged",
-    "lost_future_close",
+    "imported", "keyed_at_close", "never_entered", "no_history", "last_minute_stage", "late_keyed", "stale",
+    "purged", "lost_future_close", "outlier",
 )  # fmt: skip
 TRUTH_DEAL_COLUMNS = (
     "deal_id", "pipeline", "owner_id", "team", "product", "segment", "skill_level", "real_outcome",
@@ -1532,21 +1567,22 @@ _KEYED_GAP_SECONDS = (60, 3 * 3600)  # a deal keyed in at close is closed 1 minu
 _IMPORT_SECOND_OF_DAY = 9 * 3600  # the bulk import runs at 09:00:00 UTC
 _PURGE_SECOND_OF_DAY = 17 * 3600  # a purge closes its deals at 17:00:00 UTC
 _LOST_FUTURE_MIN_DAYS = 7  # a "future" close date is at least a week after the loss
+_OUTLIER_FACTOR = 6  # an outlier deal shows 6 times the largest amount ever won
 
 
 @dataclass(frozen=True)
 class MessyOptions:
-    """The knobs of the messy profile; every shape is on by default, each set to 0 (or None, or
-    False) turns it off. Shares are exact: round(share x eligible deals) deals get the shape, drawn
-    at random among the eligible ones (see the module docstring for who is eligible).
+    """The knobs of the messy profile (the module docstring says who is eligible for each); every
+    shape is on by default, each set to 0 (or None, or False) turns it off. Shares are exact:
+    round(share x eligible deals) deals get the shape, drawn at random among the eligible ones.
 
-    keyed_at_close_share       won deals first entered in the CRM at the moment they were won, and
-                               closed 1 minute to 3 hours later the same day
-    keyed_at_close_lost_share  the same for lost deals
+    keyed_at_close_share       deals the rep enters only once decided: a won one is created at its
+                               win and closed 1 minute to 3 hours later the same day
+    keyed_at_close_lost_share  of those that are lost, the share entered the same way; the others
+                               (and those still undecided at the end) never reach the CRM
     no_history_share           keyed-at-close deals (not late-keyed) without any OpportunityHistory row
-    last_minute_stage_share    other won deals whose stage moves were never recorded: they sit in
-                               their first stage until, at the win, they enter the last open stage
-                               and are closed minutes later
+    last_minute_stage_share    deals whose stage moves are never recorded: a won one enters the last
+                               open stage at its win and is closed minutes later
     late_keyed_share           won deals whose close is keyed in `late_keyed_days` days after the
                                CloseDate they are given (the real day of the win)
     stale_share                lost deals whose loss is never recorded: they stay open, ageing
@@ -1554,6 +1590,8 @@ class MessyOptions:
     purge_overdue_days         a purge closes the stale deals whose CloseDate is this many days past
     lost_future_close_share    recorded losses whose CloseDate is left at the expected close date,
                                at least a week after the loss
+    outlier_deals              stale deals (a number) showing 6 times the largest win as their amount
+                               and a close date before their creation
     import_at                  share of the span after which the CRM goes live with a bulk import of
                                every deal created before (None: the CRM was used from the start)
     spanish_stages             the org's single pipeline "Ventas" has Spanish stage names (False: the
@@ -1561,22 +1599,26 @@ class MessyOptions:
     encoding                   "utf-8" or "cp1252" (Windows-1252) for the Salesforce files
     currencies                 deal currencies, drawn at random per deal; with any besides the
                                reporting currency, `exchange_rates.csv` is written (empty: USD only)
+    loss_reason_field          the Opportunity column the org keeps its loss reasons in, when not
+                               the one dealcast.toml names (e.g. "LossReason__c"; blank: that one)
     """
 
-    keyed_at_close_share: float = 0.6
-    keyed_at_close_lost_share: float = 0.1
+    keyed_at_close_share: float = 0.7
+    keyed_at_close_lost_share: float = 0.3
     no_history_share: float = 0.3
     last_minute_stage_share: float = 0.5
     late_keyed_share: float = 0.3
     late_keyed_days: tuple[int, int] = (7, 56)
-    stale_share: float = 0.5
+    stale_share: float = 0.6
     purge_every_months: int = 3
     purge_overdue_days: int = 30
     lost_future_close_share: float = 0.4
+    outlier_deals: int = 1
     import_at: float | None = 0.25
     spanish_stages: bool = True
     encoding: str = "utf-8"
     currencies: tuple[str, ...] = ()
+    loss_reason_field: str = ""
 
     def __post_init__(self) -> None:
         for name in (
@@ -1589,6 +1631,8 @@ class MessyOptions:
         low, high = self.late_keyed_days
         if not 1 <= low <= high:
             raise ValueError(f"messy option late_keyed_days: expected 1 <= first <= second, got {self.late_keyed_days!r}")
+        if self.outlier_deals < 0:
+            raise ValueError(f"messy option outlier_deals: expected 0 or more, got {self.outlier_deals!r}")
         if self.purge_every_months < 0 or self.purge_overdue_days < 0:
             raise ValueError(
                 "messy options purge_every_months and purge_overdue_days: expected 0 or more, got "
@@ -1598,6 +1642,11 @@ class MessyOptions:
             raise ValueError(f"messy option import_at: expected a share of the span between 0 and 1 (or None), got {self.import_at!r}")
         if self.encoding not in ("utf-8", "cp1252"):
             raise ValueError(f"messy option encoding: expected 'utf-8' or 'cp1252', got {self.encoding!r}")
+        if self.loss_reason_field in OPPORTUNITY_COLUMNS or any(ch in self.loss_reason_field for ch in '",\r\n'):
+            raise ValueError(
+                f"messy option loss_reason_field: {self.loss_reason_field!r} is not a custom field name; "
+                "expected a name such as LossReason__c"
+            )
         unknown = [c for c in self.currencies if c not in _CURRENCY_USD]
         if unknown:
             raise ValueError(f"messy option currencies: {unknown} not simulated; expected codes among {sorted(_CURRENCY_USD)}")
@@ -1609,18 +1658,18 @@ class MessyOptions:
         return cls(
             keyed_at_close_share=0.0, keyed_at_close_lost_share=0.0, no_history_share=0.0,
             last_minute_stage_share=0.0, late_keyed_share=0.0, stale_share=0.0, purge_every_months=0,
-            lost_future_close_share=0.0, import_at=None, spanish_stages=False,
+            lost_future_close_share=0.0, outlier_deals=0, import_at=None, spanish_stages=False,
         )  # fmt: skip
 
     def with_assignments(self, assignments: Sequence[str]) -> "MessyOptions":
         """These options with `NAME=VALUE` assignments applied (the command line's `--option`).
         Raises ValueError naming the assignment and what was expected."""
-        kinds = {f.name: type(getattr(self, f.name)) for f in dataclass_fields(self)}
+        names = sorted(f.name for f in dataclass_fields(self))
         changes: dict[str, object] = {}
         for text in assignments:
             name, sep, value = (part.strip() for part in text.partition("="))
-            if not sep or name not in kinds:
-                raise ValueError(f"messy option {text!r}: expected NAME=VALUE with NAME one of {sorted(kinds)}")
+            if not sep or name not in names:
+                raise ValueError(f"messy option {text!r}: expected NAME=VALUE with NAME one of {names}")
             try:
                 changes[name] = _option_value(name, value)
             except ValueError as exc:
@@ -1646,16 +1695,22 @@ def _option_value(name: str, text: str) -> object:
         return tuple(c.strip().upper() for c in text.split(",") if c.strip())
     if name == "encoding":
         return text.lower()
-    if name in ("purge_every_months", "purge_overdue_days"):
+    if name == "loss_reason_field":
+        return text
+    if name in ("purge_every_months", "purge_overdue_days", "outlier_deals"):
         return int(text)
     return float(text)
 
 
 def _choose(rng: np.random.Generator, eligible: np.ndarray, share: float) -> np.ndarray:
     """Exactly round(share x eligible) of the eligible deals, drawn at random (a deal mask)."""
-    candidates = np.flatnonzero(eligible)
+    return _choose_count(rng, eligible, math.floor(share * int(eligible.sum()) + 0.5))
+
+
+def _choose_count(rng: np.random.Generator, eligible: np.ndarray, count: int) -> np.ndarray:
+    """`count` of the eligible deals (all of them when fewer), drawn at random (a deal mask)."""
     chosen = np.zeros(len(eligible), dtype=bool)
-    chosen[rng.permutation(candidates)[: math.floor(share * len(candidates) + 0.5)]] = True
+    chosen[rng.permutation(np.flatnonzero(eligible))[:count]] = True
     return chosen
 
 
@@ -1762,7 +1817,8 @@ class _Recorded:
     recorded history row (per deal, in time order), with the shapes and truth behind them."""
 
     view: _Simulation  # final CRM state per deal; rows = the recorded rows (no-history deals included)
-    created: np.ndarray  # CreatedDate per deal
+    present: np.ndarray  # deals in the CRM (every deal but those never entered)
+    created: np.ndarray  # CreatedDate per deal (the real creation for a deal never entered)
     seq: np.ndarray  # file-order tie-break per recorded row
     in_history: np.ndarray  # recorded rows written to OpportunityHistory.csv
     shapes: dict[str, np.ndarray]
@@ -1772,89 +1828,192 @@ class _Recorded:
     crm_closed_at: np.ndarray  # -1 while open in the CRM
 
 
-def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simulation, options: MessyOptions, seed: int) -> _Recorded:
-    """Record the simulated deals the way the messy org does (see the module docstring). Each
-    shape draws from its own random stream, so changing one knob leaves the others' deals alone."""
+@dataclass(frozen=True, eq=False)
+class _RealDeals:
+    """The real rows sorted by deal (chronological within each), and per deal what the messy
+    recording needs: its first and last row, its outcome and what it looked like just before."""
+
+    rows: dict[str, np.ndarray]
+    by_deal: np.ndarray  # generation index of each sorted row (the file-order tie-break)
+    first: np.ndarray
+    last: np.ndarray
+    n_open: np.ndarray
+    won: np.ndarray
+    lost: np.ndarray
+    closed_at: np.ndarray  # the real moment of the win or loss, -1 while open
+
+    @classmethod
+    def of(cls, world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simulation) -> "_RealDeals":
+        n = world.n_deals
+        by_deal = np.argsort(sim.rows["deal"], kind="stable")  # generation order is chronological per deal
+        rows = {key: values[by_deal] for key, values in sim.rows.items()}
+        last = np.searchsorted(rows["deal"], np.arange(n), side="right") - 1
+        won, lost = sim.status == 1, sim.status == 2
+        return cls(
+            rows=rows,
+            by_deal=by_deal,
+            first=np.searchsorted(rows["deal"], np.arange(n), side="left"),
+            last=last,
+            n_open=world.n_open_stages(deals["class"]),
+            won=won,
+            lost=lost,
+            closed_at=np.where(won | lost, rows["time"][last], -1),
+        )
+
+    @property
+    def closed(self) -> np.ndarray:
+        return self.won | self.lost
+
+    @property
+    def close_day(self) -> np.ndarray:
+        return self.closed_at // DAY_SECONDS
+
+    @property
+    def close_before(self) -> np.ndarray:
+        """The expected close date just before the close (the closing row's previous one)."""
+        return self.rows["prev_close"][self.last]
+
+
+@dataclass(frozen=True, eq=False)
+class _MessyChoices:
+    """Per deal, how the messy org records it (masks and moments; -1 where a moment does not apply)."""
+
+    import_at: int | None
+    imported: np.ndarray
+    closed_before_import: np.ndarray
+    at_import: np.ndarray  # the deal's last real row at the import
+    crm_first_stage: np.ndarray
+    habit: np.ndarray  # entered only once decided
+    keyed: np.ndarray
+    never_entered: np.ndarray
+    last_minute: np.ndarray
+    late: np.ndarray
+    keyed_in: np.ndarray  # when the close is keyed in (the real moment unless late)
+    gap: np.ndarray  # seconds from the keyed-in creation or catch-up to the closing row
+    no_history: np.ndarray
+    stale: np.ndarray
+    lost_future: np.ndarray
+    purges: list[int]
+    purged_at: np.ndarray
+    outlier: np.ndarray
+    outlier_amount: int  # what the CRM shows as the amount of an outlier deal
+    outlier_close: np.ndarray  # the close date (day) it shows, before the deal's creation
+
+
+def _draw_messy_choices(world: SampleWorld, deals: dict[str, np.ndarray], real: _RealDeals, options: MessyOptions, seed: int) -> _MessyChoices:
+    """Decide every deal's shapes (see the module docstring). Each knob draws from its own random
+    stream, so changing one leaves the others' deals alone."""
 
     def stream(knob: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([seed, 4, knob]))
 
     n = world.n_deals
-    by_deal = np.argsort(sim.rows["deal"], kind="stable")  # generation order is chronological per deal
-    r = {key: values[by_deal] for key, values in sim.rows.items()}
-    rd = r["deal"]
-    first = np.searchsorted(rd, np.arange(n), side="left")
-    last = np.searchsorted(rd, np.arange(n), side="right") - 1
-    n_open = world.n_open_stages(deals["class"])
-    won, lost = sim.status == 1, sim.status == 2
-    closed = won | lost
-    real_closed_at = np.where(closed, r["time"][last], -1)
-    stage_before_close = r["prev_stage"][last]
-    close_before = r["prev_close"][last]  # the expected close date just before the close
-    final_amount = r["amount"][last]
-    close_day = real_closed_at // DAY_SECONDS
-
+    r = real.rows
     # The bulk import: deals created before it enter the CRM at it, in their state of that moment.
     import_at = _import_moment(world, options.import_at)
     imported = np.zeros(n, dtype=bool) if import_at is None else deals["created"] < import_at
-    closed_before_import = imported & closed & (real_closed_at <= (import_at or 0))
-    at_import = last.copy()
+    closed_before_import = imported & real.closed & (real.closed_at <= (import_at or 0))
+    at_import = real.last.copy()
     if import_at is not None:
         shift = np.int64(1) << 32
-        keys = rd.astype(np.int64) * shift + r["time"]
-        at_import = np.maximum(np.searchsorted(keys, np.arange(n) * shift + import_at, side="right") - 1, first)
-    crm_first_stage = np.where(imported, r["stage"][at_import], r["stage"][first])
+        keys = r["deal"].astype(np.int64) * shift + r["time"]
+        at_import = np.maximum(np.searchsorted(keys, np.arange(n) * shift + import_at, side="right") - 1, real.first)
+    crm_first_stage = np.where(imported, r["stage"][at_import], r["stage"][real.first])
 
-    post = ~imported
-    keyed = _choose(stream(0), won & post, options.keyed_at_close_share)
-    keyed |= _choose(stream(1), lost & post, options.keyed_at_close_lost_share)
+    # Habits of the reps, drawn before anything is decided (so which deals the CRM shows open says
+    # nothing about how they will end): keyed in only once decided, or stage moves never recorded.
+    habit = _choose(stream(0), ~imported, options.keyed_at_close_share)
+    keyed = habit & (real.won | _choose(stream(1), habit & real.lost, options.keyed_at_close_lost_share))
+    in_crm_open = ~habit & ~closed_before_import
+    last_minute = _choose(stream(6), in_crm_open & (crm_first_stage != real.n_open - 1), options.last_minute_stage_share)
+
+    # How closes are keyed in, decided when the deal is won or lost.
     low, high = options.late_keyed_days
-    late_at = _to_weekday(real_closed_at + stream(2).integers(low, high + 1, n) * DAY_SECONDS)
+    late_at = _to_weekday(real.closed_at + stream(2).integers(low, high + 1, n) * DAY_SECONDS)
     end_second = _seconds_of(world.end_date + dt.timedelta(days=1), 0)
-    late = _choose(stream(3), won & ~closed_before_import & (late_at + _KEYED_GAP_SECONDS[1] < end_second), options.late_keyed_share)
-    keyed_in = np.where(late, late_at, real_closed_at)
+    fits = late_at + _KEYED_GAP_SECONDS[1] < end_second
+    late = _choose(stream(3), real.won & ~closed_before_import & fits, options.late_keyed_share)
+    keyed_in = np.where(late, late_at, real.closed_at)
     room = np.minimum(_KEYED_GAP_SECONDS[1], (keyed_in // DAY_SECONDS + 1) * DAY_SECONDS - 1 - keyed_in)
     gap = _KEYED_GAP_SECONDS[0] + (stream(4).random(n) * np.maximum(room - _KEYED_GAP_SECONDS[0] + 1, 1)).astype(np.int64)
-    no_history = _choose(stream(5), keyed & ~late, options.no_history_share)
-    in_crm_open = ~keyed & ~closed_before_import
-    last_minute = _choose(stream(6), won & in_crm_open & (crm_first_stage != n_open - 1), options.last_minute_stage_share)
-    stale = _choose(stream(7), lost & in_crm_open, options.stale_share)
-    lost_future = _choose(
-        stream(8), lost & in_crm_open & ~stale & (close_before >= close_day + _LOST_FUTURE_MIN_DAYS), options.lost_future_close_share
-    )
+    stale = _choose(stream(7), real.lost & in_crm_open, options.stale_share)
+    future_close = real.close_before >= real.close_day + _LOST_FUTURE_MIN_DAYS
+    lost_future = _choose(stream(8), real.lost & in_crm_open & ~stale & future_close, options.lost_future_close_share)
+
     live_from = import_at if import_at is not None else _seconds_of(world.start_date, 0)
     purges = _purge_moments(world, live_from, options.purge_every_months)
     purged_at = np.full(n, -1, dtype=np.int64)
     for moment in purges:
-        due = stale & (purged_at < 0) & (real_closed_at < moment)
-        due &= moment // DAY_SECONDS - close_before >= options.purge_overdue_days
+        due = stale & (purged_at < 0) & (real.closed_at < moment)
+        due &= moment // DAY_SECONDS - real.close_before >= options.purge_overdue_days
         purged_at[due] = moment
 
-    # Real rows the CRM keeps, as it shows them.
+    # Outliers: dead deals nobody touched after creating them, showing an amount far above any
+    # win and a close date before their creation (one row only, so nothing else contradicts it).
+    untouched = real.last - np.where(imported, at_import, real.first) == 1
+    outlier = _choose_count(stream(9), stale & (purged_at < 0) & untouched, options.outlier_deals)
+    largest_win = int(r["amount"][real.last][real.won].max()) if real.won.any() else int(r["amount"].max())
+    created_day = np.where(imported, (import_at or 0) // DAY_SECONDS, deals["created"] // DAY_SECONDS)
+    outlier_close = created_day - stream(10).integers(10, 61, n)
+    return _MessyChoices(
+        import_at=import_at,
+        imported=imported,
+        closed_before_import=closed_before_import,
+        at_import=at_import,
+        crm_first_stage=crm_first_stage,
+        habit=habit,
+        keyed=keyed,
+        never_entered=habit & ~keyed,
+        last_minute=last_minute,
+        late=late,
+        keyed_in=keyed_in,
+        gap=gap,
+        no_history=_choose(stream(5), keyed & ~late, options.no_history_share),
+        stale=stale,
+        lost_future=lost_future,
+        purges=purges,
+        purged_at=purged_at,
+        outlier=outlier,
+        outlier_amount=round(_OUTLIER_FACTOR * largest_win, -3),
+        outlier_close=outlier_close,
+    )
+
+
+def _recorded_rows(real: _RealDeals, c: _MessyChoices) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The history rows the CRM holds (sorted by deal and time, with prev_* columns) and each
+    row's file-order tie-break: the real rows it keeps, as it shows them, plus its own rows."""
+    r = real.rows
+    rd = r["deal"]
+    n = len(real.last)
+    n_open = real.n_open
     closing_row = np.zeros(len(rd), dtype=bool)
-    closing_row[last[closed]] = True
-    keep = ~keyed[rd] & ~(stale[rd] & closing_row) & ~(last_minute[rd] & closing_row)
-    if import_at is not None:
-        keep &= ~(imported[rd] & (r["time"] <= import_at))
-    hidden_moves = last_minute[rd] & ~closing_row
-    stage = np.where(hidden_moves, crm_first_stage[rd], r["stage"])
+    closing_row[real.last[real.closed]] = True
+    caught_up = c.last_minute & real.won
+    keep = ~c.habit[rd] & ~(c.stale[rd] & closing_row) & ~(caught_up[rd] & closing_row)
+    if c.import_at is not None:
+        keep &= ~(c.imported[rd] & (r["time"] <= c.import_at))
+    hidden_moves = c.last_minute[rd] & ~closing_row
+    stage = np.where(hidden_moves, c.crm_first_stage[rd], r["stage"])
     stage_only = (r["prev_stage"] >= 0) & (r["amount"] == r["prev_amount"]) & (r["close"] == r["prev_close"])
     keep &= ~(hidden_moves & stage_only)
-    time = np.where(late[rd] & closing_row, keyed_in[rd], r["time"])
-    close = np.where(lost_future[rd] & closing_row, close_before[rd], r["close"])
+    time = np.where(c.late[rd] & closing_row, c.keyed_in[rd], r["time"])
+    close = np.where(c.lost_future[rd] & closing_row, real.close_before[rd], r["close"])
 
     # Rows only the CRM has: the import, the keyed-in creation and close, the last-minute catch-up, the purge.
-    final_stage = r["stage"][last]
+    final_stage = r["stage"][real.last]
+    final_amount = r["amount"][real.last]
+    stage_before_close = r["prev_stage"][real.last]
     parts = [
-        (np.flatnonzero(imported), np.full(n, import_at or 0), r["stage"][at_import], r["amount"][at_import], r["close"][at_import]),
-        (np.flatnonzero(keyed), keyed_in, stage_before_close, final_amount, close_day),
-        (np.flatnonzero(keyed), keyed_in + gap, final_stage, final_amount, close_day),
-        (np.flatnonzero(last_minute), keyed_in, n_open - 1, final_amount, close_day),
-        (np.flatnonzero(last_minute), keyed_in + gap, final_stage, final_amount, close_day),
-        (np.flatnonzero(purged_at >= 0), purged_at, n_open + 1, final_amount, close_before),
+        (c.imported, np.full(n, c.import_at or 0), r["stage"][c.at_import], r["amount"][c.at_import], r["close"][c.at_import]),
+        (c.keyed, c.keyed_in, stage_before_close, final_amount, real.close_day),
+        (c.keyed, c.keyed_in + c.gap, final_stage, final_amount, real.close_day),
+        (caught_up, c.keyed_in, n_open - 1, final_amount, real.close_day),
+        (caught_up, c.keyed_in + c.gap, final_stage, final_amount, real.close_day),
+        (c.purged_at >= 0, c.purged_at, n_open + 1, final_amount, real.close_before),
     ]
     extra = {key: [] for key in ("deal", "time", "stage", "amount", "close")}
-    for which, when, new_stage, new_amount, new_close in parts:
+    for mask, when, new_stage, new_amount, new_close in parts:
+        which = np.flatnonzero(mask)
         extra["deal"].append(which)
         for key, values in (("time", when), ("stage", new_stage), ("amount", new_amount), ("close", new_close)):
             extra[key].append(np.broadcast_to(values, (n,))[which])
@@ -1866,58 +2025,76 @@ def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simula
         "amount": np.concatenate([r["amount"][keep], added["amount"]]),
         "close": np.concatenate([close[keep], added["close"]]),
     }
-    seq = np.concatenate([by_deal[keep], len(rd) + np.arange(len(added["deal"]))])
+    seq = np.concatenate([real.by_deal[keep], len(rd) + np.arange(len(added["deal"]))])
+    outlier_row = c.outlier[recorded["deal"]]
+    recorded["amount"] = np.where(outlier_row, c.outlier_amount, recorded["amount"])
+    recorded["close"] = np.where(outlier_row, c.outlier_close[recorded["deal"]], recorded["close"])
     order = np.lexsort((seq, recorded["time"], recorded["deal"]))
     recorded = {key: values[order] for key, values in recorded.items()}
-    seq = seq[order]
     deal = recorded["deal"]
     is_first = np.ones(len(deal), dtype=bool)
     is_first[1:] = deal[1:] != deal[:-1]
     for key in ("stage", "amount", "close"):
-        previous = np.empty_like(recorded[key], dtype=np.int64)
-        previous[0] = -1
-        previous[1:] = recorded[key][:-1]
+        previous = np.concatenate([[-1], recorded[key][:-1]]).astype(np.int64)
         recorded[f"prev_{key}"] = np.where(is_first, -1, previous)
     recorded["prev_stage"] = recorded["prev_stage"].astype(np.int16)
+    return recorded, seq[order]
 
-    crm_first = np.searchsorted(deal, np.arange(n), side="left")
-    crm_last = np.searchsorted(deal, np.arange(n), side="right") - 1
-    crm_stage = recorded["stage"][crm_last]
-    crm_status = np.where(crm_stage == n_open, 1, np.where(crm_stage == n_open + 1, 2, 0)).astype(np.int8)
-    stage_moved = is_first | (recorded["stage"] != recorded["prev_stage"])
+
+def _record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simulation, options: MessyOptions, seed: int) -> _Recorded:
+    """Record the simulated deals the way the messy org does (see the module docstring)."""
+    n = world.n_deals
+    real = _RealDeals.of(world, deals, sim)
+    c = _draw_messy_choices(world, deals, real, options, seed)
+    recorded, seq = _recorded_rows(real, c)
+    deal = recorded["deal"]
+    present = ~c.never_entered
+    crm_first = np.searchsorted(deal, np.arange(n), side="left")[present]
+    crm_last = np.searchsorted(deal, np.arange(n), side="right")[present] - 1
+
+    def per_deal(values: np.ndarray, rows: np.ndarray, default: int = -1) -> np.ndarray:
+        out = np.full(n, default, dtype=np.int64)
+        out[present] = values[rows]
+        return out
+
+    crm_stage = per_deal(recorded["stage"], crm_last, 0)
+    crm_status = np.where(crm_stage == real.n_open, 1, np.where(crm_stage == real.n_open + 1, 2, 0)).astype(np.int8)
+    stage_moved = (recorded["prev_stage"] < 0) | (recorded["stage"] != recorded["prev_stage"])
     last_stage_change = np.zeros(n, dtype=np.int64)
     np.maximum.at(last_stage_change, deal[stage_moved], recorded["time"][stage_moved])
-    loss_reason = np.where((crm_status == 2) & (purged_at < 0), sim.loss_reason, -1).astype(np.int16)
     view = _Simulation(
         stage=crm_stage.astype(np.int16),
         status=crm_status,
-        amount=recorded["amount"][crm_last],
-        close_day=recorded["close"][crm_last],
-        loss_reason=loss_reason,
-        last_change=recorded["time"][crm_last],
+        amount=per_deal(recorded["amount"], crm_last),
+        close_day=per_deal(recorded["close"], crm_last),
+        loss_reason=np.where((crm_status == 2) & (c.purged_at < 0), sim.loss_reason, -1).astype(np.int16),
+        last_change=per_deal(recorded["time"], crm_last),
         last_stage_change=last_stage_change,
         rows=recorded,
     )
     shapes = {
-        "imported": imported,
-        "keyed_at_close": keyed,
-        "no_history": no_history,
-        "last_minute_stage": last_minute,
-        "late_keyed": late,
-        "stale": stale,
-        "purged": purged_at >= 0,
-        "lost_future_close": lost_future,
+        "imported": c.imported,
+        "keyed_at_close": c.keyed,
+        "never_entered": c.never_entered,
+        "no_history": c.no_history,
+        "last_minute_stage": c.last_minute,
+        "late_keyed": c.late,
+        "stale": c.stale,
+        "purged": c.purged_at >= 0,
+        "lost_future_close": c.lost_future,
+        "outlier": c.outlier,
     }
     return _Recorded(
         view=view,
-        created=recorded["time"][crm_first],
+        present=present,
+        created=np.where(present, per_deal(recorded["time"], crm_first), deals["created"]),
         seq=seq,
-        in_history=~no_history[deal],
+        in_history=~c.no_history[deal],
         shapes=shapes,
-        import_at=import_at,
-        purges=purges,
-        real_closed_at=real_closed_at,
-        crm_closed_at=np.where(crm_status > 0, recorded["time"][crm_last], -1),
+        import_at=c.import_at,
+        purges=c.purges,
+        real_closed_at=real.closed_at,
+        crm_closed_at=np.where(present & (crm_status > 0), view.last_change, -1),
     )
 
 
@@ -1937,7 +2114,8 @@ def _exchange_rates(world: SampleWorld, currencies: Sequence[str], reporting: st
     for code in sorted(set(currencies) - {reporting}):
         walk = np.exp(np.cumsum(rng.normal(0.0, _RATE_WEEKLY_SIGMA, len(mondays))))
         rate = _CURRENCY_USD[code] / _CURRENCY_USD.get(reporting, 1.0) * walk
-        frames.append(pd.DataFrame({"day": mondays, "currency": code, "rate": np.float64(np.array([float(f"{v:.6g}") for v in rate]))}))
+        written = [float(f"{value:.6g}") for value in rate]  # six significant digits, as the file holds them
+        frames.append(pd.DataFrame({"day": mondays, "currency": code, "rate": written}))
     if not frames:
         return pd.DataFrame({"day": np.empty(0, np.int64), "currency": [], "rate": np.empty(0)})
     return pd.concat(frames, ignore_index=True)
@@ -1960,11 +2138,13 @@ def _in_deal_currency(
         mine = code == i
         position = np.searchsorted(table["day"].to_numpy(), created_day[mine], side="right") - 1
         factor[mine] = 1.0 / table["rate"].to_numpy()[np.maximum(position, 0)]
+    def converted(amount: np.ndarray, deal: np.ndarray) -> np.ndarray:
+        return np.where(amount >= 0, np.maximum(np.round(amount * factor[deal]), 1), amount).astype(np.int64)
+
     rows = recorded.view.rows
     for key in ("amount", "prev_amount"):
-        valid = rows[key] >= 0
-        rows[key] = np.where(valid, np.maximum(np.round(rows[key] * factor[rows["deal"]]), 1), rows[key]).astype(np.int64)
-    recorded.view.amount = rows["amount"][np.searchsorted(rows["deal"], np.arange(n), side="right") - 1]
+        rows[key] = converted(rows[key], rows["deal"])
+    recorded.view.amount = converted(recorded.view.amount, np.arange(n))
     return code, names
 
 
@@ -1972,10 +2152,11 @@ def _truth_deal_chunks(
     world: SampleWorld, deals: dict[str, np.ndarray], sim: _Simulation, recorded: _Recorded, opportunity_ids: pa.Array,
     currency: pa.Array, user_ids: pa.Array,
 ) -> Iterator[dict[str, pa.Array]]:
-    """The rows of truth_deals.csv (one per deal, in Opportunity.csv order)."""
-    n = world.n_deals
-    real = np.array(["open", "won", "lost"])[sim.status]
-    crm = np.array(["open", "won", "lost"])[recorded.view.status]
+    """The rows of truth_deals.csv: every simulated deal, in order of real creation (the order of
+    Opportunity.csv, with the deals never entered in the CRM in between)."""
+    real = np.array([STATUS_OPEN, STATUS_WON, STATUS_LOST])[sim.status]
+    crm = np.where(recorded.present, np.array([STATUS_OPEN, STATUS_WON, STATUS_LOST])[recorded.view.status], "")
+    absent = ~recorded.present
     really_closed = sim.status > 0
     stale = recorded.shapes["stale"]
     skill = world.users["skill_level"].to_numpy()[deals["rep"]]
@@ -1993,17 +2174,16 @@ def _truth_deal_chunks(
         "real_closed_at": format_timestamps(np.maximum(recorded.real_closed_at, 0), blank=~really_closed),
         "real_close_date": _date_text(np.maximum(recorded.real_closed_at, 0) // DAY_SECONDS, blank=~really_closed),
         "hidden_loss_at": format_timestamps(np.maximum(recorded.real_closed_at, 0), blank=~stale),
-        "crm_created_at": format_timestamps(recorded.created),
+        "crm_created_at": format_timestamps(recorded.created, blank=absent),
         "crm_closed_at": format_timestamps(np.maximum(recorded.crm_closed_at, 0), blank=recorded.crm_closed_at < 0),
         "crm_status": pa.array(crm.tolist(), pa.string()),
-        "crm_close_date": _date_text(recorded.view.close_day),
-        "amount": _format_integers(recorded.view.amount),
-        "currency": currency,
+        "crm_close_date": _date_text(np.maximum(recorded.view.close_day, 0), blank=absent),
+        "amount": _format_integers(recorded.view.amount, blank=absent),
+        "currency": pc.if_else(pa.array(absent), pa.scalar("", pa.string()), currency),
         "amount_reporting": _format_integers(sim.amount),
     }
     for shape in SHAPES:
         chunk[shape] = _take(("0", "1"), recorded.shapes[shape].astype(np.int64))
-    assert all(len(v) == n for v in chunk.values())
     yield chunk
 
 
@@ -2028,18 +2208,27 @@ def _real_history_chunks(
     }
 
 
-def _recode(text: str, column: str, mapping: dict[str, int], path: Path) -> int:
-    try:
-        return mapping[text]
-    except KeyError:
-        raise ValueError(f"{path}: column {column!r}: {text!r} is not in this sample (expected one of {sorted(mapping)})") from None
+def _recode(values: pd.Series, column: str, mapping: dict[str, int], path: Path) -> np.ndarray:
+    """Codes of `values` in `mapping`; ValueError naming the file, row and column of the first unknown."""
+    codes = values.map(mapping)
+    if codes.isna().any():
+        first = int(np.flatnonzero(codes.isna().to_numpy())[0])
+        raise ValueError(
+            f"{path}: row {first + 2}, column {column!r}: {values.iloc[first]!r} is not in this sample "
+            f"(expected one of {sorted(mapping)[:10]})"
+        )
+    return codes.to_numpy(dtype=np.int64)
 
 
 @dataclass(frozen=True, eq=False)
 class SampleTruth:
     """The ground truth of a messy-profile sample, read back from the truth files beside its
     export (`SampleTruth.load(out_dir)`): per deal (`deals`, truth_deals.csv), the real history
-    (`real_history`, truth_real_history.csv), and the true win probability at any moment."""
+    (`real_history`, truth_real_history.csv), and the true win probability at any moment.
+
+    On a messy sample use `true_win_probability` from here: `SampleWorld.true_win_probability`
+    reads the state the CRM shows, which is not the real one for stale, late-keyed, imported and
+    last-minute deals."""
 
     world: SampleWorld
     options: MessyOptions
@@ -2082,14 +2271,14 @@ class SampleTruth:
         history = pd.read_csv(out_dir / TRUTH_REAL_HISTORY_FILE, dtype=str, keep_default_na=False, encoding="utf-8")
         deal_class = world.deal_class(deals["pipeline"], deals["owner_id"], deals["product"], deals["segment"])
         index = {deal_id: i for i, deal_id in enumerate(deals["deal_id"])}
-        deal_code = np.array([_recode(d, "deal_id", index, out_dir / TRUTH_REAL_HISTORY_FILE) for d in history["deal_id"]], dtype=np.int64)
+        deal_code = _recode(history["deal_id"], "deal_id", index, out_dir / TRUTH_REAL_HISTORY_FILE)
         pipeline_code = world.class_parts(deal_class)[0][deal_code]
         stage_code = np.empty(len(history), dtype=np.int64)
         for p, name in enumerate(world.pipelines):
             stages = world.stages[name]
             codes = {s: i for i, s in enumerate((*stages.open_stages, stages.won_stage, stages.lost_stage))}
             here = np.flatnonzero(pipeline_code == p)
-            stage_code[here] = [_recode(s, "stage", codes, out_dir / TRUTH_REAL_HISTORY_FILE) for s in history["stage"].iloc[here]]
+            stage_code[here] = _recode(history["stage"].iloc[here], "stage", codes, out_dir / TRUTH_REAL_HISTORY_FILE)
         changed = pd.to_datetime(history["changed_at"], format="%Y-%m-%d %H:%M:%S")
         lives = _RealLives.build(
             world, deal_class, deal_code, changed.to_numpy(dtype="datetime64[s]").astype(np.int64), stage_code
@@ -2099,8 +2288,9 @@ class SampleTruth:
             typed[column] = pd.to_datetime(typed[column].replace("", None), format="%Y-%m-%d %H:%M:%S")
         for column in ("real_close_date", "crm_close_date"):
             typed[column] = pd.to_datetime(typed[column].replace("", None), format="%Y-%m-%d")
-        for column in ("amount", "amount_reporting", "skill_level"):
+        for column in ("amount_reporting", "skill_level"):
             typed[column] = typed[column].astype("int64")
+        typed["amount"] = pd.to_numeric(typed["amount"].replace("", None)).astype("Int64")  # blank: never entered
         for shape in SHAPES:
             typed[shape] = typed[shape] == "1"
         real_history = history.assign(
@@ -2238,8 +2428,9 @@ def _opportunity_chunks(
     """Opportunity rows (one per deal, its state at `end_date`), chunk by chunk; `currency` holds
     each deal's CurrencyIsoCode (default: all USD)."""
     custom = opportunity_extra_columns(fields)
-    for start in range(0, world.n_deals, _CHUNK_ROWS):
-        part = slice(start, min(start + _CHUNK_ROWS, world.n_deals))
+    n_deals = len(deals["created"])
+    for start in range(0, n_deals, _CHUNK_ROWS):
+        part = slice(start, min(start + _CHUNK_ROWS, n_deals))
         n = part.stop - part.start
         pipeline = deals["pipeline"][part]
         stage = sim.stage[part]
@@ -2424,7 +2615,9 @@ def generate_sample(
     `profile` "clean" (the default) writes every change as it happens (10,000 deals over 3.5
     years unless given); "messy" (the default when `messy` options are given) records the same
     kind of sales process the way a small, untidy org does, with the shapes `messy` switches on,
-    plus the truth files (600 deals over one year unless given; see the module docstring).
+    plus the truth files (720 real deals over one year unless given, of which about 460 reach
+    the CRM; see the module docstring). `n_deals` counts the simulated deals; the summary's
+    `n_deals` those written to Opportunity.csv.
     Same seed and arguments give byte-identical files."""
     started = time.perf_counter()
     profile, options = _resolve_profile(profile, messy)
@@ -2438,6 +2631,8 @@ def generate_sample(
     out_dir.mkdir(parents=True, exist_ok=True)
     world = SampleWorld.build(seed=seed, n_deals=n_deals, end_date=end_date, years=years, stages=stages)
     _, _, fields = _resolve_project(world.stages, world.fiscal_year_start_month)
+    if options is not None and options.loss_reason_field:
+        fields = replace(fields, lost_reason_field=options.loss_reason_field)
     accounts = _build_accounts(world, np.random.default_rng(np.random.SeedSequence([seed, 1])))
     deals = _draw_deals(world, accounts, np.random.default_rng(np.random.SeedSequence([seed, 2])))
     sim = _simulate(world, deals, np.random.default_rng(np.random.SeedSequence([seed, 3])))
@@ -2453,34 +2648,47 @@ def generate_sample(
         rows = sim.rows
         order, valid_to = _history_order(rows)
         truth = _truth(world, deals, rows)
+        in_crm = deals
     else:
         recorded = _record_messy(world, deals, sim, options, seed)
-        view, created = recorded.view, recorded.created
         fx = np.random.default_rng(np.random.SeedSequence([seed, 5]))
         rates = _exchange_rates(world, options.currencies, CURRENCY, fx)
         codes, names = _in_deal_currency(recorded, options, CURRENCY, rates, fx)
-        currency = _take(names, codes)
-        # Salesforce ids grow with the moment a record is created in the CRM.
+        # Salesforce ids grow with the moment a record is created in the CRM (deals never entered
+        # get ids after them, for the truth files only).
         number = np.empty(n_deals, dtype=np.int64)
-        number[np.lexsort((np.arange(n_deals), created))] = np.arange(n_deals)
-        opportunity_ids = salesforce_ids("opportunity", number)
-        rows = {key: values[recorded.in_history] for key, values in view.rows.items()}
+        number[np.lexsort((np.arange(n_deals), recorded.created, ~recorded.present))] = np.arange(n_deals)
+        all_ids = salesforce_ids("opportunity", number)
+        # Only the deals in the CRM are exported, renumbered 0..n-1 in the same order.
+        kept = np.flatnonzero(recorded.present)
+        renumber = np.full(n_deals, -1, dtype=np.int64)
+        renumber[kept] = np.arange(len(kept))
+        in_crm = {key: values[kept] for key, values in {**deals, "created": recorded.created}.items()}
+        v = recorded.view
+        view = _Simulation(
+            v.stage[kept], v.status[kept], v.amount[kept], v.close_day[kept], v.loss_reason[kept], v.last_change[kept],
+            v.last_stage_change[kept], v.rows,
+        )  # fmt: skip
+        created, currency, opportunity_ids = in_crm["created"], _take(names, codes[kept]), all_ids.take(pa.array(kept))
+        real_deal = v.rows["deal"][recorded.in_history]
+        rows = {key: values[recorded.in_history] for key, values in v.rows.items()}
+        rows["deal"] = renumber[real_deal]
         order = np.lexsort((recorded.seq[recorded.in_history], rows["time"]))
         valid_to = _valid_to(rows["deal"], rows["time"])
         lives = _RealLives.build(world, deals["class"], sim.rows["deal"], sim.rows["time"], sim.rows["stage"])
-        truth = lives.win_probability(rows["deal"], rows["time"])
+        truth = lives.win_probability(real_deal, rows["time"])
 
     _write_csv(
         out_dir / OPPORTUNITY_FILE,
         (*OPPORTUNITY_COLUMNS, *opportunity_extra_columns(fields)),
-        _opportunity_chunks(world, {**deals, "created": created}, view, accounts, lookup, fields, opportunity_ids, user_ids, currency),
+        _opportunity_chunks(world, in_crm, view, accounts, lookup, fields, opportunity_ids, user_ids, currency),
         encoding=encoding,
     )
     truth_chunks: list[dict[str, pa.Array]] = []
     _write_csv(
         out_dir / HISTORY_FILE,
         (*HISTORY_COLUMNS, *HISTORY_EXTRA_COLUMNS),
-        _history_chunks(world, deals, rows, order, valid_to, truth, lookup, opportunity_ids, user_ids, truth_chunks),
+        _history_chunks(world, in_crm, rows, order, valid_to, truth, lookup, opportunity_ids, user_ids, truth_chunks),
         encoding=encoding,
     )
     _write_csv(out_dir / TRUTH_FILE, TRUTH_COLUMNS, iter(truth_chunks), quote_all=False)
@@ -2500,22 +2708,26 @@ def generate_sample(
         _write_csv(
             out_dir / TRUTH_DEALS_FILE,
             TRUTH_DEAL_COLUMNS,
-            _truth_deal_chunks(world, deals, sim, recorded, opportunity_ids, currency, user_ids),
+            _truth_deal_chunks(world, deals, sim, recorded, all_ids, _take(names, codes), user_ids),
             quote_all=False,
         )
         _write_csv(
             out_dir / TRUTH_REAL_HISTORY_FILE,
             TRUTH_REAL_HISTORY_COLUMNS,
-            _real_history_chunks(deals, sim, lookup, opportunity_ids),
+            _real_history_chunks(deals, sim, lookup, all_ids),
             quote_all=False,
         )
         if len(rates):
             _write_csv(out_dir / RATES_FILE, ("date", "currency", "rate"), _rates_chunks(rates), quote_all=False)
         shape_counts = {shape: int(recorded.shapes[shape].sum()) for shape in SHAPES}
         _write_manifest(out_dir, world, options, years, recorded, shape_counts)
+        partial = out_dir / (PIPELINES_CONFIG_FILE + ".partial")
+        partial.write_text(pipelines_toml(world.stages), encoding="utf-8")
+        partial.replace(out_dir / PIPELINES_CONFIG_FILE)
+        logger.info("messy shapes: %s", ", ".join(f"{name} {count:,}" for name, count in shape_counts.items()))
     summary = SampleSummary(
         out_dir=out_dir,
-        n_deals=n_deals,
+        n_deals=len(created),
         n_history_rows=int(len(rows["deal"])),
         won=int((view.status == 1).sum()),
         lost=int((view.status == 2).sum()),
@@ -2584,6 +2796,26 @@ def _write_manifest(
     partial.replace(out_dir / TRUTH_MANIFEST_FILE)
 
 
+def pipelines_toml(stages: StageCatalog) -> str:
+    """The `[[pipelines]]` blocks of dealcast.toml that configure `stages` (names quoted as TOML
+    basic strings)."""
+    lines = [
+        "# The stage order of this sample's pipelines as dealcast.toml [[pipelines]] blocks. The export",
+        "# states it through StageSortOrder, but only for the stages some deal is in when it is taken;",
+        "# add these blocks to dealcast.toml to configure the order instead.",
+    ]
+    for p in stages:
+        lines += ["", "[[pipelines]]", f"name = {json.dumps(p.name, ensure_ascii=False)}"]
+        lines += [f"won_stage = {json.dumps(p.won_stage, ensure_ascii=False)}", f"lost_stage = {json.dumps(p.lost_stage, ensure_ascii=False)}"]
+        lines.append("stages = [")
+        for stage in p.open_stages:
+            probability = p.probability_of(stage)
+            detail = f", probability = {probability:.10g}" if not math.isnan(probability) else ""
+            lines.append(f"  {{ name = {json.dumps(stage, ensure_ascii=False)}{detail} }},")
+        lines.append("]")
+    return "\n".join(lines) + "\n"
+
+
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of the sample command (`python -m etl.sample_crm` and `dealcast sample`)."""
     parser.add_argument(
@@ -2592,8 +2824,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
         "stale deals, purges, a bulk import, Spanish stages) with truth files (default clean)",
     )  # fmt: skip
     parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
-                        help="a messy-profile option, repeatable, e.g. --option stale_share=0.3 "
-                        f"(names: {', '.join(f.name for f in dataclass_fields(MessyOptions))})")  # fmt: skip
+                        help="a messy-profile option, repeatable, e.g. --option stale_share=0.3; what each does is in "
+                        f"the etl.sample_crm docstring (names: {', '.join(f.name for f in dataclass_fields(MessyOptions))})")  # fmt: skip
 
 
 def messy_options_from(args: argparse.Namespace) -> MessyOptions | None:
@@ -2621,7 +2853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: write the sample CRM export and print a one-line summary."""
     parser = argparse.ArgumentParser(prog="python -m etl.sample_crm", description="Write the seeded sample CRM export.")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the export files to")
-    parser.add_argument("--deals", type=int, default=None, help="number of deals (default 10,000; 600 with --profile messy)")
+    parser.add_argument("--deals", type=int, default=None, help="number of deals (default 10,000; 720 with --profile messy, of which about 460 reach the CRM)")
     parser.add_argument("--seed", type=int, default=7, help="random seed (default 7)")
     parser.add_argument(
         "--end-date", type=dt.date.fromisoformat, default=None, help="last day simulated, YYYY-MM-DD (default today, UTC)"

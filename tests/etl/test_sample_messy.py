@@ -33,10 +33,13 @@ WON, LOST = "Cerrada ganada", "Cerrada perdida"
 IMPORT_AT = pd.Timestamp("2026-02-14 09:00:00")
 # Go-live in February: purges on the last Friday of May and of August (27 November is after END).
 PURGES = [pd.Timestamp("2026-05-29 17:00:00"), pd.Timestamp("2026-08-28 17:00:00")]
-SHAPES = ["imported", "keyed_at_close", "no_history", "last_minute_stage", "late_keyed", "stale", "purged", "lost_future_close"]
+SHAPES = [
+    "imported", "keyed_at_close", "never_entered", "no_history", "last_minute_stage", "late_keyed", "stale", "purged",
+    "lost_future_close", "outlier",
+]  # fmt: skip
 FILES = (
     "Opportunity.csv", "OpportunityHistory.csv", "Account.csv", "User.csv", "quotas.csv", "truth_win_probability.csv",
-    "truth_deals.csv", "truth_real_history.csv", "truth_sample.json",
+    "truth_deals.csv", "truth_real_history.csv", "truth_sample.json", "dealcast_pipelines.toml",
 )  # fmt: skip
 DAY = pd.Timedelta(days=1)
 
@@ -79,7 +82,7 @@ def export(sample):
     for column in ("real_created_at", "real_closed_at", "hidden_loss_at", "crm_created_at", "crm_closed_at"):
         truth[column] = _times(truth[column])
     manifest = json.loads((sample.out_dir / "truth_sample.json").read_text(encoding="utf-8"))
-    return {"deals": deals, "history": h, "truth": truth.loc[deals.index], "manifest": manifest, **read}
+    return {"deals": deals, "history": h, "truth": truth.loc[deals.index], "all_deals": truth, "manifest": manifest, **read}
 
 
 def _eligible_wins_and_losses(export) -> tuple[pd.Series, pd.Series, pd.Series]:
@@ -95,7 +98,7 @@ def _eligible_wins_and_losses(export) -> tuple[pd.Series, pd.Series, pd.Series]:
 def test_same_seed_gives_identical_bytes_and_another_seed_differs(sample, tmp_path, capsys):
     assert main(["--out", str(tmp_path / "b"), "--profile", "messy", "--seed", str(SEED), "--end-date", END.isoformat()]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
-    assert len(printed) == 1 and "600 deals" in printed[0] and "stale" in printed[0]
+    assert len(printed) == 1 and f"{sample.n_deals} deals" in printed[0] and "stale" in printed[0]
     generate_sample(tmp_path / "c", seed=SEED + 1, end_date=END, profile="messy")
     for name in FILES:
         assert (sample.out_dir / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
@@ -105,13 +108,16 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(sample, tmp_pa
 
 
 def test_a_small_org_over_one_year(sample, export):
-    d, t = export["deals"], export["truth"]
-    assert sample.profile == "messy" and sample.n_deals == len(d) == 600
-    real_created = t["real_created_at"]
+    d, everyone = export["deals"], export["all_deals"]
+    assert len(everyone) == 720 and everyone.index.is_unique
+    # the export holds the deals that reached the CRM: all but those never entered
+    assert sample.profile == "messy" and sample.n_deals == len(d) == (~everyone["never_entered"]).sum()
+    assert 400 <= len(d) <= 560 and set(d.index) == set(everyone.index[~everyone["never_entered"]])
+    real_created = everyone["real_created_at"]
     assert real_created.min() >= pd.Timestamp("2025-11-15") and real_created.max() < pd.Timestamp("2026-11-16")
     assert (sample.won, sample.lost, sample.open) == tuple((d["status"] == s).sum() for s in ("won", "lost", "open"))
     assert min(sample.won, sample.lost, sample.open) > 50
-    assert sample.shapes == {shape: int(t[shape].sum()) for shape in SHAPES}
+    assert sample.shapes == {shape: int(everyone[shape].sum()) for shape in SHAPES}
 
 
 def test_with_every_shape_off_the_files_are_the_clean_profile_s(tmp_path):
@@ -121,6 +127,7 @@ def test_with_every_shape_off_the_files_are_the_clean_profile_s(tmp_path):
         assert (tmp_path / "clean" / name).read_bytes() == (tmp_path / "off" / name).read_bytes(), name
     truth = pd.read_csv(tmp_path / "off" / "truth_deals.csv")
     assert truth[SHAPES].to_numpy().sum() == 0 and len(truth) == 800
+    assert (truth["crm_status"] == truth["real_outcome"]).all()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,7 +151,7 @@ def test_spanish_stages_with_their_order_from_the_export(sample, export):
     for report in result.files:
         assert report.rows_read == report.rows_accepted + report.rows_quarantined, report.path
     assert {report.path.name for report in result.files} == {"Opportunity.csv", "OpportunityHistory.csv", "Account.csv", "User.csv"}
-    assert len(result.deals) + (result.quarantine["source_file"].str.endswith("Opportunity.csv")).sum() == 600
+    assert len(result.deals) == len(o) and result.quarantine.empty
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,14 +184,20 @@ def test_wins_keyed_in_at_close_are_never_open_on_a_monday(export):
     keyed = closed & (closing - d["created"] < DAY) & ((d["history_rows"] == 0) | opened)
     keyed &= d["created"].dt.normalize() == closing.dt.normalize()
     assert (keyed == t["keyed_at_close"]).all()
-    won, lost, _ = _eligible_wins_and_losses(export)
-    after_import = ~t["imported"]
-    assert (keyed & (d["status"] == "won")).sum() == _rounded(0.6, (won & after_import).sum()) > 30
-    assert (keyed & (d["status"] == "lost")).sum() == _rounded(0.1, (lost & after_import).sum()) > 3
+    # the habit (0.7) is drawn among all deals created after the import, whatever their outcome:
+    # every won one is keyed in at close, 0.3 of the lost ones too, the rest never reach the CRM
+    everyone = export["all_deals"]
+    habit = everyone["keyed_at_close"] | everyone["never_entered"]
+    assert habit.sum() == _rounded(0.7, (everyone["real_created_at"] >= IMPORT_AT).sum())
+    assert not (habit & (everyone["real_created_at"] < IMPORT_AT)).any()
+    outcome = everyone["real_outcome"]
+    assert (everyone.loc[habit & (outcome == "won"), "keyed_at_close"]).all()
+    assert (keyed & (d["status"] == "lost")).sum() == _rounded(0.3, (habit & (outcome == "lost")).sum()) > 10
+    assert (outcome[everyone["never_entered"]] != "won").all() and everyone.loc[everyone["never_entered"], "crm_status"].eq("").all()
     # same calendar day, so no Monday 00:00 (nor any midnight) falls while it is open
     assert (d.loc[keyed, "created"].dt.normalize() == closing[keyed].dt.normalize()).all()
     share_of_wins = (keyed & (d["status"] == "won")).sum() / (d["status"] == "won").sum()
-    assert share_of_wins > 0.35
+    assert share_of_wins > 0.3
 
 
 def test_same_day_closes_without_history(export):
@@ -217,14 +230,21 @@ def test_last_minute_stage_entries(export):
     won = d["status"] == "won"
     catch_up = (d["before_last_stage"] == SPANISH_OPEN[-1]) & (d["last_at"] - d["before_last_at"] < DAY)
     last_minute = won & catch_up & (d["last_at"] - d["created"] >= DAY)
-    assert (last_minute == t["last_minute_stage"]).all() and last_minute.sum() > 10
+    flagged = t["last_minute_stage"]
+    assert (last_minute == (flagged & won)).all() and last_minute.sum() > 10
     # before the catch-up the CRM never left the stage the deal was created in
     h = export["history"].merge(d.loc[last_minute, ["first_stage", "before_last_at"]], left_on="OpportunityId", right_index=True)
     early = h[h["at"] < h["before_last_at"]]
     assert (early["StageName"] == early["first_stage"]).all()
-    real_won, _, closed_before = _eligible_wins_and_losses(export)
-    eligible = real_won & ~t["keyed_at_close"] & ~closed_before & (d["first_stage"] != SPANISH_OPEN[-1])
-    assert last_minute.sum() == _rounded(0.5, eligible.sum())
+    # drawn before the outcome among the deals in the CRM while undecided: lost and open ones too,
+    # showing the stage they were created in on every row but a closing one
+    assert (flagged & ~won).sum() > 2 * last_minute.sum() // 3
+    h = export["history"].merge(d.loc[flagged & ~won, ["first_stage", "status"]], left_on="OpportunityId", right_index=True)
+    shown = h.loc[h["StageName"].isin(SPANISH_OPEN), "StageName"]
+    assert (shown == h.loc[shown.index, "first_stage"]).all()
+    _, _, closed_before = _eligible_wins_and_losses(export)
+    eligible = ~t["keyed_at_close"] & ~closed_before & (d["first_stage"] != SPANISH_OPEN[-1])
+    assert flagged.sum() == _rounded(0.5, eligible.sum())
 
 
 def test_stale_deals_and_the_purges_that_close_them_in_bulk(export):
@@ -254,7 +274,7 @@ def test_stale_deals_and_the_purges_that_close_them_in_bulk(export):
     assert overdue.sum() > 20 and t.loc[overdue, "stale"].all()
 
     _, real_lost, closed_before = _eligible_wins_and_losses(export)
-    assert t["stale"].sum() == _rounded(0.5, (real_lost & ~t["keyed_at_close"] & ~closed_before).sum())
+    assert t["stale"].sum() == _rounded(0.6, (real_lost & ~t["keyed_at_close"] & ~closed_before).sum())
 
 
 def test_lost_deals_with_future_close_dates(export):
@@ -269,6 +289,19 @@ def test_lost_deals_with_future_close_dates(export):
     assert future.sum() == _rounded(0.4, eligible.sum())
 
 
+def test_one_outlier_far_above_any_win_with_a_close_date_before_its_creation(export):
+    d, t = export["deals"], export["truth"]
+    amount = d["Amount"].astype(int)
+    largest_win = amount[d["status"] == "won"].max()
+    far_above = amount >= 5 * largest_win
+    assert far_above.sum() == 1 and (far_above == t["outlier"]).all()
+    deal = d[far_above].iloc[0]
+    assert deal["status"] == "open" and deal["history_rows"] == 1 and deal["Amount"] == str(round(6 * largest_win, -3))
+    assert pd.Timedelta(days=10) <= deal["created"].normalize() - deal["close"] <= pd.Timedelta(days=60)
+    facts = t[far_above].iloc[0]
+    assert facts["stale"] and facts["real_outcome"] == "lost" and int(facts["amount_reporting"]) < largest_win
+
+
 # ----------------------------------------------------------------------------------------------
 # The truth agrees with the files
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +310,7 @@ def test_truth_files_agree_with_the_export(export):
     assert (t["crm_status"] == d["status"]).all()
     assert (t["crm_created_at"] == d["created"]).all()
     assert (t["crm_close_date"] == d["CloseDate"].str[:10]).all()
-    assert (t["amount"] == d["Amount"]).all() and (t["amount"] == t["amount_reporting"]).all()
+    assert (t["amount"] == d["Amount"]).all() and (t.loc[~t["outlier"], "amount"] == t.loc[~t["outlier"], "amount_reporting"]).all()
     with_history = d["history_rows"] > 0
     closed = d["status"] != "open"
     assert (t.loc[closed & with_history, "crm_closed_at"] == d.loc[closed & with_history, "last_at"]).all()
@@ -292,7 +325,7 @@ def test_truth_files_agree_with_the_export(export):
     tidy = t.index[~t[SHAPES].any(axis=1)]
     shown = export["OpportunityHistory.csv"].loc[lambda f: f["OpportunityId"].isin(tidy)]
     lived = real[real["deal_id"].isin(tidy)]
-    assert len(tidy) > 100 and len(shown) == len(lived)
+    assert len(tidy) > 50 and len(shown) == len(lived)
     left = shown[["OpportunityId", "CreatedDate", "StageName", "Amount"]].to_numpy()
     right = lived[["deal_id", "changed_at", "stage", "amount_reporting"]].to_numpy()
     assert (left == right).all()
@@ -385,7 +418,7 @@ def test_each_knob_moves_only_its_own_shape(sample, tmp_path):
     generate_sample(tmp_path, seed=SEED, end_date=END, messy=dataclasses.replace(MessyOptions(), stale_share=0.0))
     changed = pd.read_csv(tmp_path / "truth_deals.csv")
     assert changed["stale"].sum() == changed["purged"].sum() == 0 and base["stale"].sum() > 0
-    for shape in ("imported", "keyed_at_close", "no_history", "last_minute_stage", "late_keyed"):
+    for shape in ("imported", "keyed_at_close", "never_entered", "no_history", "last_minute_stage", "late_keyed"):
         assert (changed[shape] == base[shape]).all(), shape
     assert base["lost_future_close"].sum() < changed["lost_future_close"].sum()  # more recorded losses to draw from
 
@@ -425,6 +458,7 @@ def test_windows_1252_and_several_currencies_with_a_rates_file(tmp_path):
     assert "Prospección".encode("cp1252") in raw or "Calificación".encode("cp1252") in raw
     o = pd.read_csv(tmp_path / "Opportunity.csv", dtype=str, keep_default_na=False, encoding="cp1252")
     t = pd.read_csv(tmp_path / "truth_deals.csv", dtype=str, keep_default_na=False).set_index("deal_id").loc[o["Id"]]
+    assert len(o) == (t["crm_status"] != "").sum() > 250
     assert set(o["CurrencyIsoCode"]) == {"USD", "MXN", "COP", "CLP"}
     assert (o["CurrencyIsoCode"].to_numpy() == t["currency"].to_numpy()).all()
 
@@ -432,7 +466,7 @@ def test_windows_1252_and_several_currencies_with_a_rates_file(tmp_path):
     assert set(rates.currencies) == {"MXN", "COP", "CLP"}
     table = rates.table
     # each amount is the USD amount at the rate of the deal's creation day (the latest rate on or before it)
-    for deal_id, row in t.iterrows():
+    for deal_id, row in t[t["outlier"] == "0"].iterrows():
         created = pd.Timestamp(row["crm_created_at"]).normalize()
         if row["currency"] == "USD":
             assert row["amount"] == row["amount_reporting"]
@@ -442,9 +476,10 @@ def test_windows_1252_and_several_currencies_with_a_rates_file(tmp_path):
 
     project = dataclasses.replace(load_project_config(), rates_file=str(tmp_path / "exchange_rates.csv"))
     result = read_exports(tmp_path, project, as_of=END)
-    assert len(result.deals) == 400 and result.quarantine.empty
+    assert len(result.deals) == len(o) and result.quarantine.empty
     assert "Prospección" in set(result.deals["stage"]) | set(result.history["stage"])
     valued = result.deals.set_index("deal_id")["amount_reporting"].astype(float)
+    valued = valued[(t["outlier"] == "0").reindex(valued.index).to_numpy()]
     ratio = valued / t["amount_reporting"].astype(float).reindex(valued.index)
     assert ratio.between(0.7, 1.4).all() and abs(ratio.median() - 1) < 0.05
 
@@ -461,6 +496,75 @@ def test_dealcast_sample_writes_the_messy_profile(tmp_path, capsys):
     argv = ["sample", "--out", str(tmp_path), "--profile", "messy", "--deals", "300", "--end-date", END.isoformat()]
     assert dealcast([*argv, "--option", "import_at=none"]) == 0
     printed = capsys.readouterr().out
-    assert "300 deals" in printed and "messy shapes: imported 0, keyed_at_close" in printed
-    truth = pd.read_csv(tmp_path / "truth_deals.csv")
+    truth = pd.read_csv(tmp_path / "truth_deals.csv", keep_default_na=False)
+    exported = (truth["crm_status"] != "").sum()
+    assert f"wrote {exported} deals" in printed and "messy shapes: imported 0, keyed_at_close" in printed
     assert len(truth) == 300 and truth["imported"].sum() == 0 and truth["stale"].sum() > 0
+
+
+def test_truth_is_calibrated_on_the_deals_the_crm_shows_open(tmp_path):
+    """Each deal at the first Monday the CRM shows it open (one observation per deal, so they are
+    independent; the first such Monday, because a Monday chosen by how long the deal stays open
+    would depend on its future): the mean true probability must match the real outcomes of those
+    deals within four standard errors (plus the share still undecided at the end). Which deals the
+    CRM shows open must therefore not depend on how they will end."""
+    end = dt.date(2026, 11, 15)
+    generate_sample(tmp_path, n_deals=1500, seed=8, end_date=end, years=1.5, profile="messy")
+    project = load_project_config()
+    result = read_exports(tmp_path, project, as_of=end)
+    mondays = pd.date_range("2025-06-02", "2026-05-18", freq="W-MON")  # decided by the end, mostly
+    frame = pipeline_at_many(result.deals, prepare_history(result.deals, result.history, result.stages), mondays)
+    truth = SampleTruth.load(tmp_path)
+    facts = truth.deals.set_index("deal_id")
+    frame = frame[(frame["status"] == "open").to_numpy() & ~facts.loc[frame["deal_id"], "no_history"].to_numpy()]
+    one = frame.sort_values("snapshot_at", kind="stable").drop_duplicates("deal_id")
+    p = truth.true_win_probability(one).to_numpy()
+    outcome = facts.loc[one["deal_id"], "real_outcome"].to_numpy()
+    n = len(one)
+    won, undecided = (outcome == "won").mean(), (outcome == "open").mean()
+    se = math.sqrt(p.mean() * (1 - p.mean()) / n)
+    assert n > 300 and undecided < 0.05
+    assert won - 4 * se <= p.mean() <= won + undecided + 4 * se, (p.mean(), won, undecided, se)
+
+
+def test_loss_reasons_in_a_custom_field_the_config_does_not_name(tmp_path):
+    generate_sample(tmp_path, n_deals=300, seed=2, end_date=END, messy=MessyOptions(loss_reason_field="LossReason__c"))
+    o = pd.read_csv(tmp_path / "Opportunity.csv", dtype=str, keep_default_na=False)
+    assert "LossReason__c" in o.columns and "Loss_Reason__c" not in o.columns
+    truth = pd.read_csv(tmp_path / "truth_deals.csv", keep_default_na=False).set_index("deal_id").loc[o["Id"]]
+    recorded_loss = (o["IsClosed"] == "1").to_numpy() & (o["IsWon"] == "0").to_numpy() & (truth["purged"] == 0).to_numpy()
+    assert recorded_loss.sum() > 20 and (o.loc[recorded_loss, "LossReason__c"] != "").all()
+    assert (o.loc[~recorded_loss, "LossReason__c"] == "").all()
+    with pytest.raises(ValueError, match="loss_reason_field: 'Amount' is not a custom field name"):
+        MessyOptions(loss_reason_field="Amount")
+
+
+def test_truth_files_that_do_not_fit_the_sample_are_named(tmp_path):
+    generate_sample(tmp_path, n_deals=100, seed=1, end_date=END, profile="messy")
+    path = tmp_path / "truth_real_history.csv"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[3] = lines[3].replace("Prospección", "Prospecting")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"truth_real_history\.csv: row 4, column 'stage': 'Prospecting' is not in this sample"):
+        SampleTruth.load(tmp_path)
+
+
+def test_a_stage_no_deal_is_in_at_the_export_date_and_the_configuration_that_orders_it(tmp_path):
+    """A small org: on the export date no deal is in one of the stages its history passes
+    through, so Opportunity.csv gives that stage no StageSortOrder. The pipelines file beside the
+    export configures the order; with it every row is accepted."""
+    generate_sample(tmp_path, n_deals=300, seed=4, end_date=END, profile="messy")
+    o = pd.read_csv(tmp_path / "Opportunity.csv", dtype=str, keep_default_na=False)
+    h = pd.read_csv(tmp_path / "OpportunityHistory.csv", dtype=str, keep_default_na=False)
+    only_in_history = set(h["StageName"]) - set(o["StageName"])
+    assert only_in_history and only_in_history <= set(SPANISH_OPEN)
+
+    config = tmp_path / "config" / "dealcast.toml"
+    config.parent.mkdir()
+    shipped = (Path(__file__).resolve().parents[2] / "dealcast.toml").read_text(encoding="utf-8")
+    config.write_text((tmp_path / "dealcast_pipelines.toml").read_text(encoding="utf-8") + "\n" + shipped, encoding="utf-8")
+    project = load_project_config(config)
+    assert list(project.stages["Ventas"].open_stages) == SPANISH_OPEN
+    assert project.stages["Ventas"].probability_of("Propuesta/Presupuesto") == 0.75
+    result = read_exports(tmp_path, project, as_of=END)
+    assert result.quarantine.empty and len(result.deals) == len(o) and len(result.history) == len(h)
