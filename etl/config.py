@@ -133,7 +133,7 @@ class WarningsConfig:
     # overdue_open_deals fires above this share of the open deals.
     overdue_share: float = 0.25
     # outlier_amounts: open or lost deals above this multiple of the largest deal ever won.
-    outlier_factor: float = 10.0
+    outlier_factor: float = 3.0
     # pipeline_mostly_stalled fires above this share of a pipeline's open deals stalled or aged.
     mostly_stalled_share: float = 0.5
 

@@ -13,8 +13,8 @@ and nothing stops. Each is computed at the end of the run's as_of, for the whole
   `overdue_share` of the open deals.
 - `close_date_before_creation`: open deals expected to close before the day they were created.
   Fires on any.
-- `outlier_amounts`: open or lost deals whose amount is above `outlier_factor` times the largest
-  deal ever won (in the reporting currency). Fires on any.
+- `outlier_amounts`: open or lost deals whose amount is above `outlier_factor` (3) times the
+  largest deal ever won (in the reporting currency). Fires on any.
 - `contradictory_history`: deals whose stage history contradicts the sales process or their record
   (`deal_history.is_contradictory`: moved out of a won or lost stage, or completed to agree with the
   record). Fires on any.

@@ -107,6 +107,13 @@ def test_messy_org_end_to_end_against_its_truth(messy, pg_url, pg_schema, tmp_pa
     assert overall.loc["overdue_open_deals", "affected"] == int((is_open & (real["crm_close_date"] < pd.Timestamp(END))).sum())
     future = (real["crm_status"] != "open") & (real["crm_close_date"] > pd.Timestamp(END))
     assert overall.loc["future_close_date", "affected"] == int(future.sum()) > 0
+    # The sample's outlier (6x the largest win, a close date before its creation) is found by both.
+    outliers = real.index[real["outlier"] & is_open]
+    assert overall.loc["outlier_amounts", "affected"] == len(outliers) > 0
+    assert {e["deal_id"] for e in json.loads(overall.loc["outlier_amounts", "examples"])} == set(outliers)
+    before_creation = is_open & (real["crm_close_date"] < real["crm_created_at"].dt.normalize())
+    assert overall.loc["close_date_before_creation", "affected"] == int(before_creation.sum())
+    assert set(outliers) <= set(real.index[before_creation])
     examples = json.loads(overall.loc["future_close_date", "examples"])
     assert {e["deal_id"] for e in examples} <= set(real.index[future])
     # Each warning is a WARN check of the run: it shows, it blocks nothing.

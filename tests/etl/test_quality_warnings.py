@@ -21,7 +21,7 @@ Wins: 4; keyed in at close w2 (created 30 minutes before the win) and w3 (last s
 minutes before the win): 2 of 4 = 50% > 20% -> fires; N 2 of 3, M 0 of 1.
 Overdue: o1, o2, o5 = 3 of 5 open (60% > 25%) -> fires; N 2 of 3, M 1 of 2.
 Close before creation: o2, o5 -> fires (any).
-Outliers (> 10 x 10,000): l1 (500,000) and o3 (200,000) of 7 open or lost -> fires.
+Outliers (> 3 x 10,000): l1 (500,000) and o3 (200,000) of 7 open or lost -> fires.
 Contradictory: l2 -> fires; 1 of 11 deals with history.
 Mostly stalled: N 2 of 3 open (66.7% > 50%) fires; M 1 of 2 (50%, not above) does not; all fires.
 Future close date: w4 -> fires; 1 of 6 closed.
@@ -202,4 +202,4 @@ def test_warning_settings_are_read(tmp_path):
     config = tmp_path / "dealcast.toml"
     config.write_text("[warnings]\nkeyed_at_close_hours = 0\noverdue_share = 0.5\n", encoding="utf-8")
     warnings = load_project_config(config).warnings
-    assert (warnings.keyed_at_close_hours, warnings.overdue_share, warnings.outlier_factor) == (0.0, 0.5, 10.0)
+    assert (warnings.keyed_at_close_hours, warnings.overdue_share, warnings.outlier_factor) == (0.0, 0.5, 3.0)
