@@ -39,6 +39,7 @@ import pandas as pd
 
 from etl.bookings import keyed_in_at_close
 from etl.config import WarningsConfig
+from etl.metrics import _index_in
 from etl.pipeline_state import as_of_end, pipeline_at
 from etl.schema import TIMESTAMP, UNKNOWN_SEGMENT
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON
@@ -133,8 +134,9 @@ def _facts(
     day = np.datetime64(as_of, "D").astype(TIMESTAMP)
     created = state["created_at"].to_numpy(dtype=TIMESTAMP)
     closed_at = state["closed_at"].to_numpy(dtype=TIMESTAMP)
-    record = pd.Index(deals["deal_id"]).get_indexer(state["deal_id"])
-    crm_close = deals["crm_close_date"].to_numpy(dtype=TIMESTAMP)[record] if "crm_close_date" in deals else np.full(len(state), np.datetime64("NaT"), dtype=TIMESTAMP)
+    crm_close = np.full(len(state), np.datetime64("NaT"), dtype=TIMESTAMP)
+    if "crm_close_date" in deals:
+        crm_close = deals["crm_close_date"].to_numpy(dtype=TIMESTAMP)[_index_in(state["deal_id"], deals["deal_id"])]
     return {
         "deal_id": state["deal_id"].astype(str).to_numpy(dtype=object),
         "deal_name": state["deal_name"].astype("string").to_numpy(dtype=object, na_value=None),
@@ -160,15 +162,25 @@ def _facts(
 def _last_open_entry(state: pd.DataFrame, history: pd.DataFrame) -> np.ndarray:
     """Per deal of `state`: when it entered the last open stage it was in before its close
     (NaT if open, or its history records no open stage)."""
-    closed_at = pd.Series(state["closed_at"].to_numpy(dtype=TIMESTAMP), index=state["deal_id"].to_numpy())
-    entries = history.loc[
-        history["is_stage_change"].to_numpy(dtype=bool) & (history["stage_status"] == STATUS_OPEN).fillna(False).to_numpy(dtype=bool),
-        ["deal_id", "changed_at"],
-    ]
-    close = closed_at.reindex(entries["deal_id"].to_numpy()).to_numpy(dtype=TIMESTAMP)
-    entries = entries.loc[~np.isnat(close) & (entries["changed_at"].to_numpy(dtype=TIMESTAMP) < close)]
-    last = entries.groupby("deal_id", sort=False)["changed_at"].max()
-    return last.reindex(state["deal_id"].to_numpy()).to_numpy(dtype=TIMESTAMP)
+    deal = _index_in(history["deal_id"], state["deal_id"])
+    entry = (
+        history["is_stage_change"].to_numpy(dtype=bool)
+        & (history["stage_status"] == STATUS_OPEN).fillna(False).to_numpy(dtype=bool)
+        & (deal >= 0)
+    )
+    closed_at = state["closed_at"].to_numpy(dtype=TIMESTAMP)
+    deal = deal[entry]
+    entered = history["changed_at"].to_numpy(dtype=TIMESTAMP)[entry]
+    close = closed_at[deal]
+    keep = ~np.isnat(close) & (entered < close)
+    deal, entered = deal[keep], entered[keep]
+    out = np.full(len(state), np.datetime64("NaT"), dtype=TIMESTAMP)
+    order = np.lexsort((entered, deal))
+    deal, entered = deal[order], entered[order]
+    last = np.ones(len(deal), dtype=bool)
+    last[:-1] = deal[1:] != deal[:-1]
+    out[deal[last]] = entered[last]
+    return out
 
 
 def _contradictions(state: pd.DataFrame, history: pd.DataFrame) -> np.ndarray:
@@ -177,30 +189,33 @@ def _contradictions(state: pd.DataFrame, history: pd.DataFrame) -> np.ndarray:
     if "is_contradictory" not in history or not history["is_contradictory"].any():
         return out
     flagged = np.flatnonzero(history["is_contradictory"].to_numpy(dtype=bool))
-    first = flagged[~pd.Series(history["deal_id"].to_numpy()[flagged]).duplicated().to_numpy()]
-    same_deal = (first > 0) & (history["deal_id"].to_numpy()[np.maximum(first - 1, 0)] == history["deal_id"].to_numpy()[first])
+    deal_ids = history["deal_id"].to_numpy(dtype=object)
+    first = flagged[~pd.Series(deal_ids[flagged]).duplicated().to_numpy()]
+    same_deal = (first > 0) & (deal_ids[np.maximum(first - 1, 0)] == deal_ids[first])
     stage = history["stage"].astype("string").fillna("a stage not recorded").to_numpy(dtype=object)
     status = history["stage_status"].astype("string").fillna(STATUS_OPEN).to_numpy(dtype=object)
     when = pd.Series(history["changed_at"].to_numpy(dtype=TIMESTAMP)[first]).dt.strftime("%Y-%m-%d %H:%M").to_numpy(dtype=object)
-    texts = {}
-    for row, prior, at in zip(first, same_deal, when):
+    position = _index_in(pd.Series(deal_ids[first]), state["deal_id"])
+    for row, prior, at, where in zip(first, same_deal, when, position):
+        if where < 0:
+            continue
         before = stage[row - 1] if prior else "a stage not recorded"
         if prior and status[row - 1] in (STATUS_WON, STATUS_LOST):
-            text = f"{before} -> {stage[row]} on {at}"
+            out[where] = f"{before} -> {stage[row]} on {at}"
         else:
-            text = f"history ends in {before} but the deal's record says {stage[row]}: taken as the truth from {at}"
-        texts[history["deal_id"].iloc[row]] = text
-    return np.array([texts.get(deal_id) for deal_id in state["deal_id"]], dtype=object)
+            out[where] = f"history ends in {before} but the deal's record says {stage[row]}: taken as the truth from {at}"
+    return out
 
 
 def _stalled(state: pd.DataFrame, stalled: pd.DataFrame) -> np.ndarray:
     """Per deal of `state`: the reason it is stalled or aged in `stalled_deals`, else None."""
+    out = np.full(len(state), None, dtype=object)
     if stalled is None or stalled.empty:
-        return np.full(len(state), None, dtype=object)
-    reasons = pd.Series(stalled["reason"].astype(str).to_numpy(), index=stalled["deal_id"].astype(str).to_numpy())
-    reasons = reasons[~reasons.index.duplicated()]
-    found = reasons.reindex(state["deal_id"].astype(str).to_numpy())
-    return found.astype(object).where(found.notna(), None).to_numpy(dtype=object)
+        return out
+    position = _index_in(stalled["deal_id"], state["deal_id"])
+    found = position >= 0
+    out[position[found]] = stalled["reason"].astype(str).to_numpy(dtype=object)[found]
+    return out
 
 
 def _date(values: np.ndarray) -> list[str]:
