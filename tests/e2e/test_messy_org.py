@@ -17,12 +17,10 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from assets.definitions import ALL_ASSETS
-from assets.resources import DealcastSettings, WarehouseResource
 from etl.sample_crm import SampleTruth, generate_sample
 from etl.warehouse import Warehouse
 
-from .conftest import project_config
+from .conftest import materialize_graph, project_config
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +38,7 @@ def messy(tmp_path_factory):
 @pytest.mark.postgres
 def test_messy_org_end_to_end_against_its_truth(messy, pg_url, pg_schema, tmp_path):
     exports, truth = messy
-    result = dg.materialize(
-        ALL_ASSETS,
-        resources={
-            "settings": DealcastSettings(exports_dir=str(exports), as_of=END.isoformat(), config_file=str(project_config(tmp_path))),
-            "warehouse": WarehouseResource(url=pg_url, schema_name=pg_schema),
-        },
-        instance=dg.DagsterInstance.ephemeral(),
-    )
+    result = materialize_graph(exports, END, project_config(tmp_path), pg_url, pg_schema)
     assert result.success
     warehouse = Warehouse(pg_url, schema=pg_schema)
     try:
