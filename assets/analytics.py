@@ -34,7 +34,7 @@ def stage_conversion(
             "dagster/row_count": len(frame),
             "funnel": dg.MetadataValue.md(image_markdown(funnel_chart(frame), "funnel")),
             "overall": dg.MetadataValue.md(
-                markdown_table(overall[["pipeline", "stage", "reached", "advanced", "won", "next_step_rate", "stage_to_won_rate"]], max_rows=40)
+                markdown_table(overall[["pipeline", "stage", "reached", "advanced", "won", "next_step_rate", "stage_to_won_rate", "unplaced", "rate_note"]], max_rows=40)
             ),
         },
     )
@@ -87,6 +87,7 @@ def velocity(
     frame = metrics.velocity(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
         resolved.project.fiscal_year_start_month, model_scores=deal_scores[["deal_id", "win_probability"]],
+        keyed_at_close_hours=resolved.project.warnings.keyed_at_close_hours,
     )
     warehouse.publish(context, resolved.as_of, "velocity", frame)
     recent = frame[(frame.period_grain == "quarter") & (frame.segment_type == "all")].tail(8)

@@ -117,15 +117,18 @@ def ask_to_decision(
     )
     warehouse.publish(context, resolved.as_of, "ask_to_decision", frame)
     asks = pd.DataFrame(
-        [(pipeline, ", ".join(names)) for pipeline, names in coaching.ask_stages(stages, configured).items()],
-        columns=["pipeline", "ask_stages"],
+        [
+            (pipeline, ", ".join(names), coaching.ask_stage_notes(stages, configured)[pipeline])
+            for pipeline, names in coaching.ask_stages(stages, configured).items()
+        ],
+        columns=["pipeline", "ask_stages", "note"],
     )
     overall = frame[(frame.period_grain == "all") & (frame.segment_type.isin(["all", "pipeline"]))]
     return _output(
         frame,
         {
             "ask_stages": asks,
-            "overall": overall[["segment_type", "segment", "outcome", "deals", "median_days", "mean_days", "p90_days"]],
+            "overall": overall[["segment_type", "segment", "outcome", "deals", "median_days", "mean_days", "p90_days", "note"]],
         },
     )
 

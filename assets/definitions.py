@@ -15,6 +15,7 @@ from assets.coaching import (
     rep_funnel,
     revenue_growth,
 )
+from assets.data_quality import data_quality_warnings
 from assets.forecasting import forecast_quarterly
 from assets.ingest import crm_exports, crm_tables
 from assets.publication import published_night_asset
@@ -39,6 +40,7 @@ ALL_ASSETS = [
     pipeline_waterfall,
     stalled_deals,
     close_date_slips,
+    data_quality_warnings,
     deal_scoring_model,
     close_timing,
     deal_scores,

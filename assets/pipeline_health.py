@@ -25,7 +25,8 @@ def pipeline_snapshots(
     """The open pipeline as it stood at every month end and at as_of, by pipeline, stage and segment."""
     resolved = run_settings(context, settings)
     frame = pipeline_health.pipeline_snapshots(
-        deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of, stage_durations
+        deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of, stage_durations,
+        keyed_at_close_hours=resolved.project.warnings.keyed_at_close_hours,
     )
     warehouse.publish(context, resolved.as_of, "pipeline_snapshots", frame)
     overall = frame[frame.segment_type == "all"]
@@ -79,7 +80,10 @@ def stalled_deals(
 ) -> dg.Output[pd.DataFrame]:
     """Open deals stalled in their stage or open longer than most won deals, with the reason in words."""
     resolved = run_settings(context, settings)
-    frame = pipeline_health.stalled_deals(deals, deal_history, stage_durations, resolved.as_of)
+    frame = pipeline_health.stalled_deals(
+        deals, deal_history, stage_durations, resolved.as_of,
+        keyed_at_close_hours=resolved.project.warnings.keyed_at_close_hours,
+    )
     warehouse.publish(context, resolved.as_of, "stalled_deals", frame)
     largest = frame.sort_values("amount_reporting", ascending=False)
     return dg.Output(

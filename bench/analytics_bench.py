@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import _peak_rss_mb, part_bench_exports  # noqa: E402  (bench/bench.py, next to this script)
-from etl import coaching, metrics, pipeline_health  # noqa: E402
+from etl import coaching, metrics, pipeline_health, quality_warnings  # noqa: E402
 from etl.config import load_project_config  # noqa: E402
 from etl.ingest import read_exports  # noqa: E402
 from etl.pipeline_state import prepare_history, stage_events  # noqa: E402
@@ -54,6 +54,8 @@ def main() -> int:
         ("revenue_growth", lambda: coaching.revenue_growth(deals, history, as_of, fiscal)),
         ("ask_to_decision", lambda: coaching.ask_to_decision(deals, history, stages, as_of, fiscal)),
         ("pipeline_coverage", lambda: coaching.pipeline_coverage(deals, history, results["stage_conversion"], quotas, as_of, fiscal)),
+        ("data_quality_warnings", lambda: quality_warnings.data_quality_warnings(
+            deals, history, results["stalled_deals"], as_of, project.warnings)),
     ]
     print(f"{len(deals):,} deals, {len(history):,} history rows, {len(events):,} stage events "
           f"(read + history rebuild {prepare_seconds:.1f} s, not counted below)")

@@ -21,6 +21,7 @@ from sqlalchemy.exc import ArgumentError
 
 from etl.config import ConfigError, default_warehouse_url, resolve_settings
 from etl.periods import quarter_label
+from etl.quality_warnings import WARNINGS
 from etl.report import write_spreadsheet_csv
 from etl.sample_crm import add_sample_arguments, generate_sample, messy_options_from, summary_line
 from etl.warehouse import Warehouse, WarehouseError
@@ -151,6 +152,22 @@ def _model_lines(run: RunSummary) -> list[str]:
     return lines
 
 
+def _warning_lines(run: RunSummary) -> list[str]:
+    """The data-quality warnings of the run that fired for the whole CRM, one line each."""
+    warnings = run.read("data_quality_warnings", run.as_of)
+    if warnings is None or warnings.empty:
+        return []
+    fired = warnings[warnings["fired"] & (warnings["pipeline"] == "all")]
+    if fired.empty:
+        return ["  data-quality warnings: none fired"]
+    order = {name: i for i, name in enumerate(WARNINGS)}
+    fired = fired.iloc[sorted(range(len(fired)), key=lambda i: order.get(fired["check_name"].iloc[i], len(order)))]
+    return [
+        f"  data-quality warnings ({len(fired)} fired; counts and examples in data_quality_warnings):",
+        *(f"    {row.check_name}: {row.message}" for row in fired.itertuples()),
+    ]
+
+
 # The sections of a finished run's summary, in order; each returns its lines (none when it has
 # nothing to say). A new section is a function of `RunSummary` added here.
 SECTIONS: list[Callable[[RunSummary], list[str]]] = [
@@ -159,6 +176,7 @@ SECTIONS: list[Callable[[RunSummary], list[str]]] = [
     _stage_order_lines,
     _forecast_lines,
     _model_lines,
+    _warning_lines,
 ]
 
 

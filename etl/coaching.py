@@ -23,12 +23,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import unicodedata
 from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from etl.bookings import booking_anchor, booking_dates
 from etl.metrics import (
     _LOST,
     _OPEN,
@@ -40,6 +42,7 @@ from etl.metrics import (
     _codes,
     _concat,
     _empty_table,
+    _first_day,
     _grouped_percentiles,
     _index_in,
     _ratio,
@@ -50,7 +53,6 @@ from etl.periods import period_bounds, quarter_end, quarter_label, quarter_label
 from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
 from etl.schema import SEGMENT_COLUMNS, TIMESTAMP, UNKNOWN_SEGMENT, segment_values
 from etl.stages import StageCatalog
-from etl.tables import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,30 @@ GROWTH_GRAINS = ("month", "quarter")
 PERIOD_ALL = "all"
 OUTCOMES = ("won", "lost", "all")
 DEFAULT_MIN_REACHED = 5
-# Open stages whose name says the customer has been asked to buy (a proposal, quote or negotiation).
-ASK_STAGE_PATTERN = re.compile(r"proposal|quote|negotiat", re.IGNORECASE)
+# Word stems of stage names that say the customer has been asked to buy (a proposal, quote or
+# negotiation), lower-case and without accents, as `_folded` writes names.
+ASK_STAGE_STEMS = (
+    # English
+    "proposal", "quote", "quotation", "negotiat",
+    # Spanish (propuesta, cotizacion, presupuesto, oferta, negociacion) and Portuguese (proposta,
+    # cotacao, orcamento, negociacao) share "negocia"
+    "propuesta", "cotizacion", "presupuesto", "oferta", "negocia", "proposta", "cotacao", "orcamento",
+    # French
+    "proposition", "devis", "offre",
+    # German
+    "angebot", "verhandl",
+    # Italian
+    "preventivo", "offerta", "quotazione", "trattativ", "negozia",
+    # Dutch
+    "voorstel", "offerte", "onderhandel",
+)
+# "Value proposition" stages (Salesforce's default picklist and its translations) pitch value; they
+# are not the ask, so they are removed from a name before the stems are looked for.
+VALUE_PROPOSITION_PATTERN = re.compile(
+    r"value proposition|propuesta de valor|proposition de valeur|propost[ao] d[ie] valor[e]?"
+    r"|wert\w*(angebot|versprechen)|nutzenversprechen|waarde\w*(propositie|voorstel)"
+)
+ASK_CONFIGURED, ASK_BY_NAME = "configured", "name"
 _DAY = np.timedelta64(1, "D")
 
 
@@ -81,6 +105,7 @@ class DealsAtEnd:
     frame: pd.DataFrame
     status: np.ndarray  # _OPEN / _WON / _LOST (from etl.metrics)
     closed_at: np.ndarray  # datetime64[us]; NaT while open
+    booked_at: np.ndarray  # datetime64[us] booking date (etl.bookings) of closed deals; NaT while open
     amount: np.ndarray  # amount_reporting at the end of as_of (0 where unknown)
     created_at: np.ndarray  # datetime64[us]
     stage_order: np.ndarray  # int64 stage order at the end of as_of; 0 where unknown
@@ -140,11 +165,14 @@ def deals_at_end(deals: pd.DataFrame, history: pd.DataFrame, as_of: dt.date | pd
     existing_row[deal_row] = np.arange(len(deal_row))
     status_at = np.asarray(_status_codes(at["status"]))[order]
     stage_order = at["stage_order"].to_numpy(dtype="float64", na_value=np.nan)[order]
+    frame = deals.iloc[deal_row].reset_index(drop=True)
+    closed_at = at["closed_at"].to_numpy(dtype=TIMESTAMP)[order]
     return DealsAtEnd(
         as_of=_as_of_date(as_of),
-        frame=deals.iloc[deal_row].reset_index(drop=True),
+        frame=frame,
         status=np.where(status_at < 0, _OPEN, status_at),
-        closed_at=at["closed_at"].to_numpy(dtype=TIMESTAMP)[order],
+        closed_at=closed_at,
+        booked_at=booking_dates(booking_anchor(frame), closed_at, _as_of_date(as_of)),
         amount=np.nan_to_num(at["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan)[order]),
         created_at=at["created_at"].to_numpy(dtype=TIMESTAMP)[order],
         stage_order=np.where(np.isnan(stage_order), 0, stage_order).astype("int64"),
@@ -236,7 +264,9 @@ def rep_funnel(
     as_of_day = _as_of_date(as_of)
     if min_reached < 1:
         raise ValueError(f"rep_funnel: min_reached must be at least 1, got {min_reached}")
-    missing = [c for c in TABLES["stage_conversion"].columns if c != "as_of" and c not in conversion.columns]
+    used = ("pipeline", "period_grain", "funnel_mode", "segment_type", "segment", "stage", "stage_order", "reached",
+            "advanced", "decided", "won", "closed", "next_step_rate", "stage_to_won_rate")
+    missing = [c for c in used if c not in conversion.columns]
     if missing:
         raise KeyError(f"rep_funnel: conversion lacks column(s) {missing}; expected the stage_conversion table")
     reps = conversion.loc[
@@ -301,8 +331,8 @@ def rep_funnel(
 
 
 def _close_quarters(at: DealsAtEnd, mask: np.ndarray, fiscal_year_start_month: int) -> tuple[np.ndarray, np.ndarray]:
-    """Codes and labels of the fiscal quarter of closed_at of the deals in `mask`."""
-    closed = pd.Series(at.closed_at[mask])
+    """Codes and labels of the fiscal quarter of the booking date of the deals in `mask`."""
+    closed = pd.Series(at.booked_at[mask])
     return _codes(quarter_labels(closed, fiscal_year_start_month))
 
 
@@ -317,8 +347,8 @@ def deal_value_spread(
     """How consistent won deal values are: one row per period x segment with at least one won deal.
 
     Periods: period_grain "all" (period "all": every deal won by the end of as_of) and
-    period_grain "quarter" (the fiscal quarter of the close date). Segments: every segment type
-    of `etl.schema.SEGMENT_COLUMNS`. Values are amount_reporting at the end of as_of of the deals
+    period_grain "quarter" (the fiscal quarter of the booking date, `etl.bookings`). Segments: every
+    segment type of `etl.schema.SEGMENT_COLUMNS`. Values are amount_reporting at the end of as_of of the deals
     won then (a deal re-opened after a win is not won).
     - won_count, won_amount: the won deals and the sum of their amounts;
     - mean_value = won_amount / won_count (the average deal value); median_value, p10_value,
@@ -376,7 +406,8 @@ def deal_value_spread(
 
 
 def _calendars(at: DealsAtEnd, fiscal_year_start_month: int):
-    first = pd.Timestamp(at.created_at.min())
+    """Month and quarter calendars from the first creation or booking date through as_of."""
+    first = _first_day(at)
     return {g: _calendar(first, at.as_of, g, fiscal_year_start_month) for g in GROWTH_GRAINS}
 
 
@@ -390,11 +421,12 @@ def product_mix(
 ) -> pd.DataFrame:
     """Product mix: one row per period grain ("month", "quarter") x period x product.
 
-    Periods run from the one in which the first deal (existing at the end of as_of) was created
-    through the one containing as_of; every product (`(unknown)` for deals without one) gets a
+    Periods run from the one in which the first deal (existing at the end of as_of) was created or
+    booked through the one containing as_of; every product (`(unknown)` for deals without one) gets a
     row in every period. Amounts are amount_reporting at the end of as_of.
     - created_count, created_amount: deals created in the period (created_at) and their amount;
-    - won_count, won_amount: deals won by the end of as_of whose close date falls in the period;
+    - won_count, won_amount: deals won by the end of as_of whose booking date (`etl.bookings`)
+      falls in the period;
     - period_won_amount: won_amount of all products in the period;
     - won_share = won_amount / period_won_amount (NULL when nothing was won in the period).
     """
@@ -410,7 +442,7 @@ def product_mix(
         n_periods = len(calendar.labels)
         n_cells = n_periods * n_products
         created_period = calendar.period_of(at.created_at)
-        closed_period = np.where(won, calendar.period_of(at.closed_at), -1)
+        closed_period = np.where(won, calendar.period_of(at.booked_at), -1)
 
         def tally(period: np.ndarray, mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
             keep = mask & (period >= 0)
@@ -450,7 +482,8 @@ def revenue_growth(
     """Revenue growth period over period: one row per period grain ("month", "quarter") x period x segment.
 
     Periods run as in `product_mix`; every segment value (every segment type) gets a row in every
-    period. Won deals count in the period of their close date, at amount_reporting at the end of as_of.
+    period. Won deals count in the period of their booking date (`etl.bookings`), at
+    amount_reporting at the end of as_of.
     - complete: false for the period containing as_of when as_of is not its last day (its
       won_amount, and its growth, cover only part of it);
     - won_count, won_amount: deals won in the period;
@@ -466,7 +499,7 @@ def revenue_growth(
     won = at.won
     end = np.datetime64(as_of_end(as_of), "us")
     calendars = _calendars(at, fiscal_year_start_month)
-    closed_periods = {g: np.where(won, c.period_of(at.closed_at), -1) for g, c in calendars.items()}
+    closed_periods = {g: np.where(won, c.period_of(at.booked_at), -1) for g, c in calendars.items()}
     pieces = []
     for segment_type, (segment, segment_names) in _segments(at.frame).items():
         n_segments = len(segment_names)
@@ -508,20 +541,62 @@ def revenue_growth(
 # --------------------------------------------------------------------------------------------
 
 
+def _folded(name: str) -> str:
+    """`name` lower-cased, without accents, with runs of spaces, dashes and slashes made one space."""
+    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii").lower()
+    return re.sub(r"[\s\-_/]+", " ", plain).strip()
+
+
+def is_ask_stage_name(name: str) -> bool:
+    """True when a stage name says the customer has been asked to buy: a proposal, quote or
+    negotiation stage, in English, Spanish, French, German, Portuguese, Italian or Dutch (accents
+    and case ignored; "value proposition" stages pitch value and are not asks)."""
+    folded = VALUE_PROPOSITION_PATTERN.sub(" ", _folded(name))
+    return any(stem in folded for stem in ASK_STAGE_STEMS)
+
+
 def ask_stages(stages: StageCatalog, configured: Collection[str] | None = None) -> dict[str, tuple[str, ...]]:
     """The "ask" stages of each pipeline: the open stages in `configured` (stage names), else the
-    open stages whose name contains proposal, quote or negotiat (any case), else the last two open
-    stages (the only one of a one-stage pipeline)."""
+    open stages whose name says proposal, quote or negotiation (`is_ask_stage_name`), else none:
+    a pipeline without an ask stage is not measured, and `ask_to_decision` says so."""
+    return {name: names for name, (names, _) in _ask_stages_with_source(stages, configured).items()}
+
+
+def _ask_stages_with_source(
+    stages: StageCatalog, configured: Collection[str] | None
+) -> dict[str, tuple[tuple[str, ...], str | None]]:
+    """Per pipeline: its ask stages and how they were found ("configured", "name"; None: none)."""
     chosen = {}
     wanted = set(configured or ())
     for pipeline in stages:
         names = tuple(s for s in pipeline.open_stages if s in wanted)
-        if not names:
-            names = tuple(s for s in pipeline.open_stages if ASK_STAGE_PATTERN.search(s))
-        if not names:
-            names = tuple(pipeline.open_stages[-2:])
-        chosen[pipeline.name] = names
+        if names:
+            chosen[pipeline.name] = (names, ASK_CONFIGURED)
+            continue
+        names = tuple(s for s in pipeline.open_stages if is_ask_stage_name(s))
+        chosen[pipeline.name] = (names, ASK_BY_NAME if names else None)
     return chosen
+
+
+def ask_stage_notes(stages: StageCatalog, configured: Collection[str] | None = None) -> dict[str, str]:
+    """Per pipeline, in words: its ask stages and how they were found, or that it has none."""
+    return _ask_notes(stages, _ask_stages_with_source(stages, configured))
+
+
+def _ask_notes(stages: StageCatalog, chosen: dict[str, tuple[tuple[str, ...], str | None]]) -> dict[str, str]:
+    notes = {}
+    for pipeline in stages:
+        names, source = chosen[pipeline.name]
+        if source == ASK_CONFIGURED:
+            notes[pipeline.name] = "ask stages " + ", ".join(names) + " ([analytics] ask_stages)"
+        elif source == ASK_BY_NAME:
+            notes[pipeline.name] = "ask stages " + ", ".join(names) + " (found by name)"
+        else:
+            notes[pipeline.name] = (
+                "no ask stage: none of " + ", ".join(pipeline.open_stages) + " is named like a proposal, quote or "
+                "negotiation (en, es, fr, de, pt, it, nl); name them in [analytics] ask_stages to measure this pipeline"
+            )
+    return notes
 
 
 def ask_to_decision(
@@ -539,15 +614,23 @@ def ask_to_decision(
     The ask stages of each pipeline are `ask_stages(stages, configured_ask_stages)`. A deal counts
     when it is won or lost at the end of as_of and its history (`etl.pipeline_state.prepare_history`
     output) shows it entering an ask stage by then; its days are from the first time it entered
-    any ask stage to its close (closed_at; for a re-opened deal its latest close). Deals without
-    stage history never show an ask entry and are not counted.
-    Periods: period_grain "all" (period "all") and "quarter" (fiscal quarter of the close date).
+    any ask stage to the moment it was marked closed (closed_at; for a re-opened deal its latest
+    close). Deals without stage history never show an ask entry and are not counted.
+    Periods: period_grain "all" (period "all") and "quarter" (fiscal quarter of the booking date,
+    `etl.bookings`).
     Segments: every segment type. Outcomes: won, lost and all (both).
-    - deals: the deals counted; median_days, mean_days, p90_days: of their days.
+    - deals: the deals counted; median_days, mean_days, p90_days: of their days;
+    - note: on segment_type "pipeline" rows, the pipeline's ask stages and how they were found
+      ([analytics] ask_stages, or by name); on segment_type "all" rows, the pipelines left out.
+    A pipeline with deals but no ask stage (none configured, none named like one) is not guessed
+    at: it gets one row (period "all", segment_type "pipeline", outcome "all") with deals 0, NULL
+    days and a note saying so.
     """
     as_of_day = _as_of_date(as_of)
     at = _at(deals, history, as_of, at)
-    chosen = ask_stages(stages, configured_ask_stages)
+    with_source = _ask_stages_with_source(stages, configured_ask_stages)
+    chosen = {name: names for name, (names, _) in with_source.items()}
+    notes = _ask_notes(stages, with_source)
     log.info("ask_to_decision: ask stages per pipeline %s", chosen)
     pipelines = list(chosen)
     width = max((len(p.open_stages) for p in stages), default=0) + 3
@@ -574,8 +657,13 @@ def ask_to_decision(
     first_ask[deal[first]] = entered[first]
 
     closed = (at.won | at.lost) & ~np.isnat(first_ask) & ~np.isnat(at.closed_at)
+    present = set(at.frame["pipeline"].dropna().astype(str))
+    unmeasured = [name for name in chosen if name in present and not chosen[name]]
+    if unmeasured:
+        log.warning("ask_to_decision: %s", "; ".join(f"{name}: {notes[name]}" for name in unmeasured))
+    pieces = [_unmeasured_rows(unmeasured, notes)] if unmeasured else []
     if not closed.any():
-        return _empty_table("ask_to_decision", as_of_day)
+        return _ask_table(pieces, notes, unmeasured, as_of_day)
     days = (at.closed_at[closed] - first_ask[closed]) / _DAY
     won = at.won[closed]
     frame = at.frame.loc[closed].reset_index(drop=True)
@@ -585,7 +673,6 @@ def ask_to_decision(
         "quarter": (quarter, quarter_names),
     }
     outcome_masks = {"won": won, "lost": ~won, "all": np.ones(len(days), dtype=bool)}
-    pieces = []
     for segment_type, (segment, segment_names) in _segments(frame).items():
         n_segments = len(segment_names)
         for grain, (period, period_names) in periods.items():
@@ -610,9 +697,42 @@ def ask_to_decision(
                         "p90_days": stats.quantiles[:, 1],
                     }
                 )
-    out = _table_frame("ask_to_decision", _concat(pieces), as_of_day)
+    out = _ask_table(pieces, notes, unmeasured, as_of_day)
     log.info("ask_to_decision: %d rows from %d closed deals with an ask as of %s", len(out), len(days), as_of_day)
     return out
+
+
+def _unmeasured_rows(pipelines: list[str], notes: dict[str, str]) -> dict[str, np.ndarray]:
+    """One row per pipeline without an ask stage: deals 0, days NULL (the note is added later)."""
+    n = len(pipelines)
+    return {
+        "period_grain": np.full(n, PERIOD_ALL, dtype=object),
+        "period": np.full(n, PERIOD_ALL, dtype=object),
+        "segment_type": np.full(n, "pipeline", dtype=object),
+        "segment": np.asarray(pipelines, dtype=object),
+        "outcome": np.full(n, "all", dtype=object),
+        "deals": np.zeros(n, dtype="int64"),
+        "median_days": np.full(n, np.nan),
+        "mean_days": np.full(n, np.nan),
+        "p90_days": np.full(n, np.nan),
+    }
+
+
+def _ask_table(
+    pieces: list[dict[str, np.ndarray]], notes: dict[str, str], unmeasured: list[str], as_of_day: dt.date
+) -> pd.DataFrame:
+    """The ask_to_decision rows with their notes: each pipeline row says its ask stages, each "all"
+    row which pipelines have none."""
+    if not pieces:
+        return _empty_table("ask_to_decision", as_of_day)
+    data = _concat(pieces)
+    pipeline_rows = data["segment_type"] == "pipeline"
+    note = np.full(len(pipeline_rows), None, dtype=object)
+    note[pipeline_rows] = [notes.get(str(name)) for name in data["segment"][pipeline_rows]]
+    if unmeasured:
+        note[data["segment_type"] == "all"] = "leaves out pipeline(s) without an ask stage: " + ", ".join(unmeasured)
+    data["note"] = note
+    return _table_frame("ask_to_decision", data, as_of_day)
 
 
 # --------------------------------------------------------------------------------------------
@@ -654,8 +774,8 @@ def pipeline_coverage(
     output: quarter, segment_type, segment, amount) names, in every quarter. `conversion` is the
     `stage_conversion` table of the same as_of.
     - quota: the quotas amount of the quarter and segment (NULL when not set);
-    - closed_won: amount of the deals won (at the end of as_of) with a close date in the quarter, up
-      to the end of as_of (0 for a quarter that starts after as_of);
+    - closed_won: amount of the deals won (at the end of as_of) with a booking date (`etl.bookings`)
+      in the quarter, up to the end of as_of (0 for a quarter that starts after as_of);
     - remaining = quota - closed_won (NULL without a quota);
     - open_deals, open_pipeline: count and amount of the deals open at the end of as_of whose
       expected close date (as it stood then) falls in the quarter (for a past quarter: the
@@ -705,7 +825,7 @@ def pipeline_coverage(
         return np.where(inside, index, -1)
 
     end = np.datetime64(end_ts, "us")
-    won_quarter = np.where(at.won & (at.closed_at <= end), quarter_of(at.closed_at), -1)
+    won_quarter = np.where(at.won & (at.closed_at <= end), quarter_of(at.booked_at), -1)
     is_open = at.status == _OPEN
     open_quarter = np.where(is_open, quarter_of(at.expected_close), -1)
 

@@ -18,6 +18,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from etl.bookings import BOOKING_RULES, DEFAULT_BOOKING_RULE
 from etl.stages import PipelineStages, StageCatalog
 
 ENV_PROJECT_DIR = "DEALCAST_PROJECT_DIR"
@@ -89,7 +90,8 @@ class AnalyticsConfig:
     # Stage name -> days (every pipeline with that stage), or pipeline name -> {stage -> days}
     # (that pipeline only; it wins over a stage-wide value).
     stall_days: dict[str, Any] = field(default_factory=dict)
-    # Stage names; empty means found by name (proposal, quote, negotiat) or the last two open stages.
+    # Stage names; empty means found by name (proposal, quote, negotiation in en/es/fr/de/pt/it/nl;
+    # etl.coaching.is_ask_stage_name); a pipeline without such a stage is not measured.
     ask_stages: tuple[str, ...] = ()
 
     def stall_thresholds(self, stages: StageCatalog) -> tuple[dict[tuple[str, str], float], list[str]]:
@@ -114,6 +116,27 @@ class AnalyticsConfig:
                 else:
                     unmatched.append(f"{pipeline_name} / {name}")
         return thresholds, unmatched
+
+
+@dataclass(frozen=True)
+class WarningsConfig:
+    """`[warnings]`: when the non-blocking data-quality warnings fire (etl.quality_warnings), and
+    what counts as a win keyed in at the moment of closing."""
+
+    # A win created less than this many hours before it was marked won was keyed in at close: its
+    # cycle length is not recorded (left out of velocity's cycle days and the aged threshold). 0: off.
+    keyed_at_close_hours: float = 24.0
+    # ... or that entered its last open stage less than this many minutes before it was marked won
+    # (reps who record stages only when they close walk through them within a few hours). 0: off.
+    keyed_at_close_minutes: float = 180.0
+    # wins_keyed_at_close fires above this share of the wins.
+    keyed_at_close_share: float = 0.2
+    # overdue_open_deals fires above this share of the open deals.
+    overdue_share: float = 0.25
+    # outlier_amounts: open or lost deals above this multiple of the largest deal ever won.
+    outlier_factor: float = 3.0
+    # pipeline_mostly_stalled fires above this share of a pipeline's open deals stalled or aged.
+    mostly_stalled_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -150,6 +173,10 @@ class ProjectConfig:
     format_overrides: dict[str, str] = field(default_factory=dict)
     # [sources] mappings: declarative column-mapping files for generic CSV exports (paths as written).
     mappings: tuple[str, ...] = ()
+    # [reporting] booking_date: which date books a closed deal into a period (etl.bookings).
+    booking_date: str = DEFAULT_BOOKING_RULE
+    # [warnings]: thresholds of the non-blocking data-quality warnings.
+    warnings: WarningsConfig = field(default_factory=WarningsConfig)
 
     def resolve_path(self, name: str) -> Path:
         """A path from the config file: absolute as written, else relative to the config file's folder."""
@@ -231,6 +258,23 @@ def _analytics(values: dict[str, Any], path: Path) -> AnalyticsConfig:
     return AnalyticsConfig(stall_days=stall_days, ask_stages=tuple(asks))
 
 
+def _warnings(values: dict[str, Any], path: Path) -> WarningsConfig:
+    """`[warnings]`, checked: hours and minutes at least 0, shares between 0 and 1, factor above 1."""
+    config = _typed(WarningsConfig, values, path, "warnings")
+    for name in WarningsConfig.__dataclass_fields__:
+        value = getattr(config, name)
+        where = f"{path}: [warnings] {name}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if name.endswith("_share") and not 0 <= value <= 1:
+            raise ConfigError(f"{where} must be a share between 0 and 1, got {value!r}")
+        if name == "outlier_factor" and not value > 1:
+            raise ConfigError(f"{where} must be above 1 (a multiple of the largest win), got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{where} must not be negative, got {value!r}")
+    return WarningsConfig(**{name: float(getattr(config, name)) for name in WarningsConfig.__dataclass_fields__})
+
+
 def _parse_date(value: Any, where: str) -> dt.date:
     if isinstance(value, dt.datetime):
         return value.date()
@@ -277,10 +321,17 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
         raise ConfigError(f"{path}: [sources] mappings must be a list of mapping file paths")
 
     analytics = _analytics(_section(raw, "analytics", path), path)
+    warnings_config = _warnings(_section(raw, "warnings", path), path)
 
     fiscal_start = int(reporting.get("fiscal_year_start_month", 1))
     if not 1 <= fiscal_start <= 12:
         raise ConfigError(f"{path}: [reporting] fiscal_year_start_month must be 1..12, got {fiscal_start}")
+    booking_date = reporting.get("booking_date", DEFAULT_BOOKING_RULE)
+    if booking_date not in BOOKING_RULES:
+        raise ConfigError(
+            f"{path}: [reporting] booking_date must be one of {', '.join(repr(r) for r in BOOKING_RULES)}, "
+            f"got {booking_date!r}"
+        )
 
     pipelines_raw = raw.get("pipelines", [])
     if not isinstance(pipelines_raw, list):
@@ -321,6 +372,8 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
         rates_file=currency.get("rates_file"),
         format_overrides=dict(overrides),
         mappings=tuple(mappings),
+        booking_date=booking_date,
+        warnings=warnings_config,
     )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from etl.bookings import with_booking_dates
 from etl.config import Settings
 from etl.ingest import (
     HISTORY_FORMATS,
@@ -24,7 +25,7 @@ from etl.ingest import (
     unrecognised_reason,
     with_values_as_written,
 )
-from etl.pipeline_state import as_of_end, prepare_history, stage_events, stage_move_counts
+from etl.pipeline_state import as_of_end, closed_at_from_history, prepare_history, stage_events, stage_move_counts
 from etl.stages import ORDER_INFERRED, StageCatalog
 from etl.tables import TABLES
 from etl.validation import FileCount, ValidationOutcome, validate_crm, validate_stage_events
@@ -159,6 +160,8 @@ def load_crm(settings: Settings, previous_deal_count: int | None = None) -> CrmL
     history = prepare_history(outcome.deals, outcome.history, ingest.stages)
     events = stage_events(history, settings.as_of)
     outcome.add_results(*validate_stage_events(events, outcome.deals, as_of_end(settings.as_of)))
+    deals = outcome.deals.assign(closed_at=closed_at_from_history(outcome.deals, history))
+    deals = with_booking_dates(deals, settings.as_of, settings.project.booking_date)
     stage_table = pipeline_stage_table(ingest.stages, history)
     order_warnings = stage_order_warnings(stage_table, settings.project.validation.warn_backward_share)
     for warning in order_warnings:
@@ -166,7 +169,7 @@ def load_crm(settings: Settings, previous_deal_count: int | None = None) -> CrmL
     return CrmLoad(
         ingest=ingest,
         validation=outcome,
-        deals=outcome.deals,
+        deals=deals,
         history=history,
         events=events,
         stages=ingest.stages,

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
+from etl.bookings import DEFAULT_KEYED_AT_CLOSE_HOURS, booking_anchor, booking_dates, keyed_in_at_close
 from etl.periods import period_bounds, period_labels, quarter_labels, quarter_start
 from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
 from etl.pipeline_state import blank_column as _blank
@@ -233,6 +234,7 @@ class _DealsAsOf:
     frame: pd.DataFrame
     status: np.ndarray  # _OPEN / _WON / _LOST
     closed_at: np.ndarray  # datetime64[us]; NaT while open
+    booked_at: np.ndarray  # datetime64[us] booking date (etl.bookings) of closed deals; NaT while open
     amount: np.ndarray  # amount_reporting at the end of as_of (0 where unknown)
     created_at: np.ndarray  # datetime64[us]
     existing_row: np.ndarray  # per row of `deals`: its row in `frame`, -1 if it did not exist yet
@@ -259,15 +261,26 @@ def _deals_as_of(deals: pd.DataFrame, history: pd.DataFrame, as_of: dt.date | pd
     existing_row = np.full(len(deals), -1, dtype="int64")
     existing_row[deal_row] = np.arange(len(deal_row))
     status = np.asarray(_status_codes(at["status"]))[order]
+    frame = deals.iloc[deal_row].reset_index(drop=True)
+    closed_at = at["closed_at"].to_numpy(dtype=TIMESTAMP)[order]
     return _DealsAsOf(
-        frame=deals.iloc[deal_row].reset_index(drop=True),
+        frame=frame,
         status=np.where(status < 0, _OPEN, status),
-        closed_at=at["closed_at"].to_numpy(dtype=TIMESTAMP)[order],
+        closed_at=closed_at,
+        booked_at=booking_dates(booking_anchor(frame), closed_at, _as_of_date(as_of)),
         amount=np.nan_to_num(at["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan)[order]),
         created_at=at["created_at"].to_numpy(dtype=TIMESTAMP)[order],
         existing_row=existing_row,
         history_deal=history_deal,
     )
+
+
+def _first_day(deals_now: "_DealsAsOf") -> pd.Timestamp:
+    """The earliest creation or booking date of the deals (`_DealsAsOf`, or any object with the same
+    created_at and booked_at arrays): the start of the tables' calendars (a deal keyed in after its
+    close date is booked before it was created)."""
+    booked = deals_now.booked_at[~np.isnat(deals_now.booked_at)]
+    return pd.Timestamp(min(deals_now.created_at.min(), booked.min()) if len(booked) else deals_now.created_at.min())
 
 
 def _segments(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -353,12 +366,73 @@ def _funnel_levels(
     won, lost = deals_now.status == _WON, deals_now.status == _LOST
     any_level = np.where(won, deal_open + 1, highest)
     in_level = np.where(won & (unbroken == deal_open), deal_open + 1, unbroken)
+    any_lost_stage = np.where(lost & (last_open > 0), last_open, 0)
+    in_lost_stage = np.where(lost & (last_open > 0) & (last_open <= in_level), last_open, 0)
+
+    # Deals whose path is not recorded (no stage history, or a lost deal whose history shows no
+    # open stage). In a one-stage pipeline the path is known: the deal was in that stage.
+    recorded = deals_now.frame["has_history"].to_numpy(dtype=bool)
+    single = deal_open == 1
+    pathless_lost = lost & (highest == 0) & (deal_open > 0)
+    # any_order: such a lost deal reached the first stage (every deal was open in some stage); where
+    # it went from there and where it was lost is unknown unless the pipeline has one stage.
+    any_level = np.where(pathless_lost, 1, any_level)
+    any_lost_stage = np.where(pathless_lost & single, 1, any_lost_stage)
+    # in_order: in a one-stage pipeline a deal without history entered that stage.
+    unrecorded_single = single & ~recorded
+    in_level = np.where(unrecorded_single & won, 2, np.where(unrecorded_single & (in_level == 0), 1, in_level))
+    in_lost_stage = np.where(unrecorded_single & lost, 1, in_lost_stage)
     return {
         "any_order_level": any_level,
         "in_order_level": in_level,
-        "any_order_lost_stage": np.where(lost & (last_open > 0), last_open, 0),
-        "in_order_lost_stage": np.where(lost & (last_open > 0) & (last_open <= in_level), last_open, 0),
+        "any_order_lost_stage": any_lost_stage,
+        "in_order_lost_stage": in_lost_stage,
+        "any_order_unplaced": pathless_lost & ~single,
+        "in_order_unplaced": ~recorded & (deal_open > 1) & (in_level == 0),
     }
+
+
+def _funnel_rates(
+    mode: str,
+    stage_order: np.ndarray,
+    unplaced: np.ndarray,
+    advanced: np.ndarray,
+    decided: np.ndarray,
+    won: np.ndarray,
+    closed: np.ndarray,
+    lost_here: np.ndarray,
+    reached: np.ndarray,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The three funnel rates of each row, NULL where the deals whose path is not recorded
+    (`unplaced`) could change them, and a note saying why (NULL when every rate is as computed).
+
+    any_order: an unplaced deal is lost and reached the first stage, but where it went from there is
+    unknown, so next_step_rate and drop_off_rate are unknown at every stage and stage_to_won_rate
+    from the second stage on. in_order: unplaced deals are left out of every count (their in-order
+    path is not recorded, and leaving out won and lost deals alike biases no rate); the note says so.
+    """
+    next_step, to_won, drop_off = _ratio(advanced, decided), _ratio(won, closed), _ratio(lost_here, reached)
+    note = np.full(len(unplaced), None, dtype=object)
+    has = unplaced > 0
+    if not has.any():
+        return {"next_step_rate": next_step, "stage_to_won_rate": to_won, "drop_off_rate": drop_off}, note
+    count = pd.Series(unplaced[has]).map("{:,}".format).to_numpy(dtype=object)
+    if mode == "any_order":
+        later = has & (stage_order > 1)
+        next_step = np.where(has, np.nan, next_step)
+        drop_off = np.where(has, np.nan, drop_off)
+        to_won = np.where(later, np.nan, to_won)
+        text = np.where(
+            stage_order[has] == 1,
+            " lost deal(s) without recorded stages count as reaching this first stage, but whether they "
+            "went further and where they were lost is unknown: next_step_rate and drop_off_rate are NULL",
+            " lost deal(s) without recorded stages may have reached this stage: next_step_rate, "
+            "stage_to_won_rate and drop_off_rate are NULL (the first stage's stage_to_won_rate is known)",
+        )
+        note[has] = count + text
+    else:
+        note[has] = count + " deal(s) without stage history are left out: their in-order path is not recorded"
+    return {"next_step_rate": next_step, "stage_to_won_rate": to_won, "drop_off_rate": drop_off}, note
 
 
 def stage_conversion(
@@ -401,10 +475,19 @@ def stage_conversion(
     - open: counted as having entered their current stage only, so in any_order they reached
       stages 1..current; in in_order they count only if the current stage is the first one;
     - won: in any_order they reached every open stage and advanced past each (a win passes them
-      all); in in_order they reached none (no open stage is known to have been entered);
-    - lost: the stage they were lost in is unknown, so they count in no stage of either mode.
-      On data without history the funnel therefore shows only open and won deals; use
-      `velocity.win_rate` for the win rate of such data.
+      all);
+    - lost (and any lost deal whose history records no open stage): in any_order they reached the
+      first stage (every deal was open in some stage), but where they went from there and where they
+      were lost is unknown: they are `unplaced`. Where a row's pipeline, period and segment have
+      unplaced deals, next_step_rate and drop_off_rate (every stage) and stage_to_won_rate (from the
+      second stage on) are NULL, and `rate_note` says why; the first stage's stage_to_won_rate (won
+      over all closed deals: the creation-to-outcome rate) stays. Counts hold the deals known to
+      have reached, advanced or been lost at a stage;
+    - in in_order every deal without history other than an open one in the first stage is unplaced
+      and left out of every count (won and lost alike, so the rates of the deals with a recorded
+      path are unbiased); `rate_note` says how many.
+    In a pipeline with one open stage every deal was in it: deals without history are placed exactly
+    in both modes (a lead funnel read creation to outcome: 842 won of 8,000 leads is 10.5%).
     Deals in pipelines without a configured stage order are left out (with a warning).
     """
     as_of_day = _as_of_date(as_of)
@@ -449,6 +532,8 @@ def stage_conversion(
                 closed = won + at_or_above[rows, _LOST, stage_order]
                 decided = advanced + at[rows, _WON, stage_order] + at[rows, _LOST, stage_order]
                 lost_here = lost[rows, stage_order]
+                unplaced = np.bincount(group_ids[levels[f"{mode}_unplaced"]], minlength=n_groups)[rows]
+                rates, note = _funnel_rates(mode, stage_order, unplaced, advanced, decided, won, closed, lost_here, reached)
                 n_rows = len(rows)
                 pieces.append(
                     {
@@ -466,9 +551,9 @@ def stage_conversion(
                         "lost_here": lost_here,
                         "decided": decided,
                         "closed": closed,
-                        "next_step_rate": _ratio(advanced, decided),
-                        "stage_to_won_rate": _ratio(won, closed),
-                        "drop_off_rate": _ratio(lost_here, reached),
+                        "unplaced": unplaced,
+                        **rates,
+                        "rate_note": note,
                     }
                 )
     out = _table_frame("stage_conversion", _concat(pieces), as_of_day)
@@ -705,17 +790,19 @@ def velocity(
     as_of: dt.date | pd.Timestamp,
     fiscal_year_start_month: int = 1,
     model_scores: pd.DataFrame | None = None,
+    keyed_at_close_hours: float = DEFAULT_KEYED_AT_CLOSE_HOURS,
 ) -> pd.DataFrame:
     """Sales velocity: one row per period grain ("month", "quarter") x period x segment.
 
     `history` is the output of `etl.pipeline_state.prepare_history` with the catalogue `stages`,
     whose configured stage probabilities stand in for missing CRM probabilities. Periods run from the first
-    period in which a deal (existing at the end of as_of) was created through the period
+    period in which a deal (existing at the end of as_of) was created or booked through the period
     containing as_of; every segment value gets a row in every period (zeros where nothing
     happened). Deals' status, close time and amount are as they stood at the end of as_of: a deal
-    closed after as_of is open, and a re-opened deal counts only by its latest close.
+    marked closed after as_of is open, and a re-opened deal counts only by its latest close.
     - created_count: deals created in the period;
-    - won_count / lost_count / won_amount / lost_amount: deals closed in the period (closed_at);
+    - won_count / lost_count / won_amount / lost_amount: deals closed at as_of whose booking date
+      (`etl.bookings`: by default the CRM's close date) falls in the period;
     - open_deals / pipeline_value / weighted_pipeline_crm: the open deals at the end of the period
       (the end of as_of for the period containing as_of), with their amount and probability then.
       The probability is the CRM's, else the stage's configured default; deals with neither add
@@ -725,7 +812,12 @@ def velocity(
       (deal_id, win_probability) is given; NULL otherwise. Unscored open deals add nothing;
     - avg_deal_value = won_amount / won_count; win_rate = won / (won + lost);
       win_rate_value = won_amount / (won_amount + lost_amount);
-    - cycle_days_median / mean / p90: days from created_at to closed_at of the deals won in the period;
+    - cycle_won_count: the period's wins whose cycle length was recorded: wins created less than
+      `keyed_at_close_hours` before they were marked won (`etl.bookings.keyed_in_at_close`: keyed
+      into the CRM at the moment of closing) are left out, since their created_at is not when the
+      sale began; 0 counts every win;
+    - cycle_days_median / mean / p90: days from created_at to closed_at (the moment the deal was
+      marked won) of those wins;
     - velocity_per_day = open_deals x avg_deal_value x win_rate / cycle_days_mean.
     Ratios are NULL when a denominator is 0 or a part is NULL.
     """
@@ -733,8 +825,7 @@ def velocity(
     deals_now = _deals_as_of(deals, history, as_of)
     if len(deals_now.frame) == 0:
         return _empty_table("velocity", as_of_day)
-    first_created = pd.Timestamp(deals_now.created_at.min())
-    calendars = {g: _calendar(first_created, as_of_day, g, fiscal_year_start_month) for g in VELOCITY_GRAINS}
+    calendars = {g: _calendar(_first_day(deals_now), as_of_day, g, fiscal_year_start_month) for g in VELOCITY_GRAINS}
     months, quarters = calendars["month"], calendars["quarter"]
     # Quarter ends are month ends, so each quarter's open pipeline is one month's.
     quarter_month = np.searchsorted(months.snapshot_at, quarters.snapshot_at)
@@ -749,12 +840,14 @@ def velocity(
     lost = deals_now.status == _LOST
     closed = won | lost
     cycle_days = (deals_now.closed_at - deals_now.created_at) / np.timedelta64(1, "D")
+    # A win keyed in at the moment of closing has no recorded cycle (etl.bookings.keyed_in_at_close).
+    cycle_days[keyed_in_at_close(deals_now.created_at, deals_now.closed_at, keyed_at_close_hours)] = np.nan
     has_probability = ~np.isnan(open_rows["probability"])
     open_weighted = np.where(has_probability, open_rows["amount"] * np.nan_to_num(open_rows["probability"]), 0.0)
     has_model = ~np.isnan(open_rows["model_probability"])
     open_model = np.where(has_model, open_rows["amount"] * np.nan_to_num(open_rows["model_probability"]), 0.0)
     deal_periods = {
-        grain: (calendar.period_of(deals_now.created_at), np.where(closed, calendar.period_of(deals_now.closed_at), -1))
+        grain: (calendar.period_of(deals_now.created_at), np.where(closed, calendar.period_of(deals_now.booked_at), -1))
         for grain, calendar in calendars.items()
     }
 
@@ -832,9 +925,11 @@ def _velocity_rows(
     created_count = tally(created_period, np.ones(len(segment), dtype=bool))
     won_count, lost_count = tally(closed_period, won), tally(closed_period, lost)
     won_amount, lost_amount = tally(closed_period, won, amount), tally(closed_period, lost, amount)
-    won_keep = won & (closed_period >= 0)
+    # Cycle statistics: the period's wins whose cycle was recorded (NaN: keyed in at close).
+    won_keep = won & (closed_period >= 0) & ~np.isnan(cycle_days)
     won_cells = closed_period[won_keep] * n_segments + segment[won_keep]
     won_cycles = cycle_days[won_keep]
+    cycle_count = np.bincount(won_cells, minlength=n_cells)
     cycle_total = np.bincount(won_cells, weights=won_cycles, minlength=n_cells)
     cycle_quantiles = _grouped_percentiles(won_cells, won_cycles, n_cells, (0.5, 0.9))
 
@@ -848,7 +943,7 @@ def _velocity_rows(
 
     avg_deal_value = _ratio(won_amount, won_count)
     win_rate = _ratio(won_count, won_count + lost_count)
-    cycle_mean = _ratio(cycle_total, won_count)
+    cycle_mean = _ratio(cycle_total, cycle_count)
     return {
         "period_grain": np.full(n_cells, grain, dtype=object),
         "period": calendar.labels[np.repeat(np.arange(n_periods), n_segments)],
@@ -866,6 +961,7 @@ def _velocity_rows(
         "avg_deal_value": avg_deal_value,
         "win_rate": win_rate,
         "win_rate_value": _ratio(won_amount, won_amount + lost_amount),
+        "cycle_won_count": cycle_count,
         "cycle_days_median": cycle_quantiles[:, 0],
         "cycle_days_mean": cycle_mean,
         "cycle_days_p90": cycle_quantiles[:, 1],

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from etl.bookings import DEFAULT_KEYED_AT_CLOSE_HOURS, keyed_in_at_close
 from etl.metrics import (
     _LOST,
     _OPEN,
@@ -186,11 +188,14 @@ def _stall_thresholds(
     return thresholds.reindex(grid).to_numpy(dtype="float64", na_value=np.nan).reshape(out.shape)
 
 
-def _aged_thresholds(deals_now: _DealsAsOf, pipeline: np.ndarray, n_pipelines: int) -> np.ndarray:
+def _aged_thresholds(
+    deals_now: _DealsAsOf, pipeline: np.ndarray, n_pipelines: int, keyed_at_close_hours: float
+) -> np.ndarray:
     """Per pipeline: the p90 (numpy's linear percentile) of days from creation to close of the deals
-    won by as_of in that pipeline; all pipelines' won deals where a pipeline has none; NaN if no
-    deal is won."""
-    won = deals_now.status == _WON
+    won by as_of in that pipeline whose cycle was recorded (not keyed in at close,
+    `etl.bookings.keyed_in_at_close`); all pipelines' such wins where a pipeline has none; NaN if
+    there are none."""
+    won = (deals_now.status == _WON) & ~keyed_in_at_close(deals_now.created_at, deals_now.closed_at, keyed_at_close_hours)
     cycle = (deals_now.closed_at[won] - deals_now.created_at[won]) / _DAY
     per_pipeline = _grouped_percentiles(pipeline[won], cycle, n_pipelines, (_AGED_QUANTILE,))[:, 0]
     overall = float(np.percentile(cycle, 100 * _AGED_QUANTILE)) if len(cycle) else np.nan
@@ -246,6 +251,7 @@ def pipeline_snapshots(
     stages: StageCatalog,
     as_of: dt.date | pd.Timestamp,
     stage_durations: pd.DataFrame | None = None,
+    keyed_at_close_hours: float = DEFAULT_KEYED_AT_CLOSE_HOURS,
 ) -> pd.DataFrame:
     """The open pipeline as it stood at the end of every month, from the month of the first deal's
     creation through as_of, and at the end of as_of itself: one row per snapshot_date x segment x
@@ -261,7 +267,7 @@ def pipeline_snapshots(
     - stalled_deals: days in the current stage > the stage's stall threshold
       (`stage_durations.stall_threshold_days` of segment_type 'all', this run's);
     - aged_deals: days since creation > the p90 cycle length of the pipeline's won deals at as_of
-      (as in `stalled_deals`). Both use this run's thresholds at every snapshot date.
+      (as in `stalled_deals`, wins keyed in at close left out). Both use this run's thresholds at every snapshot date.
     Summed over stages, open_deals and pipeline_value at a month end equal `velocity`'s for that month.
     """
     as_of_day = pd.Timestamp(as_of).date()
@@ -294,7 +300,9 @@ def pipeline_snapshots(
     stall = _stall_thresholds(stage_durations, pipelines, stage_names)[pipe, stage]
     with np.errstate(invalid="ignore"):
         stalled = at["days_in_stage"].to_numpy(dtype="float64", na_value=np.nan) > stall
-        aged = at["age_days"].to_numpy(dtype="float64") > _aged_thresholds(deals_now, pipe_all, len(pipelines))[pipe]
+        aged = at["age_days"].to_numpy(dtype="float64") > _aged_thresholds(
+            deals_now, pipe_all, len(pipelines), keyed_at_close_hours
+        )[pipe]
     snapshot_dates = months.snapshot_at.astype("datetime64[D]").astype(TIMESTAMP)
 
     pieces = []
@@ -414,6 +422,52 @@ def _waterfall_events(
     ]
 
 
+def _restated(history: pd.DataFrame, deals_now: _DealsAsOf) -> tuple[pd.DataFrame, _DealsAsOf]:
+    """History and deals as the waterfall books them: every deal closed at as_of whose booking date
+    (`etl.bookings`) is not the day it was marked closed closes at the start of its booking day.
+
+    For such a deal, the row that closed it (and any row at the same instant) moves to that instant
+    r; rows after it that edit the closed deal move to r if they were earlier; open-state rows from r
+    up to the real close are dropped (in the restated timeline they happen after the close); a deal
+    booked before it was created is created at r. Other deals are unchanged. Only the columns the
+    waterfall reads are returned, grouped by deal in time order, with valid_to recomputed.
+    """
+    columns = ["changed_at", "stage_status", "stage_entered_at", "expected_close_date", "amount_reporting"]
+    closed_day = deals_now.closed_at.astype("datetime64[D]").astype(TIMESTAMP)
+    moved = (deals_now.status != _OPEN) & ~np.isnat(deals_now.booked_at) & (deals_now.booked_at != closed_day)
+    if not moved.any():
+        return history, deals_now
+    deal = deals_now.history_existing
+    inside = deal >= 0
+    row_moved = np.zeros(len(history), dtype=bool)
+    row_moved[inside] = moved[deal[inside]]
+    changed = history["changed_at"].to_numpy(dtype=TIMESTAMP)
+    restate_at = np.full(len(history), np.datetime64("NaT"), dtype=TIMESTAMP)
+    closed_at = np.full(len(history), np.datetime64("NaT"), dtype=TIMESTAMP)
+    restate_at[row_moved] = deals_now.booked_at[deal[row_moved]]
+    closed_at[row_moved] = deals_now.closed_at[deal[row_moved]]
+    closing = row_moved & (changed == closed_at)
+    after = row_moved & (changed > closed_at)
+    keep = ~row_moved | closing | after | (changed < restate_at)
+    new_changed = np.where(closing, restate_at, np.where(after, np.maximum(changed, restate_at), changed))
+
+    kept = np.flatnonzero(keep)
+    history_deal = deals_now.history_deal[kept]
+    order = np.lexsort((kept, new_changed[kept], history_deal))
+    rows = kept[order]
+    out = pd.DataFrame({column: history[column].to_numpy()[rows] for column in columns if column != "changed_at"})
+    out["changed_at"] = new_changed[rows]
+    entered = history["stage_entered_at"].to_numpy(dtype=TIMESTAMP)
+    out["stage_entered_at"] = np.where(closing[rows], restate_at[rows], entered[rows])
+    same_deal = np.append(history_deal[order][1:] == history_deal[order][:-1], False) if len(rows) else np.array([], bool)
+    following = np.append(out["changed_at"].to_numpy(dtype=TIMESTAMP)[1:], np.datetime64("NaT", "us"))[: len(rows)]
+    out["valid_to"] = np.where(same_deal, following, np.datetime64("NaT", "us")).astype(TIMESTAMP)
+
+    created = deals_now.created_at.copy()
+    created[moved] = np.minimum(created[moved], deals_now.booked_at[moved])
+    return out, replace(deals_now, created_at=created, history_deal=history_deal[order])
+
+
 def pipeline_waterfall(
     deals: pd.DataFrame,
     history: pd.DataFrame,
@@ -421,8 +475,14 @@ def pipeline_waterfall(
     fiscal_year_start_month: int = 1,
 ) -> pd.DataFrame:
     """How each period's pipeline moved: one row per period grain ("month", "quarter") x period x
-    segment, for every period from the one of the first deal's creation through the one containing
-    as_of (cut at the end of as_of), and every segment value (zeros where nothing happened).
+    segment, for every period from the one of the first deal's creation (or booking) through the one
+    containing as_of (cut at the end of as_of), and every segment value (zeros where nothing happened).
+
+    Closed deals leave the pipeline on their booking date (`etl.bookings`), so won and lost here are
+    the periods' bookings, restated with what is known at as_of: a deal closed at as_of whose
+    booking date is not the day it was marked closed is taken to close at the start of its booking
+    day (`_restated`: its open-state history from then to the real close is dropped; a deal booked
+    before it was created is created then). Everything below applies to that restated history.
 
     The pipeline of period P at instant t is the set of deals open at t (created by t, not in a won
     or lost stage) whose expected close date at t is on or before P's last day; overdue deals are
@@ -451,31 +511,29 @@ def pipeline_waterfall(
     - deals_*: the number of such movements (a deal that moves in and out twice counts twice), so
       deals_start + deals_created + deals_pulled_in - deals_pushed_out - deals_lost - deals_won
       = deals_end; deals_increased / deals_decreased count amount changes.
+    - recorded_end_value / recorded_deals_end: the same pipeline at through_date as the recorded
+      history rebuilds it (`pipeline_at_many`, closed deals open until marked closed), the view of
+      `pipeline_snapshots`; end_value - recorded_end_value is the pipeline restated by booking, e.g.
+      a win marked in July with a June close date is out of the June end here and in it there.
     Won and lost deals are counted when the pipeline loses them, so won here is the pipeline's
-    share of bookings; `velocity.won_amount` counts every win of the period by its close time.
+    share of bookings; `velocity.won_amount` counts every win of the period by its booking date.
     """
     as_of_day = pd.Timestamp(as_of).date()
-    deals_now = _deals_as_of(deals, history, as_of)
-    if len(deals_now.frame) == 0:
+    recorded = _deals_as_of(deals, history, as_of)
+    if len(recorded.frame) == 0:
         return _empty("pipeline_waterfall", as_of_day)
     end = as_of_end(as_of)
+    booked_history, deals_now = _restated(history, recorded)
     first_created = pd.Timestamp(deals_now.created_at.min())
     calendars = {g: _calendar(first_created, as_of_day, g, fiscal_year_start_month) for g in WATERFALL_GRAINS}
-    moves = _history_moves(history, deals_now, end)
+    moves = _history_moves(booked_history, deals_now, end)
 
-    # The pipeline at every period's start (its first instant minus one microsecond) and end.
+    # The pipeline at every period's start (its first instant minus one microsecond) and end, as
+    # booked; and at every period's end as the recorded history rebuilds it.
     bounds = [np.concatenate([c.start - _MICROSECOND, c.snapshot_at]) for c in calendars.values()]
-    instants = np.unique(np.concatenate(bounds))
-    rows = _open_rows(history, deals_now)
-    state = {
-        "amount_reporting": history["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan),
-        "expected_close_date": history["expected_close_date"].to_numpy(dtype=TIMESTAMP),
-    }
-    at = _open_at(history, deals_now, rows, instants, state)
-    at_instant = np.searchsorted(instants, at["snapshot_at"].to_numpy(dtype=TIMESTAMP))
-    at_deal = at["deal_id"].to_numpy(dtype="int64")
-    at_close = at["expected_close_date"].to_numpy(dtype=TIMESTAMP)
-    at_cents = _cents(at["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan))
+    booked_at = _pipeline_members(booked_history, deals_now, np.unique(np.concatenate(bounds)))
+    ends = np.unique(np.concatenate([c.snapshot_at for c in calendars.values()]))
+    recorded_at = booked_at if booked_history is history else _pipeline_members(history, recorded, ends)
     segments = _segments(deals_now.frame)
 
     pieces = []
@@ -489,20 +547,16 @@ def pipeline_waterfall(
             event_bucket.append(np.full(int(mask.sum()), _BUCKET[name]))
             event_cents.append(cents[mask])
         for name, bound in (("start", calendar.start - _MICROSECOND), ("end", calendar.snapshot_at)):
-            period_of_instant = np.full(len(instants), -1)
-            period_of_instant[np.searchsorted(instants, bound)] = np.arange(n_periods)
-            held = period_of_instant[at_instant]
-            inside = held >= 0
-            with np.errstate(invalid="ignore"):
-                inside[inside] &= at_close[inside] < calendar.end[held[inside]]
-            event_period.append(held[inside])
-            event_deal.append(at_deal[inside])
-            event_bucket.append(np.full(int(inside.sum()), _BUCKET[name]))
-            event_cents.append(at_cents[inside])
+            held, deal, cents = _members_of(booked_at, bound, calendar.end)
+            event_period.append(held)
+            event_deal.append(deal)
+            event_bucket.append(np.full(len(held), _BUCKET[name]))
+            event_cents.append(cents)
         event_period = np.concatenate(event_period)
         event_deal = np.concatenate(event_deal)
         event_bucket = np.concatenate(event_bucket)
         event_value = np.concatenate(event_cents).astype("float64")
+        recorded_period, recorded_deal, recorded_cents = _members_of(recorded_at, calendar.snapshot_at, calendar.end)
 
         for segment_type, (segment, segment_names) in segments.items():
             n_segments = len(segment_names)
@@ -514,6 +568,7 @@ def pipeline_waterfall(
             value, count = value.reshape(-1, len(WATERFALL_BUCKETS)), count.reshape(-1, len(WATERFALL_BUCKETS))
             _check_balance(grain, segment_type, calendar.labels, segment_names, value, count)
             n_cells = n_periods * n_segments
+            recorded_cells = recorded_period * n_segments + segment[recorded_deal]
             piece = {
                 "period_grain": np.full(n_cells, grain, dtype=object),
                 "period": calendar.labels[np.repeat(np.arange(n_periods), n_segments)],
@@ -521,6 +576,10 @@ def pipeline_waterfall(
                 "segment": segment_names[np.tile(np.arange(n_segments), n_periods)],
                 "period_start": np.repeat(calendar.start, n_segments),
                 "through_date": np.repeat(calendar.snapshot_at.astype("datetime64[D]").astype(TIMESTAMP), n_segments),
+                "recorded_end_value": np.rint(
+                    np.bincount(recorded_cells, weights=recorded_cents.astype("float64"), minlength=n_cells)
+                ) / 100,
+                "recorded_deals_end": np.bincount(recorded_cells, minlength=n_cells),
             }
             for i, bucket in enumerate(WATERFALL_BUCKETS):
                 piece[_VALUE_COLUMNS.get(bucket, bucket)] = value[:, i] / 100
@@ -530,6 +589,38 @@ def pipeline_waterfall(
     out = _health_frame("pipeline_waterfall", data, as_of_day)
     log.info("pipeline_waterfall: %d rows from %d history moves as of %s", len(out), len(moves["deal"]), as_of_day)
     return out
+
+
+def _pipeline_members(history: pd.DataFrame, deals_now: _DealsAsOf, instants: np.ndarray) -> dict[str, np.ndarray]:
+    """The open deals at each of `instants` (sorted, unique) with their expected close date and
+    amount in cents then: instant index, deal row, close date, cents per (instant, open deal)."""
+    rows = _open_rows(history, deals_now)
+    state = {
+        "amount_reporting": history["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan),
+        "expected_close_date": history["expected_close_date"].to_numpy(dtype=TIMESTAMP),
+    }
+    at = _open_at(history, deals_now, rows, instants, state)
+    return {
+        "instants": instants,
+        "instant": np.searchsorted(instants, at["snapshot_at"].to_numpy(dtype=TIMESTAMP)),
+        "deal": at["deal_id"].to_numpy(dtype="int64"),
+        "close": at["expected_close_date"].to_numpy(dtype=TIMESTAMP),
+        "cents": _cents(at["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan)),
+    }
+
+
+def _members_of(members: dict[str, np.ndarray], bound: np.ndarray, period_end: np.ndarray):
+    """The deals in each period's pipeline at the instants `bound` (one per period, each one of
+    `members["instants"]`): open then with an expected close date before the period's end. Returns
+    (period index, deal row, cents) per member."""
+    instants = members["instants"]
+    period_of_instant = np.full(len(instants), -1)
+    period_of_instant[np.searchsorted(instants, bound)] = np.arange(len(bound))
+    held = period_of_instant[members["instant"]]
+    inside = held >= 0
+    with np.errstate(invalid="ignore"):
+        inside[inside] &= members["close"][inside] < period_end[held[inside]]
+    return held[inside], members["deal"][inside], members["cents"][inside]
 
 
 def _check_balance(
@@ -614,6 +705,7 @@ def stalled_deals(
     history: pd.DataFrame,
     stage_durations: pd.DataFrame | None,
     as_of: dt.date | pd.Timestamp,
+    keyed_at_close_hours: float = DEFAULT_KEYED_AT_CLOSE_HOURS,
 ) -> pd.DataFrame:
     """The open deals at the end of as_of that are stalled or aged: one row per deal.
 
@@ -624,7 +716,9 @@ def stalled_deals(
       without a threshold never stalls;
     - aged (is_aged): age_days (days since creation) > aged_threshold_days, the p90 (numpy's linear
       percentile) of days from creation to close of the deals won by as_of in the deal's pipeline
-      (all pipelines' won deals when the pipeline has none); no deal is aged when none is won;
+      (all pipelines' won deals when the pipeline has none); no deal is aged when none is won.
+      Wins keyed in at close (created less than `keyed_at_close_hours` before they were marked won)
+      have no recorded cycle and are left out of that p90;
     - push_count: close-date pushes up to as_of (`prepare_history`'s is_push: the expected close
       date moved later while open); days_slipped: the days they moved it in all; last_pushed_at;
     - reason: the above in plain words, e.g. "In Negotiation/Review for 48 days, 3.2x the usual 15
@@ -650,7 +744,7 @@ def stalled_deals(
     pipe_all, pipelines = _codes(deals_now.frame["pipeline"])
     pipe = pipe_all[deal]
     threshold = _stall_thresholds(stage_durations, pipelines, stage_names)[pipe, stage]
-    aged_threshold = _aged_thresholds(deals_now, pipe_all, len(pipelines))[pipe]
+    aged_threshold = _aged_thresholds(deals_now, pipe_all, len(pipelines), keyed_at_close_hours)[pipe]
     days_in_stage = at["days_in_stage"].to_numpy(dtype="float64", na_value=np.nan)
     age = at["age_days"].to_numpy(dtype="float64")
     with np.errstate(invalid="ignore"):

@@ -12,6 +12,7 @@ each as running counts, so a deal's state at t is simply its last history row at
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterable
 
 import numpy as np
@@ -19,6 +20,8 @@ import pandas as pd
 
 from etl.schema import STAGE_EVENT_COLUMNS, TIMESTAMP, conform
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
+
+log = logging.getLogger(__name__)
 
 DAY = np.timedelta64(1, "D")
 
@@ -119,13 +122,74 @@ def _synthesised_history(deals: pd.DataFrame, has_rows: pd.Series) -> pd.DataFra
     return pd.concat([created, closing], ignore_index=True)
 
 
+def _reconciled_history(hist: pd.DataFrame, deals: pd.DataFrame, stages: StageCatalog) -> tuple[pd.DataFrame, np.ndarray]:
+    """`hist` (sorted by deal and time, annotated with stage status) completed where a deal's history
+    ends in another status than the deal's own record, and a mask of the rows added.
+
+    The deal's record (Opportunity row, deal row) is the truth about its present: the history is
+    given one more row with the record's stage, amount, close date, probability and forecast
+    category, so the deal, its stage events and every point-in-time rebuild agree. The row is dated
+    when the record says the deal reached that state (closed_at for a closed deal,
+    last_stage_change_at for an open one), but never before the history's last row (one
+    microsecond after it at the earliest). It names the deal's own file and row as its source.
+    A deals frame without the record's columns (status, stage, ...) has no record to compare with:
+    its history is kept as it is.
+    """
+    record_columns = ("status", "stage", "closed_at", "last_stage_change_at", "amount", "amount_reporting",
+                      "expected_close_date", "crm_probability", "forecast_category", "source_file", "source_row")
+    if not set(record_columns) <= set(deals.columns):
+        return hist, np.zeros(len(hist), dtype=bool)
+    deal_id = hist["deal_id"].to_numpy(dtype=object)
+    last = np.ones(len(hist), dtype=bool)
+    last[:-1] = deal_id[1:] != deal_id[:-1]
+    ends = hist.loc[last]
+    position = pd.Index(deals["deal_id"]).get_indexer(ends["deal_id"])
+    record_status = deals["status"].to_numpy(dtype=object)[position]
+    history_status = ends["stage_status"].astype(object).where(ends["stage_status"].notna(), STATUS_OPEN).to_numpy()
+    differs = (position >= 0) & (record_status != history_status)
+    if not differs.any():
+        return hist, np.zeros(len(hist), dtype=bool)
+    record = deals.iloc[position[differs]].reset_index(drop=True)
+    after = ends["changed_at"].to_numpy(dtype=TIMESTAMP)[differs] + np.timedelta64(1, "us")
+    claimed = np.where(
+        (record["status"] != STATUS_OPEN).to_numpy(dtype=bool),
+        record["closed_at"].to_numpy(dtype=TIMESTAMP),
+        record["last_stage_change_at"].to_numpy(dtype=TIMESTAMP),
+    )
+    when = np.where(np.isnat(claimed) | (claimed < after), after, claimed)
+    added = pd.DataFrame(
+        {
+            "deal_id": record["deal_id"],
+            "changed_at": pd.Series(when.astype(TIMESTAMP)),
+            **{c: record[c] for c in ("stage", "amount", "amount_reporting", "expected_close_date", "crm_probability",
+                                       "forecast_category", "source_file", "source_row", "pipeline")},
+        }
+    )
+    added = stages.annotate(added)
+    example = record.iloc[0]
+    log.warning(
+        "%d deal(s) have a stage history that ends in another status than their record; the record is "
+        "taken as the truth and the history completed with its state (first: deal %s, history ends %s, "
+        "record says %s)",
+        int(differs.sum()), example["deal_id"], history_status[differs][0], example["status"],
+    )
+    out = pd.concat([hist, added[hist.columns]], ignore_index=True)
+    flag = np.concatenate([np.zeros(len(hist), dtype=bool), np.ones(len(added), dtype=bool)])
+    order = np.lexsort((np.arange(len(out)), out["changed_at"].to_numpy(dtype=TIMESTAMP), pd.factorize(out["deal_id"], sort=True)[0]))
+    return out.iloc[order].reset_index(drop=True), flag[order]
+
+
 def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCatalog) -> pd.DataFrame:
     """History sorted per deal and annotated with running counts; deals without history get the
-    rows `_synthesised_history` describes.
+    rows `_synthesised_history` describes, and a history that ends in another status than the
+    deal's record gets the row `_reconciled_history` describes.
 
     Added columns: pipeline, stage_order, stage_status, is_stage_change, is_backward,
-    stage_entered_at, stage_moves, backward_moves, close_pushes, is_push, valid_to.
+    is_contradictory, stage_entered_at, stage_moves, backward_moves, close_pushes, is_push, valid_to.
     Rows with the same timestamp keep their file order (`source_row`).
+    is_contradictory marks the changes the sales process does not foresee: a stage change out of a
+    won or lost stage (re-opened, or won turned lost), and the rows added to bring a history in line
+    with the deal's record.
     """
     # A hash lookup: Series.isin on pyarrow-backed strings walks the values in Python (minutes
     # for millions of ids).
@@ -137,6 +201,7 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     hist = hist.merge(deals[["deal_id", "pipeline"]], on="deal_id", how="inner", validate="many_to_one")
     hist = hist.sort_values(["deal_id", "changed_at", "source_row"], kind="stable").reset_index(drop=True)
     hist = stages.annotate(hist)
+    hist, reconciled = _reconciled_history(hist, deals, stages)
 
     deal = hist["deal_id"]
     deal_codes = pd.factorize(deal)[0]
@@ -153,6 +218,9 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     prev_open = np.concatenate([[False], is_open[:-1]])
     with np.errstate(invalid="ignore"):
         backward_np = changed_np & ~first_np & is_open & prev_open & (order < prev_order)
+    is_closed = hist["stage_status"].isin([STATUS_WON, STATUS_LOST]).to_numpy(dtype=bool)
+    prev_closed = np.concatenate([[False], is_closed[:-1]])
+    contradictory_np = reconciled | (changed_np & ~first_np & prev_closed)
 
     close = hist["expected_close_date"].to_numpy(dtype=TIMESTAMP)
     prev_close = np.concatenate([np.array(["NaT"], dtype=TIMESTAMP), close[:-1]])
@@ -167,6 +235,7 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     stage_known = pd.Series(stage_known_np, index=hist.index)
     hist["is_stage_change"] = changed
     hist["is_backward"] = pd.Series(backward_np, index=hist.index)
+    hist["is_contradictory"] = pd.Series(contradictory_np, index=hist.index)
     hist["is_push"] = is_push
 
     moves = (changed & ~first).astype("int64")
@@ -178,6 +247,20 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     hist["stage_entered_at"] = entered.groupby(deal_codes).ffill().where(stage_known)
     hist["valid_to"] = hist["changed_at"].groupby(deal_codes).shift(-1)
     return hist
+
+
+def closed_at_from_history(deals: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
+    """Per deal of `deals` (same index): the moment `history` (`prepare_history` output) says it was
+    last marked won or lost, for the deals whose history ends closed; the deal's own closed_at for
+    the others. Keeps `deals.closed_at` and the rebuilt history in agreement."""
+    deal_id = history["deal_id"].to_numpy(dtype=object)
+    last = np.ones(len(history), dtype=bool)
+    last[:-1] = deal_id[1:] != deal_id[:-1]
+    ends = history.loc[last]
+    closed = ends["stage_status"].isin([STATUS_WON, STATUS_LOST]).to_numpy(dtype=bool)
+    marked = pd.Series(ends["stage_entered_at"].to_numpy(dtype=TIMESTAMP)[closed], index=ends["deal_id"].to_numpy()[closed])
+    found = marked.reindex(deals["deal_id"].to_numpy())
+    return pd.Series(found.to_numpy(dtype=TIMESTAMP), index=deals.index).fillna(deals["closed_at"])
 
 
 def stage_move_counts(history: pd.DataFrame) -> pd.DataFrame:

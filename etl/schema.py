@@ -47,6 +47,9 @@ DEAL_COLUMNS: dict[str, str] = {
     "created_at": TIMESTAMP,
     "expected_close_date": TIMESTAMP,
     "closed_at": TIMESTAMP,
+    # The close date the CRM reports a closed deal by (Salesforce CloseDate, HubSpot Close Date,
+    # Pipedrive won/lost time, a mapped file's close date); NaT while open. See etl.bookings.
+    "crm_close_date": TIMESTAMP,
     "stage": TEXT,
     "stage_order": NULLABLE_INT,
     "status": TEXT,
@@ -82,6 +85,7 @@ STAGE_EVENT_COLUMNS: dict[str, str] = {
     "amount_at_entry": FLOAT,
     "expected_close_at_entry": TIMESTAMP,
     "is_backward": BOOL,
+    "is_contradictory": BOOL,
     "is_current": BOOL,
 }
 

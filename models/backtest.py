@@ -32,8 +32,8 @@ Three methods per checkpoint, each per segment (every segment type of `etl.schem
   not about one method ignoring next month's new deals. A point forecast: `p10`, `p90` and
   `within_interval` are NULL.
 
-`actual` is the amount (reporting currency) of deals won with a close date inside the quarter, as
-known at `as_of`. Segments that the forecast did not know at the checkpoint (say, a rep hired
+`actual` is the amount (reporting currency) of deals won with a booking date (`etl.bookings`: by
+default the CRM's close date) inside the quarter, as known at `as_of`. Segments that the forecast did not know at the checkpoint (say, a rep hired
 later) are forecast 0 (every simulated draw put 0 there); segments without wins have actual 0.
 Forecast quarters use one seed for `ours` and `stage_rate` (common random numbers), so their
 difference is the scorers', not the dice's.
@@ -56,6 +56,7 @@ import pandas as pd
 
 from etl.config import ForecastConfig, ModelConfig
 from etl.periods import period_bounds, quarter_label, quarter_labels, quarter_start
+from etl.bookings import state_booking_dates
 from etl.pipeline_state import as_of_end, pipeline_at
 from etl.schema import SEGMENT_COLUMNS, segment_values
 from etl.stages import STATUS_WON, StageCatalog
@@ -207,11 +208,12 @@ def quarter_actuals(
     quarters: Sequence[str],
     fiscal_year_start_month: int = 1,
 ) -> pd.DataFrame:
-    """Won amount (reporting currency) with a close date inside each quarter, per segment, as
-    known at the end of `as_of`: columns quarter, segment_type, segment, actual."""
+    """Won amount (reporting currency) with a booking date (`etl.bookings`) inside each quarter,
+    per segment, as known at the end of `as_of`: columns quarter, segment_type, segment, actual."""
     state = pipeline_at(deals, history, as_of_end(as_of))
     won = state.loc[state["status"] == STATUS_WON]
-    quarter = quarter_labels(won["closed_at"], fiscal_year_start_month)
+    # Actuals count by booking date (etl.bookings), as closed won to date does.
+    quarter = quarter_labels(state_booking_dates(won, deals, as_of_end(as_of)), fiscal_year_start_month)
     won = won.loc[quarter.isin(list(quarters)).fillna(False).to_numpy(dtype=bool)]
     quarter = quarter.loc[won.index]
     amount = won["amount_reporting"].astype("float64").fillna(0.0)

@@ -38,6 +38,7 @@ import scipy.sparse as sp
 
 from etl.config import ForecastConfig
 from etl.periods import period_bounds, quarter_end, quarter_label
+from etl.bookings import state_booking_dates
 from etl.pipeline_state import as_of_end, pipeline_at
 from etl.schema import SEGMENT_COLUMNS, segment_values
 from etl.stages import STATUS_OPEN, STATUS_WON, StageCatalog
@@ -399,7 +400,8 @@ def forecast_quarterly(
     """The `forecast_quarterly` rows for the quarter containing `as_of` and the next one, for every
     segment type and value; columns exactly those of the warehouse table.
 
-    - closed_won_to_date: amount won from the quarter's start to the end of `as_of` (0 for the next quarter);
+    - closed_won_to_date: amount of the deals won by the end of `as_of` whose booking date
+      (`etl.bookings`: by default the CRM's close date) is in the quarter (0 for the next quarter);
     - expected, p10, p50, p90: mean and quantiles of closed won + simulated open-deal wins +
       simulated new-deal wins;
     - open_deals, open_pipeline, weighted_pipeline_crm: count, amount and amount x CRM probability
@@ -428,7 +430,8 @@ def forecast_quarterly(
     following = quarter_label(quarter_end(end, fiscal_year_start_month), fiscal_year_start_month)
     quarters = (current, following)
     current_start, _ = period_bounds(current, fiscal_year_start_month)
-    closed_won = won.loc[(won["closed_at"] >= current_start) & (won["closed_at"] <= end)]
+    booked = state_booking_dates(won, deals, end)  # closed won counts by booking date (etl.bookings)
+    closed_won = won.loc[((booked >= current_start) & (booked <= end)).to_numpy(dtype=bool)]
     streams = {q: _new_deal_wins(state, end, q, fiscal_year_start_month, lookback_quarters) for q in quarters}
 
     segments = SegmentIndex(

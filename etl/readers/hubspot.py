@@ -275,7 +275,7 @@ def detect(header: CsvHeader | None, path: Path) -> str | None:
 CANONICAL_FIELDS = {
     "deal_id": "deal_id", "deal_name": "deal_name", "stage": "stage", "status": "stage", "pipeline": "pipeline",
     "amount": "amount", "currency": "currency", "created_at": "create_date", "closed_at": "close_date",
-    "expected_close_date": "close_date", "owner": "owner", "crm_probability": "probability",
+    "expected_close_date": "close_date", "crm_close_date": "close_date", "owner": "owner", "crm_probability": "probability",
     "forecast_category": "forecast_category", "deal_type": "deal_type", "lost_reason": "lost_reason",
     "account": "account", "lead_source": "lead_source",
 }  # fmt: skip
@@ -734,6 +734,7 @@ def _assemble(
             "created_at": ok["created_at"],
             "expected_close_date": ok["close_at"],
             "closed_at": closed_at,
+            "crm_close_date": ok["close_at"].where(closed),
             "stage": place["stage"],
             "stage_order": place["stage_order"].astype("Int64"),
             "status": status,

@@ -881,6 +881,7 @@ def _read_mapping(
             "created_at": created_at,
             "expected_close_date": expected_close.dt.normalize(),
             "closed_at": closed_at,
+            "crm_close_date": closed_at.dt.normalize(),
             "stage": canonical_stage,
             "stage_order": stage_order.astype("Int64"),
             "status": status,

@@ -38,6 +38,8 @@ What the canonical deals say:
   not kept.
 - closed_at = Won time (won) / Lost time (lost), else Close time; a closed deal with neither is
   kept with closed_at blank (validation quarantines it as `missing_close_date`).
+- crm_close_date = the day of closed_at: Pipedrive reports won and lost deals by their Won time /
+  Lost time, so its close date and the moment a deal was closed are the same.
 - crm_probability = Probability / 100, or the stage's default probability when blank (won 1,
   lost 0). lost_reason only on lost deals.
 - amount in the deal's own currency (blank currency: `[sources.pipedrive]` default_currency, else
@@ -362,7 +364,7 @@ CANONICAL_FIELDS = {
     "deal_id": "id", "deal_name": "title", "amount": "value", "currency": "currency", "stage": "stage",
     "pipeline": "pipeline", "status": "status", "lost_reason": "lost_reason", "expected_close_date": "expected_close",
     "created_at": "created", "owner": "owner", "crm_probability": "probability", "account": "organization",
-    "closed_at": "close_time", "last_stage_change_at": "last_stage_change",
+    "closed_at": "close_time", "crm_close_date": "close_time", "last_stage_change_at": "last_stage_change",
 }  # fmt: skip
 
 # The raw suite: what the deals export's columns must look like as written (etl.validation.RawRules).
@@ -580,6 +582,8 @@ def _assemble(rows: pd.DataFrame, catalog: StageCatalog, reporting: str) -> pd.D
             "created_at": rows["created_at"],
             "expected_close_date": rows["expected_close_at"],
             "closed_at": closed_at,
+            # Pipedrive reports a deal by its won or lost time: the moment it was closed.
+            "crm_close_date": closed_at.dt.normalize(),
             "stage": stage,
             "stage_order": places["stage_order"].to_numpy(),
             "status": status,

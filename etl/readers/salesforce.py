@@ -546,7 +546,7 @@ def _canonical_headers(settings: SalesforceSourceConfig, lost_reason_field: str)
     """Per file format, the Salesforce column each canonical column is read from."""
     opportunity = {
         "deal_id": "Id", "deal_name": "Name", "amount": "Amount", "currency": "CurrencyIsoCode",
-        "created_at": "CreatedDate", "expected_close_date": "CloseDate", "closed_at": "CloseDate",
+        "created_at": "CreatedDate", "expected_close_date": "CloseDate", "closed_at": "CloseDate", "crm_close_date": "CloseDate",
         "stage": "StageName", "status": "StageName", "crm_probability": "Probability",
         "forecast_category": "ForecastCategory", "last_stage_change_at": "LastStageChangeDate",
         "lead_source": "LeadSource", "deal_type": "Type",
@@ -1004,6 +1004,7 @@ def _assemble(
             "created_at": opp["created_at"],
             "expected_close_date": opp["close_date"],
             "closed_at": opp["close_date"].where(closed),
+            "crm_close_date": opp["close_date"].where(closed),
             "stage": opp["stage"],
             "stage_order": opp["stage_order"],
             "status": status,

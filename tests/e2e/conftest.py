@@ -37,3 +37,21 @@ def project_config(tmp_path: Path, extra: str = "") -> Path:
     config = tmp_path / "dealcast.toml"
     config.write_text(extra + text, encoding="utf-8")
     return config
+
+
+def materialize_graph(exports: Path, as_of: dt.date, config: Path, url: str, schema: str = "dealcast"):
+    """Every asset materialised for real (an in-process Dagster run on an ephemeral instance) from
+    the exports in `exports` for `as_of`, into the warehouse at `url` (PostgreSQL schema `schema`)."""
+    import dagster as dg
+
+    from assets.definitions import ALL_ASSETS
+    from assets.resources import DealcastSettings, WarehouseResource
+
+    return dg.materialize(
+        ALL_ASSETS,
+        resources={
+            "settings": DealcastSettings(exports_dir=str(exports), as_of=as_of.isoformat(), config_file=str(config)),
+            "warehouse": WarehouseResource(url=url, schema_name=schema),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+    )

@@ -4,16 +4,13 @@ history), materialised into PostgreSQL. Expected numbers come from the export fi
 
 import csv
 
-import dagster as dg
 import pandas as pd
 import pytest
 
-from assets.definitions import ALL_ASSETS
-from assets.resources import DealcastSettings, WarehouseResource
 from etl.sample_crm import generate_sample
 from etl.warehouse import Warehouse
 
-from .conftest import AS_OF, project_config
+from .conftest import AS_OF, materialize_graph, project_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -31,14 +28,7 @@ def test_whole_graph_on_a_messy_org_into_postgres(tmp_path, pg_url, pg_schema):
         rows = list(csv.DictReader(handle))
     status = pd.Series(["won" if r["IsWon"] == "1" else "lost" if r["IsClosed"] == "1" else "open" for r in rows])
     truth = pd.read_csv(exports / "truth_deals.csv")
-    result = dg.materialize(
-        ALL_ASSETS,
-        resources={
-            "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat(), config_file=str(project_config(tmp_path))),
-            "warehouse": WarehouseResource(url=pg_url, schema_name=pg_schema),
-        },
-        instance=dg.DagsterInstance.ephemeral(),
-    )
+    result = materialize_graph(exports, AS_OF, project_config(tmp_path), pg_url, pg_schema)
     assert result.success
     warehouse = Warehouse(pg_url, schema=pg_schema)
     try:

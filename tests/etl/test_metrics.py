@@ -160,7 +160,8 @@ def test_columns_are_exactly_the_warehouse_tables(funnel, durations, vel):
 # Funnel level per deal (n = 3 open stages; a won deal counts at level n+1 = 4):
 #   any_order = highest open stage ever entered, 4 if won at as_of:
 #     d1 4 (won), d2 3 (entered C), d3 2 (its win was reversed; highest open stage B), d4 2, d6 2,
-#     d7 2 (no history: current stage B known), d8 4 (won, no history), d9 0 (lost, stage unknown)
+#     d7 2 (no history: current stage B known), d8 4 (won, no history), d9 1 (lost without history:
+#     it reached the first stage, where it went from there is unknown: "unplaced")
 #   in_order = unbroken run of stages 1, 2, ... entered (4 if won after entering all three):
 #     d1 1 (skipped B), d2 3, d3 2, d4 2, d6 2, d7 0 (only B is known), d8 0, d9 0
 #   lost in stage (last open stage before the loss): d2 B (moved back from C), d3 B (re-opened in B).
@@ -170,25 +171,33 @@ def test_columns_are_exactly_the_warehouse_tables(funnel, durations, vel):
 
 def test_any_order_funnel_totals(funnel):
     base = dict(pipeline="P", period_grain="all", period="all", segment_type="all", segment="all", funnel_mode="any_order")
-    # A: reached d1 d2 d3 d4 d6 d7 d8 = 7, all advanced (level >= 2) = 7, won d1 d8 = 2,
-    #    closed d1 d2 d3 d8 = 4; next 7/7, to-won 2/4, drop-off 0/7.
-    _check(_one(funnel, **base, stage="A"), dict(
-        stage_order=1, reached=7, advanced=7, won=2, lost_here=0, decided=7, closed=4,
-        next_step_rate=1.0, stage_to_won_rate=0.5, drop_off_rate=0.0,
+    # A: reached all 8 (d9 too), advanced (level >= 2) = 7, won d1 d8 = 2, closed d1 d2 d3 d8 d9 = 5,
+    #    decided = 7 + d9 (at level 1) = 8; to-won 2/5 is known. Whether d9 advanced past A, and where
+    #    it was lost, is not recorded: next-step and drop-off rates are NULL, with the reason.
+    a = _one(funnel, **base, stage="A")
+    _check(a, dict(
+        stage_order=1, reached=8, advanced=7, won=2, lost_here=0, decided=8, closed=5, unplaced=1,
+        next_step_rate=None, stage_to_won_rate=0.4, drop_off_rate=None,
     ))
-    # B: reached 7; advanced (level >= 3) d1 d2 d8 = 3; lost here d2 d3 = 2;
-    #    decided = 3 advanced + d3 (closed at level 2) = 4 (open d4 d6 d7 still undecided);
-    #    next 3/4, to-won 2/4, drop-off 2/7.
-    _check(_one(funnel, **base, stage="B"), dict(
-        stage_order=2, reached=7, advanced=3, won=2, lost_here=2, decided=4, closed=4,
-        next_step_rate=0.75, stage_to_won_rate=0.5, drop_off_rate=2 / 7,
+    assert a["rate_note"].startswith("1 lost deal(s) without recorded stages count as reaching this first stage")
+    # B: reached d1 d2 d3 d4 d6 d7 d8 = 7 (d9 may have); advanced (level >= 3) d1 d2 d8 = 3; lost here
+    #    d2 d3 = 2; decided = 3 advanced + d3 (closed at level 2) = 4; closed d1 d2 d3 d8 = 4. d9 may
+    #    have reached B: every rate here is unknown.
+    b = _one(funnel, **base, stage="B")
+    _check(b, dict(
+        stage_order=2, reached=7, advanced=3, won=2, lost_here=2, decided=4, closed=4, unplaced=1,
+        next_step_rate=None, stage_to_won_rate=None, drop_off_rate=None,
     ))
+    assert b["rate_note"].startswith("1 lost deal(s) without recorded stages may have reached this stage")
     # C: reached d1 d2 d8 = 3; advanced (won) d1 d8 = 2; d2 was lost back in B, not here;
-    #    decided = 2 + d2 (closed at level 3) = 3; next 2/3, to-won 2/3, drop-off 0/3.
+    #    decided = 2 + d2 (closed at level 3) = 3; rates unknown for the same reason.
     _check(_one(funnel, **base, stage="C"), dict(
-        stage_order=3, reached=3, advanced=2, won=2, lost_here=0, decided=3, closed=3,
-        next_step_rate=2 / 3, stage_to_won_rate=2 / 3, drop_off_rate=0.0,
+        stage_order=3, reached=3, advanced=2, won=2, lost_here=0, decided=3, closed=3, unplaced=1,
+        next_step_rate=None, stage_to_won_rate=None, drop_off_rate=None,
     ))
+    # Without d9's segment the rates are all known: owner o2 (d3 d4 d6 d8) at B: 1 advanced of 2 decided.
+    o2 = _one(funnel, **{**base, "segment_type": "owner", "segment": "o2"}, stage="B")
+    _check(o2, dict(unplaced=0, next_step_rate=0.5, stage_to_won_rate=0.5, drop_off_rate=0.25, rate_note=None))
 
 
 def test_in_order_funnel_differs_where_stages_were_skipped(funnel):
@@ -225,22 +234,22 @@ def test_funnel_by_creation_quarter_and_null_rates(funnel):
             reached=0, advanced=0, won=0, decided=0, closed=0,
             next_step_rate=None, stage_to_won_rate=None, drop_off_rate=None,
         ))
-    # 2024-Q1: the other six existing deals (d5 was created after as_of); at A any_order:
-    # reached d1 d2 d3 d4 d6 d7 = 6, won d1 = 1, closed d1 d2 d3 = 3 -> to-won 1/3.
+    # 2024-Q1: the other seven existing deals (d5 was created after as_of); at A any_order:
+    # reached d1 d2 d3 d4 d6 d7 d9 = 7, won d1 = 1, closed d1 d2 d3 d9 = 4 -> to-won 1/4.
     _check(_one(funnel, pipeline="P", period_grain="quarter", period="2024-Q1", segment_type="all",
                 segment="all", funnel_mode="any_order", stage="A"),
-           dict(reached=6, won=1, closed=3, stage_to_won_rate=1 / 3))
+           dict(reached=7, won=1, closed=4, stage_to_won_rate=1 / 4))
     assert set(_rows(funnel, period_grain="quarter")["period"]) == {"2023-Q4", "2024-Q1"}
 
 
 def test_funnel_owner_segments_add_up(funnel):
-    # any_order B by owner: o1 = d1 d2 d7 (d9 counts nowhere): reached 3, advanced d1 d2 = 2,
+    # any_order B by owner: o1 = d1 d2 d7 (d9 counts at A only): reached 3, advanced d1 d2 = 2,
     # lost here d2 = 1; o2 = d3 d4 d6 d8: reached 4, advanced d8 = 1, lost here d3 = 1.
     base = dict(pipeline="P", period_grain="all", period="all", segment_type="owner", funnel_mode="any_order", stage="B")
     _check(_one(funnel, **base, segment="o1"), dict(reached=3, advanced=2, won=1, lost_here=1, decided=2, closed=2))
     _check(_one(funnel, **base, segment="o2"), dict(reached=4, advanced=1, won=1, lost_here=1, decided=2, closed=2))
     keys = ["pipeline", "period_grain", "period", "funnel_mode", "stage"]
-    counts = ["reached", "advanced", "won", "lost_here", "decided", "closed"]
+    counts = ["reached", "advanced", "won", "lost_here", "decided", "closed", "unplaced"]
     total = _rows(funnel, segment_type="all").set_index(keys)[counts].sort_index()
     for segment_type in ("owner", "team", "pipeline"):
         summed = _rows(funnel, segment_type=segment_type).groupby(keys)[counts].sum().sort_index()
@@ -392,9 +401,10 @@ def test_an_earlier_as_of_sees_only_what_was_known(crm):
     # d3 was won on 01-30 (its re-opening comes later), d2 is open in C.
     deals, history = crm
     early = stage_conversion(deals, history, CATALOG, dt.date(2024, 1, 31))
-    # any_order A: d1 d2 d3 d8 reached (d9 lost without a stage); won d1 d3 d8 = 3; closed d1 d3 d8 = 3.
+    # any_order A: d1 d2 d3 d8 and d9 (lost without recorded stages, at the first stage) reached it;
+    # won d1 d3 d8 = 3; closed d1 d3 d8 d9 = 4.
     _check(_one(early, pipeline="P", period_grain="all", period="all", segment_type="all", segment="all",
-                funnel_mode="any_order", stage="A"), dict(reached=4, won=3, closed=3, stage_to_won_rate=1.0))
+                funnel_mode="any_order", stage="A"), dict(reached=5, won=3, closed=4, stage_to_won_rate=0.75))
     months = velocity(deals, history, CATALOG, dt.date(2024, 1, 31))
     jan = _one(months, period_grain="month", period="2024-01", segment_type="all", segment="all")
     # January as known then: won d8 d1 d3 (1500 + 1000 + 500), lost d9; open at 01-31: d2.

@@ -152,6 +152,8 @@ def test_as_of_end_is_the_last_instant_of_the_day():
 
 def test_closing_late_is_not_a_push():
     deals = _deals()
+    won = deals["deal_id"] == "d2"
+    deals.loc[won, ["status", "stage", "closed_at"]] = ["won", "Closed Won", T("2024-03-10")]
     history = _history()
     # d2 is won on 2024-03-10, after its expected close date of 2024-03-01: the closing row carries the
     # actual close date, which is later, but that is a late close, not a push.

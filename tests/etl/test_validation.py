@@ -77,6 +77,7 @@ def deal(deal_id: str | None, row: int, /, **overrides) -> dict:
         "created_at": ts("2024-03-04 09:30"),
         "expected_close_date": ts("2024-12-20"),
         "closed_at": NAT,
+        "crm_close_date": NAT,
         "stage": "Qualification",
         "stage_order": 2,
         "status": "open",

@@ -122,6 +122,8 @@ def deals(ids: list[str]) -> pd.DataFrame:
             "created_at": pd.to_datetime(["2026-01-05 09:30:00"] * n),
             "expected_close_date": pd.to_datetime(["2026-12-31"] * n),
             "closed_at": pd.Series([pd.NaT] * n, dtype="datetime64[us]"),
+            "crm_close_date": pd.Series([pd.NaT] * n, dtype="datetime64[us]"),
+            "booking_date": pd.Series([pd.NaT] * n, dtype="datetime64[us]"),
             "stage": ["Qualification"] * n,
             "stage_order": [2] * n,
             "status": ["open"] * n,

@@ -61,6 +61,7 @@ def make_crm(deals: list[dict], events: list[tuple[str, str, str]]) -> tuple[pd.
         currency="USD",
         amount_reporting=spec["amount"],
         closed_at=closed_at,
+        crm_close_date=closed_at.dt.normalize(),
         stage=stage,
         stage_order=stage.map({s: i + 1 for i, s in enumerate(OPEN_STAGES)} | {"Closed Won": 4, "Closed Lost": 5}),
         status=status,

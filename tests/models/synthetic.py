@@ -135,6 +135,7 @@ def make_crm(
     deals["stage_order"] = deals["stage"].map({s: i + 1 for i, s in enumerate(STAGES)} | {"Closed Won": 4, "Closed Lost": 5})
     deals["status"] = status
     deals["closed_at"] = pd.Series(first_change.to_numpy()).where(status != "open")
+    deals["crm_close_date"] = deals["closed_at"].dt.normalize()
     deals["lost_reason"] = pd.NA
     deals["forecast_category"] = last["forecast_category"].to_numpy()
     deals["crm_probability"] = last["crm_probability"].to_numpy()
