@@ -61,6 +61,7 @@ from etl.stages import (
     STATUS_WON,
     PipelineStages,
     StageCatalog,
+    insert_by_moves,
     order_from_moves,
     stage_moves,
 )
@@ -355,7 +356,10 @@ def _infer_pipelines(
 
     Open stages (IsClosed 0) in StageSortOrder order (`order_source` crm); won = the IsWon stage;
     lost = the stage closed and not won (named "Closed Lost" when no deal is in it); default
-    probability = the stage's most common Probability. Without a StageSortOrder column the open
+    probability = the stage's most common Probability. Open stages that only the history shows
+    (renamed or retired: no deal holds them, so no StageSortOrder names them) are inserted into that
+    order where the fewest of the history's moves go backward (`order_source` inferred, the
+    `order_basis` naming them). Without a StageSortOrder column the open
     stages (those of open deals, and the stages only the history shows) are put in the order the
     fewest of the history's moves contradict (`history_moves`, `order_source` inferred); stages
     no deal moved between keep the order of their usual Probability.
@@ -414,18 +418,33 @@ def _infer_pipelines(
                 name, extra, won_stage, lost_stage, project.path,
             )
         probabilities_by_stage = dict(zip(stages["stage"], stages["probability"]))
+        source, basis = ORDER_CRM, f"StageSortOrder in {opportunity_paths[0].name}"
+        if history_moves is not None:
+            mine = history_moves.loc[history_moves["pipeline"] == name]
+            seen = pd.unique(pd.concat([mine["from_stage"], mine["to_stage"]]))
+            history_only = [str(st) for st in seen if st not in set(stages["stage"]) and st not in (won_stage, lost_stage)]
+            if history_only:
+                # Stages only the history shows (renamed or retired, so no deal holds them now and the
+                # export gives them no StageSortOrder): placed where the fewest of the moves go backward.
+                found = insert_by_moves(open_stages, history_only, mine)
+                open_stages = list(found.stages)
+                source = ORDER_INFERRED
+                basis += (
+                    f", with {', '.join(repr(st) for st in history_only)} (only in the stage history) placed by "
+                    f"{found.moves:,} stage moves"
+                )
         pipeline = PipelineStages(
             name=str(name),
             open_stages=tuple(open_stages),
             won_stage=str(won_stage),
             lost_stage=str(lost_stage),
-            probabilities={s: float(probabilities_by_stage[s]) for s in open_stages},
-            order_source=ORDER_CRM,
-            order_basis=f"StageSortOrder in {opportunity_paths[0].name}",
+            probabilities={s: float(probabilities_by_stage.get(s, np.nan)) for s in open_stages},
+            order_source=source,
+            order_basis=basis,
         )
         logger.info(
-            "pipeline %r is not configured; stage order inferred from StageSortOrder: %s, won %r, lost %r",
-            pipeline.name, list(pipeline.open_stages), pipeline.won_stage, pipeline.lost_stage,
+            "pipeline %r is not configured; stage order from %s: %s, won %r, lost %r",
+            pipeline.name, pipeline.order_basis, list(pipeline.open_stages), pipeline.won_stage, pipeline.lost_stage,
         )
         inferred.append(pipeline)
     return inferred
@@ -768,7 +787,7 @@ def _read_opportunities(
     inference_columns = ["pipeline", "stage", "sort_order", "is_closed", "is_won", "probability", "has_sort_order_column"]
     clean = frame.loc[~checks.bad, inference_columns]
     stated = all(t.has("StageSortOrder") for _, t in tables)
-    moves = None if stated or not history_tables else _history_moves(history_tables, frame.loc[~checks.bad, ["Id", "pipeline"]])
+    moves = _history_moves(history_tables, frame.loc[~checks.bad, ["Id", "pipeline"]]) if history_tables else None
     inferred = _infer_pipelines(clean, project.stages, [t.path for _, t in tables], project, moves)
     catalog = project.stages
     for p in inferred:
