@@ -178,7 +178,9 @@ def detect_format(path: Path, project: ProjectConfig | None = None) -> str | Non
 # What the readers recognise, for the message when no file is recognised.
 RECOGNISED_EXPORTS = (
     "Salesforce Data Export or Data Loader files (Opportunity: Id, StageName, CloseDate; OpportunityHistory: "
-    "OpportunityId, StageName; User: Id, Username; Account: Id, Name and an address or account number field)",
+    "OpportunityId, StageName; User: Id, Username; Account: Id, Name and an address or account number field), "
+    "also in snake_case as Fivetran or Airbyte land them (opportunity: id, stage_name, close_date; "
+    "opportunity_history: opportunity_id, stage_name)",
     "HubSpot deals exports (Record ID or Deal ID, Deal Stage, and Pipeline, Deal Name or Date entered columns)",
     "Pipedrive deals exports (Deal - Stage and Deal - Status among 'Deal - ' headers)",
 )
@@ -201,15 +203,15 @@ def unrecognised_reason(path: Path, project: ProjectConfig | None = None) -> str
     shown = ", ".join(columns[:6]) + (", ..." if len(columns) > 6 else "")
     if any(c.startswith(salesforce.LOADER_COLUMN_PREFIXES) for c in folded):
         return (
-            f"its header ({shown}) is a table landed by Fivetran or Airbyte (snake_case columns with "
-            "_fivetran_/_airbyte_ bookkeeping columns), not a CRM's own export file"
+            f"its header ({shown}) is a table landed by Fivetran or Airbyte (_fivetran_/_airbyte_ bookkeeping "
+            "columns) but none Dealcast reads: Dealcast reads Salesforce's opportunity, opportunity_history, user "
+            "and account tables as the loaders land them (docs/sources.md); for another table write a mapping"
         )
     if salesforce.is_loader_table(columns):
-        table = "opportunity_history" if "opportunity_id" in folded else "opportunity"
         return (
-            f"its header ({shown}) is a Salesforce {table} table in snake_case (stage_name, close_date, is_won), "
-            "the layout Fivetran and Airbyte land in a warehouse, not a Salesforce Data Export (StageName, "
-            "CloseDate, IsWon)"
+            f"its header ({shown}) has Salesforce fields in snake_case (stage_name, close_date), as a warehouse "
+            "loader lands them, but an opportunity table needs id, stage_name, close_date and an "
+            "opportunity_history table opportunity_id, stage_name"
         )
     if "stagename" in folded:
         missing = [c for c in ("Id", "CloseDate") if c.casefold() not in folded]
