@@ -963,8 +963,20 @@ def _read_history(
             },
             index=first_rows["Id"].to_numpy(),
         )
+        # History of a deal deleted in Salesforce is left out with it, not quarantined as a defect.
+        deal_code = where["code"].reindex(frame["OpportunityId"]).to_numpy(dtype=object)
+        of_deleted = follows & (deal_code == DELETED_IN_CRM)
         checks.flag(
-            follows,
+            of_deleted,
+            DELETED_IN_CRM,
+            "OpportunityId",
+            lambda rows: [
+                f"its opportunity {i!r} is deleted in Salesforce ({where.at[i, 'at']}); left out with it"
+                for i in rows["OpportunityId"]
+            ],
+        )
+        checks.flag(
+            follows & ~of_deleted,
             DEAL_QUARANTINED,
             "OpportunityId",
             lambda rows: [
