@@ -14,9 +14,9 @@ from etl.readers import ExportFormatError
 FILES = {
     "empty.csv": b"",
     "pipeline.xlsx": b"PK\x03\x04\x14\x00\x06\x00 workbook bytes",
-    # HubSpot's deal table as Fivetran lands it: a loader's table, but not one Dealcast reads.
-    "deal.csv": b"deal_id,portal_id,deal_pipeline_id,deal_pipeline_stage_id,property_amount,_fivetran_synced\n"
-    b"101,7,default,appointmentscheduled,100,2024-06-01 02:00:00\n",
+    # HubSpot's contact table as Fivetran lands it: a loader's table, but not one Dealcast reads.
+    "contact.csv": b"id,property_email,property_lifecyclestage,_fivetran_synced\n"
+    b"201,ann@example.com,lead,2024-06-01 02:00:00\n",
     # Salesforce in snake_case from a loader that adds no bookkeeping column and no table name.
     "sf_history_dump.csv": b"opp_ref,created,stage_name,close_date\n"
     b"006A,2024-05-01 09:00:00,Prospecting,2024-05-31\n",
@@ -46,8 +46,8 @@ def test_every_file_is_listed_with_why_it_was_not_recognised(exports):
     lines = dict(line.strip()[2:].split(": ", 1) for line in message.splitlines()[1:9])
     assert lines["empty.csv"] == "the file is empty"
     assert lines["pipeline.xlsx"].startswith("no header line could be read (a binary file such as a spreadsheet saved as .xlsx")
-    assert "is a table landed by Fivetran or Airbyte" in lines["deal.csv"]
-    assert "Dealcast reads Salesforce's opportunity, opportunity_history, user and account tables" in lines["deal.csv"]
+    assert "is a table landed by Fivetran or Airbyte" in lines["contact.csv"]
+    assert "Dealcast reads Salesforce's opportunity, opportunity_history, user and account tables" in lines["contact.csv"]
     assert "Salesforce fields in snake_case (stage_name, close_date)" in lines["sf_history_dump.csv"]
     assert "needs id, stage_name, close_date" in lines["sf_history_dump.csv"]
     assert lines["hubspot-deals.csv"] == (
@@ -92,7 +92,7 @@ def test_the_exports_listing_says_why_a_file_is_not_recognised(exports):
     assert listing.loc["notes.csv", "format"] is None
     assert listing.loc["notes.csv", "not_recognised"] == "its header (when, who, what) is no Salesforce, HubSpot or Pipedrive export"
     assert listing.loc["empty.csv", "not_recognised"] == "the file is empty"
-    assert "Fivetran or Airbyte" in listing.loc["deal.csv", "not_recognised"]
+    assert "Fivetran or Airbyte" in listing.loc["contact.csv", "not_recognised"]
 
 
 def test_salesforce_tables_as_a_warehouse_loader_lands_them_are_recognised(tmp_path):
