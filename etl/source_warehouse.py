@@ -1,12 +1,12 @@
 """The CRM read straight from the warehouse it is already in: the tables Fivetran (or Airbyte)
-lands from Salesforce, in one schema, read through SQLAlchemy.
+lands from Salesforce or HubSpot, in one schema, read through SQLAlchemy.
 
 dealcast.toml:
 
     [sources.warehouse]
     url = "postgresql+psycopg://reader:secret@db.example.com:5432/analytics"
     schema = "salesforce"
-    crm = "salesforce"
+    crm = "salesforce"            # or "hubspot": deal, deal_stage, deal_pipeline, deal_pipeline_stage
     # tables = { opportunity = "opportunity", opportunity_history = "opportunity_history",
     #            user = "user", account = "account" }
 
@@ -14,8 +14,8 @@ dealcast.toml:
 handled as the warehouse's is: never in logs, metadata or errors (`etl.warehouse.redact_url`).
 
 A run unloads each table into a private folder as CSV (one consistent snapshot: PostgreSQL reads
-every table in one REPEATABLE READ, read-only transaction), rows in `id` order, and reads that
-folder with the same Salesforce reader as file exports, so every rule holds alike: deleted and
+every table in one REPEATABLE READ, read-only transaction), rows in id order (`ORDER_COLUMNS`), and reads that
+folder with the same reader as file exports, so every rule holds alike: deleted and
 superseded rows are left out and counted, bad rows quarantined with their reason. The rows then
 name their table as `<schema>.<table>` (`salesforce.opportunity`), and `source_row` is the row's
 place in `id` order (then sync time) counted as a spreadsheet does (the first row is 2). The
@@ -60,7 +60,22 @@ CRM_TABLES: dict[str, dict[str, str]] = {
         "user": "user",
         "account": "account",
     },
+    "hubspot": {
+        "deal": "deal",
+        "deal_stage": "deal_stage",
+        "deal_pipeline": "deal_pipeline",
+        "deal_pipeline_stage": "deal_pipeline_stage",
+    },
 }
+# The format each table is read as (etl.readers.salesforce, etl.readers.hubspot_tables).
+TABLE_FORMATS = {
+    "opportunity": "salesforce_opportunity", "opportunity_history": "salesforce_history",
+    "user": "salesforce_user", "account": "salesforce_account",
+    "deal": "hubspot_deal_table", "deal_stage": "hubspot_deal_stage_table",
+    "deal_pipeline": "hubspot_deal_pipeline_table", "deal_pipeline_stage": "hubspot_deal_pipeline_stage_table",
+}  # fmt: skip
+# Columns that put a table's rows in a repeatable order, in this order of preference.
+ORDER_COLUMNS = ("id", "deal_id", "pipeline_id", "stage_id", "date_entered")
 # The bookkeeping column holding when a loader last wrote a row, by loader.
 SYNCED_COLUMNS = ("_fivetran_synced", "_airbyte_extracted_at", "_airbyte_emitted_at")
 _CHUNK_ROWS = 50_000
@@ -217,17 +232,18 @@ def _present_tables(conn: sa.Connection, source: WarehouseSource, guard: _Connec
 
 
 def _ordered(table: sa.Table) -> sa.Select:
-    """All rows in a repeatable order: by `id`, then by sync time (a history-mode table holds several
-    versions of an id), then by primary key."""
-    keys = [c for c in table.columns if c.name.casefold() == "id"]
+    """All rows in a repeatable order: by their ids (`ORDER_COLUMNS`), then by sync time (a
+    history-mode table holds several versions of an id), then by primary key."""
+    by_name = {c.name.casefold(): c for c in table.columns}
+    keys = [by_name[name] for name in ORDER_COLUMNS if name in by_name]
     keys += [c for c in table.columns if c.name.casefold() in SYNCED_COLUMNS]
     keys += [c for c in table.primary_key.columns if c not in keys]
     return sa.select(table).order_by(*keys) if keys else sa.select(table)
 
 
 def unload(source: WarehouseSource, folder: Path) -> dict[Path, str]:
-    """Write each of the source's tables into `folder` as `<role>.csv` (the names the Salesforce
-    reader knows), all from one snapshot. Returns each file with the `<schema>.<table>` label its
+    """Write each of the source's tables into `folder` as `<role>.csv` (the file names the readers
+    know), all from one snapshot. Returns each file with the `<schema>.<table>` label its
     rows are to carry. A table with no rows is written with its header only when it is the required
     one (the reader then says it is empty); other empty tables are left out."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -281,12 +297,10 @@ def fingerprint(source: WarehouseSource) -> list[dict[str, Any]]:
 
 def describe_source(source: WarehouseSource) -> pd.DataFrame:
     """The source's tables as the exports listing shows files: `file` is `<schema>.<table>`,
-    `format` the Salesforce format it is read as, `rows` and `modified_at` (latest sync)."""
-    formats = {"opportunity": "salesforce_opportunity", "opportunity_history": "salesforce_history",
-               "user": "salesforce_user", "account": "salesforce_account"}  # fmt: skip
+    `format` the format it is read as, `rows` and `modified_at` (latest sync)."""
     rows = [
         {
-            "file": t["table"], "format": formats.get(t["role"]), "rows": t["rows"],
+            "file": t["table"], "format": TABLE_FORMATS.get(t["role"]), "rows": t["rows"],
             "modified_at": _utc_naive(t["synced"]), "source": source.safe_url,
         }
         for t in fingerprint(source)

@@ -49,7 +49,7 @@ def test_settings_defaults_and_the_environment_url(tmp_path, monkeypatch):
     "section, message",
     [
         ('[sources.warehouse]\nschema = "sf"\n', "no url; set url"),
-        ('[sources.warehouse]\nurl = "postgresql://h/d"\ncrm = "hubspot"\n', "crm = 'hubspot' is not read from a warehouse"),
+        ('[sources.warehouse]\nurl = "postgresql://h/d"\ncrm = "pipedrive"\n', "crm = 'pipedrive' is not read from a warehouse"),
         ('[sources.warehouse]\nurl = "postgresql://h/d"\ntables = { deals = "d" }\n', "unknown role(s) ['deals']"),
         ('[sources.warehouse]\nurl = "postgresql://h/d"\nshema = "sf"\n', "unknown setting(s) ['shema']"),
         ('[sources.warehouse]\nurl = "not a url :pw9@"\n', "url is not a SQLAlchemy database URL"),
@@ -135,3 +135,32 @@ def test_the_fingerprint_follows_the_latest_sync(tmp_path, monkeypatch, pg_url, 
     engine.dispose()
     after = {t["role"]: (t["rows"], t["synced"]) for t in fingerprint(source)}
     assert after["opportunity"] == (6, "2026-07-01 02:00:00+00:00") and after["user"] == before["user"]
+
+
+@pytest.mark.postgres
+def test_hubspot_tables_in_postgres_read_like_their_csv_files(tmp_path, monkeypatch, pg_url, pg_schema):
+    # tests/fixtures/fivetran_hubspot (see test_hubspot_tables.py for the hand-worked numbers).
+    monkeypatch.delenv(ENV_SOURCE_URL, raising=False)
+    folder = Path(__file__).parents[1] / "fixtures" / "fivetran_hubspot"
+    tables = {
+        name: typed(pd.read_csv(folder / f"{name}.csv", dtype=str, keep_default_na=False))
+        for name in ("deal", "deal_stage", "deal_pipeline", "deal_pipeline_stage")
+    }
+    # HubSpot ids are numbers in the warehouse.
+    tables["deal"]["deal_id"] = tables["deal"]["deal_id"].astype("int64")
+    tables["deal_stage"]["deal_id"] = tables["deal_stage"]["deal_id"].astype("int64")
+    write_tables(pg_url, pg_schema, tables)
+    config = _config(tmp_path, f'[sources.warehouse]\nurl = "{pg_url}"\nschema = "{pg_schema}"\ncrm = "hubspot"\n')
+    project = load_project_config(config)
+    settings = Settings(project=project, exports_dir=tmp_path, exports_are_sample=False, as_of=AS_OF, project_dir=tmp_path)
+    crm = load_crm(settings)
+    assert crm.publishable
+    deals = crm.deals.set_index("deal_id").sort_index()
+    assert deals.index.tolist() == ["101", "102", "103"]
+    assert deals["status"].tolist() == ["open", "won", "lost"]
+    assert deals.loc["102", "closed_at"] == T("2026-04-02 16:00:00")
+    recon = crm.validation.reconciliation.set_index("source_file")
+    assert recon.loc[f"{pg_schema}.deal", ["rows_read", "accepted", "quarantined"]].tolist() == [5, 3, 2]
+    assert recon.loc[f"{pg_schema}.deal_stage", ["rows_read", "accepted", "quarantined"]].tolist() == [9, 7, 2]
+    stages = crm.pipeline_stages.sort_values("stage_order")["stage"].tolist()
+    assert stages == ["Appointment scheduled", "Qualified to buy", "Contract sent", "Closed won", "Closed lost"]
