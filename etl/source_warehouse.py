@@ -332,6 +332,12 @@ def relabel(ingest: Any, names: Mapping[Path, str]) -> Any:
         if frame is not None and "source_file" in frame.columns and not frame.empty:
             setattr(ingest, attribute, frame.assign(source_file=by_text.series(frame["source_file"])))
     ingest.files = [dataclasses.replace(f, path=Path(by_text.names.get(str(f.path), str(f.path)))) for f in ingest.files]
+    if ingest.raw_checks is not None and not ingest.raw_checks.empty:
+        # The raw suites name a file by its name: `raw[opportunity.csv]...` becomes `raw[<schema>.<table>]...`.
+        names = ingest.raw_checks["check_name"].astype("str")
+        for path, label in by_text.names.items():
+            names = names.str.replace(f"[{Path(path).name}]", f"[{label}]", regex=False)
+        ingest.raw_checks = ingest.raw_checks.assign(check_name=names)
     return ingest
 
 

@@ -162,7 +162,7 @@ reconciliation = _table(
     sa.Column("content", sa.String(16), nullable=False, comment="What the file's rows became: deals, history or lookup (owner and account names)."),
     sa.Column("rows_read", sa.BigInteger, nullable=False, comment="Data rows read from the file."),
     sa.Column("accepted", sa.BigInteger, nullable=False, comment="Rows that became canonical deals or history rows."),
-    sa.Column("quarantined", sa.BigInteger, nullable=False, comment="Rows sent to the quarantine table, each with its reason."),
+    sa.Column("quarantined", sa.BigInteger, nullable=False, comment="Rows sent to the quarantine table, each with its reason, including rows left out on purpose (deleted in the CRM, earlier versions, a mapping's filter)."),
     sa.Column("balanced", sa.Boolean, nullable=False, comment="True when rows_read = accepted + quarantined."),
     sa.Column("run_id", ID, nullable=False, comment="The pipeline run that read the file."),
     comment="Per input file and run: rows read = rows accepted + rows quarantined, so no row is ever lost silently.",

@@ -111,6 +111,8 @@ def test_fivetran_tables_in_postgres_read_like_their_csv_files(tmp_path, monkeyp
     assert recon.loc[f"{pg_schema}.opportunity", ["rows_read", "accepted", "quarantined"]].tolist() == [6, 3, 3]
     assert recon.loc[f"{pg_schema}.opportunity_history", ["rows_read", "accepted", "quarantined"]].tolist() == [10, 7, 3]
     assert recon.loc[f"{pg_schema}.user", ["rows_read", "accepted", "quarantined"]].tolist() == [1, 1, 0]
+    names = crm.validation.results["check_name"].astype(str)
+    assert names.str.startswith(f"raw[{pg_schema}.opportunity]").any() and not names.str.contains(r"\[opportunity\.csv\]").any()
 
 
 @pytest.mark.postgres
