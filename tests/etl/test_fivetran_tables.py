@@ -116,3 +116,24 @@ def test_postgres_text_booleans_and_unparseable_flags(tmp_path):
     bad = q[q["source_row"].eq(5) & q["source_file"].str.endswith("opportunity.csv")].iloc[0]
     assert bad["reason_code"] == "unparseable_boolean" and "'maybe'" in bad["reason"]
     assert "006C" not in set(crm.deals["deal_id"])
+
+
+def test_airbyte_keeps_salesforce_field_names_and_is_read_the_same_way(tmp_path):
+    # Airbyte lands Salesforce's own field names with its _airbyte_* columns and ISO "Z" timestamps.
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "opportunity.csv").write_text(
+        "_airbyte_raw_id,_airbyte_extracted_at,_airbyte_meta,Id,IsDeleted,Name,StageName,StageSortOrder,Amount,"
+        "CloseDate,CreatedDate,IsClosed,IsWon\n"
+        'r1,2026-06-30T02:00:00.000Z,{},006A,false,Acme,Prospecting,1,1000,2026-07-31,2026-01-05T10:00:00.000Z,false,false\n'
+        'r2,2026-06-30T02:00:00.000Z,{},006B,false,Bolt,Closed Won,2,5000,2026-03-20,2026-01-10T09:00:00.000Z,true,true\n'
+        'r3,2026-06-30T02:00:00.000Z,{},006C,true,Gone,Prospecting,1,300,2026-08-31,2026-02-01T09:00:00.000Z,false,false\n',
+        encoding="utf-8",
+    )
+    config = tmp_path / "dealcast.toml"
+    config.write_text('[reporting]\ncurrency = "USD"\n', encoding="utf-8")
+    crm = load(exports, config)
+    deals = crm.deals.set_index("deal_id").sort_index()
+    assert deals.index.tolist() == ["006A", "006B"] and deals["status"].tolist() == ["open", "won"]
+    assert deals.loc["006A", "created_at"] == T("2026-01-05 10:00:00")
+    assert crm.validation.quarantine["reason_code"].tolist() == ["deleted_in_crm"]
