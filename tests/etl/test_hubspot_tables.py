@@ -77,3 +77,18 @@ def test_deleted_rows_are_excluded_and_orphans_quarantined(crm):
     assert recon.loc["deal.csv", ["rows_read", "accepted", "quarantined"]].tolist() == [5, 3, 2]
     assert recon.loc["deal_stage.csv", ["rows_read", "accepted", "quarantined"]].tolist() == [9, 7, 2]
     assert recon.loc["deal_pipeline_stage.csv", ["rows_read", "accepted", "quarantined"]].tolist() == [5, 5, 0]
+
+
+def test_a_deals_export_beside_the_tables_is_refused(tmp_path):
+    from etl.config import load_project_config
+    from etl.ingest import read_exports
+    from etl.readers import ExportFormatError
+
+    exports = tmp_path / "exports"
+    shutil.copytree(FIXTURE, exports)
+    export = sorted((Path(__file__).parents[1] / "fixtures" / "hubspot" / "export").glob("*.csv"))[0]
+    shutil.copy(export, exports / "hubspot-deals.csv")
+    config = tmp_path / "dealcast.toml"
+    config.write_text('[reporting]\ncurrency = "USD"\n', encoding="utf-8")
+    with pytest.raises(ExportFormatError, match="an export, or the tables a loader lands, not both"):
+        read_exports(exports, load_project_config(config))
