@@ -163,6 +163,7 @@ reconciliation = _table(
     sa.Column("rows_read", sa.BigInteger, nullable=False, comment="Data rows read from the file."),
     sa.Column("accepted", sa.BigInteger, nullable=False, comment="Rows that became canonical deals or history rows."),
     sa.Column("quarantined", sa.BigInteger, nullable=False, comment="Rows sent to the quarantine table, each with its reason, including rows left out on purpose (deleted in the CRM, earlier versions, a mapping's filter)."),
+    sa.Column("excluded", sa.BigInteger, comment="Of the quarantined rows, those left out on purpose (reason codes excluded_by_filter, deleted_in_crm, inactive_version): no data defect. Rows read = accepted + (quarantined - excluded) + excluded."),
     sa.Column("balanced", sa.Boolean, nullable=False, comment="True when rows_read = accepted + quarantined."),
     sa.Column("run_id", ID, nullable=False, comment="The pipeline run that read the file."),
     comment="Per input file and run: rows read = rows accepted + rows quarantined, so no row is ever lost silently.",

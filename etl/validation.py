@@ -71,8 +71,8 @@ Rows left out on purpose (`EXCLUDED_CODES`: `excluded_by_filter` for a mapping's
 `deleted_in_crm` for records deleted in the CRM, `inactive_version` for earlier versions a
 warehouse loader keeps) are quarantined so that every row is accounted for, but they are no data
 problem: the quarantine shares and `crm_exports.rows_parsed` leave them out of their counts and
-say how many there were, and each file's reconciliation reads
-read = accepted + quarantined + excluded.
+say how many there were, and each file's reconciliation counts them (`excluded`, among the
+quarantined) and reads read = accepted + quarantined + excluded.
 """
 
 from __future__ import annotations
@@ -166,6 +166,8 @@ RECONCILIATION_COLUMNS: dict[str, str] = {
     "rows_read": "int64",
     "accepted": "int64",
     "quarantined": "int64",
+    # Of the quarantined rows, those left out on purpose (EXCLUDED_CODES): no data defect.
+    "excluded": "int64",
     "balanced": "bool",
 }
 
@@ -1020,7 +1022,8 @@ def _reconcile(
     files: list[FileCount], accepted_parts: list[pd.DataFrame], quarantine: pd.DataFrame
 ) -> pd.DataFrame:
     """Per input file: rows read, distinct source rows accepted (and not quarantined), source rows
-    quarantined, and whether read = accepted + quarantined. Files that rows name but the reader
+    quarantined, how many of those were left out on purpose (`excluded`), and whether
+    read = accepted + quarantined. Files that rows name but the reader
     did not count get rows_read 0, so they never balance."""
     read = {f.source_file: int(f.rows_read) for f in files}
     lookups = {f.source_file: int(f.lookup_rows) for f in files}
@@ -1045,6 +1048,8 @@ def _reconcile(
         [keys(f, r) for f, r in zip(accepted_files, accepted_rows)] or [np.zeros(0, dtype=np.int64)]
     ))
     quarantined_keys = pd.unique(keys(quarantined_files, quarantined_rows))
+    left_out = quarantine["reason_code"].isin(EXCLUDED_CODES).to_numpy(dtype=bool)
+    excluded_keys = pd.unique(keys(quarantined_files[left_out], quarantined_rows[left_out]))
     accepted_keys = accepted_keys[~np.isin(accepted_keys, quarantined_keys)]
     frame = pd.DataFrame(
         {
@@ -1053,6 +1058,7 @@ def _reconcile(
             "accepted": np.bincount(accepted_keys // stride, minlength=len(file_names))
             + np.array([lookups.get(name, 0) for name in file_names], dtype=np.int64),
             "quarantined": np.bincount(quarantined_keys // stride, minlength=len(file_names)),
+            "excluded": np.bincount(excluded_keys // stride, minlength=len(file_names)),
         }
     )
     frame["balanced"] = frame["rows_read"] == frame["accepted"] + frame["quarantined"]
@@ -1611,11 +1617,10 @@ def _reconciliation_results(
         name = _reconciliation_check_name(rec.source_file)
         accounted = rec.accepted + rec.quarantined
         note = "" if rec.source_file in counted_files else " (file not in the reader's file counts)"
-        excluded = excluded_by_file.get(str(rec.source_file))
         quarantined = f"quarantined {rec.quarantined:,}"
-        if excluded is not None:
-            rows = excluded.drop_duplicates("source_row")
-            quarantined = f"quarantined {rec.quarantined - len(rows):,} + excluded {len(rows):,} ({_left_out(rows)})"
+        if rec.excluded:
+            why = _left_out(excluded_by_file[str(rec.source_file)].drop_duplicates("source_row"))
+            quarantined = f"quarantined {rec.quarantined - rec.excluded:,} + excluded {rec.excluded:,} ({why})"
         out.append(
             _result(
                 name, ASSET_EXPORTS, rec.balanced, SEVERITY_ERROR,

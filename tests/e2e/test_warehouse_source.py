@@ -61,9 +61,9 @@ def test_whole_graph_from_fivetran_tables_in_postgres(tmp_path, monkeypatch, pg_
     warehouse = Warehouse(pg_url, schema=pg_schema)
     try:
         recon = warehouse.read("reconciliation", as_of=AS_OF).set_index("source_file")
-        counts = recon[["rows_read", "accepted", "quarantined"]]
-        assert counts.loc[f"{source_schema}.opportunity"].tolist() == [n_deals + 2, n_deals, 2]
-        assert counts.loc[f"{source_schema}.opportunity_history"].tolist() == [n_history + 1, n_history, 1]
+        counts = recon[["rows_read", "accepted", "quarantined", "excluded"]]
+        assert counts.loc[f"{source_schema}.opportunity"].tolist() == [n_deals + 2, n_deals, 2, 2]
+        assert counts.loc[f"{source_schema}.opportunity_history"].tolist() == [n_history + 1, n_history, 1, 1]
         assert recon.loc[f"{source_schema}.user", "rows_read"] == len(pd.read_csv(sample / "User.csv"))
         quarantine = warehouse.read("quarantine", as_of=AS_OF)
         assert sorted(quarantine["reason_code"]) == ["deleted_in_crm"] * 3

@@ -92,6 +92,8 @@ def test_reconciliation_counts_excluded_rows_apart(crm):
         "read 10; accepted 7 + quarantined 0 + excluded 3 (left out as deleted in the CRM) = 10"
     )
     assert observed["user.csv]"] == "read 1; accepted 1 + quarantined 0 = 1"
+    recon = crm.validation.reconciliation.assign(name=lambda f: f["source_file"].map(lambda s: Path(s).name)).set_index("name")
+    assert recon.loc["opportunity.csv", ["rows_read", "accepted", "quarantined", "excluded"]].tolist() == [6, 3, 3, 3]
     # Left out on purpose: no part of the blocking shares.
     assert results.loc["deals.quarantine_share", "observed"].startswith("0.00% (0 of 3 deal rows quarantined; 3 more left out")
     assert results.loc["deals.quarantine_share", "passed"]

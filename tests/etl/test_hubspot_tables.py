@@ -74,8 +74,9 @@ def test_deleted_rows_are_excluded_and_orphans_quarantined(crm):
         ("deal_stage.csv", 10): "orphan_history",
     }
     recon = crm.validation.reconciliation.assign(name=lambda f: f["source_file"].map(lambda s: Path(s).name)).set_index("name")
-    assert recon.loc["deal.csv", ["rows_read", "accepted", "quarantined"]].tolist() == [5, 3, 2]
-    assert recon.loc["deal_stage.csv", ["rows_read", "accepted", "quarantined"]].tolist() == [9, 7, 2]
+    counts = ["rows_read", "accepted", "quarantined", "excluded"]
+    assert recon.loc["deal.csv", counts].tolist() == [5, 3, 2, 2]
+    assert recon.loc["deal_stage.csv", counts].tolist() == [9, 7, 2, 1]  # the orphan is a defect, not excluded
     assert recon.loc["deal_pipeline_stage.csv", ["rows_read", "accepted", "quarantined"]].tolist() == [5, 5, 0]
 
 

@@ -108,8 +108,9 @@ def test_fivetran_tables_in_postgres_read_like_their_csv_files(tmp_path, monkeyp
         (f"{pg_schema}.opportunity_history", 11, "deleted_in_crm"),
     ]
     recon = crm.validation.reconciliation.set_index("source_file")
-    assert recon.loc[f"{pg_schema}.opportunity", ["rows_read", "accepted", "quarantined"]].tolist() == [6, 3, 3]
-    assert recon.loc[f"{pg_schema}.opportunity_history", ["rows_read", "accepted", "quarantined"]].tolist() == [10, 7, 3]
+    counts = ["rows_read", "accepted", "quarantined", "excluded"]
+    assert recon.loc[f"{pg_schema}.opportunity", counts].tolist() == [6, 3, 3, 3]
+    assert recon.loc[f"{pg_schema}.opportunity_history", counts].tolist() == [10, 7, 3, 3]
     assert recon.loc[f"{pg_schema}.user", ["rows_read", "accepted", "quarantined"]].tolist() == [1, 1, 0]
     names = crm.validation.results["check_name"].astype(str)
     assert names.str.startswith(f"raw[{pg_schema}.opportunity]").any() and not names.str.contains(r"\[opportunity\.csv\]").any()
@@ -163,6 +164,6 @@ def test_hubspot_tables_in_postgres_read_like_their_csv_files(tmp_path, monkeypa
     assert deals.loc["102", "closed_at"] == T("2026-04-02 16:00:00")
     recon = crm.validation.reconciliation.set_index("source_file")
     assert recon.loc[f"{pg_schema}.deal", ["rows_read", "accepted", "quarantined"]].tolist() == [5, 3, 2]
-    assert recon.loc[f"{pg_schema}.deal_stage", ["rows_read", "accepted", "quarantined"]].tolist() == [9, 7, 2]
+    assert recon.loc[f"{pg_schema}.deal_stage", ["rows_read", "accepted", "quarantined", "excluded"]].tolist() == [9, 7, 2, 1]
     stages = crm.pipeline_stages.sort_values("stage_order")["stage"].tolist()
     assert stages == ["Appointment scheduled", "Qualified to buy", "Contract sent", "Closed won", "Closed lost"]
