@@ -139,3 +139,15 @@ def test_airbyte_keeps_salesforce_field_names_and_is_read_the_same_way(tmp_path)
     assert deals.index.tolist() == ["006A", "006B"] and deals["status"].tolist() == ["open", "won"]
     assert deals.loc["006A", "created_at"] == T("2026-01-05 10:00:00")
     assert crm.validation.quarantine["reason_code"].tolist() == ["deleted_in_crm"]
+
+
+def test_the_summary_says_the_excluded_rows_apart(tmp_path, crm, warehouse):
+    from etl.cli import RunSummary, _input_lines
+    from etl.crm import reconciliation_frame
+
+    as_of = dt.date(2026, 6, 30)
+    warehouse.claim(as_of, "run-1")
+    warehouse.write("reconciliation", reconciliation_frame(crm, "run-1"), as_of=as_of, run_id="run-1")
+    run = RunSummary(warehouse, as_of, "USD", 1, tables=warehouse.table_names())
+    # 17 rows in the three files: 3 deals + 7 history rows + 1 user accepted, 6 left out.
+    assert _input_lines(run) == ["  input rows read 17 = accepted 11 + quarantined 0 + excluded 6 (in 3 files)"]
