@@ -37,7 +37,17 @@ import pandas as pd
 
 from etl.config import ProjectConfig
 from etl.readers import ExportFormatError, ExportReader, FileReport, SourceExport
-from etl.readers.csvfiles import CsvHeader, CsvTable, Quarantine, RowChecks, is_blank, load_csv, parse_booleans, parse_numbers, parse_timestamps
+from etl.readers.csvfiles import (
+    CsvHeader,
+    CsvTable,
+    Quarantine,
+    RowChecks,
+    is_blank,
+    load_csv,
+    parse_booleans,
+    parse_numbers,
+    parse_timestamps,
+)
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
 from etl.stages import ORDER_CRM, STATUS_LOST, STATUS_OPEN, PipelineStages, StageCatalog
 from etl.validation import DELETED_IN_CRM
@@ -168,7 +178,9 @@ def _pipelines(stages: pd.DataFrame, names: dict[str, str], configured: StageCat
             logger.warning("HubSpot pipeline %r has no open stage in %s; its deals are quarantined", name, table)
             continue
         if len(won) > 1 or len(lost) > 1:
-            logger.warning("HubSpot pipeline %r: closed stages %s besides the first won and lost are not read", name, won[1:] + lost[1:])
+            logger.warning(
+                "HubSpot pipeline %r: closed stages %s besides the first won and lost are not read", name, won[1:] + lost[1:]
+            )
         out.append(
             PipelineStages(
                 name=name,
@@ -227,12 +239,16 @@ def read_hubspot_tables(files: Mapping[str, Sequence[Path]], project: ProjectCon
     deals["created_at"] = checks.parsed("property_createdate", parse_timestamps, UNPARSEABLE_DATE, _DATE)
     deals["close_at"] = checks.parsed("property_closedate", parse_timestamps, UNPARSEABLE_DATE, _DATE).dt.normalize()
     deals["amount"] = checks.parsed("property_amount", parse_numbers, UNPARSEABLE_AMOUNT, "a number like 1234.5")
-    pipeline_id = deals["deal_pipeline_id"].where(deals["deal_pipeline_id"].ne(""), deals["deal_pipeline_stage_id"].map(stage_pipeline))
+    # A blank deal_pipeline_id: the pipeline of the deal's stage.
+    of_stage = deals["deal_pipeline_stage_id"].map(stage_pipeline)
+    pipeline_id = deals["deal_pipeline_id"].where(deals["deal_pipeline_id"].ne(""), of_stage)
     deals["pipeline"] = pipeline_id.map(lambda i: pipeline_names.get(i, i) if isinstance(i, str) and i else "")
     deals["stage"] = deals["deal_pipeline_stage_id"].map(stage_label).fillna("")
     place = [catalog[p] if p in catalog else None for p in deals["pipeline"]]
     deals["stage_order"] = [p.order_of(s) if p is not None else None for p, s in zip(place, deals["stage"])]
-    deals["status"] = [p.status_of(s) if p is not None and p.order_of(s) is not None else None for p, s in zip(place, deals["stage"])]
+    deals["status"] = [
+        p.status_of(s) if p is not None and p.order_of(s) is not None else None for p, s in zip(place, deals["stage"])
+    ]
     checks.flag(
         deals["status"].isna().to_numpy(dtype=bool),
         UNKNOWN_STAGE,
@@ -253,7 +269,9 @@ def read_hubspot_tables(files: Mapping[str, Sequence[Path]], project: ProjectCon
         in_export = history["deal_id"].isin(first.index).to_numpy()
         history_checks.flag(
             ~in_export, ORPHAN_HISTORY, "deal_id",
-            lambda rows: [f"deal_id {i!r} is not in the deal table; expected the history of an exported deal" for i in rows["deal_id"]],
+            lambda rows: [
+                f"deal_id {i!r} is not in the deal table; expected the history of an exported deal" for i in rows["deal_id"]
+            ],
         )
         accepted_ids = pd.Index(deals.loc[accepted, "deal_id"])
         follows = in_export & ~history["deal_id"].isin(accepted_ids).to_numpy()
@@ -275,7 +293,9 @@ def read_hubspot_tables(files: Mapping[str, Sequence[Path]], project: ProjectCon
         ]
         history_checks.flag(
             ~np.asarray(known, dtype=bool) & ~history_checks.bad, UNKNOWN_STAGE, "value",
-            lambda rows: [f"stage {v!r} is not a stage of the deal's pipeline {p!r}" for v, p in zip(rows["value"], rows["pipeline"])],
+            lambda rows: [
+                f"stage {v!r} is not a stage of the deal's pipeline {p!r}" for v, p in zip(rows["value"], rows["pipeline"])
+            ],
         )
 
     canonical_deals, canonical_history = _assemble(deals.loc[accepted], history, history_checks, stage_probability, project)
@@ -291,14 +311,22 @@ def read_hubspot_tables(files: Mapping[str, Sequence[Path]], project: ProjectCon
     reports = [
         FileReport(path=table.path, format=fmt, rows_read=table.rows_read, sha256=table.scan.sha256,
                    rows_accepted=accepted_by_file.get(str(table.path), 0), rows_quarantined=int(by_file.get(str(table.path), 0)))
-        for fmt, tables in ((DEAL, deal_tables), (DEAL_STAGE, history_tables), (PIPELINE, pipeline_tables), (PIPELINE_STAGE, stage_tables))
+        for fmt, tables in (
+            (DEAL, deal_tables), (DEAL_STAGE, history_tables), (PIPELINE, pipeline_tables), (PIPELINE_STAGE, stage_tables)
+        )
         for _, table in tables
     ]  # fmt: skip
     notes = []
     owners = canonical_deals["owner"].dropna()
     if not owners.empty:
-        notes.append(f"owners: the HubSpot deal table gives owner ids only, so the {len(owners):,} deal(s) with an owner show its id (e.g. {owners.iloc[0]})")
-    logger.info("HubSpot tables: %d deals, %d history rows, %d rows quarantined", len(canonical_deals), len(canonical_history), len(quarantined))
+        notes.append(
+            f"owners: the HubSpot deal table gives owner ids only, so the {len(owners):,} deal(s) with an owner "
+            f"show its id (e.g. {owners.iloc[0]})"
+        )
+    logger.info(
+        "HubSpot tables: %d deals, %d history rows, %d rows quarantined",
+        len(canonical_deals), len(canonical_history), len(quarantined),
+    )
     return SourceExport(
         deals=canonical_deals, history=canonical_history, quarantine=quarantined, files=reports,
         pipelines=inferred, raw_checks=quarantine.raw_results(), notes=notes,
@@ -342,10 +370,13 @@ def _assemble(
             "source_row": rows["source_row"].to_numpy(),
         }
     )
-    canonical_history = conform(canonical_history, DEAL_HISTORY_COLUMNS, "deal_history") if len(rows) else empty_frame(DEAL_HISTORY_COLUMNS)
+    canonical_history = (
+        conform(canonical_history, DEAL_HISTORY_COLUMNS, "deal_history") if len(rows) else empty_frame(DEAL_HISTORY_COLUMNS)
+    )
     # The deal's own stage as last entered: when it closed, and its last stage change.
     current = rows.loc[rows["stage"].to_numpy() == by_id["stage"].reindex(rows["deal_id"]).to_numpy()]
-    entered = current.drop_duplicates("deal_id", keep="last").set_index("deal_id")["changed_at"].reindex(ok["deal_id"]).set_axis(ok.index)
+    last_entry = current.drop_duplicates("deal_id", keep="last").set_index("deal_id")["changed_at"]
+    entered = last_entry.reindex(ok["deal_id"]).set_axis(ok.index)
     has_history = ok["deal_id"].isin(set(rows["deal_id"]))
     deals = pd.DataFrame(
         {
