@@ -30,15 +30,23 @@ Contributions (amount x score x P(close in quarter)), worked out by hand:
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from etl.coaching import pipeline_coverage
+from etl.config import load_project_config
+from etl.ingest import read_exports
+from etl.metrics import stage_conversion
+from etl.pipeline_state import prepare_history
+from etl.sample_crm import SampleTruth, generate_sample
 from etl.pipeline_health import pipeline_waterfall
 from etl.quarter_pipeline import closes_by, in_quarter_pipeline, overdue, pipeline_dates
 from etl.tables import TABLES
 from models.forecast import build_forecast
+from models.timing import CloseTiming
 from tests.models.hand_crm import CATALOG, make_crm
 from tests.models.test_forecast import SAMPLING_MARGIN, exact_distribution
 
@@ -235,3 +243,61 @@ def test_forecast_coverage_and_waterfall_agree_on_the_open_pipeline(forecast):
     assert row(coverage, "2024-Q2", "owner", "Ana")["overdue_deals"] == 2
     # Next quarter: NX only, in both.
     assert row(coverage, "2024-Q3")["open_pipeline"] == pytest.approx(1000.0) == row(forecast.quarterly, "2024-Q3")["open_pipeline"]
+
+
+# --- On messy samples ---------------------------------------------------------------------------
+
+MESSY_END = dt.date(2026, 11, 15)
+
+
+@pytest.fixture(scope="module", params=[21, 5])
+def messy(request, tmp_path_factory):
+    """A messy org (stale and overdue deals, an outlier with its close date before its creation)
+    forecast at its end with the CRM's probabilities, its coverage and its waterfall."""
+    out = tmp_path_factory.mktemp(f"messy_{request.param}")
+    generate_sample(out, seed=request.param, end_date=MESSY_END, profile="messy")
+    project = load_project_config()
+    export = read_exports(out, project)
+    history = prepare_history(export.deals, export.history, export.stages)
+    timing = CloseTiming.fit(export.deals, history, export.stages, MESSY_END)
+    no_scores = pd.DataFrame({"deal_id": pd.Series(dtype="string"), "win_probability": pd.Series(dtype="float64")})
+    forecast = build_forecast(
+        export.deals, history, export.stages, MESSY_END, scores=no_scores, timing=timing, quotas=None, draws=2_000,
+        seed=1, fiscal_year_start_month=project.fiscal_year_start_month,
+    )
+    conversion = stage_conversion(export.deals, history, export.stages, MESSY_END, project.fiscal_year_start_month)
+    quotas = pd.DataFrame({"quarter": [], "segment_type": [], "segment": [], "amount": []})
+    coverage = pipeline_coverage(export.deals, history, conversion, quotas, MESSY_END, project.fiscal_year_start_month)
+    waterfall = pipeline_waterfall(export.deals, history, MESSY_END, project.fiscal_year_start_month)
+    return SampleTruth.load(out), forecast, coverage, waterfall, export.deals
+
+
+def test_messy_org_forecast_reconciles_and_agrees_with_coverage_and_waterfall(messy):
+    truth, forecast, coverage, waterfall, deals = messy
+    quarter = "2026-Q4"
+    fc, cov = row(forecast.quarterly, quarter), row(coverage, quarter)
+    wf = waterfall[
+        (waterfall["period_grain"] == "quarter") & (waterfall["period"] == quarter) & (waterfall["segment_type"] == "all")
+    ].iloc[0]
+    assert fc["open_pipeline"] == pytest.approx(cov["open_pipeline"]) == pytest.approx(wf["end_value"])
+    assert fc["open_deals"] == cov["open_deals"] == wf["deals_end"]
+    # Stale deals nobody cleaned up: the truth's open deals whose CRM close date is before the end.
+    real = truth.deals
+    stale_open = real[(real["crm_status"] == "open") & (real["crm_close_date"] < pd.Timestamp(MESSY_END))]
+    assert fc["overdue_deals"] == cov["overdue_deals"] == len(stale_open) > 0
+    # Their amounts as the export shows them (the truth keeps the outlier's real amount).
+    shown = deals.set_index("deal_id").loc[stale_open["deal_id"], "amount_reporting"].astype("float64")
+    assert fc["overdue_pipeline"] == pytest.approx(shown.sum())
+    assert check_reconciles(forecast, None) == len(forecast.quarterly)
+
+
+def test_messy_org_outlier_is_flagged_with_its_effect_on_p90(messy):
+    truth, forecast, _, _, _ = messy
+    outliers = truth.deals.loc[truth.deals["outlier"] & (truth.deals["crm_status"] == "open"), "deal_id"]
+    assert len(outliers) == 1
+    flagged = forecast.contributions.loc[forecast.contributions["outlier"], "deal_id"].unique()
+    assert set(outliers) <= set(flagged)
+    reason = forecast.contributions.loc[forecast.contributions["deal_id"] == outliers.iloc[0], "outlier_reason"].iloc[0]
+    assert "the largest win" in reason and "before it was created" in reason
+    current = row(forecast.quarterly, "2026-Q4")
+    assert current["outlier_deals"] >= 1 and current["p90_without_outliers"] <= current["p90"]
