@@ -5,21 +5,26 @@ Revenue(quarter) = closed won so far in the quarter
                  + deals not yet created that will be created and won inside the quarter.
 
 - Open deals: each wins inside the quarter with probability P(win) x P(closes inside the quarter
-  | wins), the first from the deal-scoring model, the second from `models.timing.CloseTiming`.
-  Wins are drawn independently per deal (`simulate_quarter`).
+  | wins), the first the deal's score (`deal_scores`, used as it is: no further revenue
+  calibration), the second from `models.timing.CloseTiming`. Wins are drawn independently per
+  deal (`simulate_quarter`). A deal's contribution is its amount times that probability
+  (`forecast_contributions`).
 - Deals not yet created: the historical run-rate at this point of the quarter (`new_deal_stream`).
-  For each of the last `lookback_quarters` finished quarters, the amount won inside that quarter
-  by deals created after the same point relative to the quarter's start as `as_of` is now. Each
-  Monte Carlo draw picks one of those quarters at random (a bootstrap over past quarters) and
-  adds its amounts, segment by segment, so segments stay consistent with the total. The amounts
-  are not scaled for growth: with a handful of quarters a growth estimate would add more noise
-  than it removes. No finished past quarter means no stream (zero).
+  For each of the last `lookback_quarters` finished quarters, the deals won inside that quarter
+  that were created after the same point relative to the quarter's start as `as_of` is now. Each
+  Monte Carlo draw picks one of those quarters at random and takes each of its wins a Poisson(1)
+  number of times (`simulate_new_deals`), segment by segment, so segments stay consistent with
+  the total. The amounts are not scaled for growth: with a handful of quarters a growth estimate
+  would add more noise than it removes. No finished past quarter means no stream (zero).
 - Every segment type (all, pipeline, owner, team, product, region, lead_source, deal_type) is
   summed from the same draws, so in every draw the segments of a type add up to the `all` total.
+- The open pipeline of a quarter (open_deals, open_pipeline, overdue_*) follows
+  `etl.quarter_pipeline`, the definition `pipeline_coverage` and `pipeline_waterfall` share.
 
 P10/P50/P90 are quantiles of the draws with the inverted-CDF definition (the smallest drawn
 revenue with at least 10%, 50%, 90% of draws at or below it), so they are revenues that can
-actually happen and P10 <= P50 <= P90. `expected` is the mean of the draws.
+actually happen and P10 <= P50 <= P90. `expected` is the exact mean of the law the draws sample:
+closed won + the open deals' contributions + the mean new-deal run-rate.
 
 Every "as it stood" value comes from `etl.pipeline_state.pipeline_at` at the end of `as_of`, so
 the backtest can call `forecast_quarterly` with a past `as_of` and see only what was known then.
@@ -169,6 +174,53 @@ def simulate_quarter(
         with ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(simulate_block, range(len(draw_starts))))
     return totals.T
+
+
+def simulate_new_deals(
+    amounts: np.ndarray,
+    quarter_of: np.ndarray,
+    segment_codes: np.ndarray,
+    n_quarters: int,
+    n_segments: int,
+    draws: int,
+    seed: int | np.random.SeedSequence,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> np.ndarray:
+    """Revenue from deals not yet created in each draw, per segment: a (draws, n_segments) array.
+
+    `amounts[i]` is a win of past quarter `quarter_of[i]` (0..n_quarters-1) by a deal created after
+    that quarter's matching point, in the segments `segment_codes[i]` ((n,) or (n, k)). Each draw
+    picks one past quarter uniformly at random (quarter-to-quarter variation), then takes each of
+    its wins a Poisson(1) number of times (how many such deals and which ones: a Poisson bootstrap).
+    The mean over draws is the mean of the past quarters' totals, as with a plain bootstrap, but a
+    young CRM with one or two past quarters still gets a range rather than a single value.
+    """
+    amounts = np.asarray(amounts, dtype="float64")
+    codes = np.asarray(segment_codes)
+    if codes.ndim == 1:
+        codes = codes[:, None]
+    totals = np.zeros((draws, n_segments), dtype="float64")
+    if n_quarters < 1:
+        return totals
+    rng = np.random.default_rng(seed)
+    picked = rng.integers(0, n_quarters, size=draws)
+    k = codes.shape[1]
+    for quarter in range(n_quarters):
+        rows = np.flatnonzero(picked == quarter)
+        items = np.flatnonzero((quarter_of == quarter) & (amounts != 0))
+        if len(rows) == 0 or len(items) == 0:
+            continue
+        n = len(items)
+        matrix = sp.csc_matrix(
+            (np.repeat(amounts[items], k), codes[items].astype("int64").ravel(), np.arange(0, n * k + 1, k)),
+            shape=(n_segments, n),
+        )
+        step = max(1, chunk_size // n)
+        for start in range(0, len(rows), step):
+            block = rows[start : start + step]
+            counts = rng.poisson(1.0, size=(n, len(block))).astype("float64")
+            totals[block] = (matrix @ counts).T
+    return totals
 
 
 def summarise_draws(draws: np.ndarray) -> dict[str, np.ndarray]:
@@ -577,15 +629,16 @@ def build_forecast(
         if past_quarters:
             position = pd.Categorical(wins["past_quarter"], categories=past_quarters).codes.astype("int64")
             codes = segments.codes(wins)
+            new_amounts = wins["amount_reporting"].fillna(0.0).to_numpy(dtype="float64")
             per_quarter = np.bincount(
                 (position[:, None] * len(segments) + codes).ravel(),
-                weights=np.repeat(wins["amount_reporting"].fillna(0.0).to_numpy(), codes.shape[1]),
+                weights=np.repeat(new_amounts, codes.shape[1]),
                 minlength=len(past_quarters) * len(segments),
             ).reshape(len(past_quarters), len(segments))
-            picked = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 1))).integers(
-                0, len(past_quarters), size=draws
+            new_draws = simulate_new_deals(
+                new_amounts, position, codes, len(past_quarters), len(segments), draws,
+                np.random.SeedSequence(seed, spawn_key=(index, 1)), chunk_size=chunk_size,
             )
-            new_draws = per_quarter[picked]
             new_deals = per_quarter.mean(axis=0)
         closed = closed_won_sums if quarter == current else np.zeros(len(segments))
         summary = summarise_draws(totals + new_draws + closed)
