@@ -13,6 +13,7 @@ from etl.report import fan_chart, image_markdown, markdown_table
 from etl.stages import StageCatalog
 from models.backtest import forecast_fan, not_backtested_reason
 from models.forecast import build_forecast
+from models.revenue_calibration import RevenueCalibration
 from models.scoring import ScorerResult
 from models.timing import CloseTiming
 
@@ -34,6 +35,8 @@ def forecast_quarterly(
     forecast_cfg = resolved.project.forecast
     fiscal_start = resolved.project.fiscal_year_start_month
     quotas = load_quotas(resolved.quota_path())
+    # Learnt on tonight's scorer's held-out rows; each deal's factor is a column of forecast_contributions.
+    calibration = RevenueCalibration.fit(deal_scoring_model, deals, deal_history)
     forecast = build_forecast(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
         scores=deal_scores, timing=close_timing, quotas=quotas,
@@ -42,6 +45,7 @@ def forecast_quarterly(
         # The model whose scores fed the forecast (an earlier run's when tonight's did not qualify).
         model_version=deal_scores["model_version"].iloc[0] if len(deal_scores) else deal_scoring_model.scorer.version,
         outlier_factor=resolved.project.warnings.outlier_factor,
+        revenue_calibration=calibration,
     )
     frame = forecast.quarterly
     warehouse.publish(context, resolved.as_of, "forecast_contributions", forecast.contributions)
@@ -60,7 +64,7 @@ def forecast_quarterly(
             markdown_table(
                 totals[
                     ["quarter", "closed_won_to_date", "pipeline_expected", "overdue_expected", "other_open_expected",
-                     "new_deals_expected", "expected", "open_pipeline", "overdue_pipeline"]
+                     "new_deals_expected", "revenue_calibration", "expected", "open_pipeline", "overdue_pipeline"]
                 ]
             )
         ),
@@ -68,6 +72,7 @@ def forecast_quarterly(
             markdown_table(totals[["quarter", "outlier_deals", "outlier_pipeline", "p90", "p90_without_outliers"]])
         ),
         "contribution_rows": len(forecast.contributions),
+        "revenue_calibration": dg.MetadataValue.md(markdown_table(calibration.table())),
         "not_yet_backtested": bool(frame["not_yet_backtested"].any()),
         "fan_chart": dg.MetadataValue.md(image_markdown(chart, f"{quarter} fan chart")),
     }

@@ -21,8 +21,9 @@ nightly forecast carries not_yet_backtested = True.
 Three methods per checkpoint, each per segment (every segment type of `etl.schema.SEGMENT_COLUMNS`):
 
 - `ours`: `models.forecast.forecast_quarterly` with the scorer `train_scorer` chose then
-  (`scoring_method` records which) and the close-timing model of then: mean, P10, P50, P90. This
-  is what the nightly `forecast_quarterly` asset does.
+  (`scoring_method` records which), its visible revenue calibration (`models.revenue_calibration`,
+  learnt on that scorer's held-out rows) and the close-timing model of then: mean, P10, P50, P90.
+  This is what the nightly `forecast_quarterly` asset does.
 - `stage_rate`: the same timing + Monte Carlo path with the empirical stage-rate scorer
   (`models.scoring.StageRateScorer`, win rate by pipeline x stage x age bucket) fitted on every
   labelled snapshot known at the checkpoint, so it has an interval too.
@@ -78,6 +79,7 @@ from models.scoring import (
     train_scorer,
     typical_days_in_stage,
 )
+from models.revenue_calibration import RevenueCalibration
 from models.timing import CloseTiming, prepared_history
 from models.training_set import TrainingSet, build_training_set, snapshot_features
 
@@ -116,11 +118,12 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class CheckpointModels:
-    """What a checkpoint forecasts with: the chosen scorer, the stage-rate scorer and the close
-    timing, all trained at the end of `as_of`."""
+    """What a checkpoint forecasts with: the chosen scorer with its revenue calibration, the
+    stage-rate scorer and the close timing, all trained at the end of `as_of`."""
 
     as_of: dt.date
     scorer: Scorer
+    calibration: RevenueCalibration
     stage_rate: StageRateScorer
     timing: CloseTiming
 
@@ -166,7 +169,10 @@ def models_at(
     )
     result = train_scorer(training, model_config, as_of)
     timing = CloseTiming.fit(deals, history, stages, as_of, frequency=model_config.snapshot_frequency)
-    return CheckpointModels(as_of, result.scorer, stage_rate_scorer(training, result.scorer.version), timing)
+    return CheckpointModels(
+        as_of, result.scorer, RevenueCalibration.fit(result, deals, history),
+        stage_rate_scorer(training, result.scorer.version), timing,
+    )
 
 
 # --- Actuals ------------------------------------------------------------------------------------
@@ -238,10 +244,13 @@ def _checkpoint_rows(
         lookback_quarters=lookback_quarters, workers=workers,
     )
     forecasts = {}
-    for method, scorer in ((METHOD_OURS, models.scorer), (METHOD_STAGE_RATE_FORECAST, models.stage_rate)):
+    for method, scorer, calibration in (
+        (METHOD_OURS, models.scorer, models.calibration),
+        (METHOD_STAGE_RATE_FORECAST, models.stage_rate, None),
+    ):
         frame = forecast_quarterly(
             deals, history, stages, checkpoint.as_of, scores=_scores(features, scorer), timing=models.timing,
-            model_version=scorer.version, not_yet_backtested=False, **common,
+            model_version=scorer.version, not_yet_backtested=False, revenue_calibration=calibration, **common,
         )
         forecasts[method] = frame.loc[frame["quarter"] == checkpoint.quarter].set_index(["segment_type", "segment"])
     ours = forecasts[METHOD_OURS]

@@ -4,9 +4,9 @@ Revenue(quarter) = closed won so far in the quarter
                  + the open deals that win inside the quarter
                  + deals not yet created that will be created and won inside the quarter.
 
-- Open deals: each wins inside the quarter with probability P(win) x P(closes inside the quarter
-  | wins), the first the deal's score (`deal_scores`, used as it is: no further revenue
-  calibration), the second from `models.timing.CloseTiming`. Wins are drawn independently per
+- Open deals: each wins inside the quarter with probability P(win) x revenue factor x P(closes
+  inside the quarter | wins): the deal's score (`deal_scores`), its amount band's visible revenue
+  calibration factor (`models.revenue_calibration`, 1 without one) and `models.timing.CloseTiming`. Wins are drawn independently per
   deal (`simulate_quarter`). A deal's contribution is its amount times that probability
   (`forecast_contributions`).
 - Deals not yet created: the historical run-rate at this point of the quarter (`new_deal_stream`).
@@ -50,6 +50,7 @@ from etl.quarter_pipeline import in_quarter_pipeline, overdue
 from etl.schema import SEGMENT_COLUMNS, segment_values
 from etl.stages import STATUS_OPEN, STATUS_WON, StageCatalog
 from etl.tables import TABLES
+from models.revenue_calibration import CEILING, RevenueCalibration
 from models.timing import CloseTiming, prepared_history
 
 logger = logging.getLogger(__name__)
@@ -547,6 +548,7 @@ def build_forecast(
     workers: int | None = None,
     outlier_factor: float = _WARNINGS.outlier_factor,
     not_yet_backtested: bool | None = None,
+    revenue_calibration: RevenueCalibration | None = None,
 ) -> Forecast:
     """The forecast for the quarter containing `as_of` and the next one, for every segment type
     and value: the `forecast_quarterly` rows and the per-deal `forecast_contributions` rows
@@ -560,8 +562,10 @@ def build_forecast(
       overdue_deals / overdue_pipeline the overdue part and weighted_pipeline_crm its amount x
       CRM probability (the stage's default where the deal has none);
     - every open deal (in the pipeline or not) wins inside the quarter with probability
-      win_probability x P(closes inside the quarter | wins) (`models.timing`); its contribution is
-      amount x that probability. pipeline_expected (overdue_expected its overdue part) sums the
+      win_probability x revenue_factor x P(closes inside the quarter | wins) (`models.timing`); its
+      contribution is amount x that probability. revenue_factor is the deal's amount band's factor
+      of `revenue_calibration` (`models.revenue_calibration`; 1 without one), capped so the
+      probability stays below 1; revenue_calibration (the column) is what the factors changed; pipeline_expected (overdue_expected its overdue part) sums the
       contributions of the open pipeline, other_open_expected those of the other open deals;
     - new_deals_expected: the mean over past quarters of the new-deal run-rate (`new_deal_stream`);
     - expected = closed_won_to_date + pipeline_expected + other_open_expected + new_deals_expected,
@@ -573,8 +577,8 @@ def build_forecast(
     - not_yet_backtested: True when no quarter can be backtested yet (`backtest_quarters` with
       one quarter of history), unless the caller says otherwise.
 
-    `scores` has deal_id and win_probability for the open deals at `as_of` (used as they are: no
-    further calibration); `timing` is a `CloseTiming` fitted at the same `as_of`; `quotas` has
+    `scores` has deal_id and win_probability for the open deals at `as_of` (the only further
+    change is the visible revenue calibration); `timing` is a `CloseTiming` fitted at the same `as_of`; `quotas` has
     quarter, segment_type, segment, amount.
     """
     if draws < 1:
@@ -587,6 +591,10 @@ def build_forecast(
     won = state.loc[state["status"] == STATUS_WON]
     amounts = open_deals["amount_reporting"].astype("float64").fillna(0.0).to_numpy()
     win = _win_probabilities(open_deals, scores)
+    band_factor = np.ones(len(open_deals)) if revenue_calibration is None else revenue_calibration.factor(amounts)
+    win_revenue = np.where(band_factor == 1.0, win, np.clip(win * band_factor, 0.0, CEILING))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        revenue_factor = np.where(win > 0, win_revenue / win, 1.0)
     crm = open_deals["crm_probability"].astype("float64").fillna(open_deals["stage_probability"]).fillna(0.0).to_numpy()
     quota_table = _quota_table(quotas)
     is_outlier, outlier_reason = outlier_flags(open_deals, won, outlier_factor)
@@ -617,8 +625,9 @@ def build_forecast(
     for index, quarter in enumerate(quarters):
         start, stop = period_bounds(quarter, fiscal_year_start_month)
         closes_inside = _close_in_quarter(open_deals, timing, quarter, fiscal_year_start_month)
-        probability = win * closes_inside
+        probability = win_revenue * closes_inside
         contribution = amounts * probability
+        calibration_change = amounts * (win_revenue - win) * closes_inside
         draw_seed = np.random.SeedSequence(seed, spawn_key=(index, 0))
         totals = simulate_quarter(
             amounts, probability, open_codes, len(segments), draws, draw_seed, chunk_size=chunk_size, workers=workers
@@ -678,6 +687,7 @@ def build_forecast(
                     "overdue_expected": segments.sums(open_deals.loc[overdue_in], contribution[overdue_in]),
                     "other_open_expected": other_expected,
                     "new_deals_expected": new_deals,
+                    "revenue_calibration": segments.sums(open_deals, calibration_change),
                     "outlier_deals": segments.sums(open_deals.loc[outliers]).round().astype("int64"),
                     "outlier_pipeline": segments.sums(open_deals.loc[outliers], amounts[outliers]),
                     "p90_without_outliers": p90_without,
@@ -697,6 +707,7 @@ def build_forecast(
                     "amount_reporting": part["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan),
                     "expected_close_date": pd.to_datetime(part["expected_close_date"]).to_numpy(),
                     "win_probability": win[rows],
+                    "revenue_factor": revenue_factor[rows],
                     "close_in_quarter_probability": closes_inside[rows],
                     "win_in_quarter_probability": probability[rows],
                     "contribution": contribution[rows],

@@ -46,6 +46,7 @@ from etl.pipeline_health import pipeline_waterfall
 from etl.quarter_pipeline import closes_by, in_quarter_pipeline, overdue, pipeline_dates
 from etl.tables import TABLES
 from models.forecast import build_forecast
+from models.revenue_calibration import RevenueCalibration
 from models.timing import CloseTiming
 from tests.models.hand_crm import CATALOG, make_crm
 from tests.models.test_forecast import SAMPLING_MARGIN, exact_distribution
@@ -177,6 +178,28 @@ def test_contribution_rows_by_hand(forecast):
     # Q3: only deals that can win in Q3 or are in its pipeline.
     q3 = c[c["quarter"] == "2024-Q3"].set_index("deal_id")
     assert q3["contribution"].to_dict() == pytest.approx({"A": 50.0, "OD2": 16.0, "NX": 450.0, "ND": 10.0})
+
+
+def test_the_revenue_calibration_is_a_visible_column():
+    deals, history = hand_crm()
+    scores = pd.DataFrame({"deal_id": list(OPEN), "win_probability": [v[3] for v in OPEN.values()]})
+    # Deals of 1,000 and more (NX, OUT) win half as much money as their scores say.
+    calibration = RevenueCalibration(edges=(1000.0,), factors=(1.0, 0.5), rows=40)
+    calibrated = build_forecast(
+        deals, history, CATALOG, AS_OF, scores=scores, timing=HandTiming(), quotas=None, draws=DRAWS, seed=3,
+        revenue_calibration=calibration,
+    )
+    q2 = row(calibrated.quarterly, "2024-Q2")
+    # NX 150 -> 75 and OUT 1,000 -> 500: the calibration takes 575 off the 1,865 worked out above.
+    assert q2["revenue_calibration"] == pytest.approx(-575.0)
+    assert q2["expected"] == pytest.approx(1865.0 - 575.0)
+    c = calibrated.contributions.set_index(["quarter", "deal_id"])
+    assert c.loc[("2024-Q2", "OUT"), "revenue_factor"] == 0.5 and c.loc[("2024-Q2", "A"), "revenue_factor"] == 1.0
+    assert c.loc[("2024-Q2", "OUT"), "win_probability"] == pytest.approx(0.2)  # the score itself is unchanged
+    assert c.loc[("2024-Q2", "OUT"), "contribution"] == pytest.approx(500.0)
+    assert check_reconciles(calibrated, deals) == len(calibrated.quarterly)
+    # Q3: NX 450 -> 225.
+    assert row(calibrated.quarterly, "2024-Q3")["revenue_calibration"] == pytest.approx(-225.0)
 
 
 def check_reconciles(forecast, deals):
