@@ -16,8 +16,9 @@ from .conftest import AS_OF, materialize_graph, project_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-# Five months of data before 2026-11-15: from mid-June 2026. The first full quarter is 2026-Q3,
-# so 2026-Q4 is the first quarter with a full quarter of history before it: not finished yet.
+# Five months of simulated sales before 2026-11-15; the export's first deal (many early wins are
+# keyed in only at close) is created in the second half of July. The first full quarter of data is
+# then 2026-Q4, so 2027-Q1 is the first quarter with a full quarter of history before it.
 YEARS = 5 / 12
 
 
@@ -35,14 +36,14 @@ def test_a_young_org_is_not_yet_backtested_and_its_forecast_reconciles(tmp_path,
     finally:
         warehouse.dispose()
     first_created = pd.to_datetime(tables["deals"]["created_at"]).min()
-    assert dt.date(2026, 6, 1) <= first_created.date() < dt.date(2026, 7, 1)
+    assert dt.date(2026, 7, 2) <= first_created.date() < dt.date(2026, 10, 1)
 
     backtest = tables["forecast_backtest"]
     assert len(backtest) == 1
     status = backtest.iloc[0]
-    assert status["status"] == "not_backtested" and status["quarter"] == "2026-Q4"
+    assert status["status"] == "not_backtested" and status["quarter"] == "2027-Q1"
     assert f"data start on {first_created:%Y-%m-%d}" in status["status_reason"]
-    assert "2026-Q4 (2026-10-01 to 2026-12-31), not finished by as_of 2026-11-15" in status["status_reason"]
+    assert "2027-Q1 (2027-01-01 to 2027-03-31), not finished by as_of 2026-11-15" in status["status_reason"]
     forecast = tables["forecast_quarterly"]
     assert forecast["not_yet_backtested"].all()
 
