@@ -8,7 +8,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from etl.cli import main
+from etl.cli import summary_lines
 from etl.sample_crm import generate_sample
 from etl.warehouse import Warehouse
 
@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 YEARS = 5 / 12
 
 
-def test_a_young_org_is_not_yet_backtested_and_its_forecast_reconciles(tmp_path, pg_url, pg_schema, capsys, monkeypatch):
+def test_a_young_org_is_not_yet_backtested_and_its_forecast_reconciles(tmp_path, pg_url, pg_schema):
     exports = tmp_path / "exports"
     generate_sample(exports, seed=3, end_date=AS_OF, years=YEARS, profile="messy")
     config = project_config(tmp_path)
@@ -48,10 +48,11 @@ def test_a_young_org_is_not_yet_backtested_and_its_forecast_reconciles(tmp_path,
     assert forecast["not_yet_backtested"].all()
 
     # dealcast summary says why.
-    monkeypatch.setenv("DEALCAST_CONFIG", str(config))
-    capsys.readouterr()
-    main(["summary", "--warehouse", pg_url, "--schema", pg_schema])
-    lines = capsys.readouterr().out.splitlines()
+    warehouse = Warehouse(pg_url, schema=pg_schema)
+    try:
+        lines = summary_lines(warehouse, "USD", 1, AS_OF)
+    finally:
+        warehouse.dispose()
     assert f"  forecast not yet backtested: {status['status_reason']}" in lines
 
     # One open pipeline for the quarter: forecast = coverage = waterfall, overdue deals included.
