@@ -242,10 +242,16 @@ def _require_prepared(history: pd.DataFrame, where: str) -> None:
 
 
 def _new_deal_wins(
-    state: pd.DataFrame, end: pd.Timestamp, quarter: str, fiscal_year_start_month: int, lookback_quarters: int
+    state: pd.DataFrame,
+    deals: pd.DataFrame,
+    end: pd.Timestamp,
+    quarter: str,
+    fiscal_year_start_month: int,
+    lookback_quarters: int,
 ) -> tuple[list[str], pd.DataFrame]:
-    """The past quarters that stand in for `quarter`, and the deals won inside each of them after
-    being created past the point that matches `end`.
+    """The past quarters that stand in for `quarter`, and the deals won inside each of them (by
+    booking date, `etl.bookings`, as the actuals count them) after being created past the point
+    that matches `end`.
 
     `state` is the pipeline at `end` (every deal as then known). The matching point of a past
     quarter is its start plus (`end` - `quarter`'s start): for the current quarter a point inside
@@ -262,6 +268,7 @@ def _new_deal_wins(
     if pd.isna(data_start):
         return quarters, state.iloc[0:0].assign(past_quarter=pd.Series(dtype="string"))
     won = state.loc[state["status"] == STATUS_WON]
+    booked = state_booking_dates(won, deals, end)
     back = 1
     while len(quarters) < lookback_quarters:
         start = target_start - pd.DateOffset(months=3 * back)
@@ -275,7 +282,7 @@ def _new_deal_wins(
         if stop - pd.Timedelta(microseconds=1) > end:
             continue
         label = quarter_label(start, fiscal_year_start_month)
-        inside = (won["created_at"] > cut) & (won["closed_at"] >= start) & (won["closed_at"] < stop)
+        inside = ((won["created_at"] > cut) & (booked >= start) & (booked < stop)).to_numpy(dtype=bool)
         quarters.append(label)
         frames.append(won.loc[inside].assign(past_quarter=label))
     quarters.reverse()
@@ -306,7 +313,7 @@ def new_deal_stream(
     _require_prepared(history, "new_deal_stream")
     end = as_of_end(as_of)
     state = pipeline_at(deals, history, end)
-    quarters, wins = _new_deal_wins(state, end, quarter, fiscal_year_start_month, lookback_quarters)
+    quarters, wins = _new_deal_wins(state, deals, end, quarter, fiscal_year_start_month, lookback_quarters)
     segment = segment_values(wins, segment_type)
     table = (
         pd.DataFrame({"past_quarter": wins["past_quarter"], "segment": segment, "amount": wins["amount_reporting"].fillna(0.0)})
@@ -608,7 +615,7 @@ def build_forecast(
     current_start, _ = period_bounds(current, fiscal_year_start_month)
     booked = state_booking_dates(won, deals, end)  # closed won counts by booking date (etl.bookings)
     closed_won = won.loc[((booked >= current_start) & (booked <= end)).to_numpy(dtype=bool)]
-    streams = {q: _new_deal_wins(state, end, q, fiscal_year_start_month, lookback_quarters) for q in quarters}
+    streams = {q: _new_deal_wins(state, deals, end, q, fiscal_year_start_month, lookback_quarters) for q in quarters}
 
     segments = SegmentIndex(
         [open_deals, closed_won, *(wins for _, wins in streams.values())],
