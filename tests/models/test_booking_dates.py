@@ -83,3 +83,18 @@ def test_the_new_deal_stream_counts_wins_by_booking_date(crm):
     # marked won in July but booked on 06-27). By the day marked won, LATE would be left out.
     stream = new_deal_stream(deals, history, AS_OF, "2024-Q3")
     assert list(stream.index) == ["2024-Q2"] and stream["all"].tolist() == [pytest.approx(800.0)]
+
+
+def test_close_timing_learns_from_booking_dates():
+    # One win, created Wednesday 2024-05-01, marked won 2024-07-08 11:00 with a CRM close date of
+    # 2024-06-27. Weekly (Monday) prediction dates while it was open by its history: May 6 ... Jul 1
+    # (9). It closed, by its booking date, on Jun 27: only the 8 dates up to Jun 24 are before it.
+    deals, history = make_crm(
+        [{"deal_id": "W", "created_at": "2024-05-01", "amount": 100.0}],
+        [("W", "2024-05-01", "Qualify"), ("W", "2024-07-08 11:00", "Closed Won")],
+    )
+    deals.loc[deals["deal_id"] == "W", "crm_close_date"] = pd.Timestamp("2024-06-27")
+    assert CloseTiming.fit(deals, history, CATALOG, AS_OF, min_deals=1).snapshot_rows == 8
+    # Booked on the day it was marked won, the ninth date (Jul 1) counts too.
+    deals.loc[deals["deal_id"] == "W", "crm_close_date"] = pd.Timestamp("2024-07-08")
+    assert CloseTiming.fit(deals, history, CATALOG, AS_OF, min_deals=1).snapshot_rows == 9
