@@ -129,11 +129,30 @@ def _forecast_lines(run: RunSummary) -> list[str]:
     if this_quarter.empty:
         return []
     row = this_quarter.iloc[0]
-    return [
+    lines = [
         f"  forecast {row['quarter']}: P10 {_money(row['p10'], run.currency)} | P50 {_money(row['p50'], run.currency)}"
         f" | P90 {_money(row['p90'], run.currency)} (closed won so far {_money(row['closed_won_to_date'], run.currency)},"
         f" quota {_money(row['quota'], run.currency)})"
     ]
+    if "overdue_deals" in row.index and pd.notna(row["overdue_deals"]) and row["overdue_deals"] > 0:
+        lines.append(
+            f"  open pipeline {_money(row['open_pipeline'], run.currency)} includes {int(row['overdue_deals']):,} overdue"
+            f" deal(s) worth {_money(row['overdue_pipeline'], run.currency)} (expected close date already past),"
+            f" expected to bring {_money(row['overdue_expected'], run.currency)}"
+        )
+    if "outlier_deals" in row.index and pd.notna(row["outlier_deals"]) and row["outlier_deals"] > 0:
+        lines.append(
+            f"  {int(row['outlier_deals']):,} outlier deal(s) ({_money(row['outlier_pipeline'], run.currency)}) raise P90 from"
+            f" {_money(row['p90_without_outliers'], run.currency)} to {_money(row['p90'], run.currency)}"
+        )
+    backtest = run.read("forecast_backtest", run.as_of)
+    if backtest is not None and "status" in backtest.columns:
+        status = backtest.loc[backtest["status"] == "not_backtested"]
+        if len(status):
+            lines.append(f"  forecast not yet backtested: {status['status_reason'].iloc[0]}")
+    elif "not_yet_backtested" in row.index and pd.notna(row["not_yet_backtested"]) and bool(row["not_yet_backtested"]):
+        lines.append("  forecast not yet backtested: no past quarter has a full quarter of history before it")
+    return lines
 
 
 def _model_lines(run: RunSummary) -> list[str]:
