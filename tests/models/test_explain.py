@@ -55,7 +55,7 @@ def test_long_stay_in_stage_is_the_first_factor_in_words(trained, training):
     row = {name: scorer.typical[name] for name in scorer.feature_names}
     stage, pipeline = row["stage"], row["pipeline"]
     # The usual stay, recomputed here: median days in that stage over the training slice.
-    slices = time_split(training.frame, TEST_CONFIG.test_share, TEST_CONFIG.calibration_share, training.maturity_days)
+    slices = time_split(training.frame, TEST_CONFIG.test_share, training.maturity_days).slices
     train = training.frame.loc[slices == "train"]
     usual = train.loc[(train["stage"] == stage) & (train["pipeline"] == pipeline), "days_in_stage"].median()
     row["days_in_stage"] = 4 * usual
