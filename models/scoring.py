@@ -563,7 +563,7 @@ SPLIT_WIDENED = "widened"
 # the cut, of its won deals and of its lost deals; otherwise the training window is widened to
 # every row before the cut. On a small org with long-lived or stale
 # deals, the purge would otherwise leave a few dozen rows of the deals that closed fastest.
-MIN_KEPT_SHARE = 0.5
+MIN_KEPT_SHARE = 0.9
 
 
 @dataclass(frozen=True)

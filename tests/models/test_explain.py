@@ -109,3 +109,30 @@ def test_words_for_counts_and_dates():
     assert _factor_text("owner_prior_win_rate", rows).tolist() == [
         "owner's win rate to date 62%", "owner's win rate to date 0%", "owner's win rate to date 100%", "owner prior win rate unknown",
     ]
+
+
+def test_a_very_old_deal_is_not_called_better_for_its_age_without_evidence():
+    """Stage A: 40 fresh rows (5 days old, 10 won) and 2 rows 204 days old, both won; stage B: 20
+    fresh rows, 10 won. Unconstrained, the thin old cell would sit above the fresh one and a
+    204-day-old deal would read "open for 204 days (+10 pts)". Age never raises a stage's rate, so
+    the two cells are pooled (weighted by rows) and age is no factor."""
+    frame = pd.DataFrame(
+        {"pipeline": ["P"] * 62, "stage": ["A"] * 42 + ["B"] * 20, "age_days": [5.0] * 40 + [204.0] * 2 + [5.0] * 20}
+    )
+    labels = pd.Series([1] * 10 + [0] * 30 + [1, 1] + [1] * 10 + [0] * 10)
+    scorer = StageRateScorer(
+        use_stage=True, version="v", feature_names=["stage", "age_days"], typical={"stage": "A", "age_days": 5.0},
+        typical_stage_days=pd.DataFrame({"pipeline": [], "stage": [], "typical_days_in_stage": []}),
+    ).fit(frame, labels)
+    # By hand (pseudo-count 20): all 22/62; stage A (12 + 20 x 22/62)/62; cells A x 0-29 days
+    # (10 + 20 x A)/60 and A x 180-364 days (2 + 20 x A)/22, the old one higher: pooled to their
+    # row-weighted mean.
+    stage_a = (12 + 20 * 22 / 62) / 62
+    fresh, old = (10 + 20 * stage_a) / 60, (2 + 20 * stage_a) / 22
+    assert old > fresh
+    pooled = (40 * fresh + 2 * old) / 42
+    deals = pd.DataFrame({"deal_id": ["fresh", "old"], "pipeline": ["P", "P"], "stage": ["A", "A"], "age_days": [5.0, 204.0]})
+    np.testing.assert_allclose(scorer.predict_proba(deals), [pooled, pooled])
+    out = explain(scorer, deals).set_index("deal_id")
+    assert "open for 204 days" not in out.loc["old", "top_factors_text"]
+    assert out.loc["old", "top_factors_text"] == NO_FACTOR_TEXT

@@ -68,44 +68,53 @@ def test_stage_rate_cells_shrink_towards_their_parents():
     np.testing.assert_allclose(scorer.predict_proba(queries), expected)
 
 
-def _cut_frame(long_deals: int, long_label: int = 1) -> pd.DataFrame:
-    """Ten weekly dates; deal d<i> is seen only at date i (i = 0..7; even ones won), and each
-    `long` deal at every date from 6 (or from 0 when there are several) to 9."""
-    days = pd.date_range("2024-01-01", periods=10, freq="7D")
-    rows = [(days[i], f"d{i}", 1 - i % 2) for i in range(8)]
-    first = 6 if long_deals == 1 else 0
+def _cut_frame(n_dates: int, long_deals: int, long_from: int, long_label: int = 1) -> pd.DataFrame:
+    """Weekly dates from 2024-01-01; at every date but the last two, ten deals seen only then
+    (d<i>_<j>, won for odd j); each `long` deal seen at every date from `long_from` on."""
+    days = pd.date_range("2024-01-01", periods=n_dates, freq="7D")
+    rows = [(days[i], f"d{i}_{j}", j % 2) for i in range(n_dates - 2) for j in range(10)]
     for k in range(long_deals):
-        rows += [(d, f"long{k}", long_label) for d in days[first:]]
+        rows += [(d, f"long{k}", long_label) for d in days[long_from:]]
     return pd.DataFrame(rows, columns=["snapshot_at", "deal_id", "label"])
 
 
 def test_test_cut_purges_deals_seen_on_both_sides_while_enough_is_left():
-    frame = _cut_frame(1)
+    frame = _cut_frame(10, long_deals=1, long_from=6)
     split = time_split(frame, test_share=0.2)
-    # 10 dates: the last 2 test. Before the cut: d0..d7 and long's rows at dates 6 and 7 (10 rows,
-    # 5 won deals: d0 d2 d4 d6 long; 4 lost). The purge drops long's 2 rows: 8 of 10 rows, 4 of 5
-    # won and 4 of 4 lost deals are kept, all at least half: the purge stands.
+    # 10 dates: the last 2 test. Before the cut: 80 short rows and long's rows at dates 6 and 7
+    # (82 rows; 41 won deals with long, 40 lost). The purge drops long's 2 rows: 80 of 82 rows,
+    # 40 of 41 won and 40 of 40 lost deals are kept, all at least 90%: the purge stands.
     assert split.rule == SPLIT_PURGED
     assert split.slices[frame["deal_id"] == "long0"].tolist() == ["purged", "purged", "test", "test"]
     assert (split.slices[frame["deal_id"].str.startswith("d")] == "train").all()
-    assert "8 of 10 rows before the cut train (4 won / 4 lost deals)" in split.note
-    # A 14-day embargo: the cut is 2024-02-26, so rows after 02-12 (date 7: d7) are left out too.
-    waited = time_split(frame, 0.2, embargo_days=14)
-    assert waited.rule == SPLIT_PURGED
-    assert waited.slices[frame["deal_id"] == "d7"].tolist() == ["embargo"]
-    assert waited.slices[frame["deal_id"] == "d6"].tolist() == ["train"]
+    assert "80 of 82 rows before the cut train (40 won / 40 lost deals)" in split.note
     assert time_split(frame.iloc[:1], 0.2) is None
 
 
+def test_the_embargo_leaves_out_the_days_just_before_the_cut():
+    # 20 dates, the last 2 test (cut 2024-05-06). A 14-day embargo drops the rows after 04-22
+    # (date 17: ten rows); long's rows at dates 16 and 17 are purged. Kept: 170 of 182 rows,
+    # 85 of 91 won and 85 of 90 lost deals, all above 90%.
+    frame = _cut_frame(20, long_deals=1, long_from=16)
+    split = time_split(frame, 0.1, embargo_days=14)
+    assert split.rule == SPLIT_PURGED and split.test_start == pd.Timestamp("2024-05-06")
+    date = frame["snapshot_at"]
+    short = frame["deal_id"].str.startswith("d")
+    assert (split.slices[(date == pd.Timestamp("2024-04-29")) & short] == "embargo").all()
+    assert (split.slices[(date == pd.Timestamp("2024-04-22")) & short] == "train").all()
+    assert split.slices[frame["deal_id"] == "long0"].tolist() == ["purged", "purged", "test", "test"]
+    assert "170 of 182 rows before the cut train (85 won / 85 lost deals)" in split.note
+
+
 def test_test_cut_widens_the_window_instead_of_starving_the_training_rows():
-    # Three long deals seen at every date: the purge would drop 3 x 8 of the 32 rows before the
-    # cut, keeping 8 (a quarter): every row before the cut trains instead, and the note says so.
-    frame = _cut_frame(3, long_label=0)
+    # Three long deals seen at every date: the purge would drop 3 x 8 of the 104 rows before the
+    # cut, keeping 80 (77%): every row before the cut trains instead, and the note says so.
+    frame = _cut_frame(10, long_deals=3, long_from=0, long_label=0)
     split = time_split(frame, test_share=0.2)
     assert split.rule == SPLIT_WIDENED
     assert (split.slices[frame["snapshot_at"] < pd.Timestamp("2024-02-26")] == "train").all()
     assert (split.slices[frame["snapshot_at"] >= pd.Timestamp("2024-02-26")] == "test").all()
-    assert "keep only 8 of 32 rows" in split.note and "3 deals have rows on both sides" in split.note
+    assert "keep only 80 of 104 rows" in split.note and "3 deals have rows on both sides" in split.note
 
 
 def _ladder_training(test_a: int, test_b: int, crm: bool) -> TrainingSet:
@@ -194,19 +203,22 @@ def test_model_finds_the_signal_and_is_calibrated(trained, training):
         assert abs(mean_p - observed) <= tolerance, (b, mean_p, observed, deals_in_bin)
 
 
-def test_no_deal_is_both_trained_and_tested(trained, training):
+def test_training_rows_come_before_the_test_rows(trained, training):
     split = time_split(training.frame, TEST_CONFIG.test_share, training.maturity_days)
-    assert split.rule == SPLIT_PURGED
     used = training.frame.assign(slice=split.slices)
-    used = used.loc[used["slice"].isin(["train", "test"])]
-    assert used.groupby("deal_id")["slice"].nunique().max() == 1
-    tested = set(trained.test_predictions["deal_id"])
-    assert tested == set(used.loc[used["slice"] == "test", "deal_id"])
-    ends = used.groupby("slice")["snapshot_at"].agg(["min", "max"])
-    assert ends.loc["train", "max"] < ends.loc["test", "min"]
-    assert trained.metrics["test_rows"] == len(trained.test_predictions)
-    assert trained.metrics["train_rows"] == int((split.slices == "train").sum())
-    assert trained.metrics["split_rule"] == SPLIT_PURGED
+    train, test = used.loc[used["slice"] == "train"], used.loc[used["slice"] == "test"]
+    assert train["snapshot_at"].max() < test["snapshot_at"].min() == split.test_start
+    assert set(trained.test_predictions["deal_id"]) == set(test["deal_id"])
+    assert trained.metrics["test_rows"] == len(trained.test_predictions) == len(test)
+    assert trained.metrics["train_rows"] == len(train)
+    assert trained.metrics["split_rule"] == split.rule
+    both = set(train["deal_id"]) & set(test["deal_id"])
+    if split.rule == SPLIT_PURGED:
+        assert not both
+    else:
+        # Widened: every labelled row before the cut trains; the note counts the shared deals.
+        assert len(train) == int((training.frame["snapshot_at"] < split.test_start).sum())
+        assert f"{len(both)} deals have rows on both sides" in trained.metrics["split_note"]
 
 
 def test_scoring_open_deals(trained, world):
