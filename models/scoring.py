@@ -729,6 +729,11 @@ def train_scorer(training: TrainingSet, config: ModelConfig, as_of: dt.date) -> 
             f"{_describe_deals(won, lost)} ({missing}); both outcomes are needed, otherwise every "
             f"deal would get the same certain score. Data window: {training.data_window}."
         )
+    if not 0.0 < config.calibration_share < 1.0 or config.test_share + config.calibration_share >= 1.0:
+        raise ValueError(
+            f"dealcast.toml [model] calibration_share must be between 0 and 1 and leave dates to train on "
+            f"with test_share, got calibration_share {config.calibration_share}, test_share {config.test_share}"
+        )
     params = model_params(dict(config.params))
     run_params = {
         "model": params,
