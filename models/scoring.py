@@ -1,32 +1,26 @@
-"""The deal-scoring model: a calibrated win probability for every open deal, checked against two
-baselines, with an honest fallback when the history is too thin.
+"""The deal scorer: a ladder of candidate scorers fitted on the past and compared on the same
+held-out rows, the best published (docs/modeling.md, "Scoring").
 
-How a scorer is trained (`train_scorer`):
-1. Time split by prediction date: the earliest dates train the model, the next `calibration_share`
-   calibrate it, the latest `test_share` test it. Never random across one deal's snapshots.
-   Boundary rule: a deal whose snapshots fall in two slices keeps only its rows in the later
-   slice (its earlier rows are dropped, "purged"), so no deal is both learnt from and tested on.
-   Because the training set waits `maturity_days` for outcomes, the same wait is left between the
-   end of one slice and the start of the next ("embargo", at most half of the slice), so a slice's
-   last rows are not limited to the deals that happened to close before the next slice began.
-2. Model: a scikit-learn Pipeline (categorical encoding + HistGradientBoostingClassifier with
-   native categorical support, parameters from `dealcast.toml [model.params]`), fitted on the
-   training slice and calibrated on the calibration slice: isotonic when the slice holds at least
-   `ISOTONIC_MIN_DEALS` distinct deals, Platt/sigmoid below (a deal's weekly snapshots share one
-   outcome, so the number of independent outcomes is the number of deals, not of rows). `max_iter` is a ceiling: the number of boosting rounds is the one
-   with the lowest log loss on the calibration slice (early stopping in time order; recorded as
-   `boosting_rounds` in the run's params). Probabilities are kept within [0.001, 0.999].
-3. Test slice: AUC, log loss, Brier, base-rate Brier, ECE and a 10-bin reliability table for the
-   model and, on the same rows, for (a) the CRM's stage probability and (b) the empirical win rate
-   by pipeline x stage x age bucket learnt on the training slice.
-4. The model scores deals only if it beats the better baseline on log loss; otherwise that
-   baseline scores them and the run says why. The evaluated model is kept as is: it is not refit
-   on the calibration and test slices, so the published metrics describe exactly the model in use.
-   The headline metrics (auc, log_loss, brier, ece, reliability) are the fitted model's; when no
-   model is fitted they are the stage-rate scorer's, the scorer then in use.
-5. Eligibility: with fewer than `min_won` won or `min_lost` lost closed deals (or a slice missing
-   an outcome) no model is fitted and the stage-rate scorer is used, flagged with the reason. With
-   no lost (or no won) deal at all nothing can be estimated and `InsufficientHistoryError` is raised.
+How a scorer is chosen (`train_scorer`):
+1. Time cut (`time_split`): the latest `test_share` of the scheduled prediction dates are held out.
+   Every labelled row before the cut trains, except the rows of deals also tested (purge) and the
+   `maturity_days` before the cut (embargo) -- as long as both keep at least `MIN_KEPT_SHARE` of the
+   rows, won deals and lost deals before the cut; otherwise the window is widened to every row before
+   the cut. `model_runs.split_rule` says which. Never random across one deal's snapshots.
+2. Candidates (the `LADDER`), each fitted on those same training rows: the constant win rate; the
+   CRM probability (else the stage default); the win rate by pipeline x stage; by pipeline x stage x
+   age bucket (never rising with age); a regularised logistic model (from `logistic_min_won` /
+   `logistic_min_lost` deals); gradient boosting (from `min_won` / `min_lost`), fitted on the earlier
+   part of the training rows and calibrated and early-stopped on the later `calibration_share` of the
+   dates (isotonic with at least `ISOTONIC_MIN_DEALS` deals, else Platt). Probabilities stay within
+   [0.001, 0.999].
+3. Every fitted candidate scores the held-out rows: AUC, log loss, Brier, ECE. The lowest log loss is
+   published (ties: the simpler tier); since the constant rate always competes, the published scorer is
+   never worse than it. It is published as evaluated, not refit, so the metrics describe the scorer in
+   use. The headline metrics (auc, log_loss, brier, ece, reliability) are the published scorer's.
+4. With no held-out rows, or training rows holding one outcome, the constant rate of every labelled row
+   is published and the run says why; with no lost (or no won) deal at all nothing can be estimated and
+   `InsufficientHistoryError` is raised.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ owners, products and accounts from deals closed strictly before t, and labels th
 deal's outcome as known at `as_of` (won 1, lost 0). Deals still open at `as_of` are censored:
 left out, never counted as lost.
 
+A deal never open on a prediction date (a win keyed in at the moment of closing, a deal decided within
+days) gets one row at the instant it was created instead, with only what was known then
+(`snapshot_kind` `creation`), so such wins still count as evidence.
+
 Rules that keep the model honest (see docs of `build_training_set`):
 - no feature known only at close (`LEAKY_FEATURES`); asking for one raises `LeakageError`;
 - label maturity: prediction dates stop `maturity_days` before `as_of` (by default the 90th
