@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -395,7 +396,8 @@ AMOUNT_BANDS = 4
 
 class LogisticScorer(Scorer):
     """A regularised (L2) logistic regression on stage (per pipeline), log days in stage, log age,
-    close-date pushes (capped at 5) and amount band (quartiles of the training amounts)."""
+    close-date pushes (capped at 5) and amount band (quartiles of the training amounts). Age enters
+    only when its fitted coefficient is not positive: older never reads as better for age alone."""
 
     scoring_method = METHOD_LOGISTIC
 
@@ -403,6 +405,9 @@ class LogisticScorer(Scorer):
         super().__init__(feature_names=LOGISTIC_FEATURES, **kwargs)
         self.amount_edges: np.ndarray = np.zeros(0)
         self.estimator: Pipeline | None = None
+        # Age is left out (held constant) when its fitted coefficient would make older deals look
+        # better: see `fit`.
+        self.uses_age = True
 
     @property
     def factor_groups(self) -> dict[str, list[str]]:
@@ -424,7 +429,10 @@ class LogisticScorer(Scorer):
                 "stage_key": stage_key.astype(object).to_numpy(),
                 "amount_band": np.where(np.isnan(band), UNKNOWN, np.char.add("band ", np.nan_to_num(band).astype(int).astype(str))).astype(object),
                 "log_days_in_stage": np.log1p(frame["days_in_stage"].astype(float).clip(lower=0.0)).to_numpy(),
-                "log_age": np.log1p(frame["age_days"].astype(float).clip(lower=0.0)).to_numpy(),
+                "log_age": (
+                    np.log1p(frame["age_days"].astype(float).clip(lower=0.0)).to_numpy()
+                    if self.uses_age else np.zeros(len(frame))
+                ),
                 "pushes": frame["close_pushes"].astype(float).clip(upper=5.0).to_numpy(),
             }
         )
@@ -440,9 +448,24 @@ class LogisticScorer(Scorer):
                 ("numbers", Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)), ("scale", StandardScaler())]), numeric),
             ]
         )
-        self.estimator = Pipeline([("encode", encode), ("classifier", LogisticRegression(C=LOGISTIC_C, max_iter=2000))])
-        self.estimator.fit(self._design(frame), labels.to_numpy(dtype=int))
+        self.uses_age = True
+        for _ in range(2):
+            self.estimator = Pipeline(
+                [("encode", clone(encode)), ("classifier", LogisticRegression(C=LOGISTIC_C, max_iter=2000))]
+            )
+            self.estimator.fit(self._design(frame), labels.to_numpy(dtype=int))
+            if not self.uses_age or self.age_coefficient() <= 0.0:
+                break
+            # Older deals never look better for their age alone: a positive coefficient on age
+            # (beside days in stage and stage) is dropped and the model refitted without it.
+            self.uses_age = False
         return self
+
+    def age_coefficient(self) -> float:
+        """The fitted coefficient of log age (on standardised inputs; 0 when age is left out)."""
+        names = list(self.estimator.named_steps["encode"].get_feature_names_out())
+        coefficients = self.estimator.named_steps["classifier"].coef_[0]
+        return float(coefficients[names.index("numbers__log_age")]) if self.uses_age else 0.0
 
     def _probabilities(self, frame: pd.DataFrame) -> np.ndarray:
         return self.estimator.predict_proba(self._design(frame))[:, 1]
@@ -796,6 +819,7 @@ def train_scorer(training: TrainingSet, config: ModelConfig, as_of: dt.date) -> 
             )
         else:
             candidates[METHOD_LOGISTIC] = LogisticScorer(**common).fit(train, y_train)
+            run_params["logistic_uses_age"] = candidates[METHOD_LOGISTIC].uses_age
         if train_won < config.min_won or train_lost < config.min_lost:
             skipped[METHOD_MODEL] = (
                 f"the training rows hold {_describe_deals(train_won, train_lost)}; it needs "

@@ -136,3 +136,38 @@ def test_a_very_old_deal_is_not_called_better_for_its_age_without_evidence():
     out = explain(scorer, deals).set_index("deal_id")
     assert "open for 204 days" not in out.loc["old", "top_factors_text"]
     assert out.loc["old", "top_factors_text"] == NO_FACTOR_TEXT
+
+
+def _logistic_on_ages(old_wins: int) -> "LogisticScorer":
+    """200 rows in stage A, 10 days in stage, same amount: 100 aged 5 days (30 won) and 100 aged
+    300 days (`old_wins` won)."""
+    from models.scoring import LogisticScorer
+
+    frame = pd.DataFrame(
+        {"pipeline": "P", "stage": "A", "days_in_stage": 10.0, "age_days": [5.0] * 100 + [300.0] * 100,
+         "close_pushes": 0.0, "log_amount_reporting": np.log1p(1000.0)}
+    )
+    labels = pd.Series([1] * 30 + [0] * 70 + [1] * old_wins + [0] * (100 - old_wins))
+    typical = {"stage": "A", "days_in_stage": 10.0, "age_days": 5.0, "close_pushes": 0.0, "log_amount_reporting": np.log1p(1000.0)}
+    return LogisticScorer(version="v", typical=typical, typical_stage_days=pd.DataFrame({"pipeline": [], "stage": [], "typical_days_in_stage": []})).fit(frame, labels)
+
+
+def test_the_logistic_model_never_reads_age_as_a_plus():
+    deals = pd.DataFrame(
+        {"deal_id": ["fresh", "old"], "pipeline": "P", "stage": "A", "days_in_stage": 10.0, "age_days": [5.0, 300.0],
+         "close_pushes": 0.0, "log_amount_reporting": np.log1p(1000.0)}
+    )
+    # Old deals won more here (70 of 100 against 30 of 100): age is left out, both deals score the
+    # same (the pooled rate, 100 of 200, up to the regularisation) and age is no factor.
+    rising = _logistic_on_ages(old_wins=70)
+    assert rising.uses_age is False
+    p = rising.predict_proba(deals)
+    assert p[0] == pytest.approx(p[1]) and p[0] == pytest.approx(0.5, abs=0.01)
+    assert "open for 300 days" not in explain(rising, deals).set_index("deal_id").loc["old", "top_factors_text"]
+    # Old deals won less (10 of 100): the data show it, age stays, and it reads as a minus.
+    falling = _logistic_on_ages(old_wins=10)
+    assert falling.uses_age is True and falling.age_coefficient() < 0
+    p = falling.predict_proba(deals)
+    assert p[1] < 0.2 < 0.25 < p[0]
+    text = explain(falling, deals).set_index("deal_id").loc["old", "top_factors_text"]
+    assert "open for 300 days (typical 5) (-" in text
