@@ -392,6 +392,11 @@ LOGISTIC_FEATURES = ["pipeline", "stage", "days_in_stage", "age_days", "close_pu
 LOGISTIC_C = 1.0
 # Amount bands of the logistic model: quartiles of the training rows' amounts.
 AMOUNT_BANDS = 4
+# A model with a few dozen coefficients needs no more rows than this: above it, every k-th
+# training row (in time order) is used.
+LOGISTIC_MAX_ROWS = 200_000
+# Validation rows the gradient-boosting model's number of rounds is chosen on (every k-th row above).
+ROUND_SELECTION_ROWS = 50_000
 
 
 class LogisticScorer(Scorer):
@@ -438,6 +443,8 @@ class LogisticScorer(Scorer):
         )
 
     def fit(self, frame: pd.DataFrame, labels: pd.Series) -> "LogisticScorer":
+        step = max(1, int(np.ceil(len(frame) / LOGISTIC_MAX_ROWS)))
+        frame, labels = frame.iloc[::step], labels.iloc[::step]
         amount = frame["log_amount_reporting"].astype(float).dropna().to_numpy()
         quantiles = np.arange(1, AMOUNT_BANDS) / AMOUNT_BANDS
         self.amount_edges = np.unique(np.quantile(amount, quantiles)) if len(amount) else np.zeros(0)
@@ -551,6 +558,9 @@ def fit_model(
     classifier = pipeline.named_steps["classifier"]
     if classifier.do_early_stopping_:
         return pipeline, int(classifier.n_iter_)
+    # The rounds are chosen on at most `ROUND_SELECTION_ROWS` validation rows (every k-th row).
+    step = max(1, int(np.ceil(len(validation) / ROUND_SELECTION_ROWS)))
+    validation, validation_labels = validation.iloc[::step], validation_labels.iloc[::step]
     encoded = pipeline[:-1].transform(validation[feature_names])
     y = validation_labels.to_numpy(dtype=float)
     best, best_loss, best_p = 0, np.inf, None
