@@ -69,10 +69,12 @@ def _input_lines(run: RunSummary) -> list[str]:
     recon = run.read("reconciliation", run.as_of)
     if recon is None or recon.empty:
         return ["  no input reconciliation for this as_of"]
-    return [
-        f"  input rows read {int(recon['rows_read'].sum()):,} = accepted {int(recon['accepted'].sum()):,}"
-        f" + quarantined {int(recon['quarantined'].sum()):,} (in {len(recon)} files)"
-    ]
+    quarantined = int(recon["quarantined"].sum())
+    # Rows left out on purpose (deleted in the CRM, filtered out) are said apart; a warehouse written
+    # before the column existed has it empty.
+    excluded = int(recon["excluded"].fillna(0).sum()) if "excluded" in recon.columns else 0
+    parts = f" + quarantined {quarantined - excluded:,} + excluded {excluded:,}" if excluded else f" + quarantined {quarantined:,}"
+    return [f"  input rows read {int(recon['rows_read'].sum()):,} = accepted {int(recon['accepted'].sum()):,}{parts} (in {len(recon)} files)"]
 
 
 def _deal_lines(run: RunSummary) -> list[str]:

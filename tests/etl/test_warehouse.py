@@ -177,6 +177,9 @@ def model_run(version: str, auc: float) -> pd.DataFrame:
             "features": ['["stage"]'],
             "params": ["{}"],
             "artifact_path": [None],
+            **{column: [None] for column in ("selection_reason", "candidates", "constant_log_loss", "split_rule", "split_note",
+                                             "train_won_deals", "train_lost_deals", "test_won_deals", "test_lost_deals",
+                                             "creation_rows", "tier_change")},
         }
     )
 
