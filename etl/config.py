@@ -84,6 +84,9 @@ class ForecastConfig:
     # whether its models are trained once per quarter ("quarter") or at every checkpoint ("checkpoint").
     backtest_quarters: int = 8
     backtest_retrain: str = "quarter"
+    # Past quarters a night computes at most; the others come from the backtest cache
+    # (forecast_backtest_cache) or, on the first nights, are computed on the nights after.
+    backtest_new_quarters: int = 2
 
 
 @dataclass(frozen=True)

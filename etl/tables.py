@@ -566,6 +566,27 @@ forecast_backtest = _table(
     comment="Past quarters forecast again as of their start, week 4 and week 8 with only what was known then, per method, against the actual, per as_of.",
 )
 
+forecast_backtest_cache = _table(
+    "forecast_backtest_cache",
+    sa.Column("quarter", sa.String(8), primary_key=True, comment="The past fiscal quarter that was forecast again."),
+    sa.Column("checkpoint", sa.String(8), primary_key=True, comment="When in the quarter the forecast was made: start, week4 or week8."),
+    sa.Column("segment_type", sa.String(16), primary_key=True, comment="Segment type: all, pipeline, owner, team, product, region, lead_source or deal_type."),
+    sa.Column("segment", NAME, primary_key=True, comment="Segment value within segment_type (all for the company total, (unknown) for blanks)."),
+    sa.Column("method", sa.String(16), primary_key=True, comment="Forecast method: ours, crm_weighted or stage_rate (as in forecast_backtest)."),
+    sa.Column("cache_key", sa.String(64), nullable=False, comment="SHA-256 of the backtest code version, the model and forecast settings and the deals and history as known at the quarter's end; a night reuses the quarter's rows only while its own key for the quarter is the same."),
+    sa.Column("computed_as_of", sa.Date, nullable=False, comment="The run date of the night that computed these rows."),
+    sa.Column("checkpoint_date", sa.Date, nullable=False, comment="The checkpoint day (quarter start, +28 or +56 days)."),
+    sa.Column("model_as_of", sa.Date, nullable=False, comment="The day whose end the models were trained at."),
+    sa.Column("expected", MONEY, comment="Mean forecast revenue for the quarter, reporting currency; NULL on a skipped quarter's row."),
+    sa.Column("forecast_p50", MONEY, comment="Median (P50) forecast revenue, the point forecast for crm_weighted, reporting currency; NULL on a skipped quarter's row."),
+    sa.Column("p10", MONEY, comment="P10 forecast revenue, reporting currency; NULL for crm_weighted."),
+    sa.Column("p90", MONEY, comment="P90 forecast revenue, reporting currency; NULL for crm_weighted."),
+    sa.Column("model_version", sa.String(64), comment="Version of the scorer trained at model_as_of; NULL for crm_weighted."),
+    sa.Column("scoring_method", sa.String(32), nullable=False, comment="The win probabilities used (as in forecast_backtest); none on a skipped quarter's row."),
+    sa.Column("skip_reason", TEXT, comment="Why the quarter could not be backtested (no scorer could be trained at that checkpoint), on its single row; NULL on forecast rows."),
+    comment="The forecasts of each backtested past quarter, without actuals, kept between nights: a quarter is computed once and reused while its cache_key holds (forecast_backtest adds each night's actuals).",
+)
+
 model_runs = _table(
     "model_runs",
     sa.Column("model_version", sa.String(64), primary_key=True, comment="Identifier of the trained model (referenced by deal_scores and forecast_quarterly)."),
@@ -681,6 +702,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec(forecast_quarterly, "as_of"),
         TableSpec(forecast_contributions, "as_of"),
         TableSpec(forecast_backtest, "as_of"),
+        TableSpec(forecast_backtest_cache, "key", key=("quarter",)),
         TableSpec(model_runs, "key", key=("model_version",)),
     )
 }

@@ -48,18 +48,21 @@ bias = sum (P50 - actual) / sum actual; interval coverage = share of rows whose 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import numpy as np
 import pandas as pd
+import sklearn
 
 from etl.config import ForecastConfig, ModelConfig
 from etl.periods import period_bounds, quarter_label, quarter_labels
-from etl.bookings import state_booking_dates
-from etl.pipeline_state import as_of_end, pipeline_at
+from etl.bookings import booking_anchor, state_booking_dates
+from etl.pipeline_state import DEAL_ATTRIBUTES, as_of_end, pipeline_at
 from etl.schema import SEGMENT_COLUMNS, segment_values
 from etl.stages import STATUS_WON, StageCatalog
 from etl.tables import TABLES
@@ -86,6 +89,16 @@ from models.training_set import TrainingSet, build_training_set, snapshot_featur
 logger = logging.getLogger(__name__)
 
 BACKTEST_COLUMNS: list[str] = TABLES["forecast_backtest"].columns
+CACHE_COLUMNS: list[str] = TABLES["forecast_backtest_cache"].columns
+# Raise when a change to the backtest's code changes its numbers for the same inputs: every cached
+# past quarter is then computed again (the key of `quarter_cache_key` includes it).
+BACKTEST_CODE_VERSION = "2026.12.1"
+_FORECAST_VALUES = ("expected", "forecast_p50", "p10", "p90")
+# The prepared-history columns a point-in-time rebuild reads (the running counts follow from them).
+_HISTORY_KEY_COLUMNS = (
+    "deal_id", "changed_at", "source_row", "pipeline", "stage", "amount", "amount_reporting",
+    "expected_close_date", "crm_probability", "forecast_category",
+)
 # Checkpoint name -> days after the quarter's first day.
 CHECKPOINTS: dict[str, int] = {"start": 0, "week4": 28, "week8": 56}
 METHOD_OURS = "ours"
@@ -230,14 +243,14 @@ def _checkpoint_rows(
     deals: pd.DataFrame,
     history: pd.DataFrame,
     stages: StageCatalog,
-    actuals: pd.DataFrame,
     fiscal_year_start_month: int,
     draws: int,
     seed: int,
     lookback_quarters: int,
     workers: int | None,
 ) -> pd.DataFrame:
-    """The rows of one checkpoint: every method x segment of the checkpoint's quarter."""
+    """The forecast rows of one checkpoint: every method x segment the checkpoint's forecasts know
+    (the actuals are added each night by `_with_actuals`)."""
     features = snapshot_features(deals, history, stages, checkpoint.as_of, fiscal_year_start_month=fiscal_year_start_month)
     common = dict(
         quotas=None, fiscal_year_start_month=fiscal_year_start_month, draws=draws, seed=seed,
@@ -254,8 +267,7 @@ def _checkpoint_rows(
         )
         forecasts[method] = frame.loc[frame["quarter"] == checkpoint.quarter].set_index(["segment_type", "segment"])
     ours = forecasts[METHOD_OURS]
-    actual = actuals.loc[actuals["quarter"] == checkpoint.quarter].set_index(["segment_type", "segment"])["actual"]
-    keys = ours.index.union(forecasts[METHOD_STAGE_RATE_FORECAST].index).union(actual.index)
+    keys = ours.index.union(forecasts[METHOD_STAGE_RATE_FORECAST].index)
     crm_point = ours["closed_won_to_date"] + ours["weighted_pipeline_crm"] + ours["new_deals_expected"]
 
     method_frames = []
@@ -286,12 +298,275 @@ def _checkpoint_rows(
             )
         )
     rows = pd.concat(method_frames, ignore_index=True)
-    rows["actual"] = actual.reindex(pd.MultiIndex.from_frame(rows[["segment_type", "segment"]])).fillna(0.0).to_numpy()
+    rows["skip_reason"] = None
     rows["quarter"] = checkpoint.quarter
     rows["checkpoint"] = checkpoint.name
     rows["checkpoint_date"] = checkpoint.date
     rows["model_as_of"] = pd.Timestamp(models.as_of)
     return rows
+
+
+@dataclass(frozen=True)
+class BacktestRun:
+    """One night's backtest: `frame` the `forecast_backtest` rows; `cache_rows` the
+    `forecast_backtest_cache` rows of the quarters computed this night (to store); which eligible
+    quarters were `reused` from the cache, `computed`, or left `pending` for a later night (beyond
+    the night's budget of new quarters), each oldest first."""
+
+    frame: pd.DataFrame
+    cache_rows: pd.DataFrame
+    reused: tuple[str, ...]
+    computed: tuple[str, ...]
+    pending: tuple[str, ...]
+
+
+def settings_version(
+    model_config: ModelConfig,
+    forecast_config: ForecastConfig,
+    fiscal_year_start_month: int,
+    retrain: str,
+    draws: int,
+    lookback_quarters: int,
+) -> str:
+    """The code and settings a past quarter's forecasts depend on, as canonical JSON: the backtest
+    code version, the library versions, `[model]` (less where artifacts are kept), the seed,
+    draws, retrain mode, lookback and fiscal year. How many quarters are backtested is not part of
+    it: that picks quarters, it does not change one."""
+    model = {k: v for k, v in asdict(model_config).items() if k != "artifact_dir"}
+    payload = {
+        "code": BACKTEST_CODE_VERSION,
+        "libraries": {"numpy": np.__version__, "pandas": pd.__version__, "scikit-learn": sklearn.__version__},
+        "model": model,
+        "seed": forecast_config.seed,
+        "draws": draws,
+        "retrain": retrain,
+        "lookback_quarters": lookback_quarters,
+        "fiscal_year_start_month": fiscal_year_start_month,
+    }
+    return json.dumps(payload, sort_keys=True, default=str)
+
+
+def _frame_digest(frame: pd.DataFrame) -> bytes:
+    """Bytes that change when any value or the row order of `frame` changes."""
+    if frame.empty:
+        return b"empty:" + ",".join(map(str, frame.columns)).encode()
+    hashed = pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False, categorize=True)
+    return ",".join(map(str, frame.columns)).encode() + hashed.to_numpy(dtype="uint64").tobytes()
+
+
+def quarter_cache_key(
+    settings: str,
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    stages: StageCatalog,
+    quarter: str,
+    fiscal_year_start_month: int = 1,
+) -> str:
+    """SHA-256 of everything `backtest_quarter` reads for `quarter`: `settings`
+    (`settings_version`), the stage catalogue, the prepared history rows dated up to the quarter's
+    end (`prepared_history`: synthesised and reconciled rows included, so the deal records' part in
+    the rebuild counts too) and, for the deals created by then, the attributes every rebuild carries
+    (`etl.pipeline_state.DEAL_ATTRIBUTES`) and the booking date of those closed by then. Each
+    checkpoint sees the end of a day inside the quarter, so history after the quarter's end cannot
+    change the quarter's forecasts and does not change its key."""
+    _, stop = period_bounds(quarter, fiscal_year_start_month)
+    end = stop - pd.Timedelta(microseconds=1)
+    digest = hashlib.sha256()
+    digest.update(settings.encode())
+    digest.update(repr(sorted((repr(p) for p in stages))).encode())
+    seen = history.loc[(history["changed_at"] <= end).to_numpy(dtype=bool), [c for c in _HISTORY_KEY_COLUMNS if c in history.columns]]
+    digest.update(_frame_digest(seen))
+    created = (deals["created_at"] <= end).fillna(False).to_numpy(dtype=bool)
+    known = deals.loc[created, ["deal_id", *(c for c in DEAL_ATTRIBUTES if c in deals.columns)]]
+    anchor = pd.Series(booking_anchor(deals)[created], index=known.index)
+    if "closed_at" in deals.columns:
+        anchor = anchor.where((deals.loc[created, "closed_at"] <= end).fillna(False))
+    digest.update(_frame_digest(known.assign(_booking=anchor)))
+    # Whether any deal has recorded history decides the training features (models.training_set).
+    digest.update(str(bool(deals["has_history"].fillna(False).astype(bool).any()) if "has_history" in deals.columns else None).encode())
+    return digest.hexdigest()
+
+
+def backtest_quarter(
+    quarter: str,
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    stages: StageCatalog,
+    model_config: ModelConfig,
+    fiscal_year_start_month: int = 1,
+    *,
+    retrain: str = RETRAIN_QUARTER,
+    draws: int = _DEFAULTS.draws,
+    seed: int = _DEFAULTS.seed,
+    lookback_quarters: int = DEFAULT_LOOKBACK_QUARTERS,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """One past quarter's forecasts at its checkpoints, without actuals: the unit the backtest
+    computes once and keeps (`forecast_backtest_cache` columns less cache_key and computed_as_of).
+    `history` is `prepared_history` output. Depends only on what was known at the quarter's
+    checkpoints. When no scorer can be trained at a checkpoint, the quarter stops there with one
+    row (segment all, method ours) whose skip_reason says why."""
+    parts = []
+    models: CheckpointModels | None = None
+    for checkpoint in quarter_checkpoints(quarter, fiscal_year_start_month):
+        if models is None or retrain == RETRAIN_CHECKPOINT:
+            try:
+                models = models_at(deals, history, stages, checkpoint.as_of, model_config, fiscal_year_start_month)
+            except InsufficientHistoryError as error:
+                logger.warning("forecast backtest: quarter %s skipped at %s: %s", quarter, checkpoint.name, error)
+                parts.append(_skip_row(checkpoint, f"{quarter} (at its {checkpoint.name}: {error})"))
+                break
+        parts.append(
+            _checkpoint_rows(
+                checkpoint, models, deals, history, stages, fiscal_year_start_month, draws, seed,
+                lookback_quarters, workers,
+            )
+        )
+    rows = pd.concat(parts, ignore_index=True)
+    # Money is kept at cent precision (NUMERIC(18,2)): a quarter read back from the cache is then
+    # the very rows computed, and a reused quarter equals a fresh one.
+    rows[list(_FORECAST_VALUES)] = rows[list(_FORECAST_VALUES)].astype("float64").round(2)
+    return rows[[c for c in CACHE_COLUMNS if c not in ("cache_key", "computed_as_of")]]
+
+
+def _skip_row(checkpoint: Checkpoint, reason: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "quarter": [checkpoint.quarter], "checkpoint": [checkpoint.name], "segment_type": ["all"],
+            "segment": ["all"], "method": [METHOD_OURS], "checkpoint_date": [checkpoint.date],
+            "model_as_of": [pd.Timestamp(checkpoint.as_of)], **{c: [np.nan] for c in _FORECAST_VALUES},
+            "model_version": [None], "scoring_method": ["none"], "skip_reason": [reason],
+        }
+    )
+
+
+def _with_actuals(rows: pd.DataFrame, actuals: pd.DataFrame) -> pd.DataFrame:
+    """Forecast rows (one checkpoint's methods share their segments) with each night's `actual`;
+    a segment that won in the quarter but that the forecast did not know at the checkpoint gets a
+    row per method with the forecast 0 (every draw put 0 there; p10/p90 NULL for crm_weighted)."""
+    parts = []
+    for (quarter, checkpoint), group in rows.groupby(["quarter", "checkpoint"], sort=False):
+        actual = actuals.loc[actuals["quarter"] == quarter].set_index(["segment_type", "segment"])["actual"]
+        known = pd.MultiIndex.from_frame(group[["segment_type", "segment"]].astype(object))
+        missing = actual.index.difference(known)
+        if len(missing):
+            extra = []
+            for method, per_method in group.groupby("method", sort=False):
+                first = per_method.iloc[0]
+                interval = np.nan if method == METHOD_CRM_WEIGHTED else 0.0
+                extra.append(
+                    pd.DataFrame(
+                        {
+                            "quarter": quarter, "checkpoint": checkpoint,
+                            "segment_type": missing.get_level_values(0), "segment": missing.get_level_values(1),
+                            "method": method, "checkpoint_date": first["checkpoint_date"],
+                            "model_as_of": first["model_as_of"], "expected": 0.0, "forecast_p50": 0.0,
+                            "p10": interval, "p90": interval, "model_version": first["model_version"],
+                            "scoring_method": first["scoring_method"],
+                        }
+                    )
+                )
+            group = pd.concat([group, *extra], ignore_index=True)
+        keys = pd.MultiIndex.from_frame(group[["segment_type", "segment"]].astype(object))
+        group = group.assign(actual=actual.reindex(keys).fillna(0.0).to_numpy(dtype="float64"))
+        parts.append(group)
+    return pd.concat(parts, ignore_index=True)
+
+
+def run_backtest(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    stages: StageCatalog,
+    as_of: dt.date,
+    model_config: ModelConfig,
+    forecast_config: ForecastConfig = _DEFAULTS,
+    fiscal_year_start_month: int = 1,
+    *,
+    cache: pd.DataFrame | None = None,
+    new_quarters: int | None = None,
+    quarters: int | None = None,
+    retrain: str | None = None,
+    min_history_quarters: int = DEFAULT_MIN_HISTORY_QUARTERS,
+    draws: int | None = None,
+    lookback_quarters: int = DEFAULT_LOOKBACK_QUARTERS,
+    workers: int | None = None,
+) -> BacktestRun:
+    """The night's backtest (see the module docstring), reusing past quarters from `cache`
+    (`forecast_backtest_cache` rows, any quarters): an eligible quarter whose cached rows carry the
+    quarter's `quarter_cache_key` of tonight is reused, any other is computed with
+    `backtest_quarter`, at most `new_quarters` of them (newest first; None for all). Quarters
+    beyond that budget are `pending`: not in tonight's rows, computed on a later night.
+    The actuals are always tonight's (as known at the end of `as_of`).
+
+    `quarters` (default `forecast_config.backtest_quarters`): how many of the latest eligible
+    quarters to backtest, None for all; `retrain` (default `forecast_config.backtest_retrain`):
+    "quarter" or "checkpoint"; `draws` (default `forecast_config.draws`) Monte Carlo draws per
+    forecast; the seed is `forecast_config.seed`. A quarter whose checkpoint has no won or no lost
+    deal to learn from is skipped with a warning. When no quarter is backtested, the result is one
+    status row (`status_row`) saying why, instead of nothing.
+    """
+    retrain = forecast_config.backtest_retrain if retrain is None else retrain
+    if retrain not in RETRAIN_MODES:
+        raise ValueError(
+            f"forecast_backtest: retrain (dealcast.toml [forecast] backtest_retrain) must be one of {list(RETRAIN_MODES)}, got {retrain!r}"
+        )
+    if new_quarters is not None and (isinstance(new_quarters, bool) or not isinstance(new_quarters, int) or new_quarters < 1):
+        raise ValueError(
+            f"forecast_backtest: new quarters per night (dealcast.toml [forecast] backtest_new_quarters) must be a whole number of at least 1, got {new_quarters!r}"
+        )
+    if quarters is None:
+        quarters = forecast_config.backtest_quarters
+    draws = forecast_config.draws if draws is None else draws
+    history = prepared_history(deals, history, stages)
+    labels = backtest_quarters(deals, as_of, fiscal_year_start_month, quarters, min_history_quarters)
+    settings = settings_version(model_config, forecast_config, fiscal_year_start_month, retrain, draws, lookback_quarters)
+    keys = {q: quarter_cache_key(settings, deals, history, stages, q, fiscal_year_start_month) for q in labels}
+    cached: dict[str, pd.DataFrame] = {}
+    if cache is not None and len(cache):
+        for quarter, group in cache.groupby("quarter", sort=False):
+            if quarter in keys and (group["cache_key"] == keys[quarter]).all():
+                cached[str(quarter)] = group
+    missing = [q for q in labels if q not in cached]
+    budget = len(missing) if new_quarters is None else new_quarters
+    to_compute = missing[len(missing) - min(budget, len(missing)):]
+    pending = [q for q in missing if q not in to_compute]
+    logger.info(
+        "forecast backtest as of %s: quarters %s, retrain per %s; reused %s, computing %s, pending %s",
+        as_of, labels, retrain, sorted(cached), to_compute, pending,
+    )
+    computed: dict[str, pd.DataFrame] = {}
+    for quarter in to_compute:
+        rows = backtest_quarter(
+            quarter, deals, history, stages, model_config, fiscal_year_start_month, retrain=retrain,
+            draws=draws, seed=forecast_config.seed, lookback_quarters=lookback_quarters, workers=workers,
+        )
+        computed[quarter] = rows.assign(cache_key=keys[quarter], computed_as_of=pd.Timestamp(as_of).normalize())[CACHE_COLUMNS]
+    shown = [q for q in labels if q in cached or q in computed]
+    cache_rows = (
+        pd.concat(list(computed.values()), ignore_index=True) if computed else pd.DataFrame(columns=CACHE_COLUMNS)
+    )
+    run = partial(BacktestRun, cache_rows=cache_rows, reused=tuple(q for q in labels if q in cached),
+                  computed=tuple(to_compute), pending=tuple(pending))
+    rows = pd.concat([(cached.get(q) if q in cached else computed[q]) for q in shown], ignore_index=True) if shown else None
+    skipped: list[str] = []
+    if rows is not None:
+        skip = rows["skip_reason"].notna().to_numpy(dtype=bool)
+        skipped = [str(r) for r in rows.loc[skip, "skip_reason"]]
+        rows = rows.loc[~skip]
+    if rows is None or rows.empty:
+        row = status_row(deals, as_of, fiscal_year_start_month, quarters, min_history_quarters, labels, skipped)
+        logger.warning("forecast backtest as of %s: nothing backtested: %s", as_of, row["status_reason"].iloc[0])
+        return run(frame=_typed(row, as_of))
+    actuals = quarter_actuals(deals, history, as_of, shown, fiscal_year_start_month)
+    frame = _with_actuals(rows.drop(columns=["cache_key", "computed_as_of", "skip_reason"]).astype({c: "float64" for c in _FORECAST_VALUES}), actuals)
+    frame["status"] = STATUS_BACKTESTED
+    frame["status_reason"] = None
+    frame["error"] = frame["forecast_p50"] - frame["actual"]
+    frame["abs_error"] = frame["error"].abs()
+    inside = (frame["p10"] - CENT <= frame["actual"]) & (frame["actual"] <= frame["p90"] + CENT)
+    frame["within_interval"] = pd.array(inside.to_numpy(), dtype="boolean")
+    frame.loc[frame["p10"].isna() | frame["p90"].isna(), "within_interval"] = pd.NA
+    return run(frame=_typed(frame, as_of))
 
 
 def forecast_backtest(
@@ -302,68 +577,11 @@ def forecast_backtest(
     model_config: ModelConfig,
     forecast_config: ForecastConfig = _DEFAULTS,
     fiscal_year_start_month: int = 1,
-    *,
-    quarters: int | None = None,
-    retrain: str | None = None,
-    min_history_quarters: int = DEFAULT_MIN_HISTORY_QUARTERS,
-    draws: int | None = None,
-    lookback_quarters: int = DEFAULT_LOOKBACK_QUARTERS,
-    workers: int | None = None,
+    **options,
 ) -> pd.DataFrame:
-    """The `forecast_backtest` rows (see the module docstring): for each backtested quarter,
-    checkpoint, segment and method, the forecast made then against the actual.
-
-    `quarters` (default `forecast_config.backtest_quarters`): how many of the latest eligible
-    quarters to backtest, None for all; `retrain` (default `forecast_config.backtest_retrain`):
-    "quarter" or "checkpoint"; `draws` (default `forecast_config.draws`) Monte Carlo draws per
-    forecast; the seed is `forecast_config.seed`. A quarter whose start has no won or no lost deal
-    to learn from is skipped with a warning. When no quarter is backtested, the result is one
-    status row (`status_row`) saying why, instead of nothing.
-    """
-    retrain = forecast_config.backtest_retrain if retrain is None else retrain
-    if retrain not in RETRAIN_MODES:
-        raise ValueError(
-            f"forecast_backtest: retrain (dealcast.toml [forecast] backtest_retrain) must be one of {list(RETRAIN_MODES)}, got {retrain!r}"
-        )
-    if quarters is None:
-        quarters = forecast_config.backtest_quarters
-    draws = forecast_config.draws if draws is None else draws
-    history = prepared_history(deals, history, stages)
-    labels = backtest_quarters(deals, as_of, fiscal_year_start_month, quarters, min_history_quarters)
-    logger.info("forecast backtest as of %s: quarters %s, retrain per %s", as_of, labels, retrain)
-    actuals = quarter_actuals(deals, history, as_of, labels, fiscal_year_start_month)
-
-    parts = []
-    skipped: list[str] = []
-    for quarter in labels:
-        models: CheckpointModels | None = None
-        for checkpoint in quarter_checkpoints(quarter, fiscal_year_start_month):
-            if models is None or retrain == RETRAIN_CHECKPOINT:
-                try:
-                    models = models_at(deals, history, stages, checkpoint.as_of, model_config, fiscal_year_start_month)
-                except InsufficientHistoryError as error:
-                    logger.warning("forecast backtest: quarter %s skipped at %s: %s", quarter, checkpoint.name, error)
-                    skipped.append(f"{quarter} (at its {checkpoint.name}: {error})")
-                    break
-            parts.append(
-                _checkpoint_rows(
-                    checkpoint, models, deals, history, stages, actuals, fiscal_year_start_month, draws,
-                    forecast_config.seed, lookback_quarters, workers,
-                )
-            )
-    if not parts:
-        row = status_row(deals, as_of, fiscal_year_start_month, quarters, min_history_quarters, labels, skipped)
-        logger.warning("forecast backtest as of %s: nothing backtested: %s", as_of, row["status_reason"].iloc[0])
-        return _typed(row, as_of)
-    frame = pd.concat(parts, ignore_index=True)
-    frame["status"] = STATUS_BACKTESTED
-    frame["status_reason"] = None
-    frame["error"] = frame["forecast_p50"] - frame["actual"]
-    frame["abs_error"] = frame["error"].abs()
-    inside = (frame["p10"] - CENT <= frame["actual"]) & (frame["actual"] <= frame["p90"] + CENT)
-    frame["within_interval"] = pd.array(inside.to_numpy(), dtype="boolean")
-    frame.loc[frame["p10"].isna() | frame["p90"].isna(), "within_interval"] = pd.NA
-    return _typed(frame, as_of)
+    """The `forecast_backtest` rows of every eligible quarter, each computed now (no cache, no
+    budget): `run_backtest(...).frame`; `options` as `run_backtest` takes them."""
+    return run_backtest(deals, history, stages, as_of, model_config, forecast_config, fiscal_year_start_month, **options).frame
 
 
 def not_backtested_reason(

@@ -55,7 +55,8 @@ CONFIG = ForecastConfig(draws=2000, seed=3)
 FORECAST_COLUMNS = ["expected", "forecast_p50", "p10", "p90", "model_version", "scoring_method", "model_as_of", "checkpoint_date"]
 
 
-def hand_deals_and_events(changed: bool = False):
+def hand_deals_and_events(changed: bool = False, extra_deals=(), extra_events=()):
+    """The CRM above; `extra_deals` and `extra_events` (deal_id, changed_at, stage) are added to it."""
     deals = [
         {"deal_id": "H1", "created_at": "2023-12-01 09:00"},
         {"deal_id": "H2", "created_at": "2023-12-05 09:00"},
@@ -91,7 +92,7 @@ def hand_deals_and_events(changed: bool = False):
         events += [("O2", "2024-05-05 10:00", "Closed Won"), ("O4", "2024-05-02 10:00", "Closed Won")]
         deals.append({"deal_id": "N3", "created_at": "2024-05-01 09:00", "amount": 250.0})
         events += [("N3", "2024-05-01 09:00", "Qualify"), ("N3", "2024-05-20 10:00", "Closed Won")]
-    return make_crm(deals, events)
+    return make_crm([*deals, *extra_deals], [*events, *extra_events])
 
 
 def run(deals, history, retrain="quarter"):
