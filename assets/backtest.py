@@ -9,7 +9,7 @@ from assets.runs import run_settings
 from etl.quotas import load_quotas
 from etl.report import fan_chart, image_markdown, markdown_table
 from etl.stages import StageCatalog
-from models.backtest import backtest_fan, backtest_summary, backtested_rows, forecast_backtest as run_backtest, quota_of
+from models.backtest import backtest_fan, backtest_summary, backtested_rows, quota_of, run_backtest
 
 
 @dg.asset(group_name="forecasting", kinds={"pandas", "sql"})
@@ -24,13 +24,35 @@ def forecast_backtest(
     """How accurate the forecast was: recent past quarters forecast again at their start, week 4 and week 8 with only what was known then, against the actual and two baselines."""
     resolved = run_settings(context, settings)
     project = resolved.project
-    frame = run_backtest(
+    # Past quarters computed on earlier nights (any machine): reused while their key holds.
+    cache = warehouse.warehouse.read("forecast_backtest_cache")
+    run = run_backtest(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
         project.model, project.forecast, project.fiscal_year_start_month,
+        cache=cache, new_quarters=project.forecast.backtest_new_quarters,
     )
-    warehouse.publish(context, resolved.as_of, "forecast_backtest", frame)
+    frame = run.frame
+    with warehouse.for_run(context, resolved.as_of) as writer:
+        # One transaction: the night's rows and the quarters computed for them land together.
+        writer.write_many({"forecast_backtest": frame, "forecast_backtest_cache": run.cache_rows})
+    context.log.info(
+        f"forecast_backtest: quarters reused {list(run.reused)}, computed {list(run.computed)}, "
+        f"pending {list(run.pending)} (at most {project.forecast.backtest_new_quarters} computed per night)"
+    )
     backtested = backtested_rows(frame)
-    metadata = {"dagster/row_count": len(frame), "quarters": backtested["quarter"].nunique()}
+    metadata = {
+        "dagster/row_count": len(frame),
+        "quarters": backtested["quarter"].nunique(),
+        "quarters_reused": len(run.reused),
+        "quarters_computed": len(run.computed),
+        "quarters_pending": len(run.pending),
+        "computed": ", ".join(run.computed) or "none",
+    }
+    if run.pending:
+        metadata["pending"] = (
+            f"{', '.join(run.pending)}: not backtested yet; at most {project.forecast.backtest_new_quarters} "
+            "past quarters are computed per night ([forecast] backtest_new_quarters), the rest on the nights after"
+        )
     if backtested.empty:
         reason = str(frame["status_reason"].iloc[0]) if len(frame) else "no rows"
         context.log.warning(f"forecast_backtest: nothing backtested: {reason}")

@@ -910,6 +910,11 @@ class Warehouse:
         try:
             with self._locked_transaction(None, as_of) as conn:
                 self._fence(conn, as_of, run_id)
+                if self.dialect == "postgresql":
+                    # Registry tables are shared by every night: runs of different as_of (a
+                    # parallel backfill) replacing the same keys take turns, after their as_of lock.
+                    for name in sorted(p.name for p in prepared if p.spec.replace == "key"):
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(f"table:{name}")})
                 for item in prepared:
                     self._delete(conn, item, as_of)
                     self._insert(conn, item)

@@ -15,7 +15,7 @@ from assets.definitions import ALL_ASSETS
 from assets.resources import DealcastSettings, WarehouseResource
 from etl.warehouse import Warehouse
 
-from .conftest import AS_OF, project_config
+from .conftest import AS_OF, E2E_BACKTEST_QUARTERS, project_config
 from .test_cli_summary import check_finished_night_summary
 
 pytestmark = pytest.mark.slow
@@ -90,6 +90,12 @@ def snapshot(warehouse: Warehouse) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def backtest_counts(result) -> dict[str, int]:
+    """How many past quarters the run's forecast_backtest reused and computed (its metadata)."""
+    (materialization,) = result.asset_materializations_for_node("forecast_backtest")
+    return {k: materialization.metadata[k].value for k in ("quarters_reused", "quarters_computed")}
+
+
 def run_twice_and_check(exports, url, config, schema=None):
     first = materialize(exports, url, config, schema)
     assert first.success
@@ -97,8 +103,13 @@ def run_twice_and_check(exports, url, config, schema=None):
     try:
         check_warehouse(warehouse, exports)
         before = snapshot(warehouse)
-        assert materialize(exports, url, config, schema).success
+        second = materialize(exports, url, config, schema)
+        assert second.success
         after = snapshot(warehouse)
+        # The past quarters were computed once, on the first run, and reused on the second.
+        assert backtest_counts(first) == {"quarters_reused": 0, "quarters_computed": E2E_BACKTEST_QUARTERS}
+        assert backtest_counts(second) == {"quarters_reused": E2E_BACKTEST_QUARTERS, "quarters_computed": 0}
+        assert before["forecast_backtest_cache"]["quarter"].nunique() == E2E_BACKTEST_QUARTERS
         for name in before:
             pd.testing.assert_frame_equal(before[name], after[name], check_like=True, obj=name)
     finally:

@@ -163,3 +163,51 @@ def test_the_first_nights_compute_at_most_the_budget_newest_first(first_night):
     pd.testing.assert_frame_equal(three.frame, fresh(deals, history, NIGHT_2))
     with pytest.raises(ValueError, match="backtest_new_quarters"):
         night(deals, history, NIGHT_2, new_quarters=0)
+
+
+# --- A messy org ----------------------------------------------------------------------------------
+
+MESSY_END = dt.date(2026, 6, 30)
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    """A small untidy org over two years (backdated entries, wins keyed in at close, ...): its
+    four backtestable quarters are 2025-Q3 to 2026-Q2."""
+    from etl.config import load_project_config
+    from etl.ingest import read_exports
+    from etl.sample_crm import generate_sample
+
+    out = tmp_path_factory.mktemp("messy_backtest")
+    generate_sample(out, seed=11, end_date=MESSY_END, years=2.0, profile="messy")
+    export = read_exports(out, load_project_config())
+    config = ForecastConfig(draws=300, seed=5)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        first = run_backtest(export.deals, export.history, export.stages, MESSY_END, MODEL, config, quarters=None)
+    return export, config, first
+
+
+@pytest.mark.slow
+def test_messy_org_reuses_every_quarter_and_a_rewritten_past_recomputes_from_there(messy):
+    export, config, first = messy
+    quarters = ("2025-Q3", "2025-Q4", "2026-Q1", "2026-Q2")
+    assert first.computed == quarters
+    with threadpool_limits(limits=1, user_api="openmp"):
+        nxt = MESSY_END + dt.timedelta(days=1)
+        second = run_backtest(export.deals, export.history, export.stages, nxt, MODEL, config, quarters=None, cache=first.cache_rows)
+        assert second.reused == quarters and second.computed == ()
+        pd.testing.assert_frame_equal(
+            second.frame,
+            forecast_backtest(export.deals, export.history, export.stages, nxt, MODEL, config, quarters=None),
+        )
+        # A re-export rewrites the past: the history rows dated in 2026-Q1 lose their amounts'
+        # cents (a currency re-conversion, say). 2025-Q3 and 2025-Q4 ended before: reused.
+        history = export.history.copy()
+        in_q1 = (history["changed_at"] >= "2026-01-01") & (history["changed_at"] < "2026-04-01")
+        assert in_q1.sum() > 0
+        history.loc[in_q1, "amount_reporting"] = history.loc[in_q1, "amount_reporting"].round(0) + 1.0
+        third = run_backtest(export.deals, history, export.stages, nxt, MODEL, config, quarters=None, cache=first.cache_rows)
+        assert third.reused == ("2025-Q3", "2025-Q4") and third.computed == ("2026-Q1", "2026-Q2")
+        pd.testing.assert_frame_equal(
+            third.frame, forecast_backtest(export.deals, history, export.stages, nxt, MODEL, config, quarters=None)
+        )
