@@ -40,6 +40,11 @@ later) are forecast 0 (every simulated draw put 0 there); segments without wins 
 Forecast quarters use one seed for `ours` and `stage_rate` (common random numbers), so their
 difference is the scorers', not the dice's.
 
+Each quarter is computed once (`backtest_quarter`, the unit; `run_backtest`, the night): its forecasts
+are kept as `forecast_backtest_cache` rows under `quarter_cache_key` (code version, settings, and a
+fingerprint of the deals and history known at the quarter's end) and reused while the key holds; the
+actuals are joined every night. A night computes at most `new_quarters` missing quarters, newest first.
+
 Accuracy (`backtest_summary`, definitions from docs/metrics): WAPE = sum |actual - P50| / sum actual;
 bias = sum (P50 - actual) / sum actual; interval coverage = share of rows whose actual lies in
 [P10, P90] (target 80%).
