@@ -28,7 +28,7 @@ def forecast_quarterly(
     deal_scores: pd.DataFrame,
     close_timing: CloseTiming,
     deal_scoring_model: ScorerResult,
-) -> dg.Output[pd.DataFrame]:
+) -> dg.MaterializeResult:
     """Revenue for the current and next quarter by segment: closed won to date, expected, P10/P50/P90, quota, gap and coverage."""
     resolved = run_settings(context, settings)
     forecast_cfg = resolved.project.forecast
@@ -49,8 +49,7 @@ def forecast_quarterly(
     # Every nightly forecast of this quarter so far (this run's rows were just written).
     trail = forecast_fan(warehouse.warehouse.read("forecast_quarterly"), quarter, fiscal_start)
     chart = fan_chart(trail, f"{quarter}: forecast by night (P10-P90, P50) against quota", quota=trail["quota"].iloc[-1])
-    return dg.Output(
-        frame,
+    return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(frame),
             "company": dg.MetadataValue.md(
