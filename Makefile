@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/dealcast summary
 
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 
 bench: install
 	$(BIN)/python bench/bench.py --deals $(DEALS)

@@ -636,24 +636,29 @@ class Warehouse:
                     conn.execute(sa.schema.CreateSchema(self.schema, if_not_exists=True))
                 metadata.create_all(conn, checkfirst=True)
                 claims_metadata.create_all(conn, checkfirst=True)
-                self._upgrade_claims(conn)
+                self._upgrade_tables(conn)
                 self._check_columns(conn)
                 for spec in TABLES.values():
                     if spec.replace == "as_of":
                         self._create_latest_view(conn, spec)
         log.info("warehouse tables and latest_* views ready on %s", self.safe_url)
 
-    def _upgrade_claims(self, conn: sa.Connection) -> None:
-        """`run_claims` of an older Dealcast lacks the lease columns; they are bookkeeping (nullable,
-        NULL meaning "lapsed"), so they are added here rather than asked of the data engineer."""
-        present = {c["name"] for c in sa.inspect(conn).get_columns(run_claims.name, schema=self.schema)}
-        for column in run_claims.columns:
-            if column.name not in present and column.nullable:
+    def _upgrade_tables(self, conn: sa.Connection) -> None:
+        """A warehouse created by an older Dealcast lacks the columns added since. Nullable columns are
+        added here (their rows from older nights read NULL, which the column comments in
+        docs/warehouse.md allow); a missing NOT NULL column cannot be filled for old rows, so
+        `_check_columns` names it instead."""
+        inspector = sa.inspect(conn)
+        for table in [*metadata.tables.values(), *claims_metadata.tables.values()]:
+            present = {c["name"] for c in inspector.get_columns(table.name, schema=self.schema)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
                 kind = column.type.compile(dialect=conn.dialect)
                 conn.exec_driver_sql(
-                    f"ALTER TABLE {self._qualified(run_claims.name)} ADD COLUMN {self._quote(column.name)} {kind}"
+                    f"ALTER TABLE {self._qualified(table.name)} ADD COLUMN {self._quote(column.name)} {kind}"
                 )
-                log.info("added column run_claims.%s on %s", column.name, self.safe_url)
+                log.info("added column %s.%s on %s", table.name, column.name, self.safe_url)
 
     def _check_columns(self, conn: sa.Connection) -> None:
         """Tables created by an older Dealcast may lack columns added since; say which, clearly."""
@@ -679,6 +684,13 @@ class Warehouse:
             conn.exec_driver_sql(f"DROP VIEW IF EXISTS {view}")
             conn.exec_driver_sql(f"CREATE VIEW {view} AS {select}")
         elif self.dialect == "postgresql":
+            existing = sa.inspect(conn).get_view_names(schema=self.schema)
+            if f"latest_{spec.name}" in existing:
+                shown = [c["name"] for c in sa.inspect(conn).get_columns(f"latest_{spec.name}", schema=self.schema)]
+                if shown != list(spec.columns):
+                    # A column added to the table changes the view's column list, which CREATE OR
+                    # REPLACE cannot do in the middle; the view is rebuilt in this transaction.
+                    conn.exec_driver_sql(f"DROP VIEW {view}")
             conn.exec_driver_sql(f"CREATE OR REPLACE VIEW {view} AS {select}")
             comment = f"Rows of {spec.name} for the newest published night (published_nights)."
             conn.exec_driver_sql(f"COMMENT ON VIEW {view} IS {_sql_string(comment)}")

@@ -304,6 +304,33 @@ def test_create_all_names_columns_an_older_warehouse_lacks(tmp_path):
     wh.dispose()
 
 
+def test_create_all_adds_nullable_columns_a_newer_dealcast_defines(warehouse, warehouse_target):
+    # A warehouse from an older Dealcast: deal_scores without the nullable `scoring_reason`, with
+    # two rows already written. Upgrading must keep the rows, add the column (NULL for them) and
+    # rebuild latest_deal_scores with the column in the contract's place.
+    claimed(warehouse).write("deal_scores", scores(["d1", "d2"]), as_of=AS_OF, run_id="run-a")
+    table, view = qualified(warehouse, "deal_scores"), qualified(warehouse, "latest_deal_scores")
+    with warehouse.engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP VIEW {view}")
+        conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN scoring_reason")
+        conn.exec_driver_sql(f"CREATE VIEW {view} AS SELECT deal_id, as_of FROM {table}")
+    url, schema = warehouse_target
+    upgraded = Warehouse(url, schema=schema or "dealcast")
+    upgraded.create_all()
+    upgraded.create_all()  # and again: nothing left to add
+    inspector = sa.inspect(upgraded.engine)
+    columns = [c["name"] for c in inspector.get_columns("deal_scores", schema=upgraded.schema)]
+    assert sorted(columns) == sorted(TABLES["deal_scores"].columns)
+    assert [c["name"] for c in inspector.get_columns("latest_deal_scores", schema=upgraded.schema)] == list(
+        TABLES["deal_scores"].columns
+    )
+    assert sql_rows(upgraded, f"SELECT deal_id, scoring_reason FROM {table} ORDER BY deal_id") == [
+        ("d1", None),
+        ("d2", None),
+    ]
+    upgraded.dispose()
+
+
 def test_unknown_table_is_a_clear_error(warehouse):
     with pytest.raises(WarehouseError, match=r"unknown warehouse table 'deal_score'.*'deal_scores'"):
         warehouse.read("deal_score")
