@@ -24,6 +24,7 @@ import dagster as dg
 import joblib
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import Field
 from upath import UPath
 
@@ -62,8 +63,6 @@ class ParquetJoblibStore(dg.UPathIOManager):
                     f"asset {context.asset_key.to_user_string() if context.has_asset_key else context.step_key}: "
                     f"its DataFrame cannot be written as Parquet to {parquet}: {exc}"
                 ) from exc
-            import pyarrow.parquet as pq
-
             write_atomic(target, lambda out: pq.write_table(table, out, compression="zstd"))
         else:
             target, stale = pickled, parquet
