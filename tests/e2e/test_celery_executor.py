@@ -152,3 +152,9 @@ def test_every_step_runs_on_a_real_celery_worker(tmp_path, monkeypatch):
     files = {p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file()}
     expected = {f"{n}.parquet" for n in STORED_FRAMES} | {f"{n}.joblib" for n in STORED_OBJECTS}
     assert files == expected | {f"model_store/deal-scorer-{version}.joblib"}
+
+
+def test_an_unreachable_broker_fails_the_suite_when_services_are_required(monkeypatch):
+    monkeypatch.setenv("DEALCAST_REQUIRE_POSTGRES", "1")
+    with pytest.raises(pytest.fail.Exception, match="redis://127.0.0.1:1/0 is unreachable"):
+        require_redis("redis://127.0.0.1:1/0")
