@@ -351,12 +351,50 @@ def settings_version(
     return json.dumps(payload, sort_keys=True, default=str)
 
 
-def _frame_digest(frame: pd.DataFrame) -> bytes:
-    """Bytes that change when any value or the row order of `frame` changes."""
+def _row_hashes(frame: pd.DataFrame) -> np.ndarray:
+    """One uint64 per row of `frame`, changing with any of its values."""
     if frame.empty:
-        return b"empty:" + ",".join(map(str, frame.columns)).encode()
-    hashed = pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False, categorize=True)
-    return ",".join(map(str, frame.columns)).encode() + hashed.to_numpy(dtype="uint64").tobytes()
+        return np.zeros(0, dtype="uint64")
+    return pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False, categorize=True).to_numpy(dtype="uint64")
+
+
+class HistoryFingerprint:
+    """Row hashes of the prepared history and of the deals, computed once per night, from which
+    `key` gives each quarter's cache key by selecting the rows known at the quarter's end."""
+
+    def __init__(self, settings: str, deals: pd.DataFrame, history: pd.DataFrame, stages: StageCatalog) -> None:
+        self._base = hashlib.sha256()
+        self._base.update(settings.encode())
+        self._base.update(repr(sorted(repr(p) for p in stages)).encode())
+        # Whether any deal has recorded history decides the training features (models.training_set).
+        has_history = deals["has_history"].fillna(False).astype(bool).any() if "has_history" in deals.columns else None
+        self._base.update(str(has_history).encode())
+        self._changed_at = history["changed_at"].to_numpy(dtype="datetime64[us]")
+        self._history = _row_hashes(history[[c for c in _HISTORY_KEY_COLUMNS if c in history.columns]])
+        self._created_at = deals["created_at"].to_numpy(dtype="datetime64[us]")
+        closed = deals["closed_at"] if "closed_at" in deals.columns else pd.Series(pd.NaT, index=deals.index)
+        self._closed_at = closed.to_numpy(dtype="datetime64[us]")
+        self._deals = _row_hashes(deals[["deal_id", *(c for c in DEAL_ATTRIBUTES if c in deals.columns)]])
+        self._booking = _row_hashes(pd.DataFrame({"booking": booking_anchor(deals)}))
+
+    def key(self, quarter: str, fiscal_year_start_month: int = 1) -> str:
+        """SHA-256 of the settings, the stage catalogue, the prepared history rows dated up to the
+        quarter's end (synthesised and reconciled rows included, so the deal records' part in the
+        rebuild counts too) and, for the deals created by then, the attributes every rebuild carries
+        (`etl.pipeline_state.DEAL_ATTRIBUTES`) and the booking date of those closed by then. Each
+        checkpoint sees the end of a day inside the quarter, so history dated after the quarter's
+        end cannot change the quarter's forecasts, and does not change its key."""
+        _, stop = period_bounds(quarter, fiscal_year_start_month)
+        end = np.datetime64(stop - pd.Timedelta(microseconds=1), "us")
+        digest = self._base.copy()
+        digest.update(self._history[self._changed_at <= end].tobytes())
+        created = self._created_at <= end
+        closed = (self._closed_at <= end)[created]
+        digest.update(b"deals")
+        digest.update(self._deals[created].tobytes())
+        digest.update(b"booking")
+        digest.update(np.where(closed, self._booking[created], np.uint64(0)).tobytes())
+        return digest.hexdigest()
 
 
 def quarter_cache_key(
@@ -367,29 +405,8 @@ def quarter_cache_key(
     quarter: str,
     fiscal_year_start_month: int = 1,
 ) -> str:
-    """SHA-256 of everything `backtest_quarter` reads for `quarter`: `settings`
-    (`settings_version`), the stage catalogue, the prepared history rows dated up to the quarter's
-    end (`prepared_history`: synthesised and reconciled rows included, so the deal records' part in
-    the rebuild counts too) and, for the deals created by then, the attributes every rebuild carries
-    (`etl.pipeline_state.DEAL_ATTRIBUTES`) and the booking date of those closed by then. Each
-    checkpoint sees the end of a day inside the quarter, so history after the quarter's end cannot
-    change the quarter's forecasts and does not change its key."""
-    _, stop = period_bounds(quarter, fiscal_year_start_month)
-    end = stop - pd.Timedelta(microseconds=1)
-    digest = hashlib.sha256()
-    digest.update(settings.encode())
-    digest.update(repr(sorted((repr(p) for p in stages))).encode())
-    seen = history.loc[(history["changed_at"] <= end).to_numpy(dtype=bool), [c for c in _HISTORY_KEY_COLUMNS if c in history.columns]]
-    digest.update(_frame_digest(seen))
-    created = (deals["created_at"] <= end).fillna(False).to_numpy(dtype=bool)
-    known = deals.loc[created, ["deal_id", *(c for c in DEAL_ATTRIBUTES if c in deals.columns)]]
-    anchor = pd.Series(booking_anchor(deals)[created], index=known.index)
-    if "closed_at" in deals.columns:
-        anchor = anchor.where((deals.loc[created, "closed_at"] <= end).fillna(False))
-    digest.update(_frame_digest(known.assign(_booking=anchor)))
-    # Whether any deal has recorded history decides the training features (models.training_set).
-    digest.update(str(bool(deals["has_history"].fillna(False).astype(bool).any()) if "has_history" in deals.columns else None).encode())
-    return digest.hexdigest()
+    """The cache key of one quarter (`HistoryFingerprint.key`); `history` is `prepared_history` output."""
+    return HistoryFingerprint(settings, deals, history, stages).key(quarter, fiscal_year_start_month)
 
 
 def backtest_quarter(
@@ -525,7 +542,8 @@ def run_backtest(
     history = prepared_history(deals, history, stages)
     labels = backtest_quarters(deals, as_of, fiscal_year_start_month, quarters, min_history_quarters)
     settings = settings_version(model_config, forecast_config, fiscal_year_start_month, retrain, draws, lookback_quarters)
-    keys = {q: quarter_cache_key(settings, deals, history, stages, q, fiscal_year_start_month) for q in labels}
+    fingerprint = HistoryFingerprint(settings, deals, history, stages) if labels else None
+    keys = {q: fingerprint.key(q, fiscal_year_start_month) for q in labels}
     cached: dict[str, pd.DataFrame] = {}
     if cache is not None and len(cache):
         for quarter, group in cache.groupby("quarter", sort=False):
