@@ -32,7 +32,7 @@ from etl.pipeline_state import prepare_history, stage_events  # noqa: E402
 from etl.quotas import load_quotas  # noqa: E402
 from etl.sample_crm import generate_sample  # noqa: E402
 from etl.crm import file_counts  # noqa: E402
-from etl.validation import validate_crm  # noqa: E402
+from etl.validation.canonical import validate_crm  # noqa: E402
 from etl.warehouse import Warehouse  # noqa: E402
 from models.deal_scores import build_deal_scores  # noqa: E402
 from models.forecast import forecast_quarterly  # noqa: E402

@@ -29,7 +29,10 @@ from etl.source_warehouse import read_source, warehouse_source
 from etl.pipeline_state import as_of_end, closed_at_from_history, prepare_history, stage_events, stage_move_counts
 from etl.stages import ORDER_INFERRED, StageCatalog
 from etl.tables import TABLES
-from etl.validation import FileCount, ValidationOutcome, validate_crm, validate_stage_events
+from etl.validation.canonical import validate_crm
+from etl.validation.outcome import ValidationOutcome
+from etl.validation.reconciliation import FileCount
+from etl.validation.stage_events import validate_stage_events
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ import pandas as pd
 from etl.config import ProjectConfig
 from etl.readers.csvfiles import is_blank, load_csv, parse_numbers, parse_timestamps
 from etl.schema import TIMESTAMP
+from etl.validation.reason_codes import NO_RATE_FOR_DATE, UNKNOWN_CURRENCY
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +51,6 @@ __all__ = [
     "rate_dates",
 ]
 
-# Reason codes of deals that cannot be valued in the reporting currency.
-UNKNOWN_CURRENCY = "unknown_currency"
-NO_RATE_FOR_DATE = "no_rate_for_date"
 
 RATES_COLUMNS = ("date", "currency", "rate")
 # A currency's rate may move less than this factor from one date of the rates file to the next.

@@ -50,6 +50,7 @@ from etl.readers import hubspot, hubspot_tables, mapped, pipedrive, salesforce
 from etl.readers.csvfiles import sniff_header, unreadable
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, DQ_RESULT_COLUMNS, QUARANTINE_COLUMNS, empty_frame
 from etl.stages import StageCatalog
+from etl.validation.reason_codes import DEAL_QUARANTINED, DUPLICATE_ID
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +65,6 @@ __all__ = [
     "unrecognised_reason",
 ]
 
-# Reason codes of the rules across files (the reader's own codes pass through unchanged).
-DUPLICATE_ID = "duplicate_id"
-DEAL_QUARANTINED = "deal_quarantined"
 # Separates the source system from the CRM's id when several systems are read together.
 SYSTEM_SEPARATOR = ":"
 # Text that identifies a deal or groups deals, normalised to one Unicode form (rule 4).

@@ -52,7 +52,7 @@ class FileReport:
     rows_accepted: int = 0
     rows_quarantined: int = 0
     # Canonical column -> the file's own header for it, so that a problem found in a canonical
-    # column (etl.validation) names the column the person fixing the export knows.
+    # column (etl.validation.canonical) names the column the person fixing the export knows.
     columns: dict[str, str] = field(default_factory=dict)
 
 
@@ -71,7 +71,7 @@ class SourceExport:
     files: list[FileReport]
     pipelines: list[PipelineStages] = field(default_factory=list)
     history_gaps: pd.DataFrame | None = None
-    # data_quality_results rows of the raw suites run on the files as written (etl.validation.RawRules).
+    # data_quality_results rows of the raw suites run on the files as written (etl.validation.raw.RawRules).
     raw_checks: pd.DataFrame | None = None
     # What the reader decided that a person should know, one sentence each, said once (for example
     # which field the loss reason was read from, or that owners are shown by their ids).

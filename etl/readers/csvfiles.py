@@ -42,7 +42,8 @@ import pyarrow.csv as pacsv
 
 from etl.readers import ExportFormatError
 from etl.schema import DQ_RESULT_COLUMNS, QUARANTINE_COLUMNS, TIMESTAMP, conform, empty_frame
-from etl.validation import RawRules, validate_raw_rows
+from etl.validation.raw import RawRules, validate_raw_rows
+from etl.validation.reason_codes import BLANK_ROW, MALFORMED_QUOTING, MALFORMED_ROW, MISSING_REQUIRED_VALUE
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,6 @@ _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _ZIP_MAGIC = b"PK\x03\x04"
 _OTHER_DELIMITERS = (";", "\t", "|")
 _DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
-
-MALFORMED_ROW = "malformed_row"
-MALFORMED_QUOTING = "malformed_quoting"
-BLANK_ROW = "blank_row"
-MISSING_REQUIRED_VALUE = "missing_required_value"
 
 
 # --------------------------------------------------------------------------------------------

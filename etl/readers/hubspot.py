@@ -81,7 +81,7 @@ from etl.readers.salesforce import (
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
 from etl.stages import ORDER_INFERRED, STATUS_OPEN, PipelineStages, StageCatalog, order_from_moves, stage_moves
-from etl.validation import RawRules
+from etl.validation.raw import RawRules
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ CANONICAL_FIELDS = {
     "account": "account", "lead_source": "lead_source",
 }  # fmt: skip
 
-# The raw suite: what the deals export's columns must look like as written (etl.validation.RawRules).
+# The raw suite: what the deals export's columns must look like as written (etl.validation.raw.RawRules).
 RAW_RULES = RawRules.standard(
     not_blank=("deal_id", "stage", "create_date"),
     unique=("deal_id",),

@@ -50,7 +50,17 @@ from etl.readers.csvfiles import (
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
 from etl.stages import ORDER_CRM, STATUS_LOST, STATUS_OPEN, PipelineStages, StageCatalog
-from etl.validation import DELETED_IN_CRM
+from etl.validation.reason_codes import (
+    DEAL_QUARANTINED,
+    DELETED_IN_CRM,
+    DUPLICATE_ID,
+    MISSING_ID,
+    ORPHAN_HISTORY,
+    UNKNOWN_STAGE,
+    UNPARSEABLE_AMOUNT,
+    UNPARSEABLE_BOOLEAN,
+    UNPARSEABLE_DATE,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +81,6 @@ REQUIRED = {
 FILE_NAMES = {"deal.csv": DEAL, "deal_stage.csv": DEAL_STAGE, "deal_pipeline.csv": PIPELINE,
               "deal_pipeline_stage.csv": PIPELINE_STAGE}  # fmt: skip
 
-MISSING_ID = "missing_id"
-DUPLICATE_ID = "duplicate_id"
-UNPARSEABLE_DATE = "unparseable_date"
-UNPARSEABLE_AMOUNT = "unparseable_amount"
-UNPARSEABLE_BOOLEAN = "unparseable_boolean"
-UNKNOWN_STAGE = "unknown_stage"
-ORPHAN_HISTORY = "orphan_history"
-DEAL_QUARANTINED = "deal_quarantined"
 _DATE = "a date-time like 2024-05-31 14:03:00 (or ISO 8601)"
 
 

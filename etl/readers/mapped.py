@@ -54,8 +54,23 @@ from etl.readers.csvfiles import (
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, STATUSES, PipelineStages, StageCatalog
-from etl import validation
-from etl.validation import RawForm, RawRules
+from etl.validation.raw import RawForm, RawRules
+from etl.validation.reason_codes import (
+    DUPLICATE_ID,
+    EXCLUDED_BY_FILTER,
+    IMPLAUSIBLE_DATE,
+    INVALID_STATUS,
+    MISSING_CLOSE_DATE,
+    MISSING_ID,
+    MISSING_REQUIRED_VALUE,
+    STATUS_STAGE_MISMATCH,
+    UNKNOWN_PIPELINE,
+    UNKNOWN_STAGE,
+    UNPARSEABLE_AMOUNT,
+    UNPARSEABLE_BOOLEAN,
+    UNPARSEABLE_DATE,
+    UNPARSEABLE_NUMBER,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,23 +78,6 @@ SOURCE_SYSTEM = "mapped"
 FORMAT = "mapped"
 LOOKUP_FORMAT = "mapped_lookup"
 
-# Reason codes (the quarantine table's `reason_code`), shared with the other readers.
-MISSING_ID = "missing_id"
-DUPLICATE_ID = "duplicate_id"
-MISSING_REQUIRED_VALUE = "missing_required_value"
-UNPARSEABLE_DATE = "unparseable_date"
-UNPARSEABLE_AMOUNT = "unparseable_amount"
-UNPARSEABLE_NUMBER = "unparseable_number"
-UNPARSEABLE_BOOLEAN = "unparseable_boolean"
-UNKNOWN_STAGE = "unknown_stage"
-UNKNOWN_PIPELINE = "unknown_pipeline"
-INVALID_STATUS = "invalid_status"
-STATUS_STAGE_MISMATCH = "status_stage_mismatch"
-MISSING_CLOSE_DATE = "missing_close_date"
-IMPLAUSIBLE_DATE = "implausible_date"
-# A row the mapping's [filter] leaves out on purpose (not a bad row): quarantined so that every row
-# read is accounted for, and not counted as a data-quality problem (etl.validation).
-EXCLUDED_BY_FILTER = validation.EXCLUDED_BY_FILTER
 
 # Canonical columns a mapping can fill, by kind.
 TEXT_COLUMNS = (

@@ -112,7 +112,19 @@ from etl.stages import (
     PipelineStages,
     StageCatalog,
 )
-from etl.validation import RawRules
+from etl.validation.raw import RawRules
+from etl.validation.reason_codes import (
+    DELETED_IN_CRM,
+    DUPLICATE_ID,
+    INVALID_STATUS,
+    MISSING_ID,
+    MISSING_REQUIRED_VALUE,
+    PROBABILITY_OUT_OF_RANGE,
+    UNKNOWN_STAGE,
+    UNPARSEABLE_AMOUNT,
+    UNPARSEABLE_DATE,
+    UNPARSEABLE_NUMBER,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -173,17 +185,6 @@ _BLANKS = re.compile(r"\s+")
 
 STATUS_DELETED = "deleted"
 
-# Reason codes (the quarantine table's `reason_code`).
-MISSING_ID = "missing_id"
-DUPLICATE_ID = "duplicate_id"
-DELETED_IN_CRM = "deleted_in_crm"
-INVALID_STATUS = "invalid_status"
-MISSING_REQUIRED_VALUE = "missing_required_value"
-UNPARSEABLE_DATE = "unparseable_date"
-UNPARSEABLE_AMOUNT = "unparseable_amount"
-UNPARSEABLE_NUMBER = "unparseable_number"
-PROBABILITY_OUT_OF_RANGE = "probability_out_of_range"
-UNKNOWN_STAGE = "unknown_stage"
 
 _DATE = "a date-time like 2024-05-31 14:03:00 (or a date, or ISO 8601)"
 _NUMBER = "a number like 1234.5"
@@ -367,7 +368,7 @@ CANONICAL_FIELDS = {
     "closed_at": "close_time", "crm_close_date": "close_time", "last_stage_change_at": "last_stage_change",
 }  # fmt: skip
 
-# The raw suite: what the deals export's columns must look like as written (etl.validation.RawRules).
+# The raw suite: what the deals export's columns must look like as written (etl.validation.raw.RawRules).
 RAW_RULES = RawRules.standard(
     not_blank=("id", "status", "created"),
     unique=("id",),

@@ -66,8 +66,20 @@ from etl.stages import (
     order_from_moves,
     stage_moves,
 )
-from etl import validation
-from etl.validation import RawRules
+from etl.validation.raw import RawRules
+from etl.validation.reason_codes import (
+    DEAL_QUARANTINED,
+    DELETED_IN_CRM,
+    DUPLICATE_ID,
+    INACTIVE_VERSION,
+    MISSING_ID,
+    ORPHAN_HISTORY,
+    UNKNOWN_STAGE,
+    UNPARSEABLE_AMOUNT,
+    UNPARSEABLE_BOOLEAN,
+    UNPARSEABLE_DATE,
+    UNPARSEABLE_NUMBER,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +112,7 @@ FIVETRAN_DELETED = "_fivetran_deleted"
 FIVETRAN_ACTIVE = "_fivetran_active"
 LOADER_FLAGS = (FIVETRAN_DELETED, FIVETRAN_ACTIVE)
 
-# The raw suites: what each file's columns must look like as written (etl.validation.RawRules).
+# The raw suites: what each file's columns must look like as written (etl.validation.raw.RawRules).
 RAW_RULES: dict[str, RawRules] = {
     OPPORTUNITY: RawRules.standard(
         not_blank=("Id", "StageName", "CreatedDate", "CloseDate"),
@@ -152,20 +164,6 @@ LOSS_REASON_FIELDS = (
     "ClosedLostReason__c", "Reason_Lost__c", "ReasonLost__c", "Reason_for_Loss__c", "Loss_Reason_Code__c",
 )  # fmt: skip
 _LOSS_REASON_WORDS = ("lossreason", "lostreason", "reasonlost", "reasonforloss")
-
-# Reason codes (the quarantine table's `reason_code`). Rows deleted in the CRM and earlier versions
-# of a record are left out on purpose (etl.validation.EXCLUDED_CODES), not data defects.
-DELETED_IN_CRM = validation.DELETED_IN_CRM
-INACTIVE_VERSION = validation.INACTIVE_VERSION
-MISSING_ID = "missing_id"
-DUPLICATE_ID = "duplicate_id"
-UNPARSEABLE_DATE = "unparseable_date"
-UNPARSEABLE_AMOUNT = "unparseable_amount"
-UNPARSEABLE_NUMBER = "unparseable_number"
-UNPARSEABLE_BOOLEAN = "unparseable_boolean"
-UNKNOWN_STAGE = "unknown_stage"
-ORPHAN_HISTORY = "orphan_history"
-DEAL_QUARANTINED = "deal_quarantined"
 
 
 # --------------------------------------------------------------------------------------------

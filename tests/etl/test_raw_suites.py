@@ -10,7 +10,7 @@ import pandas as pd
 
 from etl.config import load_project_config
 from etl.ingest import read_exports
-from etl.validation import RawRules, validate_raw_rows
+from etl.validation.raw import RawRules, validate_raw_rows
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 AS_OF = dt.date(2026, 6, 30)
