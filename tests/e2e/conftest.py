@@ -41,17 +41,20 @@ def project_config(tmp_path: Path, extra: str = "") -> Path:
 
 def materialize_graph(exports: Path, as_of: dt.date, config: Path, url: str, schema: str = "dealcast"):
     """Every asset materialised for real (an in-process Dagster run on an ephemeral instance) from
-    the exports in `exports` for `as_of`, into the warehouse at `url` (PostgreSQL schema `schema`)."""
+    the exports in `exports` for `as_of`, into the warehouse at `url` (PostgreSQL schema `schema`),
+    the steps handing their values over through the Parquet store beside `config`."""
     import dagster as dg
 
     from assets.definitions import ALL_ASSETS
     from assets.resources import DealcastSettings, WarehouseResource
+    from assets.store import DealcastStore
 
     return dg.materialize(
         ALL_ASSETS,
         resources={
             "settings": DealcastSettings(exports_dir=str(exports), as_of=as_of.isoformat(), config_file=str(config)),
             "warehouse": WarehouseResource(url=url, schema_name=schema),
+            "io_manager": DealcastStore(base_url=str(Path(config).parent / "store")),
         },
         instance=dg.DagsterInstance.ephemeral(),
     )

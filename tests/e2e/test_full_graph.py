@@ -13,6 +13,7 @@ import pytest
 
 from assets.definitions import ALL_ASSETS
 from assets.resources import DealcastSettings, WarehouseResource
+from assets.store import DealcastStore
 from etl.warehouse import Warehouse
 
 from .conftest import AS_OF, project_config
@@ -24,10 +25,20 @@ pytestmark = pytest.mark.slow
 RUN_SPECIFIC = {"run_id", "quarantined_at", "checked_at", "trained_at"}
 
 
-def materialize(exports, url, config, schema=None):
+# The assets a later step reads, worked out from the graph by hand: only these pass through the
+# intermediate-data store; every other asset's rows are read from the warehouse.
+STORED_FRAMES = {
+    "crm_exports", "deals", "deal_history", "stage_events", "pipeline_stages",
+    "stage_conversion", "stage_durations", "stalled_deals", "deal_scores",
+}
+STORED_OBJECTS = {"deal_scoring_model", "close_timing"}
+
+
+def materialize(exports, url, config, schema=None, store=None):
     resources = {
         "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat(), config_file=str(config)),
         "warehouse": WarehouseResource(url=url, schema_name=schema or "dealcast"),
+        "io_manager": DealcastStore(base_url=str(store)),
     }
     return dg.materialize(ALL_ASSETS, resources=resources, instance=dg.DagsterInstance.ephemeral(), raise_on_error=True)
 
@@ -90,14 +101,24 @@ def snapshot(warehouse: Warehouse) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def check_store(store):
+    """Values a later step reads are in the store, frames as Parquet and models as joblib; nothing else is."""
+    files = {path.relative_to(store).as_posix() for path in store.rglob("*") if path.is_file()}
+    assert files == {f"{name}.parquet" for name in STORED_FRAMES} | {f"{name}.joblib" for name in STORED_OBJECTS}
+    deals = pd.read_parquet(store / "deals.parquet")
+    assert deals["deal_id"].is_unique and len(deals) > 0
+
+
 def run_twice_and_check(exports, url, config, schema=None):
-    first = materialize(exports, url, config, schema)
+    store = config.parent / "store"
+    first = materialize(exports, url, config, schema, store)
     assert first.success
+    check_store(store)
     warehouse = Warehouse(url, schema=schema or "dealcast")
     try:
         check_warehouse(warehouse, exports)
         before = snapshot(warehouse)
-        assert materialize(exports, url, config, schema).success
+        assert materialize(exports, url, config, schema, store).success
         after = snapshot(warehouse)
         for name in before:
             pd.testing.assert_frame_equal(before[name], after[name], check_like=True, obj=name)
