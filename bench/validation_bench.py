@@ -18,8 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench import part_bench_exports  # noqa: E402  (bench/bench.py, next to this script)
 from etl.config import load_project_config  # noqa: E402
-from etl.crm import file_counts  # noqa: E402
-from etl.ingest import read_exports  # noqa: E402
+from etl.ingest.crm_load import file_counts  # noqa: E402
+from etl.ingest.exports import read_exports  # noqa: E402
 from etl.pipeline_state import as_of_end, prepare_history, stage_events  # noqa: E402
 from etl.validation import canonical, gx_session  # noqa: E402
 from etl.validation.stage_events import validate_stage_events  # noqa: E402
@@ -51,7 +51,7 @@ class RawClock:
     """Accumulates the wall time of the raw suites the readers run (`validate_raw_rows`)."""
 
     def __init__(self) -> None:
-        from etl.readers import csvfiles
+        from etl.ingest.readers import csvfiles
 
         self.seconds = 0.0
         run = csvfiles.validate_raw_rows

@@ -22,7 +22,7 @@ from etl.schema import DQ_RESULT_COLUMNS, conform, empty_frame
 from etl.validation.gx_session import GxSession, failing_rows, quiet_great_expectations
 from etl.validation.outcome import ASSET_EXPORTS, CHECK_NAME_MAX, SEVERITY_ROW, check_result, count_text
 
-# How a value must be written to parse (etl.readers.csvfiles.parse_numbers / parse_timestamps /
+# How a value must be written to parse (etl.ingest.csvfiles.parse_numbers / parse_timestamps /
 # parse_booleans); blank values are not checked here (each reader says which columns need one).
 NUMBER_FORM = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 DATE_FORM = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}(:?\d{2})?)?$"

@@ -65,7 +65,7 @@ UNKNOWN_CURRENCY = "unknown_currency"
 PROBABILITY_OUT_OF_RANGE = "probability_out_of_range"
 TEXT_TOO_LONG = "text_too_long"
 
-# The reason code of rows a mapping's [filter] leaves out (etl.readers.mapped): not a problem.
+# The reason code of rows a mapping's [filter] leaves out (etl.ingest.readers.mapped): not a problem.
 EXCLUDED_BY_FILTER = "excluded_by_filter"
 # Records deleted in the CRM (Salesforce IsDeleted, a loader's _fivetran_deleted, Pipedrive's
 # deleted status) and earlier versions of a record kept by a loader's history mode.
@@ -83,5 +83,5 @@ UNPARSEABLE_BOOLEAN = "unparseable_boolean"
 MALFORMED_ROW = "malformed_row"
 MALFORMED_QUOTING = "malformed_quoting"
 BLANK_ROW = "blank_row"
-# A deal dated before its currency's first rate (etl.currency).
+# A deal dated before its currency's first rate (etl.ingest.currency).
 NO_RATE_FOR_DATE = "no_rate_for_date"
