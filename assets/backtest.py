@@ -8,7 +8,7 @@ from assets.execution import HEAVY_STEP_TAGS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.quotas import load_quotas
-from etl.report import fan_chart, image_markdown, markdown_table
+from etl.charts import fan_chart, image_markdown, markdown_table
 from etl.stages import StageCatalog
 from models.backtest import backtest_fan, backtest_summary, backtested_rows, quota_of, run_backtest
 
