@@ -175,7 +175,7 @@ def messy(tmp_path_factory):
     """A small untidy org over two years (backdated entries, wins keyed in at close, ...): its
     four backtestable quarters are 2025-Q3 to 2026-Q2."""
     from etl.config import load_project_config
-    from etl.ingest import read_exports
+    from etl.ingest.exports import read_exports
     from etl.sample_crm import generate_sample
 
     out = tmp_path_factory.mktemp("messy_backtest")
