@@ -4,6 +4,7 @@
 import dagster as dg
 import pandas as pd
 
+from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.quotas import load_quotas
@@ -12,7 +13,7 @@ from etl.stages import StageCatalog
 from models.backtest import backtest_fan, backtest_summary, forecast_backtest as run_backtest, quota_of
 
 
-@dg.asset(group_name="forecasting", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="forecasting", kinds={"pandas", "sql"})
 def forecast_backtest(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,

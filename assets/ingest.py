@@ -9,6 +9,7 @@ warehouse) but deals, history and stage events are not, and every downstream ass
 import dagster as dg
 import pandas as pd
 
+from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.crm import (
@@ -33,7 +34,7 @@ UNREADABLE_INPUT = (ExportFormatError, ExchangeRatesError, ConfigError, FileNotF
 CHECKED_OUTPUTS = ("deals", "deal_history", "stage_events", "pipeline_stages")
 
 
-@dg.asset(group_name="ingest", kinds={"csv", "python"})
+@dg.asset(partitions_def=NIGHTS, group_name="ingest", kinds={"csv", "python"})
 def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -> dg.Output[pd.DataFrame]:
     """The CRM export files in the exports folder, with their detected format and checksum (the bundled sample is generated on first use)."""
     resolved = run_settings(context, settings)
@@ -60,6 +61,7 @@ def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -
 
 
 @dg.multi_asset(
+    partitions_def=NIGHTS,
     group_name="ingest",
     outs={
         "deals": dg.AssetOut(description="One row per accepted deal, normalised from the CRM exports.", kinds={"pandas", "sql"}),

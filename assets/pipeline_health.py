@@ -5,6 +5,7 @@ close-date slips, per segment, written per as_of."""
 import dagster as dg
 import pandas as pd
 
+from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl import pipeline_health
@@ -12,7 +13,7 @@ from etl.report import image_markdown, markdown_table, waterfall_chart
 from etl.stages import StageCatalog
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def pipeline_snapshots(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -41,7 +42,7 @@ def pipeline_snapshots(
     )
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def pipeline_waterfall(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -69,7 +70,7 @@ def pipeline_waterfall(
     return dg.Output(frame, metadata=metadata)
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def stalled_deals(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -99,7 +100,7 @@ def stalled_deals(
     )
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def close_date_slips(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,

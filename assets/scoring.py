@@ -6,6 +6,7 @@ import datetime as dt
 import dagster as dg
 import pandas as pd
 
+from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.report import calibration_chart, image_markdown, markdown_table
@@ -17,7 +18,7 @@ from models.timing import CloseTiming
 from models.training_set import build_training_set
 
 
-@dg.asset(group_name="scoring", kinds={"scikitlearn"})
+@dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"scikitlearn"})
 def deal_scoring_model(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -61,7 +62,7 @@ def deal_scoring_model(
     return dg.Output(result, metadata={k: v for k, v in metadata.items() if v is not None})
 
 
-@dg.asset(group_name="scoring", kinds={"pandas"})
+@dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"pandas"})
 def close_timing(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -77,7 +78,7 @@ def close_timing(
     )
 
 
-@dg.asset(group_name="scoring", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"pandas", "sql"})
 def deal_scores(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -124,7 +125,7 @@ def deal_scores(
     )
 
 
-@dg.asset(group_name="scoring", kinds={"sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"sql"})
 def model_runs(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,

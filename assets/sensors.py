@@ -1,5 +1,5 @@
-"""New exports trigger a run: a sensor on the exports folder that starts the whole asset graph when
-the export files change.
+"""New exports trigger a run: a sensor on the exports folder that starts the whole asset graph for
+tonight's partition (the night the tick falls in) when the export files change.
 
 Each tick lists the folder (name, size, modification time). When that listing matches the cursor
 nothing is read. Otherwise, once every file has been left alone for `minimum_age_seconds`, the files
@@ -23,7 +23,9 @@ from typing import Any
 
 import dagster as dg
 
-from assets.resources import AS_OF_TAG, DealcastSettings
+from assets.automation import night_job
+from assets.partitions import tonight
+from assets.resources import DealcastSettings
 from etl.crm import describe_exports
 
 logger = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ Listing = tuple[tuple[str, int, int], ...]
 
 
 def _now() -> dt.datetime:
-    """The tick's time (UTC): it gives the run's as_of and the age of each file."""
+    """The tick's time (UTC): it gives the run's night (partition key) and the age of each file."""
     return dt.datetime.now(dt.timezone.utc)
 
 
@@ -134,12 +136,7 @@ def evaluate_exports(
         )
 
     key = fingerprint_hash(files)
-    as_of = now.date().isoformat()
-    request = dg.RunRequest(
-        run_key=key,
-        run_config={"resources": {"settings": {"config": {"as_of": as_of}}}},
-        tags={AS_OF_TAG: as_of, FINGERPRINT_TAG: key},
-    )
+    request = dg.RunRequest(run_key=key, partition_key=tonight(now), tags={FINGERPRINT_TAG: key})
     return dg.SensorResult(run_requests=[request], cursor=new_cursor)
 
 
@@ -156,11 +153,11 @@ def exports_sensor(
 
     @dg.sensor(
         name=name,
-        target=dg.AssetSelection.all(),
+        job=night_job,
         default_status=dg.DefaultSensorStatus.STOPPED,
         minimum_interval_seconds=60,
         description=(
-            "Runs every asset for today's as_of when an export file is added, removed or its content changes "
+            "Runs every asset for tonight's partition (today's as_of) when an export file is added, removed or its content changes "
             f"in the exports folder; waits until files are {minimum_age_seconds:.0f} s old so a copy in progress "
             "does not start a run."
         ),

@@ -39,19 +39,35 @@ def project_config(tmp_path: Path, extra: str = "") -> Path:
     return config
 
 
-def materialize_graph(exports: Path, as_of: dt.date, config: Path, url: str, schema: str = "dealcast"):
-    """Every asset materialised for real (an in-process Dagster run on an ephemeral instance) from
-    the exports in `exports` for `as_of`, into the warehouse at `url` (PostgreSQL schema `schema`)."""
+def materialize_graph(
+    exports: Path,
+    as_of: dt.date,
+    config: Path | None,
+    url: str,
+    schema: str = "dealcast",
+    *,
+    assets=None,
+    selection=None,
+    instance=None,
+    raise_on_error: bool = True,
+):
+    """The assets (default: every asset) materialised for real, as the night `as_of` (its partition
+    key), in an in-process Dagster run on `instance` (default: an ephemeral one), from the exports in
+    `exports`, into the warehouse at `url` (PostgreSQL schema `schema`); `config` is the dealcast.toml
+    (None: the project's)."""
     import dagster as dg
 
     from assets.definitions import ALL_ASSETS
     from assets.resources import DealcastSettings, WarehouseResource
 
     return dg.materialize(
-        ALL_ASSETS,
+        ALL_ASSETS if assets is None else assets,
+        selection=selection,
+        partition_key=as_of.isoformat(),
         resources={
-            "settings": DealcastSettings(exports_dir=str(exports), as_of=as_of.isoformat(), config_file=str(config)),
+            "settings": DealcastSettings(exports_dir=str(exports), config_file=str(config) if config else None),
             "warehouse": WarehouseResource(url=url, schema_name=schema),
         },
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        raise_on_error=raise_on_error,
     )

@@ -7,15 +7,12 @@ the csv module, or from invariants that must hold whatever the data.
 import csv
 import datetime as dt
 
-import dagster as dg
 import pandas as pd
 import pytest
 
-from assets.definitions import ALL_ASSETS
-from assets.resources import DealcastSettings, WarehouseResource
 from etl.warehouse import Warehouse
 
-from .conftest import AS_OF, project_config
+from .conftest import AS_OF, materialize_graph, project_config
 from .test_cli_summary import check_finished_night_summary
 
 pytestmark = pytest.mark.slow
@@ -25,11 +22,7 @@ RUN_SPECIFIC = {"run_id", "quarantined_at", "checked_at", "trained_at"}
 
 
 def materialize(exports, url, config, schema=None):
-    resources = {
-        "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat(), config_file=str(config)),
-        "warehouse": WarehouseResource(url=url, schema_name=schema or "dealcast"),
-    }
-    return dg.materialize(ALL_ASSETS, resources=resources, instance=dg.DagsterInstance.ephemeral(), raise_on_error=True)
+    return materialize_graph(exports, AS_OF, config, url, schema or "dealcast")
 
 
 def won_this_quarter_from_export(exports) -> float:
