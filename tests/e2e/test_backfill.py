@@ -1,6 +1,6 @@
 """A backfill of three nights through a real Dagster instance, the way a data engineer runs one: the
 documented `dagster job backfill` command queues one run per night, the daemon starts them under the
-shipped dagster_home/dagster.yaml limits, and each run describes its own night.
+shipped dagster_home/dagster.yaml limits, each in its own process, and each run describes its own night.
 
 The expected nights, and which deals each night may score, come straight from Opportunity.csv.
 """
@@ -30,6 +30,8 @@ pytestmark = pytest.mark.slow
 
 EXPORT_END = dt.date(2026, 11, 15)
 NIGHTS = [dt.date(2026, 11, 9), dt.date(2026, 11, 10), dt.date(2026, 11, 11)]
+# The project's definitions, each run's steps in the run's process (see that module).
+DEFINITIONS = "tests.e2e.one_process_definitions"
 BACKFILL_CAP = 2  # dagster_home/dagster.yaml: runs tagged dagster/backfill, at most 2 at once
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
@@ -93,7 +95,7 @@ def test_a_backfill_of_three_nights_publishes_each_night_for_its_own_day(tmp_pat
 
     # The documented command: it queues one run per night and returns.
     backfill = subprocess.run(
-        [str(bin_dir / "dagster"), "job", "backfill", "-m", "assets.definitions", "-j", "nightly_job",
+        [str(bin_dir / "dagster"), "job", "backfill", "-m", DEFINITIONS, "-j", "nightly_job",
          "--from", NIGHTS[0].isoformat(), "--to", NIGHTS[-1].isoformat(), "--noprompt"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
@@ -106,7 +108,7 @@ def test_a_backfill_of_three_nights_publishes_each_night_for_its_own_day(tmp_pat
         assert len({r.dagster_run.tags["dagster/backfill"] for r in queued}) == 1
 
         daemon = subprocess.Popen(
-            [str(bin_dir / "dagster-daemon"), "run", "-m", "assets.definitions"],
+            [str(bin_dir / "dagster-daemon"), "run", "-m", DEFINITIONS],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         try:
