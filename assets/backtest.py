@@ -10,7 +10,7 @@ from assets.runs import run_settings
 from etl.quotas import load_quotas
 from etl.report import fan_chart, image_markdown, markdown_table
 from etl.stages import StageCatalog
-from models.backtest import backtest_fan, backtest_summary, forecast_backtest as run_backtest, quota_of
+from models.backtest import backtest_fan, backtest_summary, backtested_rows, forecast_backtest as run_backtest, quota_of
 
 
 @dg.asset(partitions_def=NIGHTS, group_name="forecasting", kinds={"pandas", "sql"})
@@ -30,10 +30,16 @@ def forecast_backtest(
         project.model, project.forecast, project.fiscal_year_start_month,
     )
     warehouse.publish(context, resolved.as_of, "forecast_backtest", frame)
-    metadata = {"dagster/row_count": len(frame), "quarters": frame["quarter"].nunique()}
-    if frame.empty:
-        context.log.warning("no past quarter with enough history to backtest (or [forecast] backtest_quarters = 0)")
+    backtested = backtested_rows(frame)
+    metadata = {"dagster/row_count": len(frame), "quarters": backtested["quarter"].nunique()}
+    if backtested.empty:
+        reason = str(frame["status_reason"].iloc[0]) if len(frame) else "no rows"
+        context.log.warning(f"forecast_backtest: nothing backtested: {reason}")
+        metadata["status"] = "not_backtested"
+        metadata["why"] = reason
         return dg.MaterializeResult(metadata=metadata)
+    metadata["status"] = "backtested"
+    frame = backtested
     metadata["accuracy"] = dg.MetadataValue.md(
         markdown_table(backtest_summary(frame, by=("method", "checkpoint")), floatfmt="{:,.3f}")
     )

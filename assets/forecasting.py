@@ -1,4 +1,5 @@
-"""The quarterly revenue forecast with P10/P50/P90 ranges, quota, gap and coverage, appended per as_of."""
+"""The quarterly revenue forecast with P10/P50/P90 ranges, quota, gap and coverage, and each open
+deal's contribution to it (`forecast_contributions`), appended per as_of."""
 
 
 import dagster as dg
@@ -11,9 +12,9 @@ from etl.periods import quarter_label
 from etl.quotas import load_quotas
 from etl.report import fan_chart, image_markdown, markdown_table
 from etl.stages import StageCatalog
-from models.backtest import forecast_fan
-from models.forecast import forecast_quarterly as simulate_forecast
-from models.revenue_calibration import RevenueCalibration, calibrated_scores
+from models.backtest import forecast_fan, not_backtested_reason
+from models.forecast import build_forecast
+from models.revenue_calibration import RevenueCalibration
 from models.scoring import ScorerResult
 from models.timing import CloseTiming
 
@@ -35,15 +36,20 @@ def forecast_quarterly(
     forecast_cfg = resolved.project.forecast
     fiscal_start = resolved.project.fiscal_year_start_month
     quotas = load_quotas(resolved.quota_path())
+    # Learnt on tonight's scorer's held-out rows; each deal's factor is a column of forecast_contributions.
     calibration = RevenueCalibration.fit(deal_scoring_model, deals, deal_history)
-    frame = simulate_forecast(
+    forecast = build_forecast(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
-        scores=calibrated_scores(deal_scores, calibration), timing=close_timing, quotas=quotas,
+        scores=deal_scores, timing=close_timing, quotas=quotas,
         fiscal_year_start_month=fiscal_start,
         draws=forecast_cfg.draws, seed=forecast_cfg.seed,
         # The model whose scores fed the forecast (an earlier run's when tonight's did not qualify).
         model_version=deal_scores["model_version"].iloc[0] if len(deal_scores) else deal_scoring_model.scorer.version,
+        outlier_factor=resolved.project.warnings.outlier_factor,
+        revenue_calibration=calibration,
     )
+    frame = forecast.quarterly
+    warehouse.publish(context, resolved.as_of, "forecast_contributions", forecast.contributions)
     warehouse.publish(context, resolved.as_of, "forecast_quarterly", frame)
     totals = frame[frame.segment_type == "all"]
     quarter = quarter_label(resolved.as_of, fiscal_start)
@@ -52,23 +58,29 @@ def forecast_quarterly(
     written = warehouse.warehouse.read("forecast_quarterly")
     trail = forecast_fan(written[written["as_of"] <= pd.Timestamp(resolved.as_of)], quarter, fiscal_start)
     chart = fan_chart(trail, f"{quarter}: forecast by night (P10-P90, P50) against quota", quota=trail["quota"].iloc[-1])
-    return dg.Output(
-        frame,
-        metadata={
-            "dagster/row_count": len(frame),
-            "company": dg.MetadataValue.md(
-                markdown_table(totals[["quarter", "closed_won_to_date", "p10", "p50", "p90", "quota", "gap", "coverage"]])
-            ),
-            "revenue_calibration": dg.MetadataValue.md(
-                markdown_table(
-                    pd.DataFrame(
-                        {
-                            "amount_band_from": [0.0, *calibration.edges],
-                            "factor": list(calibration.factors),
-                        }
-                    )
-                )
-            ),
-            "fan_chart": dg.MetadataValue.md(image_markdown(chart, f"{quarter} fan chart")),
-        },
-    )
+    metadata = {
+        "dagster/row_count": len(frame),
+        "company": dg.MetadataValue.md(
+            markdown_table(totals[["quarter", "closed_won_to_date", "p10", "p50", "p90", "quota", "gap", "coverage"]])
+        ),
+        "reconciliation": dg.MetadataValue.md(
+            markdown_table(
+                totals[
+                    ["quarter", "closed_won_to_date", "pipeline_expected", "overdue_expected", "other_open_expected",
+                     "new_deals_expected", "revenue_calibration", "expected", "open_pipeline", "overdue_pipeline"]
+                ]
+            )
+        ),
+        "outliers": dg.MetadataValue.md(
+            markdown_table(totals[["quarter", "outlier_deals", "outlier_pipeline", "p90", "p90_without_outliers"]])
+        ),
+        "contribution_rows": len(forecast.contributions),
+        "revenue_calibration": dg.MetadataValue.md(markdown_table(calibration.table())),
+        "not_yet_backtested": bool(frame["not_yet_backtested"].any()),
+        "fan_chart": dg.MetadataValue.md(image_markdown(chart, f"{quarter} fan chart")),
+    }
+    if frame["not_yet_backtested"].any():
+        _, reason = not_backtested_reason(deals, resolved.as_of, fiscal_start, forecast_cfg.backtest_quarters)
+        metadata["backtest"] = f"not yet backtested: {reason}"
+        context.log.warning(f"forecast_quarterly: not yet backtested: {reason}")
+    return dg.Output(frame, metadata=metadata)

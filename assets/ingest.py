@@ -26,6 +26,7 @@ from etl.currency import ExchangeRatesError
 from etl.readers import ExportFormatError
 from etl.report import markdown_table
 from etl.sample_crm import generate_sample
+from etl.source_warehouse import describe_source, warehouse_source
 
 SAMPLE_SEED = 7
 # Errors whose message already names the file (or setting) at fault and what was expected.
@@ -36,8 +37,25 @@ CHECKED_OUTPUTS = ("deals", "deal_history", "stage_events", "pipeline_stages")
 
 @dg.asset(partitions_def=NIGHTS, group_name="ingest", kinds={"csv", "python"})
 def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -> dg.Output[pd.DataFrame]:
-    """The CRM export files in the exports folder, with their detected format and checksum (the bundled sample is generated on first use)."""
+    """The CRM export files in the exports folder, with their detected format and checksum (the bundled sample is generated on first use), or the CRM's tables in the warehouse source ([sources.warehouse]) with their rows and latest sync."""
     resolved = run_settings(context, settings)
+    try:
+        source = warehouse_source(resolved.project)
+        manifest = describe_source(source) if source is not None else None
+    except UNREADABLE_INPUT as exc:
+        raise dg.Failure(description=str(exc), metadata={"error": type(exc).__name__}) from exc
+    if source is not None and manifest is not None:
+        # The CRM is read from the warehouse it is in: its tables stand where the files would.
+        return dg.Output(
+            manifest,
+            metadata={
+                "source": source.safe_url,
+                "schema": str(source.schema),
+                "as_of": str(resolved.as_of),
+                "files": dg.MetadataValue.md(markdown_table(manifest)),
+                "dagster/row_count": len(manifest),
+            },
+        )
     if resolved.exports_are_sample and not (resolved.exports_dir / "Opportunity.csv").is_file():
         summary = generate_sample(
             resolved.exports_dir, n_deals=settings.sample_deals, seed=SAMPLE_SEED, end_date=resolved.as_of

@@ -12,7 +12,7 @@ from assets.runs import run_settings
 from etl.report import calibration_chart, image_markdown, markdown_table
 from etl.stages import StageCatalog
 from models.deal_scores import build_deal_scores
-from models.registry import artifact_file, choose_scorer, model_runs_row, save_artifact
+from models.registry import artifact_file, choose_scorer, model_runs_row, published_tier_change, save_artifact
 from models.scoring import ScorerResult, train_scorer
 from models.timing import CloseTiming
 from models.training_set import build_training_set
@@ -26,7 +26,7 @@ def deal_scoring_model(
     deal_history: pd.DataFrame,
     pipeline_stages: pd.DataFrame,
 ) -> dg.Output[ScorerResult]:
-    """The win-probability model, trained on as-of snapshots with a time split, calibrated and measured against two baselines."""
+    """The published win-probability scorer: the ladder's candidates (constant rate, CRM probability, stage rates, logistic, gradient boosting) fitted on as-of snapshots before a time cut, the best held-out log loss published."""
     resolved = run_settings(context, settings)
     model_cfg = resolved.project.model
     training = build_training_set(
@@ -35,26 +35,30 @@ def deal_scoring_model(
     result = train_scorer(training, model_cfg, resolved.as_of)
     artifact = save_artifact(result.scorer, resolved.model_dir)
     metrics = result.metrics
-    if not metrics["eligible"]:
-        context.log.warning(f"no model trained, scoring with the empirical stage rates: {metrics['fallback_reason']}")
-    elif not metrics["beats_baselines"]:
-        context.log.warning("the model does not beat the better baseline on log loss; scores use that baseline")
+    context.log.info(f"published scorer {result.scorer.scoring_method}: {metrics['selection_reason']}")
+    if metrics["split_rule"] == "widened":
+        context.log.warning(f"training window widened: {metrics['split_note']}")
     comparison = pd.DataFrame(
         [
-            {"scorer": "model", "log_loss": metrics["log_loss"], "auc": metrics["auc"], "brier": metrics["brier"]},
-            {"scorer": "CRM stage probability", "log_loss": metrics["crm_baseline_log_loss"], "auc": metrics["crm_baseline_auc"], "brier": metrics["crm_baseline_brier"]},
-            {"scorer": "empirical stage x age rate", "log_loss": metrics["stage_rate_baseline_log_loss"], "auc": metrics["stage_rate_baseline_auc"], "brier": metrics["stage_rate_baseline_brier"]},
+            {"scorer": c["method"], "tier": c["tier"], "log_loss": c["log_loss"], "auc": c["auc"], "brier": c["brier"],
+             "ece": c["ece"], "not fitted because": c["reason"] or ""}
+            for c in metrics["candidates"]
         ]
     )
     metadata = {
         "model_version": result.scorer.version,
         "scoring_method": result.scorer.scoring_method,
+        "selection_reason": metrics["selection_reason"],
+        "split": f"{metrics['split_rule']}: {metrics['split_note']}",
         "artifact": str(artifact),
         "train_rows": metrics["train_rows"],
+        "train_won_lost_deals": f"{metrics['train_won_deals']} / {metrics['train_lost_deals']}",
         "test_rows": metrics["test_rows"],
+        "test_won_lost_deals": f"{metrics['test_won_deals']} / {metrics['test_lost_deals']}",
+        "creation_rows": metrics["creation_rows"],
         "ece": metrics["ece"],
         "base_rate_brier": metrics["base_rate_brier"],
-        "against_baselines": dg.MetadataValue.md(markdown_table(comparison)),
+        "candidates": dg.MetadataValue.md(markdown_table(comparison)),
     }
     if not result.reliability.empty:
         metadata["calibration"] = dg.MetadataValue.md(image_markdown(calibration_chart(result.reliability), "calibration"))
@@ -135,13 +139,21 @@ def model_runs(
     """The model registry: each trained model's version, data window, parameters, features and test metrics against the baselines."""
     resolved = run_settings(context, settings)
     trained_at = pd.Timestamp(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
-    row = model_runs_row(deal_scoring_model, resolved.as_of, trained_at, artifact_path=artifact_file(resolved.model_dir, deal_scoring_model.version))
+    change = published_tier_change(warehouse.warehouse.read("model_runs"), resolved.as_of, deal_scoring_model.scorer.scoring_method)
+    if change:
+        context.log.warning(f"published scorer changed tier: {change}")
+    row = model_runs_row(
+        deal_scoring_model, resolved.as_of, trained_at,
+        artifact_path=artifact_file(resolved.model_dir, deal_scoring_model.version), tier_change=change,
+    )
     warehouse.publish(context, resolved.as_of, "model_runs", pd.DataFrame([row]))
     return dg.MaterializeResult(
         metadata={
             "model_version": row["model_version"],
             "scoring_method": row["scoring_method"],
             "log_loss": row["log_loss"],
+            "constant_log_loss": row["constant_log_loss"],
             "auc": row["auc"],
+            "tier_change": row["tier_change"] or "none",
         }
     )

@@ -7,6 +7,10 @@ are fingerprinted with `etl.crm.describe_exports` (which adds each file's sha256
 requested when the set of file names or any file's content differs from the fingerprint in the cursor.
 A file that is only touched, or copied again with identical bytes, moves the cursor on without a run.
 
+When the CRM is read from a warehouse (`[sources.warehouse]`), each tick instead counts each
+table's rows and reads its latest `_fivetran_synced` (`etl.source_warehouse.fingerprint`), and a
+run is requested when either changed since the cursor.
+
 The run key is the hash of the fingerprint (names, sizes, modification times and sha256), so a tick
 that is retried after a crash cannot start a second run for the same files, while a folder that
 returns to an earlier content later (new modification times) still gets its run.
@@ -26,7 +30,9 @@ import dagster as dg
 from assets.automation import night_job
 from assets.partitions import tonight
 from assets.resources import DealcastSettings
+from etl.config import ConfigError
 from etl.crm import describe_exports
+from etl.source_warehouse import SourceError, WarehouseSource, fingerprint, warehouse_source
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +146,24 @@ def evaluate_exports(
     return dg.SensorResult(run_requests=[request], cursor=new_cursor)
 
 
+def evaluate_source(source: WarehouseSource, cursor: str | None, now: dt.datetime) -> dg.SkipReason | dg.SensorResult:
+    """One tick of the sensor for a CRM read from a warehouse (`[sources.warehouse]`): a run when any
+    table's row count or latest sync (`_fivetran_synced`) differs from the cursor's, else a skip."""
+    try:
+        tables = fingerprint(source)
+    except (SourceError, ConfigError) as exc:
+        return dg.SkipReason(f"the CRM source cannot be read: {exc}")
+    previous = _read_cursor(cursor)
+    new_cursor = _write_cursor(tables)
+    if previous is not None and previous == tables:
+        return dg.SkipReason(
+            f"the {len(tables)} CRM table(s) in {source.safe_url} schema {source.schema} are unchanged since the last check"
+        )
+    key = fingerprint_hash(tables)
+    request = dg.RunRequest(run_key=key, partition_key=tonight(now), tags={FINGERPRINT_TAG: key})
+    return dg.SensorResult(run_requests=[request], cursor=new_cursor)
+
+
 def exports_sensor(
     minimum_age_seconds: float = DEFAULT_MINIMUM_AGE_SECONDS, name: str = SENSOR_NAME
 ) -> dg.SensorDefinition:
@@ -157,15 +181,23 @@ def exports_sensor(
         default_status=dg.DefaultSensorStatus.STOPPED,
         minimum_interval_seconds=60,
         description=(
-            "Runs every asset for tonight's partition (today's as_of) when an export file is added, removed or its content changes "
-            f"in the exports folder; waits until files are {minimum_age_seconds:.0f} s old so a copy in progress "
+            "Runs every asset for tonight's partition (today's as_of) when an export file is added, removed or its "
+            "content changes in the exports folder, or when a sync changed the CRM's tables in the warehouse source; "
+            f"waits until files are {minimum_age_seconds:.0f} s old so a copy in progress "
             "does not start a run."
         ),
     )
     def _new_exports(
         context: dg.SensorEvaluationContext, settings: DealcastSettings
     ) -> dg.SkipReason | dg.SensorResult:
-        exports_dir = settings.resolve().exports_dir
+        resolved = settings.resolve()
+        source = warehouse_source(resolved.project)
+        if source is not None:
+            outcome = evaluate_source(source, context.cursor, _now())
+            if isinstance(outcome, dg.SensorResult) and outcome.run_requests:
+                context.log.info(f"CRM tables in {source.safe_url} changed: requesting run {outcome.run_requests[0].run_key}")
+            return outcome
+        exports_dir = resolved.exports_dir
         outcome = evaluate_exports(exports_dir, context.cursor, _now(), minimum_age_seconds)
         if isinstance(outcome, dg.SensorResult) and outcome.run_requests:
             context.log.info(f"export files in {exports_dir} changed: requesting run {outcome.run_requests[0].run_key}")

@@ -2,11 +2,16 @@
 
     python bench/forecast_bench.py simulate --open-deals 100000 1000000 [--draws 10000]
     python bench/forecast_bench.py backtest --deals 10000 [--quarters 8] [--retrain quarter]
+    python bench/forecast_bench.py messy --seeds 1 2 3 4 5 [--deals 720] [--years 1.5]
 
 `simulate` times `models.forecast.simulate_quarter` alone (random amounts and probabilities, every
 segment type's codes as in a real forecast: 8 columns). `backtest` generates the sample CRM, reads it
 and runs `models.backtest.forecast_backtest` with the project's settings, then prints the accuracy
-table (WAPE, bias, interval coverage per method and checkpoint). Each step prints wall time and peak
+table (WAPE, bias, interval coverage per method and checkpoint). `messy` does the same on messy-org
+samples (`generate_sample(profile="messy")`, one per seed), backtesting every quarter that has a full
+quarter of data before it, and prints per seed and pooled: the backtested quarter x segment rows of
+`ours` and the share whose actual lies inside P10-P90 (target 70-90%), and the company-total WAPE
+at the quarter's start against the CRM-weighted pipeline's. Each step prints wall time and peak
 resident memory (Linux: the high-water mark is reset before each step).
 """
 
@@ -23,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -33,7 +39,7 @@ from etl.ingest import read_exports  # noqa: E402
 from etl.pipeline_state import prepare_history  # noqa: E402
 from etl.report import markdown_table  # noqa: E402
 from etl.sample_crm import generate_sample  # noqa: E402
-from models.backtest import backtest_summary, forecast_backtest  # noqa: E402
+from models.backtest import backtest_summary, backtested_rows, forecast_backtest  # noqa: E402
 from models.forecast import simulate_quarter  # noqa: E402
 
 
@@ -91,6 +97,48 @@ def backtest(deals: int, seed: int, end: dt.date, quarters: int, retrain: str, d
     print(markdown_table(backtest_summary(frame[frame["segment_type"] == "all"], by=("method", "checkpoint")), floatfmt="{:,.3f}"))
 
 
+def messy(seeds: list[int], deals: int | None, years: float | None, end: dt.date, draws: int) -> None:
+    project = load_project_config()
+    forecast = replace(project.forecast, backtest_quarters=None, draws=draws)
+    frames = []
+    for seed in seeds:
+        out = Path(tempfile.mkdtemp(prefix=f"dealcast-messy-{seed}-"))
+        summary = _timed(
+            f"seed {seed}: generate messy sample",
+            lambda: generate_sample(out, n_deals=deals, seed=seed, end_date=end, years=years, profile="messy"),
+        )
+        export = read_exports(out, project)
+        history = prepare_history(export.deals, export.history, export.stages)
+        frame = _timed(
+            f"seed {seed}: forecast_backtest ({len(export.deals):,} deals in the export)",
+            lambda: forecast_backtest(
+                export.deals, history, export.stages, end, project.model, forecast, project.fiscal_year_start_month
+            ),
+        )
+        frames.append(frame.assign(seed=seed))
+        _print_messy(f"seed {seed} ({summary.n_deals:,} deals exported)", frame)
+    pooled = pd.concat(frames, ignore_index=True)
+    _print_messy(f"all {len(seeds)} seeds", pooled)
+
+
+def _print_messy(title: str, frame: pd.DataFrame) -> None:
+    rows = backtested_rows(frame)
+    if rows.empty:
+        print(f"{title}: nothing backtested: {frame['status_reason'].iloc[0]}", flush=True)
+        return
+    ours = rows[rows["method"] == "ours"]
+    inside = ours["within_interval"].astype(bool)
+    start = rows[(rows["checkpoint"] == "start") & (rows["segment_type"] == "all")]
+    wape = backtest_summary(start, by=("method",)).set_index("method")["wape"]
+    print(
+        f"{title}: quarters {sorted(rows['quarter'].unique())}; ours P10-P90 covers {int(inside.sum()):,} of "
+        f"{len(ours):,} quarter x segment x checkpoint rows = {inside.mean():.1%}; company total at quarter start: "
+        f"WAPE ours {wape.get('ours', float('nan')):.1%}, crm_weighted {wape.get('crm_weighted', float('nan')):.1%}, "
+        f"stage_rate {wape.get('stage_rate', float('nan')):.1%}",
+        flush=True,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,10 +152,18 @@ def main() -> int:
     bt.add_argument("--quarters", type=int, default=8)
     bt.add_argument("--retrain", choices=["quarter", "checkpoint"], default="quarter")
     bt.add_argument("--draws", type=int, default=None)
+    me = sub.add_parser("messy")
+    me.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    me.add_argument("--deals", type=int, default=None, help="simulated deals per sample (default: the messy profile's 720)")
+    me.add_argument("--years", type=float, default=None, help="years of data (default: the messy profile's)")
+    me.add_argument("--end", type=dt.date.fromisoformat, default=dt.date(2026, 11, 15))
+    me.add_argument("--draws", type=int, default=2_000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     if args.command == "simulate":
         simulate(args.open_deals, args.draws)
+    elif args.command == "messy":
+        messy(args.seeds, args.deals, args.years, args.end, args.draws)
     else:
         backtest(args.deals, args.seed, args.end, args.quarters, args.retrain, args.draws)
     return 0

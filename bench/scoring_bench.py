@@ -56,7 +56,8 @@ def main() -> int:
     with steps.step("train") as r:
         result = train_scorer(training, project.model, as_of)
         m = result.metrics
-        r["detail"] = f"{result.scorer.scoring_method}; test log loss {m['log_loss']:.3f}, AUC {m['auc']:.3f}"
+        losses = ", ".join(f"{c['method']} {c['log_loss']:.3f}" for c in m["candidates"] if c["log_loss"] is not None)
+        r["detail"] = f"published {result.scorer.scoring_method} ({m['split_rule']} split); held-out log loss: {losses}"
     del training
     gc.collect()
     with steps.step("close timing") as r:

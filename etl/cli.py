@@ -69,10 +69,12 @@ def _input_lines(run: RunSummary) -> list[str]:
     recon = run.read("reconciliation", run.as_of)
     if recon is None or recon.empty:
         return ["  no input reconciliation for this as_of"]
-    return [
-        f"  input rows read {int(recon['rows_read'].sum()):,} = accepted {int(recon['accepted'].sum()):,}"
-        f" + quarantined {int(recon['quarantined'].sum()):,} (in {len(recon)} files)"
-    ]
+    quarantined = int(recon["quarantined"].sum())
+    # Rows left out on purpose (deleted in the CRM, filtered out) are said apart; a warehouse written
+    # before the column existed has it empty.
+    excluded = int(recon["excluded"].fillna(0).sum()) if "excluded" in recon.columns else 0
+    parts = f" + quarantined {quarantined - excluded:,} + excluded {excluded:,}" if excluded else f" + quarantined {quarantined:,}"
+    return [f"  input rows read {int(recon['rows_read'].sum()):,} = accepted {int(recon['accepted'].sum()):,}{parts} (in {len(recon)} files)"]
 
 
 def _deal_lines(run: RunSummary) -> list[str]:
@@ -127,11 +129,30 @@ def _forecast_lines(run: RunSummary) -> list[str]:
     if this_quarter.empty:
         return []
     row = this_quarter.iloc[0]
-    return [
+    lines = [
         f"  forecast {row['quarter']}: P10 {_money(row['p10'], run.currency)} | P50 {_money(row['p50'], run.currency)}"
         f" | P90 {_money(row['p90'], run.currency)} (closed won so far {_money(row['closed_won_to_date'], run.currency)},"
         f" quota {_money(row['quota'], run.currency)})"
     ]
+    if "overdue_deals" in row.index and pd.notna(row["overdue_deals"]) and row["overdue_deals"] > 0:
+        lines.append(
+            f"  open pipeline {_money(row['open_pipeline'], run.currency)} includes {int(row['overdue_deals']):,} overdue"
+            f" deal(s) worth {_money(row['overdue_pipeline'], run.currency)} (expected close date already past),"
+            f" expected to bring {_money(row['overdue_expected'], run.currency)}"
+        )
+    if "outlier_deals" in row.index and pd.notna(row["outlier_deals"]) and row["outlier_deals"] > 0:
+        lines.append(
+            f"  {int(row['outlier_deals']):,} outlier deal(s) ({_money(row['outlier_pipeline'], run.currency)}) raise P90 from"
+            f" {_money(row['p90_without_outliers'], run.currency)} to {_money(row['p90'], run.currency)}"
+        )
+    backtest = run.read("forecast_backtest", run.as_of)
+    if backtest is not None and "status" in backtest.columns:
+        status = backtest.loc[backtest["status"] == "not_backtested"]
+        if len(status):
+            lines.append(f"  forecast not yet backtested: {status['status_reason'].iloc[0]}")
+    elif "not_yet_backtested" in row.index and pd.notna(row["not_yet_backtested"]) and bool(row["not_yet_backtested"]):
+        lines.append("  forecast not yet backtested: no past quarter has a full quarter of history before it")
+    return lines
 
 
 def _model_lines(run: RunSummary) -> list[str]:

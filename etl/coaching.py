@@ -51,6 +51,7 @@ from etl.metrics import (
 )
 from etl.periods import period_bounds, quarter_end, quarter_label, quarter_labels
 from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
+from etl.quarter_pipeline import overdue, pipeline_dates
 from etl.schema import SEGMENT_COLUMNS, TIMESTAMP, UNKNOWN_SEGMENT, segment_values
 from etl.stages import StageCatalog
 
@@ -777,9 +778,14 @@ def pipeline_coverage(
     - closed_won: amount of the deals won (at the end of as_of) with a booking date (`etl.bookings`)
       in the quarter, up to the end of as_of (0 for a quarter that starts after as_of);
     - remaining = quota - closed_won (NULL without a quota);
-    - open_deals, open_pipeline: count and amount of the deals open at the end of as_of whose
-      expected close date (as it stood then) falls in the quarter (for a past quarter: the
-      overdue deals still open);
+    - open_deals, open_pipeline: count and amount of the quarter's open pipeline
+      (`etl.quarter_pipeline`, the definition the forecast and the waterfall share): the deals open
+      at the end of as_of whose expected close date (as it stood then) falls in the quarter; for
+      the current quarter also the overdue deals (expected close date already past, even in an
+      earlier quarter); for a past quarter none (its deals still open are the current quarter's
+      overdue deals);
+    - overdue_deals, overdue_pipeline: count and amount of the overdue deals in open_pipeline
+      (expected close date before the as_of day; non-zero only in the current quarter);
     - coverage = open_pipeline / remaining; NULL when remaining is NULL or not positive;
     - rated_pipeline: the part of open_pipeline in stages that have a historical stage-to-won rate
       (stage_to_won_rate of the deal's pipeline and current stage in `conversion`, period "all",
@@ -827,7 +833,8 @@ def pipeline_coverage(
     end = np.datetime64(end_ts, "us")
     won_quarter = np.where(at.won & (at.closed_at <= end), quarter_of(at.booked_at), -1)
     is_open = at.status == _OPEN
-    open_quarter = np.where(is_open, quarter_of(at.expected_close), -1)
+    open_quarter = np.where(is_open, quarter_of(pipeline_dates(at.expected_close, as_of_day, fiscal_year_start_month)), -1)
+    is_overdue = is_open & overdue(at.expected_close, as_of_day)
 
     stage_catalog_pipelines, pipe_codes = _pipeline_codes(at.frame)
     width = int(max(at.stage_order.max(initial=0), conversion["stage_order"].max() if len(conversion) else 0)) + 1
@@ -858,6 +865,8 @@ def pipeline_coverage(
                 "closed_won": tally(won_quarter, everyone, at.amount),
                 "open_deals": tally(open_quarter, everyone),
                 "open_pipeline": tally(open_quarter, everyone, at.amount),
+                "overdue_deals": tally(open_quarter, is_overdue),
+                "overdue_pipeline": tally(open_quarter, is_overdue, at.amount),
                 "rated_pipeline": tally(open_quarter, rated, at.amount),
                 "weighted": tally(open_quarter, rated, weighted),
             }

@@ -66,8 +66,12 @@ class ValidationConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # Closed deals (won, lost) the training rows must hold before gradient boosting is fitted
+    # (Salesforce Einstein's bar) and before the regularised logistic model is (Gong's is 50/150).
     min_won: int = 200
     min_lost: int = 200
+    logistic_min_won: int = 50
+    logistic_min_lost: int = 50
     snapshot_frequency: str = "W-MON"
     test_share: float = 0.2
     calibration_share: float = 0.2

@@ -25,6 +25,7 @@ from etl.ingest import (
     unrecognised_reason,
     with_values_as_written,
 )
+from etl.source_warehouse import read_source, warehouse_source
 from etl.pipeline_state import as_of_end, closed_at_from_history, prepare_history, stage_events, stage_move_counts
 from etl.stages import ORDER_INFERRED, StageCatalog
 from etl.tables import TABLES
@@ -135,12 +136,19 @@ def file_counts(ingest: IngestResult) -> list[FileCount]:
 
 
 def load_crm(settings: Settings, previous_deal_count: int | None = None) -> CrmLoad:
-    """Read the exports directory, validate it, and rebuild history and stage events for `settings.as_of`."""
-    ingest = read_exports(settings.exports_dir, settings.project, as_of=settings.as_of)
+    """Read the CRM (the `[sources.warehouse]` tables when configured, else the exports directory),
+    validate it, and rebuild history and stage events for `settings.as_of`."""
+    source = warehouse_source(settings.project)
+    if source is not None:
+        ingest = read_source(source, settings.project, settings.as_of)
+        origin = f"{source.safe_url} schema {source.schema}"
+    else:
+        ingest = read_exports(settings.exports_dir, settings.project, as_of=settings.as_of)
+        origin = str(settings.exports_dir)
     log.info(
         "read %d file(s) from %s: %d deals, %d history rows, %d rows rejected while parsing",
         len(ingest.files),
-        settings.exports_dir,
+        origin,
         len(ingest.deals),
         len(ingest.history),
         len(ingest.quarantine),

@@ -46,7 +46,7 @@ import pandas as pd
 from etl.config import ConfigError, ProjectConfig
 from etl.currency import convert_to_reporting, find_rates_file, load_rates
 from etl.readers import HISTORY_GAP_COLUMNS, ExportFormatError, ExportReader, FileReport, SourceExport
-from etl.readers import hubspot, mapped, pipedrive, salesforce
+from etl.readers import hubspot, hubspot_tables, mapped, pipedrive, salesforce
 from etl.readers.csvfiles import sniff_header, unreadable
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, DQ_RESULT_COLUMNS, QUARANTINE_COLUMNS, empty_frame
 from etl.stages import StageCatalog
@@ -82,7 +82,9 @@ _EDGE_BLANKS = "[\\s\u00a0\u202f\u200c\u200d]"
 
 # The CRM readers, asked in this order which format a file is. A generic CSV mapping claims its
 # files by name, so it is asked first; the CRM readers recognise their exports by their headers.
-READERS: tuple[ExportReader, ...] = (mapped.READER, salesforce.READER, hubspot.READER, pipedrive.READER)
+READERS: tuple[ExportReader, ...] = (
+    mapped.READER, salesforce.READER, hubspot.READER, hubspot_tables.READER, pipedrive.READER,
+)
 # Export formats whose rows are lookups (names of owners and accounts), not deals or history rows.
 LOOKUP_FORMATS: frozenset[str] = frozenset(fmt for reader in READERS for fmt in reader.lookup_formats)
 # Export formats whose rows are only stage history of deals read from other files.
@@ -178,8 +180,11 @@ def detect_format(path: Path, project: ProjectConfig | None = None) -> str | Non
 # What the readers recognise, for the message when no file is recognised.
 RECOGNISED_EXPORTS = (
     "Salesforce Data Export or Data Loader files (Opportunity: Id, StageName, CloseDate; OpportunityHistory: "
-    "OpportunityId, StageName; User: Id, Username; Account: Id, Name and an address or account number field)",
+    "OpportunityId, StageName; User: Id, Username; Account: Id, Name and an address or account number field), "
+    "also in snake_case as Fivetran or Airbyte land them (opportunity: id, stage_name, close_date; "
+    "opportunity_history: opportunity_id, stage_name)",
     "HubSpot deals exports (Record ID or Deal ID, Deal Stage, and Pipeline, Deal Name or Date entered columns)",
+    "HubSpot's deal, deal_stage, deal_pipeline and deal_pipeline_stage tables as Fivetran lands them",
     "Pipedrive deals exports (Deal - Stage and Deal - Status among 'Deal - ' headers)",
 )
 
@@ -201,15 +206,16 @@ def unrecognised_reason(path: Path, project: ProjectConfig | None = None) -> str
     shown = ", ".join(columns[:6]) + (", ..." if len(columns) > 6 else "")
     if any(c.startswith(salesforce.LOADER_COLUMN_PREFIXES) for c in folded):
         return (
-            f"its header ({shown}) is a table landed by Fivetran or Airbyte (snake_case columns with "
-            "_fivetran_/_airbyte_ bookkeeping columns), not a CRM's own export file"
+            f"its header ({shown}) is a table landed by Fivetran or Airbyte (_fivetran_/_airbyte_ bookkeeping "
+            "columns) but none Dealcast reads: Dealcast reads Salesforce's opportunity, opportunity_history, user "
+            "and account tables and HubSpot's deal, deal_stage, deal_pipeline and deal_pipeline_stage tables as the "
+            "loaders land them (docs/sources.md); for another table write a mapping"
         )
     if salesforce.is_loader_table(columns):
-        table = "opportunity_history" if "opportunity_id" in folded else "opportunity"
         return (
-            f"its header ({shown}) is a Salesforce {table} table in snake_case (stage_name, close_date, is_won), "
-            "the layout Fivetran and Airbyte land in a warehouse, not a Salesforce Data Export (StageName, "
-            "CloseDate, IsWon)"
+            f"its header ({shown}) has Salesforce fields in snake_case (stage_name, close_date), as a warehouse "
+            "loader lands them, but an opportunity table needs id, stage_name, close_date and an "
+            "opportunity_history table opportunity_id, stage_name"
         )
     if "stagename" in folded:
         missing = [c for c in ("Id", "CloseDate") if c.casefold() not in folded]
@@ -300,6 +306,13 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
             logger.warning("%s (%s) skipped: %s; its names are missing from this run", path, fmt, problem)
             skipped.append(path)
             continue
+        other = readers.get(reader.source_system)
+        if other is not None and other is not reader:
+            raise ExportFormatError(
+                f"{path}: a {reader.source_system} file of another kind ({fmt}) than the {reader.source_system} "
+                f"files already read ({', '.join(sorted(by_reader[reader.source_system]))}); expected one kind of "
+                f"{reader.source_system} export in the folder (an export, or the tables a loader lands, not both)"
+            )
         readers[reader.source_system] = reader
         by_reader.setdefault(reader.source_system, {}).setdefault(fmt, []).append(path)
     if not by_reader:

@@ -46,6 +46,7 @@ from etl.metrics import (
 )
 from etl.periods import quarter_labels
 from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
+from etl.quarter_pipeline import closes_by
 from etl.schema import SEGMENT_COLUMNS, TIMESTAMP, UNKNOWN_SEGMENT
 from etl.stages import StageCatalog
 from etl.tables import TABLES
@@ -401,13 +402,13 @@ def _waterfall_events(
     if (period < 0).any():
         raise ValueError("pipeline_waterfall: a history row falls outside the period calendar; expected none")
     period_end = calendar.end[period]
-    with np.errstate(invalid="ignore"):
-        in_after = moves["open"] & (moves["close"] < period_end)
-        in_before = moves["was_open"] & (moves["close_before"] < period_end)
-        # A row that closes a deal which was open (or is created closed): if its close date lies
-        # within the period, the deal passes through the period's pipeline on its way out.
-        closing = ~moves["open"] & ~moves["was_closed"]
-        entered = ~in_before & (in_after | (closing & (moves["close"] < period_end)))
+    # Membership of the period's pipeline: the one rule of etl.quarter_pipeline (closes_by).
+    in_after = moves["open"] & closes_by(moves["close"], period_end)
+    in_before = moves["was_open"] & closes_by(moves["close_before"], period_end)
+    # A row that closes a deal which was open (or is created closed): if its close date lies
+    # within the period, the deal passes through the period's pipeline on its way out.
+    closing = ~moves["open"] & ~moves["was_closed"]
+    entered = ~in_before & (in_after | (closing & closes_by(moves["close"], period_end)))
     left = (in_before | entered) & ~in_after
     cents = moves["cents"]
     delta = np.where(in_before, cents - moves["cents_before"], 0)
@@ -484,7 +485,8 @@ def pipeline_waterfall(
     day (`_restated`: its open-state history from then to the real close is dropped; a deal booked
     before it was created is created then). Everything below applies to that restated history.
 
-    The pipeline of period P at instant t is the set of deals open at t (created by t, not in a won
+    The pipeline of period P at instant t (`etl.quarter_pipeline`, the definition the forecast and
+    pipeline_coverage share) is the set of deals open at t (created by t, not in a won
     or lost stage) whose expected close date at t is on or before P's last day; overdue deals are
     in it, deals without an expected close date never are. Amounts are `amount_reporting` at t,
     rounded once to whole cents, so that, per row, exactly:
@@ -618,8 +620,7 @@ def _members_of(members: dict[str, np.ndarray], bound: np.ndarray, period_end: n
     period_of_instant[np.searchsorted(instants, bound)] = np.arange(len(bound))
     held = period_of_instant[members["instant"]]
     inside = held >= 0
-    with np.errstate(invalid="ignore"):
-        inside[inside] &= members["close"][inside] < period_end[held[inside]]
+    inside[inside] &= closes_by(members["close"][inside], period_end[held[inside]])
     return held[inside], members["deal"][inside], members["cents"][inside]
 
 

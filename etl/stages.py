@@ -254,6 +254,39 @@ def order_from_moves(stages: Sequence[str], moves: pd.DataFrame) -> InferredOrde
     return InferredOrder(tuple(names[i] for i in order), total, backward, n <= EXACT_ORDER_LIMIT)
 
 
+def insert_by_moves(stated: Sequence[str], extra: Sequence[str], moves: pd.DataFrame) -> InferredOrder:
+    """`stated` (an order the export states, kept as it is) with each stage of `extra` (stages the
+    statement lacks, such as a stage renamed or retired that only the history still shows) inserted
+    where the fewest of `moves` go backward, one stage at a time in the order of `extra`.
+
+    Among equally good places the latest is chosen, so a stage no deal moved to or from goes last
+    among the open stages. `moves` (from `stage_moves`) may hold other stages: their moves are ignored
+    until they are placed. The returned `moves`/`backward` count the moves between the stages placed.
+    """
+    order = list(dict.fromkeys(stated))
+    weight: dict[tuple[str, str], int] = {}
+    for a, b, count in zip(moves["from_stage"], moves["to_stage"], moves["moves"]):
+        if a != b:
+            weight[(str(a), str(b))] = weight.get((str(a), str(b)), 0) + int(count)
+
+    def backward(candidate: list[str]) -> int:
+        rank = {name: i for i, name in enumerate(candidate)}
+        return sum(
+            count for (a, b), count in weight.items() if a in rank and b in rank and rank[a] > rank[b]
+        )
+
+    for stage in dict.fromkeys(extra):
+        if stage in order:
+            continue
+        options = [order[:i] + [stage] + order[i:] for i in range(len(order) + 1)]
+        costs = [backward(option) for option in options]
+        best = min(costs)
+        order = options[max(i for i, c in enumerate(costs) if c == best)]
+    placed = set(order)
+    total = sum(count for (a, b), count in weight.items() if a in placed and b in placed)
+    return InferredOrder(tuple(order), total, backward(order), False)
+
+
 def _exact_order(cost: np.ndarray) -> list[int]:
     """The order minimising the sum of cost[a, j] over pairs with j placed before a, by dynamic
     programming over the sets of stages placed first."""

@@ -67,9 +67,12 @@ Reconciliation counts source rows: a source row that feeds several records (a de
 also carries stage history) counts once, as quarantined if any of its records was rejected.
 Deal files, for the quarantine share, are every file except lookup files and those that only feed
 deal history.
-Rows a mapping's filter leaves out (`excluded_by_filter`) are quarantined so that every row is
-accounted for, but they are no data problem: the quarantine shares and `crm_exports.rows_parsed`
-leave them out of their counts and say how many there were.
+Rows left out on purpose (`EXCLUDED_CODES`: `excluded_by_filter` for a mapping's filter,
+`deleted_in_crm` for records deleted in the CRM, `inactive_version` for earlier versions a
+warehouse loader keeps) are quarantined so that every row is accounted for, but they are no data
+problem: the quarantine shares and `crm_exports.rows_parsed` leave them out of their counts and
+say how many there were, and each file's reconciliation counts them (`excluded`, among the
+quarantined) and reads read = accepted + quarantined + excluded.
 """
 
 from __future__ import annotations
@@ -148,6 +151,12 @@ CHECK_QUARANTINE_SHARE = "deals.quarantine_share"
 CHECK_HISTORY_QUARANTINE_SHARE = "deal_history.quarantine_share"
 # The reason code of rows a mapping's [filter] leaves out (etl.readers.mapped): not a problem.
 EXCLUDED_BY_FILTER = "excluded_by_filter"
+# Records deleted in the CRM (Salesforce IsDeleted, a loader's _fivetran_deleted, Pipedrive's
+# deleted status) and earlier versions of a record kept by a loader's history mode.
+DELETED_IN_CRM = "deleted_in_crm"
+INACTIVE_VERSION = "inactive_version"
+# Rows left out on purpose: quarantined so that every row is accounted for, but no data defect.
+EXCLUDED_CODES = (EXCLUDED_BY_FILTER, DELETED_IN_CRM, INACTIVE_VERSION)
 CHECK_VOLUME = "deals.volume_not_collapsed"
 CHECK_RECONCILIATION = "crm_exports.reconciliation"  # one result per file: "<this>[<file>]"
 CHECK_READER = "crm_exports.rows_parsed"
@@ -157,6 +166,8 @@ RECONCILIATION_COLUMNS: dict[str, str] = {
     "rows_read": "int64",
     "accepted": "int64",
     "quarantined": "int64",
+    # Of the quarantined rows, those left out on purpose (EXCLUDED_CODES): no data defect.
+    "excluded": "int64",
     "balanced": "bool",
 }
 
@@ -1011,7 +1022,8 @@ def _reconcile(
     files: list[FileCount], accepted_parts: list[pd.DataFrame], quarantine: pd.DataFrame
 ) -> pd.DataFrame:
     """Per input file: rows read, distinct source rows accepted (and not quarantined), source rows
-    quarantined, and whether read = accepted + quarantined. Files that rows name but the reader
+    quarantined, how many of those were left out on purpose (`excluded`), and whether
+    read = accepted + quarantined. Files that rows name but the reader
     did not count get rows_read 0, so they never balance."""
     read = {f.source_file: int(f.rows_read) for f in files}
     lookups = {f.source_file: int(f.lookup_rows) for f in files}
@@ -1036,6 +1048,8 @@ def _reconcile(
         [keys(f, r) for f, r in zip(accepted_files, accepted_rows)] or [np.zeros(0, dtype=np.int64)]
     ))
     quarantined_keys = pd.unique(keys(quarantined_files, quarantined_rows))
+    left_out = quarantine["reason_code"].isin(EXCLUDED_CODES).to_numpy(dtype=bool)
+    excluded_keys = pd.unique(keys(quarantined_files[left_out], quarantined_rows[left_out]))
     accepted_keys = accepted_keys[~np.isin(accepted_keys, quarantined_keys)]
     frame = pd.DataFrame(
         {
@@ -1044,6 +1058,7 @@ def _reconcile(
             "accepted": np.bincount(accepted_keys // stride, minlength=len(file_names))
             + np.array([lookups.get(name, 0) for name in file_names], dtype=np.int64),
             "quarantined": np.bincount(quarantined_keys // stride, minlength=len(file_names)),
+            "excluded": np.bincount(excluded_keys // stride, minlength=len(file_names)),
         }
     )
     frame["balanced"] = frame["rows_read"] == frame["accepted"] + frame["quarantined"]
@@ -1176,7 +1191,7 @@ def validate_crm(
     rows += _quarantine_share_results(reconciliation, history, deals, files, config, quarantine, details)
     volume_passed = dataset[CHECK_VOLUME].success if volume_floor is not None else True
     rows.append(_volume_result(volume_passed, volume_floor, accepted_deals, previous_deal_count, config, details))
-    rows += _reconciliation_results(reconciliation, seen, details)
+    rows += _reconciliation_results(reconciliation, seen, details, quarantine)
 
     results = conform(pd.DataFrame(rows, columns=list(DQ_RESULT_COLUMNS)), DQ_RESULT_COLUMNS, "data_quality_results")
     if raw_results is not None and not raw_results.empty:
@@ -1519,13 +1534,13 @@ def _history_work_frame(
 def _reader_result(reader: pd.DataFrame, reconciliation: pd.DataFrame, details: dict[str, pd.DataFrame]) -> dict:
     """The reader's own rejections (rows it could not parse), reported beside our checks; rows a
     mapping's filter left out are no rejection and only mentioned."""
-    left_out = reader["reason_code"].eq(EXCLUDED_BY_FILTER).to_numpy(dtype=bool)
+    left_out = reader["reason_code"].isin(EXCLUDED_CODES).to_numpy(dtype=bool)
     rejected = reader.loc[~left_out]
     details[CHECK_READER] = rejected.head(SAMPLE_ROWS_KEPT)
     total_read = int(reconciliation["rows_read"].sum())
     observed = _count_text(len(rejected), total_read, "rows read could not be parsed")
     if left_out.any():
-        observed += f"; {int(left_out.sum()):,} left out by a mapping's filter"
+        observed += f"; {int(left_out.sum()):,} {_left_out(reader.loc[left_out])}"
     return _result(
         CHECK_READER, ASSET_EXPORTS, rejected.empty, SEVERITY_ROW, observed, "every row parsed", len(rejected),
     )
@@ -1567,19 +1582,49 @@ def _volume_result(
     )
 
 
+_LEFT_OUT_WORDS = {
+    EXCLUDED_BY_FILTER: "by a mapping's filter",
+    DELETED_IN_CRM: "as deleted in the CRM",
+    INACTIVE_VERSION: "as earlier versions of a record",
+}
+
+
+def _left_out(rows: pd.DataFrame) -> str:
+    """Why `rows` (quarantine rows left out on purpose) were left out, after their count: "left out
+    by a mapping's filter", or with several reasons "left out (2 by ..., 1 as ...)"."""
+    counts = rows["reason_code"].value_counts()
+    kinds = [code for code in EXCLUDED_CODES if code in counts]
+    if len(kinds) == 1:
+        return f"left out {_LEFT_OUT_WORDS[kinds[0]]}"
+    return "left out (" + ", ".join(f"{int(counts[code]):,} {_LEFT_OUT_WORDS[code]}" for code in kinds) + ")"
+
+
 def _reconciliation_results(
-    reconciliation: pd.DataFrame, counted_files: set[str], details: dict[str, pd.DataFrame]
+    reconciliation: pd.DataFrame,
+    counted_files: set[str],
+    details: dict[str, pd.DataFrame],
+    quarantine: pd.DataFrame | None = None,
 ) -> list[dict]:
-    """One blocking result per file: rows read = accepted + quarantined."""
+    """One blocking result per file: rows read = accepted + quarantined, where the quarantined rows
+    include those left out on purpose (`EXCLUDED_CODES`), said apart: read = accepted + quarantined
+    as defects + excluded."""
     out = []
+    excluded_by_file: dict[str, pd.DataFrame] = {}
+    if quarantine is not None and not quarantine.empty:
+        left_out = quarantine.loc[quarantine["reason_code"].isin(EXCLUDED_CODES).to_numpy(dtype=bool)]
+        excluded_by_file = {str(k): v for k, v in left_out.groupby(_source_files(left_out["source_file"]), sort=False)}
     for rec in reconciliation.itertuples(index=False):
         name = _reconciliation_check_name(rec.source_file)
         accounted = rec.accepted + rec.quarantined
         note = "" if rec.source_file in counted_files else " (file not in the reader's file counts)"
+        quarantined = f"quarantined {rec.quarantined:,}"
+        if rec.excluded:
+            why = _left_out(excluded_by_file[str(rec.source_file)].drop_duplicates("source_row"))
+            quarantined = f"quarantined {rec.quarantined - rec.excluded:,} + excluded {rec.excluded:,} ({why})"
         out.append(
             _result(
                 name, ASSET_EXPORTS, rec.balanced, SEVERITY_ERROR,
-                f"read {rec.rows_read:,}; accepted {rec.accepted:,} + quarantined {rec.quarantined:,} = {accounted:,}{note}",
+                f"read {rec.rows_read:,}; accepted {rec.accepted:,} + {quarantined} = {accounted:,}{note}",
                 "rows read = accepted + quarantined", abs(rec.rows_read - accounted),
             )
         )
@@ -1605,8 +1650,9 @@ def _quarantine_share_results(
       export does not hold (orphan_history: deleted or filtered-out deals) are judged with the
       deals, not counted again here.
 
-    Rows a mapping's filter left out on purpose (`excluded_by_filter`) are no problem: they count in
-    neither part of a share, and the message says how many there were."""
+    Rows left out on purpose (`EXCLUDED_CODES`: a mapping's filter, records deleted in the CRM,
+    earlier versions of a record) are no problem: they count in neither part of a share, and the
+    message says how many there were."""
     lookups = {f.source_file for f in files if f.lookup}
     history_only = set(_source_files(history["source_file"]).unique()) - set(_source_files(deals["source_file"]).unique())
     history_only = (history_only - lookups) | {f.source_file for f in files if f.history_only}
@@ -1614,7 +1660,7 @@ def _quarantine_share_results(
     deal_files = reconciliation.loc[~files_of.isin(history_only | lookups)]
     history_files = reconciliation.loc[files_of.isin(history_only)]
     source = _source_files(quarantine["source_file"])
-    filtered = quarantine["reason_code"].eq(EXCLUDED_BY_FILTER).to_numpy(dtype=bool)
+    filtered = quarantine["reason_code"].isin(EXCLUDED_CODES).to_numpy(dtype=bool)
     in_deal_files = source.isin(set(deal_files["source_file"])).to_numpy(dtype=bool)
     own_defect = ~quarantine["reason_code"].isin([DEAL_QUARANTINED, ORPHAN_HISTORY]).to_numpy(dtype=bool)
     in_history_files = source.isin(history_only).to_numpy(dtype=bool)
@@ -1632,7 +1678,7 @@ def _quarantine_share_results(
         passed = share <= config.max_quarantine_share
         details[check] = quarantine.loc[mask].head(SAMPLE_ROWS_KEPT)
         scope = "" if check == CHECK_QUARANTINE_SHARE else " for a defect of their own"
-        left_out = f"; {excluded:,} more left out by a mapping's filter" if excluded else ""
+        left_out = f"; {excluded:,} more {_left_out(quarantine.loc[rows & filtered])}" if excluded else ""
         results.append(
             _result(
                 check, asset, passed, SEVERITY_ERROR,

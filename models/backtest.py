@@ -1,7 +1,10 @@
 """Forecast backtest: how good were past quarters' forecasts, made with only what was known then?
 
-For each past fiscal quarter (finished by `as_of`, with enough history before it) the forecast is
-re-run at three checkpoints:
+For each past fiscal quarter that has finished by `as_of` and has at least one full quarter of data
+before it (`models.forecast.backtest_quarters`; a young CRM can be backtested after its second full
+quarter) the forecast is re-run at three checkpoints. When no quarter qualifies (or every one is
+skipped), the table holds one status row (status not_backtested, status_reason in words) and the
+nightly forecast carries not_yet_backtested = True.
 
 - `start`: the quarter's first day; `week4` and `week8`: 28 and 56 days later.
 - The instant a checkpoint sees is the end of the day before its date (00:00 of the checkpoint
@@ -17,16 +20,15 @@ re-run at three checkpoints:
 
 Three methods per checkpoint, each per segment (every segment type of `etl.schema.SEGMENT_COLUMNS`):
 
-- `ours`: `models.forecast.forecast_quarterly` with the scorer `train_scorer` chose then (the
-  calibrated model, or the baseline it fell back to: `scoring_method` records which), its win
-  probabilities calibrated per unit of revenue (`models.revenue_calibration`, learnt on that
-  scorer's held-out rows), and the close-timing model of then: mean, P10, P50, P90. This is what
-  the nightly `forecast_quarterly` asset does.
+- `ours`: `models.forecast.forecast_quarterly` with the scorer `train_scorer` chose then
+  (`scoring_method` records which), its visible revenue calibration (`models.revenue_calibration`,
+  learnt on that scorer's held-out rows) and the close-timing model of then: mean, P10, P50, P90.
+  This is what the nightly `forecast_quarterly` asset does.
 - `stage_rate`: the same timing + Monte Carlo path with the empirical stage-rate scorer
   (`models.scoring.StageRateScorer`, win rate by pipeline x stage x age bucket) fitted on every
   labelled snapshot known at the checkpoint, so it has an interval too.
-- `crm_weighted`: closed won to date + sum over open deals expected (by the CRM) to close in the
-  quarter of amount x CRM probability (the stage's default where missing) + the expected revenue of
+- `crm_weighted`: closed won to date + sum over the quarter's open pipeline (`etl.quarter_pipeline`:
+  the deals the CRM expects to close in the quarter, and the overdue ones) of amount x CRM probability (the stage's default where missing) + the expected revenue of
   deals not yet created (the same historical run-rate the other methods use). The run-rate is
   included so that the comparison is about the open pipeline (per-deal probabilities and timing),
   not about one method ignoring next month's new deals. A point forecast: `p10`, `p90` and
@@ -55,13 +57,19 @@ import numpy as np
 import pandas as pd
 
 from etl.config import ForecastConfig, ModelConfig
-from etl.periods import period_bounds, quarter_label, quarter_labels, quarter_start
+from etl.periods import period_bounds, quarter_label, quarter_labels
 from etl.bookings import state_booking_dates
 from etl.pipeline_state import as_of_end, pipeline_at
 from etl.schema import SEGMENT_COLUMNS, segment_values
 from etl.stages import STATUS_WON, StageCatalog
 from etl.tables import TABLES
-from models.forecast import DEFAULT_LOOKBACK_QUARTERS, forecast_quarterly
+from models.forecast import (
+    DEFAULT_LOOKBACK_QUARTERS,
+    DEFAULT_MIN_HISTORY_QUARTERS,
+    backtest_quarters,
+    first_backtest_quarter_start,
+    forecast_quarterly,
+)
 from models.scoring import (
     METHOD_CRM,
     METHOD_STAGE_RATE,
@@ -87,9 +95,8 @@ METHODS = (METHOD_OURS, METHOD_CRM_WEIGHTED, METHOD_STAGE_RATE_FORECAST)
 RETRAIN_QUARTER = "quarter"
 RETRAIN_CHECKPOINT = "checkpoint"
 RETRAIN_MODES = (RETRAIN_QUARTER, RETRAIN_CHECKPOINT)
-# Finished quarters of data needed before a quarter's start for it to be backtested (the new-deal
-# run-rate of its forecast bootstraps over past quarters).
-DEFAULT_MIN_HISTORY_QUARTERS = 2
+STATUS_BACKTESTED = "backtested"
+STATUS_NOT_BACKTESTED = "not_backtested"
 # Actuals are compared with the interval at cent precision (money is NUMERIC(18,2)).
 CENT = 0.005
 _DEFAULTS = ForecastConfig()
@@ -122,36 +129,6 @@ class CheckpointModels:
 
 
 # --- Which quarters -----------------------------------------------------------------------------
-
-
-def backtest_quarters(
-    deals: pd.DataFrame,
-    as_of: dt.date | pd.Timestamp,
-    fiscal_year_start_month: int = 1,
-    quarters: int | None = None,
-    min_history_quarters: int = DEFAULT_MIN_HISTORY_QUARTERS,
-) -> list[str]:
-    """The quarters to backtest, oldest first: those that ended by the end of `as_of` and whose
-    start is at least `min_history_quarters` quarters after the first deal was created; only the
-    latest `quarters` of them (all when None)."""
-    if quarters is not None and quarters < 0:
-        raise ValueError(f"forecast_backtest: quarters must be 0 or more (dealcast.toml [forecast] backtest_quarters), got {quarters}")
-    if min_history_quarters < 1:
-        raise ValueError(f"forecast_backtest: min_history_quarters must be at least 1, got {min_history_quarters}")
-    created = deals["created_at"].dropna()
-    if created.empty or quarters == 0:
-        return []
-    data_start = created.min()
-    # The quarter containing the instant just after as_of's end has not finished; the one before has.
-    stop = quarter_start(as_of_end(as_of) + pd.Timedelta(microseconds=1), fiscal_year_start_month)
-    labels: list[str] = []
-    while quarters is None or len(labels) < quarters:
-        start = stop - pd.DateOffset(months=3)
-        if start - pd.DateOffset(months=3 * min_history_quarters) < data_start.normalize():
-            break
-        labels.append(quarter_label(start, fiscal_year_start_month))
-        stop = start
-    return labels[::-1]
 
 
 def quarter_checkpoints(quarter: str, fiscal_year_start_month: int = 1) -> list[Checkpoint]:
@@ -234,13 +211,9 @@ def quarter_actuals(
 # --- The backtest -------------------------------------------------------------------------------
 
 
-def _scores(features: pd.DataFrame, scorer: Scorer, calibration: RevenueCalibration | None = None) -> pd.DataFrame:
-    """deal_id, win_probability of the open deals in `features` (which carries amount_reporting),
-    calibrated per unit of revenue when `calibration` is given."""
-    win = scorer.predict_proba(features)
-    if calibration is not None:
-        win = calibration.apply(win, features["amount_reporting"])
-    return pd.DataFrame({"deal_id": features["deal_id"], "win_probability": win})
+def _scores(features: pd.DataFrame, scorer: Scorer) -> pd.DataFrame:
+    """deal_id, win_probability of the open deals in `features`, as the scorer gives them."""
+    return pd.DataFrame({"deal_id": features["deal_id"], "win_probability": scorer.predict_proba(features)})
 
 
 def _on_keys(values: pd.Series | None, keys: pd.MultiIndex) -> np.ndarray:
@@ -266,8 +239,6 @@ def _checkpoint_rows(
 ) -> pd.DataFrame:
     """The rows of one checkpoint: every method x segment of the checkpoint's quarter."""
     features = snapshot_features(deals, history, stages, checkpoint.as_of, fiscal_year_start_month=fiscal_year_start_month)
-    state = pipeline_at(deals, history, as_of_end(checkpoint.as_of))
-    features = features.merge(state[["deal_id", "amount_reporting"]], on="deal_id", how="left", validate="one_to_one")
     common = dict(
         quotas=None, fiscal_year_start_month=fiscal_year_start_month, draws=draws, seed=seed,
         lookback_quarters=lookback_quarters, workers=workers,
@@ -278,8 +249,8 @@ def _checkpoint_rows(
         (METHOD_STAGE_RATE_FORECAST, models.stage_rate, None),
     ):
         frame = forecast_quarterly(
-            deals, history, stages, checkpoint.as_of, scores=_scores(features, scorer, calibration), timing=models.timing,
-            model_version=scorer.version, **common,
+            deals, history, stages, checkpoint.as_of, scores=_scores(features, scorer), timing=models.timing,
+            model_version=scorer.version, not_yet_backtested=False, revenue_calibration=calibration, **common,
         )
         forecasts[method] = frame.loc[frame["quarter"] == checkpoint.quarter].set_index(["segment_type", "segment"])
     ours = forecasts[METHOD_OURS]
@@ -346,7 +317,8 @@ def forecast_backtest(
     quarters to backtest, None for all; `retrain` (default `forecast_config.backtest_retrain`):
     "quarter" or "checkpoint"; `draws` (default `forecast_config.draws`) Monte Carlo draws per
     forecast; the seed is `forecast_config.seed`. A quarter whose start has no won or no lost deal
-    to learn from is skipped with a warning.
+    to learn from is skipped with a warning. When no quarter is backtested, the result is one
+    status row (`status_row`) saying why, instead of nothing.
     """
     retrain = forecast_config.backtest_retrain if retrain is None else retrain
     if retrain not in RETRAIN_MODES:
@@ -362,6 +334,7 @@ def forecast_backtest(
     actuals = quarter_actuals(deals, history, as_of, labels, fiscal_year_start_month)
 
     parts = []
+    skipped: list[str] = []
     for quarter in labels:
         models: CheckpointModels | None = None
         for checkpoint in quarter_checkpoints(quarter, fiscal_year_start_month):
@@ -370,6 +343,7 @@ def forecast_backtest(
                     models = models_at(deals, history, stages, checkpoint.as_of, model_config, fiscal_year_start_month)
                 except InsufficientHistoryError as error:
                     logger.warning("forecast backtest: quarter %s skipped at %s: %s", quarter, checkpoint.name, error)
+                    skipped.append(f"{quarter} (at its {checkpoint.name}: {error})")
                     break
             parts.append(
                 _checkpoint_rows(
@@ -378,8 +352,12 @@ def forecast_backtest(
                 )
             )
     if not parts:
-        return _typed(pd.DataFrame({c: [] for c in BACKTEST_COLUMNS}), as_of)
+        row = status_row(deals, as_of, fiscal_year_start_month, quarters, min_history_quarters, labels, skipped)
+        logger.warning("forecast backtest as of %s: nothing backtested: %s", as_of, row["status_reason"].iloc[0])
+        return _typed(row, as_of)
     frame = pd.concat(parts, ignore_index=True)
+    frame["status"] = STATUS_BACKTESTED
+    frame["status_reason"] = None
     frame["error"] = frame["forecast_p50"] - frame["actual"]
     frame["abs_error"] = frame["error"].abs()
     inside = (frame["p10"] - CENT <= frame["actual"]) & (frame["actual"] <= frame["p90"] + CENT)
@@ -388,13 +366,72 @@ def forecast_backtest(
     return _typed(frame, as_of)
 
 
+def not_backtested_reason(
+    deals: pd.DataFrame,
+    as_of: dt.date,
+    fiscal_year_start_month: int = 1,
+    quarters: int | None = None,
+    min_history_quarters: int = DEFAULT_MIN_HISTORY_QUARTERS,
+    skipped: Sequence[str] = (),
+) -> tuple[str, str]:
+    """(the quarter the status row names, why nothing was backtested in words)."""
+    current = quarter_label(as_of, fiscal_year_start_month)
+    if quarters == 0:
+        return current, "dealcast.toml [forecast] backtest_quarters = 0 turns the backtest off"
+    created = deals["created_at"].dropna()
+    if created.empty:
+        return current, "there are no deals yet"
+    if skipped:
+        first = str(skipped[0]).split(" ", 1)[0]
+        return first, "every eligible quarter was skipped, no scorer could be trained then: " + "; ".join(skipped)
+    start = first_backtest_quarter_start(deals, fiscal_year_start_month, min_history_quarters)
+    stop = start + pd.DateOffset(months=3)
+    label = quarter_label(start, fiscal_year_start_month)
+    plural = "s" if min_history_quarters > 1 else ""
+    return label, (
+        f"the data start on {created.min():%Y-%m-%d}; a quarter is backtested once it has finished and has "
+        f"{min_history_quarters} full quarter{plural} of history before it; the first such quarter is {label} "
+        f"({start:%Y-%m-%d} to {stop - pd.Timedelta(days=1):%Y-%m-%d}), not finished by as_of {pd.Timestamp(as_of):%Y-%m-%d}"
+    )
+
+
+def status_row(
+    deals: pd.DataFrame,
+    as_of: dt.date,
+    fiscal_year_start_month: int = 1,
+    quarters: int | None = None,
+    min_history_quarters: int = DEFAULT_MIN_HISTORY_QUARTERS,
+    labels: Sequence[str] = (),
+    skipped: Sequence[str] = (),
+) -> pd.DataFrame:
+    """The single `forecast_backtest` row written when nothing was backtested: status
+    not_backtested, status_reason in words, quarter the first quarter that will qualify (or was
+    skipped), checkpoint start, segment all, method ours, every number NULL."""
+    quarter, reason = not_backtested_reason(deals, as_of, fiscal_year_start_month, quarters, min_history_quarters, skipped)
+    start, _ = period_bounds(quarter, fiscal_year_start_month)
+    values = {c: [np.nan] for c in ("expected", "forecast_p50", "p10", "p90", "actual", "abs_error", "error")}
+    return pd.DataFrame(
+        {
+            "quarter": [quarter], "checkpoint": ["start"], "segment_type": ["all"], "segment": ["all"],
+            "method": [METHOD_OURS], "checkpoint_date": [start], "model_as_of": [start - pd.Timedelta(days=1)],
+            **values, "within_interval": pd.array([pd.NA], dtype="boolean"), "model_version": [None],
+            "scoring_method": ["none"], "status": [STATUS_NOT_BACKTESTED], "status_reason": [reason],
+        }
+    )
+
+
+def backtested_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a `forecast_backtest` frame that are backtests (not the status row)."""
+    return frame.loc[(frame["status"] == STATUS_BACKTESTED).fillna(False).to_numpy(dtype=bool)]
+
+
 def _typed(frame: pd.DataFrame, as_of: dt.date) -> pd.DataFrame:
     frame = frame.assign(as_of=pd.Timestamp(as_of).normalize())
     frame = frame.astype(
         {
             "quarter": "string", "checkpoint": "string", "segment_type": "string", "segment": "string",
             "method": "string", "model_version": "string", "scoring_method": "string",
-            "within_interval": "boolean",
+            "status": "string", "status_reason": "string", "within_interval": "boolean",
             **{c: "float64" for c in ("expected", "forecast_p50", "p10", "p90", "actual", "abs_error", "error")},
             **{c: "datetime64[us]" for c in ("checkpoint_date", "model_as_of", "as_of")},
         }
@@ -420,6 +457,8 @@ def backtest_summary(frame: pd.DataFrame, by: Sequence[str] = ("method", "checkp
     quarter): quarters, rows, actual (sum), WAPE, bias and interval coverage (NULL for point
     forecasts). WAPE and bias are NULL where nothing was won."""
     by = list(by)
+    if "status" in frame.columns:
+        frame = backtested_rows(frame)
     unknown = [c for c in by if c not in frame.columns]
     if unknown:
         raise ValueError(f"backtest_summary: unknown grouping column(s) {unknown}; expected columns of forecast_backtest")

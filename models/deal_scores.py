@@ -13,7 +13,7 @@ from etl.stages import STATUS_OPEN, StageCatalog
 from etl.tables import TABLES
 from models.explain import explain
 from models.registry import SCORED_WITH_EARLIER, SCORED_WITH_FALLBACK, SCORED_WITH_THIS_RUN
-from models.scoring import METHOD_MODEL, Scorer, score_bands
+from models.scoring import METHOD_LOGISTIC, METHOD_MODEL, Scorer, score_bands
 from models.timing import CloseTiming, win_this_quarter_probability
 from models.training_set import features_from_states
 
@@ -38,10 +38,11 @@ def build_deal_scores(
 
     expected_value = amount (reporting currency) x win probability. `scored_with` and
     `scoring_reason` come from `models.registry.choose_scorer`; by default `scored_with` is
-    `this_run_model` for a calibrated model and `this_run_fallback` for a fallback scorer.
+    `this_run_model` for a fitted model (gradient boosting or logistic) and `this_run_fallback` for
+    a rate scorer (constant, CRM probability, stage rates).
     """
     if scored_with is None:
-        scored_with = SCORED_WITH_THIS_RUN if scorer.scoring_method == METHOD_MODEL else SCORED_WITH_FALLBACK
+        scored_with = SCORED_WITH_THIS_RUN if scorer.scoring_method in (METHOD_MODEL, METHOD_LOGISTIC) else SCORED_WITH_FALLBACK
     if scored_with not in SCORED_WITH_VALUES:
         raise ValueError(f"deal_scores.scored_with must be one of {SCORED_WITH_VALUES}, got {scored_with!r}")
     states = pipeline_at(deals, history, as_of_end(as_of)).sort_values("deal_id", kind="stable").reset_index(drop=True)

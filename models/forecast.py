@@ -4,22 +4,27 @@ Revenue(quarter) = closed won so far in the quarter
                  + the open deals that win inside the quarter
                  + deals not yet created that will be created and won inside the quarter.
 
-- Open deals: each wins inside the quarter with probability P(win) x P(closes inside the quarter
-  | wins), the first from the deal-scoring model, the second from `models.timing.CloseTiming`.
-  Wins are drawn independently per deal (`simulate_quarter`).
+- Open deals: each wins inside the quarter with probability P(win) x revenue factor x P(closes
+  inside the quarter | wins): the deal's score (`deal_scores`), its amount band's visible revenue
+  calibration factor (`models.revenue_calibration`, 1 without one) and `models.timing.CloseTiming`. Wins are drawn independently per
+  deal (`simulate_quarter`). A deal's contribution is its amount times that probability
+  (`forecast_contributions`).
 - Deals not yet created: the historical run-rate at this point of the quarter (`new_deal_stream`).
-  For each of the last `lookback_quarters` finished quarters, the amount won inside that quarter
-  by deals created after the same point relative to the quarter's start as `as_of` is now. Each
-  Monte Carlo draw picks one of those quarters at random (a bootstrap over past quarters) and
-  adds its amounts, segment by segment, so segments stay consistent with the total. The amounts
-  are not scaled for growth: with a handful of quarters a growth estimate would add more noise
-  than it removes. No finished past quarter means no stream (zero).
+  For each of the last `lookback_quarters` finished quarters, the deals won inside that quarter
+  that were created after the same point relative to the quarter's start as `as_of` is now. Each
+  Monte Carlo draw picks one of those quarters at random and takes each of its wins a Poisson(1)
+  number of times (`simulate_new_deals`), segment by segment, so segments stay consistent with
+  the total. The amounts are not scaled for growth: with a handful of quarters a growth estimate
+  would add more noise than it removes. No finished past quarter means no stream (zero).
 - Every segment type (all, pipeline, owner, team, product, region, lead_source, deal_type) is
   summed from the same draws, so in every draw the segments of a type add up to the `all` total.
+- The open pipeline of a quarter (open_deals, open_pipeline, overdue_*) follows
+  `etl.quarter_pipeline`, the definition `pipeline_coverage` and `pipeline_waterfall` share.
 
 P10/P50/P90 are quantiles of the draws with the inverted-CDF definition (the smallest drawn
 revenue with at least 10%, 50%, 90% of draws at or below it), so they are revenues that can
-actually happen and P10 <= P50 <= P90. `expected` is the mean of the draws.
+actually happen and P10 <= P50 <= P90. `expected` is the exact mean of the law the draws sample:
+closed won + the open deals' contributions + the mean new-deal run-rate.
 
 Every "as it stood" value comes from `etl.pipeline_state.pipeline_at` at the end of `as_of`, so
 the backtest can call `forecast_quarterly` with a past `as_of` and see only what was known then.
@@ -31,23 +36,28 @@ import datetime as dt
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from etl.config import ForecastConfig
-from etl.periods import period_bounds, quarter_end, quarter_label
 from etl.bookings import state_booking_dates
+from etl.config import ForecastConfig, WarningsConfig
+from etl.periods import period_bounds, quarter_end, quarter_label, quarter_start
 from etl.pipeline_state import as_of_end, pipeline_at
+from etl.quarter_pipeline import in_quarter_pipeline, overdue
 from etl.schema import SEGMENT_COLUMNS, segment_values
 from etl.stages import STATUS_OPEN, STATUS_WON, StageCatalog
 from etl.tables import TABLES
-from models.timing import CloseTiming, prepared_history, win_in_quarter_probability
+from models.revenue_calibration import CEILING, RevenueCalibration
+from models.timing import CloseTiming, prepared_history
 
 logger = logging.getLogger(__name__)
 
 FORECAST_COLUMNS: list[str] = TABLES["forecast_quarterly"].columns
+CONTRIBUTION_COLUMNS: list[str] = TABLES["forecast_contributions"].columns
+_CONTRIBUTION_SEGMENTS = ("pipeline", "owner", "team", "product", "region", "lead_source", "deal_type")
 QUANTILES = (0.1, 0.5, 0.9)
 QUANTILE_METHOD = "inverted_cdf"
 # Uniform draws held in memory at once by `simulate_quarter` (float32 draws plus a float64 copy of
@@ -60,6 +70,9 @@ DRAW_BLOCK = 1000
 DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
 DEFAULT_LOOKBACK_QUARTERS = 8
 _DEFAULTS = ForecastConfig()
+_WARNINGS = WarningsConfig()
+# Whole quarters of data needed before a quarter's start for it to be backtested.
+DEFAULT_MIN_HISTORY_QUARTERS = 1
 _PREPARED_COLUMNS = ("valid_to", "stage_status", "stage_entered_at")
 
 
@@ -164,6 +177,53 @@ def simulate_quarter(
     return totals.T
 
 
+def simulate_new_deals(
+    amounts: np.ndarray,
+    quarter_of: np.ndarray,
+    segment_codes: np.ndarray,
+    n_quarters: int,
+    n_segments: int,
+    draws: int,
+    seed: int | np.random.SeedSequence,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> np.ndarray:
+    """Revenue from deals not yet created in each draw, per segment: a (draws, n_segments) array.
+
+    `amounts[i]` is a win of past quarter `quarter_of[i]` (0..n_quarters-1) by a deal created after
+    that quarter's matching point, in the segments `segment_codes[i]` ((n,) or (n, k)). Each draw
+    picks one past quarter uniformly at random (quarter-to-quarter variation), then takes each of
+    its wins a Poisson(1) number of times (how many such deals and which ones: a Poisson bootstrap).
+    The mean over draws is the mean of the past quarters' totals, as with a plain bootstrap, but a
+    young CRM with one or two past quarters still gets a range rather than a single value.
+    """
+    amounts = np.asarray(amounts, dtype="float64")
+    codes = np.asarray(segment_codes)
+    if codes.ndim == 1:
+        codes = codes[:, None]
+    totals = np.zeros((draws, n_segments), dtype="float64")
+    if n_quarters < 1:
+        return totals
+    rng = np.random.default_rng(seed)
+    picked = rng.integers(0, n_quarters, size=draws)
+    k = codes.shape[1]
+    for quarter in range(n_quarters):
+        rows = np.flatnonzero(picked == quarter)
+        items = np.flatnonzero((quarter_of == quarter) & (amounts != 0))
+        if len(rows) == 0 or len(items) == 0:
+            continue
+        n = len(items)
+        matrix = sp.csc_matrix(
+            (np.repeat(amounts[items], k), codes[items].astype("int64").ravel(), np.arange(0, n * k + 1, k)),
+            shape=(n_segments, n),
+        )
+        step = max(1, chunk_size // n)
+        for start in range(0, len(rows), step):
+            block = rows[start : start + step]
+            counts = rng.poisson(1.0, size=(n, len(block))).astype("float64")
+            totals[block] = (matrix @ counts).T
+    return totals
+
+
 def summarise_draws(draws: np.ndarray) -> dict[str, np.ndarray]:
     """Mean and P10/P50/P90 (inverted-CDF quantiles) of each column of a (draws, segments) array."""
     p10, p50, p90 = np.quantile(draws, QUANTILES, axis=0, method=QUANTILE_METHOD)
@@ -182,10 +242,16 @@ def _require_prepared(history: pd.DataFrame, where: str) -> None:
 
 
 def _new_deal_wins(
-    state: pd.DataFrame, end: pd.Timestamp, quarter: str, fiscal_year_start_month: int, lookback_quarters: int
+    state: pd.DataFrame,
+    deals: pd.DataFrame,
+    end: pd.Timestamp,
+    quarter: str,
+    fiscal_year_start_month: int,
+    lookback_quarters: int,
 ) -> tuple[list[str], pd.DataFrame]:
-    """The past quarters that stand in for `quarter`, and the deals won inside each of them after
-    being created past the point that matches `end`.
+    """The past quarters that stand in for `quarter`, and the deals won inside each of them (by
+    booking date, `etl.bookings`, as the actuals count them) after being created past the point
+    that matches `end`.
 
     `state` is the pipeline at `end` (every deal as then known). The matching point of a past
     quarter is its start plus (`end` - `quarter`'s start): for the current quarter a point inside
@@ -202,6 +268,7 @@ def _new_deal_wins(
     if pd.isna(data_start):
         return quarters, state.iloc[0:0].assign(past_quarter=pd.Series(dtype="string"))
     won = state.loc[state["status"] == STATUS_WON]
+    booked = state_booking_dates(won, deals, end)
     back = 1
     while len(quarters) < lookback_quarters:
         start = target_start - pd.DateOffset(months=3 * back)
@@ -215,7 +282,7 @@ def _new_deal_wins(
         if stop - pd.Timedelta(microseconds=1) > end:
             continue
         label = quarter_label(start, fiscal_year_start_month)
-        inside = (won["created_at"] > cut) & (won["closed_at"] >= start) & (won["closed_at"] < stop)
+        inside = ((won["created_at"] > cut) & (booked >= start) & (booked < stop)).to_numpy(dtype=bool)
         quarters.append(label)
         frames.append(won.loc[inside].assign(past_quarter=label))
     quarters.reverse()
@@ -246,7 +313,7 @@ def new_deal_stream(
     _require_prepared(history, "new_deal_stream")
     end = as_of_end(as_of)
     state = pipeline_at(deals, history, end)
-    quarters, wins = _new_deal_wins(state, end, quarter, fiscal_year_start_month, lookback_quarters)
+    quarters, wins = _new_deal_wins(state, deals, end, quarter, fiscal_year_start_month, lookback_quarters)
     segment = segment_values(wins, segment_type)
     table = (
         pd.DataFrame({"past_quarter": wins["past_quarter"], "segment": segment, "amount": wins["amount_reporting"].fillna(0.0)})
@@ -377,10 +444,100 @@ class SegmentIndex:
         return np.bincount(codes.ravel(), weights=np.repeat(weights, codes.shape[1]), minlength=len(self))
 
 
+# --- Outliers ------------------------------------------------------------------------------------
+
+
+def outlier_flags(
+    open_deals: pd.DataFrame, won: pd.DataFrame, outlier_factor: float = _WARNINGS.outlier_factor
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which open deals are outliers, and why in words (None where not): an amount above
+    `outlier_factor` x the largest amount won by the same instant (`won`: the won rows of the same
+    rebuild), or an expected close date before the day the deal was created. The same rules and
+    factor ([warnings] outlier_factor) as the data-quality warnings `outlier_amounts` and
+    `close_date_before_creation`."""
+    amounts = open_deals["amount_reporting"].astype("float64").to_numpy()
+    won_amounts = won["amount_reporting"].astype("float64").dropna()
+    largest = float(won_amounts.max()) if len(won_amounts) else np.nan
+    with np.errstate(invalid="ignore"):
+        big = ~np.isnan(amounts) & (amounts > outlier_factor * largest)
+    expected = pd.to_datetime(open_deals["expected_close_date"])
+    created = pd.to_datetime(open_deals["created_at"]).dt.normalize()
+    before = (expected < created).fillna(False).to_numpy(dtype=bool)
+    reasons = np.full(len(open_deals), None, dtype=object)
+    for i in np.flatnonzero(big | before):
+        parts = []
+        if big[i]:
+            parts.append(f"amount {amounts[i]:,.0f} is {amounts[i] / largest:,.1f}x the largest win ({largest:,.0f})")
+        if before[i]:
+            parts.append(f"expected to close {expected.iloc[i]:%Y-%m-%d}, before it was created on {created.iloc[i]:%Y-%m-%d}")
+        reasons[i] = "; ".join(parts)
+    return big | before, reasons
+
+
+# --- Which quarters can be backtested -----------------------------------------------------------
+
+
+def backtest_quarters(
+    deals: pd.DataFrame,
+    as_of: dt.date | pd.Timestamp,
+    fiscal_year_start_month: int = 1,
+    quarters: int | None = None,
+    min_history_quarters: int = DEFAULT_MIN_HISTORY_QUARTERS,
+) -> list[str]:
+    """The quarters a backtest at `as_of` forecasts again, oldest first: those that ended by the
+    end of `as_of` and start at least `min_history_quarters` whole quarters after the quarter of
+    the first deal's creation (the history before them holds that many full quarters); only the
+    latest `quarters` of them (all when None)."""
+    if quarters is not None and quarters < 0:
+        raise ValueError(f"forecast_backtest: quarters must be 0 or more (dealcast.toml [forecast] backtest_quarters), got {quarters}")
+    if min_history_quarters < 1:
+        raise ValueError(f"forecast_backtest: min_history_quarters must be at least 1, got {min_history_quarters}")
+    created = deals["created_at"].dropna()
+    if created.empty or quarters == 0:
+        return []
+    first = first_backtest_quarter_start(deals, fiscal_year_start_month, min_history_quarters)
+    # The quarter containing the instant just after as_of's end has not finished; the one before has.
+    stop = quarter_start(as_of_end(as_of) + pd.Timedelta(microseconds=1), fiscal_year_start_month)
+    labels: list[str] = []
+    while quarters is None or len(labels) < quarters:
+        start = stop - pd.DateOffset(months=3)
+        if start < first:
+            break
+        labels.append(quarter_label(start, fiscal_year_start_month))
+        stop = start
+    return labels[::-1]
+
+
+def first_backtest_quarter_start(
+    deals: pd.DataFrame, fiscal_year_start_month: int = 1, min_history_quarters: int = DEFAULT_MIN_HISTORY_QUARTERS
+) -> pd.Timestamp:
+    """The first day of the first quarter with `min_history_quarters` full quarters of data before
+    it: a full quarter starts on or after the first deal's creation (the data's first quarter counts
+    when the first deal was created on its first day)."""
+    data_start = deals["created_at"].dropna().min().normalize()
+    first_full = quarter_start(data_start, fiscal_year_start_month)
+    if first_full < data_start:
+        first_full = first_full + pd.DateOffset(months=3)
+    return first_full + pd.DateOffset(months=3 * min_history_quarters)
+
+
 # --- The forecast -------------------------------------------------------------------------------
 
 
-def forecast_quarterly(
+@dataclass(frozen=True)
+class Forecast:
+    """The `forecast_quarterly` rows and the `forecast_contributions` rows of one as_of."""
+
+    quarterly: pd.DataFrame
+    contributions: pd.DataFrame
+
+
+def forecast_quarterly(*args, **kwargs) -> pd.DataFrame:
+    """The `forecast_quarterly` rows of `build_forecast` (same arguments)."""
+    return build_forecast(*args, **kwargs).quarterly
+
+
+def build_forecast(
     deals: pd.DataFrame,
     history: pd.DataFrame,
     stages: StageCatalog,
@@ -396,35 +553,61 @@ def forecast_quarterly(
     lookback_quarters: int = DEFAULT_LOOKBACK_QUARTERS,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int | None = None,
-) -> pd.DataFrame:
-    """The `forecast_quarterly` rows for the quarter containing `as_of` and the next one, for every
-    segment type and value; columns exactly those of the warehouse table.
+    outlier_factor: float = _WARNINGS.outlier_factor,
+    not_yet_backtested: bool | None = None,
+    revenue_calibration: RevenueCalibration | None = None,
+) -> Forecast:
+    """The forecast for the quarter containing `as_of` and the next one, for every segment type
+    and value: the `forecast_quarterly` rows and the per-deal `forecast_contributions` rows
+    (columns exactly those of the warehouse tables).
 
+    Per quarter and segment:
     - closed_won_to_date: amount of the deals won by the end of `as_of` whose booking date
       (`etl.bookings`: by default the CRM's close date) is in the quarter (0 for the next quarter);
-    - expected, p10, p50, p90: mean and quantiles of closed won + simulated open-deal wins +
-      simulated new-deal wins;
-    - open_deals, open_pipeline, weighted_pipeline_crm: count, amount and amount x CRM probability
-      (the stage's default where the deal has none) of open deals whose expected close date falls
-      inside the quarter;
-    - new_deals_expected: mean of the simulated new-deal wins;
-    - quota (NULL without one), gap = quota - p50, coverage = open_pipeline / (quota - closed won),
-      NULL when that denominator is not positive (nothing left to cover).
+    - open_deals, open_pipeline: the quarter's open pipeline (`etl.quarter_pipeline`: open deals
+      expected to close in the quarter, for the current quarter also the overdue ones), with
+      overdue_deals / overdue_pipeline the overdue part and weighted_pipeline_crm its amount x
+      CRM probability (the stage's default where the deal has none);
+    - every open deal (in the pipeline or not) wins inside the quarter with probability
+      win_probability x revenue_factor x P(closes inside the quarter | wins) (`models.timing`); its
+      contribution is amount x that probability. revenue_factor is the deal's amount band's factor
+      of `revenue_calibration` (`models.revenue_calibration`; 1 without one), capped so the
+      probability stays below 1; revenue_calibration (the column) is what the factors changed; pipeline_expected (overdue_expected its overdue part) sums the
+      contributions of the open pipeline, other_open_expected those of the other open deals;
+    - new_deals_expected: the mean over past quarters of the new-deal run-rate (`new_deal_stream`);
+    - expected = closed_won_to_date + pipeline_expected + other_open_expected + new_deals_expected,
+      exactly (the mean of the law the draws sample); p10, p50, p90: quantiles of the draws;
+    - outlier_deals / outlier_pipeline: open deals that can win in the quarter flagged by
+      `outlier_flags`; p90_without_outliers: the P90 of the same draws (same seed) without them;
+    - quota (NULL without one), gap = quota - p50, coverage = open_pipeline / (quota - closed
+      won), NULL when that denominator is not positive (nothing left to cover);
+    - not_yet_backtested: True when no quarter can be backtested yet (`backtest_quarters` with
+      one quarter of history), unless the caller says otherwise.
 
-    `scores` has deal_id and win_probability for the open deals at `as_of`; `timing` is a
-    `CloseTiming` fitted at the same `as_of`; `quotas` has quarter, segment_type, segment, amount.
+    `scores` has deal_id and win_probability for the open deals at `as_of` (the only further
+    change is the visible revenue calibration); `timing` is a `CloseTiming` fitted at the same `as_of`; `quotas` has
+    quarter, segment_type, segment, amount.
     """
     if draws < 1:
         raise ValueError(f"forecast_quarterly: draws must be at least 1, got {draws}")
     history = prepared_history(deals, history, stages)
     end = as_of_end(as_of)
+    as_of_day = end.normalize()
     state = stages.annotate(pipeline_at(deals, history, end))
     open_deals = state.loc[state["status"] == STATUS_OPEN].reset_index(drop=True)
     won = state.loc[state["status"] == STATUS_WON]
     amounts = open_deals["amount_reporting"].astype("float64").fillna(0.0).to_numpy()
     win = _win_probabilities(open_deals, scores)
+    band_factor = np.ones(len(open_deals)) if revenue_calibration is None else revenue_calibration.factor(amounts)
+    win_revenue = np.where(band_factor == 1.0, win, np.clip(win * band_factor, 0.0, CEILING))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        revenue_factor = np.where(win > 0, win_revenue / win, 1.0)
     crm = open_deals["crm_probability"].astype("float64").fillna(open_deals["stage_probability"]).fillna(0.0).to_numpy()
     quota_table = _quota_table(quotas)
+    is_outlier, outlier_reason = outlier_flags(open_deals, won, outlier_factor)
+    is_overdue = overdue(open_deals["expected_close_date"], as_of_day)
+    if not_yet_backtested is None:
+        not_yet_backtested = not backtest_quarters(deals, as_of_day, fiscal_year_start_month, None, 1)
 
     current = quarter_label(end, fiscal_year_start_month)
     following = quarter_label(quarter_end(end, fiscal_year_start_month), fiscal_year_start_month)
@@ -432,7 +615,7 @@ def forecast_quarterly(
     current_start, _ = period_bounds(current, fiscal_year_start_month)
     booked = state_booking_dates(won, deals, end)  # closed won counts by booking date (etl.bookings)
     closed_won = won.loc[((booked >= current_start) & (booked <= end)).to_numpy(dtype=bool)]
-    streams = {q: _new_deal_wins(state, end, q, fiscal_year_start_month, lookback_quarters) for q in quarters}
+    streams = {q: _new_deal_wins(state, deals, end, q, fiscal_year_start_month, lookback_quarters) for q in quarters}
 
     segments = SegmentIndex(
         [open_deals, closed_won, *(wins for _, wins in streams.values())],
@@ -440,41 +623,59 @@ def forecast_quarterly(
     )
     open_codes = segments.codes(open_deals)
     closed_won_sums = segments.sums(closed_won, closed_won["amount_reporting"].fillna(0.0).to_numpy())
-    expected_close = open_deals["expected_close_date"]
     logger.info(
-        "forecast at %s: %d open deals, %d segments, %d draws per quarter", end.date(), len(open_deals), len(segments), draws
+        "forecast at %s: %d open deals (%d overdue, %d outliers), %d segments, %d draws per quarter",
+        end.date(), len(open_deals), int(is_overdue.sum()), int(is_outlier.sum()), len(segments), draws,
     )
 
-    frames = []
+    frames, contributions = [], []
     for index, quarter in enumerate(quarters):
         start, stop = period_bounds(quarter, fiscal_year_start_month)
-        probability = win_in_quarter_probability(open_deals, win, timing, quarter, fiscal_year_start_month)
+        closes_inside = _close_in_quarter(open_deals, timing, quarter, fiscal_year_start_month)
+        probability = win_revenue * closes_inside
+        contribution = amounts * probability
+        calibration_change = amounts * (win_revenue - win) * closes_inside
+        draw_seed = np.random.SeedSequence(seed, spawn_key=(index, 0))
         totals = simulate_quarter(
-            amounts, probability, open_codes, len(segments), draws,
-            np.random.SeedSequence(seed, spawn_key=(index, 0)), chunk_size=chunk_size, workers=workers,
+            amounts, probability, open_codes, len(segments), draws, draw_seed, chunk_size=chunk_size, workers=workers
         )
         past_quarters, wins = streams[quarter]
         new_deals = np.zeros(len(segments))
+        new_draws = np.zeros((draws, len(segments)))
         if past_quarters:
             position = pd.Categorical(wins["past_quarter"], categories=past_quarters).codes.astype("int64")
             codes = segments.codes(wins)
+            new_amounts = wins["amount_reporting"].fillna(0.0).to_numpy(dtype="float64")
             per_quarter = np.bincount(
                 (position[:, None] * len(segments) + codes).ravel(),
-                weights=np.repeat(wins["amount_reporting"].fillna(0.0).to_numpy(), codes.shape[1]),
+                weights=np.repeat(new_amounts, codes.shape[1]),
                 minlength=len(past_quarters) * len(segments),
             ).reshape(len(past_quarters), len(segments))
-            picked = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index, 1))).integers(
-                0, len(past_quarters), size=draws
+            new_draws = simulate_new_deals(
+                new_amounts, position, codes, len(past_quarters), len(segments), draws,
+                np.random.SeedSequence(seed, spawn_key=(index, 1)), chunk_size=chunk_size,
             )
-            new_draws = per_quarter[picked]
-            new_deals = new_draws.mean(axis=0)
-            totals += new_draws
+            new_deals = per_quarter.mean(axis=0)
         closed = closed_won_sums if quarter == current else np.zeros(len(segments))
-        totals += closed
-        summary = summarise_draws(totals)
+        summary = summarise_draws(totals + new_draws + closed)
 
-        in_quarter = ((expected_close >= start) & (expected_close < stop)).fillna(False).to_numpy(dtype=bool)
-        in_quarter_deals = open_deals.loc[in_quarter]
+        can_win = probability > 0
+        outliers = is_outlier & can_win
+        if outliers.any():
+            # The same draws (same seed, same deal order) with the outliers unable to win.
+            without = simulate_quarter(
+                amounts, np.where(outliers, 0.0, probability), open_codes, len(segments), draws, draw_seed,
+                chunk_size=chunk_size, workers=workers,
+            )
+            p90_without = summarise_draws(without + new_draws + closed)["p90"]
+        else:
+            p90_without = summary["p90"]
+
+        in_pipeline = in_quarter_pipeline(open_deals["expected_close_date"], as_of_day, start, stop, fiscal_year_start_month)
+        pipeline_deals = open_deals.loc[in_pipeline]
+        overdue_in = in_pipeline & is_overdue
+        pipeline_expected = segments.sums(pipeline_deals, contribution[in_pipeline])
+        other_expected = segments.sums(open_deals.loc[~in_pipeline], contribution[~in_pipeline])
         frames.append(
             pd.DataFrame(
                 {
@@ -483,10 +684,44 @@ def forecast_quarterly(
                     "segment": segments.segment,
                     "closed_won_to_date": closed,
                     **summary,
-                    "weighted_pipeline_crm": segments.sums(in_quarter_deals, amounts[in_quarter] * crm[in_quarter]),
-                    "open_deals": segments.sums(in_quarter_deals).round().astype("int64"),
-                    "open_pipeline": segments.sums(in_quarter_deals, amounts[in_quarter]),
+                    "expected": closed + pipeline_expected + other_expected + new_deals,
+                    "weighted_pipeline_crm": segments.sums(pipeline_deals, amounts[in_pipeline] * crm[in_pipeline]),
+                    "open_deals": segments.sums(pipeline_deals).round().astype("int64"),
+                    "open_pipeline": segments.sums(pipeline_deals, amounts[in_pipeline]),
+                    "overdue_deals": segments.sums(open_deals.loc[overdue_in]).round().astype("int64"),
+                    "overdue_pipeline": segments.sums(open_deals.loc[overdue_in], amounts[overdue_in]),
+                    "pipeline_expected": pipeline_expected,
+                    "overdue_expected": segments.sums(open_deals.loc[overdue_in], contribution[overdue_in]),
+                    "other_open_expected": other_expected,
                     "new_deals_expected": new_deals,
+                    "revenue_calibration": segments.sums(open_deals, calibration_change),
+                    "outlier_deals": segments.sums(open_deals.loc[outliers]).round().astype("int64"),
+                    "outlier_pipeline": segments.sums(open_deals.loc[outliers], amounts[outliers]),
+                    "p90_without_outliers": p90_without,
+                }
+            )
+        )
+        rows = in_pipeline | can_win
+        part = open_deals.loc[rows]
+        contributions.append(
+            pd.DataFrame(
+                {
+                    "as_of": as_of_day,
+                    "quarter": quarter,
+                    "deal_id": part["deal_id"].to_numpy(),
+                    **{c: part[c].to_numpy() for c in _CONTRIBUTION_SEGMENTS},
+                    "stage": part["stage"].to_numpy(),
+                    "amount_reporting": part["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan),
+                    "expected_close_date": pd.to_datetime(part["expected_close_date"]).to_numpy(),
+                    "win_probability": win[rows],
+                    "revenue_factor": revenue_factor[rows],
+                    "close_in_quarter_probability": closes_inside[rows],
+                    "win_in_quarter_probability": probability[rows],
+                    "contribution": contribution[rows],
+                    "in_open_pipeline": in_pipeline[rows],
+                    "overdue": is_overdue[rows],
+                    "outlier": is_outlier[rows],
+                    "outlier_reason": outlier_reason[rows],
                 }
             )
         )
@@ -500,7 +735,20 @@ def forecast_quarterly(
     frame["gap"] = frame["quota"] - frame["p50"]
     remaining = frame["quota"] - frame["closed_won_to_date"]
     frame["coverage"] = (frame["open_pipeline"] / remaining).where(remaining > 0)
-    frame["as_of"] = end.normalize()
+    frame["as_of"] = as_of_day
     frame["model_version"] = model_version
     frame["draws"] = draws
-    return frame[FORECAST_COLUMNS].astype({"model_version": "string", "draws": "int64"})
+    frame["not_yet_backtested"] = bool(not_yet_backtested)
+    quarterly = frame[FORECAST_COLUMNS].astype({"model_version": "string", "draws": "int64", "not_yet_backtested": "bool"})
+    contribution_frame = pd.concat(contributions, ignore_index=True).astype(
+        {"quarter": "string", "deal_id": "string", "stage": "string", "outlier_reason": "string",
+         **{c: "string" for c in _CONTRIBUTION_SEGMENTS}}
+    )
+    return Forecast(quarterly, contribution_frame[CONTRIBUTION_COLUMNS].reset_index(drop=True))
+
+
+def _close_in_quarter(open_deals: pd.DataFrame, timing: CloseTiming, quarter: str, fiscal_year_start_month: int) -> np.ndarray:
+    """P(the deal, if it wins, closes inside `quarter`) from the close-timing model."""
+    start, end = period_bounds(quarter, fiscal_year_start_month)
+    closed_by = timing.probability_closed_by_many(open_deals, [start, end])
+    return np.clip(closed_by[:, 1] - closed_by[:, 0], 0.0, 1.0)

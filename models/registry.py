@@ -111,8 +111,10 @@ def model_runs_row(
     as_of: dt.date,
     trained_at: dt.datetime,
     artifact_path: str | Path | None = None,
+    tier_change: str | None = None,
 ) -> dict:
-    """One `model_runs` row (exactly its columns) describing `result`."""
+    """One `model_runs` row (exactly its columns) describing `result`; `tier_change` from
+    `published_tier_change`."""
     metrics = result.metrics
     stamp = pd.Timestamp(trained_at)
     if stamp.tzinfo is not None:
@@ -126,9 +128,38 @@ def model_runs_row(
         "reliability": _json(metrics["reliability"]),
         "features": _json(metrics["features"]),
         "params": _json(metrics["params"]),
+        "candidates": _json(metrics["candidates"]) if metrics.get("candidates") is not None else None,
         "artifact_path": None if artifact_path is None else str(artifact_path),
+        "tier_change": tier_change,
     }
     return {column: values[column] for column in MODEL_RUNS_COLUMNS}
+
+
+def published_tier_change(runs: pd.DataFrame, as_of: dt.date, scoring_method: str) -> str | None:
+    """In words, how the published scorer's tier moved since the latest earlier run in `runs`
+    (the `model_runs` table), e.g. `stage_rate (tier 3, as_of 2026-11-14) -> logistic (tier 4)`;
+    None for the first run or when the tier is the same. A tier change is the one reason an
+    unchanged deal's score may move by more than 0.10 between consecutive nights."""
+    from models.scoring import tier
+
+    if runs.empty or "scoring_method" not in runs.columns:
+        return None
+    earlier = runs.loc[pd.to_datetime(runs["as_of"]) < pd.Timestamp(as_of)]
+    if earlier.empty:
+        return None
+    latest = earlier.assign(_as_of=pd.to_datetime(earlier["as_of"]), _trained=pd.to_datetime(earlier["trained_at"]))
+    latest = latest.sort_values(["_as_of", "_trained"], kind="stable").iloc[-1]
+    before = str(latest["scoring_method"])
+    if before == scoring_method:
+        return None
+    try:
+        before_tier = f"tier {tier(before)}"
+    except ValueError:
+        before_tier = "no tier"
+    return (
+        f"{before} ({before_tier}, as_of {latest['_as_of']:%Y-%m-%d}) -> {scoring_method} "
+        f"(tier {tier(scoring_method)}) since as_of {as_of:%Y-%m-%d}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -209,28 +240,38 @@ def eligible_models(
     return order.drop(columns=["_as_of", "_trained"]).reset_index(drop=True)
 
 
+def _held_out_log_loss(scorer: "Scorer", current: "ScorerResult") -> float | None:
+    from models.evaluation import binary_metrics
+
+    frame = current.test_frame
+    if frame is None or frame.empty:
+        return None
+    return binary_metrics(current.test_predictions["label"], scorer.predict_proba(frame))["log_loss"]
+
+
 def choose_scorer(
     current: "ScorerResult",
     as_of: dt.date,
     runs: pd.DataFrame,
     artifact_dir: str | Path,
 ) -> ScorerChoice:
-    """The scorer for a run's open deals: the newest model eligible for scoring (`eligible_models`).
+    """The scorer for a run's open deals.
 
-    - This run's model when it is a calibrated model (it is then the newest eligible one: its data
-      window ends at this run's `as_of`).
-    - Otherwise (too little history, a slice with one outcome, or a model that did not beat the
-      better baseline) the newest earlier eligible model in `runs` (the `model_runs` table) whose
-      artifact loads from `artifact_dir`; an artifact that cannot be read is skipped with a warning.
-    - Otherwise this run's own fallback scorer (stage rate, or the CRM probability when that was
-      the better baseline).
+    - This run's published scorer when it is the gradient-boosting model.
+    - Otherwise the newest earlier model eligible for scoring (`eligible_models`) whose artifact
+      loads from `artifact_dir`, but only when its log loss on this run's held-out rows is lower
+      than this run's published scorer's (an earlier model is never trusted without evidence); an
+      artifact that cannot be read is skipped with a warning.
+    - Otherwise this run's published scorer (the winner of its ladder).
     """
-    from models.scoring import METHOD_MODEL
+    from models.scoring import METHOD_LOGISTIC, METHOD_MODEL
 
     this_version = current.scorer.version
     if current.scorer.scoring_method == METHOD_MODEL:
         return ScorerChoice(current.scorer, SCORED_WITH_THIS_RUN, as_of, None)
-    why = current.metrics.get("fallback_reason") or f"this run's scorer is {current.scorer.scoring_method}"
+    published = current.scorer.scoring_method
+    why = current.metrics.get("fallback_reason") or f"this run published {published}"
+    own_loss = current.metrics.get("log_loss")
     has_history = bool(current.metrics.get("has_history", True))
     others = runs.loc[runs["model_version"].astype(str) != this_version] if not runs.empty else runs
     for row in eligible_models(others, as_of, artifact_dir, has_history).itertuples(index=False):
@@ -245,15 +286,24 @@ def choose_scorer(
                 row.model_version, row.artifact, scorer.scoring_method, scorer.version, row.model_version,
             )
             continue
+        loss = _held_out_log_loss(scorer, current)
+        if loss is None or own_loss is None or not loss < own_loss:
+            logger.info(
+                "earlier model %s: held-out log loss %s does not beat this run's %s (%s); not used",
+                row.model_version, loss, published, own_loss,
+            )
+            break
         trained_for = pd.Timestamp(row.as_of).date()
         reason = (
             f"this run's model is not used ({why}); scored with the latest earlier eligible model "
-            f"{row.model_version}, trained for as_of {trained_for:%Y-%m-%d}"
+            f"{row.model_version}, trained for as_of {trained_for:%Y-%m-%d}, whose log loss on this run's "
+            f"held-out rows, {loss:.4f}, beats this run's {published} ({own_loss:.4f})"
         )
         return ScorerChoice(scorer, SCORED_WITH_EARLIER, trained_for, reason)
     reason = (
         f"{why}; no earlier eligible model (a calibrated model trained for an as_of on or before "
-        f"{as_of:%Y-%m-%d}, with its artifact in {artifact_dir}), so this run's "
-        f"{current.scorer.scoring_method} scorer is used"
+        f"{as_of:%Y-%m-%d}, with its artifact in {artifact_dir}, that beats it on this run's held-out rows), "
+        f"so this run's {published} scorer is used"
     )
-    return ScorerChoice(current.scorer, SCORED_WITH_FALLBACK, as_of, reason)
+    fitted = published in (METHOD_MODEL, METHOD_LOGISTIC)
+    return ScorerChoice(current.scorer, SCORED_WITH_THIS_RUN if fitted else SCORED_WITH_FALLBACK, as_of, reason)

@@ -1,32 +1,26 @@
-"""The deal-scoring model: a calibrated win probability for every open deal, checked against two
-baselines, with an honest fallback when the history is too thin.
+"""The deal scorer: a ladder of candidate scorers fitted on the past and compared on the same
+held-out rows, the best published (docs/modeling.md, "Scoring").
 
-How a scorer is trained (`train_scorer`):
-1. Time split by prediction date: the earliest dates train the model, the next `calibration_share`
-   calibrate it, the latest `test_share` test it. Never random across one deal's snapshots.
-   Boundary rule: a deal whose snapshots fall in two slices keeps only its rows in the later
-   slice (its earlier rows are dropped, "purged"), so no deal is both learnt from and tested on.
-   Because the training set waits `maturity_days` for outcomes, the same wait is left between the
-   end of one slice and the start of the next ("embargo", at most half of the slice), so a slice's
-   last rows are not limited to the deals that happened to close before the next slice began.
-2. Model: a scikit-learn Pipeline (categorical encoding + HistGradientBoostingClassifier with
-   native categorical support, parameters from `dealcast.toml [model.params]`), fitted on the
-   training slice and calibrated on the calibration slice: isotonic when the slice holds at least
-   `ISOTONIC_MIN_DEALS` distinct deals, Platt/sigmoid below (a deal's weekly snapshots share one
-   outcome, so the number of independent outcomes is the number of deals, not of rows). `max_iter` is a ceiling: the number of boosting rounds is the one
-   with the lowest log loss on the calibration slice (early stopping in time order; recorded as
-   `boosting_rounds` in the run's params). Probabilities are kept within [0.001, 0.999].
-3. Test slice: AUC, log loss, Brier, base-rate Brier, ECE and a 10-bin reliability table for the
-   model and, on the same rows, for (a) the CRM's stage probability and (b) the empirical win rate
-   by pipeline x stage x age bucket learnt on the training slice.
-4. The model scores deals only if it beats the better baseline on log loss; otherwise that
-   baseline scores them and the run says why. The evaluated model is kept as is: it is not refit
-   on the calibration and test slices, so the published metrics describe exactly the model in use.
-   The headline metrics (auc, log_loss, brier, ece, reliability) are the fitted model's; when no
-   model is fitted they are the stage-rate scorer's, the scorer then in use.
-5. Eligibility: with fewer than `min_won` won or `min_lost` lost closed deals (or a slice missing
-   an outcome) no model is fitted and the stage-rate scorer is used, flagged with the reason. With
-   no lost (or no won) deal at all nothing can be estimated and `InsufficientHistoryError` is raised.
+How a scorer is chosen (`train_scorer`):
+1. Time cut (`time_split`): the latest `test_share` of the scheduled prediction dates are held out.
+   Every labelled row before the cut trains, except the rows of deals also tested (purge) and the
+   `maturity_days` before the cut (embargo) -- as long as both keep at least `MIN_KEPT_SHARE` of the
+   rows, won deals and lost deals before the cut; otherwise the window is widened to every row before
+   the cut. `model_runs.split_rule` says which. Never random across one deal's snapshots.
+2. Candidates (the `LADDER`), each fitted on those same training rows: the constant win rate; the
+   CRM probability (else the stage default); the win rate by pipeline x stage; by pipeline x stage x
+   age bucket (never rising with age); a regularised logistic model (from `logistic_min_won` /
+   `logistic_min_lost` deals); gradient boosting (from `min_won` / `min_lost`), fitted on the earlier
+   part of the training rows and calibrated and early-stopped on the later `calibration_share` of the
+   dates (isotonic with at least `ISOTONIC_MIN_DEALS` deals, else Platt). Probabilities stay within
+   [0.001, 0.999].
+3. Every fitted candidate scores the held-out rows: AUC, log loss, Brier, ECE. The lowest log loss is
+   published (ties: the simpler tier); since the constant rate always competes, the published scorer is
+   never worse than it. It is published as evaluated, not refit, so the metrics describe the scorer in
+   use. The headline metrics (auc, log_loss, brier, ece, reliability) are the published scorer's.
+4. With no held-out rows, or training rows holding one outcome, the constant rate of every labelled row
+   is published and the run says why; with no lost (or no won) deal at all nothing can be estimated and
+   `InsufficientHistoryError` is raised.
 """
 
 from __future__ import annotations
@@ -38,12 +32,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.base import clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.frozen import FrozenEstimator
+from sklearn.impute import SimpleImputer
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from etl.config import ModelConfig
 from models.evaluation import (
@@ -58,9 +56,19 @@ from models.training_set import CATEGORICAL_FEATURES, LEAKY_FEATURES, LeakageErr
 
 logger = logging.getLogger(__name__)
 
-METHOD_MODEL = "calibrated_model"
-METHOD_STAGE_RATE = "stage_rate"
+METHOD_CONSTANT = "constant_rate"
 METHOD_CRM = "crm_probability"
+METHOD_STAGE_ONLY = "stage_only_rate"
+METHOD_STAGE_RATE = "stage_rate"
+METHOD_LOGISTIC = "logistic"
+METHOD_MODEL = "calibrated_model"
+# The scorer ladder, simplest first: a scorer's tier is its position here.
+LADDER = (METHOD_CONSTANT, METHOD_CRM, METHOD_STAGE_ONLY, METHOD_STAGE_RATE, METHOD_LOGISTIC, METHOD_MODEL)
+
+
+def tier(method: str) -> int:
+    """Position of a scoring method on the ladder (0 the constant rate, 5 gradient boosting)."""
+    return LADDER.index(method)
 
 # Probabilities are kept inside [0.1%, 99.9%]: no deal is certain before it closes, and a 0 or 1
 # would make a single surprise cost an infinite log loss.
@@ -262,32 +270,58 @@ class CalibratedModelScorer(Scorer):
 
 
 class StageRateScorer(Scorer):
-    """Empirical win rate of past snapshots by pipeline x stage x age bucket, each cell pulled
-    towards its parent (pipeline x stage, then pipeline, then all) by `STAGE_RATE_PSEUDO_COUNT`.
-    Without stage history the stage is unknown at past snapshots, so only pipeline x age is used."""
+    """Empirical win rate of past snapshots by pipeline x stage (x age bucket when `use_age`),
+    each cell pulled towards its parent (pipeline x stage, then pipeline, then all) by
+    `STAGE_RATE_PSEUDO_COUNT`. Without stage history the stage is unknown at past snapshots, so
+    only pipeline (x age) is used.
 
-    scoring_method = METHOD_STAGE_RATE
+    Age never raises a deal's rate: within a pipeline x stage, the age buckets' rates are made
+    non-increasing with age (weighted pool-adjacent-violators over the buckets' rows), so a deal
+    open 200 days in an early stage never looks better than a fresh one in that stage. Where the
+    data show older deals winning more, the buckets are pooled and age has no effect."""
 
-    def __init__(self, use_stage: bool, **kwargs):
+    def __init__(self, use_stage: bool, use_age: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.use_stage = use_stage
+        self.use_age = use_age
         self.overall_rate = float("nan")
         self.rates: dict[str, pd.DataFrame] = {}
+
+    @property
+    def scoring_method(self) -> str:  # type: ignore[override]
+        return METHOD_STAGE_RATE if getattr(self, "use_age", True) else METHOD_STAGE_ONLY
 
     @property
     def required_columns(self) -> list[str]:
         return ["pipeline", "stage", "age_days"]
 
+    @property
+    def factor_groups(self) -> dict[str, list[str]]:
+        groups = {}
+        if self.use_stage:
+            groups["stage"] = ["stage"]
+        if self.use_age:
+            groups["age_days"] = ["age_days"]
+        return groups
+
     def _keys(self, frame: pd.DataFrame) -> pd.DataFrame:
         stage = frame["stage"].astype("string") if self.use_stage else pd.Series(pd.NA, index=frame.index, dtype="string")
+        age = age_buckets(frame["age_days"]) if self.use_age else pd.Series(UNKNOWN, index=frame.index, dtype="string")
         return pd.DataFrame(
             {
                 "pipeline": frame["pipeline"].astype("string").fillna(UNKNOWN),
                 "stage": stage.fillna(UNKNOWN),
-                "age_bucket": age_buckets(frame["age_days"]),
+                "age_bucket": age,
             },
             index=frame.index,
         )
+
+    def _levels(self) -> list[tuple[str, list[str]]]:
+        """The cells from the finest to the coarsest."""
+        levels = [("stage", ["pipeline", "stage"]), ("pipeline", ["pipeline"])]
+        if getattr(self, "use_age", True):
+            levels.insert(0, ("cell", ["pipeline", "stage", "age_bucket"]))
+        return levels
 
     def fit(self, frame: pd.DataFrame, labels: pd.Series) -> "StageRateScorer":
         keys = self._keys(frame)
@@ -296,15 +330,13 @@ class StageRateScorer(Scorer):
         m = STAGE_RATE_PSEUDO_COUNT
         parent = pd.Series(self.overall_rate, index=keys.index)
         self.rates = {}
-        for level, columns in (
-            ("pipeline", ["pipeline"]),
-            ("stage", ["pipeline", "stage"]),
-            ("cell", ["pipeline", "stage", "age_bucket"]),
-        ):
+        for level, columns in self._levels()[::-1]:
             keys["parent"] = parent
             table = keys.groupby(columns, observed=True).agg(won=("won", "sum"), rows=("won", "size"), parent=("parent", "first"))
             table["rate"] = (table["won"] + m * table["parent"]) / (table["rows"] + m)
             table = table.reset_index()
+            if level == "cell":
+                table = _non_increasing_with_age(table)
             self.rates[level] = table[[*columns, "rows", "rate"]]
             parent = keys[columns].merge(table[[*columns, "rate"]], on=columns, how="left")["rate"]
             parent.index = keys.index
@@ -313,14 +345,137 @@ class StageRateScorer(Scorer):
     def _probabilities(self, frame: pd.DataFrame) -> np.ndarray:
         keys = self._keys(frame).reset_index(drop=True)
         rate = pd.Series(np.nan, index=keys.index)
-        for level, columns in (
-            ("cell", ["pipeline", "stage", "age_bucket"]),
-            ("stage", ["pipeline", "stage"]),
-            ("pipeline", ["pipeline"]),
-        ):
+        for level, columns in self._levels():
             found = keys[columns].merge(self.rates[level][[*columns, "rate"]], on=columns, how="left")["rate"]
             rate = rate.fillna(found)
         return rate.fillna(self.overall_rate).to_numpy(dtype=float)
+
+
+def _non_increasing_with_age(table: pd.DataFrame) -> pd.DataFrame:
+    """Per pipeline x stage, the age buckets' rates made non-increasing with age by weighted
+    pool-adjacent-violators (weights: the buckets' rows); `(unknown)` ages are left as they are."""
+    order = {label: i for i, label in enumerate(AGE_BUCKET_LABELS)}
+    table = table.copy()
+    table["position"] = table["age_bucket"].map(order)
+    known = table["position"].notna()
+    for _, group in table.loc[known].sort_values("position").groupby(["pipeline", "stage"], sort=False):
+        if len(group) < 2:
+            continue
+        fitted = IsotonicRegression(increasing=False).fit(
+            group["position"].to_numpy(dtype=float), group["rate"].to_numpy(dtype=float),
+            sample_weight=group["rows"].to_numpy(dtype=float),
+        )
+        table.loc[group.index, "rate"] = fitted.predict(group["position"].to_numpy(dtype=float))
+    return table.drop(columns=["position"])
+
+
+class ConstantRateScorer(Scorer):
+    """The same win probability for every deal: the win rate of the training rows."""
+
+    scoring_method = METHOD_CONSTANT
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+
+    @property
+    def factor_groups(self) -> dict[str, list[str]]:
+        return {}
+
+    def _probabilities(self, frame: pd.DataFrame) -> np.ndarray:
+        return np.full(len(frame), self.rate, dtype=float)
+
+
+# The regularised logistic model's inputs (read from the features frame) and its regularisation
+# strength (scikit-learn's C: smaller is stronger; 1.0 on standardised inputs).
+LOGISTIC_FEATURES = ["pipeline", "stage", "days_in_stage", "age_days", "close_pushes", "log_amount_reporting"]
+LOGISTIC_C = 1.0
+# Amount bands of the logistic model: quartiles of the training rows' amounts.
+AMOUNT_BANDS = 4
+# A model with a few dozen coefficients needs no more rows than this: above it, every k-th
+# training row (in time order) is used.
+LOGISTIC_MAX_ROWS = 200_000
+# Validation rows the gradient-boosting model's number of rounds is chosen on (every k-th row above).
+ROUND_SELECTION_ROWS = 50_000
+
+
+class LogisticScorer(Scorer):
+    """A regularised (L2) logistic regression on stage (per pipeline), log days in stage, log age,
+    close-date pushes (capped at 5) and amount band (quartiles of the training amounts). Age enters
+    only when its fitted coefficient is not positive: older never reads as better for age alone."""
+
+    scoring_method = METHOD_LOGISTIC
+
+    def __init__(self, **kwargs):
+        super().__init__(feature_names=LOGISTIC_FEATURES, **kwargs)
+        self.amount_edges: np.ndarray = np.zeros(0)
+        self.estimator: Pipeline | None = None
+        # Age is left out (held constant) when its fitted coefficient would make older deals look
+        # better: see `fit`.
+        self.uses_age = True
+
+    @property
+    def factor_groups(self) -> dict[str, list[str]]:
+        return {
+            "stage": ["stage"],
+            "days_in_stage": ["days_in_stage"],
+            "age_days": ["age_days"],
+            "close_pushes": ["close_pushes"],
+            "log_amount_reporting": ["log_amount_reporting"],
+        }
+
+    def _design(self, frame: pd.DataFrame) -> pd.DataFrame:
+        amount = frame["log_amount_reporting"].astype(float).to_numpy()
+        band = np.searchsorted(self.amount_edges, amount, side="right").astype(float)
+        band = np.where(np.isnan(amount), np.nan, band)
+        stage_key = frame["pipeline"].astype("string").fillna(UNKNOWN) + " | " + frame["stage"].astype("string").fillna(UNKNOWN)
+        return pd.DataFrame(
+            {
+                "stage_key": stage_key.astype(object).to_numpy(),
+                "amount_band": np.where(np.isnan(band), UNKNOWN, np.char.add("band ", np.nan_to_num(band).astype(int).astype(str))).astype(object),
+                "log_days_in_stage": np.log1p(frame["days_in_stage"].astype(float).clip(lower=0.0)).to_numpy(),
+                "log_age": (
+                    np.log1p(frame["age_days"].astype(float).clip(lower=0.0)).to_numpy()
+                    if self.uses_age else np.zeros(len(frame))
+                ),
+                "pushes": frame["close_pushes"].astype(float).clip(upper=5.0).to_numpy(),
+            }
+        )
+
+    def fit(self, frame: pd.DataFrame, labels: pd.Series) -> "LogisticScorer":
+        step = max(1, int(np.ceil(len(frame) / LOGISTIC_MAX_ROWS)))
+        frame, labels = frame.iloc[::step], labels.iloc[::step]
+        amount = frame["log_amount_reporting"].astype(float).dropna().to_numpy()
+        quantiles = np.arange(1, AMOUNT_BANDS) / AMOUNT_BANDS
+        self.amount_edges = np.unique(np.quantile(amount, quantiles)) if len(amount) else np.zeros(0)
+        numeric = ["log_days_in_stage", "log_age", "pushes"]
+        encode = ColumnTransformer(
+            [
+                ("categories", OneHotEncoder(handle_unknown="ignore"), ["stage_key", "amount_band"]),
+                ("numbers", Pipeline([("impute", SimpleImputer(strategy="median", keep_empty_features=True)), ("scale", StandardScaler())]), numeric),
+            ]
+        )
+        self.uses_age = True
+        for _ in range(2):
+            self.estimator = Pipeline(
+                [("encode", clone(encode)), ("classifier", LogisticRegression(C=LOGISTIC_C, max_iter=2000))]
+            )
+            self.estimator.fit(self._design(frame), labels.to_numpy(dtype=int))
+            if not self.uses_age or self.age_coefficient() <= 0.0:
+                break
+            # Older deals never look better for their age alone: a positive coefficient on age
+            # (beside days in stage and stage) is dropped and the model refitted without it.
+            self.uses_age = False
+        return self
+
+    def age_coefficient(self) -> float:
+        """The fitted coefficient of log age (on standardised inputs; 0 when age is left out)."""
+        names = list(self.estimator.named_steps["encode"].get_feature_names_out())
+        coefficients = self.estimator.named_steps["classifier"].coef_[0]
+        return float(coefficients[names.index("numbers__log_age")]) if self.uses_age else 0.0
+
+    def _probabilities(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.estimator.predict_proba(self._design(frame))[:, 1]
 
 
 class CrmProbabilityScorer(Scorer):
@@ -350,12 +505,17 @@ class CrmProbabilityScorer(Scorer):
 @dataclass
 class ScorerResult:
     """A trained scorer with its test metrics (the `model_runs` columns), reliability table and
-    test-slice predictions (label, model, crm_baseline, stage_rate_baseline per test row)."""
+    test-slice predictions (deal_id, snapshot_at, label, then one column per candidate scorer
+    evaluated, `published` for the scorer chosen, and the historical names `crm_baseline`,
+    `stage_rate_baseline` (stage x age) and `model` (gradient boosting, when fitted)).
+    `test_frame`: the test rows' features, for scoring other scorers (an earlier night's model)
+    on the same rows."""
 
     scorer: Scorer
     metrics: dict
     reliability: pd.DataFrame
     test_predictions: pd.DataFrame
+    test_frame: pd.DataFrame | None = None
 
     @property
     def version(self) -> str:
@@ -398,6 +558,9 @@ def fit_model(
     classifier = pipeline.named_steps["classifier"]
     if classifier.do_early_stopping_:
         return pipeline, int(classifier.n_iter_)
+    # The rounds are chosen on at most `ROUND_SELECTION_ROWS` validation rows (every k-th row).
+    step = max(1, int(np.ceil(len(validation) / ROUND_SELECTION_ROWS)))
+    validation, validation_labels = validation.iloc[::step], validation_labels.iloc[::step]
     encoded = pipeline[:-1].transform(validation[feature_names])
     y = validation_labels.to_numpy(dtype=float)
     best, best_loss, best_p = 0, np.inf, None
@@ -419,63 +582,103 @@ def fit_model(
 
 
 SLICES = ("train", "calibration", "test")
+# How the rows before the test cut are kept: `purged` (deals with rows after the cut and the
+# embargo's last days before it are left out) or `widened` (every row before the cut).
+SPLIT_PURGED = "purged"
+SPLIT_WIDENED = "widened"
+# The purge and embargo are applied only while they keep at least this share of the rows before
+# the cut, of its won deals and of its lost deals; otherwise the training window is widened to
+# every row before the cut. On a small org with long-lived or stale
+# deals, the purge would otherwise leave a few dozen rows of the deals that closed fastest.
+MIN_KEPT_SHARE = 0.9
 
 
-def time_split(
-    frame: pd.DataFrame,
-    test_share: float,
-    calibration_share: float,
-    embargo_days: float = 0.0,
-) -> pd.Series | None:
-    """Slice of each row: train, calibration, test, or `purged` / `embargo` (not used).
+@dataclass(frozen=True)
+class Split:
+    """Slice of each row (`train`, `test`, `purged`, `embargo`, or `after_cut` for creation rows at
+    or after the cut, which are neither fitted on nor scored) and how the cut was kept."""
 
-    Prediction dates are split in time order (the latest `test_share` of dates test, the
-    `calibration_share` before them calibrate, the rest train). A deal seen in two slices keeps
-    only its rows in the later one. Rows within `embargo_days` before the next slice starts are
-    left out (the wait is capped at half of the slice's span). None when there are fewer than three
-    prediction dates.
+    slices: pd.Series
+    rule: str
+    note: str
+    test_start: pd.Timestamp
+
+
+def _deals_by_label(frame: pd.DataFrame, mask) -> tuple[int, int]:
+    rows = frame.loc[np.asarray(mask, dtype=bool), ["deal_id", "label"]]
+    return int(rows.loc[rows["label"] == 1, "deal_id"].nunique()), int(rows.loc[rows["label"] == 0, "deal_id"].nunique())
+
+
+def time_split(frame: pd.DataFrame, test_share: float, embargo_days: float = 0.0) -> Split | None:
+    """Split `frame` (a training set's rows) at one date: the latest `test_share` of the scheduled
+    prediction dates are held out (`test`: scheduled rows only, the population a nightly run
+    scores); every labelled row before the cut trains, except:
+
+    - purge: rows of deals that also have a test row (no deal is both learnt from and tested on);
+    - embargo: rows within `embargo_days` (at most half the span before the cut) before the cut,
+      which would hold only the deals that happened to close before it.
+
+    When purge and embargo would keep less than `MIN_KEPT_SHARE` of the rows before the cut, of
+    its won deals or of its lost deals, neither is applied: the window is widened to every row before the cut (`rule` `widened`), and the deals
+    seen on both sides are counted in `note`. None with fewer than two scheduled dates.
     """
-    for name, share in (("test_share", test_share), ("calibration_share", calibration_share)):
-        if not 0.0 < share < 1.0:
-            raise ValueError(f"dealcast.toml [model] {name} must be between 0 and 1, got {share}")
-    if test_share + calibration_share >= 1.0:
-        raise ValueError(
-            f"dealcast.toml [model] test_share + calibration_share must leave dates to train on, "
-            f"got {test_share} + {calibration_share}"
-        )
-    dates = np.sort(frame["snapshot_at"].unique())
+    if not 0.0 < test_share < 1.0:
+        raise ValueError(f"dealcast.toml [model] test_share must be between 0 and 1, got {test_share}")
+    from models.training_set import KIND_CREATION
+
+    kind = frame["snapshot_kind"] if "snapshot_kind" in frame.columns else pd.Series("scheduled", index=frame.index)
+    scheduled = (kind != KIND_CREATION).to_numpy(dtype=bool)
+    dates = np.sort(frame.loc[scheduled, "snapshot_at"].unique())
     n = len(dates)
-    if n < 3:
+    if n < 2:
         return None
-    n_test = max(1, int(round(n * test_share)))
-    n_cal = max(1, int(round(n * calibration_share)))
-    n_train = n - n_test - n_cal
-    if n_train < 1:
-        return None
-    first, cal_start, test_start = pd.Timestamp(dates[0]), pd.Timestamp(dates[n_train]), pd.Timestamp(dates[n_train + n_cal])
+    n_test = min(max(1, int(round(n * test_share))), n - 1)
+    first, test_start = pd.Timestamp(dates[0]), pd.Timestamp(dates[n - n_test])
     at = frame["snapshot_at"]
-    rank = np.where(at >= test_start, 2, np.where(at >= cal_start, 1, 0))
-    latest = pd.Series(rank, index=frame.index).groupby(frame["deal_id"]).transform("max").to_numpy()
-    slice_name = np.array(SLICES, dtype=object)[rank]
-    slice_name = np.where(rank < latest, "purged", slice_name)
-    wait = pd.Timedelta(days=float(embargo_days))
-    train_wait = min(wait, (cal_start - first) / 2)
-    cal_wait = min(wait, (test_start - cal_start) / 2)
-    in_train_gap = (rank == 0) & (at > cal_start - train_wait).to_numpy() & (train_wait > pd.Timedelta(0))
-    in_cal_gap = (rank == 1) & (at > test_start - cal_wait).to_numpy() & (cal_wait > pd.Timedelta(0))
-    slice_name = np.where((in_train_gap | in_cal_gap) & (slice_name != "purged"), "embargo", slice_name)
-    return pd.Series(slice_name, index=frame.index, dtype=object)
+    is_test = scheduled & (at >= test_start).to_numpy(dtype=bool)
+    before = (at < test_start).to_numpy(dtype=bool)
+    test_deals = pd.Index(frame.loc[is_test, "deal_id"].unique())
+    in_test = test_deals.get_indexer(frame["deal_id"]) >= 0
+    purged = before & in_test
+    wait = min(pd.Timedelta(days=float(embargo_days)), (test_start - first) / 2)
+    embargo = before & ~purged & (at > test_start - wait).to_numpy(dtype=bool) & (wait > pd.Timedelta(0))
+    kept = before & ~purged & ~embargo
+    won_before, lost_before = _deals_by_label(frame, before)
+    won_kept, lost_kept = _deals_by_label(frame, kept)
+    enough = (
+        kept.sum() >= MIN_KEPT_SHARE * before.sum()
+        and won_kept >= MIN_KEPT_SHARE * won_before
+        and lost_kept >= MIN_KEPT_SHARE * lost_before
+    )
+    slices = np.full(len(frame), "after_cut", dtype=object)
+    slices[is_test] = "test"
+    if enough:
+        slices[kept] = "train"
+        slices[purged] = "purged"
+        slices[embargo] = "embargo"
+        rule = SPLIT_PURGED
+        note = (
+            f"test cut {test_start:%Y-%m-%d}: {int(purged.sum())} rows of deals also tested purged, "
+            f"{int(embargo.sum())} rows in the {wait / pd.Timedelta(days=1):.0f}-day embargo left out; "
+            f"{int(kept.sum())} of {int(before.sum())} rows before the cut train ({won_kept} won / {lost_kept} lost deals)"
+        )
+    else:
+        slices[before] = "train"
+        rule = SPLIT_WIDENED
+        both = int(pd.Index(frame.loc[before, "deal_id"].unique()).isin(test_deals).sum())
+        note = (
+            f"test cut {test_start:%Y-%m-%d}: purge and embargo would keep only {int(kept.sum())} of "
+            f"{int(before.sum())} rows before the cut ({won_kept} won / {lost_kept} lost deals), so the "
+            f"training window is widened to all {int(before.sum())} ({won_before} won / {lost_before} lost "
+            f"deals); {both} deals have rows on both sides of the cut"
+        )
+    return Split(pd.Series(slices, index=frame.index, dtype=object), rule, note, test_start)
 
 
 def _guard_leakage(feature_names: list[str]) -> None:
     leaky = [name for name in feature_names if name in LEAKY_FEATURES]
     if leaky:
         raise LeakageError(f"training set uses feature(s) {leaky} known only at close; refusing to train")
-
-
-def _metrics_block(prefix: str, labels, probabilities) -> dict:
-    values = binary_metrics(labels, probabilities)
-    return {f"{prefix}{key}": value for key, value in values.items()}
 
 
 def _both_classes(labels: pd.Series) -> bool:
@@ -486,8 +689,63 @@ def _describe_deals(won: int, lost: int) -> str:
     return f"{won} won and {lost} lost closed deal(s)"
 
 
+def _evaluate(labels: pd.Series, probabilities) -> dict:
+    values = binary_metrics(labels, probabilities)
+    table = reliability_table(labels, probabilities)
+    return {**values, "ece": expected_calibration_error(table)}
+
+
+def _fit_boosting(
+    train: pd.DataFrame,
+    y_train: pd.Series,
+    feature_names: list[str],
+    params: dict,
+    config: ModelConfig,
+    embargo_days: float,
+    common: dict,
+    run_params: dict,
+) -> tuple[Scorer | None, str | None, int]:
+    """The gradient-boosting candidate: fitted on the earlier part of the training rows and
+    calibrated (and early-stopped) on the later `calibration_share` of the prediction dates, split
+    as the test cut is. Returns (scorer or None, why not, calibration rows)."""
+    share = config.calibration_share / (1.0 - config.test_share)
+    inner = time_split(train, min(max(share, 0.01), 0.99), embargo_days)
+    if inner is None:
+        return None, "fewer than 3 prediction dates to fit, calibrate and test in time order", 0
+    fit_mask, cal_mask = inner.slices == "train", inner.slices == "test"
+    for name, mask in (("fitting", fit_mask), ("calibration", cal_mask)):
+        part = y_train[mask]
+        if part.empty:
+            return None, f"the {name} part of the training rows is empty", 0
+        if not _both_classes(part):
+            outcome = "won" if part.iloc[0] == 1 else "lost"
+            return None, f"every deal in the {name} part of the training rows was {outcome}", 0
+    fit_part, cal_part = train.loc[fit_mask], train.loc[cal_mask]
+    model_features = [f for f in feature_names if fit_part[f].notna().any()]
+    empty_features = [f for f in feature_names if f not in model_features]
+    if empty_features:
+        logger.warning("features without any value in the training slice, left out: %s", empty_features)
+        run_params["features_without_values"] = empty_features
+    logger.info("fitting the deal model on %d rows, calibrating on %d", len(fit_part), len(cal_part))
+    pipeline, rounds = fit_model(model_features, params, fit_part, y_train[fit_mask], cal_part, y_train[cal_mask])
+    run_params["boosting_rounds"] = rounds
+    run_params["boosting_split"] = inner.rule
+    enough = len(cal_part) >= ISOTONIC_MIN_ROWS and cal_part["deal_id"].nunique() >= ISOTONIC_MIN_DEALS
+    method = "isotonic" if enough else "sigmoid"
+    calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
+    calibrated.fit(cal_part[model_features], y_train[cal_mask])
+    run_params["calibration_method"] = method
+    scorer = CalibratedModelScorer(estimator=calibrated, calibration_method=method, feature_names=model_features, **common)
+    return scorer, None, len(cal_part)
+
+
+def _loss_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def train_scorer(training: TrainingSet, config: ModelConfig, as_of: dt.date) -> ScorerResult:
-    """Train, calibrate and test the deal scorer on `training` (see the module docstring)."""
+    """Fit every eligible scorer of the ladder on the rows before the test cut, score them on the
+    same held-out rows and publish the one with the lowest log loss (see the module docstring)."""
     _guard_leakage(training.feature_names)
     frame = training.frame
     won, lost = training.won_deals, training.lost_deals
@@ -498,6 +756,11 @@ def train_scorer(training: TrainingSet, config: ModelConfig, as_of: dt.date) -> 
             f"{_describe_deals(won, lost)} ({missing}); both outcomes are needed, otherwise every "
             f"deal would get the same certain score. Data window: {training.data_window}."
         )
+    if not 0.0 < config.calibration_share < 1.0 or config.test_share + config.calibration_share >= 1.0:
+        raise ValueError(
+            f"dealcast.toml [model] calibration_share must be between 0 and 1 and leave dates to train on "
+            f"with test_share, got calibration_share {config.calibration_share}, test_share {config.test_share}"
+        )
     params = model_params(dict(config.params))
     run_params = {
         "model": params,
@@ -506,175 +769,181 @@ def train_scorer(training: TrainingSet, config: ModelConfig, as_of: dt.date) -> 
         "calibration_share": config.calibration_share,
         "min_won": config.min_won,
         "min_lost": config.min_lost,
+        "logistic_min_won": config.logistic_min_won,
+        "logistic_min_lost": config.logistic_min_lost,
         "maturity_days": training.maturity_days,
     }
     version = model_version(training, run_params)
-    slices = time_split(frame, config.test_share, config.calibration_share, training.maturity_days)
     labels = frame["label"].astype(int)
-
-    reasons: list[str] = []
-    if won < config.min_won or lost < config.min_lost:
-        reasons.append(
-            f"only {_describe_deals(won, lost)}; a model needs at least {config.min_won} won and "
-            f"{config.min_lost} lost (dealcast.toml [model] min_won / min_lost)"
-        )
-    if slices is None:
-        reasons.append(
-            f"only {frame['snapshot_at'].nunique()} prediction date(s); at least 3 are needed to "
-            "train, calibrate and test in time order"
-        )
+    split = time_split(frame, config.test_share, training.maturity_days)
+    if split is not None:
+        slices = split.slices
     else:
-        for name in SLICES:
-            part = labels[slices == name]
-            if part.empty:
-                reasons.append(f"the {name} slice has no rows")
-            elif name != "test" and not _both_classes(part):
-                outcome = "won" if part.iloc[0] == 1 else "lost"
-                reasons.append(f"every deal in the {name} slice was {outcome}")
-    eligible = not reasons
-    if slices is None:
         slices = pd.Series("train", index=frame.index, dtype=object)
-    is_train, is_cal, is_test = (slices == "train"), (slices == "calibration"), (slices == "test")
-
-    # The stage-rate rows: the training slice when it has both outcomes, else everything (then
-    # the test metrics would not be out of sample and are left empty).
-    stage_rows = is_train if _both_classes(labels[is_train]) else pd.Series(True, index=frame.index)
-    out_of_sample = not bool(stage_rows.all()) and bool(is_test.any())
-    fit_rows = frame.loc[stage_rows]
+    is_train, is_test = (slices == "train").to_numpy(), (slices == "test").to_numpy()
+    out_of_sample = bool(is_test.any()) and _both_classes(labels[is_train])
+    if not out_of_sample:
+        # Nothing can be held out honestly: the constant rate of every labelled row, flagged.
+        is_train, is_test = np.ones(len(frame), dtype=bool), np.zeros(len(frame), dtype=bool)
+    train, test = frame.loc[is_train], frame.loc[is_test]
+    y_train, y_test = labels[is_train], labels[is_test]
+    train_won, train_lost = _deals_by_label(frame, is_train)
+    test_won, test_lost = _deals_by_label(frame, is_test)
     common = {
         "version": version,
-        "typical": typical_values(fit_rows, [c for c in frame.columns if c not in ("deal_id", "snapshot_at", "label")]),
-        "typical_stage_days": typical_days_in_stage(fit_rows),
+        "typical": typical_values(train, [c for c in frame.columns if c not in ("deal_id", "snapshot_at", "label", "snapshot_kind")]),
+        "typical_stage_days": typical_days_in_stage(train),
     }
-    stage_scorer = StageRateScorer(
-        use_stage=training.has_history,
-        feature_names=["stage", "age_days"] if training.has_history else ["age_days"],
-        **common,
-    ).fit(fit_rows, labels[stage_rows])
-    crm_scorer = CrmProbabilityScorer(
-        fill_rate=stage_scorer.overall_rate,
-        feature_names=["crm_probability", "stage_probability"],
-        **common,
-    )
-
-    test = frame.loc[is_test] if out_of_sample else frame.iloc[0:0]
-    counts = {
-        "train_rows": int(stage_rows.sum()) if not eligible else int(is_train.sum()),
-        "calibration_rows": int(is_cal.sum()) if eligible else 0,
-        "test_rows": len(test),
+    constant = float(y_train.mean())
+    stage_features = ["stage"] if training.has_history else []
+    candidates: dict[str, Scorer] = {
+        METHOD_CONSTANT: ConstantRateScorer(rate=constant, feature_names=[], **common),
     }
-    y_test = labels.loc[test.index]
-    predictions = pd.DataFrame(
-        {
-            "deal_id": test["deal_id"],
-            "snapshot_at": test["snapshot_at"],
-            "label": y_test,
-            "stage_rate_baseline": stage_scorer.predict_proba(test) if len(test) else np.zeros(0),
-        }
-    ).reset_index(drop=True)
-    crm_raw = crm_scorer.crm_probabilities(test) if len(test) else np.zeros(0)
-    crm_known = bool(len(test)) and not bool(np.isnan(crm_raw).all())
-    predictions["crm_baseline"] = crm_scorer.predict_proba(test) if crm_known else np.nan
-    baseline_metrics = {
-        **_metrics_block("stage_rate_baseline_", y_test, predictions["stage_rate_baseline"]),
-        **(
-            _metrics_block("crm_baseline_", y_test, predictions["crm_baseline"])
-            if crm_known
-            else {"crm_baseline_auc": None, "crm_baseline_log_loss": None, "crm_baseline_brier": None}
-        ),
-    }
-
-    scorer: Scorer
-    calibration_method = None
-    fallback_reason = None
-    beats_baselines = None
-    if eligible:
-        train_part, cal_part = frame.loc[is_train], frame.loc[is_cal]
-        # A feature with no value at all in the training slice carries nothing to learn (e.g. the
-        # account win rate of a source without accounts); the model leaves it out and says so.
-        model_features = [f for f in training.feature_names if train_part[f].notna().any()]
-        empty_features = [f for f in training.feature_names if f not in model_features]
-        if empty_features:
-            logger.warning("features without any value in the training slice, left out: %s", empty_features)
-            run_params["features_without_values"] = empty_features
-        logger.info("fitting the deal model on %d rows, calibrating on %d", len(train_part), len(cal_part))
-        pipeline, rounds = fit_model(
-            model_features, params,
-            train_part, labels[is_train], cal_part, labels[is_cal],
-        )
-        run_params["boosting_rounds"] = rounds
-        enough = len(cal_part) >= ISOTONIC_MIN_ROWS and cal_part["deal_id"].nunique() >= ISOTONIC_MIN_DEALS
-        calibration_method = "isotonic" if enough else "sigmoid"
-        calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=calibration_method)
-        calibrated.fit(cal_part[model_features], labels[is_cal])
-        # Eligible implies the training slice holds both outcomes, so `common` was learnt on it.
-        model_scorer = CalibratedModelScorer(
-            estimator=calibrated,
-            calibration_method=calibration_method,
-            feature_names=model_features,
-            **common,
-        )
-        predictions["model"] = model_scorer.predict_proba(test)
-        main = predictions["model"]
-        baselines = {
-            METHOD_CRM: baseline_metrics["crm_baseline_log_loss"],
-            METHOD_STAGE_RATE: baseline_metrics["stage_rate_baseline_log_loss"],
-        }
-        available = {k: v for k, v in baselines.items() if v is not None}
-        model_loss = binary_metrics(y_test, main)["log_loss"]
-        best_method = min(available, key=available.get)
-        beats_baselines = bool(model_loss < min(available.values()))
-        if beats_baselines:
-            scorer = model_scorer
-        else:
-            scorer = crm_scorer if best_method == METHOD_CRM else stage_scorer
-            fallback_reason = (
-                f"the model's test log loss {model_loss:.4f} does not beat the "
-                f"{best_method.replace('_', ' ')} baseline's {available[best_method]:.4f}; "
-                f"deals are scored with that baseline"
+    skipped: dict[str, str] = {}
+    calibration_rows = 0
+    crm = CrmProbabilityScorer(fill_rate=constant, feature_names=["crm_probability", "stage_probability"], **common)
+    if len(test) and not bool(np.isnan(crm.crm_probabilities(test)).all()):
+        candidates[METHOD_CRM] = crm
+    else:
+        skipped[METHOD_CRM] = "no CRM probability or stage default on the held-out rows"
+    candidates[METHOD_STAGE_ONLY] = StageRateScorer(
+        use_stage=training.has_history, use_age=False, feature_names=stage_features, **common
+    ).fit(train, y_train)
+    candidates[METHOD_STAGE_RATE] = StageRateScorer(
+        use_stage=training.has_history, use_age=True, feature_names=[*stage_features, "age_days"], **common
+    ).fit(train, y_train)
+    if not out_of_sample:
+        for method in (METHOD_LOGISTIC, METHOD_MODEL):
+            skipped[method] = "no held-out rows to compare it on"
+    else:
+        absent = [c for c in LOGISTIC_FEATURES if c not in frame.columns]
+        if not training.has_history:
+            skipped[METHOD_LOGISTIC] = "the source has no stage history (stage and days in stage unknown at past dates)"
+        elif absent:
+            skipped[METHOD_LOGISTIC] = f"its inputs {absent} are not among the training set's features"
+        elif train_won < config.logistic_min_won or train_lost < config.logistic_min_lost:
+            skipped[METHOD_LOGISTIC] = (
+                f"the training rows hold {_describe_deals(train_won, train_lost)}; it needs "
+                f"{config.logistic_min_won} won and {config.logistic_min_lost} lost (dealcast.toml [model] "
+                "logistic_min_won / logistic_min_lost)"
             )
-    else:
-        scorer = stage_scorer
-        fallback_reason = "; ".join(reasons) + "; deals are scored with the empirical stage win rate"
-        if not out_of_sample:
-            fallback_reason += " (no out-of-sample test rows, so no test metrics)"
-        main = predictions["stage_rate_baseline"]
+        else:
+            candidates[METHOD_LOGISTIC] = LogisticScorer(**common).fit(train, y_train)
+            run_params["logistic_uses_age"] = candidates[METHOD_LOGISTIC].uses_age
+        if train_won < config.min_won or train_lost < config.min_lost:
+            skipped[METHOD_MODEL] = (
+                f"the training rows hold {_describe_deals(train_won, train_lost)}; it needs "
+                f"{config.min_won} won and {config.min_lost} lost (dealcast.toml [model] min_won / min_lost)"
+            )
+        else:
+            boosting, why, calibration_rows = _fit_boosting(
+                train, y_train, training.feature_names, params, config, training.maturity_days, common, run_params
+            )
+            if boosting is None:
+                skipped[METHOD_MODEL] = why
+            else:
+                candidates[METHOD_MODEL] = boosting
 
+    predictions = pd.DataFrame(
+        {"deal_id": test["deal_id"].to_numpy(), "snapshot_at": test["snapshot_at"].to_numpy(), "label": y_test.to_numpy()}
+    )
+    evaluated: dict[str, dict] = {}
+    for method, scorer in candidates.items():
+        if len(test):
+            p = scorer.predict_proba(test)
+            predictions[method] = p
+            evaluated[method] = _evaluate(y_test, p)
+    if evaluated:
+        ranked = sorted(evaluated, key=lambda m: (round(evaluated[m]["log_loss"], 12), tier(m)))
+        winner = ranked[0]
+        best = evaluated[winner]
+        others = "; ".join(f"{m} {_loss_text(evaluated[m]['log_loss'])}" for m in ranked[1:])
+        selection_reason = (
+            f"{winner} has the lowest held-out log loss, {_loss_text(best['log_loss'])}, on {len(test)} rows "
+            f"of {test_won + test_lost} deals ({test_won} won / {test_lost} lost); the others: {others}"
+        )
+        if skipped:
+            selection_reason += "; not fitted: " + "; ".join(f"{m} ({why})" for m, why in skipped.items())
+    else:
+        winner = METHOD_CONSTANT
+        reason = split.note if split is not None else f"only {frame['snapshot_at'].nunique()} prediction date(s)"
+        selection_reason = (
+            f"no held-out rows with a training slice holding both outcomes ({reason}); the constant win "
+            f"rate of all {len(frame)} labelled rows is published, the only scorer that needs no evidence"
+        )
+    scorer = candidates[winner]
     if len(test):
-        headline = binary_metrics(y_test, main)
-        table = reliability_table(y_test, main)
-        ece = expected_calibration_error(table)
-        base_brier = base_rate_brier(y_test, rate=stage_scorer.overall_rate)
-    else:
-        headline = {"auc": None, "log_loss": None, "brier": None}
-        table = reliability_table([], [])
-        ece, base_brier = None, None
+        predictions["published"] = predictions[winner]
+        predictions["stage_rate_baseline"] = predictions[METHOD_STAGE_RATE]
+        predictions["crm_baseline"] = predictions[METHOD_CRM] if METHOD_CRM in predictions else np.nan
+        if METHOD_MODEL in predictions:
+            predictions["model"] = predictions[METHOD_MODEL]
 
+    def block(prefix: str, method: str) -> dict:
+        values = evaluated.get(method, {})
+        return {f"{prefix}{k}": values.get(k) for k in ("auc", "log_loss", "brier")}
+
+    if winner == METHOD_MODEL:
+        fallback_reason = None
+    elif METHOD_MODEL in skipped:
+        fallback_reason = f"gradient boosting not fitted: {skipped[METHOD_MODEL]}; deals are scored with {winner}"
+    else:
+        fallback_reason = (
+            f"gradient boosting's held-out log loss {_loss_text(evaluated[METHOD_MODEL]['log_loss'])} does not beat "
+            f"{winner}'s {_loss_text(evaluated[winner]['log_loss'])}; deals are scored with {winner}"
+        )
+    baseline_losses = [evaluated[m]["log_loss"] for m in (METHOD_CRM, METHOD_STAGE_RATE) if m in evaluated]
+    published = evaluated.get(winner, {"auc": None, "log_loss": None, "brier": None, "ece": None})
+    table = reliability_table(y_test, predictions[winner]) if len(test) else reliability_table([], [])
+    candidate_records = [
+        {
+            "method": method,
+            "tier": tier(method),
+            "fitted": method in candidates,
+            "reason": skipped.get(method),
+            **{k: evaluated.get(method, {}).get(k) for k in ("log_loss", "auc", "brier", "ece")},
+        }
+        for method in LADDER
+    ]
     metrics = {
         "model_version": version,
         "scoring_method": scorer.scoring_method,
-        **headline,
-        "base_rate_brier": base_brier,
-        "ece": ece,
-        **baseline_metrics,
-        "beats_baselines": beats_baselines,
-        "eligible": eligible,
+        "auc": published["auc"],
+        "log_loss": published["log_loss"],
+        "brier": published["brier"],
+        "base_rate_brier": base_rate_brier(y_test, rate=constant) if len(test) else None,
+        "ece": published["ece"],
+        **block("crm_baseline_", METHOD_CRM),
+        **block("stage_rate_baseline_", METHOD_STAGE_RATE),
+        "constant_log_loss": evaluated.get(METHOD_CONSTANT, {}).get("log_loss"),
+        "beats_baselines": (bool(published["log_loss"] <= min(baseline_losses)) if baseline_losses and published["log_loss"] is not None else None),
+        "eligible": METHOD_MODEL in candidates,
         "fallback_reason": fallback_reason,
+        "selection_reason": selection_reason,
+        "candidates": candidate_records,
+        "split_rule": split.rule if (split is not None and out_of_sample) else None,
+        "split_note": split.note if split is not None else f"only {frame['snapshot_at'].nunique()} prediction date(s): no test cut",
         "has_history": training.has_history,
-        **counts,
+        "train_rows": len(train),
+        "calibration_rows": calibration_rows,
+        "test_rows": len(test),
+        "train_won_deals": train_won,
+        "train_lost_deals": train_lost,
+        "test_won_deals": test_won,
+        "test_lost_deals": test_lost,
+        "creation_rows": int(training.creation_rows),
         "data_window": training.data_window,
         "reliability": reliability_records(table),
-        "features": list(training.feature_names),
-        "params": {**run_params, "calibration_method": calibration_method},
+        "features": list(scorer.feature_names),
+        "params": {**run_params, "calibration_method": run_params.get("calibration_method")},
         "won_deals": won,
         "lost_deals": lost,
         "censored_deals": training.censored_deals,
     }
     if fallback_reason:
-        logger.warning("deal scoring as of %s: %s", as_of, fallback_reason)
-    logger.info(
-        "deal scorer %s (%s): test log loss %s, CRM baseline %s, stage-rate baseline %s",
-        version, scorer.scoring_method, headline["log_loss"],
-        baseline_metrics["crm_baseline_log_loss"], baseline_metrics["stage_rate_baseline_log_loss"],
+        logger.info("deal scoring as of %s: %s", as_of, fallback_reason)
+    logger.info("deal scorer %s (%s): %s", version, scorer.scoring_method, selection_reason)
+    return ScorerResult(
+        scorer=scorer, metrics=metrics, reliability=table, test_predictions=predictions,
+        test_frame=test.reset_index(drop=True) if len(test) else None,
     )
-    return ScorerResult(scorer=scorer, metrics=metrics, reliability=table, test_predictions=predictions)

@@ -8,8 +8,9 @@ at that moment: its pipeline and stage, how long it had been in that stage, and 
 How it is learned:
 - The pipeline is rebuilt as it stood at past prediction dates (weekly by default) with
   `etl.pipeline_state.pipeline_at_many`, keeping the open rows of deals won by `as_of`. Each row
-  gives the days the deal still took to close (`R`) and the days that could be observed between
-  that date and `as_of` (`W`).
+  gives the days the deal still took to close (`R`, to its booking date, `etl.bookings`, the date
+  the forecast's actuals count it on; rows on or after that date are dropped) and the days that
+  could be observed between that date and `as_of` (`W`).
 - Only deals won by `as_of` are known to be winners, so a row is only seen when `R <= W`: recent
   rows over-represent quick wins, because their slow siblings have not closed yet. Each row is
   therefore used only at horizons it could have been observed at (`s <= W`), through the
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from etl.bookings import state_booking_dates
 from etl.periods import period_bounds, quarter_label
 from etl.pipeline_state import as_of_end, lean_rebuild_inputs, pipeline_at, pipeline_at_many, prepare_history
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
@@ -212,6 +214,9 @@ class CloseTiming:
 
         state = pipeline_at(deals, history, end)
         won = state.loc[state["status"] == STATUS_WON, ["deal_id", "closed_at"]]
+        # A win closes on its booking date (etl.bookings), as the forecast's actuals count it: a win
+        # keyed in on 8 July with a CRM close date of 27 June closed on 27 June.
+        won = won.assign(closed_at=state_booking_dates(won, deals, end))
         if won.empty:
             logger.info("close timing at %s: no deal won yet, the CRM's expected close dates will be used", end.date())
             return empty()

@@ -9,6 +9,10 @@ owners, products and accounts from deals closed strictly before t, and labels th
 deal's outcome as known at `as_of` (won 1, lost 0). Deals still open at `as_of` are censored:
 left out, never counted as lost.
 
+A deal never open on a prediction date (a win keyed in at the moment of closing, a deal decided within
+days) gets one row at the instant it was created instead, with only what was known then
+(`snapshot_kind` `creation`), so such wins still count as evidence.
+
 Rules that keep the model honest (see docs of `build_training_set`):
 - no feature known only at close (`LEAKY_FEATURES`); asking for one raises `LeakageError`;
 - label maturity: prediction dates stop `maturity_days` before `as_of` (by default the 90th
@@ -137,6 +141,11 @@ _STATE_FEATURE_COLUMNS = [
 _REQUIRED_HISTORY_COLUMNS = ("valid_to", "stage_entered_at", "stage_moves", "close_pushes", "stage_status")
 
 
+# `snapshot_kind` of a row: taken at a scheduled prediction date, or at the deal's creation.
+KIND_SCHEDULED = "scheduled"
+KIND_CREATION = "creation"
+
+
 class LeakageError(ValueError):
     """A requested feature is known only once the deal has closed."""
 
@@ -145,8 +154,9 @@ class LeakageError(ValueError):
 class TrainingSet:
     """As-of snapshots of deals with their known outcomes.
 
-    `frame`: one row per (snapshot_at, deal_id) with `label` (1 won, 0 lost), the features in
-    `feature_names` and the baseline columns in `CONTEXT_COLUMNS`.
+    `frame`: one row per (snapshot_at, deal_id) with `label` (1 won, 0 lost), `snapshot_kind`
+    (`scheduled` or `creation`), the features in `feature_names` and the baseline columns in
+    `CONTEXT_COLUMNS`.
     """
 
     frame: pd.DataFrame
@@ -165,6 +175,13 @@ class TrainingSet:
     @property
     def lost_deals(self) -> int:
         return int(self.frame.loc[self.frame["label"] == 0, "deal_id"].nunique())
+
+    @property
+    def creation_rows(self) -> int:
+        """Rows taken at a deal's creation (deals never open on a prediction date)."""
+        if "snapshot_kind" not in self.frame.columns:
+            return 0
+        return int((self.frame["snapshot_kind"] == KIND_CREATION).sum())
 
     @property
     def data_window(self) -> str:
@@ -468,6 +485,50 @@ class _PriorCounts:
         return np.where(blank, np.nan, rate), np.where(blank, np.nan, closed)
 
 
+def _creation_span_rows(
+    deals: pd.DataFrame,
+    spans: pd.DataFrame,
+    open_rows_at: np.ndarray,
+    labelled_ids: pd.Index,
+    first: pd.Timestamp,
+    last: pd.Timestamp,
+) -> np.ndarray:
+    """Positions (rows of `spans`, i.e. of the history) of the open state each deal is in at the
+    instant it was created, for the deals that get a creation snapshot: created between `first`
+    and `last` (the first and last prediction dates), with recorded stage history, labelled (closed
+    by as_of), and never open on a prediction date (`open_rows_at`: the history rows open at one)."""
+    positions = pd.Index(deals["deal_id"]).get_indexer(spans["deal_id"])
+    known = positions >= 0
+    safe = np.maximum(positions, 0)
+    created = np.where(known, deals["created_at"].to_numpy(dtype=TIMESTAMP)[safe], np.datetime64("NaT"))
+    recorded = _bool(deals["has_history"])[safe] & known
+    held_from = spans["held_from"].to_numpy(dtype=TIMESTAMP)
+    held_until = spans["held_until"].to_numpy(dtype=TIMESTAMP)
+    holds = (held_from == created) & (np.isnat(held_until) | (held_until > held_from))
+    is_open = _bool(spans["status"].astype("string") == STATUS_OPEN)
+    in_window = ~np.isnat(created) & (created >= np.datetime64(first)) & (created <= np.datetime64(last))
+    seen = np.zeros(len(deals), dtype=bool)
+    seen[positions[open_rows_at][positions[open_rows_at] >= 0]] = True
+    labelled = labelled_ids.get_indexer(deals["deal_id"]) >= 0
+    chosen = np.flatnonzero(holds & is_open & in_window & recorded & ~seen[safe] & labelled[safe])
+    # One state per deal (several rows dated at the creation instant: the last one holds).
+    deal_of = spans["deal_id"].to_numpy()[chosen]
+    _, last_of_deal = np.unique(deal_of[::-1], return_index=True)
+    return np.sort(chosen[len(chosen) - 1 - last_of_deal])
+
+
+def _creation_states(lean_deals: pd.DataFrame, lean_history: pd.DataFrame) -> pd.DataFrame:
+    """`pipeline_at_many`-shaped open rows for deals at their creation instant, from the history
+    rows that hold then (`lean_history`, one per deal): snapshot_at = created_at, age 0."""
+    state = lean_history.reset_index(drop=True)
+    out = state.merge(lean_deals, on="deal_id", how="left", validate="one_to_one")
+    out["snapshot_at"] = out["created_at"]
+    out["status"] = pd.Series(STATUS_OPEN, index=out.index, dtype="string")
+    out["days_in_stage"] = ((out["snapshot_at"] - out["stage_entered_at"]) / pd.Timedelta(days=1)).clip(lower=0.0)
+    out["age_days"] = 0.0
+    return out
+
+
 def _cap_rows(frame: pd.DataFrame, cap: int) -> tuple[pd.DataFrame, bool]:
     """At most `cap` rows per snapshot date, chosen by a hash of the deal id so the same deals are
     kept at every date and a re-run keeps exactly the same rows."""
@@ -492,6 +553,7 @@ def build_training_set(
     maturity_days: float | None = None,
     max_rows_per_snapshot: int = MAX_ROWS_PER_SNAPSHOT,
     fiscal_year_start_month: int = 1,
+    creation_snapshots: bool = True,
 ) -> TrainingSet:
     """As-of snapshots of every deal open at each prediction date, labelled with its outcome.
 
@@ -506,13 +568,21 @@ def build_training_set(
       censored (left out).
     - History rates (owner, product, account) count only deals closed strictly before the snapshot.
     - At most `max_rows_per_snapshot` rows per date (deterministic sample by deal id hash).
+    - Creation snapshots (`creation_snapshots`, on by default): a deal with recorded stage history
+      that was never open on a prediction date (a win keyed in at the moment of closing, a deal won
+      or lost within days) gets one row at the instant it was created, as it stood then: its
+      creation stage, amount and close date, age 0, no moves yet, and owner/product/account rates
+      from the deals closed before the latest prediction date on or before its creation. Nothing
+      recorded after that instant enters its features. Such rows have `snapshot_kind` `creation`;
+      the others `scheduled`. Without them an org whose reps key wins in at close would have
+      almost no won deals to learn from.
     """
     _check_prepared(history)
     has_history = source_has_history(deals)
     names = resolve_features(features, has_history)
     as_of_date = as_of.date() if isinstance(as_of, dt.datetime) else as_of
     as_of_instant = as_of_end(as_of_date)
-    columns = ["deal_id", "snapshot_at", "label", *names, *[c for c in CONTEXT_COLUMNS if c not in names]]
+    columns = ["deal_id", "snapshot_at", "label", "snapshot_kind", *names, *[c for c in CONTEXT_COLUMNS if c not in names]]
 
     # The outcomes need only each deal's status and close time at as_of.
     final = pipeline_at_many(*lean_rebuild_inputs(deals, history, [], []), [as_of_instant])
@@ -551,6 +621,11 @@ def build_training_set(
         deal_index = pd.Index(deals["deal_id"])
         priors = _PriorCounts(deals, deal_index, spans, first, stop, snapshots)
         open_rows_at = np.flatnonzero(_bool(spans["status"].astype("string") == STATUS_OPEN) & (first < stop))
+        creation_rows_at = (
+            _creation_span_rows(deals, spans, open_rows_at, pd.Index(labels["deal_id"]), instants[0], instants[-1])
+            if creation_snapshots
+            else np.zeros(0, dtype=np.int64)
+        )
         del spans
         open_first, open_stop = first[open_rows_at], stop[open_rows_at]
         size = len(snapshots) + 1
@@ -561,6 +636,7 @@ def build_training_set(
             deals, history, _DEAL_FEATURE_COLUMNS, _STATE_FEATURE_COLUMNS, categorical=[*CATEGORICAL_FEATURES]
         )
         open_history = lean_history.iloc[open_rows_at]
+        creation_history = lean_history.iloc[creation_rows_at]
         del lean_history
         open_deals = deal_index.get_indexer(open_history["deal_id"])
         labelled_index = pd.Index(labels["deal_id"])
@@ -578,11 +654,26 @@ def build_training_set(
                 if f"{key}_prior_closed" in NUMERIC_FEATURES:
                     rows[f"{key}_prior_closed"] = closed_count
             rows = _with_stage_probability(rows, stages)
+            rows["snapshot_kind"] = KIND_SCHEDULED
             labelled = rows.merge(labels, on="deal_id", how="inner", validate="many_to_one")
             censored_ids.append(rows.loc[labelled_index.get_indexer(rows["deal_id"]) < 0, "deal_id"])
             labelled, capped = _cap_rows(labelled, max_rows_per_snapshot)
             sampled = sampled or capped
             parts.append(labelled[columns])
+        if len(creation_history):
+            states = _creation_states(lean_deals, creation_history)
+            rows = _state_features(states, fiscal_year_start_month)
+            deal_positions = deal_index.get_indexer(states["deal_id"])
+            latest_date = np.searchsorted(snapshots, states["snapshot_at"].to_numpy(dtype=TIMESTAMP), side="right") - 1
+            for key in ("owner", "product", "account"):
+                rate, closed_count = priors.rates(key, deal_positions, latest_date)
+                rows[f"{key}_prior_win_rate"] = rate
+                if f"{key}_prior_closed" in NUMERIC_FEATURES:
+                    rows[f"{key}_prior_closed"] = closed_count
+            rows = _with_stage_probability(rows, stages)
+            rows["snapshot_kind"] = KIND_CREATION
+            parts.append(rows.merge(labels, on="deal_id", how="inner", validate="one_to_one")[columns])
+            logger.info("creation snapshots: %d deals never open on a prediction date", len(rows))
     frame = pd.concat(parts, ignore_index=True) if parts else empty
     frame = frame.sort_values(["snapshot_at", "deal_id"], kind="stable").reset_index(drop=True)
     if sampled:

@@ -333,15 +333,25 @@ def read_header(path: Path, encoding: str) -> CsvHeader:
     return header
 
 
-def header_for(columns: Sequence[str], column: str | None) -> str | None:
+def squashed(name: str) -> str:
+    """A field name without case and underscores: Salesforce's `StageName` and `Loss_Reason__c` and
+    a warehouse loader's `stage_name` and `loss_reason_c` become `stagename` and `lossreasonc`."""
+    return name.casefold().replace("_", "")
+
+
+def header_for(columns: Sequence[str], column: str | None, snake_case: bool = False) -> str | None:
     """The header among `columns` for `column`: that very name, else the only one equal to it when
-    case is ignored; None when there is none (or several that differ only in case)."""
+    case is ignored, else (with `snake_case`) the only one equal to it when underscores are ignored
+    too (a warehouse loader's `stage_name` for `StageName`); None when there is none (or several
+    that differ only so)."""
     if not column:
         return None
     if column in columns:
         return column
     folded = column.casefold()
     matches = [c for c in columns if c.casefold() == folded]
+    if not matches and snake_case:
+        matches = [c for c in columns if squashed(c) == squashed(column)]
     return matches[0] if len(matches) == 1 else None
 
 
@@ -361,6 +371,8 @@ class CsvTable:
     data: pa.Table
     source_row: np.ndarray
     malformed: pd.DataFrame
+    # Headers may be a warehouse loader's snake_case spelling of the names asked for (`header_for`).
+    snake_case: bool = False
 
     @property
     def rows_read(self) -> int:
@@ -371,8 +383,9 @@ class CsvTable:
 
     def column_for(self, column: str | None) -> str | None:
         """The file's header for `column`: that very name, else the one header that differs from it
-        only in case (Salesforce Data Loader writes `STAGENAME` for `StageName`); None otherwise."""
-        return header_for(self.columns, column)
+        only in case (Salesforce Data Loader writes `STAGENAME` for `StageName`), or for a
+        `snake_case` table only in case and underscores (`stage_name`); None otherwise."""
+        return header_for(self.columns, column, self.snake_case)
 
     def has(self, column: str | None) -> bool:
         return self.column_for(column) is not None
@@ -422,9 +435,10 @@ def load_csv(
     format_label: str,
     required: Sequence[str],
     delimiter: str = ",",
+    snake_case: bool = False,
 ) -> CsvTable:
     """Read `path` with every column as text, checking the header against `required` (a required
-    column may differ in case, as `header_for` says).
+    column may differ in case, and with `snake_case` in underscores, as `header_for` says).
 
     `format_label` names the format in messages (e.g. "Salesforce Opportunity"). Raises
     `ExportFormatError` for an empty, binary, truncated or header-only file, a wrong delimiter,
@@ -454,9 +468,9 @@ def load_csv(
         )
     if any(c == "" for c in columns):
         columns = tuple(c or f"column_{i + 1}" for i, c in enumerate(columns))
-    missing = [c for c in required if header_for(columns, c) is None]
+    missing = [c for c in required if header_for(columns, c, snake_case) is None]
     if missing:
-        known = [c for c in required if header_for(columns, c) is not None]
+        known = [c for c in required if header_for(columns, c, snake_case) is not None]
         hint = (
             " None of the expected columns is there: is the header row missing?"
             if not known
@@ -494,6 +508,7 @@ def load_csv(
         data=data,
         source_row=source_row,
         malformed=malformed,
+        snake_case=snake_case,
     )
     if table.rows_read == 0:
         raise ExportFormatError(
@@ -704,7 +719,8 @@ def parse_numbers(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
 
 
 def parse_timestamps(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    """"YYYY-MM-DD HH:MM:SS", ISO 8601 (with T, fractions, Z or an offset) or a bare date, as
+    """"YYYY-MM-DD HH:MM:SS", ISO 8601 (with T, fractions, Z or an offset, also after a blank as
+    in "+0000") or a bare date, also ending in " UTC" as warehouse loaders write it, as
     timezone-naive UTC; blank is NaT."""
     blank = is_blank(values)
     arrow = _arrow_text(values)
@@ -712,7 +728,9 @@ def parse_timestamps(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
     result = pd.Series(parsed.to_numpy(zero_copy_only=False), index=values.index).astype(TIMESTAMP)
     retry = result.isna().to_numpy() & ~blank
     if retry.any():
-        others = pd.to_datetime(values[retry], format="ISO8601", utc=True, errors="coerce")
+        # A warehouse loader's text form ends in " UTC" (Fivetran, BigQuery) where ISO 8601 has "Z".
+        written = values[retry].str.replace(r"\s*UTC$", "", regex=True)
+        others = pd.to_datetime(written, format="ISO8601", utc=True, errors="coerce")
         result.loc[retry] = others.dt.tz_localize(None).astype(TIMESTAMP)
     bad = result.isna().to_numpy() & ~blank
     return result, bad
@@ -731,12 +749,13 @@ def _impossible_days_to_null(text: pa.Array, parsed: pa.Array) -> pa.Array:
     return pc.if_else(rolled_over, pa.scalar(None, parsed.type), parsed)
 
 
-_TRUE = ("1", "true")
-_FALSE = ("0", "false")
+_TRUE = ("1", "true", "t")
+_FALSE = ("0", "false", "f")
 
 
 def parse_booleans(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    """0/1/true/false (any case); blank is NA."""
+    """0/1/true/false and t/f (PostgreSQL's text form, as warehouse loaders unload it), any case;
+    blank is NA."""
     lowered = values.str.lower()
     true = lowered.isin(_TRUE).to_numpy(dtype=bool)
     false = lowered.isin(_FALSE).to_numpy(dtype=bool)

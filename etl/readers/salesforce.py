@@ -42,6 +42,7 @@ from etl.pipeline_state import prepare_history
 from etl.readers import HISTORY_GAP_COLUMNS, ExportFormatError, ExportReader, FileReport, SourceExport
 from etl.readers.csvfiles import (
     CsvHeader,
+    squashed,
     CsvTable,
     Quarantine,
     RowChecks,
@@ -61,9 +62,11 @@ from etl.stages import (
     STATUS_WON,
     PipelineStages,
     StageCatalog,
+    insert_by_moves,
     order_from_moves,
     stage_moves,
 )
+from etl import validation
 from etl.validation import RawRules
 
 logger = logging.getLogger(__name__)
@@ -90,6 +93,13 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     ACCOUNT: ("Id", "Name"),
 }
 
+# A warehouse loader's bookkeeping flags: Fivetran marks a record deleted in the CRM with
+# `_fivetran_deleted` (beside Salesforce's own IsDeleted, landed as `is_deleted`), and keeps the
+# earlier versions of a record in a history-mode table with `_fivetran_active` false.
+FIVETRAN_DELETED = "_fivetran_deleted"
+FIVETRAN_ACTIVE = "_fivetran_active"
+LOADER_FLAGS = (FIVETRAN_DELETED, FIVETRAN_ACTIVE)
+
 # The raw suites: what each file's columns must look like as written (etl.validation.RawRules).
 RAW_RULES: dict[str, RawRules] = {
     OPPORTUNITY: RawRules.standard(
@@ -98,7 +108,7 @@ RAW_RULES: dict[str, RawRules] = {
         amounts=("Amount",),
         numbers=("Probability", "StageSortOrder"),
         dates=("CreatedDate", "CloseDate", "LastStageChangeDate"),
-        booleans=("IsClosed", "IsWon", "IsDeleted"),
+        booleans=("IsClosed", "IsWon", "IsDeleted", *LOADER_FLAGS),
     ),
     HISTORY: RawRules.standard(
         not_blank=("OpportunityId", "CreatedDate", "StageName"),
@@ -106,10 +116,10 @@ RAW_RULES: dict[str, RawRules] = {
         amounts=("Amount", "PrevAmount"),
         numbers=("Probability",),
         dates=("CreatedDate", "CloseDate", "PrevCloseDate"),
-        booleans=("IsDeleted",),
+        booleans=("IsDeleted", *LOADER_FLAGS),
     ),
-    USER: RawRules.standard(not_blank=("Id",), unique=("Id",), booleans=("IsDeleted",)),
-    ACCOUNT: RawRules.standard(not_blank=("Id",), unique=("Id",), booleans=("IsDeleted",)),
+    USER: RawRules.standard(not_blank=("Id",), unique=("Id",), booleans=("IsDeleted", *LOADER_FLAGS)),
+    ACCOUNT: RawRules.standard(not_blank=("Id",), unique=("Id",), booleans=("IsDeleted", *LOADER_FLAGS)),
 }
 
 # The usual Data Export file names, used to recognise a file whose header is damaged so that the
@@ -117,6 +127,7 @@ RAW_RULES: dict[str, RawRules] = {
 FILE_NAMES = {
     "opportunity.csv": OPPORTUNITY,
     "opportunityhistory.csv": HISTORY,
+    "opportunity_history.csv": HISTORY,
     "user.csv": USER,
     "account.csv": ACCOUNT,
 }
@@ -142,8 +153,10 @@ LOSS_REASON_FIELDS = (
 )  # fmt: skip
 _LOSS_REASON_WORDS = ("lossreason", "lostreason", "reasonlost", "reasonforloss")
 
-# Reason codes (the quarantine table's `reason_code`).
-DELETED_IN_CRM = "deleted_in_crm"
+# Reason codes (the quarantine table's `reason_code`). Rows deleted in the CRM and earlier versions
+# of a record are left out on purpose (etl.validation.EXCLUDED_CODES), not data defects.
+DELETED_IN_CRM = validation.DELETED_IN_CRM
+INACTIVE_VERSION = validation.INACTIVE_VERSION
 MISSING_ID = "missing_id"
 DUPLICATE_ID = "duplicate_id"
 UNPARSEABLE_DATE = "unparseable_date"
@@ -160,9 +173,9 @@ DEAL_QUARANTINED = "deal_quarantined"
 
 
 def _format_of_columns(header: set[str]) -> str | None:
-    """The format a header shows. Field names are compared without case: Data Export writes
-    `StageName`, Data Loader `STAGENAME`."""
-    columns = {c.casefold() for c in header}
+    """The format a header shows. Field names are compared without case and underscores: Data
+    Export writes `StageName`, Data Loader `STAGENAME`, Fivetran `stage_name`."""
+    columns = {squashed(c) for c in header}
     if {"opportunityid", "stagename"} <= columns:
         return HISTORY
     if {"id", "stagename", "closedate"} <= columns and "opportunityid" not in columns:
@@ -191,16 +204,17 @@ def is_loader_table(columns: Sequence[str]) -> bool:
 
 
 def detect(header: CsvHeader | None, path: Path) -> str | None:
-    """The Salesforce format of a file: from its comma-separated header, else from its usual file
-    name (Opportunity.csv, ...) unless the header is a warehouse loader's table (snake_case), else
-    from a header split on another delimiter (the read then reports the wrong delimiter). None when
-    the file is not a Salesforce export."""
+    """The Salesforce format of a file: from its comma-separated header (Data Export, Data Loader
+    or a warehouse loader's snake_case), else from its usual file name (Opportunity.csv,
+    opportunity_history.csv, ...), so that the read says what is missing, else from a header split
+    on another delimiter (the read then reports the wrong delimiter). None when the file is not a
+    Salesforce export."""
     if header is not None:
         found = _format_of_columns(set(header.columns))
         if found:
             return found
     by_name = FILE_NAMES.get(path.name.lower())
-    if by_name and not (header is not None and is_loader_table(header.split_on(header.likely_delimiter))):
+    if by_name:
         return by_name
     if header is not None and header.likely_delimiter != ",":
         return _format_of_columns(set(header.split_on(header.likely_delimiter)))
@@ -245,21 +259,40 @@ def _blank_to_na(values: pd.Series) -> pd.Series:
 def _load(paths: Sequence[Path], fmt: str, quarantine: Quarantine) -> list[tuple[int, CsvTable]]:
     loaded = []
     for path in paths:
-        table = load_csv(path, LABELS[fmt], REQUIRED_COLUMNS[fmt])
+        table = load_csv(path, LABELS[fmt], REQUIRED_COLUMNS[fmt], snake_case=True)
         loaded.append((quarantine.register(table), table))
     return loaded
 
 
-def _deleted_and_ids(checks: RowChecks, what: str) -> None:
-    """IsDeleted rows, blank Ids and repeated Ids (the first live occurrence is kept)."""
+def _left_out(checks: RowChecks, what: str) -> None:
+    """Rows deleted in Salesforce (IsDeleted, or a loader's `_fivetran_deleted`) and earlier versions
+    of a record (`_fivetran_active` false), left out on purpose before any other check."""
     frame = checks.frame
-    deleted, _ = parse_booleans(frame["IsDeleted"])
+    for column, shown in (("IsDeleted", "IsDeleted"), (FIVETRAN_DELETED, FIVETRAN_DELETED)):
+        deleted, _ = parse_booleans(frame[column])
+        checks.flag(
+            deleted.fillna(False).to_numpy(dtype=bool),
+            DELETED_IN_CRM,
+            shown,
+            lambda rows, column=column, shown=shown: [
+                f"the {what} is deleted in Salesforce ({shown} = {v}); left out" for v in rows[column]
+            ],
+        )
+    active, _ = parse_booleans(frame[FIVETRAN_ACTIVE])
     checks.flag(
-        deleted.fillna(False).to_numpy(dtype=bool),
-        DELETED_IN_CRM,
-        "IsDeleted",
-        f"the {what} is deleted in Salesforce (IsDeleted = 1)",
+        (~active.fillna(True)).to_numpy(dtype=bool),
+        INACTIVE_VERSION,
+        FIVETRAN_ACTIVE,
+        f"an earlier version of the {what} ({FIVETRAN_ACTIVE} = false in a history-mode table); the active one is read",
     )
+    for column in (FIVETRAN_DELETED, FIVETRAN_ACTIVE):
+        checks.parsed(column, parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN)
+
+
+def _deleted_and_ids(checks: RowChecks, what: str) -> None:
+    """Rows left out (`_left_out`), blank Ids and repeated Ids (the first live occurrence is kept)."""
+    frame = checks.frame
+    _left_out(checks, what)
     checks.flag(is_blank(frame["Id"]), MISSING_ID, "Id", f"Id is blank; expected the {what}'s id")
     live = ~checks.bad
     repeated = frame["Id"].where(live).duplicated(keep="first").to_numpy() & live
@@ -290,7 +323,7 @@ def _read_lookup(
     """The accepted rows of a lookup file, indexed by Id, and how many rows each file kept."""
     if not tables:
         return pd.DataFrame(columns=list(columns)).set_index(pd.Index([], dtype="str", name="Id")), {}
-    frame = _working_frame(tables, {"Id": "Id", "IsDeleted": "IsDeleted", **columns})
+    frame = _working_frame(tables, {"Id": "Id", "IsDeleted": "IsDeleted", **dict(zip(LOADER_FLAGS, LOADER_FLAGS)), **columns})
     fmt = USER if what == "user" else ACCOUNT
     quarantine.expect(frame, RAW_RULES[fmt], LABELS[fmt])
     checks = RowChecks(frame, quarantine)
@@ -355,7 +388,10 @@ def _infer_pipelines(
 
     Open stages (IsClosed 0) in StageSortOrder order (`order_source` crm); won = the IsWon stage;
     lost = the stage closed and not won (named "Closed Lost" when no deal is in it); default
-    probability = the stage's most common Probability. Without a StageSortOrder column the open
+    probability = the stage's most common Probability. Open stages that only the history shows
+    (renamed or retired: no deal holds them, so no StageSortOrder names them) are inserted into that
+    order where the fewest of the history's moves go backward (`order_source` inferred, the
+    `order_basis` naming them). Without a StageSortOrder column the open
     stages (those of open deals, and the stages only the history shows) are put in the order the
     fewest of the history's moves contradict (`history_moves`, `order_source` inferred); stages
     no deal moved between keep the order of their usual Probability.
@@ -414,18 +450,33 @@ def _infer_pipelines(
                 name, extra, won_stage, lost_stage, project.path,
             )
         probabilities_by_stage = dict(zip(stages["stage"], stages["probability"]))
+        source, basis = ORDER_CRM, f"StageSortOrder in {opportunity_paths[0].name}"
+        if history_moves is not None:
+            mine = history_moves.loc[history_moves["pipeline"] == name]
+            seen = pd.unique(pd.concat([mine["from_stage"], mine["to_stage"]]))
+            history_only = [str(st) for st in seen if st not in set(stages["stage"]) and st not in (won_stage, lost_stage)]
+            if history_only:
+                # Stages only the history shows (renamed or retired, so no deal holds them now and the
+                # export gives them no StageSortOrder): placed where the fewest of the moves go backward.
+                found = insert_by_moves(open_stages, history_only, mine)
+                open_stages = list(found.stages)
+                source = ORDER_INFERRED
+                basis += (
+                    f", with {', '.join(repr(st) for st in history_only)} (only in the stage history) placed by "
+                    f"{found.moves:,} stage moves"
+                )
         pipeline = PipelineStages(
             name=str(name),
             open_stages=tuple(open_stages),
             won_stage=str(won_stage),
             lost_stage=str(lost_stage),
-            probabilities={s: float(probabilities_by_stage[s]) for s in open_stages},
-            order_source=ORDER_CRM,
-            order_basis=f"StageSortOrder in {opportunity_paths[0].name}",
+            probabilities={s: float(probabilities_by_stage.get(s, np.nan)) for s in open_stages},
+            order_source=source,
+            order_basis=basis,
         )
         logger.info(
-            "pipeline %r is not configured; stage order inferred from StageSortOrder: %s, won %r, lost %r",
-            pipeline.name, list(pipeline.open_stages), pipeline.won_stage, pipeline.lost_stage,
+            "pipeline %r is not configured; stage order from %s: %s, won %r, lost %r",
+            pipeline.name, pipeline.order_basis, list(pipeline.open_stages), pipeline.won_stage, pipeline.lost_stage,
         )
         inferred.append(pipeline)
     return inferred
@@ -728,7 +779,7 @@ def _read_opportunities(
     standard = (
         "Id", "IsDeleted", "Name", "StageName", "StageSortOrder", "Amount", "Probability", "CloseDate",
         "CreatedDate", "IsClosed", "IsWon", "LastStageChangeDate", "CurrencyIsoCode", "AccountId", "OwnerId",
-        "Type", "LeadSource", "ForecastCategory", "ForecastCategoryName",
+        "Type", "LeadSource", "ForecastCategory", "ForecastCategoryName", *LOADER_FLAGS,
     )  # fmt: skip
     columns: dict[str, str | None] = {
         **{c: c for c in standard},
@@ -768,7 +819,7 @@ def _read_opportunities(
     inference_columns = ["pipeline", "stage", "sort_order", "is_closed", "is_won", "probability", "has_sort_order_column"]
     clean = frame.loc[~checks.bad, inference_columns]
     stated = all(t.has("StageSortOrder") for _, t in tables)
-    moves = None if stated or not history_tables else _history_moves(history_tables, frame.loc[~checks.bad, ["Id", "pipeline"]])
+    moves = _history_moves(history_tables, frame.loc[~checks.bad, ["Id", "pipeline"]]) if history_tables else None
     inferred = _infer_pipelines(clean, project.stages, [t.path for _, t in tables], project, moves)
     catalog = project.stages
     for p in inferred:
@@ -809,19 +860,13 @@ def _read_history(
         return None, None
     standard = (
         "Id", "OpportunityId", "IsDeleted", "CreatedDate", "StageName", "Amount", "CloseDate", "Probability",
-        "ForecastCategory", "PrevAmount", "PrevCloseDate",
+        "ForecastCategory", "PrevAmount", "PrevCloseDate", *LOADER_FLAGS,
     )  # fmt: skip
     columns: dict[str, str | None] = {c: c for c in standard}
     frame = _working_frame(tables, columns)
     quarantine.expect(frame, RAW_RULES[HISTORY], LABELS[HISTORY])
     checks = RowChecks(frame, quarantine)
-    deleted, _ = parse_booleans(frame["IsDeleted"])
-    checks.flag(
-        deleted.fillna(False).to_numpy(dtype=bool),
-        DELETED_IN_CRM,
-        "IsDeleted",
-        "the history row is deleted in Salesforce (IsDeleted = 1)",
-    )
+    _left_out(checks, "history row")
     checks.flag(
         is_blank(frame["OpportunityId"]),
         MISSING_ID,
@@ -918,8 +963,20 @@ def _read_history(
             },
             index=first_rows["Id"].to_numpy(),
         )
+        # History of a deal deleted in Salesforce is left out with it, not quarantined as a defect.
+        deal_code = where["code"].reindex(frame["OpportunityId"]).to_numpy(dtype=object)
+        of_deleted = follows & (deal_code == DELETED_IN_CRM)
         checks.flag(
-            follows,
+            of_deleted,
+            DELETED_IN_CRM,
+            "OpportunityId",
+            lambda rows: [
+                f"its opportunity {i!r} is deleted in Salesforce ({where.at[i, 'at']}); left out with it"
+                for i in rows["OpportunityId"]
+            ],
+        )
+        checks.flag(
+            follows & ~of_deleted,
             DEAL_QUARANTINED,
             "OpportunityId",
             lambda rows: [

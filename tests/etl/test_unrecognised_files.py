@@ -14,12 +14,12 @@ from etl.readers import ExportFormatError
 FILES = {
     "empty.csv": b"",
     "pipeline.xlsx": b"PK\x03\x04\x14\x00\x06\x00 workbook bytes",
-    # Salesforce's opportunity table as Fivetran lands it: snake_case, with its bookkeeping columns.
-    "opportunity.csv": b"id,is_deleted,account_id,name,stage_name,amount,close_date,is_won,_fivetran_synced\n"
-    b"006A,false,001A,Acme,Prospecting,100,2024-05-31,false,2024-06-01 02:00:00\n",
-    # The same layout from another loader: no bookkeeping column, still snake_case Salesforce.
-    "opportunity_history.csv": b"id,opportunity_id,created_date,stage_name,amount,close_date\n"
-    b"008A,006A,2024-05-01 09:00:00,Prospecting,100,2024-05-31\n",
+    # HubSpot's contact table as Fivetran lands it: a loader's table, but not one Dealcast reads.
+    "contact.csv": b"id,property_email,property_lifecyclestage,_fivetran_synced\n"
+    b"201,ann@example.com,lead,2024-06-01 02:00:00\n",
+    # Salesforce in snake_case from a loader that adds no bookkeeping column and no table name.
+    "sf_history_dump.csv": b"opp_ref,created,stage_name,close_date\n"
+    b"006A,2024-05-01 09:00:00,Prospecting,2024-05-31\n",
     "hubspot-deals.csv": b"Deal Name,Deal Stage,Pipeline,Amount\nAcme,Closed won,Sales Pipeline,100\n",
     "pipedrive.csv": b"Deal - ID,Deal - Title,Deal - Stage\n1,Acme,Qualified\n",
     "salesforce-report.csv": b"Opportunity Name,StageName,Amount\nAcme,Prospecting,100\n",
@@ -46,9 +46,10 @@ def test_every_file_is_listed_with_why_it_was_not_recognised(exports):
     lines = dict(line.strip()[2:].split(": ", 1) for line in message.splitlines()[1:9])
     assert lines["empty.csv"] == "the file is empty"
     assert lines["pipeline.xlsx"].startswith("no header line could be read (a binary file such as a spreadsheet saved as .xlsx")
-    assert "is a table landed by Fivetran or Airbyte" in lines["opportunity.csv"]
-    assert "is a Salesforce opportunity_history table in snake_case" in lines["opportunity_history.csv"]
-    assert "the layout Fivetran and Airbyte land in a warehouse" in lines["opportunity_history.csv"]
+    assert "is a table landed by Fivetran or Airbyte" in lines["contact.csv"]
+    assert "Dealcast reads Salesforce's opportunity, opportunity_history, user and account tables" in lines["contact.csv"]
+    assert "Salesforce fields in snake_case (stage_name, close_date)" in lines["sf_history_dump.csv"]
+    assert "needs id, stage_name, close_date" in lines["sf_history_dump.csv"]
     assert lines["hubspot-deals.csv"] == (
         "it has a HubSpot Deal Stage column but no Record ID (or Deal ID), which a HubSpot deals export needs"
     )
@@ -91,4 +92,28 @@ def test_the_exports_listing_says_why_a_file_is_not_recognised(exports):
     assert listing.loc["notes.csv", "format"] is None
     assert listing.loc["notes.csv", "not_recognised"] == "its header (when, who, what) is no Salesforce, HubSpot or Pipedrive export"
     assert listing.loc["empty.csv", "not_recognised"] == "the file is empty"
-    assert "Fivetran or Airbyte" in listing.loc["opportunity.csv", "not_recognised"]
+    assert "Fivetran or Airbyte" in listing.loc["contact.csv", "not_recognised"]
+
+
+def test_salesforce_tables_as_a_warehouse_loader_lands_them_are_recognised(tmp_path):
+    from etl.ingest import detect_format
+
+    tables = {
+        "opportunity.csv": "_fivetran_synced,id,is_deleted,name,stage_name,amount,close_date,created_date,is_closed,is_won",
+        "opportunity_history.csv": "_fivetran_synced,id,opportunity_id,created_date,stage_name,amount,close_date",
+        "user.csv": "_fivetran_synced,id,name,username,department,division",
+        "account.csv": "_fivetran_synced,id,name,account_number,billing_city",
+        # Any file name: the header decides.
+        "sf_opps_2024.csv": "ID,STAGE_NAME,CLOSE_DATE,AMOUNT",
+    }
+    formats = {}
+    for name, header in tables.items():
+        (tmp_path / name).write_text(header + "\n", encoding="utf-8")
+        formats[name] = detect_format(tmp_path / name)
+    assert formats == {
+        "opportunity.csv": "salesforce_opportunity",
+        "opportunity_history.csv": "salesforce_history",
+        "user.csv": "salesforce_user",
+        "account.csv": "salesforce_account",
+        "sf_opps_2024.csv": "salesforce_opportunity",
+    }

@@ -435,7 +435,7 @@ def test_quarantine_and_results_follow_the_warehouse_contract(export):
     assert dict(outcome.results.dtypes.astype(str)) == {c: str(pd.Series(dtype=t).dtype) for c, t in DQ_RESULT_COLUMNS.items()}
     assert outcome.results["check_name"].is_unique
     assert set(outcome.results["severity"]) <= {"error", "row", "warning"}
-    assert list(outcome.reconciliation.columns) == ["source_file", "rows_read", "accepted", "quarantined", "balanced"]
+    assert list(outcome.reconciliation.columns) == ["source_file", "rows_read", "accepted", "quarantined", "excluded", "balanced"]
 
 
 def test_report_and_samples_describe_the_failures(export):

@@ -88,7 +88,17 @@ def forecast(quarters: list[str], p50: float = 100.0) -> pd.DataFrame:
             "weighted_pipeline_crm": [80.0] * n,
             "open_deals": [3] * n,
             "open_pipeline": [300.0] * n,
+            "overdue_deals": [1] * n,
+            "overdue_pipeline": [100.0] * n,
+            "pipeline_expected": [p50 - 20.0] * n,
+            "overdue_expected": [10.0] * n,
+            "other_open_expected": [5.0] * n,
             "new_deals_expected": [5.0] * n,
+            "revenue_calibration": [0.0] * n,
+            "outlier_deals": [0] * n,
+            "outlier_pipeline": [0.0] * n,
+            "p90_without_outliers": [p50 + 50] * n,
+            "not_yet_backtested": [False] * n,
             "quota": [200.0] * n,
             "gap": [200.0 - p50] * n,
             "coverage": [300.0 / 190.0] * n,
@@ -167,6 +177,9 @@ def model_run(version: str, auc: float) -> pd.DataFrame:
             "features": ['["stage"]'],
             "params": ["{}"],
             "artifact_path": [None],
+            **{column: [None] for column in ("selection_reason", "candidates", "constant_log_loss", "split_rule", "split_note",
+                                             "train_won_deals", "train_lost_deals", "test_won_deals", "test_lost_deals",
+                                             "creation_rows", "tier_change")},
         }
     )
 

@@ -44,7 +44,10 @@ from etl.ingest import read_exports
 from etl.pipeline_state import prepare_history
 from etl.sample_crm import generate_sample
 from etl.tables import TABLES
+from etl.pipeline_state import as_of_end, pipeline_at
 from models.backtest import backtest_quarters, backtest_summary, forecast_backtest
+from models.forecast import forecast_quarterly
+from models.timing import CloseTiming
 from tests.models.hand_crm import CATALOG, make_crm
 
 AS_OF = dt.date(2024, 6, 30)
@@ -124,6 +127,42 @@ def test_backtested_quarters_are_finished_and_have_history():
     assert backtest_quarters(deals, AS_OF, quarters=None, min_history_quarters=2) == []
 
 
+def test_without_a_qualifying_quarter_the_table_holds_a_status_row_saying_why():
+    deals, history = hand_deals_and_events()
+    # Data from 2023-12-01: the first full quarter is 2024-Q1, so 2024-Q2 is the first quarter with
+    # a full quarter of history before it; on 2024-06-29 it has not finished.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        frame = forecast_backtest(deals, history, CATALOG, dt.date(2024, 6, 29), ModelConfig(), CONFIG)
+    assert list(frame.columns) == TABLES["forecast_backtest"].columns
+    assert len(frame) == 1
+    status = frame.iloc[0]
+    assert (status["status"], status["quarter"], status["checkpoint"], status["method"]) == ("not_backtested", "2024-Q2", "start", "ours")
+    assert "data start on 2023-12-01" in status["status_reason"]
+    assert "2024-Q2 (2024-04-01 to 2024-06-30), not finished by as_of 2024-06-29" in status["status_reason"]
+    assert frame[["expected", "forecast_p50", "p10", "p90", "actual", "error", "abs_error"]].isna().all(axis=None)
+    assert backtest_summary(frame, by=("method",)).empty
+    # Turned off in the configuration: also a status row, saying so.
+    off = forecast_backtest(deals, history, CATALOG, AS_OF, ModelConfig(), CONFIG, quarters=0)
+    assert off["status"].tolist() == ["not_backtested"] and "backtest_quarters = 0" in off["status_reason"].iloc[0]
+
+
+def test_the_forward_forecast_says_whether_it_has_been_backtested():
+    deals, history = hand_deals_and_events()
+    scores = pd.DataFrame({"deal_id": [], "win_probability": []})
+
+    def flag(as_of):
+        state = pipeline_at(deals, history, as_of_end(as_of))
+        open_ids = state.loc[state["status"] == "open", "deal_id"]
+        frame = forecast_quarterly(
+            deals, history, CATALOG, as_of, scores=scores.reindex(range(len(open_ids))).assign(deal_id=open_ids.to_numpy(), win_probability=0.5),
+            timing=CloseTiming.fit(deals, history, CATALOG, as_of), quotas=None, draws=100, seed=1,
+        )
+        return set(frame["not_yet_backtested"])
+
+    assert flag(dt.date(2024, 6, 29)) == {True}  # 2024-Q2 not finished yet: nothing backtested
+    assert flag(AS_OF) == {False}  # 2024-Q2 finished with 2024-Q1 before it
+
+
 def test_columns_checkpoints_and_methods(hand_backtest):
     frame = hand_backtest
     assert list(frame.columns) == TABLES["forecast_backtest"].columns
@@ -135,9 +174,10 @@ def test_columns_checkpoints_and_methods(hand_backtest):
     # Models trained once, at the night before the quarter started.
     assert set(frame["model_as_of"]) == {pd.Timestamp("2024-03-31")}
     assert set(frame["method"]) == {"ours", "crm_weighted", "stage_rate"}
+    assert set(frame["status"]) == {"backtested"} and frame["status_reason"].isna().all()
     assert not frame.duplicated(["quarter", "checkpoint", "segment_type", "segment", "method"]).any()
-    # 4 won deals by 2024-03-31, far below min_won = 200: ours is the stage-rate fallback.
-    assert set(frame.loc[frame["method"] == "ours", "scoring_method"]) == {"stage_rate"}
+    # 4 won deals by 2024-03-31, far below min_won = 200: ours is the best held-out simple scorer.
+    assert set(frame.loc[frame["method"] == "ours", "scoring_method"]) <= {"constant_rate", "crm_probability", "stage_only_rate", "stage_rate"}
 
 
 def test_actual_and_crm_weighted_by_hand(hand_backtest):

@@ -55,7 +55,7 @@ def test_long_stay_in_stage_is_the_first_factor_in_words(trained, training):
     row = {name: scorer.typical[name] for name in scorer.feature_names}
     stage, pipeline = row["stage"], row["pipeline"]
     # The usual stay, recomputed here: median days in that stage over the training slice.
-    slices = time_split(training.frame, TEST_CONFIG.test_share, TEST_CONFIG.calibration_share, training.maturity_days)
+    slices = time_split(training.frame, TEST_CONFIG.test_share, training.maturity_days).slices
     train = training.frame.loc[slices == "train"]
     usual = train.loc[(train["stage"] == stage) & (train["pipeline"] == pipeline), "days_in_stage"].median()
     row["days_in_stage"] = 4 * usual
@@ -109,3 +109,65 @@ def test_words_for_counts_and_dates():
     assert _factor_text("owner_prior_win_rate", rows).tolist() == [
         "owner's win rate to date 62%", "owner's win rate to date 0%", "owner's win rate to date 100%", "owner prior win rate unknown",
     ]
+
+
+def test_a_very_old_deal_is_not_called_better_for_its_age_without_evidence():
+    """Stage A: 40 fresh rows (5 days old, 10 won) and 2 rows 204 days old, both won; stage B: 20
+    fresh rows, 10 won. Unconstrained, the thin old cell would sit above the fresh one and a
+    204-day-old deal would read "open for 204 days (+10 pts)". Age never raises a stage's rate, so
+    the two cells are pooled (weighted by rows) and age is no factor."""
+    frame = pd.DataFrame(
+        {"pipeline": ["P"] * 62, "stage": ["A"] * 42 + ["B"] * 20, "age_days": [5.0] * 40 + [204.0] * 2 + [5.0] * 20}
+    )
+    labels = pd.Series([1] * 10 + [0] * 30 + [1, 1] + [1] * 10 + [0] * 10)
+    scorer = StageRateScorer(
+        use_stage=True, version="v", feature_names=["stage", "age_days"], typical={"stage": "A", "age_days": 5.0},
+        typical_stage_days=pd.DataFrame({"pipeline": [], "stage": [], "typical_days_in_stage": []}),
+    ).fit(frame, labels)
+    # By hand (pseudo-count 20): all 22/62; stage A (12 + 20 x 22/62)/62; cells A x 0-29 days
+    # (10 + 20 x A)/60 and A x 180-364 days (2 + 20 x A)/22, the old one higher: pooled to their
+    # row-weighted mean.
+    stage_a = (12 + 20 * 22 / 62) / 62
+    fresh, old = (10 + 20 * stage_a) / 60, (2 + 20 * stage_a) / 22
+    assert old > fresh
+    pooled = (40 * fresh + 2 * old) / 42
+    deals = pd.DataFrame({"deal_id": ["fresh", "old"], "pipeline": ["P", "P"], "stage": ["A", "A"], "age_days": [5.0, 204.0]})
+    np.testing.assert_allclose(scorer.predict_proba(deals), [pooled, pooled])
+    out = explain(scorer, deals).set_index("deal_id")
+    assert "open for 204 days" not in out.loc["old", "top_factors_text"]
+    assert out.loc["old", "top_factors_text"] == NO_FACTOR_TEXT
+
+
+def _logistic_on_ages(old_wins: int) -> "LogisticScorer":
+    """200 rows in stage A, 10 days in stage, same amount: 100 aged 5 days (30 won) and 100 aged
+    300 days (`old_wins` won)."""
+    from models.scoring import LogisticScorer
+
+    frame = pd.DataFrame(
+        {"pipeline": "P", "stage": "A", "days_in_stage": 10.0, "age_days": [5.0] * 100 + [300.0] * 100,
+         "close_pushes": 0.0, "log_amount_reporting": np.log1p(1000.0)}
+    )
+    labels = pd.Series([1] * 30 + [0] * 70 + [1] * old_wins + [0] * (100 - old_wins))
+    typical = {"stage": "A", "days_in_stage": 10.0, "age_days": 5.0, "close_pushes": 0.0, "log_amount_reporting": np.log1p(1000.0)}
+    return LogisticScorer(version="v", typical=typical, typical_stage_days=pd.DataFrame({"pipeline": [], "stage": [], "typical_days_in_stage": []})).fit(frame, labels)
+
+
+def test_the_logistic_model_never_reads_age_as_a_plus():
+    deals = pd.DataFrame(
+        {"deal_id": ["fresh", "old"], "pipeline": "P", "stage": "A", "days_in_stage": 10.0, "age_days": [5.0, 300.0],
+         "close_pushes": 0.0, "log_amount_reporting": np.log1p(1000.0)}
+    )
+    # Old deals won more here (70 of 100 against 30 of 100): age is left out, both deals score the
+    # same (the pooled rate, 100 of 200, up to the regularisation) and age is no factor.
+    rising = _logistic_on_ages(old_wins=70)
+    assert rising.uses_age is False
+    p = rising.predict_proba(deals)
+    assert p[0] == pytest.approx(p[1]) and p[0] == pytest.approx(0.5, abs=0.01)
+    assert "open for 300 days" not in explain(rising, deals).set_index("deal_id").loc["old", "top_factors_text"]
+    # Old deals won less (10 of 100): the data show it, age stays, and it reads as a minus.
+    falling = _logistic_on_ages(old_wins=10)
+    assert falling.uses_age is True and falling.age_coefficient() < 0
+    p = falling.predict_proba(deals)
+    assert p[1] < 0.2 < 0.25 < p[0]
+    text = explain(falling, deals).set_index("deal_id").loc["old", "top_factors_text"]
+    assert "open for 300 days (typical 5) (-" in text

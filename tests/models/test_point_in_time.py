@@ -53,7 +53,7 @@ def _mismatched_columns(rows: pd.DataFrame, then: pd.DataFrame, columns: list[st
 
 def _rows_and_export(full_export, t: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
     frame = full_export.frame
-    rows = frame.loc[frame["snapshot_at"] == t].set_index("deal_id").sort_index()
+    rows = frame.loc[(frame["snapshot_at"] == t) & (frame["snapshot_kind"] == "scheduled")].set_index("deal_id").sort_index()
     deals_then, history_then = _export_before(t)
     then = snapshot_features(deals_then, history_then, CATALOG, t).set_index("deal_id")
     # Every labelled deal open at t was open in the export of that day (censored ones too).
@@ -62,7 +62,8 @@ def _rows_and_export(full_export, t: pd.Timestamp) -> tuple[pd.DataFrame, pd.Dat
 
 
 def test_every_snapshot_row_is_what_an_export_of_that_day_shows(full_export):
-    dates = sorted(full_export.frame["snapshot_at"].unique())
+    frame = full_export.frame
+    dates = sorted(frame.loc[frame["snapshot_kind"] == "scheduled", "snapshot_at"].unique())
     assert len(dates) > 100
     # Twelve prediction dates spread over the history, from the first months to the last.
     chosen = [pd.Timestamp(dates[i]) for i in np.linspace(2, len(dates) - 1, 12).astype(int)]
@@ -80,7 +81,8 @@ def test_the_check_notices_a_feature_from_the_future(full_export):
     """The tripwire itself: a training row whose stage-move count covers the deal's whole life (a
     leak) instead of the moves before the snapshot is caught by the same comparison."""
     deals, history = make_crm(N_DEALS, seed=SEED)
-    t = pd.Timestamp(sorted(full_export.frame["snapshot_at"].unique())[60])
+    frame = full_export.frame
+    t = pd.Timestamp(sorted(frame.loc[frame["snapshot_kind"] == "scheduled", "snapshot_at"].unique())[60])
     rows, then = _rows_and_export(full_export, t)
     leaky = rows.assign(stage_moves=(history.groupby("deal_id").size() - 1).reindex(rows.index).astype(float))
     assert _mismatched_columns(leaky, then, ["stage", "stage_moves"]) == ["stage_moves"]

@@ -17,12 +17,14 @@ from etl import tables
 from models.deal_scores import build_deal_scores
 from models.registry import (
     choose_scorer,
+    published_tier_change,
     eligible_models,
     load_artifact,
     model_runs_row,
     model_version,
     save_artifact,
 )
+from models.evaluation import binary_metrics
 from models.scoring import METHOD_STAGE_RATE, StageRateScorer
 from models.timing import CloseTiming
 from models.training_set import build_training_set, snapshot_features
@@ -74,6 +76,11 @@ def test_model_runs_row_has_exactly_the_table_columns_and_loads(trained):
     assert len(reliability) == 10 and sum(b["count"] for b in reliability) == row["test_rows"]
     assert "owner" in json.loads(row["features"])
     assert json.loads(row["params"])["model"]["learning_rate"] == 0.08
+    candidates = json.loads(row["candidates"])
+    assert [c["method"] for c in candidates] == ["constant_rate", "crm_probability", "stage_only_rate", "stage_rate", "logistic", "calibrated_model"]
+    assert min(c["log_loss"] for c in candidates if c["log_loss"] is not None) == row["log_loss"] <= row["constant_log_loss"]
+    assert row["selection_reason"].startswith("calibrated_model has the lowest held-out log loss")
+    assert row["train_won_deals"] + row["test_won_deals"] >= 1 and row["tier_change"] is None
     engine = sa.create_engine("sqlite://")
     tables.metadata.create_all(engine, tables=[tables.model_runs])
     with engine.begin() as connection:
@@ -92,7 +99,8 @@ def _stage_rate_fallback(trained, training):
     stage = StageRateScorer(
         use_stage=True, version="tonight", feature_names=["stage", "age_days"], typical={}, typical_stage_days=pd.DataFrame()
     ).fit(training.frame, training.frame["label"])
-    metrics = {**trained.metrics, "scoring_method": METHOD_STAGE_RATE, "eligible": False,
+    own_loss = binary_metrics(trained.test_predictions["label"], stage.predict_proba(trained.test_frame))["log_loss"]
+    metrics = {**trained.metrics, "scoring_method": METHOD_STAGE_RATE, "eligible": False, "log_loss": own_loss,
                "fallback_reason": "only 150 won and 90 lost closed deal(s)"}
     return dataclasses.replace(trained, scorer=stage, metrics=metrics)
 
@@ -164,6 +172,7 @@ def test_a_run_whose_model_did_not_qualify_uses_the_latest_earlier_eligible_mode
     choice = choose_scorer(current, RUN_AS_OF, runs, store)
     assert (choice.scored_with, choice.model_version, choice.model_as_of) == ("earlier_model", "mid", dt.date(2024, 9, 30))
     assert "only 150 won and 90 lost" in choice.reason and "mid" in choice.reason
+    assert f"({current.metrics['log_loss']:.4f})" in choice.reason and "beats this run's stage_rate" in choice.reason
     rows = training.frame.head(50)
     np.testing.assert_array_equal(choice.scorer.predict_proba(rows), trained.scorer.predict_proba(rows))
     # Backfill for 2024-08-01: "mid" was trained on later data, so "old" is used.
@@ -204,3 +213,29 @@ def test_deal_scores_say_which_scorer_produced_them(trained, training, registry,
     assert set(plain["scored_with"]) == {"this_run_fallback"} and plain["scoring_reason"].isna().all()
     with pytest.raises(ValueError, match="scored_with"):
         build_deal_scores(deals, history, CATALOG, RUN_AS_OF, current.scorer, timing, scored_with="guess")
+
+
+def test_an_earlier_model_that_does_not_beat_tonights_scorer_on_its_held_out_rows_is_not_used(trained, training, registry):
+    runs, store = registry
+    current = _stage_rate_fallback(trained, training)
+    # Tonight's published scorer made no held-out error at all: no earlier model can beat it.
+    perfect = dataclasses.replace(current, metrics={**current.metrics, "log_loss": 0.0})
+    choice = choose_scorer(perfect, RUN_AS_OF, runs, store)
+    assert choice.scorer is current.scorer and choice.scored_with == "this_run_fallback"
+    assert "that beats it on this run's held-out rows" in choice.reason
+
+
+def test_a_tier_change_is_named_with_the_night_it_happened():
+    runs = pd.DataFrame(
+        {"model_version": ["a", "b", "c"], "as_of": pd.to_datetime(["2026-11-12", "2026-11-13", "2026-11-14"]),
+         "trained_at": pd.to_datetime(["2026-11-13 02:00", "2026-11-14 02:00", "2026-11-15 02:00"]),
+         "scoring_method": ["logistic", "logistic", "stage_rate"]}
+    )
+    # The latest earlier run (11-14) published stage_rate (tier 3); tonight logistic (tier 4).
+    assert published_tier_change(runs, dt.date(2026, 11, 15), "logistic") == (
+        "stage_rate (tier 3, as_of 2026-11-14) -> logistic (tier 4) since as_of 2026-11-15"
+    )
+    assert published_tier_change(runs, dt.date(2026, 11, 15), "stage_rate") is None
+    # A re-run of 11-14 compares with 11-13, never with itself.
+    assert published_tier_change(runs, dt.date(2026, 11, 14), "stage_rate").startswith("logistic (tier 4, as_of 2026-11-13)")
+    assert published_tier_change(runs.iloc[0:0], dt.date(2026, 11, 15), "logistic") is None

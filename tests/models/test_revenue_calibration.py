@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.revenue_calibration import PSEUDO_WINS, RevenueCalibration, calibrated_scores
-from models.scoring import ScorerResult, StageRateScorer
+from types import SimpleNamespace
+
+from models.revenue_calibration import PSEUDO_WINS, RevenueCalibration
 from tests.models.hand_crm import make_crm
 
 SNAPSHOT = pd.Timestamp("2024-03-04")
@@ -15,9 +16,10 @@ AMOUNTS = {"A": 100.0, "B": 100.0, "C": 200.0, "D": 200.0, "E": 1000.0, "F": 100
 WON = {"A": 1, "B": 1, "C": 1, "D": 0, "E": 0, "F": 0}
 
 
-def result(predictions: pd.DataFrame) -> ScorerResult:
-    scorer = StageRateScorer(use_stage=True, feature_names=["stage", "age_days"], version="v1", typical={}, typical_stage_days=pd.DataFrame())
-    return ScorerResult(scorer=scorer, metrics={}, reliability=pd.DataFrame(), test_predictions=predictions)
+def result(predictions: pd.DataFrame):
+    """What the calibration reads of a `models.scoring.ScorerResult`: the scorer's method and its
+    held-out predictions (`published`: the chosen scorer's)."""
+    return SimpleNamespace(scorer=SimpleNamespace(scoring_method="stage_rate"), test_predictions=predictions)
 
 
 def world():
@@ -30,7 +32,7 @@ def world():
             "deal_id": list(AMOUNTS),
             "snapshot_at": SNAPSHOT,
             "label": [WON[d] for d in AMOUNTS],
-            "stage_rate_baseline": 0.5,
+            "published": 0.5,
         }
     )
     return deals_frame, history, predictions
@@ -47,18 +49,18 @@ def test_factors_per_amount_band_by_hand():
     assert calibration.factors == pytest.approx(((200 + prior) / (100 + prior), 1.0, prior / (1000 + prior)))
     assert calibration.rows == 6
 
-    adjusted = calibration.apply([0.5, 0.5, 0.5, 0.5], [150.0, 300.0, 5000.0, np.nan])
-    assert adjusted == pytest.approx([0.5 * calibration.factors[0], 0.5, 0.5 * calibration.factors[2], 0.5 * calibration.factors[0]])
-
-    scores = pd.DataFrame({"deal_id": ["x", "y"], "win_probability": [0.5, 0.999], "amount_reporting": [5000.0, 150.0]})
-    out = calibrated_scores(scores, calibration)
-    assert list(out.columns) == ["deal_id", "win_probability"]
-    # Never above the scorer's ceiling, however large the factor.
-    assert out["win_probability"].tolist() == pytest.approx([0.5 * calibration.factors[2], 0.999])
+    assert calibration.factor([150.0, 300.0, 5000.0, np.nan]) == pytest.approx(
+        [calibration.factors[0], 1.0, calibration.factors[2], calibration.factors[0]]
+    )
+    table = calibration.table()
+    assert table["factor"].tolist() == pytest.approx(list(calibration.factors)) and (table["held_out_rows"] == 6).all()
+    # An older scorer result without `published` is read by its method's column.
+    legacy = RevenueCalibration.fit(result(predictions.rename(columns={"published": "stage_rate_baseline"})), deals, history)
+    assert legacy == calibration
 
 
 def test_without_held_out_rows_nothing_changes():
     deals, history, predictions = world()
     calibration = RevenueCalibration.fit(result(predictions.iloc[0:0]), deals, history)
     assert calibration.factors == (1.0,) and calibration.edges == ()
-    assert calibration.apply([0.2, 0.7], [10.0, 1e6]) == pytest.approx([0.2, 0.7])
+    assert calibration.factor([10.0, 1e6]) == pytest.approx([1.0, 1.0])

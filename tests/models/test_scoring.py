@@ -13,8 +13,11 @@ from etl.config import ModelConfig
 from etl.pipeline_state import prepare_history
 from models.evaluation import reliability_table
 from models.scoring import (
+    METHOD_CONSTANT,
     METHOD_MODEL,
     METHOD_STAGE_RATE,
+    SPLIT_PURGED,
+    SPLIT_WIDENED,
     InsufficientHistoryError,
     StageRateScorer,
     score_band,
@@ -22,7 +25,7 @@ from models.scoring import (
     time_split,
     train_scorer,
 )
-from models.training_set import build_training_set, snapshot_features
+from models.training_set import TrainingSet, build_training_set, snapshot_features
 from tests.models.conftest import AS_OF, TEST_CONFIG
 from tests.models.synthetic import CATALOG as SYNTHETIC_CATALOG
 from tests.models.synthetic import make_crm, true_win_probability
@@ -65,25 +68,110 @@ def test_stage_rate_cells_shrink_towards_their_parents():
     np.testing.assert_allclose(scorer.predict_proba(queries), expected)
 
 
-def test_time_split_purges_deals_that_straddle_a_boundary():
+def _cut_frame(n_dates: int, long_deals: int, long_from: int, long_label: int = 1) -> pd.DataFrame:
+    """Weekly dates from 2024-01-01; at every date but the last two, ten deals seen only then
+    (d<i>_<j>, won for odd j); each `long` deal seen at every date from `long_from` on."""
+    days = pd.date_range("2024-01-01", periods=n_dates, freq="7D")
+    rows = [(days[i], f"d{i}_{j}", j % 2) for i in range(n_dates - 2) for j in range(10)]
+    for k in range(long_deals):
+        rows += [(d, f"long{k}", long_label) for d in days[long_from:]]
+    return pd.DataFrame(rows, columns=["snapshot_at", "deal_id", "label"])
+
+
+def test_test_cut_purges_deals_seen_on_both_sides_while_enough_is_left():
+    frame = _cut_frame(10, long_deals=1, long_from=6)
+    split = time_split(frame, test_share=0.2)
+    # 10 dates: the last 2 test. Before the cut: 80 short rows and long's rows at dates 6 and 7
+    # (82 rows; 41 won deals with long, 40 lost). The purge drops long's 2 rows: 80 of 82 rows,
+    # 40 of 41 won and 40 of 40 lost deals are kept, all at least 90%: the purge stands.
+    assert split.rule == SPLIT_PURGED
+    assert split.slices[frame["deal_id"] == "long0"].tolist() == ["purged", "purged", "test", "test"]
+    assert (split.slices[frame["deal_id"].str.startswith("d")] == "train").all()
+    assert "80 of 82 rows before the cut train (40 won / 40 lost deals)" in split.note
+    assert time_split(frame.iloc[:1], 0.2) is None
+
+
+def test_the_embargo_leaves_out_the_days_just_before_the_cut():
+    # 20 dates, the last 2 test (cut 2024-05-06). A 14-day embargo drops the rows after 04-22
+    # (date 17: ten rows); long's rows at dates 16 and 17 are purged. Kept: 170 of 182 rows,
+    # 85 of 91 won and 85 of 90 lost deals, all above 90%.
+    frame = _cut_frame(20, long_deals=1, long_from=16)
+    split = time_split(frame, 0.1, embargo_days=14)
+    assert split.rule == SPLIT_PURGED and split.test_start == pd.Timestamp("2024-05-06")
+    date = frame["snapshot_at"]
+    short = frame["deal_id"].str.startswith("d")
+    assert (split.slices[(date == pd.Timestamp("2024-04-29")) & short] == "embargo").all()
+    assert (split.slices[(date == pd.Timestamp("2024-04-22")) & short] == "train").all()
+    assert split.slices[frame["deal_id"] == "long0"].tolist() == ["purged", "purged", "test", "test"]
+    assert "170 of 182 rows before the cut train (85 won / 85 lost deals)" in split.note
+
+
+def test_test_cut_widens_the_window_instead_of_starving_the_training_rows():
+    # Three long deals seen at every date: the purge would drop 3 x 8 of the 104 rows before the
+    # cut, keeping 80 (77%): every row before the cut trains instead, and the note says so.
+    frame = _cut_frame(10, long_deals=3, long_from=0, long_label=0)
+    split = time_split(frame, test_share=0.2)
+    assert split.rule == SPLIT_WIDENED
+    assert (split.slices[frame["snapshot_at"] < pd.Timestamp("2024-02-26")] == "train").all()
+    assert (split.slices[frame["snapshot_at"] >= pd.Timestamp("2024-02-26")] == "test").all()
+    assert "keep only 80 of 104 rows" in split.note and "3 deals have rows on both sides" in split.note
+
+
+def _ladder_training(test_a: int, test_b: int, crm: bool) -> TrainingSet:
+    """Training on dates 0..7 (two rows each): stage A 8 rows, 2 won; stage B 8 rows, 6 won; all
+    5 days old. Test on dates 8 and 9: two A rows labelled `test_a`, two B rows labelled `test_b`.
+    The CRM says 0.9 for A and 0.1 for B (backwards), or nothing."""
     days = pd.date_range("2024-01-01", periods=10, freq="7D")
-    rows = [(d, "long") for d in days]  # a deal open throughout
-    rows += [(days[0], "early"), (days[1], "early")]
-    rows += [(days[9], "late")]
-    frame = pd.DataFrame(rows, columns=["snapshot_at", "deal_id"])
-    slices = time_split(frame, test_share=0.2, calibration_share=0.2)
-    # 10 dates: train = first 6, calibration = next 2, test = last 2.
-    long_slices = slices[frame["deal_id"] == "long"].tolist()
-    assert long_slices == ["purged"] * 8 + ["test", "test"]
-    assert slices[frame["deal_id"] == "early"].tolist() == ["train", "train"]
-    assert slices[frame["deal_id"] == "late"].tolist() == ["test"]
-    # A 14-day wait before each later slice: calibration starts 02-12, so train rows after 01-29
-    # are left out (02-05). Test starts 02-26; the calibration slice spans only 14 days, so its
-    # wait is capped at 7 days and rows after 02-19 would go: there are none.
-    short = pd.DataFrame({"snapshot_at": days, "deal_id": [f"d{i}" for i in range(10)]})
-    waited = time_split(short, 0.2, 0.2, embargo_days=14)
-    assert waited.tolist() == ["train"] * 5 + ["embargo"] + ["calibration"] * 2 + ["test"] * 2
-    assert time_split(short.iloc[:2], 0.2, 0.2) is None
+    rows = []
+    a_labels, b_labels = [1, 1, 0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0]
+    for i in range(8):
+        rows.append((days[i], f"a{i}", a_labels[i], "A"))
+        rows.append((days[i], f"b{i}", b_labels[i], "B"))
+    for i in (8, 9):
+        rows.append((days[i], f"a{i}", test_a, "A"))
+        rows.append((days[i], f"b{i}", test_b, "B"))
+    frame = pd.DataFrame(rows, columns=["snapshot_at", "deal_id", "label", "stage"])
+    frame = frame.assign(
+        snapshot_kind="scheduled", pipeline="P", age_days=5.0,
+        crm_probability=np.where(frame["stage"] == "A", 0.9, 0.1) if crm else np.nan, stage_probability=np.nan,
+    )
+    return TrainingSet(frame, ["stage", "age_days"], True, dt.date(2024, 12, 31), "W-MON", 0.0, 0, False)
+
+
+def test_the_ladder_publishes_the_best_held_out_log_loss():
+    result = train_scorer(_ladder_training(test_a=0, test_b=1, crm=True), ModelConfig(), dt.date(2024, 12, 31))
+    m = result.metrics
+    losses = {c["method"]: c["log_loss"] for c in m["candidates"]}
+    # By hand (pseudo-count 20): constant 8/16 = 0.5; stage A (2 + 20 x 0.5)/28 = 12/28, B 16/28;
+    # the stage x age cells (one age bucket) A (2 + 20 x 12/28)/28, B (6 + 20 x 16/28)/28.
+    # Test: A rows lost, B rows won, so each rate scores -log of its distance from the wrong side.
+    a_cell = (2 + 20 * 12 / 28) / 28
+    assert losses["constant_rate"] == pytest.approx(np.log(2))
+    assert losses["crm_probability"] == pytest.approx(-np.log(0.1))
+    assert losses["stage_only_rate"] == pytest.approx(-np.log(16 / 28))
+    assert losses["stage_rate"] == pytest.approx(-np.log(1 - a_cell))
+    assert losses["logistic"] is None and losses["calibrated_model"] is None
+    assert m["scoring_method"] == result.scorer.scoring_method == METHOD_STAGE_RATE
+    assert m["log_loss"] == pytest.approx(-np.log(1 - a_cell))
+    assert m["constant_log_loss"] == pytest.approx(np.log(2)) and m["beats_baselines"] is True
+    assert (m["train_rows"], m["test_rows"], m["train_won_deals"], m["train_lost_deals"]) == (16, 4, 8, 8)
+    assert (m["test_won_deals"], m["test_lost_deals"]) == (2, 2)
+    assert m["selection_reason"].startswith("stage_rate has the lowest held-out log loss")
+    assert "logistic (its inputs" in m["selection_reason"] and "the training rows hold 8 won and 8 lost" in m["selection_reason"]
+    assert "gradient boosting not fitted" in m["fallback_reason"]
+    np.testing.assert_allclose(result.test_predictions["published"], [1 - (1 - a_cell), (6 + 20 * 16 / 28) / 28] * 2)
+
+
+def test_a_scorer_worse_than_the_constant_rate_is_never_published():
+    # The stages flip in the test period (A won, B lost) and the CRM is silent: every stage-based
+    # scorer is worse than the constant 0.5 (log 2), which is published.
+    result = train_scorer(_ladder_training(test_a=1, test_b=0, crm=False), ModelConfig(), dt.date(2024, 12, 31))
+    m = result.metrics
+    assert m["scoring_method"] == METHOD_CONSTANT
+    assert m["log_loss"] == pytest.approx(np.log(2))
+    np.testing.assert_allclose(result.scorer.predict_proba(result.test_frame), 0.5)
+    assert "crm_probability (no CRM probability" in m["selection_reason"]
+    assert all(c["log_loss"] is None or c["log_loss"] >= np.log(2) - 1e-12 for c in m["candidates"])
 
 
 def test_model_finds_the_signal_and_is_calibrated(trained, training):
@@ -115,18 +203,22 @@ def test_model_finds_the_signal_and_is_calibrated(trained, training):
         assert abs(mean_p - observed) <= tolerance, (b, mean_p, observed, deals_in_bin)
 
 
-def test_no_deal_is_both_trained_and_tested(trained, training):
-    slices = time_split(training.frame, TEST_CONFIG.test_share, TEST_CONFIG.calibration_share, training.maturity_days)
-    used = training.frame.assign(slice=slices)
-    used = used.loc[used["slice"].isin(["train", "calibration", "test"])]
-    assert used.groupby("deal_id")["slice"].nunique().max() == 1
-    tested = set(trained.test_predictions["deal_id"])
-    assert tested == set(used.loc[used["slice"] == "test", "deal_id"])
-    # slices follow time: every train date is before every calibration date, before every test date
-    ends = used.groupby("slice")["snapshot_at"].agg(["min", "max"])
-    assert ends.loc["train", "max"] < ends.loc["calibration", "min"]
-    assert ends.loc["calibration", "max"] < ends.loc["test", "min"]
-    assert trained.metrics["test_rows"] == len(trained.test_predictions)
+def test_training_rows_come_before_the_test_rows(trained, training):
+    split = time_split(training.frame, TEST_CONFIG.test_share, training.maturity_days)
+    used = training.frame.assign(slice=split.slices)
+    train, test = used.loc[used["slice"] == "train"], used.loc[used["slice"] == "test"]
+    assert train["snapshot_at"].max() < test["snapshot_at"].min() == split.test_start
+    assert set(trained.test_predictions["deal_id"]) == set(test["deal_id"])
+    assert trained.metrics["test_rows"] == len(trained.test_predictions) == len(test)
+    assert trained.metrics["train_rows"] == len(train)
+    assert trained.metrics["split_rule"] == split.rule
+    both = set(train["deal_id"]) & set(test["deal_id"])
+    if split.rule == SPLIT_PURGED:
+        assert not both
+    else:
+        # Widened: every labelled row before the cut trains; the note counts the shared deals.
+        assert len(train) == int((training.frame["snapshot_at"] < split.test_start).sum())
+        assert f"{len(both)} deals have rows on both sides" in trained.metrics["split_note"]
 
 
 def test_scoring_open_deals(trained, world):
@@ -145,11 +237,12 @@ def test_a_model_without_signal_gives_way_to_the_better_baseline(world):
     noise = build_training_set(deals, history, SYNTHETIC_CATALOG, AS_OF, features=["region", "deal_type"])
     result = train_scorer(noise, TEST_CONFIG, AS_OF)
     m = result.metrics
-    assert m["eligible"] is True
-    assert m["beats_baselines"] is False
-    assert result.scorer.scoring_method == METHOD_STAGE_RATE == m["scoring_method"]
-    assert "does not beat" in m["fallback_reason"] and "stage rate" in m["fallback_reason"]
-    assert m["stage_rate_baseline_log_loss"] < m["crm_baseline_log_loss"]
+    losses = {c["method"]: c["log_loss"] for c in m["candidates"]}
+    assert m["eligible"] is True and losses["calibrated_model"] is not None
+    assert result.scorer.scoring_method == m["scoring_method"] != METHOD_MODEL
+    assert m["log_loss"] == min(v for v in losses.values() if v is not None) < losses["calibrated_model"]
+    assert "does not beat" in m["fallback_reason"]
+    assert "not among the training set's features" in m["selection_reason"]
 
 
 def _ten_and_ten() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -170,17 +263,17 @@ def _ten_and_ten() -> tuple[pd.DataFrame, pd.DataFrame]:
     return deals, prepare_history(deals, make_history(history_rows), CATALOG)
 
 
-def test_thin_history_falls_back_to_stage_rates():
+def test_thin_history_competes_without_the_fitted_models():
     deals, history = _ten_and_ten()
     training = build_training_set(deals, history, CATALOG, dt.date(2024, 7, 1), maturity_days=0)
     assert (training.won_deals, training.lost_deals) == (10, 10)
     result = train_scorer(training, ModelConfig(min_won=200, min_lost=200), dt.date(2024, 7, 1))
     m = result.metrics
-    assert m["eligible"] is False
-    assert result.scorer.scoring_method == METHOD_STAGE_RATE == m["scoring_method"]
-    assert "10 won and 10 lost" in m["fallback_reason"]
-    assert "at least 200 won and 200 lost" in m["fallback_reason"]
-    assert m["beats_baselines"] is None and m["calibration_rows"] == 0
+    assert m["eligible"] is False and m["calibration_rows"] == 0
+    assert m["scoring_method"] in ("constant_rate", "crm_probability", "stage_only_rate", "stage_rate")
+    assert "it needs 200 won and 200 lost" in m["fallback_reason"]
+    assert "it needs 50 won and 50 lost" in m["selection_reason"]
+    assert m["log_loss"] <= m["constant_log_loss"]
     p = result.scorer.predict_proba(training.frame)
     assert ((p > 0.001) & (p < 0.999)).all()
 
@@ -218,7 +311,7 @@ def test_no_history_source_trains_on_creation_attributes():
 
 def test_reliability_table_matches_the_test_predictions(trained):
     predictions = trained.test_predictions
-    expected = reliability_table(predictions["label"], predictions["model"])
+    expected = reliability_table(predictions["label"], predictions["published"])
     pd.testing.assert_frame_equal(trained.reliability, expected)
     assert len(trained.metrics["reliability"]) == 10
 
@@ -230,7 +323,7 @@ def test_a_feature_without_any_value_is_left_out_not_fatal(training):
 
     blank = training.frame.assign(account_prior_win_rate=np.nan, account_prior_closed=np.nan)
     result = train_scorer(dataclasses.replace(training, frame=blank), TEST_CONFIG, AS_OF)
-    assert result.scorer.scoring_method in (METHOD_MODEL, "crm_probability", METHOD_STAGE_RATE)
+    assert result.metrics["eligible"] is True
     assert set(result.metrics["params"]["features_without_values"]) == {"account_prior_win_rate", "account_prior_closed"}
     assert 0.0 < result.metrics["log_loss"] < 0.693
 
@@ -240,9 +333,10 @@ def test_keeping_the_best_rounds_equals_refitting_with_them(training):
     predict exactly what a fresh fit with `best` rounds predicts."""
     from models.scoring import build_model_pipeline, fit_model, model_params
 
-    slices = time_split(training.frame, 0.2, 0.2, training.maturity_days)
     frame, labels = training.frame, training.frame["label"]
-    train, cal = (slices == "train").to_numpy(), (slices == "calibration").to_numpy()
+    dates = np.sort(frame["snapshot_at"].unique())
+    train = (frame["snapshot_at"] < dates[int(len(dates) * 0.6)]).to_numpy()
+    cal = ~train & (frame["snapshot_at"] < dates[int(len(dates) * 0.8)]).to_numpy()
     params = model_params({"max_iter": 150, "learning_rate": 0.3})  # overfits early: best < 150
     pipeline, best = fit_model(training.feature_names, params, frame[train], labels[train], frame[cal], labels[cal])
     assert 1 <= best < 150

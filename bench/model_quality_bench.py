@@ -1,0 +1,199 @@
+"""How good the published deal scorer is against the ground truth of the sample CRM, on seeds the
+scorer was never tuned on: prints tables of numbers (run it under `flock`, it fits many models).
+
+    python bench/model_quality_bench.py [--sim-seeds 101 102 103] [--sim-deals 10000]
+                                        [--messy-seeds 201 202 203 204 205] [--messy-deals 300 600 900 1200 1500]
+                                        [--stability]
+
+1. Simulator (clean profile), unseen seeds: on the held-out rows of each run, the published
+   scorer's log loss and ECE beside those of the true probabilities (`SampleWorld`); the truth's
+   ECE is the noise floor (the calibration error that sampling alone gives on these rows).
+   Targets: log loss <= 1.03 x the truth's; ECE <= the truth's ECE + 0.005.
+2. Messy real-org profile, at least five seeds of 300-1,500 simulated deals: the published
+   scorer's held-out log loss beside the constant rate's and the CRM probability's (target: it is
+   at most both: the ladder publishes the best), and the truth's (`SampleTruth`).
+3. `--stability`: nightly runs one day and one week apart on one simulator and one messy sample;
+   among open deals whose stage, amount, expected close date and age bucket did not change, the
+   share that moved by more than 0.10 and the largest move, and whether the published tier changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from etl.config import load_project_config  # noqa: E402
+from etl.ingest import read_exports  # noqa: E402
+from etl.pipeline_state import pipeline_at_many, prepare_history  # noqa: E402
+from etl.sample_crm import SampleTruth, SampleWorld, generate_sample  # noqa: E402
+from models.evaluation import expected_calibration_error, reliability_table  # noqa: E402
+from models.scoring import age_buckets, train_scorer  # noqa: E402
+from models.training_set import build_training_set, snapshot_features  # noqa: E402
+
+END = dt.date(2026, 11, 15)
+SIM_YEARS = 3.5
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def ece(y: np.ndarray, p: np.ndarray) -> float:
+    return float(expected_calibration_error(reliability_table(y, np.clip(p, 0.0, 1.0))))
+
+
+def load(out: Path, project, as_of: dt.date):
+    export = read_exports(out, project, as_of=as_of)
+    history = prepare_history(export.deals, export.history, export.stages)
+    return export, history
+
+
+def train(export, history, project, as_of: dt.date):
+    training = build_training_set(
+        export.deals, history, export.stages, as_of, frequency=project.model.snapshot_frequency,
+        fiscal_year_start_month=project.fiscal_year_start_month,
+    )
+    return training, train_scorer(training, project.model, as_of)
+
+
+def simulator_rows(seeds, n_deals: int, project, work: Path) -> list[dict]:
+    rows = []
+    for seed in seeds:
+        out = work / f"sim{seed}"
+        generate_sample(out, n_deals=n_deals, seed=seed, end_date=END, years=SIM_YEARS)
+        export, history = load(out, project, END)
+        _, result = train(export, history, project, END)
+        test = result.test_predictions
+        states = pipeline_at_many(export.deals, history, sorted(test["snapshot_at"].unique()))
+        world = SampleWorld.build(seed=seed, n_deals=n_deals, end_date=END, years=SIM_YEARS)
+        states["truth"] = world.true_win_probability(states)
+        test = test.merge(states[["snapshot_at", "deal_id", "truth"]], on=["snapshot_at", "deal_id"], how="left")
+        y, p, t = test["label"].to_numpy(float), test["published"].to_numpy(float), test["truth"].to_numpy(float)
+        m = result.metrics
+        rows.append({
+            "seed": seed, "deals": n_deals, "published": m["scoring_method"], "test_rows": len(test),
+            "log_loss": log_loss(y, p), "truth_log_loss": log_loss(y, t), "ratio": log_loss(y, p) / log_loss(y, t),
+            "ece": ece(y, p), "truth_ece": ece(y, t), "ece_gap": ece(y, p) - ece(y, t),
+            "target_met": bool(log_loss(y, p) <= 1.03 * log_loss(y, t) and ece(y, p) <= ece(y, t) + 0.005),
+        })
+        print(pd.DataFrame(rows[-1:]).round(4).to_string(index=False), flush=True)
+    return rows
+
+
+def messy_rows(seeds, sizes, project, work: Path) -> list[dict]:
+    rows = []
+    for seed, size in zip(seeds, sizes, strict=True):
+        out = work / f"messy{seed}"
+        generate_sample(out, n_deals=size, seed=seed, end_date=END, profile="messy")
+        truth = SampleTruth.load(out)
+        export, history = load(out, project, END)
+        training, result = train(export, history, project, END)
+        m = result.metrics
+        test = result.test_predictions
+        y = test["label"].to_numpy(float)
+        losses = {c["method"]: c["log_loss"] for c in m["candidates"]}
+        truth_p = truth.true_win_probability(test[["deal_id", "snapshot_at"]]).to_numpy(float) if len(test) else np.zeros(0)
+        crm = losses.get("crm_probability")
+        rows.append({
+            "seed": seed, "real_deals": size, "exported": len(export.deals),
+            "train_won/lost": f"{m['train_won_deals']}/{m['train_lost_deals']}",
+            "creation_rows": m["creation_rows"], "split": m["split_rule"], "test_rows": m["test_rows"],
+            "published": m["scoring_method"], "log_loss": m["log_loss"], "constant": losses.get("constant_rate"),
+            "crm": crm, "truth": log_loss(y, truth_p) if len(test) else None,
+            "beats_both": bool(m["log_loss"] is not None and m["log_loss"] <= losses["constant_rate"] and (crm is None or m["log_loss"] <= crm)),
+        })
+        print(pd.DataFrame(rows[-1:]).round(4).to_string(index=False), flush=True)
+    return rows
+
+
+def unchanged_moves(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
+    """Open deals at both runs whose stage, amount, expected close date and age bucket are the
+    same, with their two scores."""
+    def keyed(frame):
+        close = (frame["snapshot_at"] + pd.to_timedelta(frame["days_to_expected_close"], unit="D")).dt.normalize()
+        return pd.DataFrame({
+            "deal_id": frame["deal_id"], "stage": frame["stage"].astype("string"),
+            "amount": frame["log_amount_reporting"].round(9), "close": close,
+            "bucket": age_buckets(frame["age_days"]), "p": frame["p"],
+        })
+    both = keyed(before).merge(keyed(after), on="deal_id", suffixes=("_0", "_1"))
+    same = (
+        (both["stage_0"] == both["stage_1"]).fillna(False) & (both["amount_0"] == both["amount_1"]).fillna(False)
+        & (both["close_0"] == both["close_1"]).fillna(False) & (both["bucket_0"] == both["bucket_1"])
+    )
+    return both.loc[same.to_numpy(dtype=bool)]
+
+
+def stability_rows(project, work: Path) -> list[dict]:
+    rows = []
+    samples = [("simulator", work / "stab_sim", dict(n_deals=5000, seed=301, end_date=END, years=SIM_YEARS)),
+               ("messy", work / "stab_messy", dict(n_deals=900, seed=302, end_date=END, profile="messy"))]
+    for name, out, kwargs in samples:
+        generate_sample(out, **kwargs)
+        export, history = load(out, project, END)
+        scored = {}
+        for lag in (7, 1, 0):
+            as_of = END - dt.timedelta(days=lag)
+            _, result = train(export, history, project, as_of)
+            features = snapshot_features(export.deals, history, export.stages, as_of, fiscal_year_start_month=project.fiscal_year_start_month)
+            features["p"] = result.scorer.predict_proba(features)
+            scored[lag] = (result.scorer.scoring_method, features)
+        for label, lag in (("one day", 1), ("one week", 7)):
+            (m0, f0), (m1, f1) = scored[lag], scored[0]
+            moved = unchanged_moves(f0, f1)
+            delta = (moved["p_1"] - moved["p_0"]).abs()
+            rows.append({
+                "sample": name, "apart": label, "tier_before": m0, "tier_after": m1, "tier_changed": m0 != m1,
+                "unchanged_deals": len(moved), "moved_over_0.10": int((delta > 0.10).sum()),
+                "max_move": float(delta.max()) if len(delta) else None,
+                "mean_move": float(delta.mean()) if len(delta) else None,
+            })
+            print(pd.DataFrame(rows[-1:]).round(4).to_string(index=False), flush=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sim-seeds", type=int, nargs="*", default=[101, 102, 103])
+    parser.add_argument("--sim-deals", type=int, default=10_000)
+    parser.add_argument("--messy-seeds", type=int, nargs="*", default=[201, 202, 203, 204, 205])
+    parser.add_argument("--messy-deals", type=int, nargs="*", default=[300, 600, 900, 1200, 1500])
+    parser.add_argument("--stability", action="store_true")
+    parser.add_argument("--work", type=Path, default=None, help="folder for the generated samples")
+    args = parser.parse_args()
+    if len(args.messy_seeds) != len(args.messy_deals):
+        parser.error("--messy-seeds and --messy-deals need the same number of values")
+    work = args.work or Path(tempfile.mkdtemp(prefix="dealcast-quality-"))
+    project = load_project_config()
+    with threadpool_limits(limits=1, user_api="openmp"):
+        sections = []
+        if args.sim_seeds:
+            print("\n== Simulator, unseen seeds ==", flush=True)
+            sections.append(("Simulator, unseen seeds (targets: ratio <= 1.03, ece_gap <= 0.005)", simulator_rows(args.sim_seeds, args.sim_deals, project, work)))
+        if args.messy_seeds:
+            print("\n== Messy real-org samples ==", flush=True)
+            sections.append(("Messy real-org samples (target: log_loss <= constant and crm)", messy_rows(args.messy_seeds, args.messy_deals, project, work)))
+        if args.stability:
+            print("\n== Stability of unchanged open deals ==", flush=True)
+            sections.append(("Stability (target: no unchanged deal moves > 0.10 unless the tier changed)", stability_rows(project, work)))
+    print()
+    for title, rows in sections:
+        print(title)
+        print(pd.DataFrame(rows).round(4).to_string(index=False))
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
