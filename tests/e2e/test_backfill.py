@@ -123,6 +123,10 @@ def test_a_backfill_of_three_nights_publishes_each_night_for_its_own_day(tmp_pat
         failed = [r.dagster_run.tags["dagster/partition"] for r in records if r.dagster_run.status != dg.DagsterRunStatus.SUCCESS]
         assert not failed, f"nights {failed} failed"
         assert _most_at_once(records) <= BACKFILL_CAP
+        # Status per night, as the UI shows it: every asset materialised for exactly these nights.
+        nights = {n.isoformat() for n in NIGHTS}
+        for key in ("crm_exports", "deals", "deal_scores", "forecast_quarterly", "published_night"):
+            assert instance.get_materialized_partitions(dg.AssetKey(key)) == nights, key
     finally:
         instance.dispose()
 
