@@ -57,17 +57,17 @@ def _most_at_once(records) -> int:
     return most
 
 
-def _wait_for_runs(instance: dg.DagsterInstance, daemon: subprocess.Popen, count: int, limit: float) -> list:
+def _wait_for_runs(instance: dg.DagsterInstance, daemon: subprocess.Popen, count: int, limit: float, log: Path) -> list:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         records = instance.get_run_records()
         if len(records) == count and all(r.dagster_run.status in FINISHED for r in records):
             return records
         if daemon.poll() is not None:
-            raise AssertionError(f"the daemon stopped (exit {daemon.returncode}): {daemon.communicate()[0][-3000:]}")
+            raise AssertionError(f"the daemon stopped (exit {daemon.returncode}): {log.read_text()[-3000:]}")
         time.sleep(2)
     statuses = [(r.dagster_run.tags.get("dagster/partition"), r.dagster_run.status) for r in instance.get_run_records()]
-    raise AssertionError(f"the backfill's runs did not finish within {limit:.0f} s: {statuses}")
+    raise AssertionError(f"the backfill's runs did not finish within {limit:.0f} s: {statuses}; {log.read_text()[-3000:]}")
 
 
 def test_a_backfill_of_three_nights_publishes_each_night_for_its_own_day(tmp_path, monkeypatch):
@@ -107,12 +107,16 @@ def test_a_backfill_of_three_nights_publishes_each_night_for_its_own_day(tmp_pat
         assert {r.dagster_run.status for r in queued} == {dg.DagsterRunStatus.QUEUED}
         assert len({r.dagster_run.tags["dagster/backfill"] for r in queued}) == 1
 
-        daemon = subprocess.Popen(
-            [str(bin_dir / "dagster-daemon"), "run", "-m", DEFINITIONS],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )
+        # The daemon and the runs it starts log a lot: to a file, never to a pipe nobody reads (a full
+        # pipe would stop every run at its next log line).
+        log = tmp_path / "daemon.log"
+        with open(log, "w", encoding="utf-8") as out:
+            daemon = subprocess.Popen(
+                [str(bin_dir / "dagster-daemon"), "run", "-m", DEFINITIONS],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         try:
-            records = _wait_for_runs(instance, daemon, len(NIGHTS), limit=900)
+            records = _wait_for_runs(instance, daemon, len(NIGHTS), limit=900, log=log)
         finally:
             os.killpg(daemon.pid, signal.SIGTERM)
             try:
