@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 DEALS  ?= 10000
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 
-.PHONY: install demo test bench ui clean
+.PHONY: install demo test bench ui worker clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: install
 
 ui: install
 	$(BIN)/dagster dev -m assets.definitions
+
+# A Celery worker for runs with DEALCAST_EXECUTOR=celery (docs/deployment.md).
+WORKER_CONCURRENCY ?= 2
+worker: install
+	$(BIN)/celery -A assets.celery_app worker -Q $${DEALCAST_CELERY_QUEUE:-dagster} --concurrency $(WORKER_CONCURRENCY) --loglevel INFO
 
 clean:
 	rm -rf warehouse sample_exports model_store bench_output

@@ -82,7 +82,7 @@ def velocity(
     deal_history: pd.DataFrame,
     pipeline_stages: pd.DataFrame,
     deal_scores: pd.DataFrame,
-) -> dg.Output[pd.DataFrame]:
+) -> dg.MaterializeResult:
     """Pipeline, wins, win rate, cycle length and sales velocity per month and quarter and segment."""
     resolved = run_settings(context, settings)
     frame = metrics.velocity(
@@ -92,8 +92,8 @@ def velocity(
     )
     warehouse.publish(context, resolved.as_of, "velocity", frame)
     recent = frame[(frame.period_grain == "quarter") & (frame.segment_type == "all")].tail(8)
-    return dg.Output(
-        frame,
+    # Read from the warehouse only: nothing is kept in the intermediate-data store.
+    return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(frame),
             "trend": dg.MetadataValue.md(image_markdown(velocity_chart(frame), "velocity trend")),

@@ -14,10 +14,12 @@ from etl.report import markdown_table
 from etl.stages import StageCatalog
 
 
-def _output(frame: pd.DataFrame, previews: dict[str, pd.DataFrame]) -> dg.Output[pd.DataFrame]:
+def _output(frame: pd.DataFrame, previews: dict[str, pd.DataFrame]) -> dg.MaterializeResult:
+    """The asset's metadata; its rows are in the warehouse table of its name, which is where they
+    are read (no later step reads them, so nothing is kept in the intermediate-data store)."""
     metadata = {"dagster/row_count": len(frame)}
     metadata.update({name: dg.MetadataValue.md(markdown_table(preview, max_rows=20)) for name, preview in previews.items()})
-    return dg.Output(frame, metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
@@ -27,7 +29,7 @@ def rep_funnel(
     warehouse: WarehouseResource,
     deals: pd.DataFrame,
     stage_conversion: pd.DataFrame,
-) -> dg.Output[pd.DataFrame]:
+) -> dg.MaterializeResult:
     """Each rep's stage conversion against the median of the team's reps, with the rep's weakest stage flagged."""
     resolved = run_settings(context, settings)
     frame = coaching.rep_funnel(stage_conversion, deals, resolved.as_of)
@@ -50,7 +52,7 @@ def deal_value_spread(
     warehouse: WarehouseResource,
     deals: pd.DataFrame,
     deal_history: pd.DataFrame,
-) -> dg.Output[pd.DataFrame]:
+) -> dg.MaterializeResult:
     """Count, mean, median, spread and percentiles of won deal values by close quarter and segment."""
     resolved = run_settings(context, settings)
     frame = coaching.deal_value_spread(deals, deal_history, resolved.as_of, resolved.project.fiscal_year_start_month)
@@ -69,7 +71,7 @@ def product_mix(
     warehouse: WarehouseResource,
     deals: pd.DataFrame,
     deal_history: pd.DataFrame,
-) -> dg.Output[pd.DataFrame]:
+) -> dg.MaterializeResult:
     """Deals created and won per product per month and quarter, with each product's share of won value."""
     resolved = run_settings(context, settings)
     frame = coaching.product_mix(deals, deal_history, resolved.as_of, resolved.project.fiscal_year_start_month)
@@ -89,7 +91,7 @@ def revenue_growth(
     warehouse: WarehouseResource,
     deals: pd.DataFrame,
     deal_history: pd.DataFrame,
-) -> dg.Output[pd.DataFrame]:
+) -> dg.MaterializeResult:
     """Won revenue per month and quarter and its growth over the previous period, per segment."""
     resolved = run_settings(context, settings)
     frame = coaching.revenue_growth(deals, deal_history, resolved.as_of, resolved.project.fiscal_year_start_month)
@@ -108,7 +110,7 @@ def ask_to_decision(
     deals: pd.DataFrame,
     deal_history: pd.DataFrame,
     pipeline_stages: pd.DataFrame,
-) -> dg.Output[pd.DataFrame]:
+) -> dg.MaterializeResult:
     """Days from entering a proposal or negotiation stage to won or lost, per close quarter, segment and outcome."""
     resolved = run_settings(context, settings)
     stages = StageCatalog.from_frame(pipeline_stages)
@@ -142,7 +144,7 @@ def pipeline_coverage(
     deals: pd.DataFrame,
     deal_history: pd.DataFrame,
     stage_conversion: pd.DataFrame,
-) -> dg.Output[pd.DataFrame]:
+) -> dg.MaterializeResult:
     """Coverage of the quota still to win and the pipeline needed at the open pipeline's historical stage-mix win rate."""
     resolved = run_settings(context, settings)
     quotas = load_quotas(resolved.quota_path())

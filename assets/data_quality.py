@@ -40,8 +40,7 @@ def data_quality_warnings(
     fired = overall[overall["fired"]]
     for row in fired.itertuples():
         context.log.warning(f"{row.check_name}: {row.message}")
-    yield dg.Output(
-        frame,
+    yield dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(frame),
             "fired": dg.MetadataValue.int(len(fired)),

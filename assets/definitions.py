@@ -16,6 +16,7 @@ from assets.coaching import (
     revenue_growth,
 )
 from assets.data_quality import data_quality_warnings
+from assets.execution import executor_from_env
 from assets.forecasting import forecast_quarterly
 from assets.ingest import crm_exports, crm_tables
 from assets.publication import published_night_asset
@@ -23,6 +24,7 @@ from assets.pipeline_health import close_date_slips, pipeline_snapshots, pipelin
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.scoring import close_timing, deal_scores, deal_scoring_model, model_runs
 from assets.sensors import exports_sensor
+from assets.store import DealcastStore
 
 ALL_ASSETS = [
     crm_exports,
@@ -56,5 +58,7 @@ defs = dg.Definitions(
     jobs=[night_job],
     schedules=[nightly_schedule()],
     sensors=[exports_sensor()],
-    resources={"settings": DealcastSettings(), "warehouse": WarehouseResource()},
+    resources={"settings": DealcastSettings(), "warehouse": WarehouseResource(), "io_manager": DealcastStore()},
+    # Unset DEALCAST_EXECUTOR: Dagster's multiprocess executor on this machine (see assets/execution.py).
+    executor=executor_from_env(),
 )

@@ -30,7 +30,7 @@ def forecast_quarterly(
     deal_scores: pd.DataFrame,
     close_timing: CloseTiming,
     deal_scoring_model: ScorerResult,
-) -> dg.Output[pd.DataFrame]:
+) -> dg.MaterializeResult:
     """Revenue for the current and next quarter by segment: closed won to date, expected, P10/P50/P90, quota, gap and coverage."""
     resolved = run_settings(context, settings)
     forecast_cfg = resolved.project.forecast
@@ -83,4 +83,4 @@ def forecast_quarterly(
         _, reason = not_backtested_reason(deals, resolved.as_of, fiscal_start, forecast_cfg.backtest_quarters)
         metadata["backtest"] = f"not yet backtested: {reason}"
         context.log.warning(f"forecast_quarterly: not yet backtested: {reason}")
-    return dg.Output(frame, metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata)

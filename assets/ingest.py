@@ -9,6 +9,7 @@ warehouse) but deals, history and stage events are not, and every downstream ass
 import dagster as dg
 import pandas as pd
 
+from assets.execution import HEAVY_STEP_TAGS
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
@@ -21,7 +22,7 @@ from etl.crm import (
     reconciliation_frame,
     results_frame,
 )
-from etl.config import ConfigError
+from etl.config import ConfigError, Settings
 from etl.currency import ExchangeRatesError
 from etl.readers import ExportFormatError
 from etl.report import markdown_table
@@ -33,6 +34,23 @@ SAMPLE_SEED = 7
 UNREADABLE_INPUT = (ExportFormatError, ExchangeRatesError, ConfigError, FileNotFoundError)
 
 CHECKED_OUTPUTS = ("deals", "deal_history", "stage_events", "pipeline_stages")
+
+
+def _ensure_sample(context: dg.AssetExecutionContext, resolved: Settings, settings: DealcastSettings) -> None:
+    """Generate the bundled sample into its folder when it is missing (and the CRM is not read from a
+    warehouse source). Each step that reads the exports calls this, so a step on another machine than
+    `crm_exports` finds the same files: the sample is fixed by its seed, size and as_of."""
+    if not resolved.exports_are_sample or (resolved.exports_dir / "Opportunity.csv").is_file():
+        return
+    if warehouse_source(resolved.project) is not None:
+        return
+    summary = generate_sample(
+        resolved.exports_dir, n_deals=settings.sample_deals, seed=SAMPLE_SEED, end_date=resolved.as_of
+    )
+    context.log.info(
+        f"generated the sample CRM in {summary.out_dir}: {summary.n_deals:,} deals, "
+        f"{summary.n_history_rows:,} history rows"
+    )
 
 
 @dg.asset(partitions_def=NIGHTS, group_name="ingest", kinds={"csv", "python"})
@@ -56,14 +74,7 @@ def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -
                 "dagster/row_count": len(manifest),
             },
         )
-    if resolved.exports_are_sample and not (resolved.exports_dir / "Opportunity.csv").is_file():
-        summary = generate_sample(
-            resolved.exports_dir, n_deals=settings.sample_deals, seed=SAMPLE_SEED, end_date=resolved.as_of
-        )
-        context.log.info(
-            f"generated the sample CRM in {summary.out_dir}: {summary.n_deals:,} deals, "
-            f"{summary.n_history_rows:,} history rows"
-        )
+    _ensure_sample(context, resolved, settings)
     manifest = describe_exports(resolved.exports_dir)
     if manifest.empty:
         raise dg.Failure(description=f"no export files in {resolved.exports_dir}")
@@ -98,6 +109,7 @@ def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -
         )
         for name in CHECKED_OUTPUTS
     ],
+    op_tags=HEAVY_STEP_TAGS["ingest"],
 )
 def crm_tables(
     context: dg.AssetExecutionContext,
@@ -107,6 +119,7 @@ def crm_tables(
 ):
     """Read, normalise and validate the CRM exports; publish them only when every blocking check passes."""
     resolved = run_settings(context, settings)
+    _ensure_sample(context, resolved, settings)
     run_id = context.run.run_id
     # The as_of is claimed before the exports are read: a run that fails while reading them leaves
     # its claim, so `dealcast summary` can say that the night's run did not finish.
@@ -136,11 +149,11 @@ def crm_tables(
                 + markdown_table(load.validation.blocking_failures)
             )
 
-    yield from _outputs(load, diagnostics, written)
+    yield from _outputs(load, written)
     yield from _checks(load)
 
 
-def _outputs(load: CrmLoad, diagnostics: dict[str, pd.DataFrame], written: dict[str, int]):
+def _outputs(load: CrmLoad, written: dict[str, int]):
     status = "published" if load.publishable else "NOT published: blocking checks failed"
     frames = {
         "deals": load.deals,
@@ -181,18 +194,17 @@ def _outputs(load: CrmLoad, diagnostics: dict[str, pd.DataFrame], written: dict[
         if not outcome.quarantine.empty
         else pd.DataFrame(columns=["reason_code", "rows"])
     )
-    yield dg.Output(
-        diagnostics["quarantine"],
-        output_name="quarantine",
+    # The diagnostics are read from the warehouse, never by a later step: nothing is stored for them.
+    yield dg.MaterializeResult(
+        asset_key="quarantine",
         metadata={
             "dagster/row_count": len(outcome.quarantine),
             "rows_by_reason": dg.MetadataValue.md(markdown_table(by_reason)),
             "reconciliation": dg.MetadataValue.md(markdown_table(outcome.reconciliation)),
         },
     )
-    yield dg.Output(
-        diagnostics["data_quality_results"],
-        output_name="data_quality_results",
+    yield dg.MaterializeResult(
+        asset_key="data_quality_results",
         metadata={
             "dagster/row_count": written.get("data_quality_results", 0),
             "report": dg.MetadataValue.md(outcome.report_markdown()),

@@ -22,7 +22,7 @@ def pipeline_snapshots(
     deal_history: pd.DataFrame,
     pipeline_stages: pd.DataFrame,
     stage_durations: pd.DataFrame,
-) -> dg.Output[pd.DataFrame]:
+) -> dg.MaterializeResult:
     """The open pipeline as it stood at every month end and at as_of, by pipeline, stage and segment."""
     resolved = run_settings(context, settings)
     frame = pipeline_health.pipeline_snapshots(
@@ -33,8 +33,7 @@ def pipeline_snapshots(
     overall = frame[frame.segment_type == "all"]
     counted = ["open_deals", "pipeline_value", "stalled_deals", "aged_deals"]
     trend = overall.groupby("snapshot_date", as_index=False)[counted].sum()
-    return dg.Output(
-        frame,
+    return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(frame),
             "recent_month_ends": dg.MetadataValue.md(markdown_table(trend.tail(12))),
@@ -49,7 +48,7 @@ def pipeline_waterfall(
     warehouse: WarehouseResource,
     deals: pd.DataFrame,
     deal_history: pd.DataFrame,
-) -> dg.Output[pd.DataFrame]:
+) -> dg.MaterializeResult:
     """Per month and quarter: start pipeline, created, pulled in, increased, decreased, pushed out, lost, won, end."""
     resolved = run_settings(context, settings)
     frame = pipeline_health.pipeline_waterfall(
@@ -67,7 +66,7 @@ def pipeline_waterfall(
         latest = recent.iloc[-1]
         title = f"{latest['period']} pipeline: start to end (through {pd.Timestamp(latest['through_date']):%Y-%m-%d})"
         metadata["waterfall"] = dg.MetadataValue.md(image_markdown(waterfall_chart(latest, title), "pipeline waterfall"))
-    return dg.Output(frame, metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
@@ -107,7 +106,7 @@ def close_date_slips(
     warehouse: WarehouseResource,
     deals: pd.DataFrame,
     deal_history: pd.DataFrame,
-) -> dg.Output[pd.DataFrame]:
+) -> dg.MaterializeResult:
     """Every push of a deal's expected close date to a later date, with the days and value slipped."""
     resolved = run_settings(context, settings)
     frame = pipeline_health.close_date_slips(
@@ -117,8 +116,7 @@ def close_date_slips(
     by_quarter = frame.groupby("quarter", as_index=False).agg(
         pushes=("deal_id", "size"), value_slipped=("amount_reporting", "sum"), days_slipped=("days_slipped", "sum")
     )
-    return dg.Output(
-        frame,
+    return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(frame),
             "by_quarter": dg.MetadataValue.md(markdown_table(by_quarter.tail(8), floatfmt="{:,.0f}")),

@@ -6,6 +6,7 @@ import datetime as dt
 import dagster as dg
 import pandas as pd
 
+from assets.execution import HEAVY_STEP_TAGS
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
@@ -18,7 +19,7 @@ from models.timing import CloseTiming
 from models.training_set import build_training_set
 
 
-@dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"scikitlearn"})
+@dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"scikitlearn"}, op_tags=HEAVY_STEP_TAGS["scoring_model"])
 def deal_scoring_model(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,

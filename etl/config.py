@@ -21,6 +21,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from etl.bookings import BOOKING_RULES, DEFAULT_BOOKING_RULE
 from etl.stages import PipelineStages, StageCatalog
+from etl.storage import is_url, location
 
 ENV_PROJECT_DIR = "DEALCAST_PROJECT_DIR"
 ENV_CONFIG = "DEALCAST_CONFIG"
@@ -30,6 +31,7 @@ ENV_AS_OF = "DEALCAST_AS_OF"
 DEFAULT_FIRST_NIGHT = dt.date(2015, 1, 1)
 ENV_WAREHOUSE_URL = "DEALCAST_WAREHOUSE_URL"
 ENV_MODEL_DIR = "DEALCAST_MODEL_DIR"
+ENV_STORE_URL = "DEALCAST_STORE_URL"
 
 CONFIG_FILE_NAME = "dealcast.toml"
 SAMPLE_EXPORTS_DIR_NAME = "sample_exports"
@@ -75,7 +77,8 @@ class ModelConfig:
     snapshot_frequency: str = "W-MON"
     test_share: float = 0.2
     calibration_share: float = 0.2
-    artifact_dir: Path = Path("model_store")
+    # A folder or an object-store URL (see etl.storage); a relative folder is resolved by Settings.model_dir.
+    artifact_dir: Path | str = Path("model_store")
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -205,12 +208,20 @@ class Settings:
 
     @property
     def model_dir(self) -> Path:
-        """Where model artifacts go: DEALCAST_MODEL_DIR, else [model] artifact_dir (relative to the project)."""
+        """Where model artifacts go, a folder or an object-store URL (a `UPath` then): DEALCAST_MODEL_DIR,
+        else [model] artifact_dir. A relative artifact_dir lies in the intermediate-data store when
+        DEALCAST_STORE_URL names one (so every machine running steps finds the same models), else in
+        the project folder."""
         override = os.environ.get(ENV_MODEL_DIR)
         if override:
-            return Path(override).resolve()
-        path = self.project.model.artifact_dir
-        return path if path.is_absolute() else self.project_dir / path
+            return location(override)
+        configured = self.project.model.artifact_dir
+        if is_url(configured) or Path(configured).is_absolute():
+            return location(configured)
+        store = os.environ.get(ENV_STORE_URL)
+        if store:
+            return location(store, base=self.project_dir) / str(configured)
+        return self.project_dir / configured
 
     def quota_path(self) -> Path | None:
         """The quota file, looked up in the exports directory first, then next to the config."""
@@ -318,8 +329,10 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
         )
     model_raw = dict(_section(raw, "model", path))
     if "artifact_dir" in model_raw:
-        artifact_dir = Path(model_raw["artifact_dir"])
-        model_raw["artifact_dir"] = artifact_dir if artifact_dir.is_absolute() else artifact_dir
+        value = model_raw["artifact_dir"]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: [model] artifact_dir must be a folder or a URL, got {value!r}")
+        model_raw["artifact_dir"] = value if is_url(value) else Path(value)
     sources = _section(raw, "sources", path)
     currency = _section(raw, "currency", path)
     overrides = sources.get("format_overrides", {})

@@ -4,7 +4,8 @@ A model version is a stable hash of what the model was trained on (its predictio
 date outcomes were read at, the labelled rows, the features) and how (its parameters): the same
 data and settings give the same version, so re-running a night replaces that night's
 `model_runs` row instead of adding another. Artifacts are joblib files in the configured
-`artifact_dir` (outside git).
+`artifact_dir` (outside git): a local folder, or an object-store URL that every machine running
+steps can read.
 
 Scoring uses the latest model eligible for scoring (`eligible_models`, `choose_scorer`): this
 run's calibrated model when it qualified, else the newest earlier one trained on data that ends
@@ -17,9 +18,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +27,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from etl.storage import location, write_atomic
 from etl.tables import TABLES
 
 if TYPE_CHECKING:
@@ -68,24 +68,16 @@ def model_version(training: "TrainingSet", params: dict) -> str:
 
 
 def artifact_file(directory: str | Path, version: str) -> Path:
-    """Where the artifact of model `version` is kept: `<directory>/deal-scorer-<version>.joblib`."""
-    return Path(directory) / f"{ARTIFACT_PREFIX}{version}{ARTIFACT_SUFFIX}"
+    """Where the artifact of model `version` is kept: `<directory>/deal-scorer-<version>.joblib`
+    (`directory` a local folder or an object-store URL, see etl.storage)."""
+    return location(directory) / f"{ARTIFACT_PREFIX}{version}{ARTIFACT_SUFFIX}"
 
 
 def save_artifact(scorer: "Scorer", directory: str | Path) -> Path:
     """Write `scorer` to `<directory>/deal-scorer-<version>.joblib` (atomically: a reader never
     sees a half-written file) and return the path."""
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = artifact_file(folder, scorer.version)
-    handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=ARTIFACT_SUFFIX, dir=folder)
-    os.close(handle)
-    try:
-        joblib.dump(scorer, temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    path = artifact_file(directory, scorer.version)
+    write_atomic(path, lambda out: joblib.dump(scorer, out))
     logger.info("saved deal scorer %s (%s) to %s", scorer.version, scorer.scoring_method, path)
     return path
 
@@ -94,10 +86,11 @@ def load_artifact(path: str | Path) -> "Scorer":
     """Read a scorer written by `save_artifact`."""
     from models.scoring import Scorer
 
-    file = Path(path)
+    file = location(path)
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no saved deal scorer there (expected a {ARTIFACT_SUFFIX} file from save_artifact)")
-    scorer = joblib.load(file)
+    with file.open("rb") as handle:
+        scorer = joblib.load(handle)
     if not isinstance(scorer, Scorer):
         raise TypeError(f"{file}: holds a {type(scorer).__name__}, expected a deal scorer saved by save_artifact")
     return scorer

@@ -12,7 +12,7 @@ from assets.coaching import ask_to_decision, deal_value_spread, pipeline_coverag
 from assets.ingest import crm_exports, crm_tables
 from etl.sample_crm import generate_sample
 from etl.warehouse import Warehouse
-from tests.e2e.conftest import materialize_graph
+from tests.e2e.conftest import materialize_graph, project_config
 
 AS_OF = dt.date(2026, 11, 15)
 TABLES = ["rep_funnel", "deal_value_spread", "product_mix", "revenue_growth", "ask_to_decision", "pipeline_coverage"]
@@ -24,7 +24,7 @@ def run(tmp_path_factory):
     generate_sample(exports, n_deals=1200, seed=5, end_date=AS_OF)
     url = f"sqlite:///{tmp_path_factory.mktemp('warehouse') / 'w.sqlite'}"
     result = materialize_graph(
-        exports, AS_OF, None, url,
+        exports, AS_OF, project_config(tmp_path_factory.mktemp("config")), url,
         assets=[crm_exports, crm_tables, stage_conversion, rep_funnel, deal_value_spread, product_mix, revenue_growth,
                 ask_to_decision, pipeline_coverage],
     )

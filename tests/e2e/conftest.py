@@ -42,7 +42,7 @@ def project_config(tmp_path: Path, extra: str = "") -> Path:
 def materialize_graph(
     exports: Path,
     as_of: dt.date,
-    config: Path | None,
+    config: Path,
     url: str,
     schema: str = "dealcast",
     *,
@@ -50,23 +50,26 @@ def materialize_graph(
     selection=None,
     instance=None,
     raise_on_error: bool = True,
+    store: Path | None = None,
 ):
     """The assets (default: every asset) materialised for real, as the night `as_of` (its partition
     key), in an in-process Dagster run on `instance` (default: an ephemeral one), from the exports in
-    `exports`, into the warehouse at `url` (PostgreSQL schema `schema`); `config` is the dealcast.toml
-    (None: the project's)."""
+    `exports`, into the warehouse at `url` (PostgreSQL schema `schema`), with the project file `config`,
+    the steps handing their values over through the Parquet store `store` (default: beside `config`)."""
     import dagster as dg
 
     from assets.definitions import ALL_ASSETS
     from assets.resources import DealcastSettings, WarehouseResource
+    from assets.store import DealcastStore
 
     return dg.materialize(
         ALL_ASSETS if assets is None else assets,
         selection=selection,
         partition_key=as_of.isoformat(),
         resources={
-            "settings": DealcastSettings(exports_dir=str(exports), config_file=str(config) if config else None),
+            "settings": DealcastSettings(exports_dir=str(exports), config_file=str(config)),
             "warehouse": WarehouseResource(url=url, schema_name=schema),
+            "io_manager": DealcastStore(base_url=str(store or Path(config).parent / "store")),
         },
         instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=raise_on_error,

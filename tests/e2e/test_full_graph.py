@@ -21,8 +21,17 @@ pytestmark = pytest.mark.slow
 RUN_SPECIFIC = {"run_id", "quarantined_at", "checked_at", "trained_at"}
 
 
-def materialize(exports, url, config, schema=None):
-    return materialize_graph(exports, AS_OF, config, url, schema or "dealcast")
+# The assets a later step reads, worked out from the graph by hand: only these pass through the
+# intermediate-data store; every other asset's rows are read from the warehouse.
+STORED_FRAMES = {
+    "crm_exports", "deals", "deal_history", "stage_events", "pipeline_stages",
+    "stage_conversion", "stage_durations", "stalled_deals", "deal_scores",
+}
+STORED_OBJECTS = {"deal_scoring_model", "close_timing"}
+
+
+def materialize(exports, url, config, schema=None, store=None):
+    return materialize_graph(exports, AS_OF, config, url, schema or "dealcast", store=store)
 
 
 def won_this_quarter_from_export(exports) -> float:
@@ -83,14 +92,24 @@ def snapshot(warehouse: Warehouse) -> dict[str, pd.DataFrame]:
     return frames
 
 
+def check_store(store):
+    """Values a later step reads are in the store, frames as Parquet and models as joblib; nothing else is."""
+    files = {path.relative_to(store).as_posix() for path in store.rglob("*") if path.is_file()}
+    assert files == {f"{name}.parquet" for name in STORED_FRAMES} | {f"{name}.joblib" for name in STORED_OBJECTS}
+    deals = pd.read_parquet(store / "deals.parquet")
+    assert deals["deal_id"].is_unique and len(deals) > 0
+
+
 def run_twice_and_check(exports, url, config, schema=None):
-    first = materialize(exports, url, config, schema)
+    store = config.parent / "store"
+    first = materialize(exports, url, config, schema, store)
     assert first.success
+    check_store(store)
     warehouse = Warehouse(url, schema=schema or "dealcast")
     try:
         check_warehouse(warehouse, exports)
         before = snapshot(warehouse)
-        assert materialize(exports, url, config, schema).success
+        assert materialize(exports, url, config, schema, store).success
         after = snapshot(warehouse)
         for name in before:
             pd.testing.assert_frame_equal(before[name], after[name], check_like=True, obj=name)

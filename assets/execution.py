@@ -1,0 +1,98 @@
+"""Where a run's steps execute, chosen by DEALCAST_EXECUTOR when the Definitions load.
+
+- unset (default): Dagster's multiprocess executor, every step a process on this machine;
+- `in_process`: every step in the run's own process (debugging);
+- `celery`: steps are Celery tasks executed by `dealcast-worker`s on any machine, through a broker
+  (DEALCAST_CELERY_BROKER, default the local Redis redis://127.0.0.1:6379/0), results through
+  DEALCAST_CELERY_BACKEND (default the broker), on the queue DEALCAST_CELERY_QUEUE (default `dagster`);
+- `k8s`: each step a Kubernetes Job (dagster-k8s `k8s_job_executor`), configured by the YAML file
+  DEALCAST_K8S_EXECUTOR_CONFIG (default deploy/k8s/executor.yaml in the project).
+
+The heavy steps carry `HEAVY_STEP_TAGS`: the CPU and memory their Kubernetes pod requests. Every
+other executor ignores those tags. The Celery and Kubernetes executors are optional extras of the
+package (`dealcast[celery]`, `dealcast[k8s]`), imported only when chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import yaml
+
+from etl.config import ConfigError, project_dir
+
+ENV_EXECUTOR = "DEALCAST_EXECUTOR"
+ENV_CELERY_BROKER = "DEALCAST_CELERY_BROKER"
+ENV_CELERY_BACKEND = "DEALCAST_CELERY_BACKEND"
+ENV_CELERY_QUEUE = "DEALCAST_CELERY_QUEUE"
+ENV_K8S_EXECUTOR_CONFIG = "DEALCAST_K8S_EXECUTOR_CONFIG"
+
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+DEFAULT_QUEUE = "dagster"
+K8S_EXECUTOR_CONFIG = Path("deploy") / "k8s" / "executor.yaml"
+EXECUTORS = ("multiprocess", "in_process", "celery", "k8s")
+
+K8S_CONFIG_TAG = "dagster-k8s/config"
+
+
+def _pod_resources(cpu: str, memory: str, memory_limit: str) -> dict[str, str]:
+    resources = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory_limit}}
+    return {K8S_CONFIG_TAG: json.dumps({"container_config": {"resources": resources}})}
+
+
+# What the heavy steps' pods request, sized from the 1M-deal night (crm_tables and the scoring
+# model peak at a few GB; the backtest retrains one model per past quarter). Steps not named here
+# get the executor's default `step_k8s_config` from deploy/k8s/executor.yaml.
+HEAVY_STEP_TAGS: dict[str, dict[str, str]] = {
+    "ingest": _pod_resources(cpu="1", memory="6Gi", memory_limit="10Gi"),
+    "scoring_model": _pod_resources(cpu="2", memory="6Gi", memory_limit="10Gi"),
+    "backtest": _pod_resources(cpu="2", memory="4Gi", memory_limit="8Gi"),
+}
+
+
+def celery_config() -> dict[str, Any]:
+    """The Celery executor's config from the environment (the workers read the same variables)."""
+    broker = os.environ.get(ENV_CELERY_BROKER) or DEFAULT_BROKER
+    return {
+        "broker": broker,
+        "backend": os.environ.get(ENV_CELERY_BACKEND) or broker,
+        "config_source": {"task_default_queue": os.environ.get(ENV_CELERY_QUEUE) or DEFAULT_QUEUE},
+    }
+
+
+def k8s_executor_config(path: str | Path | None = None) -> dict[str, Any]:
+    """The `k8s_job_executor` config shipped in deploy/k8s/executor.yaml (or the file named)."""
+    file = Path(path or os.environ.get(ENV_K8S_EXECUTOR_CONFIG) or project_dir() / K8S_EXECUTOR_CONFIG)
+    if not file.is_file():
+        raise ConfigError(f"{ENV_K8S_EXECUTOR_CONFIG}: {file} does not exist (expected the k8s_job_executor config YAML)")
+    parsed = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    config = parsed.get("execution", {}).get("config") if isinstance(parsed, dict) else None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{file}: expected `execution: config: {{...}}` holding the k8s_job_executor config")
+    return config
+
+
+def executor_from_env() -> dg.ExecutorDefinition | None:
+    """The executor DEALCAST_EXECUTOR names (None: Dagster's default multiprocess executor)."""
+    name = (os.environ.get(ENV_EXECUTOR) or "multiprocess").strip().lower()
+    if name == "multiprocess":
+        return None
+    if name == "in_process":
+        return dg.in_process_executor
+    if name == "celery":
+        try:
+            from dagster_celery import celery_executor
+        except ImportError as exc:
+            raise ConfigError(f"{ENV_EXECUTOR}=celery needs the celery extra: pip install 'dealcast[celery]' ({exc})") from exc
+        return celery_executor.configured(celery_config(), name="dealcast_celery")
+    if name == "k8s":
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError as exc:
+            raise ConfigError(f"{ENV_EXECUTOR}=k8s needs the k8s extra: pip install 'dealcast[k8s]' ({exc})") from exc
+        return k8s_job_executor.configured(k8s_executor_config(), name="dealcast_k8s")
+    raise ConfigError(f"{ENV_EXECUTOR}={name!r}: expected one of {', '.join(EXECUTORS)}")

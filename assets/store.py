@@ -1,0 +1,135 @@
+"""The intermediate-data store: how one step hands its output to the next.
+
+Every asset value a later step reads goes through this IO manager, so steps can run in separate
+processes, on separate machines or in separate Kubernetes pods, and share nothing but the store:
+
+- DataFrames are Parquet files (zstd-compressed, pandas dtypes kept), one per asset, or per asset
+  partition for a partitioned asset: `<base>/<asset>.parquet`, `<base>/<asset>/<partition>.parquet`;
+- other values (the trained scorer, close timing) are joblib files beside them (`.joblib`);
+- the base is a local folder by default (`$DAGSTER_HOME/storage/dealcast_store`, else the
+  instance's storage folder) or the URL in DEALCAST_STORE_URL / the resource's `base_url`
+  (`s3://bucket/dealcast`, `gs://bucket/dealcast`; the fsspec driver comes from an extra, see
+  docs/deployment.md).
+
+Assets whose result is only written to the warehouse return a MaterializeResult and store nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import joblib
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+from upath import UPath
+
+from etl.config import ENV_STORE_URL
+from etl.storage import is_local, location, write_atomic
+
+PARQUET = ".parquet"
+JOBLIB = ".joblib"
+STORE_FOLDER = "dealcast_store"
+
+
+class StoreError(RuntimeError):
+    """A value cannot be written to or read from the store; the message names the asset and file."""
+
+
+class ParquetJoblibStore(dg.UPathIOManager):
+    """DataFrames as Parquet, anything else as joblib, through a UPath (local folder or object store)."""
+
+    # The suffix depends on the value (Parquet or joblib), so paths are handled without one here.
+    extension = None
+
+    def _files(self, path: UPath) -> tuple[UPath, UPath]:
+        return path.with_name(path.name + PARQUET), path.with_name(path.name + JOBLIB)
+
+    def path_exists(self, path: UPath) -> bool:
+        return any(file.exists() for file in self._files(path))
+
+    def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
+        parquet, pickled = self._files(path)
+        if isinstance(obj, pd.DataFrame):
+            target, stale = parquet, pickled
+            try:
+                table = pa.Table.from_pandas(obj, preserve_index=None)
+            except (pa.ArrowException, ValueError, TypeError) as exc:
+                raise StoreError(
+                    f"asset {context.asset_key.to_user_string() if context.has_asset_key else context.step_key}: "
+                    f"its DataFrame cannot be written as Parquet to {parquet}: {exc}"
+                ) from exc
+            write_atomic(target, lambda out: pq.write_table(table, out, compression="zstd"))
+        else:
+            target, stale = pickled, parquet
+            write_atomic(target, lambda out: joblib.dump(obj, out, compress=3))
+        # A value whose type changed since the last run must not leave its old file behind.
+        if stale.exists():
+            stale.unlink()
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
+        parquet, pickled = self._files(path)
+        if parquet.exists():
+            with parquet.open("rb") as handle:
+                return pd.read_parquet(handle, engine="pyarrow")
+        if pickled.exists():
+            with pickled.open("rb") as handle:
+                return joblib.load(handle)
+        raise FileNotFoundError(
+            f"no stored value for {context.asset_key.to_user_string() if context.has_asset_key else context.name}: "
+            f"neither {parquet} nor {pickled} exists; materialise the upstream asset first "
+            f"(and check that every process of the run uses the same store, {self._base_path})"
+        )
+
+    def get_metadata(self, context: dg.OutputContext, obj: Any) -> dict[str, dg.RawMetadataValue]:
+        parquet, pickled = self._files(self._output_path(context))
+        target = parquet if isinstance(obj, pd.DataFrame) else pickled
+        metadata: dict[str, dg.RawMetadataValue] = {"stored_as": target.suffix.lstrip(".")}
+        try:
+            metadata["stored_bytes"] = dg.MetadataValue.int(int(target.stat().st_size))
+        except (OSError, NotImplementedError):
+            pass
+        return metadata
+
+    def _output_path(self, context: dg.OutputContext) -> UPath:
+        if context.has_asset_partitions:
+            return next(iter(self._get_paths_for_partitions(context).values()))
+        return self._get_path(context)
+
+
+def default_store_location(instance: dg.DagsterInstance | None) -> Path:
+    """$DAGSTER_HOME/storage/dealcast_store, else the instance's storage folder (a temporary one for
+    an ephemeral instance), else ./dealcast_store."""
+    home = os.environ.get("DAGSTER_HOME")
+    if home:
+        return Path(home).resolve() / "storage" / STORE_FOLDER
+    if instance is not None:
+        return Path(instance.storage_directory()) / STORE_FOLDER
+    return Path.cwd() / STORE_FOLDER
+
+
+class DealcastStore(dg.ConfigurableIOManagerFactory):
+    """Where steps hand values to each other: a local folder by default, object storage by URL.
+
+    Unset, the location comes from DEALCAST_STORE_URL, else $DAGSTER_HOME/storage/dealcast_store.
+    A run whose steps execute on more than one machine (Celery workers, Kubernetes pods) needs a
+    location every one of them reaches: an object-store URL or a shared mount.
+    """
+
+    base_url: str | None = Field(
+        default=None,
+        description="Folder or URL of the store (s3://bucket/dealcast, gs://bucket/dealcast); "
+        "unset: DEALCAST_STORE_URL, else $DAGSTER_HOME/storage/dealcast_store.",
+    )
+
+    def location(self, instance: dg.DagsterInstance | None = None) -> Path:
+        configured = self.base_url or os.environ.get(ENV_STORE_URL)
+        return location(configured) if configured else default_store_location(instance)
+
+    def create_io_manager(self, context: dg.InitResourceContext) -> ParquetJoblibStore:
+        base = self.location(context.instance)
+        return ParquetJoblibStore(base_path=UPath(base) if is_local(base) else base)
