@@ -139,7 +139,8 @@ def test_a_backfill_of_three_nights_publishes_each_night_for_its_own_day(tmp_pat
 
     warehouse = Warehouse(url)
     try:
-        published = warehouse.read("published_nights")
+        with warehouse.engine.connect() as conn:
+            published = pd.read_sql("SELECT as_of FROM published_nights", conn)
         assert sorted(pd.to_datetime(published["as_of"]).dt.date) == NIGHTS
         assert warehouse.published_as_of() == NIGHTS[-1]
         # The current-state tables show the newest night, whichever night's run finished last.
