@@ -8,7 +8,7 @@ from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl import metrics
-from etl.report import funnel_chart, image_markdown, markdown_table, velocity_chart
+from etl.charts import funnel_chart, image_markdown, markdown_table, velocity_chart
 from etl.stages import StageCatalog
 
 

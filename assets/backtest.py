@@ -9,7 +9,7 @@ from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.quotas import load_quotas
-from etl.report import fan_chart, image_markdown, markdown_table
+from etl.charts import fan_chart, image_markdown, markdown_table
 from etl.stages import StageCatalog
 from models.backtest import backtest_fan, backtest_summary, backtested_rows, forecast_backtest as run_backtest, quota_of
 

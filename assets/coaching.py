@@ -10,7 +10,7 @@ from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl import coaching
 from etl.quotas import load_quotas
-from etl.report import markdown_table
+from etl.charts import markdown_table
 from etl.stages import StageCatalog
 
 

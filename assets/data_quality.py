@@ -12,7 +12,7 @@ from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.quality_warnings import ALL_PIPELINES, WARNINGS, data_quality_warnings as compute_warnings
-from etl.report import markdown_table
+from etl.charts import markdown_table
 
 
 @dg.asset(

@@ -10,7 +10,7 @@ from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.periods import quarter_label
 from etl.quotas import load_quotas
-from etl.report import fan_chart, image_markdown, markdown_table
+from etl.charts import fan_chart, image_markdown, markdown_table
 from etl.stages import StageCatalog
 from models.backtest import forecast_fan, not_backtested_reason
 from models.forecast import build_forecast

@@ -13,7 +13,7 @@ from assets.execution import HEAVY_STEP_TAGS
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
-from etl.crm import (
+from etl.ingest.crm_load import (
     CrmLoad,
     describe_exports,
     load_crm,
@@ -23,11 +23,11 @@ from etl.crm import (
     results_frame,
 )
 from etl.config import ConfigError, Settings
-from etl.currency import ExchangeRatesError
-from etl.readers import ExportFormatError
-from etl.report import markdown_table
+from etl.ingest.currency import ExchangeRatesError
+from etl.ingest.readers import ExportFormatError
+from etl.charts import markdown_table
 from etl.sample_crm import generate_sample
-from etl.source_warehouse import describe_source, warehouse_source
+from etl.ingest.source_warehouse import describe_source, warehouse_source
 
 SAMPLE_SEED = 7
 # Errors whose message already names the file (or setting) at fault and what was expected.

@@ -9,7 +9,7 @@ from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl import pipeline_health
-from etl.report import image_markdown, markdown_table, waterfall_chart
+from etl.charts import image_markdown, markdown_table, waterfall_chart
 from etl.stages import StageCatalog
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
-from etl.report import markdown_table
+from etl.charts import markdown_table
 from etl.warehouse import WarehouseError, night_tables
 
 

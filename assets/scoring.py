@@ -10,7 +10,7 @@ from assets.execution import HEAVY_STEP_TAGS
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
-from etl.report import calibration_chart, image_markdown, markdown_table
+from etl.charts import calibration_chart, image_markdown, markdown_table
 from etl.stages import StageCatalog
 from models.deal_scores import build_deal_scores
 from models.registry import artifact_file, choose_scorer, model_runs_row, published_tier_change, save_artifact

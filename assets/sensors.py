@@ -3,12 +3,12 @@ tonight's partition (the night the tick falls in) when the export files change.
 
 Each tick lists the folder (name, size, modification time). When that listing matches the cursor
 nothing is read. Otherwise, once every file has been left alone for `minimum_age_seconds`, the files
-are fingerprinted with `etl.crm.describe_exports` (which adds each file's sha256) and a run is
+are fingerprinted with `etl.ingest.crm_load.describe_exports` (which adds each file's sha256) and a run is
 requested when the set of file names or any file's content differs from the fingerprint in the cursor.
 A file that is only touched, or copied again with identical bytes, moves the cursor on without a run.
 
 When the CRM is read from a warehouse (`[sources.warehouse]`), each tick instead counts each
-table's rows and reads its latest `_fivetran_synced` (`etl.source_warehouse.fingerprint`), and a
+table's rows and reads its latest `_fivetran_synced` (`etl.ingest.source_warehouse.fingerprint`), and a
 run is requested when either changed since the cursor.
 
 The run key is the hash of the fingerprint (names, sizes, modification times and sha256), so a tick
@@ -31,8 +31,8 @@ from assets.automation import night_job
 from assets.partitions import tonight
 from assets.resources import DealcastSettings
 from etl.config import ConfigError
-from etl.crm import describe_exports
-from etl.source_warehouse import SourceError, WarehouseSource, fingerprint, warehouse_source
+from etl.ingest.crm_load import describe_exports
+from etl.ingest.source_warehouse import SourceError, WarehouseSource, fingerprint, warehouse_source
 
 logger = logging.getLogger(__name__)
 

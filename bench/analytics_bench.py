@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 from bench import _peak_rss_mb, part_bench_exports  # noqa: E402  (bench/bench.py, next to this script)
 from etl import coaching, metrics, pipeline_health, quality_warnings  # noqa: E402
 from etl.config import load_project_config  # noqa: E402
-from etl.ingest import read_exports  # noqa: E402
+from etl.ingest.exports import read_exports  # noqa: E402
 from etl.pipeline_state import prepare_history, stage_events  # noqa: E402
 from etl.quotas import load_quotas  # noqa: E402
 

@@ -27,12 +27,12 @@ sys.path.insert(0, str(ROOT))
 from etl import coaching, metrics  # noqa: E402
 from etl.config import load_project_config  # noqa: E402
 from etl import pipeline_health  # noqa: E402
-from etl.ingest import read_exports  # noqa: E402
+from etl.ingest.exports import read_exports  # noqa: E402
 from etl.pipeline_state import prepare_history, stage_events  # noqa: E402
 from etl.quotas import load_quotas  # noqa: E402
 from etl.sample_crm import generate_sample  # noqa: E402
-from etl.crm import file_counts  # noqa: E402
-from etl.validation import validate_crm  # noqa: E402
+from etl.ingest.crm_load import file_counts  # noqa: E402
+from etl.validation.canonical import validate_crm  # noqa: E402
 from etl.warehouse import Warehouse  # noqa: E402
 from models.deal_scores import build_deal_scores  # noqa: E402
 from models.forecast import forecast_quarterly  # noqa: E402
@@ -190,7 +190,7 @@ def main() -> int:
         )
         r["detail"] = f"{len(forecast):,} rows, {project.forecast.draws:,} draws"
     with steps.step("write") as r:
-        from etl.crm import table_frame
+        from etl.ingest.crm_load import table_frame
 
         warehouse = Warehouse(url)
         warehouse.create_all()

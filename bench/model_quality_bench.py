@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from etl.config import load_project_config  # noqa: E402
-from etl.ingest import read_exports  # noqa: E402
+from etl.ingest.exports import read_exports  # noqa: E402
 from etl.pipeline_state import pipeline_at_many, prepare_history  # noqa: E402
 from etl.sample_crm import SampleTruth, SampleWorld, generate_sample  # noqa: E402
 from models.evaluation import expected_calibration_error, reliability_table  # noqa: E402

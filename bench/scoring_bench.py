@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import Steps, part_bench_exports  # noqa: E402  (bench/bench.py, next to this script)
 from etl.config import load_project_config  # noqa: E402
-from etl.ingest import read_exports  # noqa: E402
+from etl.ingest.exports import read_exports  # noqa: E402
 from etl.pipeline_state import prepare_history  # noqa: E402
 from models.deal_scores import build_deal_scores  # noqa: E402
 from models.scoring import train_scorer  # noqa: E402

@@ -17,19 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import part_bench_exports  # noqa: E402  (bench/bench.py, next to this script)
-from etl import validation  # noqa: E402
 from etl.config import load_project_config  # noqa: E402
-from etl.crm import file_counts  # noqa: E402
-from etl.ingest import read_exports  # noqa: E402
+from etl.ingest.crm_load import file_counts  # noqa: E402
+from etl.ingest.exports import read_exports  # noqa: E402
 from etl.pipeline_state import as_of_end, prepare_history, stage_events  # noqa: E402
+from etl.validation import canonical, gx_session  # noqa: E402
+from etl.validation.stage_events import validate_stage_events  # noqa: E402
 
 
 class GxClock:
-    """Accumulates the wall time spent in Great Expectations (`_GxSession.validate`)."""
+    """Accumulates the wall time spent in Great Expectations (`GxSession.validate`)."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self._validate = validation._GxSession.validate
+        self._validate = gx_session.GxSession.validate
         clock = self
 
         def timed(session, *args, **kwargs):
@@ -39,7 +40,7 @@ class GxClock:
             finally:
                 clock.seconds += time.perf_counter() - start
 
-        validation._GxSession.validate = timed
+        gx_session.GxSession.validate = timed
 
     def lap(self) -> float:
         seconds, self.seconds = self.seconds, 0.0
@@ -50,7 +51,7 @@ class RawClock:
     """Accumulates the wall time of the raw suites the readers run (`validate_raw_rows`)."""
 
     def __init__(self) -> None:
-        from etl.readers import csvfiles
+        from etl.ingest.readers import csvfiles
 
         self.seconds = 0.0
         run = csvfiles.validate_raw_rows
@@ -78,7 +79,7 @@ def main() -> int:
     raw_gx = gx.lap()
 
     start = time.perf_counter()
-    outcome = validation.validate_crm(
+    outcome = canonical.validate_crm(
         ingest.deals, ingest.history, ingest.quarantine, file_counts(ingest), ingest.stages,
         project.validation, args.as_of, raw_results=ingest.raw_checks, currencies=ingest.currencies,
     )
@@ -88,7 +89,7 @@ def main() -> int:
     history = prepare_history(outcome.deals, outcome.history, ingest.stages)
     events = stage_events(history, args.as_of)
     start = time.perf_counter()
-    results, _ = validation.validate_stage_events(events, outcome.deals, as_of_end(args.as_of))
+    results, _ = validate_stage_events(events, outcome.deals, as_of_end(args.as_of))
     events_seconds = time.perf_counter() - start
     events_gx = gx.lap()
 

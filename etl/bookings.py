@@ -20,7 +20,7 @@ date, backtest actuals, the coaching tables). `[reporting] booking_date` chooses
   on the day it was marked closed.
 - `closed_stage_at`: the day the deal was marked closed.
 
-`booking_dates` is the one function that applies this rule, at the run's as_of (`etl.crm.load_crm`
+`booking_dates` is the one function that applies this rule, at the run's as_of (`etl.ingest.crm_load.load_crm`
 stores the result as `deals.booking_date`) and at any earlier instant of a point-in-time rebuild.
 """
 

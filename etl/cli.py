@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError
 from etl.config import ConfigError, default_warehouse_url, resolve_settings
 from etl.periods import quarter_label
 from etl.quality_warnings import WARNINGS
-from etl.report import write_spreadsheet_csv
+from etl.charts import write_spreadsheet_csv
 from etl.sample_crm import add_sample_arguments, generate_sample, messy_options_from, summary_line
 from etl.warehouse import Warehouse, WarehouseError
 

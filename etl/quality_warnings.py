@@ -1,6 +1,6 @@
 """Data-quality warnings a sales manager needs: non-blocking, each with counts and examples.
 
-Blocking checks (`etl.validation`) stop a run whose data cannot be trusted at all. These warnings
+Blocking checks (`etl.validation.canonical`) stop a run whose data cannot be trusted at all. These warnings
 describe data that is usable but recorded in a way that bends some numbers; nothing is quarantined
 and nothing stops. Each is computed at the end of the run's as_of, for the whole CRM (pipeline
 "all") and for every pipeline, and fires above a threshold from `[warnings]` in dealcast.toml:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 import assets.sensors as sensors
 from assets.resources import DealcastSettings
 from assets.sensors import exports_sensor
-from etl.source_warehouse import ENV_SOURCE_URL
+from etl.ingest.source_warehouse import ENV_SOURCE_URL
 from tests.fivetran_kit import typed, write_tables
 
 pytestmark = pytest.mark.postgres

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from etl.sample_crm import generate_sample
-from etl.source_warehouse import ENV_SOURCE_URL
+from etl.ingest.source_warehouse import ENV_SOURCE_URL
 from etl.warehouse import Warehouse
 from tests.fivetran_kit import TABLE_OF_FILE, drop_schema, fivetran_table, write_tables
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from etl.config import resolve_settings
-from etl.crm import CrmLoad, load_crm
+from etl.ingest.crm_load import CrmLoad, load_crm
 
 AS_OF = dt.date(2026, 6, 30)
 

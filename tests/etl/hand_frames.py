@@ -1,6 +1,6 @@
 """Helpers for tests built on tiny hand-written data: canonical frames from the columns a test cares
 about, picking one row of a table, and Salesforce exports read through the real reader and the whole
-load (`etl.crm.load_crm`: reading, validation, history rebuild and booking dates)."""
+load (`etl.ingest.crm_load.load_crm`: reading, validation, history rebuild and booking dates)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from etl.config import Settings, load_project_config
-from etl.crm import CrmLoad, load_crm
+from etl.ingest.crm_load import CrmLoad, load_crm
 from etl.schema import conform
 
 OPPORTUNITY_HEADER = [

@@ -1,4 +1,4 @@
-"""An adversarial Salesforce export, read and validated the way a nightly run does (etl.crm.load_crm):
+"""An adversarial Salesforce export, read and validated the way a nightly run does (etl.ingest.crm_load.load_crm):
 every bad row is quarantined with the expected reason code at its own row, the identity rows read =
 accepted + quarantined holds for every file, nothing crashes, and no accepted row changes."""
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from etl.config import resolve_settings
-from etl.crm import load_crm
+from etl.ingest.crm_load import load_crm
 from etl.sample_crm import generate_sample
 
 AS_OF = dt.date(2026, 6, 30)
@@ -186,7 +186,7 @@ FILE_CASES = {
 
 @pytest.mark.parametrize("case", sorted(FILE_CASES))
 def test_a_file_that_cannot_be_read_fails_naming_the_file_and_line(exports, tmp_path, case):
-    from etl.readers import ExportFormatError
+    from etl.ingest.readers import ExportFormatError
 
     clean, *_ = exports
     target = tmp_path / "exports"

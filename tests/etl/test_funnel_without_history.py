@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from etl.config import Settings, load_project_config
-from etl.crm import load_crm
+from etl.ingest.crm_load import load_crm
 from etl.metrics import stage_conversion
 from etl.pipeline_state import prepare_history
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, empty_frame
@@ -98,7 +98,7 @@ def test_multi_stage_funnel_without_history_says_what_is_unknown():
 
 
 def test_olist_lead_funnel_through_its_mapping(tmp_path):
-    # examples/olist_funnel on its fixture (tests/etl/test_mapping_examples.py works the leads out):
+    # examples/olist_funnel on its fixture (tests/etl/ingest/test_mapping_examples.py works the leads out):
     # 20 leads, 5 won, 7 lost (90 days after first contact), 8 still open, all in the one stage MQL.
     root = Path(__file__).resolve().parents[2]
     mapping = (root / "examples" / "olist_funnel" / "mapping.toml").as_posix()

@@ -14,7 +14,7 @@ import pytest
 
 from etl import coaching, metrics
 from etl.config import resolve_settings
-from etl.crm import load_crm
+from etl.ingest.crm_load import load_crm
 
 ROOT = Path(__file__).resolve().parents[2]
 MAVEN = ROOT.parent / "shared" / "data" / "maven_crm"

@@ -31,7 +31,7 @@ import pandas as pd
 import pytest
 
 from etl.config import load_project_config
-from etl.ingest import read_exports
+from etl.ingest.exports import read_exports
 from etl.metrics import stage_durations as stage_durations_table
 from etl.metrics import velocity
 from etl.pipeline_health import close_date_slips, pipeline_snapshots, pipeline_waterfall, stalled_deals

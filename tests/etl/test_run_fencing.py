@@ -12,7 +12,7 @@ import time
 import pytest
 
 from etl.cli import main as cli
-from etl.report import spreadsheet_safe
+from etl.charts import spreadsheet_safe
 from etl.warehouse import ClaimRefusedError, StaleRunError, Warehouse, WarehouseError
 
 from .test_warehouse import AS_OF, NEXT_DAY, qualified, scores, sql_rows

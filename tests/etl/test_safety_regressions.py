@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from etl.currency import ExchangeRatesError
+from etl.ingest.currency import ExchangeRatesError
 from etl.sample_crm import generate_sample
 
 from .exports_kit import AS_OF, copy_exports, edit, load, quarantined_at, read_rows, set_value
@@ -321,8 +321,8 @@ def _read_with_one_file_unreadable(clean, name: str) -> dict:
     import shutil
     import tempfile
 
-    from etl.crm import describe_exports
-    from etl.readers import ExportFormatError
+    from etl.ingest.crm_load import describe_exports
+    from etl.ingest.readers import ExportFormatError
 
     load(clean)  # warm-up: every module the load needs is imported before the fork
     folder = Path(tempfile.mkdtemp(prefix="dealcast-unreadable-"))

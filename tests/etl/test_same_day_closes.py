@@ -35,7 +35,7 @@ import pandas as pd
 import pytest
 
 from etl.config import Settings, load_project_config
-from etl.crm import load_crm
+from etl.ingest.crm_load import load_crm
 from etl.pipeline_state import as_of_end, pipeline_at
 from etl.warehouse import Warehouse
 

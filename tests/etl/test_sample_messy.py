@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 
 from etl.config import load_project_config
-from etl.currency import load_rates
-from etl.ingest import read_exports
+from etl.ingest.currency import load_rates
+from etl.ingest.exports import read_exports
 from etl.pipeline_state import pipeline_at_many, prepare_history
 from etl.sample_crm import MessyOptions, SampleTruth, generate_sample, main
 

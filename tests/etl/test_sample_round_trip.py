@@ -7,7 +7,7 @@ import datetime as dt
 import pandas as pd
 
 from etl.config import load_project_config
-from etl.ingest import read_exports
+from etl.ingest.exports import read_exports
 from etl.pipeline_state import prepare_history
 from etl.sample_crm import generate_sample
 

@@ -16,7 +16,7 @@ import pytest
 
 from etl.config import Settings, load_project_config
 from etl.cli import RunSummary, _stage_order_lines
-from etl.crm import CrmLoad, load_crm, table_frame
+from etl.ingest.crm_load import CrmLoad, load_crm, table_frame
 from etl.stages import EXACT_ORDER_LIMIT, InferredOrder, PipelineStages, StageCatalog, order_from_moves, stage_moves
 
 T = pd.Timestamp

@@ -126,7 +126,7 @@ def test_nothing_recorded_after_creation_reaches_a_creation_row():
 @pytest.fixture(scope="module")
 def messy(tmp_path_factory):
     from etl.config import load_project_config
-    from etl.ingest import read_exports
+    from etl.ingest.exports import read_exports
 
     out = tmp_path_factory.mktemp("messy_creation")
     end = dt.date(2026, 11, 15)

@@ -38,7 +38,7 @@ import pytest
 
 from etl.coaching import pipeline_coverage
 from etl.config import load_project_config
-from etl.ingest import read_exports
+from etl.ingest.exports import read_exports
 from etl.metrics import stage_conversion
 from etl.pipeline_state import prepare_history
 from etl.sample_crm import SampleTruth, generate_sample

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from etl.config import load_project_config
-from etl.ingest import read_exports
+from etl.ingest.exports import read_exports
 from etl.pipeline_state import prepare_history
 from models.scoring import InsufficientHistoryError, train_scorer
 from models.training_set import NO_HISTORY_FEATURES, build_training_set

@@ -17,7 +17,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from etl.config import load_project_config
-from etl.ingest import read_exports
+from etl.ingest.exports import read_exports
 from etl.pipeline_state import prepare_history
 from etl.sample_crm import generate_sample
 from models.registry import published_tier_change
