@@ -30,6 +30,11 @@ STORED_FRAMES = {
 STORED_OBJECTS = {"deal_scoring_model", "close_timing"}
 
 
+def stored_files(night: dt.date) -> set[str]:
+    """The store's files of one night: every asset is partitioned by night, one file per partition."""
+    return {f"{name}/{night}.parquet" for name in STORED_FRAMES} | {f"{name}/{night}.joblib" for name in STORED_OBJECTS}
+
+
 def materialize(exports, url, config, schema=None, store=None):
     return materialize_graph(exports, AS_OF, config, url, schema or "dealcast", store=store)
 
@@ -93,10 +98,11 @@ def snapshot(warehouse: Warehouse) -> dict[str, pd.DataFrame]:
 
 
 def check_store(store):
-    """Values a later step reads are in the store, frames as Parquet and models as joblib; nothing else is."""
+    """Values a later step reads are in the store, one file per night (partition), frames as Parquet and
+    models as joblib; nothing else is."""
     files = {path.relative_to(store).as_posix() for path in store.rglob("*") if path.is_file()}
-    assert files == {f"{name}.parquet" for name in STORED_FRAMES} | {f"{name}.joblib" for name in STORED_OBJECTS}
-    deals = pd.read_parquet(store / "deals.parquet")
+    assert files == stored_files(AS_OF)
+    deals = pd.read_parquet(store / "deals" / f"{AS_OF}.parquet")
     assert deals["deal_id"].is_unique and len(deals) > 0
 
 
