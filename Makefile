@@ -1,4 +1,5 @@
-# Dealcast: `make demo` runs the whole pipeline on a generated sample CRM; `make test` runs the tests.
+# Dealcast: `make demo` runs the whole pipeline on a generated sample CRM for tonight (or the night
+# DEALCAST_AS_OF names); `make test` runs the tests.
 # Needs Python 3.10+ and make; everything else is installed into .venv.
 
 PYTHON ?= python3
@@ -18,7 +19,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/dagster asset materialize -m assets.definitions --select '*'
+	night=$$($(BIN)/python -m assets.partitions) && \
+		$(BIN)/dagster asset materialize -m assets.definitions --select '*' --partition "$$night"
 	$(BIN)/dealcast summary
 
 test: install

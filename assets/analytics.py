@@ -4,6 +4,7 @@
 import dagster as dg
 import pandas as pd
 
+from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl import metrics
@@ -11,7 +12,7 @@ from etl.charts import funnel_chart, image_markdown, markdown_table, velocity_ch
 from etl.stages import StageCatalog
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def stage_conversion(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -40,7 +41,7 @@ def stage_conversion(
     )
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def stage_durations(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -72,7 +73,7 @@ def stage_durations(
     )
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def velocity(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,

@@ -5,6 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.execution import HEAVY_STEP_TAGS
+from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.quotas import load_quotas
@@ -13,7 +14,7 @@ from etl.stages import StageCatalog
 from models.backtest import backtest_fan, backtest_summary, backtested_rows, quota_of, run_backtest
 
 
-@dg.asset(group_name="forecasting", kinds={"pandas", "sql"}, op_tags=HEAVY_STEP_TAGS["backtest"])
+@dg.asset(partitions_def=NIGHTS, group_name="forecasting", kinds={"pandas", "sql"}, op_tags=HEAVY_STEP_TAGS["backtest"])
 def forecast_backtest(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,

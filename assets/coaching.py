@@ -5,6 +5,7 @@ revenue growth, time from ask to decision and pipeline coverage against quota, w
 import dagster as dg
 import pandas as pd
 
+from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl import coaching
@@ -21,7 +22,7 @@ def _output(frame: pd.DataFrame, previews: dict[str, pd.DataFrame]) -> dg.Materi
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def rep_funnel(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -44,7 +45,7 @@ def rep_funnel(
     )
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def deal_value_spread(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -63,7 +64,7 @@ def deal_value_spread(
     )
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def product_mix(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -83,7 +84,7 @@ def product_mix(
     )
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def revenue_growth(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -101,7 +102,7 @@ def revenue_growth(
     )
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def ask_to_decision(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -135,7 +136,7 @@ def ask_to_decision(
     )
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def pipeline_coverage(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,

@@ -8,6 +8,7 @@ import json
 import dagster as dg
 import pandas as pd
 
+from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.quality_warnings import ALL_PIPELINES, WARNINGS, data_quality_warnings as compute_warnings
@@ -15,6 +16,7 @@ from etl.charts import markdown_table
 
 
 @dg.asset(
+    partitions_def=NIGHTS,
     group_name="data_quality",
     kinds={"pandas", "sql"},
     check_specs=[

@@ -1,11 +1,11 @@
-"""The Dagster entry point: `dagster dev -m assets.definitions`, `dg dev`, or
-`dagster asset materialize -m assets.definitions --select '*'`."""
+"""The Dagster entry point: `dagster dev -m assets.definitions`, `dg dev`, or, for one night,
+`dagster asset materialize -m assets.definitions --select '*' --partition YYYY-MM-DD`."""
 
 
 import dagster as dg
 
 from assets.analytics import stage_conversion, stage_durations, velocity
-from assets.automation import nightly_schedule
+from assets.automation import night_job, nightly_schedule
 from assets.backtest import forecast_backtest
 from assets.coaching import (
     ask_to_decision,
@@ -55,6 +55,7 @@ ALL_ASSETS.append(published_night_asset(ALL_ASSETS))
 
 defs = dg.Definitions(
     assets=ALL_ASSETS,
+    jobs=[night_job],
     schedules=[nightly_schedule()],
     sensors=[exports_sensor()],
     resources={"settings": DealcastSettings(), "warehouse": WarehouseResource(), "io_manager": DealcastStore()},

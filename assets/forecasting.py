@@ -5,6 +5,7 @@ deal's contribution to it (`forecast_contributions`), appended per as_of."""
 import dagster as dg
 import pandas as pd
 
+from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.periods import quarter_label
@@ -18,7 +19,7 @@ from models.scoring import ScorerResult
 from models.timing import CloseTiming
 
 
-@dg.asset(group_name="forecasting", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="forecasting", kinds={"pandas", "sql"})
 def forecast_quarterly(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -52,8 +53,10 @@ def forecast_quarterly(
     warehouse.publish(context, resolved.as_of, "forecast_quarterly", frame)
     totals = frame[frame.segment_type == "all"]
     quarter = quarter_label(resolved.as_of, fiscal_start)
-    # Every nightly forecast of this quarter so far (this run's rows were just written).
-    trail = forecast_fan(warehouse.warehouse.read("forecast_quarterly"), quarter, fiscal_start)
+    # Every nightly forecast of this quarter up to this night (this run's rows were just written; a
+    # backfilled night does not show later nights).
+    written = warehouse.warehouse.read("forecast_quarterly")
+    trail = forecast_fan(written[written["as_of"] <= pd.Timestamp(resolved.as_of)], quarter, fiscal_start)
     chart = fan_chart(trail, f"{quarter}: forecast by night (P10-P90, P50) against quota", quota=trail["quota"].iloc[-1])
     metadata = {
         "dagster/row_count": len(frame),

@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.execution import HEAVY_STEP_TAGS
+from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.ingest.crm_load import (
@@ -52,7 +53,7 @@ def _ensure_sample(context: dg.AssetExecutionContext, resolved: Settings, settin
     )
 
 
-@dg.asset(group_name="ingest", kinds={"csv", "python"})
+@dg.asset(partitions_def=NIGHTS, group_name="ingest", kinds={"csv", "python"})
 def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -> dg.Output[pd.DataFrame]:
     """The CRM export files in the exports folder, with their detected format and checksum (the bundled sample is generated on first use), or the CRM's tables in the warehouse source ([sources.warehouse]) with their rows and latest sync."""
     resolved = run_settings(context, settings)
@@ -89,6 +90,7 @@ def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -
 
 
 @dg.multi_asset(
+    partitions_def=NIGHTS,
     group_name="ingest",
     outs={
         "deals": dg.AssetOut(description="One row per accepted deal, normalised from the CRM exports.", kinds={"pandas", "sql"}),

@@ -5,6 +5,7 @@ close-date slips, per segment, written per as_of."""
 import dagster as dg
 import pandas as pd
 
+from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl import pipeline_health
@@ -12,7 +13,7 @@ from etl.charts import image_markdown, markdown_table, waterfall_chart
 from etl.stages import StageCatalog
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def pipeline_snapshots(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -40,7 +41,7 @@ def pipeline_snapshots(
     )
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def pipeline_waterfall(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -68,7 +69,7 @@ def pipeline_waterfall(
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def stalled_deals(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -98,7 +99,7 @@ def stalled_deals(
     )
 
 
-@dg.asset(group_name="analytics", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="analytics", kinds={"pandas", "sql"})
 def close_date_slips(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import dagster as dg
 import pandas as pd
 
+from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.charts import markdown_table
@@ -29,7 +30,7 @@ def published_night_asset(upstream: Sequence[dg.AssetsDefinition]) -> dg.AssetsD
     # The night's tables are those its assets write (an asset writes the table of its own name).
     required = [name for name in night_tables() if dg.AssetKey(name) in keys]
 
-    @dg.asset(group_name="publication", deps=keys, kinds={"sql"})
+    @dg.asset(partitions_def=NIGHTS, group_name="publication", deps=keys, kinds={"sql"})
     def published_night(
         context: dg.AssetExecutionContext, settings: DealcastSettings, warehouse: WarehouseResource
     ) -> dg.MaterializeResult:

@@ -1,4 +1,4 @@
-"""Typed Dagster resources: run settings (exports, as_of, config file) and the warehouse."""
+"""Typed Dagster resources: run settings (exports folder, config file) and the warehouse."""
 
 
 import datetime as dt
@@ -17,8 +17,6 @@ from etl.warehouse import DEFAULT_LEASE_SECONDS, ClaimRefusedError, Warehouse, W
 
 log = logging.getLogger(__name__)
 
-AS_OF_TAG = "dealcast/as_of"
-
 _RUNNING = {
     DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
@@ -28,19 +26,21 @@ _RUNNING = {
 
 
 class DealcastSettings(dg.ConfigurableResource):
-    """Where the CRM exports are, which date the run is for, and which project config file to use.
+    """Where the CRM exports are and which project config file to use (the date a run describes is its
+    partition key, see `assets.partitions`).
 
-    Unset fields fall back to DEALCAST_EXPORTS_DIR, DEALCAST_AS_OF and DEALCAST_CONFIG, then to the
-    bundled sample, today's date and the project's dealcast.toml.
+    Unset fields fall back to DEALCAST_EXPORTS_DIR and DEALCAST_CONFIG, then to the bundled sample and
+    the project's dealcast.toml.
     """
 
     exports_dir: str | None = Field(default=None, description="Folder holding the CRM export files.")
-    as_of: str | None = Field(default=None, description="The date the run describes (YYYY-MM-DD).")
     config_file: str | None = Field(default=None, description="Path of the dealcast.toml to use.")
     sample_deals: int = Field(default=10_000, description="Size of the bundled sample when it is generated.")
 
-    def resolve(self) -> Settings:
-        return resolve_settings(self.exports_dir, self.as_of, self.config_file)
+    def resolve(self, as_of: dt.date | None = None) -> Settings:
+        """The settings for the night `as_of`; a run passes its partition key (`assets.runs.run_settings`).
+        Without it (the sensor, which only needs the folder) as_of is DEALCAST_AS_OF or today (UTC)."""
+        return resolve_settings(self.exports_dir, as_of, self.config_file)
 
 
 class WarehouseResource(dg.ConfigurableResource):

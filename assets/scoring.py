@@ -7,6 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.execution import HEAVY_STEP_TAGS
+from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.charts import calibration_chart, image_markdown, markdown_table
@@ -18,7 +19,7 @@ from models.timing import CloseTiming
 from models.training_set import build_training_set
 
 
-@dg.asset(group_name="scoring", kinds={"scikitlearn"}, op_tags=HEAVY_STEP_TAGS["scoring_model"])
+@dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"scikitlearn"}, op_tags=HEAVY_STEP_TAGS["scoring_model"])
 def deal_scoring_model(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -66,7 +67,7 @@ def deal_scoring_model(
     return dg.Output(result, metadata={k: v for k, v in metadata.items() if v is not None})
 
 
-@dg.asset(group_name="scoring", kinds={"pandas"})
+@dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"pandas"})
 def close_timing(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -82,7 +83,7 @@ def close_timing(
     )
 
 
-@dg.asset(group_name="scoring", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"pandas", "sql"})
 def deal_scores(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -129,7 +130,7 @@ def deal_scores(
     )
 
 
-@dg.asset(group_name="scoring", kinds={"sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"sql"})
 def model_runs(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,

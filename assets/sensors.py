@@ -1,5 +1,5 @@
-"""New exports trigger a run: a sensor on the exports folder that starts the whole asset graph when
-the export files change.
+"""New exports trigger a run: a sensor on the exports folder that starts the whole asset graph for
+tonight's partition (the night the tick falls in) when the export files change.
 
 Each tick lists the folder (name, size, modification time). When that listing matches the cursor
 nothing is read. Otherwise, once every file has been left alone for `minimum_age_seconds`, the files
@@ -27,7 +27,9 @@ from typing import Any
 
 import dagster as dg
 
-from assets.resources import AS_OF_TAG, DealcastSettings
+from assets.automation import night_job
+from assets.partitions import tonight
+from assets.resources import DealcastSettings
 from etl.config import ConfigError
 from etl.ingest.crm_load import describe_exports
 from etl.ingest.source_warehouse import SourceError, WarehouseSource, fingerprint, warehouse_source
@@ -44,7 +46,7 @@ Listing = tuple[tuple[str, int, int], ...]
 
 
 def _now() -> dt.datetime:
-    """The tick's time (UTC): it gives the run's as_of and the age of each file."""
+    """The tick's time (UTC): it gives the run's night (partition key) and the age of each file."""
     return dt.datetime.now(dt.timezone.utc)
 
 
@@ -140,12 +142,7 @@ def evaluate_exports(
         )
 
     key = fingerprint_hash(files)
-    as_of = now.date().isoformat()
-    request = dg.RunRequest(
-        run_key=key,
-        run_config={"resources": {"settings": {"config": {"as_of": as_of}}}},
-        tags={AS_OF_TAG: as_of, FINGERPRINT_TAG: key},
-    )
+    request = dg.RunRequest(run_key=key, partition_key=tonight(now), tags={FINGERPRINT_TAG: key})
     return dg.SensorResult(run_requests=[request], cursor=new_cursor)
 
 
@@ -163,12 +160,7 @@ def evaluate_source(source: WarehouseSource, cursor: str | None, now: dt.datetim
             f"the {len(tables)} CRM table(s) in {source.safe_url} schema {source.schema} are unchanged since the last check"
         )
     key = fingerprint_hash(tables)
-    as_of = now.date().isoformat()
-    request = dg.RunRequest(
-        run_key=key,
-        run_config={"resources": {"settings": {"config": {"as_of": as_of}}}},
-        tags={AS_OF_TAG: as_of, FINGERPRINT_TAG: key},
-    )
+    request = dg.RunRequest(run_key=key, partition_key=tonight(now), tags={FINGERPRINT_TAG: key})
     return dg.SensorResult(run_requests=[request], cursor=new_cursor)
 
 
@@ -185,13 +177,13 @@ def exports_sensor(
 
     @dg.sensor(
         name=name,
-        target=dg.AssetSelection.all(),
+        job=night_job,
         default_status=dg.DefaultSensorStatus.STOPPED,
         minimum_interval_seconds=60,
         description=(
-            "Runs every asset for today's as_of when an export file is added, removed or its content changes "
-            "in the exports folder, or when a sync changed the CRM's tables in the warehouse source; waits "
-            f"until files are {minimum_age_seconds:.0f} s old so a copy in progress "
+            "Runs every asset for tonight's partition (today's as_of) when an export file is added, removed or its "
+            "content changes in the exports folder, or when a sync changed the CRM's tables in the warehouse source; "
+            f"waits until files are {minimum_age_seconds:.0f} s old so a copy in progress "
             "does not start a run."
         ),
     )

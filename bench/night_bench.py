@@ -5,8 +5,8 @@
 For a generated Salesforce export of the given size it measures, in one script:
 
 - a bare pyarrow `read_csv` of Opportunity.csv and OpportunityHistory.csv, the floor any night pays;
-- each night: `dagster asset materialize -m assets.definitions --select '*'` in its own process, with a
-  fresh Dagster instance (DAGSTER_HOME in a temporary folder), the night's as_of in DEALCAST_AS_OF and
+- each night: `dagster asset materialize -m assets.definitions --select '*' --partition <as_of>` in its
+  own process, with a fresh Dagster instance (DAGSTER_HOME in a temporary folder), and
   the warehouse in DEALCAST_WAREHOUSE_URL (a SQLite file by default). Wall time, the peak resident memory
   of every process of the run (the CLI, the run worker and each step's process, polled from /proc every
   0.1 s; a process's own high-water mark VmHWM is read, so a peak between two polls is not missed while the
@@ -103,8 +103,11 @@ def _label(command: str) -> str | None:
 
 def run_night(as_of: dt.date, env: dict[str, str]) -> NightResult:
     """One materialisation of every asset, with the memory of each process it starts."""
-    command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "assets.definitions", "--select", "*"]
-    night_env = {**env, "DEALCAST_AS_OF": as_of.isoformat()}
+    command = [
+        str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "assets.definitions",
+        "--select", "*", "--partition", as_of.isoformat(),
+    ]
+    night_env = {key: value for key, value in env.items() if key != "DEALCAST_AS_OF"}
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env=night_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     peaks: dict[int, tuple[str, float]] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ ENV_PROJECT_DIR = "DEALCAST_PROJECT_DIR"
 ENV_CONFIG = "DEALCAST_CONFIG"
 ENV_EXPORTS_DIR = "DEALCAST_EXPORTS_DIR"
 ENV_AS_OF = "DEALCAST_AS_OF"
+# The first night (as_of) of the nightly partitions unless [schedule] first_night says otherwise.
+DEFAULT_FIRST_NIGHT = dt.date(2015, 1, 1)
 ENV_WAREHOUSE_URL = "DEALCAST_WAREHOUSE_URL"
 ENV_MODEL_DIR = "DEALCAST_MODEL_DIR"
 ENV_STORE_URL = "DEALCAST_STORE_URL"
@@ -187,6 +190,8 @@ class ProjectConfig:
     booking_date: str = DEFAULT_BOOKING_RULE
     # [warnings]: thresholds of the non-blocking data-quality warnings.
     warnings: WarningsConfig = field(default_factory=WarningsConfig)
+    # [schedule] first_night: the first as_of (Dagster partition) a night can be run or backfilled for.
+    first_night: dt.date = DEFAULT_FIRST_NIGHT
 
     def resolve_path(self, name: str) -> Path:
         """A path from the config file: absolute as written, else relative to the config file's folder."""
@@ -343,6 +348,12 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
     analytics = _analytics(_section(raw, "analytics", path), path)
     warnings_config = _warnings(_section(raw, "warnings", path), path)
 
+    timezone = str(schedule.get("timezone", "UTC"))
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{path}: [schedule] timezone must be an IANA timezone such as UTC or Europe/Paris, got {timezone!r}") from None
+
     fiscal_start = int(reporting.get("fiscal_year_start_month", 1))
     if not 1 <= fiscal_start <= 12:
         raise ConfigError(f"{path}: [reporting] fiscal_year_start_month must be 1..12, got {fiscal_start}")
@@ -378,7 +389,8 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
         reporting_currency=str(reporting.get("currency", "USD")).upper(),
         fiscal_year_start_month=fiscal_start,
         schedule_cron=str(schedule.get("cron", "0 2 * * *")),
-        schedule_timezone=str(schedule.get("timezone", "UTC")),
+        schedule_timezone=timezone,
+        first_night=_parse_date(schedule.get("first_night", DEFAULT_FIRST_NIGHT.isoformat()), f"{path}: [schedule] first_night"),
         quota_file=quotas.get("file"),
         validation=_typed(ValidationConfig, validation_raw, path, "validation"),
         model=_typed(ModelConfig, model_raw, path, "model"),

@@ -10,7 +10,8 @@ run never leaves a half-written or duplicated table:
 2. fence: the `run_claims` row of the as_of must name this run and not have been released
    (otherwise `StaleRunError`); the run's lease is renewed in the same transaction;
 3. delete the rows the frame replaces (its as_of, every row, or the rows with its keys, per the
-   table's `TableSpec.replace`);
+   table's `TableSpec.replace`); a current-state (`whole`) table that already holds a newer night
+   keeps it (a backfilled older night is counted in `night_writes` but does not turn it back);
 4. bulk insert (PostgreSQL: psycopg 3 `COPY ... FROM STDIN` of CSV built by Arrow; SQLite:
    one `executemany`), and note the table in `night_writes`;
 5. commit; any error rolls back everything written in that call.
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 
 MASK = "***"
 LOCK_NAMESPACE = "dealcast"
+# The lock every write of a current-state (`whole`) table takes after its as_of lock (PostgreSQL).
+CURRENT_STATE_LOCK = "current-state tables"
 # How long a SQLite writer waits for another writer's transaction before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 120_000
 # Rows per COPY/executemany batch handed to the driver (bounds memory on very large frames).
@@ -915,7 +918,10 @@ class Warehouse:
                     # parallel backfill) replacing the same keys take turns, after their as_of lock.
                     for name in sorted(p.name for p in prepared if p.spec.replace == "key"):
                         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(f"table:{name}")})
+                kept = self._newer_current_state(conn, prepared, as_of)
                 for item in prepared:
+                    if item.name in kept:
+                        continue
                     self._delete(conn, item, as_of)
                     self._insert(conn, item)
                 self._note_writes(conn, prepared, as_of, run_id)
@@ -924,6 +930,12 @@ class Warehouse:
             raise
         except (sa.exc.SQLAlchemyError, self._dbapi_error, pa.ArrowException, OSError) as exc:
             self._raise_from(action, exc, "".join(p.duplicate_keys() for p in prepared))
+        for name, newer in kept.items():
+            log.info(
+                "%s keeps the rows of the night of %s: as_of %s is older, so its %d rows were counted for the "
+                "night but not written (current-state tables show the newest night written)", name, newer, as_of,
+                next(p.rows for p in prepared if p.name == name),
+            )
         elapsed = max(time.perf_counter() - started, 1e-9)
         total = sum(p.rows for p in prepared)
         log.info(
@@ -932,6 +944,25 @@ class Warehouse:
             elapsed, total / elapsed,
         )
         return {p.name: p.rows for p in prepared}
+
+    def _newer_current_state(
+        self, conn: sa.Connection, prepared: Sequence[PreparedFrame], as_of: dt.date
+    ) -> dict[str, dt.date]:
+        """The current-state (`whole`) tables among `prepared` that already hold a newer night than
+        `as_of`, with that night: a backfilled or re-run older night must not turn them back in time,
+        so they keep their rows. Writers of different nights take one more lock here (PostgreSQL), so
+        two nights never replace a current-state table at the same time."""
+        whole = [item for item in prepared if item.spec.replace == "whole"]
+        if not whole:
+            return {}
+        if self.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(CURRENT_STATE_LOCK)})
+        kept = {}
+        for item in whole:
+            newest = conn.execute(sa.select(sa.func.max(self._as_of_column(item.spec)))).scalar()
+            if newest is not None and _as_date(newest) > as_of:
+                kept[item.name] = _as_date(newest)
+        return kept
 
     def _delete(self, conn: sa.Connection, item: PreparedFrame, as_of: dt.date) -> None:
         table = item.spec.table

@@ -4,16 +4,15 @@ SQLite, and what they write agrees with the export files read here with the csv 
 import csv
 import datetime as dt
 
-import dagster as dg
 import pandas as pd
 import pytest
 
 from assets.analytics import stage_conversion
 from assets.coaching import ask_to_decision, deal_value_spread, pipeline_coverage, product_mix, rep_funnel, revenue_growth
 from assets.ingest import crm_exports, crm_tables
-from assets.resources import DealcastSettings, WarehouseResource
 from etl.sample_crm import generate_sample
 from etl.warehouse import Warehouse
+from tests.e2e.conftest import materialize_graph, project_config
 
 AS_OF = dt.date(2026, 11, 15)
 TABLES = ["rep_funnel", "deal_value_spread", "product_mix", "revenue_growth", "ask_to_decision", "pipeline_coverage"]
@@ -24,14 +23,10 @@ def run(tmp_path_factory):
     exports = tmp_path_factory.mktemp("exports")
     generate_sample(exports, n_deals=1200, seed=5, end_date=AS_OF)
     url = f"sqlite:///{tmp_path_factory.mktemp('warehouse') / 'w.sqlite'}"
-    result = dg.materialize(
-        [crm_exports, crm_tables, stage_conversion, rep_funnel, deal_value_spread, product_mix, revenue_growth,
-         ask_to_decision, pipeline_coverage],
-        resources={
-            "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat()),
-            "warehouse": WarehouseResource(url=url),
-        },
-        instance=dg.DagsterInstance.ephemeral(),
+    result = materialize_graph(
+        exports, AS_OF, project_config(tmp_path_factory.mktemp("config")), url,
+        assets=[crm_exports, crm_tables, stage_conversion, rep_funnel, deal_value_spread, product_mix, revenue_growth,
+                ask_to_decision, pipeline_coverage],
     )
     return result, exports, url
 

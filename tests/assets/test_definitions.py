@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 
 from assets.definitions import defs
-from assets.resources import AS_OF_TAG
+from assets.partitions import NIGHTS
 
 
 def _graph():
@@ -35,19 +35,34 @@ def test_blocking_checks_guard_what_downstream_reads():
     assert {"deals", "deal_history", "stage_events", "pipeline_stages"} <= checked
 
 
-def test_nightly_schedule_targets_the_whole_graph_at_two():
+def test_nightly_schedule_runs_the_partitioned_job_for_the_night_it_falls_in():
     schedule = defs.resolve_schedule_def("nightly_pipeline")
     assert schedule.cron_schedule == "0 2 * * *"
     assert schedule.execution_timezone == "UTC"
     job = defs.resolve_job_def(schedule.job_name)
-    job_keys = set(job.asset_layer.selected_asset_keys)
-    assert job_keys == set(_graph().get_all_asset_keys())
+    assert set(job.asset_layer.selected_asset_keys) == set(_graph().get_all_asset_keys())
+    assert job.partitions_def == NIGHTS
 
     when = dt.datetime(2026, 11, 24, 2, 0, tzinfo=dt.timezone.utc)
     with dg.build_schedule_context(scheduled_execution_time=when) as context:
-        request = schedule.evaluate_tick(context).run_requests[0]
-    assert request.tags[AS_OF_TAG] == "2026-11-24"
-    assert request.run_config["resources"]["settings"]["config"]["as_of"] == "2026-11-24"
+        (request,) = schedule.evaluate_tick(context).run_requests
+    assert request.partition_key == "2026-11-24"
+    assert request.run_key == "2026-11-24"  # the schedule starts a night once
+    assert request.tags["dagster/partition"] == "2026-11-24"
+    assert not request.run_config  # the date is the partition, not run config
+
+
+def test_every_asset_is_partitioned_by_night_from_the_first_night_to_today():
+    graph = _graph()
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).partitions_def == NIGHTS, f"{key.to_user_string()} is not partitioned by night"
+    assert NIGHTS.start.date() == dt.date(2015, 1, 1)  # dealcast.toml [schedule] first_night
+    with dg.partition_loading_context(effective_dt=dt.datetime(2026, 11, 24, 0, 5, tzinfo=dt.timezone.utc)):
+        keys = NIGHTS.get_partition_keys()
+    assert keys[0] == "2015-01-01" and keys[-1] == "2026-11-24"  # end_offset=1: today is a night
+    # 2015-01-01 .. 2026-11-24: 12 years of 365 days, 3 leap days (2016, 2020, 2024), minus the 37
+    # days from 24 Nov to 31 Dec 2026 (inclusive of 25 Nov .. 31 Dec).
+    assert len(keys) == 12 * 365 + 3 - 37
 
 
 def test_new_exports_sensor_targets_the_whole_graph_and_starts_stopped():

@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 import assets.sensors as sensors
-from assets.resources import AS_OF_TAG, DealcastSettings
+from assets.resources import DealcastSettings
 from assets.sensors import FINGERPRINT_TAG, exports_sensor
 
 NOW = dt.datetime(2026, 11, 24, 10, 0, tzinfo=dt.timezone.utc)
@@ -59,9 +59,9 @@ def test_first_tick_requests_one_run_for_the_day_with_the_files_fingerprint(expo
 
     outcome = _tick()
     (request,) = _requests(outcome)
-    assert request.tags[AS_OF_TAG] == "2026-11-24"
-    assert request.run_config == {"resources": {"settings": {"config": {"as_of": "2026-11-24"}}}}
-    assert request.tags[FINGERPRINT_TAG] == request.run_key
+    assert request.partition_key == "2026-11-24"  # tonight: the night NOW (10:00 UTC) falls in
+    assert not request.run_config  # the night is the partition, nothing in the run config
+    assert request.tags == {FINGERPRINT_TAG: request.run_key}
 
     stored = json.loads(outcome.cursor)["files"]
     assert [f["file"] for f in stored] == ["Opportunity.csv", "OpportunityHistory.csv"]
@@ -177,3 +177,30 @@ def test_an_unreadable_cursor_counts_as_a_first_tick(exports):
 def test_a_negative_minimum_age_is_refused():
     with pytest.raises(ValueError, match="minimum_age_seconds"):
         exports_sensor(minimum_age_seconds=-1)
+
+
+def test_a_tick_just_before_midnight_asks_for_that_day_and_just_after_for_the_next(exports, monkeypatch):
+    _write(exports / "Opportunity.csv", OPPORTUNITIES, age_seconds=3600)
+    late = dt.datetime(2026, 11, 24, 23, 59, 30, tzinfo=dt.timezone.utc)
+    monkeypatch.setattr(sensors, "_now", lambda: late)
+    (request,) = _requests(_tick())
+    assert request.partition_key == "2026-11-24"
+    early = dt.datetime(2026, 11, 25, 0, 0, 30, tzinfo=dt.timezone.utc)
+    monkeypatch.setattr(sensors, "_now", lambda: early)
+    _write(exports / "Opportunity.csv", OPPORTUNITIES + b"006B,Beta,Prospecting,5\n", age_seconds=3600)
+    (request,) = _requests(_tick())
+    assert request.partition_key == "2026-11-25"
+
+
+def test_the_requested_night_is_a_partition_of_the_job_the_sensor_starts(exports):
+    from assets.definitions import defs
+
+    _write(exports / "Opportunity.csv", OPPORTUNITIES, age_seconds=3600)
+    sensor = defs.resolve_sensor_def("new_exports_sensor")
+    (request,) = _requests(_tick(sensor=sensor))
+    job = defs.resolve_job_def(sensor.job_name)
+    with dg.partition_loading_context(effective_dt=NOW):
+        assert job.partitions_def.has_partition_key(request.partition_key)
+    # The day after NOW is not a night yet.
+    with dg.partition_loading_context(effective_dt=NOW):
+        assert not job.partitions_def.has_partition_key("2026-11-25")

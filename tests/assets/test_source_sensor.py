@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 import assets.sensors as sensors
-from assets.resources import AS_OF_TAG, DealcastSettings
+from assets.resources import DealcastSettings
 from assets.sensors import exports_sensor
 from etl.ingest.source_warehouse import ENV_SOURCE_URL
 from tests.fivetran_kit import typed, write_tables
@@ -57,7 +57,7 @@ def test_a_sync_that_changed_a_table_starts_a_run_and_an_unchanged_one_does_not(
     first = _tick(config)
     assert isinstance(first, dg.SensorResult) and len(first.run_requests) == 1
     request = first.run_requests[0]
-    assert request.tags[AS_OF_TAG] == "2026-07-01"
+    assert request.partition_key == "2026-07-01"  # tonight: the night NOW falls in
     again = _tick(config, first.cursor)
     assert isinstance(again, dg.SkipReason) and "2 CRM table(s)" in again.skip_message and "unchanged" in again.skip_message
     _execute(pg_url, f"UPDATE \"{pg_schema}\".opportunity_history SET _fivetran_synced = '2026-07-01 02:00:00+00' WHERE id = 'H02'")

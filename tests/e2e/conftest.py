@@ -39,10 +39,23 @@ def project_config(tmp_path: Path, extra: str = "") -> Path:
     return config
 
 
-def materialize_graph(exports: Path, as_of: dt.date, config: Path, url: str, schema: str = "dealcast"):
-    """Every asset materialised for real (an in-process Dagster run on an ephemeral instance) from
-    the exports in `exports` for `as_of`, into the warehouse at `url` (PostgreSQL schema `schema`),
-    the steps handing their values over through the Parquet store beside `config`."""
+def materialize_graph(
+    exports: Path,
+    as_of: dt.date,
+    config: Path,
+    url: str,
+    schema: str = "dealcast",
+    *,
+    assets=None,
+    selection=None,
+    instance=None,
+    raise_on_error: bool = True,
+    store: Path | None = None,
+):
+    """The assets (default: every asset) materialised for real, as the night `as_of` (its partition
+    key), in an in-process Dagster run on `instance` (default: an ephemeral one), from the exports in
+    `exports`, into the warehouse at `url` (PostgreSQL schema `schema`), with the project file `config`,
+    the steps handing their values over through the Parquet store `store` (default: beside `config`)."""
     import dagster as dg
 
     from assets.definitions import ALL_ASSETS
@@ -50,11 +63,14 @@ def materialize_graph(exports: Path, as_of: dt.date, config: Path, url: str, sch
     from assets.store import DealcastStore
 
     return dg.materialize(
-        ALL_ASSETS,
+        ALL_ASSETS if assets is None else assets,
+        selection=selection,
+        partition_key=as_of.isoformat(),
         resources={
-            "settings": DealcastSettings(exports_dir=str(exports), as_of=as_of.isoformat(), config_file=str(config)),
+            "settings": DealcastSettings(exports_dir=str(exports), config_file=str(config)),
             "warehouse": WarehouseResource(url=url, schema_name=schema),
-            "io_manager": DealcastStore(base_url=str(Path(config).parent / "store")),
+            "io_manager": DealcastStore(base_url=str(store or Path(config).parent / "store")),
         },
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        raise_on_error=raise_on_error,
     )

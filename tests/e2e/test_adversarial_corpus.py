@@ -32,11 +32,10 @@ import pandas as pd
 import pytest
 
 from assets.ingest import crm_exports, crm_tables
-from assets.resources import DealcastSettings, WarehouseResource
 from etl.sample_crm import generate_sample
 from etl.warehouse import Warehouse
 
-from .conftest import ROOT
+from .conftest import ROOT, materialize_graph
 
 pytestmark = pytest.mark.slow
 
@@ -77,14 +76,8 @@ class RunOutcome:
 def run_ingest(exports: Path, workdir: Path, config: Path, instance: dg.DagsterInstance) -> RunOutcome:
     """crm_exports and crm_tables materialised into a fresh SQLite warehouse."""
     url = f"sqlite:///{workdir / 'warehouse.sqlite'}"
-    result = dg.materialize(
-        [crm_exports, crm_tables],
-        resources={
-            "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat(), config_file=str(config)),
-            "warehouse": WarehouseResource(url=url),
-        },
-        instance=instance,
-        raise_on_error=False,
+    result = materialize_graph(
+        exports, AS_OF, config, url, assets=[crm_exports, crm_tables], instance=instance, raise_on_error=False
     )
     errors = [e.event_specific_data.error for e in result.get_step_failure_events()]
     # A clear failure is a dagster Failure carrying the input error's own message, or a failed

@@ -6,11 +6,9 @@ checked on the same run."""
 import dagster as dg
 import pytest
 
-from assets.definitions import ALL_ASSETS
-from assets.resources import DealcastSettings, WarehouseResource
 from etl.warehouse import Warehouse
 
-from .conftest import AS_OF, project_config
+from .conftest import AS_OF, materialize_graph, project_config
 
 pytestmark = pytest.mark.slow
 
@@ -28,22 +26,14 @@ ask_stages = ["Negotiation/Review"]
 def test_configured_thresholds_and_ask_stages_reach_the_tables(sample_exports, tmp_path):
     url = f"sqlite:///{tmp_path / 'dealcast.sqlite'}"
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(
-        ALL_ASSETS,
+    result = materialize_graph(
+        sample_exports, AS_OF, project_config(tmp_path, ANALYTICS), url,
         # crm_tables writes its tables together: its quarantine and check results come along.
         selection=dg.AssetSelection.assets(
             "stage_durations", "ask_to_decision", "stalled_deals", "pipeline_waterfall", "quarantine",
             "data_quality_results",
         ).upstream(),
-        resources={
-            "settings": DealcastSettings(
-                exports_dir=str(sample_exports), as_of=AS_OF.isoformat(),
-                config_file=str(project_config(tmp_path, ANALYTICS)),
-            ),
-            "warehouse": WarehouseResource(url=url),
-        },
         instance=instance,
-        raise_on_error=True,
     )
     assert result.success
     warehouse = Warehouse(url)

@@ -4,14 +4,11 @@ reaches the tables people read, while the quarantine and check results are kept 
 import csv
 import shutil
 
-import dagster as dg
 import pytest
 
-from assets.definitions import ALL_ASSETS
-from assets.resources import DealcastSettings, WarehouseResource
 from etl.warehouse import Warehouse
 
-from .conftest import AS_OF, project_config
+from .conftest import AS_OF, materialize_graph, project_config
 
 pytestmark = pytest.mark.slow
 
@@ -38,15 +35,7 @@ def test_too_many_bad_rows_stop_the_run_before_any_published_table(sample_export
     exports = tmp_path / "exports"
     corrupted = corrupt_amounts(sample_exports, exports, every=10)  # 10% > the 5% limit
     url = f"sqlite:///{tmp_path / 'dealcast.sqlite'}"
-    result = dg.materialize(
-        ALL_ASSETS,
-        resources={
-            "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat(), config_file=str(project_config(tmp_path))),
-            "warehouse": WarehouseResource(url=url),
-        },
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
+    result = materialize_graph(exports, AS_OF, project_config(tmp_path), url, raise_on_error=False)
     assert not result.success
     checks = {e.asset_key.to_user_string(): e.passed for e in result.get_asset_check_evaluations()}
     assert checks["deals"] is False and checks["stage_events"] is False
@@ -75,15 +64,7 @@ def test_an_unreadable_file_fails_the_run_naming_it_and_writes_nothing(sample_ex
     opportunity = exports / "Opportunity.csv"
     opportunity.write_bytes(opportunity.read_bytes()[:-7])  # cut inside the last quoted value
     url = f"sqlite:///{tmp_path / 'dealcast.sqlite'}"
-    result = dg.materialize(
-        ALL_ASSETS,
-        resources={
-            "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat(), config_file=str(project_config(tmp_path))),
-            "warehouse": WarehouseResource(url=url),
-        },
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
+    result = materialize_graph(exports, AS_OF, project_config(tmp_path), url, raise_on_error=False)
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert [e.step_key for e in failures] == ["crm_tables"]

@@ -22,7 +22,7 @@ from etl.sample_crm import generate_sample
 from etl.warehouse import Warehouse
 
 from .conftest import AS_OF, ROOT, project_config
-from .test_full_graph import STORED_FRAMES, STORED_OBJECTS
+from .test_full_graph import stored_files
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,6 @@ def test_every_step_runs_on_a_real_celery_worker(tmp_path, monkeypatch):
         "DEALCAST_EXECUTOR": "celery",
         "DEALCAST_CELERY_QUEUE": queue,
         "DEALCAST_EXPORTS_DIR": str(exports),
-        "DEALCAST_AS_OF": AS_OF.isoformat(),
         "DEALCAST_CONFIG": str(project_config(tmp_path)),
         "DEALCAST_WAREHOUSE_URL": warehouse_url,
         "DEALCAST_STORE_URL": str(store),
@@ -98,7 +97,8 @@ def test_every_step_runs_on_a_real_celery_worker(tmp_path, monkeypatch):
     try:
         wait_for(log, "ready.", worker, seconds=90)
         run = subprocess.run(
-            [str(BIN / "dagster"), "asset", "materialize", "-m", "assets.definitions", "--select", "*"],
+            [str(BIN / "dagster"), "asset", "materialize", "-m", "assets.definitions", "--select", "*",
+             "--partition", AS_OF.isoformat()],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
         )
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
@@ -150,8 +150,7 @@ def test_every_step_runs_on_a_real_celery_worker(tmp_path, monkeypatch):
 
     # The values steps handed to each other, and the model, are in the store the workers share.
     files = {p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file()}
-    expected = {f"{n}.parquet" for n in STORED_FRAMES} | {f"{n}.joblib" for n in STORED_OBJECTS}
-    assert files == expected | {f"model_store/deal-scorer-{version}.joblib"}
+    assert files == stored_files(AS_OF) | {f"model_store/deal-scorer-{version}.joblib"}
 
 
 def test_an_unreachable_broker_fails_the_suite_when_services_are_required(monkeypatch):

@@ -9,16 +9,14 @@ import datetime as dt
 import sqlite3
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 from assets.definitions import ALL_ASSETS
 from assets.ingest import crm_exports, crm_tables
-from assets.resources import DealcastSettings, WarehouseResource
 from etl.cli import _parser, main
 from etl.warehouse import Warehouse
 
-from .conftest import AS_OF
+from .conftest import AS_OF, materialize_graph
 
 pytestmark = pytest.mark.slow
 
@@ -54,15 +52,7 @@ def _run(tmp_path: Path, files: dict[str, str], assets=ALL_ASSETS, as_of: dt.dat
         config = tmp_path / "dealcast.toml"
         config.write_text(CONFIG, encoding="utf-8")
     url = f"sqlite:///{tmp_path / 'warehouse.sqlite'}"
-    dg.materialize(
-        assets,
-        resources={
-            "settings": DealcastSettings(exports_dir=str(exports), as_of=as_of.isoformat(), config_file=str(config)),
-            "warehouse": WarehouseResource(url=url),
-        },
-        instance=dg.DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
+    materialize_graph(exports, as_of, config, url, assets=assets, raise_on_error=False)
     return url
 
 

@@ -19,17 +19,15 @@ import sys
 import time
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 from assets.analytics import stage_conversion, stage_durations
 from assets.ingest import crm_exports, crm_tables
 from assets.publication import published_night_asset
-from assets.resources import DealcastSettings, WarehouseResource
 from etl.sample_crm import generate_sample
 from etl.warehouse import Warehouse
 
-from .conftest import ROOT, project_config
+from .conftest import ROOT, materialize_graph, project_config
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +52,9 @@ graph = [crm_exports, crm_tables, stage_conversion, stage_durations]
 graph.append(published_night_asset(graph))
 result = dg.materialize(
     graph,
+    partition_key=args["as_of"],
     resources={
-        "settings": DealcastSettings(exports_dir=args["exports"], as_of=args["as_of"], config_file=args["config"]),
+        "settings": DealcastSettings(exports_dir=args["exports"], config_file=args["config"]),
         "warehouse": WarehouseResource(url=args["url"], schema_name=args["schema"], lease_seconds=args["lease"]),
     },
     instance=dg.DagsterInstance.get(),
@@ -80,14 +79,7 @@ class Night:
         self.warehouse = Warehouse(url, schema=schema)
 
     def publish_first_night(self) -> None:
-        result = dg.materialize(
-            graph(),
-            resources={
-                "settings": DealcastSettings(exports_dir=str(self.exports), as_of=FIRST_NIGHT.isoformat(), config_file=str(self.config)),
-                "warehouse": WarehouseResource(url=self.url, schema_name=self.schema),
-            },
-            instance=dg.DagsterInstance.ephemeral(),
-        )
+        result = materialize_graph(self.exports, FIRST_NIGHT, self.config, self.url, self.schema, assets=graph())
         assert result.success
         assert self.warehouse.published_as_of() == FIRST_NIGHT
 

@@ -7,16 +7,12 @@ the csv module, or from invariants that must hold whatever the data.
 import csv
 import datetime as dt
 
-import dagster as dg
 import pandas as pd
 import pytest
 
-from assets.definitions import ALL_ASSETS
-from assets.resources import DealcastSettings, WarehouseResource
-from assets.store import DealcastStore
 from etl.warehouse import Warehouse
 
-from .conftest import AS_OF, E2E_BACKTEST_QUARTERS, project_config
+from .conftest import AS_OF, E2E_BACKTEST_QUARTERS, materialize_graph, project_config
 from .test_cli_summary import check_finished_night_summary
 
 pytestmark = pytest.mark.slow
@@ -34,13 +30,13 @@ STORED_FRAMES = {
 STORED_OBJECTS = {"deal_scoring_model", "close_timing"}
 
 
+def stored_files(night: dt.date) -> set[str]:
+    """The store's files of one night: every asset is partitioned by night, one file per partition."""
+    return {f"{name}/{night}.parquet" for name in STORED_FRAMES} | {f"{name}/{night}.joblib" for name in STORED_OBJECTS}
+
+
 def materialize(exports, url, config, schema=None, store=None):
-    resources = {
-        "settings": DealcastSettings(exports_dir=str(exports), as_of=AS_OF.isoformat(), config_file=str(config)),
-        "warehouse": WarehouseResource(url=url, schema_name=schema or "dealcast"),
-        "io_manager": DealcastStore(base_url=str(store)),
-    }
-    return dg.materialize(ALL_ASSETS, resources=resources, instance=dg.DagsterInstance.ephemeral(), raise_on_error=True)
+    return materialize_graph(exports, AS_OF, config, url, schema or "dealcast", store=store)
 
 
 def won_this_quarter_from_export(exports) -> float:
@@ -108,10 +104,11 @@ def backtest_counts(result) -> dict[str, int]:
 
 
 def check_store(store):
-    """Values a later step reads are in the store, frames as Parquet and models as joblib; nothing else is."""
+    """Values a later step reads are in the store, one file per night (partition), frames as Parquet and
+    models as joblib; nothing else is."""
     files = {path.relative_to(store).as_posix() for path in store.rglob("*") if path.is_file()}
-    assert files == {f"{name}.parquet" for name in STORED_FRAMES} | {f"{name}.joblib" for name in STORED_OBJECTS}
-    deals = pd.read_parquet(store / "deals.parquet")
+    assert files == stored_files(AS_OF)
+    deals = pd.read_parquet(store / "deals" / f"{AS_OF}.parquet")
     assert deals["deal_id"].is_unique and len(deals) > 0
 
 

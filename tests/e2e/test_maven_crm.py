@@ -5,14 +5,11 @@ import datetime as dt
 import json
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
-from assets.definitions import ALL_ASSETS
-from assets.resources import DealcastSettings, WarehouseResource
 from etl.warehouse import Warehouse
 
-from .conftest import project_config
+from .conftest import materialize_graph, project_config
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +22,7 @@ def test_maven_crm_end_to_end(tmp_path):
     mapping = (ROOT / "examples" / "maven_crm" / "mapping.toml").as_posix()
     config = project_config(tmp_path, extra=f'[sources]\nmappings = ["{mapping}"]\n\n')
     url = f"sqlite:///{tmp_path / 'w.sqlite'}"
-    result = dg.materialize(
-        ALL_ASSETS,
-        resources={
-            "settings": DealcastSettings(exports_dir=str(MAVEN), as_of=AS_OF.isoformat(), config_file=str(config)),
-            "warehouse": WarehouseResource(url=url),
-        },
-        instance=dg.DagsterInstance.ephemeral(),
-    )
+    result = materialize_graph(MAVEN, AS_OF, config, url)
     assert result.success
     warehouse = Warehouse(url)
     try:

@@ -390,6 +390,58 @@ def test_whole_table_is_replaced_by_each_run(warehouse):
     assert (result["as_of"] == pd.Timestamp(NEXT_DAY)).all()
 
 
+def test_an_older_night_leaves_the_current_state_tables_on_the_newer_one(warehouse):
+    """A backfilled (or re-run) older night writes its own as_of rows, but the current-state tables
+    keep the newest night: they are counted for the older night, so it can still be published."""
+    claimed(warehouse, AS_OF)
+    claimed(warehouse, NEXT_DAY)
+    warehouse.write("deals", deals(["D2", "D9"]), as_of=NEXT_DAY, run_id="run-a")
+    written = warehouse.write_many(
+        {"deals": deals(["D1", "D2", "D3"]), "deal_scores": scores(["D1", "D2", "D3"])}, as_of=AS_OF, run_id="run-a"
+    )
+    assert written == {"deals": 3, "deal_scores": 3}
+    result = warehouse.read("deals")
+    assert result["deal_id"].tolist() == ["D2", "D9"]
+    assert (result["as_of"] == pd.Timestamp(NEXT_DAY)).all()
+    assert warehouse.read("deal_scores", AS_OF)["deal_id"].tolist() == ["D1", "D2", "D3"]
+    assert warehouse.publish_night(AS_OF, "run-a", required=["deals", "deal_scores"]) == {"deals": 3, "deal_scores": 3}
+    # The newer night written again still replaces them.
+    warehouse.write("deals", deals(["D9"]), as_of=NEXT_DAY, run_id="run-a")
+    assert warehouse.read("deals")["deal_id"].tolist() == ["D9"]
+
+
+def test_two_nights_replacing_a_current_state_table_at_once_leave_the_newer(warehouse_target):
+    """Nights of a backfill run side by side: their writes of a current-state table (overlapping keys)
+    are serialised, whichever starts first, and the table ends on the newer night."""
+    url, schema = warehouse_target
+    writers = [Warehouse(url, schema=schema or "dealcast") for _ in range(2)]
+    writers[0].create_all()
+    nights = [AS_OF, NEXT_DAY]
+    for night in nights:
+        writers[0].claim(night, f"run-{night:%d}")
+    frames = [deals([f"D{i:04d}" for i in range(300)]), deals([f"D{i:04d}" for i in range(100, 350)])]
+    start = threading.Barrier(2)
+
+    def linger_after_delete(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("DELETE"):
+            time.sleep(0.1)
+
+    def write_once(index: int) -> None:
+        start.wait()
+        writers[index].write("deals", frames[index], as_of=nights[index], run_id=f"run-{nights[index]:%d}")
+
+    for wh in writers:
+        sa.event.listen(wh.engine, "after_cursor_execute", linger_after_delete)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for future in [pool.submit(write_once, i) for i in range(2)]:
+            future.result()
+    result = writers[0].read("deals")
+    for wh in writers:
+        wh.dispose()
+    assert result["deal_id"].tolist() == [f"D{i:04d}" for i in range(100, 350)]
+    assert (result["as_of"] == pd.Timestamp(NEXT_DAY)).all()
+
+
 def test_key_table_replaces_only_the_keys_written(warehouse):
     claimed(warehouse)
     warehouse.write_many({"model_runs": pd.concat([model_run("v1", 0.80), model_run("v2", 0.85)])}, as_of=AS_OF, run_id="run-a")
