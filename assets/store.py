@@ -92,7 +92,9 @@ class ParquetJoblibStore(dg.UPathIOManager):
         try:
             metadata["stored_bytes"] = dg.MetadataValue.int(int(target.stat().st_size))
         except (OSError, NotImplementedError):
-            pass
+            # Some object stores cannot report a size right after a write; the value is stored
+            # either way, only this figure is left out of the metadata.
+            metadata["stored_bytes_note"] = "size not reported by the store's filesystem"
         return metadata
 
     def _output_path(self, context: dg.OutputContext) -> UPath:
