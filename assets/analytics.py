@@ -7,7 +7,7 @@ import pandas as pd
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
-from etl import metrics
+from etl.analytics import funnel, velocity as velocity_tables
 from etl.charts import funnel_chart, image_markdown, markdown_table, velocity_chart
 from etl.stages import StageCatalog
 
@@ -23,7 +23,7 @@ def stage_conversion(
 ) -> dg.Output[pd.DataFrame]:
     """Stage-to-stage and stage-to-won conversion, any-order and in-order, by creation quarter and segment."""
     resolved = run_settings(context, settings)
-    frame = metrics.stage_conversion(
+    frame = funnel.stage_conversion(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
         resolved.project.fiscal_year_start_month,
     )
@@ -59,7 +59,7 @@ def stage_durations(
             f"[analytics] stall_days names no open stage of this CRM: {unmatched}; "
             "those stages keep their learned threshold"
         )
-    frame = metrics.stage_durations(deals, stage_events, stages, resolved.as_of, thresholds)
+    frame = velocity_tables.stage_durations(deals, stage_events, stages, resolved.as_of, thresholds)
     warehouse.publish(context, resolved.as_of, "stage_durations", frame)
     overall = frame[frame.segment_type == "all"]
     return dg.Output(
@@ -85,7 +85,7 @@ def velocity(
 ) -> dg.MaterializeResult:
     """Pipeline, wins, win rate, cycle length and sales velocity per month and quarter and segment."""
     resolved = run_settings(context, settings)
-    frame = metrics.velocity(
+    frame = velocity_tables.velocity(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
         resolved.project.fiscal_year_start_month, model_scores=deal_scores[["deal_id", "win_probability"]],
         keyed_at_close_hours=resolved.project.warnings.keyed_at_close_hours,

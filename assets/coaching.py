@@ -8,7 +8,7 @@ import pandas as pd
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
-from etl import coaching
+from etl.analytics import coaching
 from etl.quotas import load_quotas
 from etl.charts import markdown_table
 from etl.stages import StageCatalog

@@ -8,7 +8,7 @@ import pandas as pd
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
-from etl import pipeline_health
+from etl.analytics import health as pipeline_health
 from etl.charts import image_markdown, markdown_table, waterfall_chart
 from etl.stages import StageCatalog
 
