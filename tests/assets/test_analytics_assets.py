@@ -1,5 +1,6 @@
-"""The coaching assets materialise for real (ingest, the funnel they read, then the six tables) into
-SQLite, and what they write agrees with the export files read here with the csv module."""
+"""The analytics assets materialise for real (ingest, the deals at as_of, the funnel the coaching
+tables read, then the six coaching tables) into SQLite, and what they write agrees with the export
+files read here with the csv module."""
 
 import csv
 import datetime as dt
@@ -7,8 +8,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from assets.analytics import stage_conversion
-from assets.coaching import ask_to_decision, deal_value_spread, pipeline_coverage, product_mix, rep_funnel, revenue_growth
+from assets.analytics import TABLE_ASSETS, deals_at_as_of
 from assets.ingest import crm_exports, crm_tables
 from etl.sample_crm import generate_sample
 from etl.warehouse import Warehouse
@@ -25,8 +25,7 @@ def run(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('warehouse') / 'w.sqlite'}"
     result = materialize_graph(
         exports, AS_OF, project_config(tmp_path_factory.mktemp("config")), url,
-        assets=[crm_exports, crm_tables, stage_conversion, rep_funnel, deal_value_spread, product_mix, revenue_growth,
-                ask_to_decision, pipeline_coverage],
+        assets=[crm_exports, crm_tables, deals_at_as_of, *(TABLE_ASSETS[name] for name in ["stage_conversion", *TABLES])],
     )
     return result, exports, url
 
