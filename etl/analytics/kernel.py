@@ -291,16 +291,23 @@ def point_in_time(
     return pipeline_at_many(pd.DataFrame(lean_deals), pd.DataFrame(lean_history), dates)
 
 
+def _deal_rows(deal_ids: pd.Series, deals: pd.DataFrame, source: str, expected: str) -> np.ndarray:
+    """Per value of `deal_ids` (column deal_id of `source`): its row in `deals`; a deal not in
+    `deals` is an error naming the first such row and what was `expected`."""
+    rows = index_in(deal_ids, deals["deal_id"])
+    if (rows < 0).any():
+        row = int(np.flatnonzero(rows < 0)[0])
+        raise ValueError(
+            f"{source} row {row}, column deal_id: deal {deal_ids.iloc[row]!r} is not in deals; expected {expected}"
+        )
+    return rows
+
+
 def history_deal_rows(deals: pd.DataFrame, history: pd.DataFrame) -> np.ndarray:
     """Per history row: its deal's row in `deals`; a history row of a deal not in `deals` is an error."""
-    history_deal = index_in(history["deal_id"], deals["deal_id"])
-    if (history_deal < 0).any():
-        row = int(np.flatnonzero(history_deal < 0)[0])
-        raise ValueError(
-            f"history row {row}, column deal_id: deal {history['deal_id'].iloc[row]!r} is not in deals; "
-            "expected the output of etl.pipeline_state.prepare_history for these deals"
-        )
-    return history_deal
+    return _deal_rows(
+        history["deal_id"], deals, "history", "the output of etl.pipeline_state.prepare_history for these deals"
+    )
 
 
 def _rebuild_at_as_of(
@@ -399,13 +406,7 @@ def deals_as_of(
         stamped = pd.Timestamp(at["as_of"].iloc[0]).date()
         if stamped != day:
             raise ValueError(f"deals_at_as_of: row 0, column as_of: the frame is for {stamped}, expected {day}")
-    deal_row = index_in(at["deal_id"], deals["deal_id"])
-    if (deal_row < 0).any():
-        row = int(np.flatnonzero(deal_row < 0)[0])
-        raise ValueError(
-            f"deals_at_as_of: row {row}, column deal_id: deal {at['deal_id'].iloc[row]!r} is not in deals; "
-            "expected the frame built from these deals"
-        )
+    deal_row = _deal_rows(at["deal_id"], deals, "deals_at_as_of", "the frame built from these deals")
     existing_row = np.full(len(deals), -1, dtype="int64")
     existing_row[deal_row] = np.arange(len(deal_row))
     frame = deals.iloc[deal_row].reset_index(drop=True)
