@@ -1,6 +1,7 @@
 """The analytics kernel on tiny hand-built data: the deals as they stood at the end of as_of (the
 frame the graph stores and the arrays the tables read), frames shaped as the warehouse contract,
-percentiles and ratios. Every expected number is worked out in the comments.
+percentiles and ratios, and that the table modules use only the kernel's public names. Every
+expected number is worked out in the comments.
 
 Pipeline Sales: open stages Lead (1), Proposal (2); Won (3), Lost (4). as_of 2024-03-01.
   A  created 01-01 in Lead at 100 (close expected 03-31), Proposal 02-01 at 150, won 03-10 at 150:
@@ -12,8 +13,10 @@ Pipeline Sales: open stages Lead (1), Proposal (2); Won (3), Lost (4). as_of 202
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -155,3 +158,15 @@ def test_grouped_percentiles_and_ratios_by_hand():
     # 1/2; x/0, NaN/x and x/NaN are NULL.
     ratio = safe_ratio(np.array([1.0, 2.0, np.nan, 3.0]), np.array([2.0, 0.0, 1.0, np.nan]))
     assert ratio[0] == 0.5 and np.isnan(ratio[1:]).all()
+
+
+def test_table_modules_import_only_public_names_and_no_other_table_module():
+    package = Path(__file__).resolve().parents[3] / "etl" / "analytics"
+    for module in ("funnel", "velocity", "coaching", "health"):
+        tree = ast.parse((package / f"{module}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("etl"):
+                private = [alias.name for alias in node.names if alias.name.startswith("_")]
+                assert not private, f"etl/analytics/{module}.py imports private {private} from {node.module}"
+                if node.module.startswith("etl.analytics"):
+                    assert node.module == "etl.analytics.kernel", f"etl/analytics/{module}.py imports {node.module}"
