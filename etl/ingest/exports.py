@@ -50,6 +50,7 @@ from etl.ingest.readers import hubspot, hubspot_tables, mapped, pipedrive, sales
 from etl.ingest.csvfiles import sniff_header, unreadable
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, DQ_RESULT_COLUMNS, QUARANTINE_COLUMNS, empty_frame
 from etl.stages import StageCatalog
+from etl.validation.raw import run_raw_suites
 from etl.validation.reason_codes import DEAL_QUARANTINED, DUPLICATE_ID
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class IngestResult:
     history_gaps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HISTORY_GAP_COLUMNS))
     # The currencies an amount may be in: the reporting currency and those of the rates file.
     currencies: list[str] = field(default_factory=list)
-    # data_quality_results rows of the raw suites each reader ran on its files as written.
+    # data_quality_results rows of the raw suites the readers declared on their files as written.
     raw_checks: pd.DataFrame = field(default_factory=lambda: empty_frame(DQ_RESULT_COLUMNS))
     # Identifying values that Unicode normalisation changed: source_file, source_row, column, as_written.
     normalised: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=NORMALISED_COLUMNS))
@@ -331,7 +332,8 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
     history = _concat([e.history for e in exports], DEAL_HISTORY_COLUMNS)
     quarantine = _concat([e.quarantine for e in exports], QUARANTINE_COLUMNS)
     gaps = [e.history_gaps for e in exports if e.history_gaps is not None and not e.history_gaps.empty]
-    raw_checks = [e.raw_checks for e in exports if e.raw_checks is not None and not e.raw_checks.empty]
+    # Every reader's raw suites, checked together: the readers declare them and run none.
+    raw_checks = run_raw_suites([suite for e in exports for suite in e.raw_suites])
     files = [report for e in exports for report in e.files]
 
     deals, deal_changes = normalise_identifying_text(deals)
@@ -359,7 +361,7 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
         skipped_files=skipped,
         stages=stages,
         history_gaps=pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame(columns=HISTORY_GAP_COLUMNS),
-        raw_checks=pd.concat(raw_checks, ignore_index=True) if raw_checks else empty_frame(DQ_RESULT_COLUMNS),
+        raw_checks=raw_checks,
         currencies=sorted({project.reporting_currency, *(rates.currencies if rates is not None else [])}),
         normalised=pd.concat([deal_changes, history_changes], ignore_index=True),
         notes=[note for export in exports for note in export.notes],

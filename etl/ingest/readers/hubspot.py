@@ -519,7 +519,7 @@ def read_hubspot(files: Mapping[str, Sequence[Path]], project: ProjectConfig) ->
         frame, {f.key: f.table.path for f in loaded}, ("amount", "amount_company"), ("create_date", "close_date"),
         lambda key, column: checks.column_label(column), LABEL,
     )
-    quarantine.expect(frame, RAW_RULES, LABEL, lambda key, column: checks.column_label(column))
+    quarantine.declare(frame, RAW_RULES, LABEL, lambda key, column: checks.column_label(column))
 
     ids = frame["deal_id"]
     checks.flag(is_blank(ids), MISSING_ID, "Record ID", "Record ID is blank; expected the deal's id")
@@ -646,7 +646,7 @@ def read_hubspot(files: Mapping[str, Sequence[Path]], project: ProjectConfig) ->
     )
     return SourceExport(
         deals=deals, history=history, quarantine=quarantined, files=reports, pipelines=inferred,
-        raw_checks=quarantine.raw_results(),
+        raw_suites=quarantine.raw_suites(),
     )
 
 

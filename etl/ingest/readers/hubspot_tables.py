@@ -331,7 +331,7 @@ def read_hubspot_tables(files: Mapping[str, Sequence[Path]], project: ProjectCon
     )
     return SourceExport(
         deals=canonical_deals, history=canonical_history, quarantine=quarantined, files=reports,
-        pipelines=inferred, raw_checks=quarantine.raw_results(), notes=notes,
+        pipelines=inferred, raw_suites=quarantine.raw_suites(), notes=notes,
     )
 
 

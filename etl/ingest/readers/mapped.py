@@ -674,7 +674,7 @@ def _read_mapping(
         part["_blank"] = table.blank_rows()
         parts.append(part)
     raw = pd.concat(parts, ignore_index=True)
-    quarantine.expect(raw, _raw_rules(spec), label, lambda key, column: column.removeprefix(_RAW))
+    quarantine.declare(raw, _raw_rules(spec), label, lambda key, column: column.removeprefix(_RAW))
     frame = raw[["_file", "_pos", "source_file", "source_row", "_blank"]].copy()
     checks = _Checks(frame, quarantine)
     _apply_filter(spec, raw, checks)
@@ -963,7 +963,7 @@ def read_with(
         quarantine=quarantined,
         files=reports,
         pipelines=pipelines,
-        raw_checks=quarantine.raw_results(),
+        raw_suites=quarantine.raw_suites(),
     )
 
 

@@ -618,7 +618,7 @@ def read_pipedrive(files: Mapping[str, Sequence[Path]], project: ProjectConfig) 
         frame, {key: table.path for key, table, _ in tables}, ("value", "probability"),
         ("created", "won_time", "lost_time", "close_time", "expected_close"), checks.header, LABEL,
     )
-    quarantine.expect(frame, RAW_RULES, LABEL, checks.header)
+    quarantine.declare(frame, RAW_RULES, LABEL, checks.header)
     _check_rows(checks, settings, reporting)
 
     inferred = _build_pipelines(frame.loc[~checks.bad], project, settings, paths[0])
@@ -650,7 +650,7 @@ def read_pipedrive(files: Mapping[str, Sequence[Path]], project: ProjectConfig) 
         quarantine=quarantined,
         files=reports,
         pipelines=inferred,
-        raw_checks=quarantine.raw_results(),
+        raw_suites=quarantine.raw_suites(),
     )
 
 

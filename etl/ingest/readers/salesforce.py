@@ -323,7 +323,7 @@ def _read_lookup(
         return pd.DataFrame(columns=list(columns)).set_index(pd.Index([], dtype="str", name="Id")), {}
     frame = _working_frame(tables, {"Id": "Id", "IsDeleted": "IsDeleted", **dict(zip(LOADER_FLAGS, LOADER_FLAGS)), **columns})
     fmt = USER if what == "user" else ACCOUNT
-    quarantine.expect(frame, RAW_RULES[fmt], LABELS[fmt])
+    quarantine.declare(frame, RAW_RULES[fmt], LABELS[fmt])
     checks = RowChecks(frame, quarantine)
     _deleted_and_ids(checks, what)
     checks.flag(
@@ -645,7 +645,7 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
     )
     history, hist_checks = _read_history(hist_tables, quarantine, project, deals, deal_checks, catalog)
     quarantined = quarantine.frame()
-    raw_checks = quarantine.raw_results()
+    raw_suites = quarantine.raw_suites()
     headers = _canonical_headers(settings, lost_reason_field)
     files_read = [
         (
@@ -700,7 +700,7 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
         files=reports,
         pipelines=inferred,
         history_gaps=gaps,
-        raw_checks=raw_checks,
+        raw_suites=raw_suites,
         notes=notes,
     )
 
@@ -795,7 +795,7 @@ def _read_opportunities(
         frame, {key: t.path for key, t in tables}, ("Amount",), ("CreatedDate", "CloseDate"),
         lambda key, column: column, LABELS[OPPORTUNITY],
     )
-    quarantine.expect(frame, RAW_RULES[OPPORTUNITY], LABELS[OPPORTUNITY])
+    quarantine.declare(frame, RAW_RULES[OPPORTUNITY], LABELS[OPPORTUNITY])
     checks = RowChecks(frame, quarantine)
     _deleted_and_ids(checks, "opportunity")
     checks.blank_required(["StageName", "CreatedDate", "CloseDate"])
@@ -862,7 +862,7 @@ def _read_history(
     )  # fmt: skip
     columns: dict[str, str | None] = {c: c for c in standard}
     frame = _working_frame(tables, columns)
-    quarantine.expect(frame, RAW_RULES[HISTORY], LABELS[HISTORY])
+    quarantine.declare(frame, RAW_RULES[HISTORY], LABELS[HISTORY])
     checks = RowChecks(frame, quarantine)
     _left_out(checks, "history row")
     checks.flag(
