@@ -1089,6 +1089,23 @@ def parse_any_booleans(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return pd.Series(result, index=values.index), ~(true | false | blank)
 
 
+def repeated_ids(ids: pd.Series, live: np.ndarray) -> np.ndarray:
+    """The duplicate-id test every reader makes of its source ids: the rows among `live` (those not
+    quarantined yet) whose id repeats the id of an earlier live row; the earliest is the one kept.
+    Each reader flags them `duplicate_id` (after flagging blank ids `missing_id`), in its own words."""
+    live = np.asarray(live, dtype=bool)
+    return ids.where(live).duplicated(keep="first").to_numpy() & live
+
+
+def first_occurrences(frame: pd.DataFrame, column: str, live: np.ndarray) -> pd.Series:
+    """Indexed by id, where the live row `repeated_ids` keeps for it is: "<source_file> row <source_row>"."""
+    first = frame.loc[np.asarray(live, dtype=bool), [column, "source_file", "source_row"]].drop_duplicates(column)
+    return pd.Series(
+        (first["source_file"].astype("str") + " row " + first["source_row"].astype("str")).to_numpy(),
+        index=first[column].to_numpy(),
+    )
+
+
 class RowChecks:
     """Quarantine bookkeeping for a reader's working frame (columns `_file`, `_pos`, `_blank` plus the
     export's columns): each check flags rows, the first reason a row is flagged for is what the

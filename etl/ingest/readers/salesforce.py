@@ -52,6 +52,8 @@ from etl.ingest.csvfiles import (
     parse_numbers,
     parse_timestamps,
     refuse_regional_formats,
+    first_occurrences,
+    repeated_ids,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, TIMESTAMP, conform, empty_frame
 from etl.stages import (
@@ -293,19 +295,16 @@ def _deleted_and_ids(checks: RowChecks, what: str) -> None:
     _left_out(checks, what)
     checks.flag(is_blank(frame["Id"]), MISSING_ID, "Id", f"Id is blank; expected the {what}'s id")
     live = ~checks.bad
-    repeated = frame["Id"].where(live).duplicated(keep="first").to_numpy() & live
-    if repeated.any():
-        first = frame.loc[live, ["Id", "source_file", "source_row"]].drop_duplicates("Id").set_index("Id")
-        checks.flag(
-            repeated,
-            DUPLICATE_ID,
-            "Id",
-            lambda rows: [
-                f"Id {i!r} appears more than once; the first occurrence "
-                f"({first.at[i, 'source_file']} row {first.at[i, 'source_row']}) is kept"
-                for i in rows["Id"]
-            ],
-        )
+    checks.flag(
+        repeated_ids(frame["Id"], live),
+        DUPLICATE_ID,
+        "Id",
+        lambda rows: [
+            f"Id {i!r} appears more than once; the first occurrence ({first[i]}) is kept"
+            for first in [first_occurrences(frame, "Id", live)]
+            for i in rows["Id"]
+        ],
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -871,10 +870,8 @@ def _read_history(
         "OpportunityId",
         "OpportunityId is blank; expected the id of the opportunity this history row belongs to",
     )
-    live = ~checks.bad & ~is_blank(frame["Id"])
-    repeated = frame["Id"].where(live).duplicated(keep="first").to_numpy() & live
     checks.flag(
-        repeated,
+        repeated_ids(frame["Id"], ~checks.bad & ~is_blank(frame["Id"])),
         DUPLICATE_ID,
         "Id",
         lambda rows: [f"history row Id {i!r} appears more than once; the first occurrence is kept" for i in rows["Id"]],
