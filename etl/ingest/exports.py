@@ -49,6 +49,7 @@ from etl.ingest.readers import HISTORY_GAP_COLUMNS, ExportFormatError, ExportRea
 from etl.ingest.readers import hubspot, hubspot_tables, mapped, pipedrive, salesforce
 from etl.ingest.csvfiles import sniff_header, unreadable
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, DQ_RESULT_COLUMNS, QUARANTINE_COLUMNS, empty_frame
+from etl.pipeline_state import completed_from_history
 from etl.stages import StageCatalog
 from etl.validation.raw import run_raw_suites
 from etl.validation.reason_codes import DEAL_QUARANTINED, DUPLICATE_ID
@@ -319,7 +320,7 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
     rates_path = find_rates_file(project, exports_dir)
     rates = load_rates(rates_path, project.reporting_currency) if rates_path is not None else None
 
-    exports: list[SourceExport] = [readers[system].read(files, project) for system, files in by_reader.items()]
+    exports: list[SourceExport] = [_completed(readers[system].read(files, project), project) for system, files in by_reader.items()]
     stages = project.stages
     for export in exports:
         for pipeline in export.pipelines:
@@ -366,6 +367,19 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
         normalised=pd.concat([deal_changes, history_changes], ignore_index=True),
         notes=[note for export in exports for note in export.notes],
     )
+
+
+def _completed(export: SourceExport, project: ProjectConfig) -> SourceExport:
+    """`export` with its deals completed from their history when its reader leaves that to the load
+    (`SourceExport.completed_from_history`), under the stage orders it was read with; before the
+    deals are valued in the reporting currency or validated, both of which read closed_at."""
+    if not export.completed_from_history:
+        return export
+    stages = project.stages
+    for pipeline in export.pipelines:
+        stages = stages.with_pipeline(pipeline)
+    deals = completed_from_history(export.deals, export.history, stages)
+    return dataclasses.replace(export, deals=deals)
 
 
 def normalise_identifying_text(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -78,6 +78,10 @@ class SourceExport:
     # What the reader decided that a person should know, one sentence each, said once (for example
     # which field the loss reason was read from, or that owners are shown by their ids).
     notes: list[str] = field(default_factory=list)
+    # True when the deal records leave closed_at, a blank last stage change and the push count to
+    # the stage history (Salesforce's Opportunity): `deals` hold them as recorded, and the load step
+    # (etl.ingest.exports) completes them with etl.pipeline_state.completed_from_history.
+    completed_from_history: bool = False
 
 
 @dataclass(frozen=True)
