@@ -47,7 +47,7 @@ from etl.config import ConfigError, ProjectConfig
 from etl.ingest.currency import convert_to_reporting, find_rates_file, load_rates
 from etl.ingest.readers import HISTORY_GAP_COLUMNS, ExportFormatError, ExportReader, FileReport, SourceExport
 from etl.ingest.readers import hubspot, hubspot_tables, mapped, pipedrive, salesforce
-from etl.ingest.csvfiles import sniff_header, unreadable
+from etl.ingest.csvfiles import repeated_ids, sniff_header, unreadable
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, DQ_RESULT_COLUMNS, QUARANTINE_COLUMNS, empty_frame
 from etl.pipeline_state import completed_from_history
 from etl.stages import StageCatalog
@@ -486,7 +486,7 @@ def _quarantine_duplicates(
     rank = deals["source_file"].map(file_rank).fillna(len(file_rank)).to_numpy(dtype=np.int64)
     order = np.lexsort((deals["source_row"].to_numpy(), rank))
     in_order = deals.iloc[order]
-    later = in_order["deal_id"].duplicated(keep="first").to_numpy()
+    later = repeated_ids(in_order["deal_id"], np.ones(len(in_order), dtype=bool))
     dropped = in_order.loc[later]
     kept_where = _where(in_order.loc[~later]).set_axis(in_order.loc[~later, "deal_id"].to_numpy())
     reasons = [
