@@ -320,7 +320,11 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
     rates_path = find_rates_file(project, exports_dir)
     rates = load_rates(rates_path, project.reporting_currency) if rates_path is not None else None
 
-    exports: list[SourceExport] = [_completed(readers[system].read(files, project), project) for system, files in by_reader.items()]
+    exports: list[SourceExport] = [readers[system].read(files, project) for system, files in by_reader.items()]
+    # Every reader's raw suites, checked together (the readers declare them and run none), and then
+    # let go of before any deal is completed from its history.
+    raw_checks = run_raw_suites([suite for e in exports for suite in e.raw_suites])
+    exports = [_completed(dataclasses.replace(e, raw_suites=[]), project) for e in exports]
     stages = project.stages
     for export in exports:
         for pipeline in export.pipelines:
@@ -333,8 +337,6 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
     history = _concat([e.history for e in exports], DEAL_HISTORY_COLUMNS)
     quarantine = _concat([e.quarantine for e in exports], QUARANTINE_COLUMNS)
     gaps = [e.history_gaps for e in exports if e.history_gaps is not None and not e.history_gaps.empty]
-    # Every reader's raw suites, checked together: the readers declare them and run none.
-    raw_checks = run_raw_suites([suite for e in exports for suite in e.raw_suites])
     files = [report for e in exports for report in e.files]
 
     deals, deal_changes = normalise_identifying_text(deals)

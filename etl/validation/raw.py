@@ -166,7 +166,7 @@ def declare_raw_suite(
         format_label=format_label,
         rules=rules,
         files=dict(files),
-        file_keys=frame["_file"].to_numpy(dtype=np.int64),
+        file_keys=frame["_file"].to_numpy(dtype=np.int32),
         encoded=encoded,
         headers=headers,
     )
