@@ -126,9 +126,10 @@ class RawSuite:
     are about, as written, ready for Great Expectations. A reader builds it with `declare_raw_suite`
     while it reads its files and hands it back untouched; `run_raw_suites` checks it.
 
-    The values are kept dictionary-encoded (each checked column as a code per row into its
-    distinct written values, or into their shapes for a digit-blind form), not as text, so that a
-    declared suite holds a few bytes per row and value whatever the files' size."""
+    The values are kept dictionary-encoded, not as the reader's text columns: each checked column
+    as a 4-byte code per row into its distinct written values, or into their shapes for a
+    digit-blind form (a date column has a few dozen shapes; an id column's values are all
+    distinct, and the largest part of what a suite holds)."""
 
     format_label: str
     rules: RawRules
