@@ -733,7 +733,7 @@ def validate_crm(
     Accepted rows are returned unchanged (same columns, dtypes and values as read). Row-level
     problems quarantine the row; dataset-level problems show up in `blocking_failures`.
     `previous_deal_count` is the previous run's accepted deal count (None on a first run);
-    `raw_results` are the results of the readers' raw suites (`etl.validation.raw.run_raw_suites`), reported first;
+    `raw_results` are the results of the readers' raw suites (`validate_raw_rows`), reported first;
     `currencies` the currencies amounts may be in (None: not checked).
     """
     deals = _require_columns(deals, DEAL_COLUMNS, "deals")
