@@ -26,7 +26,7 @@ from etl.config import ConfigError, Settings
 from etl.ingest.currency import ExchangeRatesError
 from etl.ingest.readers import ExportFormatError
 from etl.charts import markdown_table
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 from etl.ingest.source_warehouse import describe_source, warehouse_source
 
 SAMPLE_SEED = 7

@@ -10,7 +10,7 @@ import pytest
 from assets.analytics import stage_conversion
 from assets.coaching import ask_to_decision, deal_value_spread, pipeline_coverage, product_mix, rep_funnel, revenue_growth
 from assets.ingest import crm_exports, crm_tables
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 from etl.warehouse import Warehouse
 from tests.e2e.conftest import materialize_graph, project_config
 

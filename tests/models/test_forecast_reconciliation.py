@@ -41,7 +41,8 @@ from etl.config import load_project_config
 from etl.ingest.exports import read_exports
 from etl.metrics import stage_conversion
 from etl.pipeline_state import prepare_history
-from etl.sample_crm import SampleTruth, generate_sample
+from sample_crm.generate import generate_sample
+from sample_crm.truth import SampleTruth
 from etl.pipeline_health import pipeline_waterfall
 from etl.quarter_pipeline import closes_by, in_quarter_pipeline, overdue, pipeline_dates
 from etl.tables import TABLES
