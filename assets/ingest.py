@@ -22,40 +22,21 @@ from etl.ingest.crm_load import (
     reconciliation_frame,
     results_frame,
 )
-from etl.config import ConfigError, Settings
+from etl.config import ConfigError, missing_exports_message
 from etl.ingest.currency import ExchangeRatesError
 from etl.ingest.readers import ExportFormatError
 from etl.charts import markdown_table
-from sample_crm.generate import generate_sample
 from etl.ingest.source_warehouse import describe_source, warehouse_source
 
-SAMPLE_SEED = 7
 # Errors whose message already names the file (or setting) at fault and what was expected.
 UNREADABLE_INPUT = (ExportFormatError, ExchangeRatesError, ConfigError, FileNotFoundError)
 
 CHECKED_OUTPUTS = ("deals", "deal_history", "stage_events", "pipeline_stages")
 
 
-def _ensure_sample(context: dg.AssetExecutionContext, resolved: Settings, settings: DealcastSettings) -> None:
-    """Generate the bundled sample into its folder when it is missing (and the CRM is not read from a
-    warehouse source). Each step that reads the exports calls this, so a step on another machine than
-    `crm_exports` finds the same files: the sample is fixed by its seed, size and as_of."""
-    if not resolved.exports_are_sample or (resolved.exports_dir / "Opportunity.csv").is_file():
-        return
-    if warehouse_source(resolved.project) is not None:
-        return
-    summary = generate_sample(
-        resolved.exports_dir, n_deals=settings.sample_deals, seed=SAMPLE_SEED, end_date=resolved.as_of
-    )
-    context.log.info(
-        f"generated the sample CRM in {summary.out_dir}: {summary.n_deals:,} deals, "
-        f"{summary.n_history_rows:,} history rows"
-    )
-
-
 @dg.asset(partitions_def=NIGHTS, group_name="ingest", kinds={"csv", "python"})
 def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -> dg.Output[pd.DataFrame]:
-    """The CRM export files in the exports folder, with their detected format and checksum (the bundled sample is generated on first use), or the CRM's tables in the warehouse source ([sources.warehouse]) with their rows and latest sync."""
+    """The CRM export files in the exports folder, with their detected format and checksum, or the CRM's tables in the warehouse source ([sources.warehouse]) with their rows and latest sync."""
     resolved = run_settings(context, settings)
     try:
         source = warehouse_source(resolved.project)
@@ -74,10 +55,9 @@ def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -
                 "dagster/row_count": len(manifest),
             },
         )
-    _ensure_sample(context, resolved, settings)
     manifest = describe_exports(resolved.exports_dir)
     if manifest.empty:
-        raise dg.Failure(description=f"no export files in {resolved.exports_dir}")
+        raise dg.Failure(description=missing_exports_message(resolved.exports_dir, resolved.exports_are_sample))
     return dg.Output(
         manifest,
         metadata={
@@ -119,7 +99,6 @@ def crm_tables(
 ):
     """Read, normalise and validate the CRM exports; publish them only when every blocking check passes."""
     resolved = run_settings(context, settings)
-    _ensure_sample(context, resolved, settings)
     run_id = context.run.run_id
     # The as_of is claimed before the exports are read: a run that fails while reading them leaves
     # its claim, so `dealcast summary` can say that the night's run did not finish.
