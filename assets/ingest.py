@@ -9,6 +9,7 @@ warehouse) but deals, history and stage events are not, and every downstream ass
 import dagster as dg
 import pandas as pd
 
+from assets.checks import BLOCKING_CHECK_SPECS, blocking_check_results
 from assets.execution import HEAVY_STEP_TAGS
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
@@ -30,8 +31,6 @@ from etl.ingest.source_warehouse import describe_source, warehouse_source
 
 # Errors whose message already names the file (or setting) at fault and what was expected.
 UNREADABLE_INPUT = (ExportFormatError, ExchangeRatesError, ConfigError, FileNotFoundError)
-
-CHECKED_OUTPUTS = ("deals", "deal_history", "stage_events", "pipeline_stages")
 
 
 @dg.asset(partitions_def=NIGHTS, group_name="ingest", kinds={"csv", "python"})
@@ -80,15 +79,7 @@ def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -
         "quarantine": dg.AssetOut(description="Input rows that were not accepted, each with its file, row, column and reason.", kinds={"pandas", "sql"}),
         "data_quality_results": dg.AssetOut(description="The outcome of every data-quality expectation and per-file reconciliation of this run.", kinds={"pandas", "sql"}),
     },
-    check_specs=[
-        dg.AssetCheckSpec(
-            "passes_validation",
-            asset=name,
-            blocking=True,
-            description="Blocking: no dataset-level data-quality failure (empty export, volume collapse, too many quarantined rows, unbalanced reconciliation).",
-        )
-        for name in CHECKED_OUTPUTS
-    ],
+    check_specs=BLOCKING_CHECK_SPECS,
     op_tags=HEAVY_STEP_TAGS["ingest"],
 )
 def crm_tables(
@@ -103,7 +94,14 @@ def crm_tables(
     # The as_of is claimed before the exports are read: a run that fails while reading them leaves
     # its claim, so `dealcast summary` can say that the night's run did not finish.
     with warehouse.for_run(context, resolved.as_of) as writer:
-        previous = previous_deal_count(warehouse.warehouse.read("reconciliation"), resolved.as_of)
+        # The volume baseline is the previous published night's accepted deals: a night that was blocked
+        # (or never finished) is no baseline. It is last night's published data, so it is read from the
+        # warehouse, not taken as an asset input of this night's graph.
+        previous_night = warehouse.warehouse.published_as_of(before=resolved.as_of)
+        previous = (
+            None if previous_night is None
+            else previous_deal_count(warehouse.warehouse.read("reconciliation", as_of=previous_night), resolved.as_of)
+        )  # fmt: skip
         try:
             load = load_crm(resolved, previous_deal_count=previous)
         except UNREADABLE_INPUT as exc:
@@ -129,7 +127,7 @@ def crm_tables(
             )
 
     yield from _outputs(load, written)
-    yield from _checks(load)
+    yield from blocking_check_results(load.validation)
 
 
 def _outputs(load: CrmLoad, written: dict[str, int]):
@@ -189,25 +187,3 @@ def _outputs(load: CrmLoad, written: dict[str, int]):
             "report": dg.MetadataValue.md(outcome.report_markdown()),
         },
     )
-
-
-def _checks(load: CrmLoad):
-    failures = load.validation.blocking_failures
-    metadata: dict[str, dg.MetadataValue] = {
-        "failed_checks": dg.MetadataValue.int(len(failures)),
-        "quarantined_rows": dg.MetadataValue.int(len(load.validation.quarantine)),
-    }
-    if not failures.empty:
-        metadata["failures"] = dg.MetadataValue.md(
-            markdown_table(failures[["check_name", "observed", "expected", "failing_rows"]])
-        )
-        samples = {name: load.validation.sample_rows(name) for name in failures["check_name"]}
-        metadata["sample_rows"] = dg.MetadataValue.json(samples)
-    for name in CHECKED_OUTPUTS:
-        yield dg.AssetCheckResult(
-            asset_key=name,
-            check_name="passes_validation",
-            passed=failures.empty,
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata=metadata,
-        )

@@ -6,6 +6,7 @@ import datetime as dt
 import dagster as dg
 import pandas as pd
 
+from assets.checks import MODEL_CHECK_SPEC, model_check_result
 from assets.execution import HEAVY_STEP_TAGS
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
@@ -19,14 +20,17 @@ from models.timing import CloseTiming
 from models.training_set import build_training_set
 
 
-@dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"scikitlearn"}, op_tags=HEAVY_STEP_TAGS["scoring_model"])
+@dg.asset(
+    partitions_def=NIGHTS, group_name="scoring", kinds={"scikitlearn"}, op_tags=HEAVY_STEP_TAGS["scoring_model"],
+    check_specs=[MODEL_CHECK_SPEC],
+)  # fmt: skip
 def deal_scoring_model(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
     deals: pd.DataFrame,
     deal_history: pd.DataFrame,
     pipeline_stages: pd.DataFrame,
-) -> dg.Output[ScorerResult]:
+):
     """The published win-probability scorer: the ladder's candidates (constant rate, CRM probability, stage rates, logistic, gradient boosting) fitted on as-of snapshots before a time cut, the best held-out log loss published."""
     resolved = run_settings(context, settings)
     model_cfg = resolved.project.model
@@ -64,7 +68,8 @@ def deal_scoring_model(
     if not result.reliability.empty:
         metadata["calibration"] = dg.MetadataValue.md(image_markdown(calibration_chart(result.reliability), "calibration"))
         metadata["reliability"] = dg.MetadataValue.md(markdown_table(result.reliability))
-    return dg.Output(result, metadata={k: v for k, v in metadata.items() if v is not None})
+    yield dg.Output(result, metadata={k: v for k, v in metadata.items() if v is not None})
+    yield model_check_result(metrics)
 
 
 @dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"pandas"})
