@@ -9,6 +9,7 @@ import pandas as pd
 from assets.checks import MODEL_CHECK_SPEC, model_check_result
 from assets.execution import HEAVY_STEP_TAGS
 from assets.partitions import NIGHTS
+from assets.publishing import publish_table
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.charts import calibration_chart, image_markdown, markdown_table
@@ -111,28 +112,22 @@ def deal_scores(
         choice.scorer, close_timing, resolved.project.fiscal_year_start_month,
         scored_with=choice.scored_with, scoring_reason=choice.reason,
     )
-    warehouse.publish(context, resolved.as_of, "deal_scores", frame)
     bands = frame.groupby("score_band").agg(deals=("deal_id", "size"), expected_value=("expected_value", "sum")).reset_index()
-    return dg.Output(
-        frame,
+    top = frame.sort_values("expected_value", ascending=False).head(10)
+    return publish_table(
+        context, warehouse, resolved.as_of, "deal_scores", frame, keep=True,
+        previews={
+            "by_band": bands,
+            "top_deals": top[["deal_id", "stage", "amount_reporting", "win_probability", "win_this_quarter_probability", "top_factors_text"]],
+        },
         metadata={
-            "dagster/row_count": len(frame),
             "model_version": choice.model_version,
             "scoring_method": choice.scorer.scoring_method,
             "scored_with": choice.scored_with,
             "model_as_of": str(choice.model_as_of),
             "scoring_reason": choice.reason or "",
-            "by_band": dg.MetadataValue.md(markdown_table(bands)),
-            "top_deals": dg.MetadataValue.md(
-                markdown_table(
-                    frame.sort_values("expected_value", ascending=False)[
-                        ["deal_id", "stage", "amount_reporting", "win_probability", "win_this_quarter_probability", "top_factors_text"]
-                    ],
-                    max_rows=10,
-                )
-            ),
         },
-    )
+    )  # fmt: skip
 
 
 @dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"sql"})
@@ -152,8 +147,8 @@ def model_runs(
         deal_scoring_model, resolved.as_of, trained_at,
         artifact_path=artifact_file(resolved.model_dir, deal_scoring_model.version), tier_change=change,
     )
-    warehouse.publish(context, resolved.as_of, "model_runs", pd.DataFrame([row]))
-    return dg.MaterializeResult(
+    return publish_table(
+        context, warehouse, resolved.as_of, "model_runs", pd.DataFrame([row]),
         metadata={
             "model_version": row["model_version"],
             "scoring_method": row["scoring_method"],
@@ -161,5 +156,5 @@ def model_runs(
             "constant_log_loss": row["constant_log_loss"],
             "auc": row["auc"],
             "tier_change": row["tier_change"] or "none",
-        }
-    )
+        },
+    )  # fmt: skip
