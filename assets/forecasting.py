@@ -55,7 +55,8 @@ def forecast_quarterly(
     totals = frame[frame.segment_type == "all"]
     quarter = quarter_label(resolved.as_of, fiscal_start)
     # Every nightly forecast of this quarter up to this night (this run's rows were just written; a
-    # backfilled night does not show later nights).
+    # backfilled night does not show later nights): earlier nights' published rows, which only the
+    # warehouse holds, so they are read there rather than taken as an input of tonight's graph.
     written = warehouse.warehouse.read("forecast_quarterly")
     trail = forecast_fan(written[written["as_of"] <= pd.Timestamp(resolved.as_of)], quarter, fiscal_start)
     chart = fan_chart(trail, f"{quarter}: forecast by night (P10-P90, P50) against quota", quota=trail["quota"].iloc[-1])

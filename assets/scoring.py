@@ -102,6 +102,8 @@ def deal_scores(
 ) -> dg.Output[pd.DataFrame]:
     """Every open deal's calibrated win probability, probability of winning this quarter, and its top reasons, from the latest model eligible for scoring."""
     resolved = run_settings(context, settings)
+    # Earlier nights' models (the model_runs registry): history kept in the warehouse across nights, not a
+    # value of tonight's graph, so it is read there (tonight's own model is the deal_scoring_model input).
     choice = choose_scorer(deal_scoring_model, resolved.as_of, warehouse.warehouse.read("model_runs"), resolved.model_dir)
     if choice.reason:
         context.log.warning(f"deal scores use {choice.scored_with} {choice.model_version}: {choice.reason}")
@@ -140,6 +142,7 @@ def model_runs(
     """The model registry: each trained model's version, data window, parameters, features and test metrics against the baselines."""
     resolved = run_settings(context, settings)
     trained_at = pd.Timestamp(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
+    # The latest earlier night's published scorer, from the registry this asset appends to.
     change = published_tier_change(warehouse.warehouse.read("model_runs"), resolved.as_of, deal_scoring_model.scorer.scoring_method)
     if change:
         context.log.warning(f"published scorer changed tier: {change}")
