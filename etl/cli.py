@@ -24,7 +24,7 @@ from etl.config import ConfigError, default_warehouse_url, resolve_settings
 from etl.periods import quarter_label
 from etl.quality_warnings import WARNINGS
 from etl.charts import write_spreadsheet_csv
-from etl.cli_arguments import OneLineParser, iso_date
+from etl.cli_arguments import OneLineParser, iso_date, one_line_error
 from etl.warehouse import Warehouse, WarehouseError
 
 # The table a complete nightly run writes last: a run whose as_of has rows here finished.
@@ -430,13 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"summary": _summary, "release": _release, "export": _export}
         return commands[args.command](args)
-    except (ConfigError, WarehouseError) as exc:
-        # One line: a database's own message may span several.
-        print(f"dealcast {args.command}: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        where = f" {exc.filename}:" if exc.filename else ""
-        print(f"dealcast {args.command}:{where} {exc.strerror or exc}", file=sys.stderr)
+    except (ConfigError, WarehouseError, OSError) as exc:
+        print(one_line_error(f"dealcast {args.command}", exc), file=sys.stderr)
         return 1
 
 

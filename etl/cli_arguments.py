@@ -43,3 +43,12 @@ def positive_number(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
     return value
+
+
+def one_line_error(prog: str, exc: Exception) -> str:
+    """`exc` as one line after `prog`: an OS error with the file it concerns, any other error's message
+    with its line breaks collapsed (a database's own message may span several)."""
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}:" if exc.filename else ""
+        return f"{prog}:{where} {exc.strerror or exc}"
+    return f"{prog}: {' '.join(str(exc).split())}"

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
-from etl.cli_arguments import OneLineParser, iso_date, positive_number, whole_number
+from etl.cli_arguments import OneLineParser, iso_date, one_line_error, positive_number, whole_number
 from etl.config import ConfigError
 from sample_crm.generate import SampleSummary, generate_sample
 from sample_crm.messy import PROFILE_CLEAN, PROFILE_MESSY, PROFILES, MessyOptions
@@ -82,15 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out, n_deals=args.deals, seed=args.seed, end_date=args.end_date, years=args.years,
             profile=args.profile, messy=messy_options_from(args),
         )  # fmt: skip
+    except (ConfigError, OSError) as exc:
+        print(one_line_error(PROG, exc), file=sys.stderr)
+        return 1
     except ValueError as exc:
         print(f"{PROG}: error: {exc} (see {PROG} --help)", file=sys.stderr)
         return 2
-    except ConfigError as exc:
-        print(f"{PROG}: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        where = f" {exc.filename}:" if exc.filename else ""
-        print(f"{PROG}:{where} {exc.strerror or exc}", file=sys.stderr)
-        return 1
     print(summary_line(written))
     return 0

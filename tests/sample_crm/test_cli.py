@@ -64,3 +64,11 @@ def test_console_script_and_module_write_the_same_sample(tmp_path):
     assert by_script.stdout.startswith("wrote 40 deals") and by_module.stdout.startswith("wrote 40 deals")
     for name in ("Opportunity.csv", "OpportunityHistory.csv", "quotas.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_an_output_folder_that_cannot_be_made_gets_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["--out", str(blocker / "sample"), "--deals", "10"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"dealcast-sample: {blocker / 'sample'}:")
