@@ -52,22 +52,36 @@ def test_a_good_export_passes_every_blocking_check(exports, tmp_path):
     assert all(e.severity == dg.AssetCheckSeverity.ERROR for e in checks.values())
 
 
-def test_too_many_bad_amounts_fail_only_the_quarantine_share(exports, tmp_path):
-    bad = tmp_path / "bad"
-    shutil.copytree(exports, bad)
-    path = bad / "Opportunity.csv"
+def _bad_amounts(exports, folder, every: int):
+    """A copy of `exports` whose every `every`-th deal has an amount that is no number."""
+    shutil.copytree(exports, folder)
+    path = folder / "Opportunity.csv"
     with open(path, newline="", encoding="utf-8") as handle:
         header, *body = list(csv.reader(handle))
     amount = header.index("Amount")
-    for i in range(0, len(body), 5):  # every fifth deal: 20% of the deal rows, above the 5% limit
+    for i in range(0, len(body), every):
         body[i][amount] = "twelve thousand"
     with open(path, "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows([header, *body])
+    return folder
+
+
+def test_too_many_bad_amounts_fail_only_the_quarantine_share(exports, tmp_path):
+    bad = _bad_amounts(exports, tmp_path / "bad", every=5)  # 20% of the deal rows, above the 5% limit
     result, checks = _ingest(bad, NIGHT, tmp_path, f"sqlite:///{tmp_path / 'w.sqlite'}")
     assert not result.success
     assert _failed(checks) == {("deals", "quarantine_share_within_limit")}
     failures = checks[("deals", "quarantine_share_within_limit")].metadata["failures"].value
     assert "deals.quarantine_share" in failures
+
+
+def test_no_deal_accepted_fails_deals_not_empty_and_every_row_is_still_accounted_for(exports, tmp_path):
+    bad = _bad_amounts(exports, tmp_path / "bad", every=1)  # every deal quarantined
+    result, checks = _ingest(bad, NIGHT, tmp_path, f"sqlite:///{tmp_path / 'w.sqlite'}")
+    assert not result.success
+    assert _failed(checks) == {("deals", "deals_not_empty"), ("deals", "quarantine_share_within_limit")}
+    assert "| 0 accepted deals" in checks[("deals", "deals_not_empty")].metadata["failures"].value
+    assert "300 of 300 deal rows quarantined" in checks[("deals", "quarantine_share_within_limit")].metadata["failures"].value
 
 
 def test_volume_is_compared_with_the_previous_published_night_only(exports, tmp_path):
