@@ -110,7 +110,7 @@ def test_volume_is_compared_with_the_previous_published_night_only(exports, tmp_
     _, checks = _ingest(small, NIGHT, tmp_path, url)
     assert _failed(checks) == {("deals", "volume_not_collapsed")}
     failures = checks[("deals", "volume_not_collapsed")].metadata["failures"].value
-    assert "previous run 300" in failures and "at least 150" in failures
+    assert "previous published night 300" in failures and "at least 150" in failures
 
 
 def test_model_beats_baseline_is_a_warning_with_the_two_losses():
