@@ -103,7 +103,7 @@ def generate_sample(
     years unless given); "messy" (the default when `messy` options are given) records the same
     kind of sales process the way a small, untidy org does, with the shapes `messy` switches on,
     plus the truth files (720 real deals over one year unless given, of which about 460 reach
-    the CRM; see the module docstring). `n_deals` counts the simulated deals; the summary's
+    the CRM; see the `sample_crm` package docstring). `n_deals` counts the simulated deals; the summary's
     `n_deals` those written to Opportunity.csv.
     Same seed and arguments give byte-identical files."""
     started = time.perf_counter()

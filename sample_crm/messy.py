@@ -60,7 +60,7 @@ _OUTLIER_FACTOR = 6  # an outlier deal shows 6 times the largest amount ever won
 
 @dataclass(frozen=True)
 class MessyOptions:
-    """The knobs of the messy profile (the module docstring says who is eligible for each); every
+    """The knobs of the messy profile (the `sample_crm` package docstring says who is eligible for each); every
     shape is on by default, each set to 0 (or None, or False) turns it off. Shares are exact:
     round(share x eligible deals) deals get the shape, drawn at random among the eligible ones.
 
@@ -389,7 +389,7 @@ class _MessyChoices:
 
 
 def _draw_messy_choices(world: SampleWorld, deals: dict[str, np.ndarray], real: _RealDeals, options: MessyOptions, seed: int) -> _MessyChoices:
-    """Decide every deal's shapes (see the module docstring). Each knob draws from its own random
+    """Decide every deal's shapes (see the `sample_crm` package docstring). Each knob draws from its own random
     stream, so changing one leaves the others' deals alone."""
 
     def stream(knob: int) -> np.random.Generator:
@@ -530,7 +530,7 @@ def _recorded_rows(real: _RealDeals, c: _MessyChoices) -> tuple[dict[str, np.nda
 
 
 def record_messy(world: SampleWorld, deals: dict[str, np.ndarray], sim: Simulation, options: MessyOptions, seed: int) -> Recorded:
-    """Record the simulated deals the way the messy org does (see the module docstring)."""
+    """Record the simulated deals the way the messy org does (see the `sample_crm` package docstring)."""
     n = world.n_deals
     real = _RealDeals.of(world, deals, sim)
     c = _draw_messy_choices(world, deals, real, options, seed)

@@ -304,7 +304,7 @@ def run_simulation(world: SampleWorld, deals: dict[str, np.ndarray], rng: np.ran
 
 
 def history_truth(world: SampleWorld, deals: dict[str, np.ndarray], rows: dict[str, np.ndarray]) -> np.ndarray:
-    """The true win probability after each history row (see the module docstring)."""
+    """The true win probability after each history row (see the `sample_crm` package docstring)."""
     deal_class = deals["class"][rows["deal"]]
     n_open = world.n_open_stages(deal_class)
     truth = np.where(rows["stage"] == n_open, 1.0, 0.0)

@@ -337,7 +337,7 @@ class SampleWorld:
     def true_win_probability(self, frame: pd.DataFrame) -> pd.Series:
         """The true probability of eventually winning for each row of a point-in-time frame (as
         `etl.pipeline_state.pipeline_at_many` produces): open rows from their state at
-        `snapshot_at` (see the module docstring for how weeks in stage are counted), 1 for won
+        `snapshot_at` (see the `sample_crm` package docstring for how weeks in stage are counted), 1 for won
         rows and 0 for lost rows. Index aligned with `frame`."""
         required = ["snapshot_at", "pipeline", "stage", "stage_entered_at", "owner", "product", "account_segment", "status"]
         missing = [c for c in required if c not in frame.columns]
@@ -475,7 +475,7 @@ def _backward_step(p: np.ndarray, values: np.ndarray, valid: np.ndarray) -> np.n
 
 def boundary_state(snapshot_us: np.ndarray, entered_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(week boundary, weeks in stage) of deals observed at `snapshot_us` whose stage was entered
-    at `entered_us` (both microseconds since the Unix epoch, UTC); the rule of the module docstring."""
+    at `entered_us` (both microseconds since the Unix epoch, UTC); the rule of the `sample_crm` package docstring."""
     week_us = WEEK_SECONDS * 1_000_000
     epoch_us = EPOCH_MONDAY_DAY * DAY_SECONDS * 1_000_000
     week, offset = np.divmod(np.asarray(snapshot_us, dtype=np.int64) - epoch_us, week_us)
