@@ -426,7 +426,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    if argv[:1] == ["sample"]:
+        # Sample data is not part of the production command: the simulator has its own.
+        parser.error("sample exports are written by the dealcast-sample command (dealcast-sample --out DIR)")
+    args = parser.parse_args(argv)
     try:
         commands = {"summary": _summary, "release": _release, "export": _export}
         return commands[args.command](args)

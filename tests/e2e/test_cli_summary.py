@@ -147,7 +147,7 @@ def test_missing_and_empty_warehouses(tmp_path, capsys, monkeypatch):
     [
         (["summary", "--as-of", "yesterday"], "dealcast summary: error: argument --as-of: expected a date as YYYY-MM-DD, got 'yesterday'"),
         (["forecast"], "dealcast: error: argument COMMAND: invalid choice: 'forecast' (choose from 'summary', 'release', 'export')"),
-        (["sample", "--out", "x"], "dealcast: error: argument COMMAND: invalid choice: 'sample' (choose from 'summary', 'release', 'export')"),
+        (["sample", "--out", "x"], "dealcast: error: sample exports are written by the dealcast-sample command (dealcast-sample --out DIR)"),
     ],
 )
 def test_bad_arguments_get_one_line(argv, message, capsys):
