@@ -7,9 +7,9 @@ import pytest
 import etl.ingest.csvfiles as csvfiles
 from etl.ingest.csvfiles import scan_file
 
-# Hand count: `Acme "Big" deal` has two quotes with text on both sides? No: `e "B` has a space
-# before the quote (text) and B after (text): stray; `g" d` likewise: stray. `""` doubled quotes
-# and quotes next to commas or line breaks are well formed.
+# Hand count: in `Acme "Big" deal` (line 3) the quote of `e "B` has a space before it and B after it,
+# both text: stray; the one of `g" d` likewise. Line 4's `x"y` is a third. Doubled quotes `""` and
+# quotes next to commas or line breaks are well formed.
 TEXT = (
     b'"Id","Name","Amount"\n'
     b'"1","Acme ""Big"" deal","100"\n'
