@@ -88,6 +88,8 @@ def run_backfill(executor: str, nights: list[dt.date], exports: Path, work: Path
     home = work / executor / "dagster_home"
     home.mkdir(parents=True)
     shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    # Create the instance's storage here, before the daemon and the backfill command open it together.
+    _runs(home)
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -125,11 +127,13 @@ def run_backfill(executor: str, nights: list[dt.date], exports: Path, work: Path
             )
         started_processes.append(daemon)
         started = time.perf_counter()
-        subprocess.run(
+        queued = subprocess.run(
             [str(BIN / "dagster"), "job", "backfill", "-m", "assets.definitions", "-j", JOB,
-             "--from", nights[0].isoformat(), "--to", nights[-1].isoformat(), "--noprompt"],
-            cwd=ROOT, env=env, check=True, capture_output=True,
+             "--partitions", ",".join(night.isoformat() for night in nights), "--noprompt"],
+            cwd=ROOT, env=env, capture_output=True, text=True,
         )
+        if queued.returncode != 0:
+            raise RuntimeError(f"dagster job backfill failed (exit {queued.returncode}):\n{queued.stdout[-2000:]}{queued.stderr[-2000:]}")
         while True:
             runs = _runs(home)
             if len(runs) == len(nights) and all(status in FINISHED for _, status, _, _ in runs):
@@ -160,17 +164,21 @@ def main() -> int:
     if not (exports / OPPORTUNITY_FILE).is_file():
         generate_sample(exports, n_deals=args.deals, seed=args.seed, end_date=args.as_of)
     nights = [args.as_of - dt.timedelta(days=args.nights - 1 - i) for i in range(args.nights)]
-    results = [run_backfill(executor, nights, exports, work, args.workers) for executor in args.executors]
-
     print(f"backfill of {len(nights)} nights ({nights[0]}..{nights[-1]}), {args.deals:,}-deal export in {exports}")
-    print(f"{os.cpu_count()} cores; at most 2 runs of a backfill at once (dagster_home/dagster.yaml)")
-    for result in results:
+    print(f"{os.cpu_count()} cores; at most 2 runs of a backfill at once (dagster_home/dagster.yaml)", flush=True)
+    results = []
+    for executor in args.executors:
+        load_before = os.getloadavg()[0]
+        result = run_backfill(executor, nights, exports, work, args.workers)
+        results.append(result)
         ok = sum(1 for _, status, _, _ in result["runs"] if status == "SUCCESS")
-        label = f"{result['executor']} ({args.workers} workers)" if result["executor"] == "celery" else result["executor"]
-        print(f"\n{label}: {result['wall']:,.1f} s wall, {ok}/{len(result['runs'])} runs succeeded")
+        label = f"{executor} ({args.workers} workers)" if executor == "celery" else executor
+        print(f"\n{label}: {result['wall']:,.1f} s wall, {ok}/{len(result['runs'])} runs succeeded "
+              f"(load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end)")
         for partition, status, start, end in result["runs"]:
             seconds = f"{end - start:,.1f} s" if start and end else "-"
             print(f"  {partition}  {status:<8} {seconds:>10}")
+        sys.stdout.flush()
     print(f"\nwork folder: {work}")
     return 0 if all(all(s == "SUCCESS" for _, s, _, _ in r["runs"]) for r in results) else 1
 
