@@ -33,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etl.sample_crm import OPPORTUNITY_FILE, generate_sample  # noqa: E402
+from sample_crm.files import OPPORTUNITY_FILE  # noqa: E402
+from sample_crm.generate import generate_sample  # noqa: E402
 
 BIN = Path(sys.executable).parent
 JOB = "nightly_job"
