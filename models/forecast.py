@@ -69,13 +69,6 @@ DRAW_BLOCK = 1000
 # Threads simulating blocks of draws at once (each holds one chunk of draws in memory).
 DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
 DEFAULT_LOOKBACK_QUARTERS = 8
-# The new-deal stream follows the trend of the deal creation rate (`creation_trend_factors`) only
-# with at least this many past quarters, each with at least this many deals created: a trend fitted
-# to fewer, thinner quarters would add more noise than the growth it corrects.
-TREND_MIN_QUARTERS = 4
-TREND_MIN_CREATED = 30
-# A past quarter's wins are never scaled by less than half or more than twice.
-TREND_FACTOR_BOUNDS = (0.5, 2.0)
 _DEFAULTS = ForecastConfig()
 _WARNINGS = WarningsConfig()
 # Whole quarters of data needed before a quarter's start for it to be backtested.
@@ -294,51 +287,7 @@ def _new_deal_wins(
         frames.append(won.loc[inside].assign(past_quarter=label))
     quarters.reverse()
     wins = pd.concat(frames, ignore_index=True) if frames else won.iloc[0:0].assign(past_quarter="")
-    factors = creation_trend_factors(created.loc[created <= end], quarters, quarter, fiscal_year_start_month)
-    factor = wins["past_quarter"].map(dict(zip(quarters, factors))).astype("float64").fillna(1.0)
-    wins = wins.assign(
-        trend_factor=factor.to_numpy(), stream_amount=wins["amount_reporting"].astype("float64").fillna(0.0).to_numpy() * factor.to_numpy()
-    )
     return quarters, wins
-
-
-def creation_trend_factors(
-    created_at: pd.Series, past_quarters: list[str], quarter: str, fiscal_year_start_month: int = 1
-) -> np.ndarray:
-    """Per past quarter (oldest first), the factor that brings its new-deal wins to `quarter`'s
-    pace of deal creation: a straight line fitted (least squares) to the deals created per day in
-    each past quarter (days the data covers: from the first deal created), against the quarter's
-    position (`quarter` at 0, the one before it at -1, ...); the factor is the line at `quarter`
-    over the line at the past quarter, within `TREND_FACTOR_BOUNDS`. A CRM whose creation rate
-    grows 25% a year otherwise forecasts its new deals at the pace of about a year ago.
-
-    All ones (no trend) with fewer than `TREND_MIN_QUARTERS` past quarters, when one of them saw
-    fewer than `TREND_MIN_CREATED` deals created, or when the line is not positive at every
-    quarter involved."""
-    ones = np.ones(len(past_quarters))
-    if len(past_quarters) < TREND_MIN_QUARTERS:
-        return ones
-    created = pd.to_datetime(created_at).dropna()
-    if created.empty:
-        return ones
-    data_start = created.min()
-    target_start, _ = period_bounds(quarter, fiscal_year_start_month)
-    positions, rates = [], []
-    for label in past_quarters:
-        start, stop = period_bounds(label, fiscal_year_start_month)
-        count = int(((created >= start) & (created < stop)).sum())
-        days = (stop - max(start, data_start)) / pd.Timedelta(days=1)
-        if count < TREND_MIN_CREATED or days <= 0:
-            return ones
-        rates.append(count / days)
-        months = (target_start.year - start.year) * 12 + (target_start.month - start.month)
-        positions.append(-months / 3.0)
-    x, y = np.asarray(positions), np.asarray(rates)
-    slope, intercept = np.polyfit(x, y, 1)
-    at_past = intercept + slope * x
-    if intercept <= 0 or (at_past <= 0).any():
-        return ones
-    return np.clip(intercept / at_past, *TREND_FACTOR_BOUNDS)
 
 
 def new_deal_stream(
@@ -367,7 +316,7 @@ def new_deal_stream(
     quarters, wins = _new_deal_wins(state, deals, end, quarter, fiscal_year_start_month, lookback_quarters)
     segment = segment_values(wins, segment_type)
     table = (
-        pd.DataFrame({"past_quarter": wins["past_quarter"], "segment": segment, "amount": wins["stream_amount"]})
+        pd.DataFrame({"past_quarter": wins["past_quarter"], "segment": segment, "amount": wins["amount_reporting"].fillna(0.0)})
         .groupby(["past_quarter", "segment"])["amount"]
         .sum()
         .unstack("segment", fill_value=0.0)
@@ -692,16 +641,11 @@ def build_forecast(
         )
         past_quarters, wins = streams[quarter]
         new_deals = np.zeros(len(segments))
-        trend = np.zeros(len(segments))
         new_draws = np.zeros((draws, len(segments)))
         if past_quarters:
             position = pd.Categorical(wins["past_quarter"], categories=past_quarters).codes.astype("int64")
             codes = segments.codes(wins)
-            new_amounts = wins["stream_amount"].to_numpy(dtype="float64")
-            unscaled = wins["amount_reporting"].astype("float64").fillna(0.0).to_numpy()
-            trend = np.bincount(
-                codes.ravel(), weights=np.repeat(new_amounts - unscaled, codes.shape[1]), minlength=len(segments)
-            ) / len(past_quarters)
+            new_amounts = wins["amount_reporting"].fillna(0.0).to_numpy(dtype="float64")
             per_quarter = np.bincount(
                 (position[:, None] * len(segments) + codes).ravel(),
                 weights=np.repeat(new_amounts, codes.shape[1]),
@@ -750,7 +694,6 @@ def build_forecast(
                     "overdue_expected": segments.sums(open_deals.loc[overdue_in], contribution[overdue_in]),
                     "other_open_expected": other_expected,
                     "new_deals_expected": new_deals,
-                    "new_deals_trend": trend,
                     "revenue_calibration": segments.sums(open_deals, calibration_change),
                     "outlier_deals": segments.sums(open_deals.loc[outliers]).round().astype("int64"),
                     "outlier_pipeline": segments.sums(open_deals.loc[outliers], amounts[outliers]),
