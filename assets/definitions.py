@@ -4,23 +4,14 @@
 
 import dagster as dg
 
-from assets.analytics import stage_conversion, stage_durations, velocity
+from assets.analytics import ANALYTICS_ASSETS
 from assets.automation import night_job, nightly_schedule
 from assets.backtest import forecast_backtest
-from assets.coaching import (
-    ask_to_decision,
-    deal_value_spread,
-    pipeline_coverage,
-    product_mix,
-    rep_funnel,
-    revenue_growth,
-)
 from assets.data_quality import data_quality_warnings
 from assets.execution import executor_from_env
 from assets.forecasting import forecast_quarterly
 from assets.ingest import crm_exports, crm_tables
 from assets.publication import published_night_asset
-from assets.pipeline_health import close_date_slips, pipeline_snapshots, pipeline_waterfall, stalled_deals
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.scoring import close_timing, deal_scores, deal_scoring_model, model_runs
 from assets.sensors import exports_sensor
@@ -29,19 +20,7 @@ from assets.store import DealcastStore
 ALL_ASSETS = [
     crm_exports,
     crm_tables,
-    stage_conversion,
-    stage_durations,
-    velocity,
-    rep_funnel,
-    deal_value_spread,
-    product_mix,
-    revenue_growth,
-    ask_to_decision,
-    pipeline_coverage,
-    pipeline_snapshots,
-    pipeline_waterfall,
-    stalled_deals,
-    close_date_slips,
+    *ANALYTICS_ASSETS,
     data_quality_warnings,
     deal_scoring_model,
     close_timing,

@@ -24,9 +24,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etl import coaching, metrics  # noqa: E402
+from etl.analytics import coaching, funnel, health, velocity  # noqa: E402
 from etl.config import load_project_config  # noqa: E402
-from etl import pipeline_health  # noqa: E402
 from etl.ingest.exports import read_exports  # noqa: E402
 from etl.pipeline_state import prepare_history, stage_events  # noqa: E402
 from etl.quotas import load_quotas  # noqa: E402
@@ -133,8 +132,8 @@ def main() -> int:
         events = stage_events(history, args.as_of)
         r["detail"] = f"{len(events):,} stage events"
     with steps.step("metrics") as r:
-        conversion = metrics.stage_conversion(deals, history, stages, args.as_of, project.fiscal_year_start_month)
-        durations = metrics.stage_durations(deals, events, stages, args.as_of)
+        conversion = funnel.stage_conversion(deals, history, stages, args.as_of, project.fiscal_year_start_month)
+        durations = velocity.stage_durations(deals, events, stages, args.as_of)
         r["detail"] = f"{len(conversion):,} conversion + {len(durations):,} duration rows (velocity after scoring)"
     with steps.step("coaching") as r:
         # As the Dagster assets run them: each table rebuilds the as_of state itself.
@@ -155,14 +154,14 @@ def main() -> int:
             coaching_seconds.append(f"{name} {time.perf_counter() - started:.1f}s")
         r["detail"] = f"{sum(len(f) for f in coaching_frames.values()):,} rows: " + ", ".join(coaching_seconds)
     with steps.step("snapshots") as r:
-        snapshots = pipeline_health.pipeline_snapshots(deals, history, stages, args.as_of, durations)
+        snapshots = health.pipeline_snapshots(deals, history, stages, args.as_of, durations)
         r["detail"] = f"{len(snapshots):,} rows ({snapshots['snapshot_date'].nunique()} month ends + as_of)"
     with steps.step("waterfall") as r:
-        waterfall = pipeline_health.pipeline_waterfall(deals, history, args.as_of, project.fiscal_year_start_month)
+        waterfall = health.pipeline_waterfall(deals, history, args.as_of, project.fiscal_year_start_month)
         r["detail"] = f"{len(waterfall):,} rows, balanced to the cent"
     with steps.step("stalled") as r:
-        stalled = pipeline_health.stalled_deals(deals, history, durations, args.as_of)
-        slips = pipeline_health.close_date_slips(deals, history, args.as_of, project.fiscal_year_start_month)
+        stalled = health.stalled_deals(deals, history, durations, args.as_of)
+        slips = health.close_date_slips(deals, history, args.as_of, project.fiscal_year_start_month)
         r["detail"] = f"{len(stalled):,} stalled or aged deals, {len(slips):,} close-date slips"
     with steps.step("training set") as r:
         training = build_training_set(deals, history, stages, args.as_of, frequency=project.model.snapshot_frequency)
@@ -176,7 +175,7 @@ def main() -> int:
         scores = build_deal_scores(deals, history, stages, args.as_of, result.scorer, timing, project.fiscal_year_start_month)
         r["detail"] = f"{len(scores):,} open deals scored (with close timing and reasons)"
     with steps.step("velocity") as r:
-        speed = metrics.velocity(
+        speed = velocity.velocity(
             deals, history, stages, args.as_of, project.fiscal_year_start_month,
             model_scores=scores[["deal_id", "win_probability"]],
         )

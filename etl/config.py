@@ -104,7 +104,7 @@ class AnalyticsConfig:
     # (that pipeline only; it wins over a stage-wide value).
     stall_days: dict[str, Any] = field(default_factory=dict)
     # Stage names; empty means found by name (proposal, quote, negotiation in en/es/fr/de/pt/it/nl;
-    # etl.coaching.is_ask_stage_name); a pipeline without such a stage is not measured.
+    # etl.analytics.coaching.is_ask_stage_name); a pipeline without such a stage is not measured.
     ask_stages: tuple[str, ...] = ()
 
     def stall_thresholds(self, stages: StageCatalog) -> tuple[dict[tuple[str, str], float], list[str]]:

@@ -39,7 +39,7 @@ import pandas as pd
 
 from etl.bookings import keyed_in_at_close
 from etl.config import WarningsConfig
-from etl.metrics import _index_in
+from etl.analytics.kernel import index_in
 from etl.pipeline_state import as_of_end, pipeline_at
 from etl.schema import TIMESTAMP, UNKNOWN_SEGMENT
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON
@@ -136,7 +136,7 @@ def _facts(
     closed_at = state["closed_at"].to_numpy(dtype=TIMESTAMP)
     crm_close = np.full(len(state), np.datetime64("NaT"), dtype=TIMESTAMP)
     if "crm_close_date" in deals:
-        crm_close = deals["crm_close_date"].to_numpy(dtype=TIMESTAMP)[_index_in(state["deal_id"], deals["deal_id"])]
+        crm_close = deals["crm_close_date"].to_numpy(dtype=TIMESTAMP)[index_in(state["deal_id"], deals["deal_id"])]
     return {
         "deal_id": state["deal_id"].astype(str).to_numpy(dtype=object),
         "deal_name": state["deal_name"].astype("string").to_numpy(dtype=object, na_value=None),
@@ -162,7 +162,7 @@ def _facts(
 def _last_open_entry(state: pd.DataFrame, history: pd.DataFrame) -> np.ndarray:
     """Per deal of `state`: when it entered the last open stage it was in before its close
     (NaT if open, or its history records no open stage)."""
-    deal = _index_in(history["deal_id"], state["deal_id"])
+    deal = index_in(history["deal_id"], state["deal_id"])
     entry = (
         history["is_stage_change"].to_numpy(dtype=bool)
         & (history["stage_status"] == STATUS_OPEN).fillna(False).to_numpy(dtype=bool)
@@ -195,7 +195,7 @@ def _contradictions(state: pd.DataFrame, history: pd.DataFrame) -> np.ndarray:
     stage = history["stage"].astype("string").fillna("a stage not recorded").to_numpy(dtype=object)
     status = history["stage_status"].astype("string").fillna(STATUS_OPEN).to_numpy(dtype=object)
     when = pd.Series(history["changed_at"].to_numpy(dtype=TIMESTAMP)[first]).dt.strftime("%Y-%m-%d %H:%M").to_numpy(dtype=object)
-    position = _index_in(pd.Series(deal_ids[first]), state["deal_id"])
+    position = index_in(pd.Series(deal_ids[first]), state["deal_id"])
     for row, prior, at, where in zip(first, same_deal, when, position):
         if where < 0:
             continue
@@ -212,7 +212,7 @@ def _stalled(state: pd.DataFrame, stalled: pd.DataFrame) -> np.ndarray:
     out = np.full(len(state), None, dtype=object)
     if stalled is None or stalled.empty:
         return out
-    position = _index_in(stalled["deal_id"], state["deal_id"])
+    position = index_in(stalled["deal_id"], state["deal_id"])
     found = position >= 0
     out[position[found]] = stalled["reason"].astype(str).to_numpy(dtype=object)[found]
     return out

@@ -242,7 +242,7 @@ velocity = _table(
     comment="Pipeline, wins, losses, cycle length and sales velocity per month and quarter (closed deals by booking date, open pipeline at period end).",
 )
 
-# --- People, products and quotas (etl/coaching.py) ---------------------------------------------
+# --- People, products and quotas (etl/analytics/coaching.py) -----------------------------------
 
 rep_funnel = _table(
     "rep_funnel",

@@ -40,8 +40,8 @@ def test_too_many_bad_rows_stop_the_run_before_any_published_table(sample_export
     checks = {e.asset_key.to_user_string(): e.passed for e in result.get_asset_check_evaluations()}
     assert checks["deals"] is False and checks["stage_events"] is False
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    for downstream in ["stage_conversion", "stage_durations", "velocity", "deal_scoring_model", "close_timing",
-                       "deal_scores", "model_runs", "forecast_quarterly"]:
+    for downstream in ["deals_at_as_of", "stage_conversion", "stage_durations", "velocity", "deal_scoring_model",
+                       "close_timing", "deal_scores", "model_runs", "forecast_quarterly"]:
         assert downstream not in materialized, f"{downstream} ran despite the failed blocking check"
 
     warehouse = Warehouse(url)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from assets.analytics import stage_conversion, stage_durations
+from assets.analytics import TABLE_ASSETS, deals_at_as_of
 from assets.ingest import crm_exports, crm_tables
 from assets.publication import published_night_asset
 from etl.sample_crm import generate_sample
@@ -43,12 +43,12 @@ VIEWS = ["latest_quarantine", "latest_data_quality_results", "latest_reconciliat
 CHILD = """
 import json, sys
 import dagster as dg
-from assets.analytics import stage_conversion, stage_durations
+from assets.analytics import TABLE_ASSETS, deals_at_as_of
 from assets.ingest import crm_exports, crm_tables
 from assets.publication import published_night_asset
 from assets.resources import DealcastSettings, WarehouseResource
 args = json.loads(sys.argv[1])
-graph = [crm_exports, crm_tables, stage_conversion, stage_durations]
+graph = [crm_exports, crm_tables, deals_at_as_of, TABLE_ASSETS["stage_conversion"], TABLE_ASSETS["stage_durations"]]
 graph.append(published_night_asset(graph))
 result = dg.materialize(
     graph,
@@ -66,7 +66,7 @@ print(json.dumps({"success": result.success, "run_id": result.run_id, "failures"
 
 
 def graph():
-    assets = [crm_exports, crm_tables, stage_conversion, stage_durations]
+    assets = [crm_exports, crm_tables, deals_at_as_of, TABLE_ASSETS["stage_conversion"], TABLE_ASSETS["stage_durations"]]
     return [*assets, published_night_asset(assets)]
 
 

@@ -24,7 +24,7 @@ RUN_SPECIFIC = {"run_id", "quarantined_at", "checked_at", "trained_at"}
 # The assets a later step reads, worked out from the graph by hand: only these pass through the
 # intermediate-data store; every other asset's rows are read from the warehouse.
 STORED_FRAMES = {
-    "crm_exports", "deals", "deal_history", "stage_events", "pipeline_stages",
+    "crm_exports", "deals", "deal_history", "stage_events", "pipeline_stages", "deals_at_as_of",
     "stage_conversion", "stage_durations", "stalled_deals", "deal_scores",
 }
 STORED_OBJECTS = {"deal_scoring_model", "close_timing"}

@@ -25,10 +25,11 @@ import pandas as pd
 import pytest
 
 from etl.bookings import booking_dates, keyed_in_at_close, with_booking_dates
-from etl.coaching import deal_value_spread, pipeline_coverage, product_mix, revenue_growth
+from etl.analytics.coaching import deal_value_spread, pipeline_coverage, product_mix, revenue_growth
 from etl.config import ConfigError, load_project_config
-from etl.metrics import stage_conversion, velocity
-from etl.pipeline_health import pipeline_waterfall
+from etl.analytics.funnel import stage_conversion
+from etl.analytics.velocity import velocity
+from etl.analytics.health import pipeline_waterfall
 from tests.etl.hand_frames import load_salesforce, one_row as _one
 
 T = pd.Timestamp

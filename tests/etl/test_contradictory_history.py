@@ -20,7 +20,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from etl.metrics import velocity
+from etl.analytics.velocity import velocity
 from etl.pipeline_state import as_of_end, pipeline_at
 from tests.etl.hand_frames import load_salesforce
 

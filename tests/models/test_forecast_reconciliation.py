@@ -36,13 +36,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from etl.coaching import pipeline_coverage
+from etl.analytics.coaching import pipeline_coverage
 from etl.config import load_project_config
 from etl.ingest.exports import read_exports
-from etl.metrics import stage_conversion
+from etl.analytics.funnel import stage_conversion
 from etl.pipeline_state import prepare_history
 from etl.sample_crm import SampleTruth, generate_sample
-from etl.pipeline_health import pipeline_waterfall
+from etl.analytics.health import pipeline_waterfall
 from etl.quarter_pipeline import closes_by, in_quarter_pipeline, overdue, pipeline_dates
 from etl.tables import TABLES
 from models.forecast import build_forecast

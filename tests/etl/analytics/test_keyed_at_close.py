@@ -22,8 +22,8 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from etl.metrics import velocity
-from etl.pipeline_health import stalled_deals
+from etl.analytics.velocity import velocity
+from etl.analytics.health import stalled_deals
 from etl.pipeline_state import prepare_history
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS
 from etl.stages import PipelineStages, StageCatalog

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from etl.metrics import stage_conversion, stage_durations, velocity
+from etl.analytics.funnel import stage_conversion
+from etl.analytics.velocity import stage_durations, velocity
 from etl.pipeline_state import prepare_history, stage_events
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform
 from etl.stages import PipelineStages, StageCatalog

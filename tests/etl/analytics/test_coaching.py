@@ -32,17 +32,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from etl.coaching import (
+from etl.analytics.coaching import (
     ask_stages,
     ask_to_decision,
     deal_value_spread,
-    deals_at_end,
     pipeline_coverage,
     product_mix,
     rep_funnel,
     revenue_growth,
 )
-from etl.metrics import stage_conversion
+from etl.analytics.funnel import stage_conversion
+from etl.analytics.kernel import deals_as_of, deals_at_as_of
 from etl.pipeline_state import prepare_history
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform
 from etl.stages import PipelineStages, StageCatalog
@@ -128,7 +128,7 @@ def crm():
 
 @pytest.fixture(scope="module")
 def at(crm):
-    return deals_at_end(*crm, AS_OF)
+    return deals_at_as_of(*crm, AS_OF)
 
 
 def _rows(frame: pd.DataFrame, **where) -> pd.DataFrame:
@@ -162,17 +162,18 @@ def _shaped_like(frame: pd.DataFrame, table: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# deals_at_end
+# deals_at_as_of (the frame the tables share) and its arrays
 
 
-def test_deals_at_end_is_the_state_at_the_end_of_as_of(crm, at):
+def test_deals_at_as_of_is_the_state_at_the_end_of_as_of(crm, at):
+    now = deals_as_of(*crm, AS_OF, at)
     state = pd.DataFrame(
         {
-            "deal_id": at.frame["deal_id"].astype(str),
-            "status": at.status,
-            "amount": at.amount,
-            "stage_order": at.stage_order,
-            "expected_close": at.expected_close,
+            "deal_id": now.frame["deal_id"].astype(str),
+            "status": now.status,
+            "amount": now.amount,
+            "stage_order": now.stage_order,
+            "expected_close": now.expected_close,
         }
     ).set_index("deal_id")
     # d9 was created after as_of; d7 is still open in Negotiation (3); d6's later amount is not yet known.
@@ -181,8 +182,8 @@ def test_deals_at_end_is_the_state_at_the_end_of_as_of(crm, at):
     assert state.loc["d5", "amount"] == 5000.0 and state.loc["d5", "stage_order"] == 2
     assert state.loc["d6", "amount"] == 1500.0 and state.loc["d6", "stage_order"] == 1
     assert list(state.loc[["d1", "d3", "d8", "d10"], "status"].unique()) == [1]  # won
-    with pytest.raises(ValueError, match="as_of 2024-03-15, expected 2024-03-16"):
-        deal_value_spread(*crm, dt.date(2024, 3, 16), at=at)
+    with pytest.raises(ValueError, match="the frame is for 2024-03-15, expected 2024-03-16"):
+        deal_value_spread(*crm, dt.date(2024, 3, 16), at=deals_at_as_of(*crm, AS_OF))
 
 
 # ------------------------------------------------------------------------------------------------

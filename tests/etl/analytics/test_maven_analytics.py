@@ -12,11 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from etl import coaching, metrics
+from etl.analytics import coaching, kernel
+from etl.analytics.velocity import velocity as velocity_table
 from etl.config import resolve_settings
 from etl.ingest.crm_load import load_crm
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MAVEN = ROOT.parent / "shared" / "data" / "maven_crm"
 AS_OF = dt.date(2017, 12, 31)
 
@@ -48,7 +49,7 @@ def raw_won() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def velocity(maven):
-    return metrics.velocity(maven.deals, maven.history, maven.stages, AS_OF)
+    return velocity_table(maven.deals, maven.history, maven.stages, AS_OF)
 
 
 def test_win_rate_is_4238_of_6711(velocity):
@@ -72,7 +73,7 @@ def test_won_value_and_count_per_close_quarter_match_the_raw_file(velocity, raw_
 
 
 def test_coaching_tables_agree_with_the_raw_file(maven, raw_won):
-    at = coaching.deals_at_end(maven.deals, maven.history, AS_OF)
+    at = kernel.deals_at_as_of(maven.deals, maven.history, AS_OF)
     mix = coaching.product_mix(maven.deals, maven.history, AS_OF, at=at)
     by_product = raw_won.groupby(["quarter", "product"])["price"].agg(["size", "sum"])
     quarters = mix[(mix["period_grain"] == "quarter") & (mix["won_count"] > 0)].set_index(["period", "product"])

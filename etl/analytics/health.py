@@ -4,12 +4,13 @@ how each period's pipeline moved (`pipeline_waterfall`), the deals that need att
 tables of the same names in `etl.tables`. Definitions follow the project's metric definitions
 ("Pipeline health"); each function's docstring states exactly what each column counts.
 
-Conventions are those of `etl.metrics` (whose helpers this module shares): everything is as known
-at the end of the run's `as_of` day (`etl.pipeline_state.as_of_end`); a deal's state at any
-instant comes from `etl.pipeline_state.pipeline_at_many`; segment attributes are the deal's current
-ones (`etl.schema.segment_values`); periods and their labels come from `etl.periods`; money is
-`amount_reporting`. Open means "not in a won or lost stage" (a deal whose stage is unknown counts
-as open, as in `velocity`).
+Conventions are the kernel's (`etl.analytics.kernel`): everything is as known at the end of the
+run's `as_of` day (`etl.pipeline_state.as_of_end`); the deals as they stood then come from
+`kernel.deals_at_as_of` (pass its frame as `at=` to share it between tables) and a deal's state at
+any other instant from `etl.pipeline_state.pipeline_at_many` (`kernel.point_in_time`); segment
+attributes are the deal's current ones (`etl.schema.segment_values`); periods and their labels
+come from `etl.periods`; money is `amount_reporting`. Open means "not in a won or lost stage" (a
+deal whose stage is unknown counts as open, as in `velocity`).
 
 Built for millions of deals: deals are addressed by row number, segments by integer codes, and
 every table is a few `numpy.bincount`s over history rows or point-in-time rows. Nothing loops over
@@ -24,32 +25,33 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
 
-from etl.bookings import DEFAULT_KEYED_AT_CLOSE_HOURS, keyed_in_at_close
-from etl.metrics import (
-    _LOST,
-    _OPEN,
-    _WON,
-    _blank,
-    _calendar,
-    _Calendar,
-    _codes,
-    _deals_as_of,
-    _DealsAsOf,
-    _group,
-    _grouped_percentiles,
-    _segments,
-    _stage_default_probability,
-    _STATUSES,
-    _status_codes,
+from etl.analytics.kernel import (
+    LOST,
+    MICROSECOND,
+    OPEN,
+    WON,
+    Calendar,
+    DealsAsOf,
+    codes,
+    combine_codes,
+    concat_pieces,
+    deals_as_of,
+    empty_table,
+    grouped_percentiles,
+    period_calendar,
+    point_in_time,
+    segment_codes,
+    stage_default_probability,
+    status_codes,
+    table_frame,
 )
+from etl.bookings import DEFAULT_KEYED_AT_CLOSE_HOURS, keyed_in_at_close
 from etl.periods import quarter_labels
-from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
+from etl.pipeline_state import as_of_end
 from etl.quarter_pipeline import closes_by
 from etl.schema import SEGMENT_COLUMNS, TIMESTAMP, UNKNOWN_SEGMENT
 from etl.stages import StageCatalog
-from etl.tables import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -59,94 +61,37 @@ WATERFALL_BUCKETS = ("start", "created", "pulled_in", "increased", "decreased", 
 _BUCKET = {name: i for i, name in enumerate(WATERFALL_BUCKETS)}
 _VALUE_COLUMNS = {"start": "start_value", "end": "end_value"}
 _DAY = np.timedelta64(1, "D")
-_MICROSECOND = np.timedelta64(1, "us")
 _AGED_QUANTILE = 0.9
 # The deal attributes the per-deal tables carry, so BI can slice them by any segment.
 _DEAL_SEGMENT_COLUMNS = ("pipeline", "owner", "team", "product", "region", "lead_source", "deal_type")
 
-
 # --------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _health_frame(name: str, data: dict[str, np.ndarray], as_of: dt.date) -> pd.DataFrame:
-    """`data` as a frame with exactly the columns of warehouse table `name`, in its order, with
-    dtypes matching its SQL types (int64 counts, Int64 for nullable integers, float64 money and days
-    with NaN as NULL, bool, datetime64 dates and timestamps, string text)."""
-    table = TABLES[name].table
-    n = len(next(iter(data.values()))) if data else 0
-    columns: dict[str, pd.Series] = {}
-    for column in table.columns:
-        if column.name == "as_of":
-            columns["as_of"] = pd.Series([as_of] * n, dtype=object)
-            continue
-        if column.name not in data:
-            raise KeyError(f"table {name}: no values computed for column {column.name!r}")
-        values = data[column.name]
-        kind = column.type
-        if isinstance(kind, sa.Boolean):
-            columns[column.name] = pd.Series(np.asarray(values, dtype=bool))
-        elif isinstance(kind, (sa.DateTime, sa.Date)):
-            columns[column.name] = pd.Series(np.asarray(values, dtype=TIMESTAMP))
-        elif isinstance(kind, (sa.Integer, sa.BigInteger)) and column.nullable:
-            numbers = np.asarray(values, dtype="float64")
-            columns[column.name] = pd.Series(pd.array(np.where(np.isnan(numbers), None, numbers), dtype="Int64"))
-        elif isinstance(kind, (sa.Integer, sa.BigInteger)):
-            columns[column.name] = pd.Series(np.asarray(values, dtype="int64"))
-        elif isinstance(kind, (sa.Float, sa.Numeric)):
-            columns[column.name] = pd.Series(np.asarray(values, dtype="float64"))
-        else:
-            columns[column.name] = pd.Series(np.asarray(values, dtype=object), dtype="string")
-    return pd.DataFrame(columns)
-
-
-def _empty(name: str, as_of: dt.date) -> pd.DataFrame:
-    return _health_frame(name, {c.name: np.array([]) for c in TABLES[name].table.columns if c.name != "as_of"}, as_of)
-
 
 def _cents(amount: np.ndarray) -> np.ndarray:
     """Amounts in whole cents (int64), rounded once; a missing amount is 0."""
     return np.rint(np.nan_to_num(np.asarray(amount, dtype="float64")) * 100).astype("int64")
 
 
-def _open_rows(history: pd.DataFrame, deals_now: _DealsAsOf) -> np.ndarray:
+def _open_rows(history: pd.DataFrame, deals_now: DealsAsOf) -> np.ndarray:
     """History rows of deals existing at as_of in which the deal is open (or its stage unknown)."""
-    return (deals_now.history_existing >= 0) & (_status_codes(history["stage_status"]) <= _OPEN)
+    return (deals_now.history_existing >= 0) & (status_codes(history["stage_status"]) <= OPEN)
 
 
 def _open_at(
     history: pd.DataFrame,
-    deals_now: _DealsAsOf,
+    deals_now: DealsAsOf,
     rows: np.ndarray,
     dates: np.ndarray,
     state: dict[str, np.ndarray],
 ) -> pd.DataFrame:
-    """`etl.pipeline_state.pipeline_at_many` at the instants `dates` over lean copies of the
-    existing deals and of the history rows selected by `rows` (open rows: so the result holds the
-    open deals at each instant).
-
-    Only creation times, history validity, stage status and entry time and the `state` columns (names from
-    `STATE_COLUMNS`, values per history row) are carried; other columns are blank. The result's
-    `deal_id` is the deal's row in `deals_now.frame`.
-    """
-    n_deals, n_rows = len(deals_now.frame), int(rows.sum())
-    lean_deals = {"deal_id": np.arange(n_deals)}
-    lean_deals.update({column: _blank(n_deals) for column in DEAL_ATTRIBUTES})
-    lean_deals["created_at"] = deals_now.created_at
-    status = _status_codes(history["stage_status"])[rows]
-    lean_history = {column: _blank(n_rows) for column in STATE_COLUMNS if column != "closed_at"}
-    lean_history.update({column: values[rows] for column, values in state.items()})
-    lean_history.update(
-        {
-            "deal_id": deals_now.history_existing[rows],
-            "changed_at": history["changed_at"].to_numpy(dtype=TIMESTAMP)[rows],
-            "valid_to": history["valid_to"].to_numpy(dtype=TIMESTAMP)[rows],
-            "stage_entered_at": history["stage_entered_at"].to_numpy(dtype=TIMESTAMP)[rows],
-            "stage_status": pd.Categorical.from_codes(np.maximum(status, _OPEN), categories=list(_STATUSES)),
-        }
+    """The deals at the instants `dates` (`kernel.point_in_time`) from the history rows selected by
+    `rows` (open rows: so the result holds the open deals at each instant), carrying the `state`
+    columns. The result's `deal_id` is the deal's row in `deals_now.frame`."""
+    return point_in_time(
+        deals_now.created_at, history, deals_now.history_existing, list(pd.to_datetime(dates)), rows, state
     )
-    return pipeline_at_many(pd.DataFrame(lean_deals), pd.DataFrame(lean_history), list(pd.to_datetime(dates)))
 
 
 def _check_sorted(history: pd.DataFrame, deal: np.ndarray, when: np.ndarray) -> None:
@@ -190,15 +135,15 @@ def _stall_thresholds(
 
 
 def _aged_thresholds(
-    deals_now: _DealsAsOf, pipeline: np.ndarray, n_pipelines: int, keyed_at_close_hours: float
+    deals_now: DealsAsOf, pipeline: np.ndarray, n_pipelines: int, keyed_at_close_hours: float
 ) -> np.ndarray:
     """Per pipeline: the p90 (numpy's linear percentile) of days from creation to close of the deals
     won by as_of in that pipeline whose cycle was recorded (not keyed in at close,
     `etl.bookings.keyed_in_at_close`); all pipelines' such wins where a pipeline has none; NaN if
     there are none."""
-    won = (deals_now.status == _WON) & ~keyed_in_at_close(deals_now.created_at, deals_now.closed_at, keyed_at_close_hours)
+    won = (deals_now.status == WON) & ~keyed_in_at_close(deals_now.created_at, deals_now.closed_at, keyed_at_close_hours)
     cycle = (deals_now.closed_at[won] - deals_now.created_at[won]) / _DAY
-    per_pipeline = _grouped_percentiles(pipeline[won], cycle, n_pipelines, (_AGED_QUANTILE,))[:, 0]
+    per_pipeline = grouped_percentiles(pipeline[won], cycle, n_pipelines, (_AGED_QUANTILE,))[:, 0]
     overall = float(np.percentile(cycle, 100 * _AGED_QUANTILE)) if len(cycle) else np.nan
     return np.where(np.isnan(per_pipeline), overall, per_pipeline)
 
@@ -207,13 +152,13 @@ def _stage_codes(history: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, n
     """Per history row: a code of its stage name (-1 outside `rows`; `(unknown)` where the stage is
     not recorded), and the names."""
     names = history["stage"].to_numpy(dtype=object, na_value=None)[rows]
-    codes, uniques = pd.factorize(pd.Series(names, dtype=object).fillna(UNKNOWN_SEGMENT), sort=True)
+    stage_code, stage_names = codes(pd.Series(names, dtype=object).fillna(UNKNOWN_SEGMENT))
     out = np.full(len(history), -1, dtype="int64")
-    out[rows] = codes
-    return out, np.asarray(uniques, dtype=object)
+    out[rows] = stage_code
+    return out, stage_names
 
 
-def _push_rows(history: pd.DataFrame, deals_now: _DealsAsOf, end: pd.Timestamp) -> dict[str, np.ndarray]:
+def _push_rows(history: pd.DataFrame, deals_now: DealsAsOf, end: pd.Timestamp) -> dict[str, np.ndarray]:
     """The close-date pushes (`is_push` rows of `prepare_history`) of existing deals up to `end`:
     history row, deal row, time, close date before and after, days moved later. Rows with the same
     deal and time are one push (the first row's old date, the last row's new date, days summed)."""
@@ -253,6 +198,8 @@ def pipeline_snapshots(
     as_of: dt.date | pd.Timestamp,
     stage_durations: pd.DataFrame | None = None,
     keyed_at_close_hours: float = DEFAULT_KEYED_AT_CLOSE_HOURS,
+    *,
+    at: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The open pipeline as it stood at the end of every month, from the month of the first deal's
     creation through as_of, and at the end of as_of itself: one row per snapshot_date x segment x
@@ -270,16 +217,17 @@ def pipeline_snapshots(
     - aged_deals: days since creation > the p90 cycle length of the pipeline's won deals at as_of
       (as in `stalled_deals`, wins keyed in at close left out). Both use this run's thresholds at every snapshot date.
     Summed over stages, open_deals and pipeline_value at a month end equal `velocity`'s for that month.
+    `at` is the `etl.analytics.kernel.deals_at_as_of` frame of these deals (rebuilt when None).
     """
     as_of_day = pd.Timestamp(as_of).date()
-    deals_now = _deals_as_of(deals, history, as_of)
+    deals_now = deals_as_of(deals, history, as_of, at)
     if len(deals_now.frame) == 0:
-        return _empty("pipeline_snapshots", as_of_day)
-    months = _calendar(pd.Timestamp(deals_now.created_at.min()), as_of_day, "month", 1)
+        return empty_table("pipeline_snapshots", as_of_day)
+    months = period_calendar(pd.Timestamp(deals_now.created_at.min()), as_of_day, "month", 1)
     rows = _open_rows(history, deals_now)
     stage_code, stage_names = _stage_codes(history, rows)
     probability = history["crm_probability"].to_numpy(dtype="float64", na_value=np.nan)
-    probability = np.where(np.isnan(probability), _stage_default_probability(history, stages), probability)
+    probability = np.where(np.isnan(probability), stage_default_probability(history, stages), probability)
     state = {
         "stage": stage_code,
         "stage_order": history["stage_order"].to_numpy(dtype="float64", na_value=np.nan),
@@ -296,7 +244,7 @@ def pipeline_snapshots(
     weighted = np.where(has_chance, amount * np.nan_to_num(chance), 0.0)
     order = at["stage_order"].to_numpy(dtype="float64", na_value=np.nan)
 
-    pipe_all, pipelines = _codes(deals_now.frame["pipeline"])
+    pipe_all, pipelines = codes(deals_now.frame["pipeline"])
     pipe = pipe_all[deal]
     stall = _stall_thresholds(stage_durations, pipelines, stage_names)[pipe, stage]
     with np.errstate(invalid="ignore"):
@@ -307,8 +255,8 @@ def pipeline_snapshots(
     snapshot_dates = months.snapshot_at.astype("datetime64[D]").astype(TIMESTAMP)
 
     pieces = []
-    for segment_type, (segment_all, segment_names) in _segments(deals_now.frame).items():
-        group, (g_snapshot, g_segment, g_pipe, g_stage) = _group(
+    for segment_type, (segment_all, segment_names) in segment_codes(deals_now.frame).items():
+        group, (g_snapshot, g_segment, g_pipe, g_stage) = combine_codes(
             (snapshot, len(months.snapshot_at)),
             (segment_all[deal], len(segment_names)),
             (pipe, len(pipelines)),
@@ -336,14 +284,14 @@ def pipeline_snapshots(
                 "segment_type_order": np.full(n, list(SEGMENT_COLUMNS).index(segment_type)),
             }
         )
-    data = {key: np.concatenate([piece[key] for piece in pieces]) for key in pieces[0]}
+    data = concat_pieces(pieces)
     # Snapshot date, then segment type, segment, pipeline and stage in pipeline order.
     stage_rank = np.where(np.isnan(data["stage_order"]), np.inf, data["stage_order"])
     by = np.lexsort(
         (data["stage"].astype(str), stage_rank, data["pipeline"].astype(str), data["segment"].astype(str),
          data["segment_type_order"], data["snapshot_date"])
     )
-    out = _health_frame("pipeline_snapshots", {key: value[by] for key, value in data.items()}, as_of_day)
+    out = table_frame("pipeline_snapshots", {key: value[by] for key, value in data.items()}, as_of_day)
     log.info("pipeline_snapshots: %d rows at %d snapshot dates as of %s", len(out), len(months.snapshot_at), as_of_day)
     return out
 
@@ -353,7 +301,7 @@ def pipeline_snapshots(
 # --------------------------------------------------------------------------------------------
 
 
-def _history_moves(history: pd.DataFrame, deals_now: _DealsAsOf, end: pd.Timestamp) -> dict[str, np.ndarray]:
+def _history_moves(history: pd.DataFrame, deals_now: DealsAsOf, end: pd.Timestamp) -> dict[str, np.ndarray]:
     """The history rows that change a deal's state, up to `end`, each with the state before it.
 
     A row takes effect at max(changed_at, the deal's created_at) (a deal exists from its creation,
@@ -372,12 +320,12 @@ def _history_moves(history: pd.DataFrame, deals_now: _DealsAsOf, end: pd.Timesta
     last[:-1] = (deal[1:] != deal[:-1]) | (when[1:] != when[:-1])
     rows, deal, when = rows[last], deal[last], when[last]
 
-    status = _status_codes(history["stage_status"])[rows]
+    status = status_codes(history["stage_status"])[rows]
     close = history["expected_close_date"].to_numpy(dtype=TIMESTAMP)[rows]
     cents = _cents(history["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan))[rows]
     first = np.ones(len(rows), dtype=bool)
     first[1:] = deal[1:] != deal[:-1]
-    is_open = status <= _OPEN
+    is_open = status <= OPEN
     return {
         "deal": deal,
         "when": when,
@@ -394,7 +342,7 @@ def _history_moves(history: pd.DataFrame, deals_now: _DealsAsOf, end: pd.Timesta
 
 
 def _waterfall_events(
-    moves: dict[str, np.ndarray], calendar: _Calendar
+    moves: dict[str, np.ndarray], calendar: Calendar
 ) -> tuple[np.ndarray, list[tuple[str, np.ndarray, np.ndarray]]]:
     """The period of each history move in `calendar` (the one containing its instant) and, per
     bucket (created ... won), the mask of the moves in it and their value in cents."""
@@ -418,12 +366,12 @@ def _waterfall_events(
         ("increased", delta > 0, delta),
         ("decreased", delta < 0, -delta),
         ("pushed_out", left & moves["open"], cents),
-        ("lost", left & (moves["status"] == _LOST), cents),
-        ("won", left & (moves["status"] == _WON), cents),
+        ("lost", left & (moves["status"] == LOST), cents),
+        ("won", left & (moves["status"] == WON), cents),
     ]
 
 
-def _restated(history: pd.DataFrame, deals_now: _DealsAsOf) -> tuple[pd.DataFrame, _DealsAsOf]:
+def _restated(history: pd.DataFrame, deals_now: DealsAsOf) -> tuple[pd.DataFrame, DealsAsOf]:
     """History and deals as the waterfall books them: every deal closed at as_of whose booking date
     (`etl.bookings`) is not the day it was marked closed closes at the start of its booking day.
 
@@ -435,7 +383,7 @@ def _restated(history: pd.DataFrame, deals_now: _DealsAsOf) -> tuple[pd.DataFram
     """
     columns = ["changed_at", "stage_status", "stage_entered_at", "expected_close_date", "amount_reporting"]
     closed_day = deals_now.closed_at.astype("datetime64[D]").astype(TIMESTAMP)
-    moved = (deals_now.status != _OPEN) & ~np.isnat(deals_now.booked_at) & (deals_now.booked_at != closed_day)
+    moved = (deals_now.status != OPEN) & ~np.isnat(deals_now.booked_at) & (deals_now.booked_at != closed_day)
     if not moved.any():
         return history, deals_now
     deal = deals_now.history_existing
@@ -474,6 +422,8 @@ def pipeline_waterfall(
     history: pd.DataFrame,
     as_of: dt.date | pd.Timestamp,
     fiscal_year_start_month: int = 1,
+    *,
+    at: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """How each period's pipeline moved: one row per period grain ("month", "quarter") x period x
     segment, for every period from the one of the first deal's creation (or booking) through the one
@@ -519,24 +469,25 @@ def pipeline_waterfall(
       a win marked in July with a June close date is out of the June end here and in it there.
     Won and lost deals are counted when the pipeline loses them, so won here is the pipeline's
     share of bookings; `velocity.won_amount` counts every win of the period by its booking date.
+    `at` is the `etl.analytics.kernel.deals_at_as_of` frame of these deals (rebuilt when None).
     """
     as_of_day = pd.Timestamp(as_of).date()
-    recorded = _deals_as_of(deals, history, as_of)
+    recorded = deals_as_of(deals, history, as_of, at)
     if len(recorded.frame) == 0:
-        return _empty("pipeline_waterfall", as_of_day)
+        return empty_table("pipeline_waterfall", as_of_day)
     end = as_of_end(as_of)
     booked_history, deals_now = _restated(history, recorded)
     first_created = pd.Timestamp(deals_now.created_at.min())
-    calendars = {g: _calendar(first_created, as_of_day, g, fiscal_year_start_month) for g in WATERFALL_GRAINS}
+    calendars = {g: period_calendar(first_created, as_of_day, g, fiscal_year_start_month) for g in WATERFALL_GRAINS}
     moves = _history_moves(booked_history, deals_now, end)
 
     # The pipeline at every period's start (its first instant minus one microsecond) and end, as
     # booked; and at every period's end as the recorded history rebuilds it.
-    bounds = [np.concatenate([c.start - _MICROSECOND, c.snapshot_at]) for c in calendars.values()]
+    bounds = [np.concatenate([c.start - MICROSECOND, c.snapshot_at]) for c in calendars.values()]
     booked_at = _pipeline_members(booked_history, deals_now, np.unique(np.concatenate(bounds)))
     ends = np.unique(np.concatenate([c.snapshot_at for c in calendars.values()]))
     recorded_at = booked_at if booked_history is history else _pipeline_members(history, recorded, ends)
-    segments = _segments(deals_now.frame)
+    segments = segment_codes(deals_now.frame)
 
     pieces = []
     for grain, calendar in calendars.items():
@@ -548,7 +499,7 @@ def pipeline_waterfall(
             event_deal.append(moves["deal"][mask])
             event_bucket.append(np.full(int(mask.sum()), _BUCKET[name]))
             event_cents.append(cents[mask])
-        for name, bound in (("start", calendar.start - _MICROSECOND), ("end", calendar.snapshot_at)):
+        for name, bound in (("start", calendar.start - MICROSECOND), ("end", calendar.snapshot_at)):
             held, deal, cents = _members_of(booked_at, bound, calendar.end)
             event_period.append(held)
             event_deal.append(deal)
@@ -587,13 +538,13 @@ def pipeline_waterfall(
                 piece[_VALUE_COLUMNS.get(bucket, bucket)] = value[:, i] / 100
                 piece[f"deals_{bucket}"] = count[:, i]
             pieces.append(piece)
-    data = {key: np.concatenate([piece[key] for piece in pieces]) for key in pieces[0]}
-    out = _health_frame("pipeline_waterfall", data, as_of_day)
+    data = concat_pieces(pieces)
+    out = table_frame("pipeline_waterfall", data, as_of_day)
     log.info("pipeline_waterfall: %d rows from %d history moves as of %s", len(out), len(moves["deal"]), as_of_day)
     return out
 
 
-def _pipeline_members(history: pd.DataFrame, deals_now: _DealsAsOf, instants: np.ndarray) -> dict[str, np.ndarray]:
+def _pipeline_members(history: pd.DataFrame, deals_now: DealsAsOf, instants: np.ndarray) -> dict[str, np.ndarray]:
     """The open deals at each of `instants` (sorted, unique) with their expected close date and
     amount in cents then: instant index, deal row, close date, cents per (instant, open deal)."""
     rows = _open_rows(history, deals_now)
@@ -707,6 +658,8 @@ def stalled_deals(
     stage_durations: pd.DataFrame | None,
     as_of: dt.date | pd.Timestamp,
     keyed_at_close_hours: float = DEFAULT_KEYED_AT_CLOSE_HOURS,
+    *,
+    at: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The open deals at the end of as_of that are stalled or aged: one row per deal.
 
@@ -725,11 +678,12 @@ def stalled_deals(
     - reason: the above in plain words, e.g. "In Negotiation/Review for 48 days, 3.2x the usual 15
       days; close date pushed twice, 61 days in all; open 410 days, longer than 90% of won deals
       (190 days)" (days are whole days completed; thresholds rounded).
+    `at` is the `etl.analytics.kernel.deals_at_as_of` frame of these deals (rebuilt when None).
     """
     as_of_day = pd.Timestamp(as_of).date()
-    deals_now = _deals_as_of(deals, history, as_of)
+    deals_now = deals_as_of(deals, history, as_of, at)
     if len(deals_now.frame) == 0:
-        return _empty("stalled_deals", as_of_day)
+        return empty_table("stalled_deals", as_of_day)
     end = as_of_end(as_of)
     rows = _open_rows(history, deals_now)
     stage_code, stage_names = _stage_codes(history, rows)
@@ -742,7 +696,7 @@ def stalled_deals(
     at = _open_at(history, deals_now, rows, np.array([end.to_datetime64()], dtype=TIMESTAMP), state)
     deal = at["deal_id"].to_numpy(dtype="int64")
     stage = at["stage"].to_numpy(dtype="int64")
-    pipe_all, pipelines = _codes(deals_now.frame["pipeline"])
+    pipe_all, pipelines = codes(deals_now.frame["pipeline"])
     pipe = pipe_all[deal]
     threshold = _stall_thresholds(stage_durations, pipelines, stage_names)[pipe, stage]
     aged_threshold = _aged_thresholds(deals_now, pipe_all, len(pipelines), keyed_at_close_hours)[pipe]
@@ -786,7 +740,7 @@ def stalled_deals(
         data["stage"], data["days_in_stage"], data["threshold_days"], data["is_stalled"], push_count,
         data["days_slipped"], data["age_days"], data["aged_threshold_days"], data["is_aged"],
     )
-    out = _health_frame("stalled_deals", data, as_of_day)
+    out = table_frame("stalled_deals", data, as_of_day)
     log.info(
         "stalled_deals: %d of %d open deals stalled or aged as of %s (%d stalled, %d aged)",
         len(out), len(at), as_of_day, int(data["is_stalled"].sum()), int(data["is_aged"].sum()),
@@ -799,6 +753,8 @@ def close_date_slips(
     history: pd.DataFrame,
     as_of: dt.date | pd.Timestamp,
     fiscal_year_start_month: int = 1,
+    *,
+    at: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Every close-date push up to the end of as_of: one row per deal and push time.
 
@@ -808,20 +764,21 @@ def close_date_slips(
     amount_reporting and push_number (pushes of the deal so far, this one included) are as of the
     push; quarter, from_quarter and to_quarter are fiscal quarters (`etl.periods`) of the push and
     of the two close dates, so slipped value can be charted per quarter it left.
+    `at` is the `etl.analytics.kernel.deals_at_as_of` frame of these deals (rebuilt when None).
     """
     as_of_day = pd.Timestamp(as_of).date()
-    deals_now = _deals_as_of(deals, history, as_of)
+    deals_now = deals_as_of(deals, history, as_of, at)
     if len(deals_now.frame) == 0:
-        return _empty("close_date_slips", as_of_day)
+        return empty_table("close_date_slips", as_of_day)
     pushes = _push_rows(history, deals_now, as_of_end(as_of))
     frame = deals_now.frame.iloc[pushes["deal"]]
     row = pushes["row"]
 
     def quarters(values: np.ndarray) -> np.ndarray:
         # Labelled once per distinct day: many pushes share a day.
-        codes, days = pd.factorize(values.astype("datetime64[D]"), use_na_sentinel=False)
+        day_code, days = pd.factorize(values.astype("datetime64[D]"), use_na_sentinel=False)
         labels = quarter_labels(pd.Series(days.astype(TIMESTAMP)), fiscal_year_start_month)
-        return labels.to_numpy(dtype=object, na_value=None)[codes]
+        return labels.to_numpy(dtype=object, na_value=None)[day_code]
 
     data = {
         "deal_id": frame["deal_id"].to_numpy(dtype=object),
@@ -837,6 +794,6 @@ def close_date_slips(
         "from_quarter": quarters(pushes["from_close"]),
         "to_quarter": quarters(pushes["to_close"]),
     }
-    out = _health_frame("close_date_slips", data, as_of_day)
+    out = table_frame("close_date_slips", data, as_of_day)
     log.info("close_date_slips: %d pushes of %d deals as of %s", len(out), len(np.unique(pushes["deal"])), as_of_day)
     return out

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from etl.coaching import ask_stages, ask_to_decision, is_ask_stage_name
+from etl.analytics.coaching import ask_stages, ask_to_decision, is_ask_stage_name
 from etl.pipeline_state import prepare_history
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS
 from etl.stages import PipelineStages, StageCatalog

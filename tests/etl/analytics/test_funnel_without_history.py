@@ -23,7 +23,7 @@ import pandas as pd
 
 from etl.config import Settings, load_project_config
 from etl.ingest.crm_load import load_crm
-from etl.metrics import stage_conversion
+from etl.analytics.funnel import stage_conversion
 from etl.pipeline_state import prepare_history
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, empty_frame
 from etl.stages import PipelineStages, StageCatalog
@@ -100,7 +100,7 @@ def test_multi_stage_funnel_without_history_says_what_is_unknown():
 def test_olist_lead_funnel_through_its_mapping(tmp_path):
     # examples/olist_funnel on its fixture (tests/etl/ingest/test_mapping_examples.py works the leads out):
     # 20 leads, 5 won, 7 lost (90 days after first contact), 8 still open, all in the one stage MQL.
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     mapping = (root / "examples" / "olist_funnel" / "mapping.toml").as_posix()
     (tmp_path / "dealcast.toml").write_text(f'[reporting]\ncurrency = "USD"\n[sources]\nmappings = ["{mapping}"]\n', encoding="utf-8")
     settings = Settings(load_project_config(tmp_path / "dealcast.toml"), root / "tests" / "fixtures" / "olist_funnel",

@@ -32,9 +32,9 @@ import pytest
 
 from etl.config import load_project_config
 from etl.ingest.exports import read_exports
-from etl.metrics import stage_durations as stage_durations_table
-from etl.metrics import velocity
-from etl.pipeline_health import close_date_slips, pipeline_snapshots, pipeline_waterfall, stalled_deals
+from etl.analytics.velocity import stage_durations as stage_durations_table
+from etl.analytics.velocity import velocity
+from etl.analytics.health import close_date_slips, pipeline_snapshots, pipeline_waterfall, stalled_deals
 from etl.pipeline_state import as_of_end, pipeline_at, prepare_history, stage_events
 from etl.sample_crm import generate_sample
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform

@@ -5,13 +5,14 @@ shaped exactly as the warehouse tables of the same names in `etl.tables`. Defini
 project's metric definitions (design/metrics.md, "People and products" and "Pipeline health");
 each function's docstring states exactly which deals each column counts.
 
-The conventions are those of `etl.metrics`: everything is as it was known at the end of the run's
-`as_of` day (`etl.pipeline_state.as_of_end`), a deal's state then comes from one
-`etl.pipeline_state.pipeline_at_many` call (`deals_at_end`), segments from
-`etl.schema.segment_values`, periods from `etl.periods`, money is `amount_reporting` as it stood at
-as_of, and every ratio is stored beside the counts or sums it is computed from. Percentiles use
-numpy's "linear" definition (position q*(n-1) of the sorted values). Standard deviations are sample
-standard deviations (n - 1 in the denominator).
+The conventions are the kernel's (`etl.analytics.kernel`): everything is as it was known at the
+end of the run's `as_of` day (`etl.pipeline_state.as_of_end`), a deal's state then comes from the
+one point-in-time rebuild of `kernel.deals_at_as_of` (pass its frame as `at=` to share it between
+tables; each table rebuilds it when it is not given), segments from `etl.schema.segment_values`,
+periods from `etl.periods`, money is `amount_reporting` as it stood at as_of, and every ratio is
+stored beside the counts or sums it is computed from. Percentiles use numpy's "linear" definition
+(position q*(n-1) of the sorted values). Standard deviations are sample standard deviations (n - 1
+in the denominator).
 
 Nothing loops over deals or history rows: deals are addressed by row number, segments and periods
 by integer codes, and every count, sum and percentile is a `numpy.bincount` or one sort per
@@ -30,27 +31,24 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from etl.bookings import booking_anchor, booking_dates
-from etl.metrics import (
-    _LOST,
-    _OPEN,
-    _STATUSES,
-    _WON,
-    _as_of_date,
-    _blank,
-    _calendar,
-    _codes,
-    _concat,
-    _empty_table,
-    _first_day,
-    _grouped_percentiles,
-    _index_in,
-    _ratio,
-    _status_codes,
-    _table_frame,
+from etl.analytics.kernel import (
+    OPEN,
+    DealsAsOf,
+    as_of_date,
+    codes,
+    concat_pieces,
+    deals_as_of,
+    empty_table,
+    first_day,
+    grouped_percentiles,
+    index_in,
+    period_calendar,
+    safe_ratio,
+    segment_codes,
+    table_frame,
 )
 from etl.periods import period_bounds, quarter_end, quarter_label, quarter_labels
-from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, pipeline_at_many
+from etl.pipeline_state import as_of_end
 from etl.quarter_pipeline import overdue, pipeline_dates
 from etl.schema import SEGMENT_COLUMNS, TIMESTAMP, UNKNOWN_SEGMENT, segment_values
 from etl.stages import StageCatalog
@@ -88,112 +86,10 @@ ASK_CONFIGURED, ASK_BY_NAME = "configured", "name"
 _DAY = np.timedelta64(1, "D")
 
 
+
 # --------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DealsAtEnd:
-    """The deals that existed at the end of as_of (created by then), as they stood then.
-
-    Row i of every array is row i of `frame` (the existing deals' rows of `deals`, in order).
-    Compute it once with `deals_at_end` and pass it as `at=` to every table of this module to
-    share one point-in-time rebuild.
-    """
-
-    as_of: dt.date
-    frame: pd.DataFrame
-    status: np.ndarray  # _OPEN / _WON / _LOST (from etl.metrics)
-    closed_at: np.ndarray  # datetime64[us]; NaT while open
-    booked_at: np.ndarray  # datetime64[us] booking date (etl.bookings) of closed deals; NaT while open
-    amount: np.ndarray  # amount_reporting at the end of as_of (0 where unknown)
-    created_at: np.ndarray  # datetime64[us]
-    stage_order: np.ndarray  # int64 stage order at the end of as_of; 0 where unknown
-    expected_close: np.ndarray  # datetime64[us] expected close date at the end of as_of; NaT if none
-    existing_row: np.ndarray  # per row of `deals`: its row in `frame`, -1 if it did not exist yet
-    history_deal: np.ndarray  # per history row: its row in `deals`
-
-    @property
-    def history_existing(self) -> np.ndarray:
-        """Per history row: the deal's row in `frame`, -1 if the deal did not exist at as_of."""
-        return self.existing_row[self.history_deal]
-
-    @property
-    def won(self) -> np.ndarray:
-        return self.status == _WON
-
-    @property
-    def lost(self) -> np.ndarray:
-        return self.status == _LOST
-
-
-def deals_at_end(deals: pd.DataFrame, history: pd.DataFrame, as_of: dt.date | pd.Timestamp) -> DealsAtEnd:
-    """Every deal that existed at the end of `as_of`, as it stood then, from one
-    `etl.pipeline_state.pipeline_at_many` call over lean copies of `deals` and `history` (the
-    output of `etl.pipeline_state.prepare_history`): deal ids are replaced by row numbers and the
-    columns these tables do not use are left blank, so the rebuild costs little on millions of deals."""
-    history_deal = _index_in(history["deal_id"], deals["deal_id"])
-    if (history_deal < 0).any():
-        row = int(np.flatnonzero(history_deal < 0)[0])
-        raise ValueError(
-            f"history row {row}, column deal_id: deal {history['deal_id'].iloc[row]!r} is not in deals; "
-            "expected the output of etl.pipeline_state.prepare_history for these deals"
-        )
-    n_deals, n_rows = len(deals), len(history)
-    lean_deals = {"deal_id": np.arange(n_deals)}
-    lean_deals.update({column: _blank(n_deals) for column in DEAL_ATTRIBUTES})
-    lean_deals["created_at"] = deals["created_at"].to_numpy(dtype=TIMESTAMP)
-    status = _status_codes(history["stage_status"])
-    lean_history = {column: _blank(n_rows) for column in STATE_COLUMNS if column != "closed_at"}
-    lean_history.update(
-        {
-            "deal_id": history_deal,
-            "changed_at": history["changed_at"].to_numpy(dtype=TIMESTAMP),
-            "valid_to": history["valid_to"].to_numpy(dtype=TIMESTAMP),
-            "stage_status": pd.Categorical.from_codes(status, categories=list(_STATUSES)),
-            "stage_order": history["stage_order"].to_numpy(dtype="float64", na_value=np.nan),
-            "stage_entered_at": history["stage_entered_at"].to_numpy(dtype=TIMESTAMP),
-            "amount_reporting": history["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan),
-            "expected_close_date": history["expected_close_date"].to_numpy(dtype=TIMESTAMP),
-        }
-    )
-    at = pipeline_at_many(pd.DataFrame(lean_deals), pd.DataFrame(lean_history), [as_of_end(as_of)])
-    deal_row = at["deal_id"].to_numpy(dtype="int64")
-    order = np.argsort(deal_row, kind="stable")
-    deal_row = deal_row[order]
-    existing_row = np.full(n_deals, -1, dtype="int64")
-    existing_row[deal_row] = np.arange(len(deal_row))
-    status_at = np.asarray(_status_codes(at["status"]))[order]
-    stage_order = at["stage_order"].to_numpy(dtype="float64", na_value=np.nan)[order]
-    frame = deals.iloc[deal_row].reset_index(drop=True)
-    closed_at = at["closed_at"].to_numpy(dtype=TIMESTAMP)[order]
-    return DealsAtEnd(
-        as_of=_as_of_date(as_of),
-        frame=frame,
-        status=np.where(status_at < 0, _OPEN, status_at),
-        closed_at=closed_at,
-        booked_at=booking_dates(booking_anchor(frame), closed_at, _as_of_date(as_of)),
-        amount=np.nan_to_num(at["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan)[order]),
-        created_at=at["created_at"].to_numpy(dtype=TIMESTAMP)[order],
-        stage_order=np.where(np.isnan(stage_order), 0, stage_order).astype("int64"),
-        expected_close=at["expected_close_date"].to_numpy(dtype=TIMESTAMP)[order],
-        existing_row=existing_row,
-        history_deal=history_deal,
-    )
-
-
-def _at(deals: pd.DataFrame, history: pd.DataFrame, as_of, at: DealsAtEnd | None) -> DealsAtEnd:
-    if at is None:
-        return deals_at_end(deals, history, as_of)
-    if at.as_of != _as_of_date(as_of):
-        raise ValueError(f"at= was computed for as_of {at.as_of}, expected {_as_of_date(as_of)}")
-    return at
-
-
-def _segments(frame: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per segment type: each row's segment code and the segment names (see `etl.schema.segment_values`)."""
-    return {segment_type: _codes(segment_values(frame, segment_type)) for segment_type in SEGMENT_COLUMNS}
 
 
 def _compact(cells: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -217,10 +113,10 @@ def _group_stats(
     """Count, sum, mean, sample standard deviation and quantiles of `values` per group."""
     count = np.bincount(groups, minlength=n_groups)
     total = np.bincount(groups, weights=values, minlength=n_groups)
-    mean = _ratio(total, count)
+    mean = safe_ratio(total, count)
     squares = np.bincount(groups, weights=(values - mean[groups]) ** 2, minlength=n_groups)
-    std = np.sqrt(_ratio(squares, np.where(count > 1, count - 1, 0)))
-    return _Stats(count, total, mean, std, _grouped_percentiles(groups, values, n_groups, quantiles, value_order))
+    std = np.sqrt(safe_ratio(squares, np.where(count > 1, count - 1, 0)))
+    return _Stats(count, total, mean, std, grouped_percentiles(groups, values, n_groups, quantiles, value_order))
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,7 +142,7 @@ def rep_funnel(
 ) -> pd.DataFrame:
     """Each rep's funnel against the team median: one row per pipeline x owner x open stage.
 
-    `conversion` is the `stage_conversion` table (`etl.metrics.stage_conversion`) for the same
+    `conversion` is the `stage_conversion` table (`etl.analytics.funnel.stage_conversion`) for the same
     as_of; its rows with period_grain "all", funnel_mode "any_order" and segment_type "owner" are
     the reps' funnels (owner "(unknown)" is the deals without an owner). `deals` gives each rep's
     team (`rep_teams`, over the deals created by the end of as_of).
@@ -262,7 +158,7 @@ def rep_funnel(
     - is_weakest_stage: true on the one stage per rep and pipeline where next_step_rate_vs_team is
       lowest, when it is below 0 (the earliest such stage on ties): the coaching signal.
     """
-    as_of_day = _as_of_date(as_of)
+    as_of_day = as_of_date(as_of)
     if min_reached < 1:
         raise ValueError(f"rep_funnel: min_reached must be at least 1, got {min_reached}")
     used = ("pipeline", "period_grain", "funnel_mode", "segment_type", "segment", "stage", "stage_order", "reached",
@@ -276,7 +172,7 @@ def rep_funnel(
         & (conversion["segment_type"] == "owner")
     ]
     if reps.empty:
-        return _empty_table("rep_funnel", as_of_day)
+        return empty_table("rep_funnel", as_of_day)
     existing = deals.loc[(deals["created_at"] <= as_of_end(as_of).to_datetime64()).to_numpy(dtype=bool)]
     teams = rep_teams(existing)
     frame = pd.DataFrame(
@@ -318,7 +214,7 @@ def rep_funnel(
     frame["is_weakest_stage"] = False
     frame.loc[weakest.index, "is_weakest_stage"] = True
     frame = frame.sort_values(["pipeline", "owner", "stage_order"], kind="stable").reset_index(drop=True)
-    out = _table_frame("rep_funnel", {c: frame[c].to_numpy() for c in frame.columns}, as_of_day)
+    out = table_frame("rep_funnel", {c: frame[c].to_numpy() for c in frame.columns}, as_of_day)
     log.info(
         "rep_funnel: %d rows for %d reps as of %s; %d weakest stages flagged",
         len(out), frame["owner"].nunique(), as_of_day, int(frame["is_weakest_stage"].sum()),
@@ -331,10 +227,10 @@ def rep_funnel(
 # --------------------------------------------------------------------------------------------
 
 
-def _close_quarters(at: DealsAtEnd, mask: np.ndarray, fiscal_year_start_month: int) -> tuple[np.ndarray, np.ndarray]:
+def _close_quarters(at: DealsAsOf, mask: np.ndarray, fiscal_year_start_month: int) -> tuple[np.ndarray, np.ndarray]:
     """Codes and labels of the fiscal quarter of the booking date of the deals in `mask`."""
     closed = pd.Series(at.booked_at[mask])
-    return _codes(quarter_labels(closed, fiscal_year_start_month))
+    return codes(quarter_labels(closed, fiscal_year_start_month))
 
 
 def deal_value_spread(
@@ -343,7 +239,7 @@ def deal_value_spread(
     as_of: dt.date | pd.Timestamp,
     fiscal_year_start_month: int = 1,
     *,
-    at: DealsAtEnd | None = None,
+    at: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """How consistent won deal values are: one row per period x segment with at least one won deal.
 
@@ -357,11 +253,11 @@ def deal_value_spread(
     - std_value: sample standard deviation (NULL for a single deal);
     - cv = std_value / mean_value (coefficient of variation; NULL when either is NULL or mean 0).
     """
-    as_of_day = _as_of_date(as_of)
-    at = _at(deals, history, as_of, at)
+    as_of_day = as_of_date(as_of)
+    at = deals_as_of(deals, history, as_of, at)
     won = at.won
     if not won.any():
-        return _empty_table("deal_value_spread", as_of_day)
+        return empty_table("deal_value_spread", as_of_day)
     values = at.amount[won]
     frame = at.frame.loc[won].reset_index(drop=True)
     quarter, quarter_names = _close_quarters(at, won, fiscal_year_start_month)
@@ -372,7 +268,7 @@ def deal_value_spread(
     value_order = np.argsort(values, kind="stable")
     quantiles = (0.0, 0.1, 0.5, 0.9, 1.0)
     pieces = []
-    for segment_type, (segment, segment_names) in _segments(frame).items():
+    for segment_type, (segment, segment_names) in segment_codes(frame).items():
         n_segments = len(segment_names)
         for grain, (period, period_names) in periods.items():
             cells, groups = _compact(period * n_segments + segment, len(period_names) * n_segments)
@@ -393,10 +289,10 @@ def deal_value_spread(
                     "p90_value": stats.quantiles[:, 3],
                     "min_value": stats.quantiles[:, 0],
                     "max_value": stats.quantiles[:, 4],
-                    "cv": _ratio(stats.std, stats.mean),
+                    "cv": safe_ratio(stats.std, stats.mean),
                 }
             )
-    out = _table_frame("deal_value_spread", _concat(pieces), as_of_day)
+    out = table_frame("deal_value_spread", concat_pieces(pieces), as_of_day)
     log.info("deal_value_spread: %d rows from %d won deals as of %s", len(out), len(values), as_of_day)
     return out
 
@@ -406,10 +302,10 @@ def deal_value_spread(
 # --------------------------------------------------------------------------------------------
 
 
-def _calendars(at: DealsAtEnd, fiscal_year_start_month: int):
+def _calendars(at: DealsAsOf, fiscal_year_start_month: int):
     """Month and quarter calendars from the first creation or booking date through as_of."""
-    first = _first_day(at)
-    return {g: _calendar(first, at.as_of, g, fiscal_year_start_month) for g in GROWTH_GRAINS}
+    first = first_day(at)
+    return {g: period_calendar(first, at.as_of, g, fiscal_year_start_month) for g in GROWTH_GRAINS}
 
 
 def product_mix(
@@ -418,7 +314,7 @@ def product_mix(
     as_of: dt.date | pd.Timestamp,
     fiscal_year_start_month: int = 1,
     *,
-    at: DealsAtEnd | None = None,
+    at: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Product mix: one row per period grain ("month", "quarter") x period x product.
 
@@ -431,11 +327,11 @@ def product_mix(
     - period_won_amount: won_amount of all products in the period;
     - won_share = won_amount / period_won_amount (NULL when nothing was won in the period).
     """
-    as_of_day = _as_of_date(as_of)
-    at = _at(deals, history, as_of, at)
+    as_of_day = as_of_date(as_of)
+    at = deals_as_of(deals, history, as_of, at)
     if len(at.frame) == 0:
-        return _empty_table("product_mix", as_of_day)
-    product, product_names = _codes(segment_values(at.frame, "product"))
+        return empty_table("product_mix", as_of_day)
+    product, product_names = codes(segment_values(at.frame, "product"))
     n_products = len(product_names)
     won = at.won
     pieces = []
@@ -464,10 +360,10 @@ def product_mix(
                 "won_count": tally(closed_period, won),
                 "won_amount": won_amount,
                 "period_won_amount": period_won_amount,
-                "won_share": _ratio(won_amount, period_won_amount),
+                "won_share": safe_ratio(won_amount, period_won_amount),
             }
         )
-    out = _table_frame("product_mix", _concat(pieces), as_of_day)
+    out = table_frame("product_mix", concat_pieces(pieces), as_of_day)
     log.info("product_mix: %d rows for %d products as of %s", len(out), n_products, as_of_day)
     return out
 
@@ -478,7 +374,7 @@ def revenue_growth(
     as_of: dt.date | pd.Timestamp,
     fiscal_year_start_month: int = 1,
     *,
-    at: DealsAtEnd | None = None,
+    at: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Revenue growth period over period: one row per period grain ("month", "quarter") x period x segment.
 
@@ -493,16 +389,16 @@ def revenue_growth(
     - growth = (won_amount - previous_won_amount) / previous_won_amount; NULL when the previous
       period is absent or won nothing.
     """
-    as_of_day = _as_of_date(as_of)
-    at = _at(deals, history, as_of, at)
+    as_of_day = as_of_date(as_of)
+    at = deals_as_of(deals, history, as_of, at)
     if len(at.frame) == 0:
-        return _empty_table("revenue_growth", as_of_day)
+        return empty_table("revenue_growth", as_of_day)
     won = at.won
     end = np.datetime64(as_of_end(as_of), "us")
     calendars = _calendars(at, fiscal_year_start_month)
     closed_periods = {g: np.where(won, c.period_of(at.booked_at), -1) for g, c in calendars.items()}
     pieces = []
-    for segment_type, (segment, segment_names) in _segments(at.frame).items():
+    for segment_type, (segment, segment_names) in segment_codes(at.frame).items():
         n_segments = len(segment_names)
         for grain, calendar in calendars.items():
             n_periods = len(calendar.labels)
@@ -529,10 +425,10 @@ def revenue_growth(
                     "won_amount": won_amount,
                     "previous_period": previous_label,
                     "previous_won_amount": previous,
-                    "growth": _ratio(won_amount - previous, previous),
+                    "growth": safe_ratio(won_amount - previous, previous),
                 }
             )
-    out = _table_frame("revenue_growth", _concat(pieces), as_of_day)
+    out = table_frame("revenue_growth", concat_pieces(pieces), as_of_day)
     log.info("revenue_growth: %d rows as of %s", len(out), as_of_day)
     return out
 
@@ -608,7 +504,7 @@ def ask_to_decision(
     fiscal_year_start_month: int = 1,
     configured_ask_stages: Collection[str] | None = None,
     *,
-    at: DealsAtEnd | None = None,
+    at: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Time from ask to decision: one row per period x segment x outcome with at least one deal.
 
@@ -627,8 +523,8 @@ def ask_to_decision(
     at: it gets one row (period "all", segment_type "pipeline", outcome "all") with deals 0, NULL
     days and a note saying so.
     """
-    as_of_day = _as_of_date(as_of)
-    at = _at(deals, history, as_of, at)
+    as_of_day = as_of_date(as_of)
+    at = deals_as_of(deals, history, as_of, at)
     with_source = _ask_stages_with_source(stages, configured_ask_stages)
     chosen = {name: names for name, (names, _) in with_source.items()}
     notes = _ask_notes(stages, with_source)
@@ -643,7 +539,7 @@ def ask_to_decision(
     end = np.datetime64(as_of_end(as_of), "us")
     changed_at = history["changed_at"].to_numpy(dtype=TIMESTAMP)
     deal = at.history_existing
-    pipe = _index_in(history["pipeline"], pipelines)
+    pipe = index_in(history["pipeline"], pipelines)
     order = history["stage_order"].to_numpy(dtype="float64", na_value=np.nan)
     order = np.where(np.isnan(order) | (order < 0) | (order >= width), 0, order).astype("int64")
     entry = history["is_stage_change"].to_numpy(dtype=bool) & (changed_at <= end) & (deal >= 0)
@@ -674,7 +570,7 @@ def ask_to_decision(
         "quarter": (quarter, quarter_names),
     }
     outcome_masks = {"won": won, "lost": ~won, "all": np.ones(len(days), dtype=bool)}
-    for segment_type, (segment, segment_names) in _segments(frame).items():
+    for segment_type, (segment, segment_names) in segment_codes(frame).items():
         n_segments = len(segment_names)
         for grain, (period, period_names) in periods.items():
             for outcome in OUTCOMES:
@@ -725,15 +621,15 @@ def _ask_table(
     """The ask_to_decision rows with their notes: each pipeline row says its ask stages, each "all"
     row which pipelines have none."""
     if not pieces:
-        return _empty_table("ask_to_decision", as_of_day)
-    data = _concat(pieces)
+        return empty_table("ask_to_decision", as_of_day)
+    data = concat_pieces(pieces)
     pipeline_rows = data["segment_type"] == "pipeline"
     note = np.full(len(pipeline_rows), None, dtype=object)
     note[pipeline_rows] = [notes.get(str(name)) for name in data["segment"][pipeline_rows]]
     if unmeasured:
         note[data["segment_type"] == "all"] = "leaves out pipeline(s) without an ask stage: " + ", ".join(unmeasured)
     data["note"] = note
-    return _table_frame("ask_to_decision", data, as_of_day)
+    return table_frame("ask_to_decision", data, as_of_day)
 
 
 # --------------------------------------------------------------------------------------------
@@ -751,7 +647,7 @@ def _stage_rates(conversion: pd.DataFrame, pipelines: list[str], width: int) -> 
         & (conversion["segment"] == "all")
     ]
     table = np.full((len(pipelines) + 1, width), np.nan)
-    pipe = _index_in(rows["pipeline"], pipelines)
+    pipe = index_in(rows["pipeline"], pipelines)
     order = rows["stage_order"].to_numpy(dtype="int64")
     keep = (pipe >= 0) & (order >= 0) & (order < width)
     table[pipe[keep], order[keep]] = rows["stage_to_won_rate"].to_numpy(dtype="float64", na_value=np.nan)[keep]
@@ -766,7 +662,7 @@ def pipeline_coverage(
     as_of: dt.date | pd.Timestamp,
     fiscal_year_start_month: int = 1,
     *,
-    at: DealsAtEnd | None = None,
+    at: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Coverage and pipeline needed against quota: one row per quarter x segment.
 
@@ -796,8 +692,8 @@ def pipeline_coverage(
       is met); NULL when remaining or stage_mix_win_rate is NULL or the rate is 0;
     - pipeline_gap = pipeline_needed - open_pipeline (positive: more pipeline is needed).
     """
-    as_of_day = _as_of_date(as_of)
-    at = _at(deals, history, as_of, at)
+    as_of_day = as_of_date(as_of)
+    at = deals_as_of(deals, history, as_of, at)
     quota_frame = quotas.loc[:, ["quarter", "segment_type", "segment", "amount"]].astype(
         {"quarter": str, "segment_type": str, "segment": str, "amount": "float64"}
     )
@@ -832,7 +728,7 @@ def pipeline_coverage(
 
     end = np.datetime64(end_ts, "us")
     won_quarter = np.where(at.won & (at.closed_at <= end), quarter_of(at.booked_at), -1)
-    is_open = at.status == _OPEN
+    is_open = at.status == OPEN
     open_quarter = np.where(is_open, quarter_of(pipeline_dates(at.expected_close, as_of_day, fiscal_year_start_month)), -1)
     is_overdue = is_open & overdue(at.expected_close, as_of_day)
 
@@ -847,7 +743,7 @@ def pipeline_coverage(
     pieces = []
     for segment_type, group in targets.groupby("segment_type", sort=False):
         segment_names = group["segment"].to_numpy(dtype=object)
-        position = _index_in(segment_values(at.frame, segment_type), list(segment_names))
+        position = index_in(segment_values(at.frame, segment_type), list(segment_names))
         n_segments = len(segment_names)
         n_cells = n_quarters * n_segments
 
@@ -871,30 +767,30 @@ def pipeline_coverage(
                 "weighted": tally(open_quarter, rated, weighted),
             }
         )
-    data = _concat(pieces)
+    data = concat_pieces(pieces)
     keys = pd.DataFrame({"quarter": data["quarter"], "segment_type": data["segment_type"], "segment": data["segment"]})
     quota = keys.merge(quota_frame, on=["quarter", "segment_type", "segment"], how="left", validate="one_to_one")
     quota_amount = quota["amount"].to_numpy(dtype="float64", na_value=np.nan)
     remaining = quota_amount - data["closed_won"]
     positive = remaining > 0
-    stage_mix = _ratio(data.pop("weighted"), data["rated_pipeline"])
-    needed = np.where(positive, _ratio(remaining, stage_mix), np.where(np.isnan(remaining), np.nan, 0.0))
+    stage_mix = safe_ratio(data.pop("weighted"), data["rated_pipeline"])
+    needed = np.where(positive, safe_ratio(remaining, stage_mix), np.where(np.isnan(remaining), np.nan, 0.0))
     data.update(
         {
             "quota": quota_amount,
             "remaining": remaining,
-            "coverage": np.where(positive, _ratio(data["open_pipeline"], remaining), np.nan),
+            "coverage": np.where(positive, safe_ratio(data["open_pipeline"], remaining), np.nan),
             "stage_mix_win_rate": stage_mix,
             "pipeline_needed": needed,
             "pipeline_gap": needed - data["open_pipeline"],
         }
     )
-    out = _table_frame("pipeline_coverage", data, as_of_day)
+    out = table_frame("pipeline_coverage", data, as_of_day)
     log.info("pipeline_coverage: %d rows (%d quarters) as of %s", len(out), n_quarters, as_of_day)
     return out
 
 
 def _pipeline_codes(frame: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     """The pipelines (sorted) and each row's pipeline code."""
-    codes, names = _codes(frame["pipeline"].astype("string").fillna(UNKNOWN_SEGMENT))
-    return [str(n) for n in names], codes
+    pipe, names = codes(frame["pipeline"].astype("string").fillna(UNKNOWN_SEGMENT))
+    return [str(n) for n in names], pipe

@@ -13,7 +13,7 @@ import datetime as dt
 
 import pandas as pd
 
-from etl.metrics import velocity
+from etl.analytics.velocity import velocity
 from etl.pipeline_state import prepare_history
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
 from etl.stages import PipelineStages, StageCatalog
