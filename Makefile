@@ -1,5 +1,5 @@
-# Dealcast: `make demo` runs the whole pipeline on a generated sample CRM for tonight (or the night
-# DEALCAST_AS_OF names); `make test` runs the tests.
+# Dealcast: `make demo` writes the sample CRM (`dealcast-sample`) and runs the whole pipeline on it for
+# tonight (or the night DEALCAST_AS_OF names); `make test` runs the tests.
 # Needs Python 3.10+ and make; everything else is installed into .venv.
 
 PYTHON ?= python3
@@ -18,9 +18,19 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# Without DEALCAST_EXPORTS_DIR, `make demo` first writes the sample CRM for the night into sample_exports/
+# (the pipeline never generates data itself; the same seed, size and night give the same files, so running
+# it again rewrites them unchanged). With DEALCAST_EXPORTS_DIR set it runs on those files and writes no sample.
+SAMPLE_EXPORTS := $(CURDIR)/sample_exports
+SAMPLE_DEALS   ?= 10000
+
 demo: install
 	night=$$($(BIN)/python -m assets.partitions) && \
-		$(BIN)/dagster asset materialize -m assets.definitions --select '*' --partition "$$night"
+	if [ -z "$$DEALCAST_EXPORTS_DIR" ]; then \
+		$(BIN)/dealcast-sample --out "$(SAMPLE_EXPORTS)" --deals $(SAMPLE_DEALS) --seed 7 --end-date "$$night" && \
+		export DEALCAST_EXPORTS_DIR="$(SAMPLE_EXPORTS)"; \
+	fi && \
+	$(BIN)/dagster asset materialize -m assets.definitions --select '*' --partition "$$night"
 	$(BIN)/dealcast summary
 
 test: install

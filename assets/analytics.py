@@ -15,6 +15,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.partitions import NIGHTS
+from assets.publishing import publish_table
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.analytics import coaching, funnel, health, kernel, velocity
@@ -88,12 +89,10 @@ def table_asset(table: AnalyticsTable) -> dg.AssetsDefinition:
     ):
         resolved = run_settings(context, settings)
         frame = table.compute(resolved, **upstream)
-        warehouse.publish(context, resolved.as_of, table.name, frame)
-        metadata = {"dagster/row_count": len(frame), **table.preview(frame)}
-        if table.keep:
-            return dg.Output(frame, metadata=metadata)
-        # Read from the warehouse only: nothing is kept in the intermediate-data store.
-        return dg.MaterializeResult(metadata=metadata)
+        # Without `keep` the rows are read from the warehouse only: nothing is kept in the intermediate-data store.
+        return publish_table(
+            context, warehouse, resolved.as_of, table.name, frame, metadata=table.preview(frame), keep=table.keep
+        )
 
     return analytics_table
 

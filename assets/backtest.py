@@ -26,7 +26,8 @@ def forecast_backtest(
     """How accurate the forecast was: recent past quarters forecast again at their start, week 4 and week 8 with only what was known then, against the actual and two baselines."""
     resolved = run_settings(context, settings)
     project = resolved.project
-    # Past quarters computed on earlier nights (any machine): reused while their key holds.
+    # Past quarters computed on earlier nights (any machine): reused while their key holds. Earlier nights'
+    # results live only in the warehouse, so they are read there, not taken as an input of tonight's graph.
     cache = warehouse.warehouse.read("forecast_backtest_cache")
     run = run_backtest(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,

@@ -9,6 +9,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.partitions import NIGHTS
+from assets.publishing import publish_table
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.quality_warnings import ALL_PIPELINES, WARNINGS, data_quality_warnings as compute_warnings
@@ -35,20 +36,15 @@ def data_quality_warnings(
     """Warnings about data that is usable but bends some numbers (wins keyed in at close, overdue deals, outliers, contradictory history, stalled pipelines), with counts and examples."""
     resolved = run_settings(context, settings)
     frame = compute_warnings(deals, deal_history, stalled_deals, resolved.as_of, resolved.project.warnings)
-    warehouse.publish(context, resolved.as_of, "data_quality_warnings", frame)
     overall = frame[frame["pipeline"] == ALL_PIPELINES]
     fired = overall[overall["fired"]]
     for row in fired.itertuples():
         context.log.warning(f"{row.check_name}: {row.message}")
-    yield dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(frame),
-            "fired": dg.MetadataValue.int(len(fired)),
-            "warnings": dg.MetadataValue.md(
-                markdown_table(overall[["check_name", "fired", "affected", "population", "share", "affected_amount", "message"]])
-            ),
-        },
-    )
+    yield publish_table(
+        context, warehouse, resolved.as_of, "data_quality_warnings", frame,
+        previews={"warnings": overall[["check_name", "fired", "affected", "population", "share", "affected_amount", "message"]]},
+        metadata={"fired": dg.MetadataValue.int(len(fired))},
+    )  # fmt: skip
     for row in overall.itertuples():
         pipelines = frame[(frame["check_name"] == row.check_name) & (frame["pipeline"] != ALL_PIPELINES)]
         examples = pd.DataFrame(json.loads(row.examples))

@@ -5,6 +5,7 @@ deal's contribution to it (`forecast_contributions`), appended per as_of."""
 import dagster as dg
 import pandas as pd
 
+from assets.checks import FORECAST_CHECK_SPEC, forecast_check_result
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
@@ -19,7 +20,7 @@ from models.scoring import ScorerResult
 from models.timing import CloseTiming
 
 
-@dg.asset(partitions_def=NIGHTS, group_name="forecasting", kinds={"pandas", "sql"})
+@dg.asset(partitions_def=NIGHTS, group_name="forecasting", kinds={"pandas", "sql"}, check_specs=[FORECAST_CHECK_SPEC])
 def forecast_quarterly(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
@@ -54,7 +55,8 @@ def forecast_quarterly(
     totals = frame[frame.segment_type == "all"]
     quarter = quarter_label(resolved.as_of, fiscal_start)
     # Every nightly forecast of this quarter up to this night (this run's rows were just written; a
-    # backfilled night does not show later nights).
+    # backfilled night does not show later nights): earlier nights' published rows, which only the
+    # warehouse holds, so they are read there rather than taken as an input of tonight's graph.
     written = warehouse.warehouse.read("forecast_quarterly")
     trail = forecast_fan(written[written["as_of"] <= pd.Timestamp(resolved.as_of)], quarter, fiscal_start)
     chart = fan_chart(trail, f"{quarter}: forecast by night (P10-P90, P50) against quota", quota=trail["quota"].iloc[-1])
@@ -83,4 +85,4 @@ def forecast_quarterly(
         _, reason = not_backtested_reason(deals, resolved.as_of, fiscal_start, forecast_cfg.backtest_quarters)
         metadata["backtest"] = f"not yet backtested: {reason}"
         context.log.warning(f"forecast_quarterly: not yet backtested: {reason}")
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, check_results=[forecast_check_result(frame)])

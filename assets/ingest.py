@@ -9,6 +9,7 @@ warehouse) but deals, history and stage events are not, and every downstream ass
 import dagster as dg
 import pandas as pd
 
+from assets.checks import BLOCKING_CHECK_SPECS, blocking_check_results
 from assets.execution import HEAVY_STEP_TAGS
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
@@ -22,40 +23,19 @@ from etl.ingest.crm_load import (
     reconciliation_frame,
     results_frame,
 )
-from etl.config import ConfigError, Settings
+from etl.config import ConfigError, missing_exports_message
 from etl.ingest.currency import ExchangeRatesError
 from etl.ingest.readers import ExportFormatError
 from etl.charts import markdown_table
-from etl.sample_crm import generate_sample
 from etl.ingest.source_warehouse import describe_source, warehouse_source
 
-SAMPLE_SEED = 7
 # Errors whose message already names the file (or setting) at fault and what was expected.
 UNREADABLE_INPUT = (ExportFormatError, ExchangeRatesError, ConfigError, FileNotFoundError)
-
-CHECKED_OUTPUTS = ("deals", "deal_history", "stage_events", "pipeline_stages")
-
-
-def _ensure_sample(context: dg.AssetExecutionContext, resolved: Settings, settings: DealcastSettings) -> None:
-    """Generate the bundled sample into its folder when it is missing (and the CRM is not read from a
-    warehouse source). Each step that reads the exports calls this, so a step on another machine than
-    `crm_exports` finds the same files: the sample is fixed by its seed, size and as_of."""
-    if not resolved.exports_are_sample or (resolved.exports_dir / "Opportunity.csv").is_file():
-        return
-    if warehouse_source(resolved.project) is not None:
-        return
-    summary = generate_sample(
-        resolved.exports_dir, n_deals=settings.sample_deals, seed=SAMPLE_SEED, end_date=resolved.as_of
-    )
-    context.log.info(
-        f"generated the sample CRM in {summary.out_dir}: {summary.n_deals:,} deals, "
-        f"{summary.n_history_rows:,} history rows"
-    )
 
 
 @dg.asset(partitions_def=NIGHTS, group_name="ingest", kinds={"csv", "python"})
 def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -> dg.Output[pd.DataFrame]:
-    """The CRM export files in the exports folder, with their detected format and checksum (the bundled sample is generated on first use), or the CRM's tables in the warehouse source ([sources.warehouse]) with their rows and latest sync."""
+    """The CRM export files in the exports folder, with their detected format and checksum, or the CRM's tables in the warehouse source ([sources.warehouse]) with their rows and latest sync."""
     resolved = run_settings(context, settings)
     try:
         source = warehouse_source(resolved.project)
@@ -74,10 +54,9 @@ def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -
                 "dagster/row_count": len(manifest),
             },
         )
-    _ensure_sample(context, resolved, settings)
     manifest = describe_exports(resolved.exports_dir)
     if manifest.empty:
-        raise dg.Failure(description=f"no export files in {resolved.exports_dir}")
+        raise dg.Failure(description=missing_exports_message(resolved.exports_dir, resolved.exports_are_sample))
     return dg.Output(
         manifest,
         metadata={
@@ -100,15 +79,7 @@ def crm_exports(context: dg.AssetExecutionContext, settings: DealcastSettings) -
         "quarantine": dg.AssetOut(description="Input rows that were not accepted, each with its file, row, column and reason.", kinds={"pandas", "sql"}),
         "data_quality_results": dg.AssetOut(description="The outcome of every data-quality expectation and per-file reconciliation of this run.", kinds={"pandas", "sql"}),
     },
-    check_specs=[
-        dg.AssetCheckSpec(
-            "passes_validation",
-            asset=name,
-            blocking=True,
-            description="Blocking: no dataset-level data-quality failure (empty export, volume collapse, too many quarantined rows, unbalanced reconciliation).",
-        )
-        for name in CHECKED_OUTPUTS
-    ],
+    check_specs=BLOCKING_CHECK_SPECS,
     op_tags=HEAVY_STEP_TAGS["ingest"],
 )
 def crm_tables(
@@ -119,12 +90,18 @@ def crm_tables(
 ):
     """Read, normalise and validate the CRM exports; publish them only when every blocking check passes."""
     resolved = run_settings(context, settings)
-    _ensure_sample(context, resolved, settings)
     run_id = context.run.run_id
     # The as_of is claimed before the exports are read: a run that fails while reading them leaves
     # its claim, so `dealcast summary` can say that the night's run did not finish.
     with warehouse.for_run(context, resolved.as_of) as writer:
-        previous = previous_deal_count(warehouse.warehouse.read("reconciliation"), resolved.as_of)
+        # The volume baseline is the previous published night's accepted deals: a night that was blocked
+        # (or never finished) is no baseline. It is last night's published data, so it is read from the
+        # warehouse, not taken as an asset input of this night's graph.
+        previous_night = warehouse.warehouse.published_as_of(before=resolved.as_of)
+        previous = (
+            None if previous_night is None
+            else previous_deal_count(warehouse.warehouse.read("reconciliation", as_of=previous_night), resolved.as_of)
+        )  # fmt: skip
         try:
             load = load_crm(resolved, previous_deal_count=previous)
         except UNREADABLE_INPUT as exc:
@@ -150,7 +127,7 @@ def crm_tables(
             )
 
     yield from _outputs(load, written)
-    yield from _checks(load)
+    yield from blocking_check_results(load.validation)
 
 
 def _outputs(load: CrmLoad, written: dict[str, int]):
@@ -210,25 +187,3 @@ def _outputs(load: CrmLoad, written: dict[str, int]):
             "report": dg.MetadataValue.md(outcome.report_markdown()),
         },
     )
-
-
-def _checks(load: CrmLoad):
-    failures = load.validation.blocking_failures
-    metadata: dict[str, dg.MetadataValue] = {
-        "failed_checks": dg.MetadataValue.int(len(failures)),
-        "quarantined_rows": dg.MetadataValue.int(len(load.validation.quarantine)),
-    }
-    if not failures.empty:
-        metadata["failures"] = dg.MetadataValue.md(
-            markdown_table(failures[["check_name", "observed", "expected", "failing_rows"]])
-        )
-        samples = {name: load.validation.sample_rows(name) for name in failures["check_name"]}
-        metadata["sample_rows"] = dg.MetadataValue.json(samples)
-    for name in CHECKED_OUTPUTS:
-        yield dg.AssetCheckResult(
-            asset_key=name,
-            check_name="passes_validation",
-            passed=failures.empty,
-            severity=dg.AssetCheckSeverity.ERROR,
-            metadata=metadata,
-        )

@@ -29,13 +29,12 @@ class DealcastSettings(dg.ConfigurableResource):
     """Where the CRM exports are and which project config file to use (the date a run describes is its
     partition key, see `assets.partitions`).
 
-    Unset fields fall back to DEALCAST_EXPORTS_DIR and DEALCAST_CONFIG, then to the bundled sample and
-    the project's dealcast.toml.
+    Unset fields fall back to DEALCAST_EXPORTS_DIR and DEALCAST_CONFIG, then to the project's
+    `sample_exports/` folder (which `make demo` fills with the sample CRM) and its dealcast.toml.
     """
 
     exports_dir: str | None = Field(default=None, description="Folder holding the CRM export files.")
     config_file: str | None = Field(default=None, description="Path of the dealcast.toml to use.")
-    sample_deals: int = Field(default=10_000, description="Size of the bundled sample when it is generated.")
 
     def resolve(self, as_of: dt.date | None = None) -> Settings:
         """The settings for the night `as_of`; a run passes its partition key (`assets.runs.run_settings`).

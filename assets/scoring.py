@@ -6,8 +6,10 @@ import datetime as dt
 import dagster as dg
 import pandas as pd
 
+from assets.checks import MODEL_CHECK_SPEC, model_check_result
 from assets.execution import HEAVY_STEP_TAGS
 from assets.partitions import NIGHTS
+from assets.publishing import publish_table
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.charts import calibration_chart, image_markdown, markdown_table
@@ -19,14 +21,17 @@ from models.timing import CloseTiming
 from models.training_set import build_training_set
 
 
-@dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"scikitlearn"}, op_tags=HEAVY_STEP_TAGS["scoring_model"])
+@dg.asset(
+    partitions_def=NIGHTS, group_name="scoring", kinds={"scikitlearn"}, op_tags=HEAVY_STEP_TAGS["scoring_model"],
+    check_specs=[MODEL_CHECK_SPEC],
+)  # fmt: skip
 def deal_scoring_model(
     context: dg.AssetExecutionContext,
     settings: DealcastSettings,
     deals: pd.DataFrame,
     deal_history: pd.DataFrame,
     pipeline_stages: pd.DataFrame,
-) -> dg.Output[ScorerResult]:
+):
     """The published win-probability scorer: the ladder's candidates (constant rate, CRM probability, stage rates, logistic, gradient boosting) fitted on as-of snapshots before a time cut, the best held-out log loss published."""
     resolved = run_settings(context, settings)
     model_cfg = resolved.project.model
@@ -64,7 +69,8 @@ def deal_scoring_model(
     if not result.reliability.empty:
         metadata["calibration"] = dg.MetadataValue.md(image_markdown(calibration_chart(result.reliability), "calibration"))
         metadata["reliability"] = dg.MetadataValue.md(markdown_table(result.reliability))
-    return dg.Output(result, metadata={k: v for k, v in metadata.items() if v is not None})
+    yield dg.Output(result, metadata={k: v for k, v in metadata.items() if v is not None})
+    yield model_check_result(metrics)
 
 
 @dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"pandas"})
@@ -96,6 +102,8 @@ def deal_scores(
 ) -> dg.Output[pd.DataFrame]:
     """Every open deal's calibrated win probability, probability of winning this quarter, and its top reasons, from the latest model eligible for scoring."""
     resolved = run_settings(context, settings)
+    # Earlier nights' models (the model_runs registry): history kept in the warehouse across nights, not a
+    # value of tonight's graph, so it is read there (tonight's own model is the deal_scoring_model input).
     choice = choose_scorer(deal_scoring_model, resolved.as_of, warehouse.warehouse.read("model_runs"), resolved.model_dir)
     if choice.reason:
         context.log.warning(f"deal scores use {choice.scored_with} {choice.model_version}: {choice.reason}")
@@ -106,28 +114,22 @@ def deal_scores(
         choice.scorer, close_timing, resolved.project.fiscal_year_start_month,
         scored_with=choice.scored_with, scoring_reason=choice.reason,
     )
-    warehouse.publish(context, resolved.as_of, "deal_scores", frame)
     bands = frame.groupby("score_band").agg(deals=("deal_id", "size"), expected_value=("expected_value", "sum")).reset_index()
-    return dg.Output(
-        frame,
+    top = frame.sort_values("expected_value", ascending=False).head(10)
+    return publish_table(
+        context, warehouse, resolved.as_of, "deal_scores", frame, keep=True,
+        previews={
+            "by_band": bands,
+            "top_deals": top[["deal_id", "stage", "amount_reporting", "win_probability", "win_this_quarter_probability", "top_factors_text"]],
+        },
         metadata={
-            "dagster/row_count": len(frame),
             "model_version": choice.model_version,
             "scoring_method": choice.scorer.scoring_method,
             "scored_with": choice.scored_with,
             "model_as_of": str(choice.model_as_of),
             "scoring_reason": choice.reason or "",
-            "by_band": dg.MetadataValue.md(markdown_table(bands)),
-            "top_deals": dg.MetadataValue.md(
-                markdown_table(
-                    frame.sort_values("expected_value", ascending=False)[
-                        ["deal_id", "stage", "amount_reporting", "win_probability", "win_this_quarter_probability", "top_factors_text"]
-                    ],
-                    max_rows=10,
-                )
-            ),
         },
-    )
+    )  # fmt: skip
 
 
 @dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"sql"})
@@ -140,6 +142,7 @@ def model_runs(
     """The model registry: each trained model's version, data window, parameters, features and test metrics against the baselines."""
     resolved = run_settings(context, settings)
     trained_at = pd.Timestamp(dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
+    # The latest earlier night's published scorer, from the registry this asset appends to.
     change = published_tier_change(warehouse.warehouse.read("model_runs"), resolved.as_of, deal_scoring_model.scorer.scoring_method)
     if change:
         context.log.warning(f"published scorer changed tier: {change}")
@@ -147,8 +150,8 @@ def model_runs(
         deal_scoring_model, resolved.as_of, trained_at,
         artifact_path=artifact_file(resolved.model_dir, deal_scoring_model.version), tier_change=change,
     )
-    warehouse.publish(context, resolved.as_of, "model_runs", pd.DataFrame([row]))
-    return dg.MaterializeResult(
+    return publish_table(
+        context, warehouse, resolved.as_of, "model_runs", pd.DataFrame([row]),
         metadata={
             "model_version": row["model_version"],
             "scoring_method": row["scoring_method"],
@@ -156,5 +159,5 @@ def model_runs(
             "constant_log_loss": row["constant_log_loss"],
             "auc": row["auc"],
             "tier_change": row["tier_change"] or "none",
-        }
-    )
+        },
+    )  # fmt: skip

@@ -29,7 +29,7 @@ from etl.config import load_project_config  # noqa: E402
 from etl.ingest.exports import read_exports  # noqa: E402
 from etl.pipeline_state import prepare_history, stage_events  # noqa: E402
 from etl.quotas import load_quotas  # noqa: E402
-from etl.sample_crm import generate_sample  # noqa: E402
+from sample_crm.generate import generate_sample  # noqa: E402
 from etl.ingest.crm_load import file_counts  # noqa: E402
 from etl.validation.canonical import validate_crm  # noqa: E402
 from etl.warehouse import Warehouse  # noqa: E402

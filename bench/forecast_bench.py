@@ -38,7 +38,7 @@ from etl.config import load_project_config  # noqa: E402
 from etl.ingest.exports import read_exports  # noqa: E402
 from etl.pipeline_state import prepare_history  # noqa: E402
 from etl.charts import markdown_table  # noqa: E402
-from etl.sample_crm import generate_sample  # noqa: E402
+from sample_crm.generate import generate_sample  # noqa: E402
 from models.backtest import backtest_summary, backtested_rows, forecast_backtest  # noqa: E402
 from models.forecast import simulate_quarter  # noqa: E402
 

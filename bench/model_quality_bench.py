@@ -35,7 +35,9 @@ sys.path.insert(0, str(ROOT))
 from etl.config import load_project_config  # noqa: E402
 from etl.ingest.exports import read_exports  # noqa: E402
 from etl.pipeline_state import pipeline_at_many, prepare_history  # noqa: E402
-from etl.sample_crm import SampleTruth, SampleWorld, generate_sample  # noqa: E402
+from sample_crm.generate import generate_sample  # noqa: E402
+from sample_crm.truth import SampleTruth  # noqa: E402
+from sample_crm.world import SampleWorld  # noqa: E402
 from models.evaluation import expected_calibration_error, reliability_table  # noqa: E402
 from models.scoring import age_buckets, train_scorer  # noqa: E402
 from models.training_set import build_training_set, snapshot_features  # noqa: E402

@@ -35,7 +35,8 @@ import pyarrow.csv as pacsv
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etl.sample_crm import HISTORY_FILE, OPPORTUNITY_FILE, generate_sample  # noqa: E402
+from sample_crm.files import HISTORY_FILE, OPPORTUNITY_FILE  # noqa: E402
+from sample_crm.generate import generate_sample  # noqa: E402
 
 POLL_SECONDS = 0.1
 

@@ -1,5 +1,6 @@
-"""`dealcast` command line: write the sample CRM, summarise a run from the warehouse, export a
-table as a spreadsheet-safe CSV, and release the claim of a run that died mid-night.
+"""`dealcast` command line: summarise a run from the warehouse, export a table as a spreadsheet-safe
+CSV, and release the claim of a run that died mid-night. (The sample CRM has its own command,
+`dealcast-sample`, in the `sample_crm` package, which the production packages never import.)
 
 `dealcast summary` reads the warehouse only: it never creates a database, and it exits non-zero
 when the run it describes was blocked by the data-quality checks or did not finish. Every message
@@ -24,7 +25,7 @@ from etl.config import ConfigError, default_warehouse_url, resolve_settings
 from etl.periods import quarter_label
 from etl.quality_warnings import WARNINGS
 from etl.charts import write_spreadsheet_csv
-from etl.sample_crm import add_sample_arguments, generate_sample, messy_options_from, summary_line
+from etl.cli_arguments import OneLineParser, iso_date, one_line_error
 from etl.warehouse import Warehouse, WarehouseError
 
 # The table a complete nightly run writes last: a run whose as_of has rows here finished.
@@ -348,47 +349,10 @@ def summary_lines(
 # The command line
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (no usage block), with exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _iso_date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
-
-
-def _whole_number(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text.replace("_", ""))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
-    return value
-
-
-def _parser() -> _Parser:
-    parser = _Parser(prog="dealcast", description="Dealcast: write the sample CRM, or summarise a run from the warehouse.")
+def _parser() -> OneLineParser:
+    parser = OneLineParser(prog="dealcast", description="Dealcast: summarise a run from the warehouse, export a table, release a run.")
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", help="summary, sample, export or release"
+        dest="command", required=True, metavar="COMMAND", help="summary, export or release"
     )
     summary = commands.add_parser(
         "summary",
@@ -396,37 +360,19 @@ def _parser() -> _Parser:
         description="Summarise a run from the warehouse; exits 1 when that run was blocked or did not finish.",
     )
     summary.add_argument(
-        "--as-of", type=_iso_date, default=None, metavar="YYYY-MM-DD",
+        "--as-of", type=iso_date, default=None, metavar="YYYY-MM-DD",
         help="the run date to summarise (default: the latest run in the warehouse)",
     )
     summary.add_argument(
         "--warehouse", default=None, metavar="URL",
         help="SQLAlchemy URL of the warehouse (default: DEALCAST_WAREHOUSE_URL, else the project's SQLite file)",
     )
-    sample = commands.add_parser(
-        "sample", help="write the sample CRM exports", description="Write a simulated Salesforce export with quotas."
-    )
-    sample.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the export files to (created if missing)")
-    sample.add_argument(
-        "--deals", type=_whole_number(1), default=None, metavar="N",
-        help="number of deals to simulate (default 10,000; 720 with --profile messy, of which about 460 reach the CRM)",
-    )
-    sample.add_argument("--seed", type=_whole_number(0), default=7, metavar="N", help="random seed; the same seed gives the same files (default 7)")
-    sample.add_argument(
-        "--end-date", type=_iso_date, default=None, metavar="YYYY-MM-DD",
-        help="the export's date: the last day anything happens (default: today, UTC)",
-    )
-    sample.add_argument(
-        "--years", type=_positive_number, default=None, metavar="YEARS",
-        help="years of history (default 3.5; 1 with --profile messy)",
-    )
-    add_sample_arguments(sample)
     release = commands.add_parser(
         "release",
         help="clear the claim of a run that died while writing an as_of, so another run may write it",
         description="Release the claim on an as_of (run_claims); the released run's later writes are refused.",
     )
-    release.add_argument("--as-of", type=_iso_date, required=True, metavar="YYYY-MM-DD", help="the run date to release")
+    release.add_argument("--as-of", type=iso_date, required=True, metavar="YYYY-MM-DD", help="the run date to release")
     release.add_argument("--run-id", default=None, help="release only if this run holds the claim")
     export = commands.add_parser(
         "export",
@@ -435,7 +381,7 @@ def _parser() -> _Parser:
         "cells starting with =, +, -, @, a tab or a line break prefixed with ' (OWASP's CSV-injection guidance).",
     )
     export.add_argument("--table", required=True, help="the warehouse table, e.g. quarantine")
-    export.add_argument("--as-of", type=_iso_date, default=None, metavar="YYYY-MM-DD", help="only this as_of's rows")
+    export.add_argument("--as-of", type=iso_date, default=None, metavar="YYYY-MM-DD", help="only this as_of's rows")
     export.add_argument("--out", type=Path, required=True, metavar="FILE", help="the CSV file to write")
     for command in (release, export):
         command.add_argument(
@@ -523,34 +469,18 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sample(args: argparse.Namespace) -> int:
-    if args.out.exists() and not args.out.is_dir():
-        print(f"dealcast sample: --out {args.out} is a file; expected a folder", file=sys.stderr)
-        return 2
-    try:
-        result = generate_sample(
-            args.out, n_deals=args.deals, seed=args.seed, end_date=args.end_date, years=args.years,
-            profile=args.profile, messy=messy_options_from(args),
-        )  # fmt: skip
-    except ValueError as exc:
-        print(f"dealcast sample: error: {exc} (see dealcast sample --help)", file=sys.stderr)
-        return 2
-    print(summary_line(result))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    if argv[:1] == ["sample"]:
+        # Sample data is not part of the production command: the simulator has its own.
+        parser.error("sample exports are written by the dealcast-sample command (dealcast-sample --out DIR)")
+    args = parser.parse_args(argv)
     try:
-        commands = {"sample": _sample, "summary": _summary, "release": _release, "export": _export}
+        commands = {"summary": _summary, "release": _release, "export": _export}
         return commands[args.command](args)
-    except (ConfigError, WarehouseError) as exc:
-        # One line: a database's own message may span several.
-        print(f"dealcast {args.command}: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        where = f" {exc.filename}:" if exc.filename else ""
-        print(f"dealcast {args.command}:{where} {exc.strerror or exc}", file=sys.stderr)
+    except (ConfigError, WarehouseError, OSError) as exc:
+        print(one_line_error(f"dealcast {args.command}", exc), file=sys.stderr)
         return 1
 
 

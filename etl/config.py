@@ -409,6 +409,23 @@ def load_project_config(path: Path | None = None) -> ProjectConfig:
     )
 
 
+def missing_exports_message(exports_dir: Path, is_default: bool) -> str:
+    """Why a run has nothing to read in `exports_dir`, and how to give it exports: the folder to set, or
+    the commands that write the sample CRM there. `is_default`: no folder was configured."""
+    folder = Path(exports_dir)
+    state = "does not exist" if not folder.exists() else "is not a folder" if not folder.is_dir() else "holds no files"
+    where = (
+        f"the default exports folder {folder} (no {ENV_EXPORTS_DIR} and no exports_dir setting)"
+        if is_default
+        else f"the exports folder {folder}"
+    )
+    return (
+        f"no CRM export files: {where} {state}. Put the CRM's export files there or point {ENV_EXPORTS_DIR} "
+        f"(or the settings resource's exports_dir) at them; for a sample CRM run `make demo`, or write one "
+        f"with `dealcast-sample --out {folder} --end-date YYYY-MM-DD` (the night's date) before materialising."
+    )
+
+
 def resolve_as_of(value: str | dt.date | None = None) -> dt.date:
     """The run's as_of date: the explicit value, else `DEALCAST_AS_OF`, else today (UTC)."""
     if isinstance(value, dt.date):

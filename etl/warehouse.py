@@ -871,11 +871,15 @@ class Warehouse:
         log.info("published the night of as_of %s (run %s, %d tables) on %s", as_of, run_id, len(written), self.safe_url)
         return written
 
-    def published_as_of(self) -> dt.date | None:
-        """The newest published night (what the `latest_*` views show), None before the first."""
+    def published_as_of(self, before: dt.date | None = None) -> dt.date | None:
+        """The newest published night (what the `latest_*` views show), or the newest one earlier than
+        `before`; None when there is none."""
+        query = sa.select(sa.func.max(published_nights.c.as_of))
+        if before is not None:
+            query = query.where(published_nights.c.as_of < _as_date(before))
         with self._database_errors("reading the published nights"):
             with self.engine.connect() as conn:
-                value = conn.execute(sa.select(sa.func.max(published_nights.c.as_of))).scalar()
+                value = conn.execute(query).scalar()
         return _as_date(value) if value is not None else None
 
     def _note_writes(self, conn: sa.Connection, prepared: Sequence["PreparedFrame"], as_of: dt.date, run_id: str) -> None:

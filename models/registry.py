@@ -1,9 +1,7 @@
-"""Model versions, saved scorers and the `model_runs` row that records every training run.
+"""Saved scorers and the `model_runs` row that records every training run.
 
-A model version is a stable hash of what the model was trained on (its prediction dates, the
-date outcomes were read at, the labelled rows, the features) and how (its parameters): the same
-data and settings give the same version, so re-running a night replaces that night's
-`model_runs` row instead of adding another. Artifacts are joblib files in the configured
+Every model is filed under its version (`models.versioning`): the same data and settings give the
+same version, so re-running a night replaces that night's `model_runs` row instead of adding another. Artifacts are joblib files in the configured
 `artifact_dir` (outside git): a local folder, or an object-store URL that every machine running
 steps can read.
 
@@ -15,13 +13,10 @@ on or before the run's as_of, else this run's flagged fallback scorer.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import joblib
 import numpy as np
@@ -29,42 +24,15 @@ import pandas as pd
 
 from etl.storage import location, write_atomic
 from etl.tables import TABLES
+from models.evaluation import binary_metrics
+from models.scoring import METHOD_LOGISTIC, METHOD_MODEL, Scorer, ScorerResult, tier
+from models.versioning import canonical_json
 
-if TYPE_CHECKING:
-    from models.scoring import Scorer, ScorerResult
-    from models.training_set import TrainingSet
 
 logger = logging.getLogger(__name__)
 
 ARTIFACT_PREFIX = "deal-scorer-"
 ARTIFACT_SUFFIX = ".joblib"
-VERSION_LENGTH = 16
-
-
-def _json(value) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def model_version(training: "TrainingSet", params: dict) -> str:
-    """Hex digest (16 characters) of the training window, the labelled rows and the parameters."""
-    frame = training.frame
-    if frame.empty:
-        rows_digest = "0"
-    else:
-        keys = frame[["deal_id", "snapshot_at", "label"]].astype({"deal_id": str, "label": "int64"})
-        rows_digest = str(int(pd.util.hash_pandas_object(keys, index=False).sum()))
-    payload = {
-        "data_window": training.data_window,
-        "as_of": training.as_of.isoformat(),
-        "frequency": training.frequency,
-        "maturity_days": training.maturity_days,
-        "has_history": training.has_history,
-        "features": list(training.feature_names),
-        "rows": len(frame),
-        "rows_digest": rows_digest,
-        "params": params,
-    }
-    return hashlib.sha256(_json(payload).encode("utf-8")).hexdigest()[:VERSION_LENGTH]
 
 
 def artifact_file(directory: str | Path, version: str) -> Path:
@@ -73,7 +41,7 @@ def artifact_file(directory: str | Path, version: str) -> Path:
     return location(directory) / f"{ARTIFACT_PREFIX}{version}{ARTIFACT_SUFFIX}"
 
 
-def save_artifact(scorer: "Scorer", directory: str | Path) -> Path:
+def save_artifact(scorer: Scorer, directory: str | Path) -> Path:
     """Write `scorer` to `<directory>/deal-scorer-<version>.joblib` (atomically: a reader never
     sees a half-written file) and return the path."""
     path = artifact_file(directory, scorer.version)
@@ -82,10 +50,8 @@ def save_artifact(scorer: "Scorer", directory: str | Path) -> Path:
     return path
 
 
-def load_artifact(path: str | Path) -> "Scorer":
+def load_artifact(path: str | Path) -> Scorer:
     """Read a scorer written by `save_artifact`."""
-    from models.scoring import Scorer
-
     file = location(path)
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no saved deal scorer there (expected a {ARTIFACT_SUFFIX} file from save_artifact)")
@@ -100,7 +66,7 @@ MODEL_RUNS_COLUMNS: list[str] = TABLES["model_runs"].columns
 
 
 def model_runs_row(
-    result: "ScorerResult",
+    result: ScorerResult,
     as_of: dt.date,
     trained_at: dt.datetime,
     artifact_path: str | Path | None = None,
@@ -118,10 +84,10 @@ def model_runs_row(
         "as_of": as_of,
         "trained_at": stamp.to_pydatetime(),
         "scoring_method": result.scorer.scoring_method,
-        "reliability": _json(metrics["reliability"]),
-        "features": _json(metrics["features"]),
-        "params": _json(metrics["params"]),
-        "candidates": _json(metrics["candidates"]) if metrics.get("candidates") is not None else None,
+        "reliability": canonical_json(metrics["reliability"]),
+        "features": canonical_json(metrics["features"]),
+        "params": canonical_json(metrics["params"]),
+        "candidates": canonical_json(metrics["candidates"]) if metrics.get("candidates") is not None else None,
         "artifact_path": None if artifact_path is None else str(artifact_path),
         "tier_change": tier_change,
     }
@@ -133,8 +99,6 @@ def published_tier_change(runs: pd.DataFrame, as_of: dt.date, scoring_method: st
     (the `model_runs` table), e.g. `stage_rate (tier 3, as_of 2026-11-14) -> logistic (tier 4)`;
     None for the first run or when the tier is the same. A tier change is the one reason an
     unchanged deal's score may move by more than 0.10 between consecutive nights."""
-    from models.scoring import tier
-
     if runs.empty or "scoring_method" not in runs.columns:
         return None
     earlier = runs.loc[pd.to_datetime(runs["as_of"]) < pd.Timestamp(as_of)]
@@ -179,7 +143,7 @@ class ScorerChoice:
     was trained for.
     """
 
-    scorer: "Scorer"
+    scorer: Scorer
     scored_with: str
     model_as_of: dt.date
     reason: str | None
@@ -212,8 +176,6 @@ def eligible_models(
     missing = [c for c in needed if c not in runs.columns]
     if missing:
         raise ValueError(f"model_runs frame lacks column(s) {missing}; read it with Warehouse.read('model_runs')")
-    from models.scoring import METHOD_MODEL
-
     if runs.empty:
         return runs.assign(artifact=pd.Series(dtype=object))
     trained_for = pd.to_datetime(runs["as_of"])
@@ -233,9 +195,7 @@ def eligible_models(
     return order.drop(columns=["_as_of", "_trained"]).reset_index(drop=True)
 
 
-def _held_out_log_loss(scorer: "Scorer", current: "ScorerResult") -> float | None:
-    from models.evaluation import binary_metrics
-
+def _held_out_log_loss(scorer: Scorer, current: ScorerResult) -> float | None:
     frame = current.test_frame
     if frame is None or frame.empty:
         return None
@@ -243,7 +203,7 @@ def _held_out_log_loss(scorer: "Scorer", current: "ScorerResult") -> float | Non
 
 
 def choose_scorer(
-    current: "ScorerResult",
+    current: ScorerResult,
     as_of: dt.date,
     runs: pd.DataFrame,
     artifact_dir: str | Path,
@@ -257,8 +217,6 @@ def choose_scorer(
       artifact that cannot be read is skipped with a warning.
     - Otherwise this run's published scorer (the winner of its ladder).
     """
-    from models.scoring import METHOD_LOGISTIC, METHOD_MODEL
-
     this_version = current.scorer.version
     if current.scorer.scoring_method == METHOD_MODEL:
         return ScorerChoice(current.scorer, SCORED_WITH_THIS_RUN, as_of, None)

@@ -52,7 +52,7 @@ from models.evaluation import (
     reliability_records,
     reliability_table,
 )
-from models.registry import model_version
+from models.versioning import model_version
 from models.training_set import CATEGORICAL_FEATURES, LEAKY_FEATURES, LeakageError, TrainingSet
 
 logger = logging.getLogger(__name__)

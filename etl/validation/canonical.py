@@ -26,7 +26,7 @@ Blocking checks (severity "error"): `deals.deals_not_empty`, `deals.quarantine_s
 share of the deal files' rows above `max_quarantine_share`; lookup files such as Account.csv and
 history-only files do not count), `deal_history.quarantine_share` (the same limit over the
 history-only files' rows quarantined for a defect of their own), `deals.volume_not_collapsed`
-(accepted deals below (1 - `max_volume_drop_share`) x the previous run's count) and one
+(accepted deals below (1 - `max_volume_drop_share`) x the previous published night's count) and one
 `crm_exports.reconciliation[<file>]` per input file (rows read = accepted + quarantined).
 
 File accounting (reconciliation, quarantine shares): `etl.validation.reconciliation`.
@@ -732,7 +732,7 @@ def validate_crm(
 
     Accepted rows are returned unchanged (same columns, dtypes and values as read). Row-level
     problems quarantine the row; dataset-level problems show up in `blocking_failures`.
-    `previous_deal_count` is the previous run's accepted deal count (None on a first run);
+    `previous_deal_count` is the previous published night's accepted deal count (None before the first);
     `raw_results` are the results of the readers' raw suites (`validate_raw_rows`), reported first;
     `currencies` the currencies amounts may be in (None: not checked).
     """
@@ -896,18 +896,18 @@ def _volume_result(
     config: ValidationConfig,
     details: dict[str, pd.DataFrame],
 ) -> dict:
-    """Accepted deals against the previous run's count (passes, saying so, on a first run)."""
+    """Accepted deals against the previous published night's count (passes, saying so, before the first)."""
     details[CHECK_VOLUME] = pd.DataFrame()
     accepted = len(accepted_deals)
     if floor is None or previous_deal_count is None:
         return check_result(
             CHECK_VOLUME, ASSET_DEALS, True, SEVERITY_ERROR,
-            f"{accepted:,} accepted deals; no previous run to compare with",
-            f"at least {1 - config.max_volume_drop_share:.0%} of the previous run's deals", 0,
+            f"{accepted:,} accepted deals; no previous published night to compare with",
+            f"at least {1 - config.max_volume_drop_share:.0%} of the previous published night's deals", 0,
         )
     return check_result(
         CHECK_VOLUME, ASSET_DEALS, passed, SEVERITY_ERROR,
-        f"{accepted:,} accepted deals; previous run {previous_deal_count:,}",
+        f"{accepted:,} accepted deals; previous published night {previous_deal_count:,}",
         f"at least {floor:,} (a drop of at most {config.max_volume_drop_share:.0%})",
         max(floor - accepted, 0),
     )

@@ -14,9 +14,9 @@ from assets.analytics import ANALYTICS_TABLES, TABLE_ASSETS, AnalyticsTable, dea
 from assets.ingest import crm_exports, crm_tables
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings
-from etl.sample_crm import generate_sample
 from etl.tables import TABLES as CONTRACT
 from etl.warehouse import Warehouse
+from sample_crm.generate import generate_sample
 from tests.e2e.conftest import materialize_graph, project_config
 
 AS_OF = dt.date(2026, 11, 15)

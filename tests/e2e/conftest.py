@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 
 AS_OF = dt.date(2026, 11, 15)
 SAMPLE_DEALS = 3000

@@ -32,7 +32,7 @@ import pandas as pd
 import pytest
 
 from assets.ingest import crm_exports, crm_tables
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 from etl.warehouse import Warehouse
 
 from .conftest import ROOT, materialize_graph

@@ -21,7 +21,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 from etl.warehouse import Warehouse
 
 from .conftest import ROOT, project_config

@@ -18,7 +18,7 @@ import dagster as dg
 import pytest
 
 from assets.execution import DEFAULT_BROKER
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 from etl.warehouse import Warehouse
 
 from .conftest import AS_OF, ROOT, project_config

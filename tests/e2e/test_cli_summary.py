@@ -145,13 +145,9 @@ def test_missing_and_empty_warehouses(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["sample", "--out", "x", "--deals", "0"], "dealcast sample: error: argument --deals: must be at least 1, got 0"),
-        (["sample", "--out", "x", "--deals", "many"], "dealcast sample: error: argument --deals: expected a whole number, got 'many'"),
-        (["sample", "--out", "x", "--seed", "-1"], "dealcast sample: error: argument --seed: must be at least 0, got -1"),
-        (["sample", "--out", "x", "--end-date", "31/12/2024"], "dealcast sample: error: argument --end-date: expected a date as YYYY-MM-DD, got '31/12/2024'"),
-        (["sample"], "dealcast sample: error: the following arguments are required: --out"),
         (["summary", "--as-of", "yesterday"], "dealcast summary: error: argument --as-of: expected a date as YYYY-MM-DD, got 'yesterday'"),
-        (["forecast"], "dealcast: error: argument COMMAND: invalid choice: 'forecast' (choose from 'summary', 'sample', 'release', 'export')"),
+        (["forecast"], "dealcast: error: argument COMMAND: invalid choice: 'forecast' (choose from 'summary', 'release', 'export')"),
+        (["sample", "--out", "x"], "dealcast: error: sample exports are written by the dealcast-sample command (dealcast-sample --out DIR)"),
     ],
 )
 def test_bad_arguments_get_one_line(argv, message, capsys):
@@ -161,23 +157,9 @@ def test_bad_arguments_get_one_line(argv, message, capsys):
     assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith(message)
 
 
-def test_sample_into_a_file_is_refused(tmp_path, capsys):
-    target = tmp_path / "a-file"
-    target.write_text("not a folder")
-    assert main(["sample", "--out", str(target)]) == 2
-    assert capsys.readouterr().err == f"dealcast sample: --out {target} is a file; expected a folder\n"
-
-
 def test_every_option_has_help_text():
     parser = _parser()
     subparsers = next(a for a in parser._actions if a.dest == "command").choices
     for name, sub in [("dealcast", parser), *subparsers.items()]:
         for action in sub._actions:
             assert action.help, f"{name}: option {action.option_strings or action.dest} has no help text"
-
-
-def test_a_bad_sample_option_gets_one_line(tmp_path, capsys):
-    assert main(["sample", "--out", str(tmp_path / "out"), "--option", "stale_share=0.3"]) == 2
-    assert capsys.readouterr().err == (
-        "dealcast sample: error: --option 'stale_share=0.3' needs --profile messy (see dealcast sample --help)\n"
-    )

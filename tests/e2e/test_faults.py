@@ -24,7 +24,7 @@ import pytest
 from assets.analytics import TABLE_ASSETS, deals_at_as_of
 from assets.ingest import crm_exports, crm_tables
 from assets.publication import published_night_asset
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 from etl.warehouse import Warehouse
 
 from .conftest import ROOT, materialize_graph, project_config

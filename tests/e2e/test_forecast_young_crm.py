@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from etl.cli import summary_lines
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 from etl.warehouse import Warehouse
 
 from .conftest import AS_OF, materialize_graph, project_config

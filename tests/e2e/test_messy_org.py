@@ -1,7 +1,7 @@
 """The whole asset graph on the sample CRM's messy real-org profile (600 deals over a year, Spanish
 stages, a bulk import, wins keyed in at close and weeks late, lost deals with future close dates,
 same-day closes without history), materialised for real into PostgreSQL, and checked against the
-sample's ground truth files (`etl.sample_crm.SampleTruth`), never against the pipeline's own output:
+sample's ground truth files (`sample_crm.truth.SampleTruth`), never against the pipeline's own output:
 
 - every won deal is booked on the real day of its win, whatever day it was keyed in, so velocity's
   won revenue per quarter and the forecast's closed won to date equal the real bookings;
@@ -17,7 +17,8 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from etl.sample_crm import SampleTruth, generate_sample
+from sample_crm.generate import generate_sample
+from sample_crm.truth import SampleTruth
 from etl.warehouse import Warehouse
 
 from .conftest import materialize_graph, project_config

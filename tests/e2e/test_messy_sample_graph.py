@@ -7,7 +7,7 @@ import csv
 import pandas as pd
 import pytest
 
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 from etl.warehouse import Warehouse
 
 from .conftest import AS_OF, materialize_graph, project_config

@@ -10,7 +10,7 @@ import uuid
 import pandas as pd
 import pytest
 
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 from etl.ingest.source_warehouse import ENV_SOURCE_URL
 from etl.warehouse import Warehouse
 from tests.fivetran_kit import TABLE_OF_FILE, drop_schema, fivetran_table, write_tables

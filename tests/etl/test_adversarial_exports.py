@@ -11,7 +11,7 @@ import pytest
 
 from etl.config import resolve_settings
 from etl.ingest.crm_load import load_crm
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 
 AS_OF = dt.date(2026, 6, 30)
 INJECTIONS = ['=HYPERLINK("http://x","y")', "+cmd|' /C calc'!A0"]

@@ -112,7 +112,7 @@ def test_messy_samples_whose_current_deals_miss_a_stage_are_not_blocked(tmp_path
     # Seeds 4 and 6 of the messy profile at 300 deals: no deal is in Propuesta/Presupuesto at the
     # end, so StageSortOrder does not name it while the history does. The simulator's own order
     # puts it fifth of six open stages.
-    from etl.sample_crm import generate_sample
+    from sample_crm.generate import generate_sample
 
     spanish = ["Prospección", "Calificación", "Análisis de necesidades", "Propuesta de valor",
                "Propuesta/Presupuesto", "Negociación/Revisión"]  # fmt: skip

@@ -87,6 +87,9 @@ def test_latest_views_show_only_a_published_night(warehouse):
     assert warehouse.publish_night(AS_OF, "run-a", required=["deal_scores"]) == {"deal_scores": 2}
     assert [row[1] for row in _latest(warehouse)] == ["A1", "A2"]
     assert warehouse.published_as_of() == AS_OF
+    # The newest published night before a date (the volume check's baseline): none before AS_OF itself.
+    assert warehouse.published_as_of(before=AS_OF) is None
+    assert warehouse.published_as_of(before=NEXT_DAY) == AS_OF
 
     # The next night: one table written, another not; publishing refuses and the views stay put.
     warehouse.claim(NEXT_DAY, "run-b")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from etl.ingest.currency import ExchangeRatesError
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 
 from .exports_kit import AS_OF, copy_exports, edit, load, quarantined_at, read_rows, set_value
 

@@ -238,7 +238,7 @@ def test_inferred_from_history_matches_the_crm_order_on_a_messy_org(tmp_path):
     in OpportunityHistory must be the same one, and leave the same moves backward."""
     import csv
 
-    from etl.sample_crm import generate_sample
+    from sample_crm.generate import generate_sample
 
     stated = tmp_path / "stated"
     generate_sample(stated, seed=7, end_date=dt.date(2026, 11, 15), profile="messy")

@@ -42,7 +42,7 @@ from threadpoolctl import threadpool_limits
 from etl.config import ForecastConfig, ModelConfig, load_project_config
 from etl.ingest.exports import read_exports
 from etl.pipeline_state import prepare_history
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 from etl.tables import TABLES
 from etl.pipeline_state import as_of_end, pipeline_at
 from models.backtest import backtest_quarters, backtest_summary, forecast_backtest

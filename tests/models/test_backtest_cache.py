@@ -176,7 +176,7 @@ def messy(tmp_path_factory):
     four backtestable quarters are 2025-Q3 to 2026-Q2."""
     from etl.config import load_project_config
     from etl.ingest.exports import read_exports
-    from etl.sample_crm import generate_sample
+    from sample_crm.generate import generate_sample
 
     out = tmp_path_factory.mktemp("messy_backtest")
     generate_sample(out, seed=11, end_date=MESSY_END, years=2.0, profile="messy")

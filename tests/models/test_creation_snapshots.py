@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 
 from etl.pipeline_state import prepare_history
-from etl.sample_crm import SampleTruth, generate_sample
+from sample_crm.generate import generate_sample
+from sample_crm.truth import SampleTruth
 from models.training_set import KIND_CREATION, build_training_set, snapshot_features
 from tests.models.test_training_set import CATALOG, make_deals, make_history
 

@@ -41,13 +41,14 @@ from etl.config import load_project_config
 from etl.ingest.exports import read_exports
 from etl.analytics.funnel import stage_conversion
 from etl.pipeline_state import prepare_history
-from etl.sample_crm import SampleTruth, generate_sample
 from etl.analytics.health import pipeline_waterfall
 from etl.quarter_pipeline import closes_by, in_quarter_pipeline, overdue, pipeline_dates
 from etl.tables import TABLES
 from models.forecast import build_forecast
 from models.revenue_calibration import RevenueCalibration
 from models.timing import CloseTiming
+from sample_crm.generate import generate_sample
+from sample_crm.truth import SampleTruth
 from tests.models.hand_crm import CATALOG, make_crm
 from tests.models.test_forecast import SAMPLING_MARGIN, exact_distribution
 

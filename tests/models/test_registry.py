@@ -21,9 +21,9 @@ from models.registry import (
     eligible_models,
     load_artifact,
     model_runs_row,
-    model_version,
     save_artifact,
 )
+from models.versioning import model_version
 from models.evaluation import binary_metrics
 from models.scoring import METHOD_STAGE_RATE, StageRateScorer
 from models.timing import CloseTiming

@@ -1,6 +1,6 @@
 """The deal model on the realistic sample CRM, against its ground truth (slow: about 15 s per seed).
 
-The sample (etl.sample_crm) knows every open deal's true win probability at every Monday 00:00.
+The sample (sample_crm) knows every open deal's true win probability at every Monday 00:00.
 On the latest, held-out prediction dates the true probabilities' log loss is the best any model
 can reach; the trained model must come within 3% of it, be as calibrated as the truth itself on
 those rows (ECE within `ECE_MARGIN` of the true probabilities' ECE: a finite sample gives even the
@@ -19,7 +19,8 @@ from threadpoolctl import threadpool_limits
 from etl.config import load_project_config
 from etl.ingest.exports import read_exports
 from etl.pipeline_state import pipeline_at_many, prepare_history
-from etl.sample_crm import SampleWorld, generate_sample
+from sample_crm.generate import generate_sample
+from sample_crm.world import SampleWorld
 from models.evaluation import expected_calibration_error, reliability_table
 from models.scoring import METHOD_MODEL, time_split, train_scorer
 from models.training_set import build_training_set

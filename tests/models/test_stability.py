@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 from etl.config import load_project_config
 from etl.ingest.exports import read_exports
 from etl.pipeline_state import prepare_history
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 from models.registry import published_tier_change
 from models.scoring import age_buckets, train_scorer
 from models.training_set import build_training_set, snapshot_features

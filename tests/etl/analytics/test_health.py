@@ -36,7 +36,7 @@ from etl.analytics.velocity import stage_durations as stage_durations_table
 from etl.analytics.velocity import velocity
 from etl.analytics.health import close_date_slips, pipeline_snapshots, pipeline_waterfall, stalled_deals
 from etl.pipeline_state import as_of_end, pipeline_at, prepare_history, stage_events
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform
 from etl.stages import PipelineStages, StageCatalog
 from etl.tables import TABLES

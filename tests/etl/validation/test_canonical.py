@@ -508,7 +508,7 @@ def test_volume_drop_blocks_below_the_floor(accepted, previous, fails):
     volume = result(outcome, "deals.volume_not_collapsed")
     assert volume["failing_rows"] == (1 if fails else 0)
     if previous is None:
-        assert "no previous run" in volume["observed"]
+        assert "no previous published night" in volume["observed"]
 
 
 def test_empty_export_blocks_and_gx_stays_quiet(capfd, caplog):

@@ -16,7 +16,11 @@ import pytest
 
 from etl.config import load_project_config
 from etl.pipeline_state import as_of_end, pipeline_at_many, prepare_history
-from etl.sample_crm import LOST, WON, SampleWorld, format_timestamps, generate_sample, main
+from sample_crm.cli import main
+from sample_crm.formatting import format_timestamps
+from sample_crm.generate import generate_sample
+from sample_crm.parameters import LOST, WON
+from sample_crm.world import SampleWorld
 from etl.stages import PipelineStages, StageCatalog
 
 END = dt.date(2026, 11, 15)  # a Sunday

@@ -9,7 +9,7 @@ import pandas as pd
 from etl.config import load_project_config
 from etl.ingest.exports import read_exports
 from etl.pipeline_state import prepare_history
-from etl.sample_crm import generate_sample
+from sample_crm.generate import generate_sample
 
 
 def test_generated_export_round_trips(tmp_path):
