@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -156,7 +157,36 @@ def _forecast_lines(run: RunSummary) -> list[str]:
     return lines
 
 
+def _deals_text(won, lost) -> str:
+    if pd.isna(won) or pd.isna(lost):
+        return "deals not recorded"
+    return f"{int(won) + int(lost):,} deals ({int(won):,} won / {int(lost):,} lost)"
+
+
+def _ladder_lines(model: pd.Series) -> list[str]:
+    """Every candidate of the scorer ladder with its held-out log loss (or why it was not fitted),
+    simplest first, the published one marked."""
+    text = model.get("candidates")
+    if text is None or pd.isna(text):
+        return []
+    candidates = sorted(json.loads(text), key=lambda c: c["tier"])
+    width = max(len(c["method"]) for c in candidates)
+    lines = []
+    for c in candidates:
+        mark = "*" if c["method"] == model["scoring_method"] else " "
+        if c["fitted"] and c.get("log_loss") is not None:
+            detail = f"log loss {_number(c['log_loss'], '{:.4f}')}, AUC {_number(c.get('auc'))}, ECE {_number(c.get('ece'))}"
+        elif c["fitted"]:
+            detail = "fitted, not evaluated (no held-out rows)"
+        else:
+            detail = f"not fitted: {c.get('reason') or 'no reason recorded'}"
+        lines.append(f"   {mark} tier {c['tier']} {c['method']:<{width}}  {detail}")
+    return lines
+
+
 def _model_lines(run: RunSummary) -> list[str]:
+    """The published scorer, the rows and deals it was chosen on, and the whole ladder: every
+    candidate's held-out log loss beside the constant rate's, and why the winner won."""
     runs = run.read("model_runs")
     if runs is None:
         return []
@@ -164,12 +194,26 @@ def _model_lines(run: RunSummary) -> list[str]:
     if runs.empty:
         return []
     model = runs.sort_values("trained_at").iloc[-1]
+    get = model.get
     lines = [
-        f"  deal-scoring model {model['model_version']} ({model['scoring_method']}): held-out log loss"
-        f" {_number(model['log_loss'])}, AUC {_number(model['auc'])}; stage-rate baseline log loss"
-        f" {_number(model['stage_rate_baseline_log_loss'])}, AUC {_number(model['stage_rate_baseline_auc'])}"
+        f"  deal-scoring model {model['model_version']}: published {model['scoring_method']}, held-out log loss"
+        f" {_number(model['log_loss'], '{:.4f}')} (constant rate {_number(get('constant_log_loss'), '{:.4f}')}),"
+        f" AUC {_number(model['auc'])}, ECE {_number(get('ece'))}"
     ]
-    if not model["eligible"]:
+    split = get("split_rule")
+    lines.append(
+        f"  trained on {int(model['train_rows']):,} rows of {_deals_text(get('train_won_deals'), get('train_lost_deals'))}"
+        f"{'' if split is None or pd.isna(split) else f' ({split} split)'}; compared on {int(model['test_rows']):,}"
+        f" held-out rows of {_deals_text(get('test_won_deals'), get('test_lost_deals'))}"
+    )
+    ladder = _ladder_lines(model)
+    if ladder:
+        lines.append("  scorer ladder (* published):")
+        lines += ladder
+    reason = get("selection_reason")
+    if reason is not None and not pd.isna(reason):
+        lines.append(f"  why: {reason}")
+    elif not model["eligible"]:
         lines.append(f"  (no model trained: {model['fallback_reason']})")
     return lines
 

@@ -598,7 +598,7 @@ model_runs = _table(
     sa.Column("has_history", sa.Boolean, nullable=False, comment="True when the source had stage history (False: trained without it, flagged no-history)."),
     sa.Column("data_window", sa.String(64), nullable=False, comment="Prediction dates covered and the date outcomes were read at."),
     sa.Column("train_rows", sa.BigInteger, nullable=False, comment="Snapshot rows before the test cut every candidate was fitted on."),
-    sa.Column("calibration_rows", sa.BigInteger, nullable=False, comment="The latest of the training rows, used to calibrate (and early-stop) the gradient-boosting model; 0 when it was not fitted."),
+    sa.Column("calibration_rows", sa.BigInteger, nullable=False, comment="Training rows the gradient-boosting model's calibration was fitted on: the latest calibration_share of the dates (which also early-stop it), or every training row when the calibration is cross-fitted by deal (params.calibration_method sigmoid_cross_fitted); 0 when it was not fitted."),
     sa.Column("test_rows", sa.BigInteger, nullable=False, comment="Held-out snapshot rows (the latest prediction dates) used to evaluate it."),
     sa.Column("auc", RATE, comment="Area under the ROC curve of the published scorer on the test rows."),
     sa.Column("log_loss", RATE, comment="Log loss of the published scorer on the test rows."),

@@ -40,6 +40,7 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder, StandardScaler
 
@@ -82,6 +83,16 @@ PROBABILITY_CEILING = 0.999
 ISOTONIC_MIN_DEALS = 5_000
 # At least this many calibration rows too (the rule of thumb for independent rows).
 ISOTONIC_MIN_ROWS = 1_000
+# Below `ISOTONIC_MIN_DEALS` calibration deals, the Platt scaling is cross-fitted instead of fitted
+# on the latest slice alone: each deal's training rows are scored by a model fitted on the other
+# folds' deals (never on its own outcome), the sigmoid is fitted on those out-of-fold scores of every
+# training deal, and the published model is refitted on all training rows. Fitted on the latest
+# `calibration_share` of the dates only (about 1,900 deals on a 10,000-deal CRM), the sigmoid's
+# intercept carries the outcome noise of those few deals (a win rate over 1,900 deals has a standard
+# error of about 0.011), more than the calibration it corrects; over every training deal (about
+# 6,000) the noise is about half as large and the model learns from every row. Five folds cost five
+# more fits of a model with a few thousand deals; at the scale where isotonic applies they are not run.
+CROSS_FIT_FOLDS = 5
 # Age buckets (days since creation) of the stage-rate baseline.
 AGE_BUCKET_EDGES = (0.0, 30.0, 60.0, 90.0, 180.0, 365.0, np.inf)
 AGE_BUCKET_LABELS = ("0-29 days", "30-59 days", "60-89 days", "90-179 days", "180-364 days", "365+ days")
@@ -731,12 +742,38 @@ def _fit_boosting(
     run_params["boosting_rounds"] = rounds
     run_params["boosting_split"] = inner.rule
     enough = len(cal_part) >= ISOTONIC_MIN_ROWS and cal_part["deal_id"].nunique() >= ISOTONIC_MIN_DEALS
-    method = "isotonic" if enough else "sigmoid"
-    calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
-    calibrated.fit(cal_part[model_features], y_train[cal_mask])
+    folds = None if enough else _deal_folds(train, y_train)
+    if folds is not None:
+        # Too few calibration deals for their outcomes alone to set the calibration: cross-fitted
+        # Platt scaling over every training deal (see `CROSS_FIT_FOLDS`), the model refitted on all
+        # training rows with the rounds chosen above.
+        method = "sigmoid_cross_fitted"
+        estimator = build_model_pipeline(model_features, {**params, "max_iter": rounds})
+        calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=folds, ensemble=False)
+        calibrated.fit(train[model_features], y_train)
+        calibration_rows = len(train)
+    else:
+        method = "isotonic" if enough else "sigmoid"
+        calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
+        calibrated.fit(cal_part[model_features], y_train[cal_mask])
+        calibration_rows = len(cal_part)
     run_params["calibration_method"] = method
     scorer = CalibratedModelScorer(estimator=calibrated, calibration_method=method, feature_names=model_features, **common)
-    return scorer, None, len(cal_part)
+    return scorer, None, calibration_rows
+
+
+def _deal_folds(train: pd.DataFrame, labels: pd.Series) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """`CROSS_FIT_FOLDS` folds of the training rows grouped by deal (a deal's rows are all in one
+    fold), as (fit positions, held-out positions); None when some fold's fitting part would hold a
+    single outcome."""
+    deals = train["deal_id"].to_numpy()
+    if pd.unique(deals).size < CROSS_FIT_FOLDS:
+        return None
+    y = labels.to_numpy(dtype=int)
+    folds = list(GroupKFold(n_splits=CROSS_FIT_FOLDS).split(train, y, groups=deals))
+    if any(np.unique(y[fit]).size < 2 or np.unique(y[held]).size < 2 for fit, held in folds):
+        return None
+    return folds
 
 
 def _loss_text(value: float | None) -> str:

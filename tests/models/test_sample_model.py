@@ -2,9 +2,9 @@
 
 The sample (sample_crm) knows every open deal's true win probability at every Monday 00:00.
 On the latest, held-out prediction dates the true probabilities' log loss is the best any model
-can reach; the trained model must come within 5% of it, be as calibrated as the truth itself on
-those rows (ECE within 0.005 of the true probabilities' ECE: a finite sample gives even the truth
-some ECE, the noise floor) and beat both baselines, all with the project's own settings from dealcast.toml, for several independent
+can reach; the trained model must come within 3% of it, be as calibrated as the truth itself on
+those rows (ECE within `ECE_MARGIN` of the true probabilities' ECE: a finite sample gives even the
+truth some ECE, the noise floor) and beat both baselines, all with the project's own settings from dealcast.toml, for several independent
 samples (seeds), not one lucky draw.
 """
 
@@ -28,9 +28,13 @@ from models.training_set import build_training_set
 pytestmark = pytest.mark.slow
 
 # How far above the true probabilities' ECE on the same held-out rows the published scorer may be.
-# On unseen seeds (bench/model_quality_bench.py) the gap is within 0.005; on these four samples it
-# reaches 0.0135 (seed 3), so this bound catches a calibration regression without hiding that gap.
-ECE_MARGIN = 0.015
+# With the calibration cross-fitted by deal, the gap on these four samples is 0.0055 (seed 3),
+# 0.0053 (7), 0.0009 (11) and 0.0042 (42); calibrated on the latest slice's deals alone it was 0.0135
+# on seed 3 and 0.014 on seed 7, which this bound fails.
+ECE_MARGIN = 0.0075
+# Log loss within 3% of the truth's (1.009-1.019 on these samples; 1.037 on seed 3 before the
+# cross-fitted calibration).
+LOG_LOSS_RATIO = 1.03
 
 N_DEALS, END, YEARS = 10_000, dt.date(2025, 12, 31), 3.5
 # Seed 3 is the hardest sample measured (its stage-rate baseline comes closest to the truth).
@@ -67,7 +71,7 @@ def test_model_is_close_to_the_truth_and_calibrated(sample_run):
     y = test["label"].to_numpy(dtype=float)
     truth = np.clip(test["truth"].to_numpy(dtype=float), 1e-6, 1 - 1e-6)
     true_log_loss = float(-np.mean(y * np.log(truth) + (1 - y) * np.log(1 - truth)))
-    assert m["log_loss"] <= 1.05 * true_log_loss, (m["log_loss"], true_log_loss)
+    assert m["log_loss"] <= LOG_LOSS_RATIO * true_log_loss, (seed, m["log_loss"], true_log_loss)
     truth_ece = expected_calibration_error(reliability_table(y, truth))
     assert m["ece"] <= truth_ece + ECE_MARGIN, (seed, m["ece"], truth_ece)
     # The test rows are later than every row the model was fitted or calibrated on.

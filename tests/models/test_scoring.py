@@ -24,6 +24,7 @@ from models.scoring import (
     score_bands,
     time_split,
     train_scorer,
+    _deal_folds,
 )
 from models.training_set import TrainingSet, build_training_set, snapshot_features
 from tests.models.conftest import AS_OF, TEST_CONFIG
@@ -201,6 +202,34 @@ def test_model_finds_the_signal_and_is_calibrated(trained, training):
         deals_in_bin = test.loc[in_bin, "deal_id"].nunique()
         tolerance = 3 * np.sqrt(max(mean_p * (1 - mean_p), 0.01) / deals_in_bin)
         assert abs(mean_p - observed) <= tolerance, (b, mean_p, observed, deals_in_bin)
+
+
+def test_calibration_is_cross_fitted_by_deal_when_calibration_deals_are_few(trained):
+    # The synthetic CRM's calibration slice holds far fewer than ISOTONIC_MIN_DEALS deals, so the
+    # sigmoid is fitted on out-of-fold scores of every training row (grouped by deal).
+    m = trained.metrics
+    assert m["params"]["calibration_method"] == "sigmoid_cross_fitted"
+    assert m["calibration_rows"] == m["train_rows"]
+    assert trained.scorer.calibration_method == "sigmoid_cross_fitted"
+
+
+def test_deal_folds_never_split_a_deal_and_need_both_outcomes_to_fit():
+    # Ten deals, d0..d9, with 1..10 rows each (55 rows); d0-d4 won, d5-d9 lost.
+    deal_ids = [f"d{i}" for i in range(10) for _ in range(i + 1)]
+    frame = pd.DataFrame({"deal_id": deal_ids})
+    labels = pd.Series([1 if int(d[1:]) < 5 else 0 for d in deal_ids])
+    folds = _deal_folds(frame, labels)
+    assert folds is not None and len(folds) == 5
+    held_out = np.concatenate([held for _, held in folds])
+    assert sorted(held_out) == list(range(55))  # every row held out exactly once
+    for fit, held in folds:
+        assert set(frame["deal_id"].iloc[fit]).isdisjoint(frame["deal_id"].iloc[held])
+        assert len(fit) + len(held) == 55
+    # One lost deal only: the fold holding it out fits on won deals alone, so no cross-fitting.
+    one_lost = pd.Series([0 if d == "d9" else 1 for d in deal_ids])
+    assert _deal_folds(frame, one_lost) is None
+    # Fewer deals than folds: none.
+    assert _deal_folds(frame.iloc[:6], labels.iloc[:6]) is None
 
 
 def test_training_rows_come_before_the_test_rows(trained, training):
