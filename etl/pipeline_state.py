@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from etl.schema import STAGE_EVENT_COLUMNS, TIMESTAMP, conform
+from etl.schema import DEAL_COLUMNS, STAGE_EVENT_COLUMNS, TIMESTAMP, conform
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
 
 log = logging.getLogger(__name__)
@@ -249,18 +249,46 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     return hist
 
 
+def _history_ends(history: pd.DataFrame) -> pd.DataFrame:
+    """The last row of each deal of `history` (`prepare_history` output, grouped by deal), indexed by deal_id."""
+    deal_id = history["deal_id"].to_numpy(dtype=object)
+    last = np.ones(len(history), dtype=bool)
+    last[:-1] = deal_id[1:] != deal_id[:-1]
+    return history.loc[last].set_index("deal_id")
+
+
 def closed_at_from_history(deals: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
     """Per deal of `deals` (same index): the moment `history` (`prepare_history` output) says it was
     last marked won or lost, for the deals whose history ends closed; the deal's own closed_at for
     the others. Keeps `deals.closed_at` and the rebuilt history in agreement."""
-    deal_id = history["deal_id"].to_numpy(dtype=object)
-    last = np.ones(len(history), dtype=bool)
-    last[:-1] = deal_id[1:] != deal_id[:-1]
-    ends = history.loc[last]
+    ends = _history_ends(history)
     closed = ends["stage_status"].isin([STATUS_WON, STATUS_LOST]).to_numpy(dtype=bool)
-    marked = pd.Series(ends["stage_entered_at"].to_numpy(dtype=TIMESTAMP)[closed], index=ends["deal_id"].to_numpy()[closed])
+    marked = pd.Series(ends["stage_entered_at"].to_numpy(dtype=TIMESTAMP)[closed], index=ends.index[closed])
     found = marked.reindex(deals["deal_id"].to_numpy())
     return pd.Series(found.to_numpy(dtype=TIMESTAMP), index=deals.index).fillna(deals["closed_at"])
+
+
+def completed_from_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCatalog) -> pd.DataFrame:
+    """`deals` (canonical) of a source whose deal records leave some fields to their stage history
+    (Salesforce's Opportunity: `SourceExport.completed_from_history`), completed from `history`
+    (their canonical history, as read) before anything is validated or valued:
+    - closed_at: for a closed deal with history that ends won or lost, the moment it entered that
+      stage (the record's close date otherwise);
+    - last_stage_change_at, where the record leaves it blank: the moment the deal entered the
+      stage its history ends in;
+    - push_count: the close-date pushes of its history (`is_push`)."""
+    prepared = prepare_history(deals, history, stages)
+    ends = _history_ends(prepared).reindex(deals["deal_id"].to_numpy())
+    entered = pd.Series(ends["stage_entered_at"].to_numpy(dtype=TIMESTAMP), index=deals.index)
+    closed_in_history = ends["stage_status"].isin([STATUS_WON, STATUS_LOST]).to_numpy()
+    use_history = deals["has_history"].to_numpy() & closed_in_history & (deals["status"] != STATUS_OPEN).to_numpy()
+    pushes = prepared.loc[prepared["is_push"], "deal_id"].value_counts()
+    completed = deals.assign(
+        closed_at=deals["closed_at"].where(~use_history, entered),
+        last_stage_change_at=deals["last_stage_change_at"].fillna(entered),
+        push_count=pushes.reindex(deals["deal_id"]).fillna(0).to_numpy(dtype=np.int64),
+    )
+    return conform(completed, DEAL_COLUMNS, "deals")
 
 
 def stage_move_counts(history: pd.DataFrame) -> pd.DataFrame:

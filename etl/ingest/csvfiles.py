@@ -41,8 +41,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from etl.ingest.readers import ExportFormatError
-from etl.schema import DQ_RESULT_COLUMNS, QUARANTINE_COLUMNS, TIMESTAMP, conform, empty_frame
-from etl.validation.raw import RawRules, validate_raw_rows
+from etl.schema import QUARANTINE_COLUMNS, TIMESTAMP, conform, empty_frame
+from etl.validation.raw import RawRules, RawSuite, declare_raw_suite
 from etl.validation.reason_codes import BLANK_ROW, MALFORMED_QUOTING, MALFORMED_ROW, MISSING_REQUIRED_VALUE
 
 logger = logging.getLogger(__name__)
@@ -788,32 +788,29 @@ class Quarantine:
     def __init__(self) -> None:
         self._tables: list[CsvTable] = []
         self._parts: list[pd.DataFrame] = []
-        self._raw_results: list[pd.DataFrame] = []
+        self._raw_suites: list[RawSuite] = []
 
     def register(self, table: CsvTable) -> int:
         self._tables.append(table)
         return len(self._tables) - 1
 
-    def expect(
+    def declare(
         self,
         frame: pd.DataFrame,
         rules: RawRules,
         format_label: str,
         label: Callable[[int, str], str] | None = None,
     ) -> None:
-        """Run the raw Great Expectations suite `rules` on a working frame of registered files
-        (text columns plus `_file`); the results are kept for `raw_results`. `label(file, column)`
-        is the column's header in that file (default: the working name)."""
+        """Declare the raw suite `rules` over a working frame of registered files (text columns
+        plus `_file`), for `raw_suites`; nothing is checked here. `label(file, column)` is the
+        column's header in that file (default: the working name)."""
         keys = pd.unique(frame["_file"].to_numpy(dtype=np.int64))
         files = {int(k): str(self._tables[int(k)].path) for k in sorted(keys)}
-        self._raw_results.append(
-            validate_raw_rows(frame, files, rules, label or (lambda key, column: column), format_label)
-        )
+        self._raw_suites.append(declare_raw_suite(frame, files, rules, label or (lambda key, column: column), format_label))
 
-    def raw_results(self) -> pd.DataFrame:
-        """The `data_quality_results` rows of every raw suite run through `expect`."""
-        parts = [r for r in self._raw_results if not r.empty]
-        return pd.concat(parts, ignore_index=True) if parts else empty_frame(DQ_RESULT_COLUMNS)
+    def raw_suites(self) -> list[RawSuite]:
+        """The raw suites declared through `declare`, in order."""
+        return list(self._raw_suites)
 
     def add(
         self,
@@ -1102,6 +1099,23 @@ def parse_any_booleans(values: pd.Series) -> tuple[pd.Series, np.ndarray]:
     result = pd.array(np.where(true, True, False), dtype="boolean")
     result[~(true | false)] = pd.NA
     return pd.Series(result, index=values.index), ~(true | false | blank)
+
+
+def repeated_ids(ids: pd.Series, live: np.ndarray) -> np.ndarray:
+    """The duplicate-id test every reader makes of its source ids: the rows among `live` (those not
+    quarantined yet) whose id repeats the id of an earlier live row; the earliest is the one kept.
+    Each reader flags them `duplicate_id` (after flagging blank ids `missing_id`), in its own words."""
+    live = np.asarray(live, dtype=bool)
+    return ids.where(live).duplicated(keep="first").to_numpy() & live
+
+
+def first_occurrences(frame: pd.DataFrame, column: str, live: np.ndarray) -> pd.Series:
+    """Indexed by id, where the live row `repeated_ids` keeps for it is: "<source_file> row <source_row>"."""
+    first = frame.loc[np.asarray(live, dtype=bool), [column, "source_file", "source_row"]].drop_duplicates(column)
+    return pd.Series(
+        (first["source_file"].astype("str") + " row " + first["source_row"].astype("str")).to_numpy(),
+        index=first[column].to_numpy(),
+    )
 
 
 class RowChecks:

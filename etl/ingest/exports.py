@@ -47,9 +47,11 @@ from etl.config import ConfigError, ProjectConfig
 from etl.ingest.currency import convert_to_reporting, find_rates_file, load_rates
 from etl.ingest.readers import HISTORY_GAP_COLUMNS, ExportFormatError, ExportReader, FileReport, SourceExport
 from etl.ingest.readers import hubspot, hubspot_tables, mapped, pipedrive, salesforce
-from etl.ingest.csvfiles import sniff_header, unreadable
+from etl.ingest.csvfiles import repeated_ids, sniff_header, unreadable
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, DQ_RESULT_COLUMNS, QUARANTINE_COLUMNS, empty_frame
+from etl.pipeline_state import completed_from_history
 from etl.stages import StageCatalog
+from etl.validation.raw import run_raw_suites
 from etl.validation.reason_codes import DEAL_QUARANTINED, DUPLICATE_ID
 
 logger = logging.getLogger(__name__)
@@ -110,7 +112,7 @@ class IngestResult:
     history_gaps: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=HISTORY_GAP_COLUMNS))
     # The currencies an amount may be in: the reporting currency and those of the rates file.
     currencies: list[str] = field(default_factory=list)
-    # data_quality_results rows of the raw suites each reader ran on its files as written.
+    # data_quality_results rows of the raw suites the readers declared on their files as written.
     raw_checks: pd.DataFrame = field(default_factory=lambda: empty_frame(DQ_RESULT_COLUMNS))
     # Identifying values that Unicode normalisation changed: source_file, source_row, column, as_written.
     normalised: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=NORMALISED_COLUMNS))
@@ -319,6 +321,10 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
     rates = load_rates(rates_path, project.reporting_currency) if rates_path is not None else None
 
     exports: list[SourceExport] = [readers[system].read(files, project) for system, files in by_reader.items()]
+    # Every reader's raw suites, checked together (the readers declare them and run none), and then
+    # let go of before any deal is completed from its history.
+    raw_checks = run_raw_suites([suite for e in exports for suite in e.raw_suites])
+    exports = [_completed(dataclasses.replace(e, raw_suites=[]), project) for e in exports]
     stages = project.stages
     for export in exports:
         for pipeline in export.pipelines:
@@ -331,7 +337,6 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
     history = _concat([e.history for e in exports], DEAL_HISTORY_COLUMNS)
     quarantine = _concat([e.quarantine for e in exports], QUARANTINE_COLUMNS)
     gaps = [e.history_gaps for e in exports if e.history_gaps is not None and not e.history_gaps.empty]
-    raw_checks = [e.raw_checks for e in exports if e.raw_checks is not None and not e.raw_checks.empty]
     files = [report for e in exports for report in e.files]
 
     deals, deal_changes = normalise_identifying_text(deals)
@@ -359,11 +364,24 @@ def read_exports(exports_dir: Path, project: ProjectConfig, *, as_of: dt.date | 
         skipped_files=skipped,
         stages=stages,
         history_gaps=pd.concat(gaps, ignore_index=True) if gaps else pd.DataFrame(columns=HISTORY_GAP_COLUMNS),
-        raw_checks=pd.concat(raw_checks, ignore_index=True) if raw_checks else empty_frame(DQ_RESULT_COLUMNS),
+        raw_checks=raw_checks,
         currencies=sorted({project.reporting_currency, *(rates.currencies if rates is not None else [])}),
         normalised=pd.concat([deal_changes, history_changes], ignore_index=True),
         notes=[note for export in exports for note in export.notes],
     )
+
+
+def _completed(export: SourceExport, project: ProjectConfig) -> SourceExport:
+    """`export` with its deals completed from their history when its reader leaves that to the load
+    (`SourceExport.completed_from_history`), under the stage orders it was read with; before the
+    deals are valued in the reporting currency or validated, both of which read closed_at."""
+    if not export.completed_from_history:
+        return export
+    stages = project.stages
+    for pipeline in export.pipelines:
+        stages = stages.with_pipeline(pipeline)
+    deals = completed_from_history(export.deals, export.history, stages)
+    return dataclasses.replace(export, deals=deals)
 
 
 def normalise_identifying_text(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -470,7 +488,7 @@ def _quarantine_duplicates(
     rank = deals["source_file"].map(file_rank).fillna(len(file_rank)).to_numpy(dtype=np.int64)
     order = np.lexsort((deals["source_row"].to_numpy(), rank))
     in_order = deals.iloc[order]
-    later = in_order["deal_id"].duplicated(keep="first").to_numpy()
+    later = repeated_ids(in_order["deal_id"], np.ones(len(in_order), dtype=bool))
     dropped = in_order.loc[later]
     kept_where = _where(in_order.loc[~later]).set_axis(in_order.loc[~later, "deal_id"].to_numpy())
     reasons = [

@@ -1,13 +1,14 @@
 """The raw source suites: each export file's columns as written, before any parsing.
 
-A reader declares its `RawRules` (not blank, unique, written as a number / date / boolean);
-`validate_raw_rows` checks them with Great Expectations on the text as read and returns one
-`data_quality_results` row per file and check. The reader quarantines each failing row with the
-rule's reason code."""
+A reader declares its `RawRules` (not blank, unique, written as a number / date / boolean) and,
+while it reads, the values they are about (`declare_raw_suite`, a `RawSuite`); it runs no check
+itself. `run_raw_suites` checks every declared suite with Great Expectations, once per read of the
+exports (`etl.ingest.exports.read_exports`), and returns one `data_quality_results` row per file
+and check. The reader quarantines each failing row with the rule's reason code."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,59 @@ def _rows_with(codes: np.ndarray, bad_values: np.ndarray, n_values: int) -> np.n
     return np.flatnonzero(bad[codes])
 
 
+@dataclass(frozen=True)
+class RawSuite:
+    """The raw suite a reader declares for one export format: its `RawRules` and the values they
+    are about, as written, ready for Great Expectations. A reader builds it with `declare_raw_suite`
+    while it reads its files and hands it back untouched; `run_raw_suites` checks it.
+
+    The values are kept dictionary-encoded, not as the reader's text columns: each checked column
+    as a 4-byte code per row into its distinct written values, or into their shapes for a
+    digit-blind form (a date column has a few dozen shapes; an id column's values are all
+    distinct, and the largest part of what a suite holds)."""
+
+    format_label: str
+    rules: RawRules
+    files: dict[int, str]  # file key -> path, for every file the working frame holds rows of
+    file_keys: np.ndarray  # each row's file key
+    # (column, digit_blind) -> (each row's code, -1 for blank; the distinct values or shapes)
+    encoded: dict[tuple[str, bool], tuple[np.ndarray, pa.Array]]
+    headers: dict[tuple[int, str], str]  # (file key, working column) -> the file's header for it
+
+
+def _checked_columns(rules: RawRules, frame: pd.DataFrame) -> list[tuple[str, bool]]:
+    """The (column, digit_blind) encodings the rules need, for the columns `frame` has."""
+    wanted = [(c, True) for c in rules.not_blank] + [(c, False) for c in rules.unique]
+    wanted += [(form.column, form.digit_blind) for form in rules.forms]
+    return [w for w in dict.fromkeys(wanted) if w[0] in frame]
+
+
+def declare_raw_suite(
+    frame: pd.DataFrame,
+    files: dict[int, str],
+    rules: RawRules,
+    label: Callable[[int, str], str],
+    format_label: str,
+) -> RawSuite:
+    """The raw suite of one export format over a reader's working frame: text columns as written
+    ("" for blank) plus `_file` (the file key of each row, a key of `files`). `label(file_key,
+    column)` is the column's header in that file. Nothing is checked here (see `run_raw_suites`)."""
+    columns = _checked_columns(rules, frame)
+    encoded = {}
+    for column, blind in columns:
+        codes, values = _distinct(frame[column], blind)
+        encoded[(column, blind)] = (codes.astype(np.int32), values)
+    headers = {(key, column): label(key, column) for key in files for column in dict.fromkeys(c for c, _ in columns)}
+    return RawSuite(
+        format_label=format_label,
+        rules=rules,
+        files=dict(files),
+        file_keys=frame["_file"].to_numpy(dtype=np.int32),
+        encoded=encoded,
+        headers=headers,
+    )
+
+
 def validate_raw_rows(
     frame: pd.DataFrame,
     files: dict[int, str],
@@ -126,68 +180,80 @@ def validate_raw_rows(
     label: Callable[[int, str], str],
     format_label: str,
 ) -> pd.DataFrame:
-    """Run the raw suite of one export format on a reader's working frame: text columns as
-    written ("" for blank) plus `_file` (the file key of each row, a key of `files`). Returns one
-    `data_quality_results` row per file and check (asset crm_exports, severity "row": the reader
-    quarantines each failing row with the check's reason code). `label(file_key, column)` is the
-    column's header in that file.
+    """`declare_raw_suite` and `run_raw_suites` for one working frame: the `data_quality_results`
+    rows of its raw suite."""
+    return run_raw_suites([declare_raw_suite(frame, files, rules, label, format_label)])
+
+
+def run_raw_suites(suites: Sequence[RawSuite]) -> pd.DataFrame:
+    """Run the declared raw suites with Great Expectations, in one session, in order. Returns one
+    `data_quality_results` row per suite, file and check (asset crm_exports, severity "row": the
+    reader quarantines each failing row with the check's reason code).
 
     Great Expectations sees each column as a categorical of its distinct written values (cheap to
     hash and scan). A form check runs on the distinct shapes of the values (every digit written
     as 9, when the form treats all digits alike), so five million timestamps cost a few dozen
     regular-expression matches; a failing shape fails every row written in it."""
-    cache: dict[tuple[str, bool], tuple[np.ndarray, pa.Array]] = {}
+    parts: list[pd.DataFrame] = []
+    seen: dict[str, int] = {}
+    with quiet_great_expectations():
+        session = GxSession()
+        for suite in suites:
+            # Suite names are unique within a session: a format declared twice gets a number.
+            seen[suite.format_label] = seen.get(suite.format_label, 0) + 1
+            number = seen[suite.format_label]
+            parts.append(_run_suite(session, suite, f"raw {suite.format_label}" + (f" #{number}" if number > 1 else "")))
+    out = [part for part in parts if not part.empty]
+    if not out:
+        return empty_frame(DQ_RESULT_COLUMNS)
+    return pd.concat(out, ignore_index=True)
 
-    def distinct(column: str, digit_blind: bool) -> tuple[np.ndarray, pa.Array]:
-        if (column, digit_blind) not in cache:
-            cache[(column, digit_blind)] = _distinct(frame[column], digit_blind)
-        return cache[(column, digit_blind)]
 
+def _run_suite(session: GxSession, suite: RawSuite, suite_name: str) -> pd.DataFrame:
+    rules = suite.rules
     expectations: list[Any] = []
     described: dict[str, tuple[str, str, str]] = {}
-    work = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    work = pd.DataFrame(index=pd.RangeIndex(len(suite.file_keys)))
     for column in rules.not_blank:
-        if column in frame:
+        if (column, True) in suite.encoded:
             name = f"{column}.not_blank"
-            codes, values = distinct(column, True)
+            codes, values = suite.encoded[(column, True)]
             work[name] = pd.Categorical.from_codes(codes, categories=pd.Index(np.arange(len(values))))
             expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=name, meta={"check_name": name}))
             described[name] = (column, "not_blank", "a value in every row (blank rows are quarantined)")
     for column in rules.unique:
-        if column in frame:
+        if (column, False) in suite.encoded:
             name = f"{column}.unique"
-            codes, values = distinct(column, False)
+            codes, values = suite.encoded[(column, False)]
             work[name] = pd.Categorical.from_codes(codes, categories=pd.Index(np.arange(len(values))))
             expectations.append(gxe.ExpectColumnValuesToBeUnique(column=name, meta={"check_name": name}))
             described[name] = (column, "unique", "each value once (later repeats are quarantined as duplicate_id)")
     failing: dict[str, np.ndarray] = {}
-    with quiet_great_expectations():
-        session = GxSession()
-        if expectations:
-            results = session.validate(f"raw {format_label}", work, expectations)
-            failing = {name: failing_rows(results[name], name) for name in results}
-        for form in rules.forms:
-            if form.column not in frame:
-                continue
-            name = f"{form.column}.{form.kind}"
-            codes, values = distinct(form.column, form.digit_blind)
-            check = gxe.ExpectColumnValuesToMatchRegex(column="value", regex=form.pattern, meta={"check_name": name})
-            checked = pd.DataFrame({"value": pd.Series(values.to_pylist(), dtype=object)})
-            bad_values = failing_rows(session.validate(f"raw {format_label} {name}", checked, [check])[name], name)
-            failing[name] = _rows_with(codes, bad_values, len(values))
-            described[name] = (
-                form.column, form.kind,
-                f"blank or written as a {form.kind} (others are quarantined as {form.reason_code})",
-            )
-    file_keys = frame["_file"].to_numpy(dtype=np.int64)
+    if expectations:
+        results = session.validate(suite_name, work, expectations)
+        failing = {name: failing_rows(results[name], name) for name in results}
+    for form in rules.forms:
+        if (form.column, form.digit_blind) not in suite.encoded:
+            continue
+        name = f"{form.column}.{form.kind}"
+        codes, values = suite.encoded[(form.column, form.digit_blind)]
+        check = gxe.ExpectColumnValuesToMatchRegex(column="value", regex=form.pattern, meta={"check_name": name})
+        checked = pd.DataFrame({"value": pd.Series(values.to_pylist(), dtype=object)})
+        bad_values = failing_rows(session.validate(f"{suite_name} {name}", checked, [check])[name], name)
+        failing[name] = _rows_with(codes, bad_values, len(values))
+        described[name] = (
+            form.column, form.kind,
+            f"blank or written as a {form.kind} (others are quarantined as {form.reason_code})",
+        )
+    file_keys = suite.file_keys
     rows_per_file = pd.Series(file_keys).value_counts()
     out = []
     for name, (column, kind, expected) in described.items():
         failing_per_file = pd.Series(file_keys[failing[name]]).value_counts()
-        for key, path in files.items():
+        for key, path in suite.files.items():
             total = int(rows_per_file.get(key, 0))
             count = int(failing_per_file.get(key, 0))
-            header = label(key, column)
+            header = suite.headers[(key, column)]
             out.append(
                 check_result(
                     _raw_check_name(path, header, kind), ASSET_EXPORTS, count == 0, SEVERITY_ROW,

@@ -23,6 +23,7 @@ from etl.stages import PipelineStages
 
 if TYPE_CHECKING:
     from etl.config import ProjectConfig
+    from etl.validation.raw import RawSuite
     from etl.ingest.csvfiles import CsvHeader
 
 
@@ -71,11 +72,16 @@ class SourceExport:
     files: list[FileReport]
     pipelines: list[PipelineStages] = field(default_factory=list)
     history_gaps: pd.DataFrame | None = None
-    # data_quality_results rows of the raw suites run on the files as written (etl.validation.raw.RawRules).
-    raw_checks: pd.DataFrame | None = None
+    # The raw suites the reader declared on its files as written (etl.validation.raw.RawSuite); the
+    # reader runs none of them: etl.ingest.exports has etl.validation.raw run them all at once.
+    raw_suites: list[RawSuite] = field(default_factory=list)
     # What the reader decided that a person should know, one sentence each, said once (for example
     # which field the loss reason was read from, or that owners are shown by their ids).
     notes: list[str] = field(default_factory=list)
+    # True when the deal records leave closed_at, a blank last stage change and the push count to
+    # the stage history (Salesforce's Opportunity): `deals` hold them as recorded, and the load step
+    # (etl.ingest.exports) completes them with etl.pipeline_state.completed_from_history.
+    completed_from_history: bool = False
 
 
 @dataclass(frozen=True)

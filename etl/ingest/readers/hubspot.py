@@ -70,6 +70,8 @@ from etl.ingest.csvfiles import (
     parse_numbers,
     parse_timestamps,
     refuse_regional_formats,
+    first_occurrences,
+    repeated_ids,
 )
 from etl.ingest.readers.salesforce import (
     DUPLICATE_ID,
@@ -519,24 +521,21 @@ def read_hubspot(files: Mapping[str, Sequence[Path]], project: ProjectConfig) ->
         frame, {f.key: f.table.path for f in loaded}, ("amount", "amount_company"), ("create_date", "close_date"),
         lambda key, column: checks.column_label(column), LABEL,
     )
-    quarantine.expect(frame, RAW_RULES, LABEL, lambda key, column: checks.column_label(column))
+    quarantine.declare(frame, RAW_RULES, LABEL, lambda key, column: checks.column_label(column))
 
     ids = frame["deal_id"]
     checks.flag(is_blank(ids), MISSING_ID, "Record ID", "Record ID is blank; expected the deal's id")
     live = ~checks.bad
-    repeated = ids.where(live).duplicated(keep="first").to_numpy() & live
-    if repeated.any():
-        first = frame.loc[live, ["deal_id", "source_file", "source_row"]].drop_duplicates("deal_id").set_index("deal_id")
-        checks.flag(
-            repeated,
-            DUPLICATE_ID,
-            "Record ID",
-            lambda rows: [
-                f"Record ID {i!r} appears more than once; the first occurrence "
-                f"({first.at[i, 'source_file']} row {first.at[i, 'source_row']}) is kept"
-                for i in rows["deal_id"]
-            ],
-        )
+    checks.flag(
+        repeated_ids(ids, live),
+        DUPLICATE_ID,
+        "Record ID",
+        lambda rows: [
+            f"Record ID {i!r} appears more than once; the first occurrence ({first[i]}) is kept"
+            for first in [first_occurrences(frame, "deal_id", live)]
+            for i in rows["deal_id"]
+        ],
+    )
     for field_name in ("stage", "create_date"):
         label = checks.column_label(field_name)
         checks.flag(is_blank(frame[field_name]), MISSING_REQUIRED_VALUE, label, f"{label} is blank; expected a value")
@@ -646,7 +645,7 @@ def read_hubspot(files: Mapping[str, Sequence[Path]], project: ProjectConfig) ->
     )
     return SourceExport(
         deals=deals, history=history, quarantine=quarantined, files=reports, pipelines=inferred,
-        raw_checks=quarantine.raw_results(),
+        raw_suites=quarantine.raw_suites(),
     )
 
 

@@ -47,6 +47,7 @@ from etl.ingest.csvfiles import (
     parse_booleans,
     parse_numbers,
     parse_timestamps,
+    repeated_ids,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
 from etl.stages import ORDER_CRM, STATUS_LOST, STATUS_OPEN, PipelineStages, StageCatalog
@@ -136,9 +137,7 @@ def _deleted(checks: RowChecks, what: str) -> None:
 def _ids(checks: RowChecks, column: str, what: str) -> None:
     frame = checks.frame
     checks.flag(is_blank(frame[column]), MISSING_ID, column, f"{column} is blank; expected the {what}'s id")
-    live = ~checks.bad
-    repeated = frame[column].where(live).duplicated(keep="first").to_numpy() & live
-    checks.flag(repeated, DUPLICATE_ID, column,
+    checks.flag(repeated_ids(frame[column], ~checks.bad), DUPLICATE_ID, column,
                 lambda rows: [f"{column} {i!r} appears more than once; the first occurrence is kept" for i in rows[column]])
 
 
@@ -331,7 +330,7 @@ def read_hubspot_tables(files: Mapping[str, Sequence[Path]], project: ProjectCon
     )
     return SourceExport(
         deals=canonical_deals, history=canonical_history, quarantine=quarantined, files=reports,
-        pipelines=inferred, raw_checks=quarantine.raw_results(), notes=notes,
+        pipelines=inferred, raw_suites=quarantine.raw_suites(), notes=notes,
     )
 
 

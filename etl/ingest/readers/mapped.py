@@ -51,6 +51,8 @@ from etl.ingest.csvfiles import (
     parse_dates,
     parse_locale_numbers,
     sniff_header,
+    first_occurrences,
+    repeated_ids,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, STATUSES, PipelineStages, StageCatalog
@@ -539,9 +541,8 @@ def _read_lookup(
     frame = pd.concat(parts, ignore_index=True)
     checks = _Checks(frame, quarantine)
     checks.flag(is_blank(frame[lookup.key]), MISSING_ID, lookup.key, f"{lookup.key} is blank; expected the lookup key")
-    repeated = frame[lookup.key].where(~checks.bad).duplicated(keep="first").to_numpy() & ~checks.bad
     checks.flag(
-        repeated, DUPLICATE_ID, lookup.key,
+        repeated_ids(frame[lookup.key], ~checks.bad), DUPLICATE_ID, lookup.key,
         lambda: "the key " + _quoted(frame[lookup.key]) + " appears more than once; the first row is kept",
     )
     kept = frame.loc[~checks.bad]
@@ -674,7 +675,7 @@ def _read_mapping(
         part["_blank"] = table.blank_rows()
         parts.append(part)
     raw = pd.concat(parts, ignore_index=True)
-    quarantine.expect(raw, _raw_rules(spec), label, lambda key, column: column.removeprefix(_RAW))
+    quarantine.declare(raw, _raw_rules(spec), label, lambda key, column: column.removeprefix(_RAW))
     frame = raw[["_file", "_pos", "source_file", "source_row", "_blank"]].copy()
     checks = _Checks(frame, quarantine)
     _apply_filter(spec, raw, checks)
@@ -722,15 +723,11 @@ def _read_mapping(
     # Ids.
     checks.flag(is_blank(frame["deal_id"]), MISSING_ID, source["deal_id"], f"{source['deal_id']} is blank; expected the deal's id")
     live = ~checks.bad
-    repeated = frame["deal_id"].where(live).duplicated(keep="first").to_numpy() & live
-    if repeated.any():
-        first = frame.loc[live].drop_duplicates("deal_id").set_index("deal_id")
-        where = first["source_file"] + " row " + first["source_row"].astype(str)
-        checks.flag(
-            repeated, DUPLICATE_ID, source["deal_id"],
-            lambda: source["deal_id"] + " " + _quoted(frame["deal_id"]) + " appears more than once; the first "
-            "occurrence (" + where.reindex(frame["deal_id"]).fillna("").to_numpy() + ") is kept",
-        )
+    checks.flag(
+        repeated_ids(frame["deal_id"], live), DUPLICATE_ID, source["deal_id"],
+        lambda: source["deal_id"] + " " + _quoted(frame["deal_id"]) + " appears more than once; the first "
+        "occurrence (" + first_occurrences(frame, "deal_id", live).reindex(frame["deal_id"]).fillna("").to_numpy() + ") is kept",
+    )
 
     # Values that must parse.
     parsed: dict[str, pd.Series] = {}
@@ -963,7 +960,7 @@ def read_with(
         quarantine=quarantined,
         files=reports,
         pipelines=pipelines,
-        raw_checks=quarantine.raw_results(),
+        raw_suites=quarantine.raw_suites(),
     )
 
 

@@ -100,6 +100,8 @@ from etl.ingest.csvfiles import (
     parse_timestamps,
     refuse_regional_formats,
     sniff_header,
+    first_occurrences,
+    repeated_ids,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
 from etl.stages import (
@@ -396,19 +398,16 @@ def _check_rows(checks: _Checks, settings: PipedriveSourceConfig, reporting: str
     frame = checks.frame
     checks.flag(is_blank(frame["id"]), MISSING_ID, "id", lambda rows, col: [f"{col} is blank; expected the deal's id"] * len(rows))
     live = ~checks.bad
-    repeated = frame["id"].where(live).duplicated(keep="first").to_numpy() & live
-    if repeated.any():
-        first = frame.loc[live, ["id", "source_file", "source_row"]].drop_duplicates("id").set_index("id")
-        checks.flag(
-            repeated,
-            DUPLICATE_ID,
-            "id",
-            lambda rows, col: [
-                f"{col} {i!r} appears more than once; the first occurrence "
-                f"({first.at[i, 'source_file']} row {first.at[i, 'source_row']}) is kept"
-                for i in rows["id"]
-            ],
-        )
+    checks.flag(
+        repeated_ids(frame["id"], live),
+        DUPLICATE_ID,
+        "id",
+        lambda rows, col: [
+            f"{col} {i!r} appears more than once; the first occurrence ({first[i]}) is kept"
+            for first in [first_occurrences(frame, "id", live)]
+            for i in rows["id"]
+        ],
+    )
     status = frame["status"].str.lower()
     frame["status_value"] = status
     checks.flag(is_blank(status), MISSING_REQUIRED_VALUE, "status",
@@ -618,7 +617,7 @@ def read_pipedrive(files: Mapping[str, Sequence[Path]], project: ProjectConfig) 
         frame, {key: table.path for key, table, _ in tables}, ("value", "probability"),
         ("created", "won_time", "lost_time", "close_time", "expected_close"), checks.header, LABEL,
     )
-    quarantine.expect(frame, RAW_RULES, LABEL, checks.header)
+    quarantine.declare(frame, RAW_RULES, LABEL, checks.header)
     _check_rows(checks, settings, reporting)
 
     inferred = _build_pipelines(frame.loc[~checks.bad], project, settings, paths[0])
@@ -650,7 +649,7 @@ def read_pipedrive(files: Mapping[str, Sequence[Path]], project: ProjectConfig) 
         quarantine=quarantined,
         files=reports,
         pipelines=inferred,
-        raw_checks=quarantine.raw_results(),
+        raw_suites=quarantine.raw_suites(),
     )
 
 

@@ -38,7 +38,6 @@ import numpy as np
 import pandas as pd
 
 from etl.config import ProjectConfig, SalesforceSourceConfig
-from etl.pipeline_state import prepare_history
 from etl.ingest.readers import HISTORY_GAP_COLUMNS, ExportFormatError, ExportReader, FileReport, SourceExport
 from etl.ingest.csvfiles import (
     CsvHeader,
@@ -52,8 +51,10 @@ from etl.ingest.csvfiles import (
     parse_numbers,
     parse_timestamps,
     refuse_regional_formats,
+    first_occurrences,
+    repeated_ids,
 )
-from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, TIMESTAMP, conform, empty_frame
+from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
 from etl.stages import (
     ORDER_CRM,
     ORDER_INFERRED,
@@ -293,19 +294,16 @@ def _deleted_and_ids(checks: RowChecks, what: str) -> None:
     _left_out(checks, what)
     checks.flag(is_blank(frame["Id"]), MISSING_ID, "Id", f"Id is blank; expected the {what}'s id")
     live = ~checks.bad
-    repeated = frame["Id"].where(live).duplicated(keep="first").to_numpy() & live
-    if repeated.any():
-        first = frame.loc[live, ["Id", "source_file", "source_row"]].drop_duplicates("Id").set_index("Id")
-        checks.flag(
-            repeated,
-            DUPLICATE_ID,
-            "Id",
-            lambda rows: [
-                f"Id {i!r} appears more than once; the first occurrence "
-                f"({first.at[i, 'source_file']} row {first.at[i, 'source_row']}) is kept"
-                for i in rows["Id"]
-            ],
-        )
+    checks.flag(
+        repeated_ids(frame["Id"], live),
+        DUPLICATE_ID,
+        "Id",
+        lambda rows: [
+            f"Id {i!r} appears more than once; the first occurrence ({first[i]}) is kept"
+            for first in [first_occurrences(frame, "Id", live)]
+            for i in rows["Id"]
+        ],
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,7 +321,7 @@ def _read_lookup(
         return pd.DataFrame(columns=list(columns)).set_index(pd.Index([], dtype="str", name="Id")), {}
     frame = _working_frame(tables, {"Id": "Id", "IsDeleted": "IsDeleted", **dict(zip(LOADER_FLAGS, LOADER_FLAGS)), **columns})
     fmt = USER if what == "user" else ACCOUNT
-    quarantine.expect(frame, RAW_RULES[fmt], LABELS[fmt])
+    quarantine.declare(frame, RAW_RULES[fmt], LABELS[fmt])
     checks = RowChecks(frame, quarantine)
     _deleted_and_ids(checks, what)
     checks.flag(
@@ -645,7 +643,7 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
     )
     history, hist_checks = _read_history(hist_tables, quarantine, project, deals, deal_checks, catalog)
     quarantined = quarantine.frame()
-    raw_checks = quarantine.raw_results()
+    raw_suites = quarantine.raw_suites()
     headers = _canonical_headers(settings, lost_reason_field)
     files_read = [
         (
@@ -661,12 +659,10 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
     accepted_history = (
         history.loc[~hist_checks.bad, _HISTORY_WORKING_COLUMNS] if history is not None and hist_checks is not None else None
     )
-    # The files' text is no longer needed: free it before the history is rebuilt.
+    # The files' text is no longer needed: free it before the canonical frames are built.
     del opp_tables, hist_tables, user_tables, account_tables, quarantine, deal_checks, hist_checks, deals, history
 
-    canonical_deals, canonical_history, gaps = _assemble(
-        accepted_deals, accepted_history, users, accounts, catalog, project
-    )
+    canonical_deals, canonical_history, gaps = _assemble(accepted_deals, accepted_history, users, accounts, project)
     quarantined_by_file = quarantined["source_file"].value_counts().to_dict()
     accepted_by_file: dict[str, int] = {}
     for counts in (
@@ -700,8 +696,9 @@ def read_salesforce(files: Mapping[str, Sequence[Path]], project: ProjectConfig)
         files=reports,
         pipelines=inferred,
         history_gaps=gaps,
-        raw_checks=raw_checks,
+        raw_suites=raw_suites,
         notes=notes,
+        completed_from_history=True,
     )
 
 
@@ -795,7 +792,7 @@ def _read_opportunities(
         frame, {key: t.path for key, t in tables}, ("Amount",), ("CreatedDate", "CloseDate"),
         lambda key, column: column, LABELS[OPPORTUNITY],
     )
-    quarantine.expect(frame, RAW_RULES[OPPORTUNITY], LABELS[OPPORTUNITY])
+    quarantine.declare(frame, RAW_RULES[OPPORTUNITY], LABELS[OPPORTUNITY])
     checks = RowChecks(frame, quarantine)
     _deleted_and_ids(checks, "opportunity")
     checks.blank_required(["StageName", "CreatedDate", "CloseDate"])
@@ -864,7 +861,7 @@ def _read_history(
     )  # fmt: skip
     columns: dict[str, str | None] = {c: c for c in standard}
     frame = _working_frame(tables, columns)
-    quarantine.expect(frame, RAW_RULES[HISTORY], LABELS[HISTORY])
+    quarantine.declare(frame, RAW_RULES[HISTORY], LABELS[HISTORY])
     checks = RowChecks(frame, quarantine)
     _left_out(checks, "history row")
     checks.flag(
@@ -873,10 +870,8 @@ def _read_history(
         "OpportunityId",
         "OpportunityId is blank; expected the id of the opportunity this history row belongs to",
     )
-    live = ~checks.bad & ~is_blank(frame["Id"])
-    repeated = frame["Id"].where(live).duplicated(keep="first").to_numpy() & live
     checks.flag(
-        repeated,
+        repeated_ids(frame["Id"], ~checks.bad & ~is_blank(frame["Id"])),
         DUPLICATE_ID,
         "Id",
         lambda rows: [f"history row Id {i!r} appears more than once; the first occurrence is kept" for i in rows["Id"]],
@@ -1013,14 +1008,14 @@ def _assemble(
     hist: pd.DataFrame | None,
     users: pd.DataFrame,
     accounts: pd.DataFrame,
-    catalog: StageCatalog,
     project: ProjectConfig,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Canonical deals and history from the accepted working rows, plus the history gaps.
 
     Owner, team and region come from User.csv, account names from Account.csv (the ids where
-    a lookup has no row). closed_at, last_stage_change_at (when the export leaves it blank) and
-    push_count come from the history as `prepare_history` annotates it.
+    a lookup has no row). closed_at is a closed deal's CloseDate, last_stage_change_at the
+    LastStageChangeDate as exported, push_count 0: the load step completes them from the rebuilt
+    history (`SourceExport.completed_from_history`).
     """
     reporting = project.reporting_currency
     owner_ids = opp["OwnerId"]
@@ -1098,21 +1093,6 @@ def _assemble(
         gaps = _history_gaps(hist)
     history = conform(history, DEAL_HISTORY_COLUMNS, "deal_history")
     deals["has_history"] = _members(deals["deal_id"], history["deal_id"])
-    deals = conform(deals, DEAL_COLUMNS, "deals")
-
-    prepared = prepare_history(deals, history, catalog)
-    # prepare_history sorts by deal: a deal's last row is where the next row's deal differs.
-    deal = prepared["deal_id"]
-    is_last = deal.ne(deal.shift(-1)).fillna(True).to_numpy(dtype=bool)
-    last = prepared.loc[is_last, ["deal_id", "stage_entered_at", "stage_status"]].set_index("deal_id")
-    last = last.reindex(deals["deal_id"])
-    entered = last["stage_entered_at"].to_numpy(dtype=TIMESTAMP)
-    closed_in_history = last["stage_status"].isin([STATUS_WON, STATUS_LOST]).to_numpy()
-    use_history = deals["has_history"].to_numpy() & closed_in_history & (deals["status"] != STATUS_OPEN).to_numpy()
-    deals["closed_at"] = deals["closed_at"].where(~use_history, pd.Series(entered, index=deals.index))
-    deals["last_stage_change_at"] = deals["last_stage_change_at"].fillna(pd.Series(entered, index=deals.index))
-    pushes = prepared.loc[prepared["is_push"], "deal_id"].value_counts()
-    deals["push_count"] = pushes.reindex(deals["deal_id"]).fillna(0).to_numpy(dtype=np.int64)
     return conform(deals, DEAL_COLUMNS, "deals"), history, gaps
 
 
