@@ -16,10 +16,11 @@ at the quarter's start against the CRM-weighted pipeline's. `factors` takes the 
 for the first backtested quarter, trains the models as the night before the quarter would and splits
 the open deals' expected in-quarter wins into their factors, each against what happened by `--end`:
 amount x P(win) against the amount won by then, amount x P(closes in the quarter | wins) over the deals
-that won against the amount won inside the quarter, and the product against the latter; per group of
-deals (all, overdue or not, more or fewer than 90 days in their stage), with the CRM-weighted amount and
-the training rows' win rate beside them. Each step prints wall time and peak
-resident memory (Linux: the high-water mark is reset before each step).
+that won against the amount won inside the quarter, and the product (also with the forecast's revenue
+calibration) against the latter; per group of deals (all, overdue or not, more or fewer than 90 days
+in their stage), with the CRM-weighted amount and the training rows' win rate beside them. The other
+commands print each step's wall time, CPU time and peak resident memory (Linux: the
+high-water mark is reset before each step).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON  # noqa: E402
 from sample_crm.generate import generate_sample  # noqa: E402
 from models.backtest import backtest_summary, backtested_rows, forecast_backtest, models_at  # noqa: E402
 from models.forecast import backtest_quarters, simulate_quarter  # noqa: E402
+from models.revenue_calibration import CEILING  # noqa: E402
 from models.timing import win_in_quarter_probability  # noqa: E402
 from models.training_set import build_training_set, snapshot_features  # noqa: E402
 
@@ -182,6 +184,8 @@ def factors(seeds: list[int], deals: int | None, end: dt.date) -> None:
         timing = win_in_quarter_probability(open_deals, np.ones(len(open_deals)), models.timing, quarter, fy)
         crm = open_deals["crm_probability"].astype("float64").fillna(open_deals["stage_probability"]).fillna(0.0).to_numpy()
         amount = open_deals["amount_reporting"].astype("float64").fillna(0.0).to_numpy()
+        # The revenue calibration as the forecast applies it (models.forecast.build_forecast).
+        calibrated = np.clip(win * models.calibration.factor(amount), 0.0, CEILING)
         final = pipeline_at(export.deals, history, as_of_end(end))
         final.index = final["deal_id"].astype("string")
         outcome = ids.map(final["status"]).to_numpy()
@@ -221,7 +225,9 @@ def factors(seeds: list[int], deals: int | None, end: dt.date) -> None:
                 "winners x P(in quarter)": (a * timing[mask] * won[mask]).sum() / 1e6,
                 "won in quarter": a[won_inside[mask]].sum() / 1e6,
                 "x P(win) x P(in quarter)": (a * win[mask] * timing[mask]).sum() / 1e6,
+                "same, revenue-calibrated": (a * calibrated[mask] * timing[mask]).sum() / 1e6,
                 "mean P(win)": float(win[mask].mean()) if mask.any() else float("nan"),
+                "mean P(in quarter | wins)": float(timing[mask].mean()) if mask.any() else float("nan"),
                 "deal win rate by end": float(won[mask].mean()) if mask.any() else float("nan"),
             })
         print(markdown_table(pd.DataFrame(rows), floatfmt="{:,.2f}"), flush=True)
