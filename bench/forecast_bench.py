@@ -12,13 +12,13 @@ table (WAPE, bias, interval coverage per method and checkpoint). `messy` does th
 samples (`generate_sample(profile="messy")`, one per seed), backtesting every quarter that has a full
 quarter of data before it, and prints per seed and pooled: the backtested quarter x segment rows of
 `ours` and the share whose actual lies inside P10-P90 (target 70-90%), and the company-total WAPE
-at the quarter's start against the CRM-weighted pipeline's. `factors` takes the same messy samples and,
-for the first backtested quarter, trains the models as the night before the quarter would and splits
+at the quarter's start against the CRM-weighted pipeline's. `factors` takes the same messy samples (or
+`--profile clean` simulator samples) and, for the first backtested quarter (or `--quarter`), trains the models as the night before the quarter would and splits
 the open deals' expected in-quarter wins into their factors, each against what happened by `--end`:
 amount x P(win) against the amount won by then, amount x P(closes in the quarter | wins) over the deals
 that won against the amount won inside the quarter, and the product (also with the forecast's revenue
 calibration) against the latter; per group of deals (all, overdue or not, more or fewer than 90 days
-in their stage), with the CRM-weighted amount and the training rows' win rate beside them. The other
+in their stage, terciles of the amount), with the CRM-weighted amount and the training rows' win rate beside them. The other
 commands print each step's wall time, CPU time and peak resident memory (Linux: the
 high-water mark is reset before each step).
 """
@@ -156,19 +156,19 @@ def _print_messy(title: str, frame: pd.DataFrame) -> None:
 STALE_STAGE_DAYS = 90
 
 
-def factors(seeds: list[int], deals: int | None, end: dt.date) -> None:
+def factors(seeds: list[int], deals: int | None, end: dt.date, profile: str, quarter: str | None) -> None:
     project = load_project_config()
     fy = project.fiscal_year_start_month
     for seed in seeds:
         out = Path(tempfile.mkdtemp(prefix=f"dealcast-factors-{seed}-"))
-        generate_sample(out, n_deals=deals, seed=seed, end_date=end, profile="messy")
+        generate_sample(out, n_deals=deals, seed=seed, end_date=end, profile=profile)
         export = read_exports(out, project)
         history = prepare_history(export.deals, export.history, export.stages)
         quarters = backtest_quarters(export.deals, end, fy)
-        if not quarters:
-            print(f"seed {seed}: no quarter with a full quarter of history before it", flush=True)
+        if not quarters or (quarter is not None and quarter not in quarters):
+            print(f"seed {seed}: {quarter or 'no quarter'} is not backtestable (backtestable: {quarters})", flush=True)
             continue
-        quarter = quarters[0]
+        quarter = quarter or quarters[0]
         start, stop = period_bounds(quarter, fy)
         as_of = (start - pd.Timedelta(days=1)).date()
         training = build_training_set(
@@ -211,6 +211,10 @@ def factors(seeds: list[int], deals: int | None, end: dt.date) -> None:
             ("not overdue", ~overdue),
             (f"> {STALE_STAGE_DAYS} days in stage", stale),
             (f"<= {STALE_STAGE_DAYS} days in stage", ~stale),
+            *(
+                (f"amount tercile {i + 1} ({lo:,.0f}-{hi:,.0f})", (amount >= lo) & (amount <= hi) if i == 0 else (amount > lo) & (amount <= hi))
+                for i, (lo, hi) in enumerate(zip(np.quantile(amount, [0, 1 / 3, 2 / 3]), np.quantile(amount, [1 / 3, 2 / 3, 1])))
+            ),
         ):
             a = amount[mask]
             rows.append({
@@ -254,14 +258,16 @@ def main() -> int:
     me.add_argument("--draws", type=int, default=2_000)
     fa = sub.add_parser("factors")
     fa.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    fa.add_argument("--deals", type=int, default=None, help="simulated deals per sample (default: the messy profile's 720)")
+    fa.add_argument("--deals", type=int, default=None, help="simulated deals per sample (default: the profile's)")
     fa.add_argument("--end", type=dt.date.fromisoformat, default=dt.date(2026, 11, 15))
+    fa.add_argument("--profile", choices=["messy", "clean"], default="messy")
+    fa.add_argument("--quarter", default=None, help="the quarter to split, e.g. 2024-Q3 (default: the first backtestable)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     if args.command == "simulate":
         simulate(args.open_deals, args.draws)
     elif args.command == "factors":
-        factors(args.seeds, args.deals, args.end)
+        factors(args.seeds, args.deals, args.end, args.profile, args.quarter)
     elif args.command == "messy":
         messy(args.seeds, args.deals, args.years, args.end, args.draws)
     else:
