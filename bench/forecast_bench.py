@@ -12,14 +12,15 @@ table (WAPE, bias, interval coverage per method and checkpoint). `messy` does th
 samples (`generate_sample(profile="messy")`, one per seed), backtesting every quarter that has a full
 quarter of data before it, and prints per seed and pooled: the backtested quarter x segment rows of
 `ours` and the share whose actual lies inside P10-P90 (target 70-90%), and the company-total WAPE
-at the quarter's start against the CRM-weighted pipeline's. `factors` takes the same messy samples (or
-`--profile clean` simulator samples) and, for the first backtested quarter (or `--quarter`), trains the models as the night before the quarter would and splits
-the open deals' expected in-quarter wins into their factors, each against what happened by `--end`:
-amount x P(win) against the amount won by then, amount x P(closes in the quarter | wins) over the deals
-that won against the amount won inside the quarter, and the product (also with the forecast's revenue
-calibration) against the latter; per group of deals (all, overdue or not, more or fewer than 90 days
-in their stage, terciles of the amount), with the CRM-weighted amount and the training rows' win rate beside them. The other
-commands print each step's wall time, CPU time and peak resident memory (Linux: the
+at the quarter's start against the CRM-weighted pipeline's. `factors` takes the same messy samples
+(or `--profile clean` simulator samples) and, for the first backtested quarter (or `--quarter`),
+trains the models as the night before the quarter would and splits the open deals' expected
+in-quarter wins into their factors, each against what happened by `--end`: amount x P(win) against
+the amount won by then, amount x P(closes in the quarter | wins) over the deals that won against the
+amount won inside the quarter, and the product (also with the forecast's revenue calibration) against
+the latter; per group of deals (all, overdue or not, more or fewer than 90 days in their stage,
+terciles of the amount), with the CRM-weighted amount and the training rows' win rate beside them.
+The other commands print each step's wall time, CPU time and peak resident memory (Linux: the
 high-water mark is reset before each step).
 """
 
@@ -156,6 +157,16 @@ def _print_messy(title: str, frame: pd.DataFrame) -> None:
 STALE_STAGE_DAYS = 90
 
 
+def _amount_terciles(amount: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(name, mask) of the thirds of `amount`, lowest first; a value on an edge is in the lower third."""
+    edges = np.quantile(amount, [0, 1 / 3, 2 / 3, 1])
+    groups = []
+    for i, (low, high) in enumerate(zip(edges[:-1], edges[1:])):
+        above = amount >= low if i == 0 else amount > low
+        groups.append((f"amount tercile {i + 1} ({low:,.0f}-{high:,.0f})", above & (amount <= high)))
+    return groups
+
+
 def factors(seeds: list[int], deals: int | None, end: dt.date, profile: str, quarter: str | None) -> None:
     project = load_project_config()
     fy = project.fiscal_year_start_month
@@ -211,10 +222,7 @@ def factors(seeds: list[int], deals: int | None, end: dt.date, profile: str, qua
             ("not overdue", ~overdue),
             (f"> {STALE_STAGE_DAYS} days in stage", stale),
             (f"<= {STALE_STAGE_DAYS} days in stage", ~stale),
-            *(
-                (f"amount tercile {i + 1} ({lo:,.0f}-{hi:,.0f})", (amount >= lo) & (amount <= hi) if i == 0 else (amount > lo) & (amount <= hi))
-                for i, (lo, hi) in enumerate(zip(np.quantile(amount, [0, 1 / 3, 2 / 3]), np.quantile(amount, [1 / 3, 2 / 3, 1])))
-            ),
+            *_amount_terciles(amount),
         ):
             a = amount[mask]
             rows.append({
