@@ -47,10 +47,17 @@ def _pod_resources(cpu: str, memory: str, memory_limit: str) -> dict[str, str]:
 # What the heavy steps' pods request, sized from the 1M-deal night (crm_tables and the scoring
 # model peak at a few GB; the backtest retrains one model per past quarter). Steps not named here
 # get the executor's default `step_k8s_config` from deploy/k8s/executor.yaml.
+#
+# `dagster/priority` orders the steps that are ready when the executor has fewer slots than ready
+# steps (the multiprocess executor runs as many steps as the machine has cores): the longest step
+# starts first. The backtest is the night's longest step (minutes at 1M deals on a first night) and
+# the scoring model heads the chain scores -> forecast; started behind a dozen short analytics steps,
+# they would finish last and hold up the whole night.
+PRIORITY_TAG = "dagster/priority"
 HEAVY_STEP_TAGS: dict[str, dict[str, str]] = {
     "ingest": _pod_resources(cpu="1", memory="6Gi", memory_limit="10Gi"),
-    "scoring_model": _pod_resources(cpu="2", memory="6Gi", memory_limit="10Gi"),
-    "backtest": _pod_resources(cpu="2", memory="4Gi", memory_limit="8Gi"),
+    "scoring_model": {**_pod_resources(cpu="2", memory="6Gi", memory_limit="10Gi"), PRIORITY_TAG: "1"},
+    "backtest": {**_pod_resources(cpu="2", memory="4Gi", memory_limit="8Gi"), PRIORITY_TAG: "2"},
 }
 
 

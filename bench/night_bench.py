@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -46,6 +47,8 @@ class NightResult:
     as_of: dt.date
     wall_seconds: float
     exit_code: int
+    # The machine's 1-minute load average at the start and end of the night (other work shows here).
+    load: tuple[float, float]
     peak_mb_by_process: dict[str, float] = field(default_factory=dict)
     step_seconds: dict[str, float] = field(default_factory=dict)
 
@@ -109,6 +112,7 @@ def run_night(as_of: dt.date, env: dict[str, str]) -> NightResult:
         "--select", "*", "--partition", as_of.isoformat(),
     ]
     night_env = {key: value for key, value in env.items() if key != "DEALCAST_AS_OF"}
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=ROOT, env=night_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     peaks: dict[int, tuple[str, float]] = {}
@@ -136,7 +140,8 @@ def run_night(as_of: dt.date, env: dict[str, str]) -> NightResult:
         if label is None:
             continue
         by_label[label] = max(by_label.get(label, 0.0), mb)
-    return NightResult(as_of, wall, process.returncode, by_label, _step_seconds(env["DAGSTER_HOME"]))
+    load = (load_before, os.getloadavg()[0])
+    return NightResult(as_of, wall, process.returncode, load, by_label, _step_seconds(env["DAGSTER_HOME"]))
 
 
 def _step_seconds(dagster_home: str) -> dict[str, float]:
@@ -166,6 +171,13 @@ def bare_read_seconds(exports: Path) -> tuple[float, int, int]:
     return time.perf_counter() - started, deals.num_rows, history.num_rows
 
 
+def _bare_read_in_child(exports: Path) -> tuple[float, int, int]:
+    """`bare_read_seconds` in a process of its own: the two tables (GBs at 1M deals) are not kept
+    in this process's memory while the nights run."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(bare_read_seconds, (exports,))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--deals", type=int, default=100_000, help="deals in the generated export")
@@ -183,7 +195,7 @@ def main() -> int:
         generate_sample(exports, n_deals=args.deals, seed=args.seed, end_date=args.as_of)
         print(f"generated {args.deals:,} deals in {exports} ({time.perf_counter() - started:.1f} s)")
     size_mb = sum(f.stat().st_size for f in exports.glob("*.csv")) / 1e6
-    read_s, deal_rows, history_rows = bare_read_seconds(exports)
+    read_s, deal_rows, history_rows = _bare_read_in_child(exports)
 
     dagster_home = work / "dagster_home"
     dagster_home.mkdir()
@@ -206,6 +218,7 @@ def main() -> int:
         print(f"{label} (as_of {night.as_of}): {status}")
         print(f"  wall {night.wall_seconds:,.1f} s = {night.wall_seconds / read_s:,.0f} x the bare read")
         print(f"  peak memory of any process {night.peak_mb:,.0f} MB")
+        print(f"  load average (1 min) at start {night.load[0]:.1f}, at end {night.load[1]:.1f} ({os.cpu_count()} cores)")
         for process, mb in sorted(night.peak_mb_by_process.items(), key=lambda kv: -kv[1])[:5]:
             print(f"    {process:<30} {mb:>9,.0f} MB")
         print(f"  {'step':<40} {'s':>9}")

@@ -340,11 +340,27 @@ def pipeline_at_many(
     row_index = np.repeat(np.arange(len(history)), counts)
     offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     snapshot_index = np.repeat(first, counts) + offsets
+    return states_of_rows(deals, history, row_index, snapshots[snapshot_index])
 
+
+def states_of_rows(
+    deals: pd.DataFrame,
+    history: pd.DataFrame,
+    row_index: np.ndarray,
+    snapshot_at: np.ndarray,
+) -> pd.DataFrame:
+    """The `pipeline_at_many` rows for given (history row, instant) pairs: history row
+    `row_index[i]` (a position in `history`) taken as its deal's state at `snapshot_at[i]`.
+
+    The caller chooses pairs where the row holds at that instant (changed_at <= instant <
+    valid_to); `pipeline_at_many` passes every such pair for its dates, a caller that needs only
+    some deals at some dates passes those. Pairs before the deal's creation are dropped, as in
+    `pipeline_at_many`; same columns and order (snapshot_at, deal_id).
+    """
     state_cols = [c for c in STATE_COLUMNS if c != "closed_at"]
     # Select before repeating: every column taken is copied once per snapshot its row holds at.
     state = history[["deal_id", "changed_at", *state_cols]].iloc[row_index].reset_index(drop=True)
-    state.insert(0, "snapshot_at", snapshots[snapshot_index])
+    state.insert(0, "snapshot_at", np.asarray(snapshot_at, dtype=TIMESTAMP))
 
     attributes = deals[["deal_id", *DEAL_ATTRIBUTES]]
     out = state.merge(attributes, on="deal_id", how="left", validate="many_to_one")

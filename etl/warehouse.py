@@ -416,10 +416,18 @@ class PreparedFrame:
     def rows(self) -> int:
         return len(self.data)
 
-    def values(self, style: str) -> list[np.ndarray]:
-        """One object array per column, NULL as None. `style` "sqlite" renders dates and timestamps as
-        the text SQLAlchemy's SQLite types store; "python" gives date/datetime objects."""
-        return [_python_values(self.data[column], kind, style) for column, kind in self.kinds.items()]
+    def values(self, style: str, start: int = 0, stop: int | None = None) -> list[np.ndarray]:
+        """One object array per column for rows start..stop (default all), NULL as None. `style`
+        "sqlite" renders dates and timestamps as the text SQLAlchemy's SQLite types store; "python"
+        gives date/datetime objects."""
+        rows = self.data.iloc[start:stop]
+        return [_python_values(rows[column], kind, style) for column, kind in self.kinds.items()]
+
+    def batches(self, style: str) -> Iterator[list[tuple]]:
+        """The rows as driver-ready tuples, `BATCH_ROWS` at a time: only one batch is ever converted
+        to Python objects (4.5M history rows at once took GBs)."""
+        for start in range(0, self.rows, BATCH_ROWS):
+            yield list(zip(*self.values(style, start, start + BATCH_ROWS)))
 
     def csv_block(self, start: int, stop: int) -> bytes:
         """Rows start..stop as PostgreSQL COPY CSV, written by Arrow's C++ CSV writer: every value
@@ -1003,14 +1011,11 @@ class Warehouse:
                 f"INSERT INTO {self._qualified(item.name)} ({', '.join(self._quote(c) for c in columns)}) "
                 f"VALUES ({', '.join('?' for _ in columns)})"
             )
-            values = item.values("sqlite")
-            for start in range(0, item.rows, BATCH_ROWS):
-                conn.exec_driver_sql(statement, list(zip(*(v[start : start + BATCH_ROWS] for v in values))))
+            for batch in item.batches("sqlite"):
+                conn.exec_driver_sql(statement, batch)
         else:
-            values = item.values("python")
-            for start in range(0, item.rows, BATCH_ROWS):
-                chunk = zip(*(v[start : start + BATCH_ROWS] for v in values))
-                conn.execute(item.spec.table.insert(), [dict(zip(columns, row)) for row in chunk])
+            for batch in item.batches("python"):
+                conn.execute(item.spec.table.insert(), [dict(zip(columns, row)) for row in batch])
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -35,7 +35,14 @@ import numpy as np
 import pandas as pd
 
 from etl.periods import period_bounds, quarter_labels
-from etl.pipeline_state import DEAL_ATTRIBUTES, as_of_end, lean_rebuild_inputs, pipeline_at_many, state_spans
+from etl.pipeline_state import (
+    DEAL_ATTRIBUTES,
+    as_of_end,
+    lean_rebuild_inputs,
+    pipeline_at_many,
+    state_spans,
+    states_of_rows,
+)
 from etl.schema import TIMESTAMP
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
 
@@ -529,17 +536,32 @@ def _creation_states(lean_deals: pd.DataFrame, lean_history: pd.DataFrame) -> pd
     return out
 
 
-def _cap_rows(frame: pd.DataFrame, cap: int) -> tuple[pd.DataFrame, bool]:
-    """At most `cap` rows per snapshot date, chosen by a hash of the deal id so the same deals are
-    kept at every date and a re-run keeps exactly the same rows."""
-    sizes = frame.groupby("snapshot_at")["deal_id"].transform("size")
+def _held_pairs(rows: np.ndarray, first: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (row, snapshot position) pair where row `rows[i]` holds: snapshots first[i] <= s < stop[i]."""
+    counts = np.maximum(stop - first, 0)
+    pair_row = np.repeat(rows, counts)
+    offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return pair_row, np.repeat(first, counts) + offsets
+
+
+def _sample_pairs(
+    pair_row: np.ndarray, pair_snapshot: np.ndarray, deal_hash: np.ndarray, n_snapshots: int, cap: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """At most `cap` (row, snapshot) pairs per snapshot, chosen by the hash of each pair's deal id
+    (`deal_hash`, the lowest kept), so the same deals are kept at every date and a re-run keeps exactly
+    the same rows. Chosen before any state or feature is rebuilt: a pair left out costs nothing.
+    Returns the kept pairs sorted by snapshot, and whether any snapshot was capped."""
+    sizes = np.bincount(pair_snapshot, minlength=n_snapshots)
     if not bool((sizes > cap).any()):
-        return frame, False
-    order = pd.Series(
-        pd.util.hash_array(frame["deal_id"].astype(str).to_numpy(dtype=object)), index=frame.index
-    )
-    rank = order.groupby(frame["snapshot_at"]).rank(method="first")
-    return frame.loc[rank <= cap], True
+        order = np.argsort(pair_snapshot, kind="stable")
+        return pair_row[order], pair_snapshot[order], False
+    # Sorted by snapshot, then deal hash; equal hashes (distinct ids almost never share one) keep
+    # the history's row order, which is deal id order.
+    order = np.lexsort((pair_row, deal_hash, pair_snapshot))
+    snapshot_sorted = pair_snapshot[order]
+    group_start = np.searchsorted(snapshot_sorted, snapshot_sorted, side="left")
+    keep = order[np.arange(len(order)) - group_start < cap]
+    return pair_row[keep], pair_snapshot[keep], True
 
 
 def build_training_set(
@@ -608,12 +630,12 @@ def build_training_set(
     )
 
     parts: list[pd.DataFrame] = []
-    censored_ids: list[pd.Series] = []
+    censored = 0
     sampled = False
     if instants:
         # Only the history rows holding an open state at some prediction date are rebuilt, and
-        # each chunk of dates rebuilds only the rows holding at its dates; the prior rates come
-        # from when each closed state holds (`_PriorCounts`).
+        # only at the dates where they become a training row; the prior rates come from when each
+        # closed state holds (`_PriorCounts`).
         snapshots = np.array(instants, dtype=TIMESTAMP)
         spans = state_spans(deals, history)
         first = _span_positions(spans["held_from"].to_numpy(dtype=TIMESTAMP), snapshots)
@@ -628,8 +650,6 @@ def build_training_set(
         )
         del spans
         open_first, open_stop = first[open_rows_at], stop[open_rows_at]
-        size = len(snapshots) + 1
-        rows_per_date = np.cumsum(np.bincount(open_first, minlength=size) - np.bincount(open_stop, minlength=size))
         # Only the columns the features read, text as categoricals: the rebuild repeats every row
         # once per date it holds at.
         lean_deals, lean_history = lean_rebuild_inputs(
@@ -639,12 +659,24 @@ def build_training_set(
         creation_history = lean_history.iloc[creation_rows_at]
         del lean_history
         open_deals = deal_index.get_indexer(open_history["deal_id"])
-        labelled_index = pd.Index(labels["deal_id"])
-        for start, end in _date_chunks(rows_per_date[: len(snapshots)]):
-            holding = (open_first < end) & (open_stop > start)
-            chunk_deals = lean_deals.iloc[np.unique(open_deals[holding])]
-            states = pipeline_at_many(chunk_deals, open_history.loc[holding], instants[start:end])
-            states = states.loc[_bool(states["status"].astype("string") == STATUS_OPEN)].reset_index(drop=True)
+        # Which (open row, date) pairs become training rows is decided from positions alone: a deal
+        # still open at as_of is censored (never a row), and the per-date cap samples among the
+        # labelled deals by a hash of the deal id. Only the kept pairs are rebuilt and featurised.
+        labelled_deal = pd.Index(labels["deal_id"]).get_indexer(deals["deal_id"]) >= 0
+        row_labelled = labelled_deal[open_deals]
+        censored = int(np.unique(open_deals[~row_labelled]).size)
+        pair_row, pair_snapshot = _held_pairs(
+            np.flatnonzero(row_labelled), open_first[row_labelled], open_stop[row_labelled]
+        )
+        deal_hash = pd.util.hash_array(deals["deal_id"].astype(str).to_numpy(dtype=object))
+        pair_row, pair_snapshot, sampled = _sample_pairs(
+            pair_row, pair_snapshot, deal_hash[open_deals[pair_row]], len(snapshots), max_rows_per_snapshot
+        )
+        bounds = np.searchsorted(pair_snapshot, np.arange(len(snapshots) + 1), side="left")
+        for start, end in _date_chunks(np.diff(bounds)):
+            rows_at = pair_row[bounds[start]:bounds[end]]
+            chunk_deals = lean_deals.iloc[np.unique(open_deals[rows_at])]
+            states = states_of_rows(chunk_deals, open_history, rows_at, snapshots[pair_snapshot[bounds[start]:bounds[end]]])
             rows = _state_features(states, fiscal_year_start_month)
             deal_positions = deal_index.get_indexer(states["deal_id"])
             snapshot_positions = np.searchsorted(snapshots, states["snapshot_at"].to_numpy(dtype=TIMESTAMP))
@@ -655,11 +687,7 @@ def build_training_set(
                     rows[f"{key}_prior_closed"] = closed_count
             rows = _with_stage_probability(rows, stages)
             rows["snapshot_kind"] = KIND_SCHEDULED
-            labelled = rows.merge(labels, on="deal_id", how="inner", validate="many_to_one")
-            censored_ids.append(rows.loc[labelled_index.get_indexer(rows["deal_id"]) < 0, "deal_id"])
-            labelled, capped = _cap_rows(labelled, max_rows_per_snapshot)
-            sampled = sampled or capped
-            parts.append(labelled[columns])
+            parts.append(rows.merge(labels, on="deal_id", how="inner", validate="many_to_one")[columns])
         if len(creation_history):
             states = _creation_states(lean_deals, creation_history)
             rows = _state_features(states, fiscal_year_start_month)
@@ -685,6 +713,6 @@ def build_training_set(
         as_of=as_of_date,
         frequency=frequency,
         maturity_days=float(maturity_days),
-        censored_deals=int(pd.concat(censored_ids).nunique()) if censored_ids else 0,
+        censored_deals=censored,
         sampled=sampled,
     )

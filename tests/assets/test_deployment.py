@@ -115,3 +115,24 @@ def test_the_shipped_kubernetes_files_share_nothing_but_the_database_and_the_buc
     assert not is_local(env["DEALCAST_STORE_URL"])
     assert "DEALCAST_WAREHOUSE_URL" not in env  # a secret: it holds the password
     assert env["DEALCAST_K8S_EXECUTOR_CONFIG"].endswith("deploy/k8s/executor.yaml")
+
+
+def test_the_longest_steps_start_first_when_slots_are_short():
+    """After ingest several steps are ready at once and the multiprocess executor runs as many as
+    there are cores: the backtest, then the scoring model (which heads scores -> forecast), must
+    be picked before the short analytics steps, whatever their order in the graph."""
+    from dagster._core.execution.plan.active import _default_sort_key
+    from dagster._core.execution.plan.plan import ExecutionPlan
+    from dagster._core.execution.api import create_execution_plan
+
+    import assets.definitions as definitions
+
+    job = definitions.defs.resolve_implicit_global_asset_job_def()
+    plan: ExecutionPlan = create_execution_plan(job, tags={"dagster/partition": "2026-11-15"})
+    ready_after_ingest = [
+        step for step in plan.get_all_steps_in_topo_order()
+        if step.get_execution_dependency_keys() == {"crm_tables"}
+    ]
+    order = [step.key for step in sorted(ready_after_ingest, key=_default_sort_key)]
+    assert len(order) > 3
+    assert order[:2] == ["forecast_backtest", "deal_scoring_model"], order

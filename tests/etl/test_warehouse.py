@@ -607,6 +607,27 @@ def test_bulk_insert_is_not_row_by_row(warehouse):
     assert warehouse.row_count("deal_scores") == 500
 
 
+def test_rows_are_written_a_batch_at_a_time_and_all_arrive(warehouse, monkeypatch):
+    """Large tables are converted to driver values one batch at a time: with batches of 3 rows, 8
+    deals (dates and NULLs on either side of each batch boundary) all arrive exactly."""
+    import etl.warehouse as warehouse_module
+
+    monkeypatch.setattr(warehouse_module, "BATCH_ROWS", 3)
+    claimed(warehouse)
+    ids = [f"D{i}" for i in range(8)]
+    frame = scores(ids)
+    frame["expected_close_date"] = pd.to_datetime(["2026-12-01", None, "2026-12-03", None, "2026-12-05", "2026-12-06", None, "2026-12-08"])
+    frame["owner"] = pd.array(["Ana", None, "Bo", "Cy", None, "Di", "Ed", None], dtype="string")
+    prepared = warehouse_module.prepare_frame(warehouse._spec("deal_scores"), frame, AS_OF)
+    assert [len(batch) for batch in prepared.batches("python")] == [3, 3, 2]
+    warehouse.write("deal_scores", frame, as_of=AS_OF, run_id="run-a")
+    result = warehouse.read("deal_scores", as_of=AS_OF).set_index("deal_id").loc[ids]
+    assert [None if pd.isna(v) else v for v in result["owner"]] == ["Ana", None, "Bo", "Cy", None, "Di", "Ed", None]
+    closes = [None if pd.isna(v) else v.strftime("%Y-%m-%d") for v in result["expected_close_date"]]
+    assert closes == ["2026-12-01", None, "2026-12-03", None, "2026-12-05", "2026-12-06", None, "2026-12-08"]
+    assert result["amount_reporting"].tolist() == [1000.0 * (i + 1) for i in range(8)]
+
+
 # ------------------------------------------------------------------------------------------------
 # Types
 

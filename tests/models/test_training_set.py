@@ -277,6 +277,25 @@ def test_rows_per_snapshot_are_capped_deterministically(world):
     pd.testing.assert_frame_equal(capped.frame, again.frame)
 
 
+def test_capped_rows_are_the_uncapped_rows_of_the_lowest_hash_deals(world):
+    """The cap chooses rows before they are rebuilt: what it keeps must be exactly the rows the full
+    set has for the 20 deals of lowest id hash at each date, feature for feature."""
+    deals, history = world
+    as_of = dt.date(2023, 6, 30)
+    full = build_training_set(deals, history, SYNTHETIC_CATALOG, as_of, max_rows_per_snapshot=10**9)
+    capped = build_training_set(deals, history, SYNTHETIC_CATALOG, as_of, max_rows_per_snapshot=20)
+    assert not full.sampled and capped.sampled
+    scheduled = full.frame.loc[full.frame["snapshot_kind"] == "scheduled"]
+    assert scheduled.groupby("snapshot_at").size().max() > 20
+    hashes = pd.util.hash_array(scheduled["deal_id"].astype(str).to_numpy(dtype=object))
+    kept = scheduled.assign(_hash=hashes).sort_values(["snapshot_at", "_hash"]).groupby("snapshot_at").head(20)
+    expected = pd.concat([kept.drop(columns="_hash"), full.frame.loc[full.frame["snapshot_kind"] == "creation"]])
+    expected = expected.sort_values(["snapshot_at", "deal_id"], kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(capped.frame, expected)
+    # Censoring does not depend on the cap: deals open at as_of are left out either way.
+    assert capped.censored_deals == full.censored_deals > 0
+
+
 def test_processing_dates_in_chunks_changes_no_row(world, training, monkeypatch):
     """Large CRMs rebuild a few dates at a time; the rows must not depend on where chunks end."""
     import models.training_set as training_set

@@ -817,7 +817,9 @@ def _read_opportunities(
     inference_columns = ["pipeline", "stage", "sort_order", "is_closed", "is_won", "probability", "has_sort_order_column"]
     clean = frame.loc[~checks.bad, inference_columns]
     stated = all(t.has("StageSortOrder") for _, t in tables)
-    moves = _history_moves(history_tables, frame.loc[~checks.bad, ["Id", "pipeline"]]) if history_tables else None
+    # The history's stage moves only matter for a pipeline dealcast.toml does not configure.
+    unconfigured = history_tables and not bool(clean["pipeline"].isin(project.stages.names).all())
+    moves = _history_moves(history_tables, frame.loc[~checks.bad, ["Id", "pipeline"]]) if unconfigured else None
     inferred = _infer_pipelines(clean, project.stages, [t.path for _, t in tables], project, moves)
     catalog = project.stages
     for p in inferred:
