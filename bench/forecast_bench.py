@@ -3,6 +3,7 @@
     python bench/forecast_bench.py simulate --open-deals 100000 1000000 [--draws 10000]
     python bench/forecast_bench.py backtest --deals 10000 [--quarters 8] [--retrain quarter]
     python bench/forecast_bench.py messy --seeds 1 2 3 4 5 [--deals 720] [--years 1.5]
+    python bench/forecast_bench.py factors --seeds 1 2 3 [--deals 720]
 
 `simulate` times `models.forecast.simulate_quarter` alone (random amounts and probabilities, every
 segment type's codes as in a real forecast: 8 columns). `backtest` generates the sample CRM, reads it
@@ -11,8 +12,16 @@ table (WAPE, bias, interval coverage per method and checkpoint). `messy` does th
 samples (`generate_sample(profile="messy")`, one per seed), backtesting every quarter that has a full
 quarter of data before it, and prints per seed and pooled: the backtested quarter x segment rows of
 `ours` and the share whose actual lies inside P10-P90 (target 70-90%), and the company-total WAPE
-at the quarter's start against the CRM-weighted pipeline's. Each step prints wall time and peak
-resident memory (Linux: the high-water mark is reset before each step).
+at the quarter's start against the CRM-weighted pipeline's. `factors` takes the same messy samples
+(or `--profile clean` simulator samples) and, for the first backtested quarter (or `--quarter`),
+trains the models as the night before the quarter would and splits the open deals' expected
+in-quarter wins into their factors, each against what happened by `--end`: amount x P(win) against
+the amount won by then, amount x P(closes in the quarter | wins) over the deals that won against the
+amount won inside the quarter, and the product (also with the forecast's revenue calibration) against
+the latter; per group of deals (all, overdue or not, more or fewer than 90 days in their stage,
+terciles of the amount), with the CRM-weighted amount and the training rows' win rate beside them.
+The other commands print each step's wall time, CPU time and peak resident memory (Linux: the
+high-water mark is reset before each step).
 """
 
 from __future__ import annotations
@@ -34,13 +43,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import _peak_rss_mb, _reset_peak  # noqa: E402  (bench/bench.py, next to this script)
+from etl.bookings import state_booking_dates  # noqa: E402
 from etl.config import load_project_config  # noqa: E402
 from etl.ingest.exports import read_exports  # noqa: E402
-from etl.pipeline_state import prepare_history  # noqa: E402
+from etl.periods import period_bounds  # noqa: E402
+from etl.pipeline_state import as_of_end, pipeline_at, prepare_history  # noqa: E402
 from etl.charts import markdown_table  # noqa: E402
+from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON  # noqa: E402
 from sample_crm.generate import generate_sample  # noqa: E402
-from models.backtest import backtest_summary, backtested_rows, forecast_backtest  # noqa: E402
-from models.forecast import simulate_quarter  # noqa: E402
+from models.backtest import backtest_summary, backtested_rows, forecast_backtest, models_at  # noqa: E402
+from models.forecast import backtest_quarters, simulate_quarter  # noqa: E402
+from models.revenue_calibration import CEILING  # noqa: E402
+from models.timing import win_in_quarter_probability  # noqa: E402
+from models.training_set import build_training_set, snapshot_features  # noqa: E402
 
 
 def _cpu_seconds() -> float:
@@ -139,6 +154,97 @@ def _print_messy(title: str, frame: pd.DataFrame) -> None:
     )
 
 
+STALE_STAGE_DAYS = 90
+
+
+def _amount_terciles(amount: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """(name, mask) of the thirds of `amount`, lowest first; a value on an edge is in the lower third."""
+    edges = np.quantile(amount, [0, 1 / 3, 2 / 3, 1])
+    groups = []
+    for i, (low, high) in enumerate(zip(edges[:-1], edges[1:])):
+        above = amount >= low if i == 0 else amount > low
+        groups.append((f"amount tercile {i + 1} ({low:,.0f}-{high:,.0f})", above & (amount <= high)))
+    return groups
+
+
+def factors(seeds: list[int], deals: int | None, end: dt.date, profile: str, quarter: str | None) -> None:
+    project = load_project_config()
+    fy = project.fiscal_year_start_month
+    for seed in seeds:
+        out = Path(tempfile.mkdtemp(prefix=f"dealcast-factors-{seed}-"))
+        generate_sample(out, n_deals=deals, seed=seed, end_date=end, profile=profile)
+        export = read_exports(out, project)
+        history = prepare_history(export.deals, export.history, export.stages)
+        quarters = backtest_quarters(export.deals, end, fy)
+        if not quarters or (quarter is not None and quarter not in quarters):
+            print(f"seed {seed}: {quarter or 'no quarter'} is not backtestable (backtestable: {quarters})", flush=True)
+            continue
+        quarter = quarter or quarters[0]
+        start, stop = period_bounds(quarter, fy)
+        as_of = (start - pd.Timedelta(days=1)).date()
+        training = build_training_set(
+            export.deals, history, export.stages, as_of, frequency=project.model.snapshot_frequency, fiscal_year_start_month=fy
+        )
+        models = models_at(export.deals, history, export.stages, as_of, project.model, fy)
+        state = export.stages.annotate(pipeline_at(export.deals, history, as_of_end(as_of)))
+        open_deals = state.loc[state["status"] == STATUS_OPEN].reset_index(drop=True)
+        features = snapshot_features(export.deals, history, export.stages, as_of, fiscal_year_start_month=fy)
+        scores = pd.Series(models.scorer.predict_proba(features), index=features["deal_id"].astype("string").to_numpy())
+        ids = open_deals["deal_id"].astype("string")
+        win = ids.map(scores).to_numpy(dtype="float64")
+        timing = win_in_quarter_probability(open_deals, np.ones(len(open_deals)), models.timing, quarter, fy)
+        crm = open_deals["crm_probability"].astype("float64").fillna(open_deals["stage_probability"]).fillna(0.0).to_numpy()
+        amount = open_deals["amount_reporting"].astype("float64").fillna(0.0).to_numpy()
+        # The revenue calibration as the forecast applies it (models.forecast.build_forecast).
+        calibrated = np.clip(win * models.calibration.factor(amount), 0.0, CEILING)
+        final = pipeline_at(export.deals, history, as_of_end(end))
+        final.index = final["deal_id"].astype("string")
+        outcome = ids.map(final["status"]).to_numpy()
+        won_final = final.loc[final["status"] == STATUS_WON]
+        booked = pd.Series(state_booking_dates(won_final, export.deals, as_of_end(end)).to_numpy(), index=won_final.index)
+        booking = pd.to_datetime(ids.map(booked))
+        won = outcome == STATUS_WON
+        won_inside = won & ((booking >= start) & (booking <= stop)).fillna(False).to_numpy(dtype=bool)
+        overdue = (pd.to_datetime(open_deals["expected_close_date"]) < pd.Timestamp(as_of)).fillna(False).to_numpy(dtype=bool)
+        stale = (pd.to_numeric(open_deals["days_in_stage"], errors="coerce") > STALE_STAGE_DAYS).fillna(False).to_numpy(dtype=bool)
+        trained_days = pd.to_numeric(training.frame["days_in_stage"], errors="coerce")
+        print(
+            f"\nseed {seed}: quarter {quarter}, models as of {as_of}, published scorer {models.scorer.scoring_method}; "
+            f"training rows {len(training.frame):,} (win rate {training.frame['label'].mean():.2f}, "
+            f"at most {trained_days.max():.0f} days in stage), {training.censored_deals} deals still open left out; "
+            f"amounts in millions, outcomes as known at {end}",
+            flush=True,
+        )
+        rows = []
+        for name, mask in (
+            ("all open", np.ones(len(open_deals), dtype=bool)),
+            ("overdue", overdue),
+            ("not overdue", ~overdue),
+            (f"> {STALE_STAGE_DAYS} days in stage", stale),
+            (f"<= {STALE_STAGE_DAYS} days in stage", ~stale),
+            *_amount_terciles(amount),
+        ):
+            a = amount[mask]
+            rows.append({
+                "deals": int(mask.sum()),
+                "group": name,
+                "amount": a.sum() / 1e6,
+                "x P(win)": (a * win[mask]).sum() / 1e6,
+                "x CRM prob.": (a * crm[mask]).sum() / 1e6,
+                "won by end": a[won[mask]].sum() / 1e6,
+                "still open at end": a[outcome[mask] == STATUS_OPEN].sum() / 1e6,
+                "lost by end": a[outcome[mask] == STATUS_LOST].sum() / 1e6,
+                "winners x P(in quarter)": (a * timing[mask] * won[mask]).sum() / 1e6,
+                "won in quarter": a[won_inside[mask]].sum() / 1e6,
+                "x P(win) x P(in quarter)": (a * win[mask] * timing[mask]).sum() / 1e6,
+                "same, revenue-calibrated": (a * calibrated[mask] * timing[mask]).sum() / 1e6,
+                "mean P(win)": float(win[mask].mean()) if mask.any() else float("nan"),
+                "mean P(in quarter | wins)": float(timing[mask].mean()) if mask.any() else float("nan"),
+                "deal win rate by end": float(won[mask].mean()) if mask.any() else float("nan"),
+            })
+        print(markdown_table(pd.DataFrame(rows), floatfmt="{:,.2f}"), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,10 +264,18 @@ def main() -> int:
     me.add_argument("--years", type=float, default=None, help="years of data (default: the messy profile's)")
     me.add_argument("--end", type=dt.date.fromisoformat, default=dt.date(2026, 11, 15))
     me.add_argument("--draws", type=int, default=2_000)
+    fa = sub.add_parser("factors")
+    fa.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    fa.add_argument("--deals", type=int, default=None, help="simulated deals per sample (default: the profile's)")
+    fa.add_argument("--end", type=dt.date.fromisoformat, default=dt.date(2026, 11, 15))
+    fa.add_argument("--profile", choices=["messy", "clean"], default="messy")
+    fa.add_argument("--quarter", default=None, help="the quarter to split, e.g. 2024-Q3 (default: the first backtestable)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     if args.command == "simulate":
         simulate(args.open_deals, args.draws)
+    elif args.command == "factors":
+        factors(args.seeds, args.deals, args.end, args.profile, args.quarter)
     elif args.command == "messy":
         messy(args.seeds, args.deals, args.years, args.end, args.draws)
     else:
