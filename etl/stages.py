@@ -12,6 +12,8 @@ Where a pipeline's order comes from is kept with it (`PipelineStages.order_sourc
 
 from __future__ import annotations
 
+import logging
+
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -379,3 +381,11 @@ def _improve(cost: np.ndarray, order: list[int]) -> list[int]:
                 order = rest[:q] + [stage] + rest[q:]
                 improved = True
     return order
+
+
+def log_inferred_order(pipeline: PipelineStages) -> None:
+    """Say, once per load, the stage order a reader inferred for a pipeline the configuration does not name."""
+    logging.getLogger(__name__).info(
+        "pipeline %r is not configured; stage order inferred from %s: %s, won %r, lost %r",
+        pipeline.name, pipeline.order_basis, list(pipeline.open_stages), pipeline.won_stage, pipeline.lost_stage,
+    )

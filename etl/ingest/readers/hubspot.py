@@ -82,7 +82,7 @@ from etl.ingest.readers.salesforce import (
     UNPARSEABLE_NUMBER,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
-from etl.stages import ORDER_INFERRED, STATUS_OPEN, PipelineStages, StageCatalog, order_from_moves, stage_moves
+from etl.stages import ORDER_INFERRED, STATUS_OPEN, PipelineStages, StageCatalog, log_inferred_order, order_from_moves, stage_moves
 from etl.validation.raw import RawRules
 
 logger = logging.getLogger(__name__)
@@ -486,10 +486,7 @@ def _infer_pipelines(
             order_source=ORDER_INFERRED,
             order_basis=basis,
         )
-        logger.info(
-            "pipeline %r is not configured; stage order inferred from %s: %s, won %r, lost %r",
-            pipeline.name, basis, list(pipeline.open_stages), pipeline.won_stage, pipeline.lost_stage,
-        )
+        log_inferred_order(pipeline)
         inferred.append(pipeline)
     return inferred
 

@@ -64,6 +64,7 @@ from etl.stages import (
     PipelineStages,
     StageCatalog,
     insert_by_moves,
+    log_inferred_order,
     order_from_moves,
     stage_moves,
 )
@@ -530,10 +531,7 @@ def _pipelines_from_moves(
             order_source=ORDER_INFERRED,
             order_basis=basis,
         )
-        logger.info(
-            "pipeline %r is not configured; stage order inferred from %s: %s, won %r, lost %r",
-            pipeline.name, basis, list(pipeline.open_stages), pipeline.won_stage, pipeline.lost_stage,
-        )
+        log_inferred_order(pipeline)
         inferred.append(pipeline)
     return inferred
 
