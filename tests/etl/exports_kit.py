@@ -54,6 +54,15 @@ def load(exports: Path, config: Path | None = None) -> CrmLoad:
     return load_crm(resolve_settings(exports_dir=exports, as_of=AS_OF, config_file=config))
 
 
+def load_copy(fixture: Path, workdir: Path) -> CrmLoad:
+    """The nightly load of a copy of the export folder `fixture` (in `workdir`), reporting in USD."""
+    exports = workdir / "exports"
+    shutil.copytree(fixture, exports)
+    config = workdir / "dealcast.toml"
+    config.write_text('[reporting]\ncurrency = "USD"\n', encoding="utf-8")
+    return load(exports, config)
+
+
 def quarantined_at(crm: CrmLoad, file_name: str, row: int) -> dict | None:
     """The quarantine row of `file_name` at spreadsheet row `row`, or None."""
     q = crm.validation.quarantine

@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.etl.exports_kit import load, quarantine_codes, reconciliation_by_file
+from tests.etl.exports_kit import load, load_copy, quarantine_codes, reconciliation_by_file
 
 FIXTURE = Path(__file__).parents[2] / "fixtures" / "fivetran_salesforce"
 T = pd.Timestamp
@@ -38,10 +38,7 @@ T = pd.Timestamp
 
 @pytest.fixture
 def crm(tmp_path):
-    shutil.copytree(FIXTURE, tmp_path / "exports")
-    config = tmp_path / "dealcast.toml"
-    config.write_text('[reporting]\ncurrency = "USD"\n', encoding="utf-8")
-    return load(tmp_path / "exports", config)
+    return load_copy(FIXTURE, tmp_path)
 
 
 def test_deals_are_read_from_the_active_undeleted_rows(crm):

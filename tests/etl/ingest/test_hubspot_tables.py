@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from etl.ingest.exports import detect_format
-from tests.etl.exports_kit import load, quarantine_codes, reconciliation_by_file
+from tests.etl.exports_kit import load_copy, quarantine_codes, reconciliation_by_file
 
 FIXTURE = Path(__file__).parents[2] / "fixtures" / "fivetran_hubspot"
 T = pd.Timestamp
@@ -29,10 +29,7 @@ T = pd.Timestamp
 
 @pytest.fixture
 def crm(tmp_path):
-    shutil.copytree(FIXTURE, tmp_path / "exports")
-    config = tmp_path / "dealcast.toml"
-    config.write_text('[reporting]\ncurrency = "USD"\n', encoding="utf-8")
-    return load(tmp_path / "exports", config)
+    return load_copy(FIXTURE, tmp_path)
 
 
 def test_the_four_tables_are_recognised():
