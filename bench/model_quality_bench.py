@@ -37,7 +37,9 @@ from etl.ingest.exports import read_exports  # noqa: E402
 from etl.pipeline_state import pipeline_at_many, prepare_history  # noqa: E402
 from sample_crm.generate import generate_sample  # noqa: E402
 from sample_crm.truth import SampleTruth  # noqa: E402
-from sample_crm.world import SampleWorld  # noqa: E402
+from etl.stages import STATUS_OPEN, STATUS_WON  # noqa: E402
+from sample_crm.parameters import DAY_SECONDS, WEEKS_IN_STAGE_CAP, WINDOW_END_SECONDS  # noqa: E402
+from sample_crm.world import SampleWorld, _backward_step, boundary_state, utc_microseconds  # noqa: E402
 from models.evaluation import expected_calibration_error, reliability_table  # noqa: E402
 from models.scoring import age_buckets, train_scorer  # noqa: E402
 from models.training_set import build_training_set, snapshot_features  # noqa: E402
@@ -69,22 +71,58 @@ def train(export, history, project, as_of: dt.date):
     return training, train_scorer(training, project.model, as_of)
 
 
+def truth_within(world: SampleWorld, states: pd.DataFrame, horizon_days: float) -> np.ndarray:
+    """The true probability that each row's deal is won within `horizon_days` of `snapshot_at`
+    (the event the scorer's labels record): backward induction over the weeks whose events (by
+    Friday 20:00) fall inside the horizon, from 0 for a deal still open after them; 1 for won
+    rows, 0 for lost ones."""
+    status = states["status"].astype("string").to_numpy(dtype=object, na_value=None)
+    out = np.where(status == STATUS_WON, 1.0, 0.0)
+    is_open = status == STATUS_OPEN
+    if not is_open.any():
+        return out
+    rows = states.loc[is_open]
+    deal_class = world.deal_class(rows["pipeline"], rows["owner"], rows["product"], rows["account_segment"], row_labels=rows.index)
+    pipeline_codes = world.class_parts(deal_class)[0]
+    stage = np.full(len(rows), -1, dtype=np.int64)
+    names = rows["stage"].astype("string").to_numpy(dtype=object, na_value=None)
+    for code, name in enumerate(world.pipelines):
+        here = pipeline_codes == code
+        positions = {s: i for i, s in enumerate(world.stages[name].open_stages)}
+        stage[here] = pd.Series(names[here], dtype=object).map(positions).fillna(-1).to_numpy(dtype=np.int64)
+    snapshot = utc_microseconds(rows["snapshot_at"], "snapshot_at", rows.index)
+    entered = utc_microseconds(rows["stage_entered_at"], "stage_entered_at", rows.index)
+    boundary, weeks_in_stage = boundary_state(snapshot, entered)
+    # Weeks b .. b+k-1 end by day 7(k-1) + 4.83 after the Monday boundary b.
+    weeks = int((horizon_days - WINDOW_END_SECONDS / DAY_SECONDS) // 7) + 1
+    valid = world._valid_states()
+    result = np.empty(len(rows))
+    for b in np.unique(boundary):
+        values = np.zeros((world.n_classes, world.max_open_stages, WEEKS_IN_STAGE_CAP + 1))
+        for week in range(int(b) + weeks - 1, int(b) - 1, -1):
+            values = _backward_step(world.transition_probabilities(week), values, valid)
+        at = boundary == b
+        result[at] = values[deal_class[at], stage[at], np.minimum(weeks_in_stage[at], WEEKS_IN_STAGE_CAP)]
+    out[is_open] = result
+    return out
+
+
 def simulator_rows(seeds, n_deals: int, project, work: Path) -> list[dict]:
     rows = []
     for seed in seeds:
         out = work / f"sim{seed}"
         generate_sample(out, n_deals=n_deals, seed=seed, end_date=END, years=SIM_YEARS)
         export, history = load(out, project, END)
-        _, result = train(export, history, project, END)
+        training, result = train(export, history, project, END)
         test = result.test_predictions
         states = pipeline_at_many(export.deals, history, sorted(test["snapshot_at"].unique()))
         world = SampleWorld.build(seed=seed, n_deals=n_deals, end_date=END, years=SIM_YEARS)
-        states["truth"] = world.true_win_probability(states)
+        states["truth"] = truth_within(world, states, training.maturity_days)
         test = test.merge(states[["snapshot_at", "deal_id", "truth"]], on=["snapshot_at", "deal_id"], how="left")
         y, p, t = test["label"].to_numpy(float), test["published"].to_numpy(float), test["truth"].to_numpy(float)
         m = result.metrics
         rows.append({
-            "seed": seed, "deals": n_deals, "published": m["scoring_method"], "test_rows": len(test),
+            "seed": seed, "deals": n_deals, "horizon_days": training.maturity_days, "published": m["scoring_method"], "test_rows": len(test),
             "log_loss": log_loss(y, p), "truth_log_loss": log_loss(y, t), "ratio": log_loss(y, p) / log_loss(y, t),
             "ece": ece(y, p), "truth_ece": ece(y, t), "ece_gap": ece(y, p) - ece(y, t),
             "target_met": bool(log_loss(y, p) <= 1.03 * log_loss(y, t) and ece(y, p) <= ece(y, t) + 0.005),
