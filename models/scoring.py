@@ -14,6 +14,8 @@ How a scorer is chosen (`train_scorer`):
    part of the training rows and calibrated and early-stopped on the later `calibration_share` of the
    dates (isotonic with at least `ISOTONIC_MIN_DEALS` deals, else Platt). Probabilities stay within
    [0.001, 0.999].
+   Every candidate but the constant rate scores a deal that has sat in its stage longer than any
+   training row of its pipeline with the stated prior of `StageDaysPrior`.
 3. Every fitted candidate scores the held-out rows: AUC, log loss, Brier, ECE. The lowest log loss is
    published (ties: the simpler tier); since the constant rate always competes, the published scorer is
    never worse than it. It is published as evaluated, not refit, so the metrics describe the scorer in

@@ -5,9 +5,10 @@ known that day. The training set asks that question in the past: at each predict
 week by default) it takes every deal that was open at t, rebuilt as it stood at t by
 `etl.pipeline_state.pipeline_at_many` (stage, days in stage, amount, expected close date, stage
 moves, close-date pushes, forecast category, CRM probability), adds what the company knew about
-owners, products and accounts from deals closed strictly before t, and labels the row with the
-deal's outcome as known at `as_of` (won 1, lost 0). Deals still open at `as_of` are censored:
-left out, never counted as lost.
+owners, products and accounts from deals closed strictly before t, and labels the row 1 when the
+deal was won within the label horizon H (`maturity_days`) of t, else 0 (lost by then, won later or
+still open). Prediction dates stop H before `as_of`, so every label is known at `as_of`: a deal still
+open then, a stale one nobody closes, is a row not won within H rather than being left out.
 
 A deal never open on a prediction date (a win keyed in at the moment of closing, a deal decided within
 days) gets one row at the instant it was created instead, with only what was known then
@@ -15,10 +16,11 @@ days) gets one row at the instant it was created instead, with only what was kno
 
 Rules that keep the model honest (see docs of `build_training_set`):
 - no feature known only at close (`LEAKY_FEATURES`); asking for one raises `LeakageError`;
-- label maturity: prediction dates stop `maturity_days` before `as_of` (by default the 90th
-  percentile of the sales cycle), so that nearly every deal open at a prediction date has an
-  outcome by `as_of`. Without it the latest snapshots would keep only the deals that happened to
-  close quickly, and the test metrics would describe those deals instead of the open pipeline;
+- label horizon: prediction dates stop `maturity_days` before `as_of` (by default the 90th
+  percentile of the sales cycle, at most half the history), and a row counts as won only when the
+  win came within that many days of its date, as known at `as_of`. Labelling with the eventual
+  outcome and leaving out the deals still open would train on resolved deals only, which on an
+  untidy CRM are mostly the wins;
 - sources without stage history (a generic CSV with only the current stage) train on the deal's
   creation-time attributes and the closed-before-t history rates only (`NO_HISTORY_FEATURES`);
   the stage, which for a closed deal is its final stage, is never a feature there.
@@ -161,7 +163,8 @@ class LeakageError(ValueError):
 class TrainingSet:
     """As-of snapshots of deals with their known outcomes.
 
-    `frame`: one row per (snapshot_at, deal_id) with `label` (1 won, 0 lost), `snapshot_kind`
+    `frame`: one row per (snapshot_at, deal_id) with `label` (1 won within `maturity_days` of
+    `snapshot_at`, else 0), `snapshot_kind`
     (`scheduled` or `creation`), the features in `feature_names` and the baseline columns in
     `CONTEXT_COLUMNS`.
     """
@@ -386,7 +389,7 @@ def snapshot_features(
 
 def _default_maturity_days(outcomes: pd.DataFrame, first_date: pd.Timestamp, as_of: pd.Timestamp) -> float:
     """The 90th percentile of closed deals' cycle length (creation to close), at most half of the
-    history span, rounded up to whole days; 0 when nothing has closed."""
+    history span, rounded up to whole days, at least one; 0 when nothing has closed."""
     if outcomes.empty:
         return 0.0
     cycle = (outcomes["closed_at"] - outcomes["created_at"]) / pd.Timedelta(days=1)
@@ -593,11 +596,13 @@ def build_training_set(
       `as_of - maturity_days`; each snapshot is the start (00:00) of that date, i.e. the pipeline
       as the previous night's run saw it.
     - `maturity_days` (default: the 90th percentile of the sales cycle of deals closed by `as_of`,
-      at most half the history span) lets nearly every deal open at a prediction date reach its
-      outcome by `as_of`; pass 0 to use every date up to `as_of`.
-    - Rows: deals open at the snapshot, as they stood then (`pipeline_at_many`).
-    - Label: the deal's status at the end of `as_of` (won 1, lost 0); deals still open then are
-      censored (left out).
+      at most half the history span, at least one day) is the label horizon.
+    - Rows: deals open at the snapshot, as they stood then (`pipeline_at_many`); a deal still open
+      at `as_of` without recorded stage history is left out (`censored_deals`), since its past
+      states would be its present record.
+    - Label: 1 when the deal was won within `maturity_days` (the label horizon) of the snapshot, as
+      known at the end of `as_of`; else 0 (lost, won later, or still open: `unresolved_deals`
+      counts the deals still open at `as_of`). `maturity_days` must be positive.
     - History rates (owner, product, account) count only deals closed strictly before the snapshot.
     - At most `max_rows_per_snapshot` rows per date (deterministic sample by deal id hash).
     - Creation snapshots (`creation_snapshots`, on by default): a deal with recorded stage history
