@@ -897,6 +897,8 @@ def train_scorer(training: TrainingSet, config: ModelConfig, as_of: dt.date) -> 
         "logistic_min_won": config.logistic_min_won,
         "logistic_min_lost": config.logistic_min_lost,
         "maturity_days": training.maturity_days,
+        "unresolved_deals": training.unresolved_deals,
+        "censored_deals": training.censored_deals,
     }
     version = model_version(training, run_params)
     labels = frame["label"].astype(int)
