@@ -211,7 +211,7 @@ def factors(seeds: list[int], deals: int | None, end: dt.date, profile: str, qua
         print(
             f"\nseed {seed}: quarter {quarter}, models as of {as_of}, published scorer {models.scorer.scoring_method}; "
             f"training rows {len(training.frame):,} (win rate {training.frame['label'].mean():.2f}, "
-            f"at most {trained_days.max():.0f} days in stage), {training.unresolved_deals} deals still open at as_of counted as not won within {training.maturity_days:.0f} days; "
+            f"at most {trained_days.max():.0f} days in stage), {training.censored_deals} deals still open left out; "
             f"amounts in millions, outcomes as known at {end}",
             flush=True,
         )
