@@ -10,8 +10,9 @@ nightly forecast carries not_yet_backtested = True.
 - The instant a checkpoint sees is the end of the day before its date (00:00 of the checkpoint
   date, minus a microsecond): what the nightly run of that day before wrote. The pipeline is rebuilt
   as it stood then with `etl.pipeline_state`, and every model is trained with that day as its
-  `as_of`: the deal scorer (`build_training_set` + `train_scorer`, labels read at that day, so
-  deals still open then are censored), the empirical stage-rate scorer and the close-timing model.
+  `as_of`: the deal scorer (`build_training_set` + `train_scorer`, labels read at that day: won
+  within the label horizon or not, so a deal still open then counts as not won), the empirical
+  stage-rate scorer and the close-timing model.
   Nothing dated after that instant is used. Deal attributes that the CRM does not version (owner,
   team, product, ...) are the export's current values, as everywhere else in Dealcast.
 - `retrain`: `"quarter"` (default) trains once, at the `start` checkpoint, and reuses those models
@@ -97,7 +98,7 @@ BACKTEST_COLUMNS: list[str] = TABLES["forecast_backtest"].columns
 CACHE_COLUMNS: list[str] = TABLES["forecast_backtest_cache"].columns
 # Raise when a change to the backtest's code changes its numbers for the same inputs: every cached
 # past quarter is then computed again (the key of `quarter_cache_key` includes it).
-BACKTEST_CODE_VERSION = "2026.12.2"
+BACKTEST_CODE_VERSION = "2026.12.4"
 _FORECAST_VALUES = ("expected", "forecast_p50", "p10", "p90")
 # The prepared-history columns a point-in-time rebuild reads (the running counts follow from them).
 _HISTORY_KEY_COLUMNS = (
