@@ -71,10 +71,11 @@ DRAW_BLOCK = 1000
 DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
 DEFAULT_LOOKBACK_QUARTERS = 8
 # The new-deal run-rate follows the deal creation volume (`creation_growth`): a year's creations
-# now against the year before each past quarter's matching point, shrunk by 10 deals' worth of
-# evidence and kept within a factor of 2 either way.
+# now against the year before each past quarter's matching point (at least half a year of data,
+# else no trend is read), shrunk by 10 deals' worth of evidence and kept within a factor of 2
+# either way.
 GROWTH_WINDOW_DAYS = 365
-MIN_GROWTH_WINDOW_DAYS = 91
+MIN_GROWTH_WINDOW_DAYS = 182
 GROWTH_PSEUDO_DEALS = 10.0
 MAX_GROWTH = 2.0
 _DEFAULTS = ForecastConfig()
@@ -317,9 +318,11 @@ def creation_growth(
     A whole year by default, so the season is the same in both windows and under steady growth the
     index is exactly the growth between c and `end`. Deals created on the data's first day are not
     counted: that is where a bulk import or a CRM's go-live puts every earlier deal. Where less than
-    `min_window_days` of data precede c the index is 1 (no evidence of a trend); the pseudo-count
-    keeps a small org's index near 1, and the clip keeps a change in how the CRM is used (a
-    migration, an import) from being read as a doubling or halving of the business.
+    `min_window_days` (half a year) of data precede c the index is 1: a shorter window compares
+    different seasons, and in a CRM's first months the creations ramp up with its adoption (deals
+    keyed in only when decided arrive weeks after they began), which is not growth. The
+    pseudo-count keeps a small org's index near 1, and the clip keeps a change in how the CRM is
+    used (a migration, an import) from being read as a doubling or halving of the business.
     """
     times = pd.to_datetime(created.dropna()).to_numpy(dtype="datetime64[us]")
     index = np.ones(len(cuts), dtype="float64")

@@ -349,14 +349,12 @@ def stream_crm():
 
 # Creation growth of each past quarter (models.forecast.creation_growth), by hand. Deals created on
 # the data's first day (START, 2023-07-02) are not counted; a window is at most a year and ends at a
-# past quarter's matching point, against the same length ending at as_of (the end of 2024-05-16).
-# - 2023-Q3 (point Aug 15) and, for 2024-Q3, 2023-Q4 (point Aug 16): under 91 days after
-#   2023-07-03 00:00, so 1.
-# - 2023-Q4 for 2024-Q2 (point Nov 15, window 136 days): N0 then, N3 N4 N5 now: (3 + 10) / (1 + 10).
+# past quarter's matching point, against the same length ending at as_of (the end of 2024-05-16);
+# under 182 days of data after the first day's end (2023-07-03 00:00) the growth is 1.
+# - 2023-Q3 (point Aug 15), 2023-Q4 (Nov 15: 136 days) and, for 2024-Q3, 2023-Q4 (Aug 16) and
+#   2024-Q1 (Nov 16: 137 days): 1.
 # - 2024-Q1 for 2024-Q2 (point Feb 15, window 228 days, from 2023-10-01 now): N0 N2 N4 then,
 #   N2 N3 N4 N5 now: (4 + 10) / (3 + 10).
-# - 2024-Q1 for 2024-Q3 (point Nov 16, window 137 days, from 2024-01-01 now): N0 then, N3 N4 N5 now.
-GROWTH_Q4 = 13 / 11
 GROWTH_Q1 = 14 / 13
 
 
@@ -367,14 +365,13 @@ def test_new_deal_stream_by_hand():
     # 2023-Q2's matching point (May 16) is before the data start: not used.
     total = new_deal_stream(deals, history, AS_OF, "2024-Q2", 1, "all")
     assert list(total.index) == ["2023-Q3", "2023-Q4", "2024-Q1"]
-    assert total["all"].tolist() == pytest.approx([60.0, 30.0 * GROWTH_Q4, 100.0 * GROWTH_Q1])
+    assert total["all"].tolist() == pytest.approx([60.0, 30.0, 100.0 * GROWTH_Q1])
     owners = new_deal_stream(deals, history, AS_OF, "2024-Q2", 1, "owner")
-    assert owners["Ana"].tolist() == pytest.approx([0.0, 30.0 * GROWTH_Q4, 0.0])
+    assert owners["Ana"].tolist() == pytest.approx([0.0, 30.0, 0.0])
     assert owners["Ben"].tolist() == pytest.approx([60.0, 0.0, 100.0 * GROWTH_Q1])
     # 2024-Q3: 2024-Q2 is not finished; 2024-Q1 gets N3 100 + N4 50; 2023-Q4 gets N2 30.
     following = new_deal_stream(deals, history, AS_OF, "2024-Q3", 1, "all")
-    assert list(following.index) == ["2023-Q4", "2024-Q1"]
-    assert following["all"].tolist() == pytest.approx([30.0, 150.0 * 13 / 11])
+    assert list(following.index) == ["2023-Q4", "2024-Q1"] and following["all"].tolist() == [30.0, 150.0]
     # Looking back one quarter only.
     assert new_deal_stream(deals, history, AS_OF, "2024-Q2", 1, "all", lookback_quarters=1)["all"].tolist() == pytest.approx(
         [100.0 * GROWTH_Q1]
@@ -393,7 +390,7 @@ def test_creation_growth_by_hand():
     cuts = [pd.Timestamp(d) + pd.Timedelta(days=1, microseconds=-1) for d in ("2024-03-31", "2023-03-01", "2023-07-31")]
     # 2024-03-31: a full year each: now 2024-02-01 and 2024-06-15 (80); then 2023-06-15 and
     # 2024-02-01 (50): (80 + 10) / (50 + 10) = 1.5.
-    # 2023-03-01: 59 days after the first day, under 91: 1.
+    # 2023-03-01: 59 days after the first day, under 182: 1.
     # 2023-07-31: 211 days after the first day's end; then 2023-06-15 (30), now (from 2024-06-04) 60:
     # (60 + 10) / (30 + 10) = 1.75.
     assert creation_growth(created, end, cuts) == pytest.approx([1.5, 1.0, 1.75])
@@ -432,9 +429,9 @@ def test_forecast_bootstraps_past_quarters_for_new_deals():
     deals, history = stream_crm()
     frame = run_forecast(deals, history, pd.DataFrame({"deal_id": [], "win_probability": []}))
 
-    # 2024-Q2: won so far N5 (Ana, 70); new deals: a past quarter with 60, 30 x 13/11 or 100 x 14/13
+    # 2024-Q2: won so far N5 (Ana, 70); new deals: a past quarter with 60, 30 or 100 x 14/13
     # (one win each, scaled by its creation growth), each win taken Poisson(1) times.
-    stream = [60.0, 30.0 * GROWTH_Q4, 100.0 * GROWTH_Q1]
+    stream = [60.0, 30.0, 100.0 * GROWTH_Q1]
     q2 = row(frame, "2024-Q2")
     assert q2["new_deals_expected"] == pytest.approx(sum(stream) / 3)
     assert q2["new_deals_trend"] == pytest.approx((sum(stream) - 190.0) / 3)
@@ -452,10 +449,10 @@ def test_forecast_bootstraps_past_quarters_for_new_deals():
     # the same past quarter is drawn for every segment: owners add up to the total
     assert ana["expected"] + ben["expected"] == pytest.approx(q2["expected"])
 
-    # 2024-Q3: a past quarter with {30} or {100, 50} x 13/11: expected (30 + 150 x 13/11) / 2.
+    # 2024-Q3: a past quarter with {30} or {100, 50}: expected (30 + 150) / 2 = 90.
     q3 = row(frame, "2024-Q3")
-    assert q3["expected"] == pytest.approx((30.0 + 150.0 * 13 / 11) / 2)
-    law = new_deal_law([[30.0], [100.0 * 13 / 11, 50.0 * 13 / 11]])
+    assert q3["expected"] == pytest.approx(90.0) and q3["new_deals_trend"] == 0.0
+    law = new_deal_law([[30.0], [100.0, 50.0]])
     assert q3["p10"] == 0.0  # P(0) = (e^-1 + e^-2) / 2 = 0.25
     low, high = quantile_range(law, 0.9)
     assert low <= q3["p90"] <= high

@@ -66,6 +66,7 @@ def test_a_band_of_four_deals_by_hand():
     won = np.array([100.0, 0.0, 200.0, 200.0, 0.0, 0.0, 0.0])
     calibration = RevenueCalibration.from_rows(amount, expected, won, deal, dates=2)
     assert calibration.edges == (200.0,)
+    # Deals expected to win inside the horizon: 0.5 x 6 rows = 3 (d: 0); won: a, c, d: level 1.
     # Band 0: 4 distinct deals, expected 250, won 500: (4 x 2 + 20) / (4 + 20) = 28 / 24.
     # Band 1: 2 deals, expected 900, won 0: (0 + 20) / (2 + 20).
     assert calibration.factors == pytest.approx((28 / 24, 20 / 22))
@@ -77,6 +78,21 @@ def test_a_band_of_four_deals_by_hand():
     table = calibration.table()
     assert table["factor"].tolist() == pytest.approx(list(calibration.factors))
     assert table["deals"].tolist() == [4, 2] and table["amount_to"].iloc[0] == 200.0
+
+
+def test_the_factors_correct_money_relative_to_deals_by_hand():
+    # Four deals, each P(win) 0.5 and sure to close inside the horizon if it wins: 2 deals expected
+    # to win, 3 did (level 1.5). Money: band 0 (100, 100) expected 100, won 200; band 1 (1,000, 1,000)
+    # expected 1,000, won 1,000.
+    amount = np.array([100.0, 100.0, 1000.0, 1000.0])
+    calibration = RevenueCalibration.from_rows(
+        amount, 0.5 * amount, np.array([100.0, 100.0, 1000.0, 0.0]), np.array(["a", "b", "c", "d"]), dates=1
+    )
+    assert calibration.edges == (100.0,) and calibration.level == pytest.approx(1.5)
+    # Band 0: 200 / (1.5 x 100) = 4/3 over 2 deals: (2 x 4/3 + 20) / 22 = 68/66.
+    # Band 1: 1,000 / (1.5 x 1,000) = 2/3: (2 x 2/3 + 20) / 22 = 64/66. The large deals won as
+    # much money as scored, but less often than the deals did: they are scaled down.
+    assert calibration.factors == pytest.approx((68 / 66, 64 / 66))
 
 
 def test_shrinkage_towards_one():
@@ -94,12 +110,13 @@ def test_fitted_on_the_open_deals_at_a_held_out_date_by_hand():
     # Amounts 100, 100, 200, 200, 900, 900, 900 (total 3,300; a third 1,100): the running total
     # stays below 1,100 up to the last 200 (600) and below 2,200 up to the first 900 (1,500).
     assert calibration.edges == (200.0,)
+    # Deals expected to win inside the horizon: 0.5 x 6 (D: 0) = 3; won inside it: A, C, D. Level 1.
     # Band 0 (A, B, C, D): expected 0.5 x (100 + 100 + 200) = 200; won A 100 + C 200 + D 200 = 500.
     # Band 1 (E, F, G): expected 0.5 x 2,700 = 1,350; won nothing inside the horizon (G on 10 April).
     assert calibration.expected == pytest.approx((200.0, 1350.0))
     assert calibration.won == pytest.approx((500.0, 0.0))
     assert calibration.factors == pytest.approx(((4 * 2.5 + 20) / 24, 20 / 23))
-    assert calibration.rows == 7 and calibration.dates == 1
+    assert calibration.rows == 7 and calibration.dates == 1 and calibration.level == pytest.approx(1.0)
 
 
 def test_no_date_a_quarter_before_as_of_means_no_change():
