@@ -531,7 +531,7 @@ forecast_contributions = _table(
     sa.Column("amount_reporting", MONEY, comment="Deal amount at as_of, reporting currency."),
     sa.Column("expected_close_date", sa.Date, comment="Expected close date at as_of."),
     sa.Column("win_probability", RATE, nullable=False, comment="The deal's win probability (deal_scores.win_probability; the CRM's, else the stage's, probability for a deal without a score)."),
-    sa.Column("revenue_factor", RATE, nullable=False, comment="The revenue calibration factor of the deal's amount band (learnt on the scorer's held-out rows: won amount / predicted amount; 1 without calibration), capped so that win_probability x revenue_factor stays below 1."),
+    sa.Column("revenue_factor", RATE, nullable=False, comment="The revenue calibration factor of the deal's amount band (models.revenue_calibration: at the scorer's held-out dates a quarter or more before as_of, the amount the open deals of the band won within the next 91 days over the amount expected, relative to the deals' own ratio, shrunk towards 1 by 20 deals; 1 without such dates), capped so that win_probability x revenue_factor stays below 1."),
     sa.Column("close_in_quarter_probability", RATE, nullable=False, comment="Probability that the deal, if it wins, closes inside the quarter (close-timing model)."),
     sa.Column("win_in_quarter_probability", RATE, nullable=False, comment="win_probability x revenue_factor x close_in_quarter_probability: the chance the Monte Carlo gives the deal in every draw."),
     sa.Column("contribution", MONEY, nullable=False, comment="amount_reporting x win_in_quarter_probability: the deal's share of forecast_quarterly.expected, reporting currency."),
