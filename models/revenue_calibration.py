@@ -11,7 +11,8 @@ never learnt from:
 
 - The dates are the scorer's held-out prediction dates (`ScorerResult.test_predictions`: later than
   every row it was fitted on) that lie at least `HORIZON_DAYS` (a quarter) before `as_of`, at most
-  `MAX_DATES` of them spread evenly. Without such a date (a young CRM) every factor is 1.
+  `MAX_DATES` of them spread evenly (fewer for a large CRM, so that at most `MAX_STATE_ROWS` deal x
+  date rows are rebuilt). Without such a date (a young CRM) every factor is 1.
 - At each date every deal then open is rebuilt as it stood (`etl.pipeline_state.pipeline_at_many`),
   scored by the published scorer and given the close-timing model's chance of closing within the
   next `HORIZON_DAYS` if it wins: its expected in-horizon win is amount x P(win) x P(closes within
@@ -62,6 +63,9 @@ BANDS = 3
 PSEUDO_DEALS = 20.0
 HORIZON_DAYS = 91
 MAX_DATES = 8
+# Deal x date rows rebuilt at most (every deal that existed at a date is a row): a CRM of a million
+# deals is calibrated on 2 dates rather than 8.
+MAX_STATE_ROWS = 2_000_000
 # A calibrated probability stays below 1 (as the scorer's own probabilities do).
 CEILING = 0.999
 
@@ -183,7 +187,8 @@ class RevenueCalibration:
                 end.date(), HORIZON_DAYS,
             )
             return cls()
-        picked = np.unique(np.round(np.linspace(0, len(candidates) - 1, min(MAX_DATES, len(candidates)))).astype(int))
+        wanted = min(MAX_DATES, len(candidates), max(1, MAX_STATE_ROWS // max(len(deals), 1)))
+        picked = np.unique(np.round(np.linspace(0, len(candidates) - 1, wanted)).astype(int))
         dates = list(candidates[picked])
         history = prepared_history(deals, history, stages)
         states = pipeline_at_many(deals, history, dates)
