@@ -12,7 +12,10 @@ never learnt from:
 - The dates are the scorer's held-out prediction dates (`ScorerResult.test_predictions`: later than
   every row it was fitted on) that lie at least `HORIZON_DAYS` (a quarter) before `as_of`, at most
   `MAX_DATES` of them spread evenly (fewer for a large CRM, so that at most `MAX_STATE_ROWS` deal x
-  date rows are rebuilt). Without such a date (a young CRM) every factor is 1.
+  date rows are rebuilt). Without such a date (a young CRM), `fit_on_held_out_rows` learns the
+  factors from the scorer's held-out rows themselves (resolved deals only, terciles of the amounts;
+  the weaker evidence, used only when there is no other), and without those every factor is 1.
+  `source` says which.
 - At each date every deal then open is rebuilt as it stood (`etl.pipeline_state.pipeline_at_many`),
   scored by the published scorer and given the close-timing model's chance of closing within the
   next `HORIZON_DAYS` if it wins: its expected in-horizon win is amount x P(win) x P(closes within
@@ -61,6 +64,15 @@ logger = logging.getLogger(__name__)
 
 BANDS = 3
 PSEUDO_DEALS = 20.0
+# The fallback on the scorer's held-out rows: 10 deals' worth of the mean amount, on target.
+PSEUDO_WINS = 10.0
+# Where the factors come from (`RevenueCalibration.source`).
+SOURCE_WINDOWS = "held_out_windows"
+SOURCE_ROWS = "held_out_rows"
+SOURCE_NONE = "none"
+# Column of the chosen scorer's held-out predictions, and older names by scoring method.
+PUBLISHED_COLUMN = "published"
+LEGACY_COLUMNS = {"calibrated_model": "model", "stage_rate": "stage_rate_baseline", "crm_probability": "crm_baseline"}
 HORIZON_DAYS = 91
 MAX_DATES = 8
 # Deal x date rows rebuilt at most (every deal that existed at a date is a row): a CRM of a million
@@ -110,6 +122,7 @@ class RevenueCalibration:
     rows: int = 0
     dates: int = 0
     level: float = 1.0
+    source: str = SOURCE_NONE
     deals: tuple[int, ...] = (0,)
     expected: tuple[float, ...] = (0.0,)
     won: tuple[float, ...] = (0.0,)
@@ -152,7 +165,7 @@ class RevenueCalibration:
             shrunk_factor(won_sum[b], level * expected_sum[b], int(deal_count[b]), pseudo_deals) for b in range(n_bands)
         )
         return cls(
-            edges=edges, factors=factors, rows=len(amount), dates=dates, level=level,
+            edges=edges, factors=factors, rows=len(amount), dates=dates, level=level, source=SOURCE_WINDOWS,
             deals=tuple(int(c) for c in deal_count), expected=tuple(float(e) for e in expected_sum),
             won=tuple(float(w) for w in won_sum),
         )
@@ -183,10 +196,11 @@ class RevenueCalibration:
         candidates = candidates[candidates + horizon <= end]
         if len(candidates) == 0:
             logger.info(
-                "revenue calibration at %s: no held-out prediction date is %d days before it, factors 1",
+                "revenue calibration at %s: no held-out prediction date is %d days before it; "
+                "factors from the scorer's held-out rows",
                 end.date(), HORIZON_DAYS,
             )
-            return cls()
+            return cls.fit_on_held_out_rows(result, deals, prepared_history(deals, history, stages), bands)
         wanted = min(MAX_DATES, len(candidates), max(1, MAX_STATE_ROWS // max(len(deals), 1)))
         picked = np.unique(np.round(np.linspace(0, len(candidates) - 1, wanted)).astype(int))
         dates = list(candidates[picked])
@@ -231,6 +245,55 @@ class RevenueCalibration:
         )
         return calibration
 
+    @classmethod
+    def fit_on_held_out_rows(
+        cls, result, deals: pd.DataFrame, history: pd.DataFrame, bands: int = BANDS
+    ) -> "RevenueCalibration":
+        """The fallback of a CRM too young for a held-out date a quarter back: the scorer's own
+        held-out rows (resolved deals at its test dates, labelled as known at as_of), in bands of
+        equal numbers of rows (terciles of the amounts at the snapshot),
+
+            factor = (sum amount x won + p) / (sum amount x predicted + p),   p = PSEUDO_WINS x mean amount.
+
+        Deals still open at as_of are not among these rows, so this is the weaker evidence; it is
+        used only when there is no other. `history` as `prepare_history` returns it."""
+        predictions = result.test_predictions
+        column = PUBLISHED_COLUMN if PUBLISHED_COLUMN in predictions.columns else LEGACY_COLUMNS.get(result.scorer.scoring_method)
+        if predictions.empty or column not in predictions.columns or predictions[column].isna().all():
+            logger.info("revenue calibration: no held-out predictions for %s, factors 1", result.scorer.scoring_method)
+            return cls()
+        ids = pd.Index(predictions["deal_id"].astype("string").unique())
+        in_test = ids.get_indexer(deals["deal_id"].astype("string")) >= 0
+        in_test_history = ids.get_indexer(history["deal_id"].astype("string")) >= 0
+        states = pipeline_at_many(
+            deals.loc[in_test], history.loc[in_test_history], sorted(predictions["snapshot_at"].unique())
+        )[["snapshot_at", "deal_id", "amount_reporting"]]
+        rows = predictions[["snapshot_at", "deal_id", "label", column]].dropna(subset=[column]).merge(
+            states, on=["snapshot_at", "deal_id"], how="inner", validate="one_to_one"
+        )
+        amount = rows["amount_reporting"].astype("float64").fillna(0.0).clip(lower=0.0).to_numpy()
+        won = rows["label"].to_numpy(dtype="float64")
+        predicted = rows[column].to_numpy(dtype="float64")
+        if len(rows) == 0 or amount.sum() <= 0:
+            return cls()
+        edges = tuple(float(e) for e in np.unique(np.quantile(amount, np.arange(1, bands) / bands)))
+        band = band_of(amount, edges)
+        n_bands = len(edges) + 1
+        prior = PSEUDO_WINS * float(amount.mean())
+        observed = np.bincount(band, weights=amount * won, minlength=n_bands)
+        expected = np.bincount(band, weights=amount * predicted, minlength=n_bands)
+        factors = tuple(float(f) for f in (observed + prior) / (expected + prior))
+        deal_count = np.bincount(
+            pd.DataFrame({"band": band, "deal": rows["deal_id"].astype("string").to_numpy()}).drop_duplicates()["band"].to_numpy(),
+            minlength=n_bands,
+        )
+        logger.info("revenue calibration on %d held-out rows: amount bands %s, factors %s", len(rows), edges, factors)
+        return cls(
+            edges=edges, factors=factors, rows=len(rows), dates=int(rows["snapshot_at"].nunique()),
+            deals=tuple(int(c) for c in deal_count), expected=tuple(float(e) for e in expected),
+            won=tuple(float(w) for w in observed), source=SOURCE_ROWS,
+        )
+
     def factor(self, amount: np.ndarray | pd.Series) -> np.ndarray:
         """Each deal's factor, by the amount band its amount falls in."""
         return np.asarray(self.factors, dtype="float64")[band_of(np.asarray(amount, dtype="float64"), self.edges)]
@@ -249,5 +312,6 @@ class RevenueCalibration:
                 "expected": list(self.expected) if len(self.expected) == n else [0.0] * n,
                 "won": list(self.won) if len(self.won) == n else [0.0] * n,
                 "factor": list(self.factors), "level": self.level, "rows": self.rows, "dates": self.dates,
+                "source": self.source,
             }
         )

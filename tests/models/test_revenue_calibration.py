@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.revenue_calibration import PSEUDO_DEALS, RevenueCalibration, money_band_edges, shrunk_factor
+from models.revenue_calibration import PSEUDO_DEALS, PSEUDO_WINS, RevenueCalibration, money_band_edges, shrunk_factor
 from models.scoring import ConstantRateScorer
 from models.timing import CloseTiming
 from tests.models.hand_crm import CATALOG, make_crm
@@ -117,14 +117,40 @@ def test_fitted_on_the_open_deals_at_a_held_out_date_by_hand():
     assert calibration.won == pytest.approx((500.0, 0.0))
     assert calibration.factors == pytest.approx(((4 * 2.5 + 20) / 24, 20 / 23))
     assert calibration.rows == 7 and calibration.dates == 1 and calibration.level == pytest.approx(1.0)
+    assert calibration.source == "held_out_windows"
 
 
-def test_no_date_a_quarter_before_as_of_means_no_change():
+def test_without_a_date_a_quarter_back_the_held_out_rows_are_used_by_hand():
+    # Six deals scored 0.5 on 2024-03-04, closed 2024-04-01; as_of 2024-04-30 is less than 91
+    # days after the held-out date, so the scorer's held-out rows themselves are the evidence.
+    amounts = {"A": 100.0, "B": 100.0, "C": 200.0, "D": 200.0, "E": 1000.0, "F": 1000.0}
+    won = {"A": 1, "B": 1, "C": 1, "D": 0, "E": 0, "F": 0}
+    deals = [{"deal_id": d, "created_at": "2024-03-01 09:00", "amount": a} for d, a in amounts.items()]
+    events = [(d, "2024-03-01 09:00", "Qualify") for d in amounts]
+    events += [(d, "2024-04-01 10:00", "Closed Won" if won[d] else "Closed Lost") for d in amounts]
+    deals_frame, history = make_crm(deals, events)
+    predictions = pd.DataFrame(
+        {"deal_id": list(amounts), "snapshot_at": pd.Timestamp("2024-03-04"), "label": [won[d] for d in amounts], "published": 0.5}
+    )
+    result = SimpleNamespace(scorer=SimpleNamespace(scoring_method="stage_rate"), test_predictions=predictions)
+    timing = CloseTiming.fit(deals_frame, history, CATALOG, "2024-04-30")
+    calibration = RevenueCalibration.fit(result, deals_frame, history, CATALOG, timing, "2024-04-30")
+    assert calibration.source == "held_out_rows"
+    # Terciles of 100, 100, 200, 200, 1000, 1000 (linear interpolation): 166.67 and 466.67.
+    assert calibration.edges == pytest.approx((100 + 200 / 3, 200 + 800 / 3))
+    prior = PSEUDO_WINS * 2600 / 6
+    # Band 1: won 200 of 200 predicted at 0.5 (expected 100); band 2: won 200, expected 200;
+    # band 3: won 0, expected 1000.
+    assert calibration.factors == pytest.approx(((200 + prior) / (100 + prior), 1.0, prior / (1000 + prior)))
+    assert calibration.rows == 6 and calibration.deals == (2, 2, 2)
+    # An older scorer result without `published` is read by its method's column.
+    legacy = SimpleNamespace(scorer=result.scorer, test_predictions=predictions.rename(columns={"published": "stage_rate_baseline"}))
+    assert RevenueCalibration.fit(legacy, deals_frame, history, CATALOG, timing, "2024-04-30") == calibration
+
+
+def test_without_held_out_rows_nothing_changes():
     deals, history = world()
     timing = CloseTiming.fit(deals, history, CATALOG, AS_OF)
-    # 2024-04-08 + 91 days is after the end of 2024-06-30.
-    late = RevenueCalibration.fit(scorer_result([pd.Timestamp("2024-04-08")]), deals, history, CATALOG, timing, AS_OF)
-    assert late.factors == (1.0,) and late.edges == () and late.rows == 0
-    assert late.factor([10.0, 1e6]) == pytest.approx([1.0, 1.0])
     empty = RevenueCalibration.fit(scorer_result([]), deals, history, CATALOG, timing, AS_OF)
-    assert empty == RevenueCalibration()
+    assert empty == RevenueCalibration() and empty.source == "none"
+    assert empty.factor([10.0, 1e6]) == pytest.approx([1.0, 1.0])
