@@ -259,9 +259,11 @@ def _checkpoint_rows(
     """The forecast rows of one checkpoint: every method x segment the checkpoint's forecasts know
     (the actuals are added each night by `_with_actuals`)."""
     features = snapshot_features(deals, history, stages, checkpoint.as_of, fiscal_year_start_month=fiscal_year_start_month)
+    # Only the checkpoint's quarter is read (the next quarter's forecast and the P90 without outliers
+    # are not): the other simulations are not run; the quarter's draws are those of a full forecast.
     common = dict(
         quotas=None, fiscal_year_start_month=fiscal_year_start_month, draws=draws, seed=seed,
-        lookback_quarters=lookback_quarters, workers=workers,
+        lookback_quarters=lookback_quarters, workers=workers, only_quarter=checkpoint.quarter, outlier_ranges=False,
     )
     forecasts = {}
     for method, scorer, calibration in (

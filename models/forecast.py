@@ -628,6 +628,8 @@ def build_forecast(
     outlier_factor: float = _WARNINGS.outlier_factor,
     not_yet_backtested: bool | None = None,
     revenue_calibration: RevenueCalibration | None = None,
+    only_quarter: str | None = None,
+    outlier_ranges: bool = True,
 ) -> Forecast:
     """The forecast for the quarter containing `as_of` and the next one, for every segment type
     and value: the `forecast_quarterly` rows and the per-deal `forecast_contributions` rows
@@ -660,6 +662,11 @@ def build_forecast(
     `scores` has deal_id and win_probability for the open deals at `as_of` (the only further
     change is the visible revenue calibration); `timing` is a `CloseTiming` fitted at the same `as_of`; `quotas` has
     quarter, segment_type, segment, amount.
+
+    `only_quarter` (the current or the next quarter's label) forecasts that quarter alone, with
+    the very draws it gets when both are forecast (each quarter's draws have their own seed);
+    `outlier_ranges=False` leaves p90_without_outliers NULL instead of simulating the quarter a
+    second time without the outliers. The backtest uses both: it reads one quarter's P10/P50/P90.
     """
     if draws < 1:
         raise ValueError(f"forecast_quarterly: draws must be at least 1, got {draws}")
@@ -685,6 +692,11 @@ def build_forecast(
     current = quarter_label(end, fiscal_year_start_month)
     following = quarter_label(quarter_end(end, fiscal_year_start_month), fiscal_year_start_month)
     quarters = (current, following)
+    if only_quarter is not None and only_quarter not in quarters:
+        raise ValueError(
+            f"forecast_quarterly: only_quarter must be the current quarter {current} or the next {following} "
+            f"of as_of {end.date()}, got {only_quarter!r}"
+        )
     current_start, _ = period_bounds(current, fiscal_year_start_month)
     booked = state_booking_dates(won, deals, end)  # closed won counts by booking date (etl.bookings)
     closed_won = won.loc[((booked >= current_start) & (booked <= end)).to_numpy(dtype=bool)]
@@ -703,6 +715,8 @@ def build_forecast(
 
     frames, contributions = [], []
     for index, quarter in enumerate(quarters):
+        if only_quarter is not None and quarter != only_quarter:
+            continue
         start, stop = period_bounds(quarter, fiscal_year_start_month)
         closes_inside = _close_in_quarter(open_deals, timing, quarter, fiscal_year_start_month)
         probability = win_revenue * closes_inside
@@ -742,7 +756,9 @@ def build_forecast(
 
         can_win = probability > 0
         outliers = is_outlier & can_win
-        if outliers.any():
+        if not outlier_ranges:
+            p90_without = np.full(len(segments), np.nan)
+        elif outliers.any():
             # The same draws (same seed, same deal order) with the outliers unable to win.
             without = simulate_quarter(
                 amounts, np.where(outliers, 0.0, probability), open_codes, len(segments), draws, draw_seed,

@@ -195,6 +195,29 @@ def test_forecast_matches_the_enumerated_distribution_per_segment():
     assert (following["closed_won_to_date"], following["p10"], following["p50"], following["p90"]) == (0, 0, 0, 0)
 
 
+def test_one_quarter_alone_has_the_enumerated_distribution_and_the_same_draws():
+    # What the backtest asks for: 2024-Q2 only, without the second simulation that P90 without
+    # outliers needs. Its quantiles are those of the enumerated law (closed won 100 added), and its
+    # draws are the very draws of the full forecast (each quarter is seeded on its own).
+    deals, history = four_deal_crm()
+    scores = pd.DataFrame({"deal_id": ["O1", "O2", "O3", "O4"], "win_probability": PROBABILITIES})
+    alone = run_forecast(deals, history, scores, only_quarter="2024-Q2", outlier_ranges=False)
+    assert set(alone["quarter"]) == {"2024-Q2"}
+    assert alone["p90_without_outliers"].isna().all()
+    exact = exact_summary(exact_distribution(AMOUNTS, PROBABILITIES), shift=100.0)
+    got = row(alone, "2024-Q2")
+    assert (got["p10"], got["p50"], got["p90"]) == pytest.approx((exact["p10"], exact["p50"], exact["p90"]))
+    # expected is exact: closed won + sum of amount x probability = 100 + 90 + 150 + 120 + 200
+    assert got["expected"] == pytest.approx(660.0)
+    full = run_forecast(deals, history, scores)
+    columns = ["segment_type", "segment", "p10", "p50", "p90", "expected"]
+    pd.testing.assert_frame_equal(
+        alone[columns].reset_index(drop=True), full.loc[full["quarter"] == "2024-Q2", columns].reset_index(drop=True)
+    )
+    with pytest.raises(ValueError, match="only_quarter must be the current quarter 2024-Q2 or the next 2024-Q3"):
+        run_forecast(deals, history, scores, only_quarter="2024-Q4")
+
+
 def test_forecast_columns_rows_and_ordering_of_quantiles():
     deals, history = four_deal_crm()
     scores = pd.DataFrame({"deal_id": ["O1", "O2", "O3", "O4"], "win_probability": PROBABILITIES})
