@@ -38,10 +38,14 @@ def forecast_quarterly(
     forecast_cfg = resolved.project.forecast
     fiscal_start = resolved.project.fiscal_year_start_month
     quotas = load_quotas(resolved.quota_path())
-    # Learnt on tonight's scorer's held-out rows; each deal's factor is a column of forecast_contributions.
-    calibration = RevenueCalibration.fit(deal_scoring_model, deals, deal_history)
+    stages = StageCatalog.from_frame(pipeline_stages)
+    # Learnt on the open deals at tonight's scorer's held-out dates; each deal's factor is a column
+    # of forecast_contributions.
+    calibration = RevenueCalibration.fit(
+        deal_scoring_model, deals, deal_history, stages, close_timing, resolved.as_of, fiscal_start
+    )
     forecast = build_forecast(
-        deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
+        deals, deal_history, stages, resolved.as_of,
         scores=deal_scores, timing=close_timing, quotas=quotas,
         fiscal_year_start_month=fiscal_start,
         draws=forecast_cfg.draws, seed=forecast_cfg.seed,
@@ -69,7 +73,7 @@ def forecast_quarterly(
             markdown_table(
                 totals[
                     ["quarter", "closed_won_to_date", "pipeline_expected", "overdue_expected", "other_open_expected",
-                     "new_deals_expected", "revenue_calibration", "expected", "open_pipeline", "overdue_pipeline"]
+                     "new_deals_expected", "new_deals_trend", "revenue_calibration", "expected", "open_pipeline", "overdue_pipeline"]
                 ]
             )
         ),

@@ -3,16 +3,22 @@ scorer was never tuned on: prints tables of numbers (run it under `flock`, it fi
 
     python bench/model_quality_bench.py [--sim-seeds 101 102 103] [--sim-deals 10000]
                                         [--messy-seeds 201 202 203 204 205] [--messy-deals 300 600 900 1200 1500]
-                                        [--stability]
+                                        [--open-deals 1 2 3] [--stability]
 
 1. Simulator (clean profile), unseen seeds: on the held-out rows of each run, the published
-   scorer's log loss and ECE beside those of the true probabilities (`SampleWorld`); the truth's
+   scorer's log loss and ECE beside those of the true probabilities of the labels' event, a win
+   within the label horizon (`SampleWorld.true_win_within_probability`); the truth's
    ECE is the noise floor (the calibration error that sampling alone gives on these rows).
    Targets: log loss <= 1.03 x the truth's; ECE <= the truth's ECE + 0.005.
 2. Messy real-org profile, at least five seeds of 300-1,500 simulated deals: the published
    scorer's held-out log loss beside the constant rate's and the CRM probability's (target: it is
-   at most both: the ladder publishes the best), and the truth's (`SampleTruth`).
-3. `--stability`: nightly runs one day and one week apart on one simulator and one messy sample;
+   at most both: the ladder publishes the best), and that of the true probability of an eventual
+   win (`SampleTruth`; not the labels' event, won within the horizon, so only a reference).
+3. `--open-deals 1 2 3 4 5 6`: messy samples scored as the night of `--open-as-of` (2026-06-30, the
+   eve of the backtested quarter) would; the open deals' mean score beside the share that was won
+   within the label horizon, in the next quarter and by the sample's end, for all open deals and
+   for those more than 90 days in their stage.
+4. `--stability`: nightly runs one day and one week apart on one simulator and one messy sample;
    among open deals whose stage, amount, expected close date and age bucket did not change, the
    share that moved by more than 0.10 and the largest move, and whether the published tier changed.
 """
@@ -75,16 +81,17 @@ def simulator_rows(seeds, n_deals: int, project, work: Path) -> list[dict]:
         out = work / f"sim{seed}"
         generate_sample(out, n_deals=n_deals, seed=seed, end_date=END, years=SIM_YEARS)
         export, history = load(out, project, END)
-        _, result = train(export, history, project, END)
+        training, result = train(export, history, project, END)
         test = result.test_predictions
         states = pipeline_at_many(export.deals, history, sorted(test["snapshot_at"].unique()))
         world = SampleWorld.build(seed=seed, n_deals=n_deals, end_date=END, years=SIM_YEARS)
-        states["truth"] = world.true_win_probability(states)
+        # The truth of the event the labels record: won within the label horizon.
+        states["truth"] = world.true_win_within_probability(states, training.maturity_days)
         test = test.merge(states[["snapshot_at", "deal_id", "truth"]], on=["snapshot_at", "deal_id"], how="left")
         y, p, t = test["label"].to_numpy(float), test["published"].to_numpy(float), test["truth"].to_numpy(float)
         m = result.metrics
         rows.append({
-            "seed": seed, "deals": n_deals, "published": m["scoring_method"], "test_rows": len(test),
+            "seed": seed, "deals": n_deals, "horizon_days": training.maturity_days, "published": m["scoring_method"], "test_rows": len(test),
             "log_loss": log_loss(y, p), "truth_log_loss": log_loss(y, t), "ratio": log_loss(y, p) / log_loss(y, t),
             "ece": ece(y, p), "truth_ece": ece(y, t), "ece_gap": ece(y, p) - ece(y, t),
             "target_met": bool(log_loss(y, p) <= 1.03 * log_loss(y, t) and ece(y, p) <= ece(y, t) + 0.005),
@@ -112,10 +119,41 @@ def messy_rows(seeds, sizes, project, work: Path) -> list[dict]:
             "train_won/lost": f"{m['train_won_deals']}/{m['train_lost_deals']}",
             "creation_rows": m["creation_rows"], "split": m["split_rule"], "test_rows": m["test_rows"],
             "published": m["scoring_method"], "log_loss": m["log_loss"], "constant": losses.get("constant_rate"),
-            "crm": crm, "truth": log_loss(y, truth_p) if len(test) else None,
+            "crm": crm, "truth_eventual": log_loss(y, truth_p) if len(test) else None,
             "beats_both": bool(m["log_loss"] is not None and m["log_loss"] <= losses["constant_rate"] and (crm is None or m["log_loss"] <= crm)),
         })
         print(pd.DataFrame(rows[-1:]).round(4).to_string(index=False), flush=True)
+    return rows
+
+
+def open_deal_rows(seeds, project, as_of: dt.date) -> list[dict]:
+    """Messy samples of the default size: the deals open at `as_of`, scored as that night's run
+    would, against what they did within the label horizon, in the next quarter and by `END`; all
+    of them, those more than 90 days in their stage and the others."""
+    rows = []
+    for seed in seeds:
+        out = Path(tempfile.mkdtemp(prefix=f"dealcast-open-{seed}-"))
+        generate_sample(out, seed=seed, end_date=END, profile="messy")
+        export, history = load(out, project, END)
+        training, result = train(export, history, project, as_of)
+        features = snapshot_features(export.deals, history, export.stages, as_of, fiscal_year_start_month=project.fiscal_year_start_month)
+        features["p"] = result.scorer.predict_proba(features)
+        final = pipeline_at_many(export.deals, history, [pd.Timestamp(END) + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)])
+        won_at = final.loc[final["status"] == "won"].set_index("deal_id")["closed_at"]
+        won = pd.to_datetime(features["deal_id"].map(won_at))
+        start = pd.Timestamp(as_of) + pd.Timedelta(days=1)
+        features["won_within_h"] = (won < start + pd.Timedelta(days=training.maturity_days)).fillna(False)
+        features["won_next_quarter"] = (won < start + pd.offsets.QuarterBegin(startingMonth=1)).fillna(False)
+        features["won_by_end"] = won.notna()
+        stale = (features["days_in_stage"] > 90).to_numpy()
+        for group, mask in (("all open", np.ones(len(features), dtype=bool)), ("> 90 days in stage", stale), ("<= 90 days", ~stale)):
+            part = features.loc[mask]
+            rows.append({
+                "seed": seed, "horizon_days": training.maturity_days, "published": result.metrics["scoring_method"],
+                "group": group, "deals": len(part), "mean_p": part["p"].mean(), "won_within_h": part["won_within_h"].mean(),
+                "won_next_quarter": part["won_next_quarter"].mean(), "won_by_end": part["won_by_end"].mean(),
+            })
+            print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False), flush=True)
     return rows
 
 
@@ -172,6 +210,9 @@ def main() -> int:
     parser.add_argument("--messy-seeds", type=int, nargs="*", default=[201, 202, 203, 204, 205])
     parser.add_argument("--messy-deals", type=int, nargs="*", default=[300, 600, 900, 1200, 1500])
     parser.add_argument("--stability", action="store_true")
+    parser.add_argument("--open-deals", type=int, nargs="*", default=[], metavar="SEED",
+                        help="messy seeds whose deals open at --open-as-of are scored and compared with what they did")
+    parser.add_argument("--open-as-of", type=dt.date.fromisoformat, default=dt.date(2026, 6, 30))
     parser.add_argument("--work", type=Path, default=None, help="folder for the generated samples")
     args = parser.parse_args()
     if len(args.messy_seeds) != len(args.messy_deals):
@@ -186,6 +227,9 @@ def main() -> int:
         if args.messy_seeds:
             print("\n== Messy real-org samples ==", flush=True)
             sections.append(("Messy real-org samples (target: log_loss <= constant and crm)", messy_rows(args.messy_seeds, args.messy_deals, project, work)))
+        if args.open_deals:
+            print("\n== Open deals of messy samples against what they did ==", flush=True)
+            sections.append((f"Deals open at {args.open_as_of} (target: mean_p close to won_within_h)", open_deal_rows(args.open_deals, project, args.open_as_of)))
         if args.stability:
             print("\n== Stability of unchanged open deals ==", flush=True)
             sections.append(("Stability (target: no unchanged deal moves > 0.10 unless the tier changed)", stability_rows(project, work)))

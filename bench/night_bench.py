@@ -178,6 +178,21 @@ def _bare_read_in_child(exports: Path) -> tuple[float, int, int]:
         return pool.apply(bare_read_seconds, (exports,))
 
 
+def _print_night(label: str, night: NightResult, read_s: float) -> None:
+    status = "ok" if night.exit_code == 0 else f"FAILED (exit {night.exit_code})"
+    print()
+    print(f"{label} (as_of {night.as_of}): {status}")
+    print(f"  wall {night.wall_seconds:,.1f} s = {night.wall_seconds / read_s:,.0f} x the bare read")
+    print(f"  peak memory of any process {night.peak_mb:,.0f} MB")
+    print(f"  load average (1 min) at start {night.load[0]:.1f}, at end {night.load[1]:.1f} ({os.cpu_count()} cores)")
+    for process, mb in sorted(night.peak_mb_by_process.items(), key=lambda kv: -kv[1])[:5]:
+        print(f"    {process:<30} {mb:>9,.0f} MB")
+    print(f"  {'step':<40} {'s':>9}")
+    for step, seconds in sorted(night.step_seconds.items(), key=lambda kv: -kv[1]):
+        print(f"  {step:<40} {seconds:>9,.1f}")
+    sys.stdout.flush()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--deals", type=int, default=100_000, help="deals in the generated export")
@@ -207,23 +222,14 @@ def main() -> int:
         "DEALCAST_WAREHOUSE_URL": args.warehouse_url or f"sqlite:///{work / 'warehouse.sqlite'}",
         "DEALCAST_MODEL_DIR": str(work / "model_store"),
     }
-    nights = [run_night(args.as_of + dt.timedelta(days=i), env) for i in range(args.nights)]
-
-    print()
     print(f"export: {deal_rows:,} deals, {history_rows:,} history rows, {size_mb:,.0f} MB of CSV in {exports}")
-    print(f"bare pyarrow read of the two files: {read_s:.1f} s")
-    for label, night in zip(("first night", "following night"), nights):
-        status = "ok" if night.exit_code == 0 else f"FAILED (exit {night.exit_code})"
-        print()
-        print(f"{label} (as_of {night.as_of}): {status}")
-        print(f"  wall {night.wall_seconds:,.1f} s = {night.wall_seconds / read_s:,.0f} x the bare read")
-        print(f"  peak memory of any process {night.peak_mb:,.0f} MB")
-        print(f"  load average (1 min) at start {night.load[0]:.1f}, at end {night.load[1]:.1f} ({os.cpu_count()} cores)")
-        for process, mb in sorted(night.peak_mb_by_process.items(), key=lambda kv: -kv[1])[:5]:
-            print(f"    {process:<30} {mb:>9,.0f} MB")
-        print(f"  {'step':<40} {'s':>9}")
-        for step, seconds in sorted(night.step_seconds.items(), key=lambda kv: -kv[1]):
-            print(f"  {step:<40} {seconds:>9,.1f}")
+    print(f"bare pyarrow read of the two files: {read_s:.1f} s", flush=True)
+    nights = []
+    # Each night is printed as soon as it has run: a following night that is stopped still leaves the first's figures.
+    for label, day in zip(("first night", "following night"), range(args.nights)):
+        night = run_night(args.as_of + dt.timedelta(days=day), env)
+        nights.append(night)
+        _print_night(label, night, read_s)
     print(f"\nwork folder (warehouse, Dagster instance): {work}")
     return 0 if all(n.exit_code == 0 for n in nights) else 1
 

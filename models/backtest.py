@@ -10,8 +10,9 @@ nightly forecast carries not_yet_backtested = True.
 - The instant a checkpoint sees is the end of the day before its date (00:00 of the checkpoint
   date, minus a microsecond): what the nightly run of that day before wrote. The pipeline is rebuilt
   as it stood then with `etl.pipeline_state`, and every model is trained with that day as its
-  `as_of`: the deal scorer (`build_training_set` + `train_scorer`, labels read at that day, so
-  deals still open then are censored), the empirical stage-rate scorer and the close-timing model.
+  `as_of`: the deal scorer (`build_training_set` + `train_scorer`, labels read at that day: won
+  within the label horizon or not, so a deal still open then counts as not won), the empirical
+  stage-rate scorer and the close-timing model.
   Nothing dated after that instant is used. Deal attributes that the CRM does not version (owner,
   team, product, ...) are the export's current values, as everywhere else in Dealcast.
 - `retrain`: `"quarter"` (default) trains once, at the `start` checkpoint, and reuses those models
@@ -22,7 +23,8 @@ Three methods per checkpoint, each per segment (every segment type of `etl.schem
 
 - `ours`: `models.forecast.forecast_quarterly` with the scorer `train_scorer` chose then
   (`scoring_method` records which), its visible revenue calibration (`models.revenue_calibration`,
-  learnt on that scorer's held-out rows) and the close-timing model of then: mean, P10, P50, P90.
+  learnt on the open deals at that scorer's held-out dates) and the close-timing model of then:
+  mean, P10, P50, P90.
   This is what the nightly `forecast_quarterly` asset does.
 - `stage_rate`: the same timing + Monte Carlo path with the empirical stage-rate scorer
   (`models.scoring.StageRateScorer`, win rate by pipeline x stage x age bucket) fitted on every
@@ -97,7 +99,7 @@ BACKTEST_COLUMNS: list[str] = TABLES["forecast_backtest"].columns
 CACHE_COLUMNS: list[str] = TABLES["forecast_backtest_cache"].columns
 # Raise when a change to the backtest's code changes its numbers for the same inputs: every cached
 # past quarter is then computed again (the key of `quarter_cache_key` includes it).
-BACKTEST_CODE_VERSION = "2026.12.2"
+BACKTEST_CODE_VERSION = "2026.12.5"
 _FORECAST_VALUES = ("expected", "forecast_p50", "p10", "p90")
 # The prepared-history columns a point-in-time rebuild reads (the running counts follow from them).
 _HISTORY_KEY_COLUMNS = (
@@ -187,9 +189,9 @@ def models_at(
     )
     result = train_scorer(training, model_config, as_of)
     timing = CloseTiming.fit(deals, history, stages, as_of, frequency=model_config.snapshot_frequency)
+    calibration = RevenueCalibration.fit(result, deals, history, stages, timing, as_of, fiscal_year_start_month)
     return CheckpointModels(
-        as_of, result.scorer, RevenueCalibration.fit(result, deals, history),
-        stage_rate_scorer(training, result.scorer.version), timing,
+        as_of, result.scorer, calibration, stage_rate_scorer(training, result.scorer.version), timing,
     )
 
 
@@ -257,9 +259,11 @@ def _checkpoint_rows(
     """The forecast rows of one checkpoint: every method x segment the checkpoint's forecasts know
     (the actuals are added each night by `_with_actuals`)."""
     features = snapshot_features(deals, history, stages, checkpoint.as_of, fiscal_year_start_month=fiscal_year_start_month)
+    # Only the checkpoint's quarter is read (the next quarter's forecast and the P90 without outliers
+    # are not): the other simulations are not run; the quarter's draws are those of a full forecast.
     common = dict(
         quotas=None, fiscal_year_start_month=fiscal_year_start_month, draws=draws, seed=seed,
-        lookback_quarters=lookback_quarters, workers=workers,
+        lookback_quarters=lookback_quarters, workers=workers, only_quarter=checkpoint.quarter, outlier_ranges=False,
     )
     forecasts = {}
     for method, scorer, calibration in (

@@ -175,7 +175,7 @@ def _counterfactual(scorer: Scorer, frame: pd.DataFrame, columns: list[str]) -> 
 def _explain_batch(scorer: Scorer, frame: pd.DataFrame, top_n: int) -> pd.DataFrame:
     base = scorer.predict_proba(frame)
     names, variants = [], []
-    for name, columns in scorer.factor_groups.items():
+    for name, columns in scorer.explained_groups().items():
         variant = _counterfactual(scorer, frame, columns)
         if variant is not None:
             names.append(name)

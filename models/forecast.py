@@ -11,11 +11,12 @@ Revenue(quarter) = closed won so far in the quarter
   (`forecast_contributions`).
 - Deals not yet created: the historical run-rate at this point of the quarter (`new_deal_stream`).
   For each of the last `lookback_quarters` finished quarters, the deals won inside that quarter
-  that were created after the same point relative to the quarter's start as `as_of` is now. Each
-  Monte Carlo draw picks one of those quarters at random and takes each of its wins a Poisson(1)
-  number of times (`simulate_new_deals`), segment by segment, so segments stay consistent with
-  the total. The amounts are not scaled for growth: with a handful of quarters a growth estimate
-  would add more noise than it removes. No finished past quarter means no stream (zero).
+  that were created after the same point relative to the quarter's start as `as_of` is now,
+  scaled by how many times more deals are being created now than before that point
+  (`creation_growth`: a year's creations against a year's, so a growing CRM's older quarters are
+  not read at their old volume). Each Monte Carlo draw picks one of those quarters at random and
+  takes each of its wins a Poisson(1) number of times (`simulate_new_deals`), segment by segment,
+  so segments stay consistent with the total. No finished past quarter means no stream (zero).
 - Every segment type (all, pipeline, owner, team, product, region, lead_source, deal_type) is
   summed from the same draws, so in every draw the segments of a type add up to the `all` total.
 - The open pipeline of a quarter (open_deals, open_pipeline, overdue_*) follows
@@ -69,6 +70,14 @@ DRAW_BLOCK = 1000
 # Threads simulating blocks of draws at once (each holds one chunk of draws in memory).
 DEFAULT_WORKERS = min(os.cpu_count() or 1, 4)
 DEFAULT_LOOKBACK_QUARTERS = 8
+# The new-deal run-rate follows the deal creation volume (`creation_growth`): a year's creations
+# now against the year before each past quarter's matching point (at least half a year of data,
+# else no trend is read), shrunk by 10 deals' worth of evidence and kept within a factor of 2
+# either way.
+GROWTH_WINDOW_DAYS = 365
+MIN_GROWTH_WINDOW_DAYS = 182
+GROWTH_PSEUDO_DEALS = 10.0
+MAX_GROWTH = 2.0
 _DEFAULTS = ForecastConfig()
 _WARNINGS = WarningsConfig()
 # Whole quarters of data needed before a quarter's start for it to be backtested.
@@ -290,6 +299,65 @@ def _new_deal_wins(
     return quarters, wins
 
 
+def creation_growth(
+    created: pd.Series,
+    end: pd.Timestamp,
+    cuts: list[pd.Timestamp],
+    window_days: int = GROWTH_WINDOW_DAYS,
+    min_window_days: int = MIN_GROWTH_WINDOW_DAYS,
+    pseudo_deals: float = GROWTH_PSEUDO_DEALS,
+    max_growth: float = MAX_GROWTH,
+) -> np.ndarray:
+    """How many times more deals are being created now than before each past quarter's matching
+    point: for each cut c in `cuts`,
+
+        index = (N(end - w, end] + k) / (N(c - w, c] + k),   clipped to [1 / max_growth, max_growth]
+
+    with N(a, b] the deals created in that span (`created`: every deal's creation instant, as known
+    at `end`), w = min(`window_days`, c - the end of the data's first day) and k = `pseudo_deals`.
+    A whole year by default, so the season is the same in both windows and under steady growth the
+    index is exactly the growth between c and `end`. Deals created on the data's first day are not
+    counted: that is where a bulk import or a CRM's go-live puts every earlier deal. Where less than
+    `min_window_days` (half a year) of data precede c the index is 1: a shorter window compares
+    different seasons, and in a CRM's first months the creations ramp up with its adoption (deals
+    keyed in only when decided arrive weeks after they began), which is not growth. The
+    pseudo-count keeps a small org's index near 1, and the clip keeps a change in how the CRM is
+    used (a migration, an import) from being read as a doubling or halving of the business.
+    """
+    times = pd.to_datetime(created.dropna()).to_numpy(dtype="datetime64[us]")
+    index = np.ones(len(cuts), dtype="float64")
+    if len(times) == 0:
+        return index
+    times = np.sort(times)
+    first_day_end = pd.Timestamp(times[0]).normalize() + pd.Timedelta(days=1)
+    end64 = np.datetime64(pd.Timestamp(end), "us")
+
+    def count(low: pd.Timestamp, high: pd.Timestamp) -> int:
+        return int(
+            np.searchsorted(times, np.datetime64(high, "us"), side="right")
+            - np.searchsorted(times, np.datetime64(low, "us"), side="right")
+        )
+
+    for i, cut in enumerate(cuts):
+        window = min(pd.Timedelta(days=window_days), pd.Timestamp(cut) - first_day_end)
+        if window < pd.Timedelta(days=min_window_days):
+            continue
+        now = count(pd.Timestamp(end64) - window, pd.Timestamp(end64))
+        then = count(pd.Timestamp(cut) - window, pd.Timestamp(cut))
+        index[i] = float(np.clip((now + pseudo_deals) / (then + pseudo_deals), 1.0 / max_growth, max_growth))
+    return index
+
+
+def _stream_growth(
+    state: pd.DataFrame, end: pd.Timestamp, quarter: str, past_quarters: list[str], fiscal_year_start_month: int
+) -> np.ndarray:
+    """`creation_growth` of each past quarter of `_new_deal_wins` (at its matching point)."""
+    target_start, _ = period_bounds(quarter, fiscal_year_start_month)
+    offset = end - target_start
+    cuts = [period_bounds(q, fiscal_year_start_month)[0] + offset for q in past_quarters]
+    return creation_growth(state["created_at"], end, cuts)
+
+
 def new_deal_stream(
     deals: pd.DataFrame,
     history: pd.DataFrame,
@@ -303,7 +371,9 @@ def new_deal_stream(
     """Revenue from deals not yet created at `as_of`, as past quarters delivered it: one row per
     past quarter (index `past_quarter`, oldest first), one column per segment of `segment_type`,
     values the amount (reporting currency) won inside that quarter by deals created after the
-    point matching `as_of` (see `_new_deal_wins`). Zero rows when no past quarter qualifies.
+    point matching `as_of` (see `_new_deal_wins`), times that quarter's `creation_growth` (how many
+    times more deals are being created now than before its matching point). Zero rows when no past
+    quarter qualifies.
 
     `history` is the output of `etl.pipeline_state.prepare_history`; everything is as known at the
     end of `as_of`. The forecast draws one row per Monte Carlo draw.
@@ -314,9 +384,11 @@ def new_deal_stream(
     end = as_of_end(as_of)
     state = pipeline_at(deals, history, end)
     quarters, wins = _new_deal_wins(state, deals, end, quarter, fiscal_year_start_month, lookback_quarters)
+    growth = pd.Series(_stream_growth(state, end, quarter, quarters, fiscal_year_start_month), index=quarters, dtype="float64")
     segment = segment_values(wins, segment_type)
+    amount = wins["amount_reporting"].astype("float64").fillna(0.0) * wins["past_quarter"].map(growth).astype("float64")
     table = (
-        pd.DataFrame({"past_quarter": wins["past_quarter"], "segment": segment, "amount": wins["amount_reporting"].fillna(0.0)})
+        pd.DataFrame({"past_quarter": wins["past_quarter"], "segment": segment, "amount": amount})
         .groupby(["past_quarter", "segment"])["amount"]
         .sum()
         .unstack("segment", fill_value=0.0)
@@ -556,6 +628,8 @@ def build_forecast(
     outlier_factor: float = _WARNINGS.outlier_factor,
     not_yet_backtested: bool | None = None,
     revenue_calibration: RevenueCalibration | None = None,
+    only_quarter: str | None = None,
+    outlier_ranges: bool = True,
 ) -> Forecast:
     """The forecast for the quarter containing `as_of` and the next one, for every segment type
     and value: the `forecast_quarterly` rows and the per-deal `forecast_contributions` rows
@@ -574,7 +648,8 @@ def build_forecast(
       of `revenue_calibration` (`models.revenue_calibration`; 1 without one), capped so the
       probability stays below 1; revenue_calibration (the column) is what the factors changed; pipeline_expected (overdue_expected its overdue part) sums the
       contributions of the open pipeline, other_open_expected those of the other open deals;
-    - new_deals_expected: the mean over past quarters of the new-deal run-rate (`new_deal_stream`);
+    - new_deals_expected: the mean over past quarters of the new-deal run-rate (`new_deal_stream`),
+      each scaled by its `creation_growth`; new_deals_trend: what that scaling added;
     - expected = closed_won_to_date + pipeline_expected + other_open_expected + new_deals_expected,
       exactly (the mean of the law the draws sample); p10, p50, p90: quantiles of the draws;
     - outlier_deals / outlier_pipeline: open deals that can win in the quarter flagged by
@@ -587,6 +662,11 @@ def build_forecast(
     `scores` has deal_id and win_probability for the open deals at `as_of` (the only further
     change is the visible revenue calibration); `timing` is a `CloseTiming` fitted at the same `as_of`; `quotas` has
     quarter, segment_type, segment, amount.
+
+    `only_quarter` (the current or the next quarter's label) forecasts that quarter alone, with
+    the very draws it gets when both are forecast (each quarter's draws have their own seed);
+    `outlier_ranges=False` leaves p90_without_outliers NULL instead of simulating the quarter a
+    second time without the outliers. The backtest uses both: it reads one quarter's P10/P50/P90.
     """
     if draws < 1:
         raise ValueError(f"forecast_quarterly: draws must be at least 1, got {draws}")
@@ -612,6 +692,11 @@ def build_forecast(
     current = quarter_label(end, fiscal_year_start_month)
     following = quarter_label(quarter_end(end, fiscal_year_start_month), fiscal_year_start_month)
     quarters = (current, following)
+    if only_quarter is not None and only_quarter not in quarters:
+        raise ValueError(
+            f"forecast_quarterly: only_quarter must be the current quarter {current} or the next {following} "
+            f"of as_of {end.date()}, got {only_quarter!r}"
+        )
     current_start, _ = period_bounds(current, fiscal_year_start_month)
     booked = state_booking_dates(won, deals, end)  # closed won counts by booking date (etl.bookings)
     closed_won = won.loc[((booked >= current_start) & (booked <= end)).to_numpy(dtype=bool)]
@@ -630,6 +715,8 @@ def build_forecast(
 
     frames, contributions = [], []
     for index, quarter in enumerate(quarters):
+        if only_quarter is not None and quarter != only_quarter:
+            continue
         start, stop = period_bounds(quarter, fiscal_year_start_month)
         closes_inside = _close_in_quarter(open_deals, timing, quarter, fiscal_year_start_month)
         probability = win_revenue * closes_inside
@@ -641,27 +728,37 @@ def build_forecast(
         )
         past_quarters, wins = streams[quarter]
         new_deals = np.zeros(len(segments))
+        new_deals_trend = np.zeros(len(segments))
         new_draws = np.zeros((draws, len(segments)))
         if past_quarters:
             position = pd.Categorical(wins["past_quarter"], categories=past_quarters).codes.astype("int64")
             codes = segments.codes(wins)
-            new_amounts = wins["amount_reporting"].fillna(0.0).to_numpy(dtype="float64")
-            per_quarter = np.bincount(
-                (position[:, None] * len(segments) + codes).ravel(),
-                weights=np.repeat(new_amounts, codes.shape[1]),
-                minlength=len(past_quarters) * len(segments),
-            ).reshape(len(past_quarters), len(segments))
+            growth = _stream_growth(state, end, quarter, past_quarters, fiscal_year_start_month)
+            recorded = wins["amount_reporting"].fillna(0.0).to_numpy(dtype="float64")
+            # Each past quarter's wins scaled by how much more deals are created now (creation_growth).
+            new_amounts = recorded * growth[position]
+
+            def per_quarter_sums(values: np.ndarray) -> np.ndarray:
+                return np.bincount(
+                    (position[:, None] * len(segments) + codes).ravel(),
+                    weights=np.repeat(values, codes.shape[1]),
+                    minlength=len(past_quarters) * len(segments),
+                ).reshape(len(past_quarters), len(segments))
+
             new_draws = simulate_new_deals(
                 new_amounts, position, codes, len(past_quarters), len(segments), draws,
                 np.random.SeedSequence(seed, spawn_key=(index, 1)), chunk_size=chunk_size,
             )
-            new_deals = per_quarter.mean(axis=0)
+            new_deals = per_quarter_sums(new_amounts).mean(axis=0)
+            new_deals_trend = new_deals - per_quarter_sums(recorded).mean(axis=0)
         closed = closed_won_sums if quarter == current else np.zeros(len(segments))
         summary = summarise_draws(totals + new_draws + closed)
 
         can_win = probability > 0
         outliers = is_outlier & can_win
-        if outliers.any():
+        if not outlier_ranges:
+            p90_without = np.full(len(segments), np.nan)
+        elif outliers.any():
             # The same draws (same seed, same deal order) with the outliers unable to win.
             without = simulate_quarter(
                 amounts, np.where(outliers, 0.0, probability), open_codes, len(segments), draws, draw_seed,
@@ -694,6 +791,7 @@ def build_forecast(
                     "overdue_expected": segments.sums(open_deals.loc[overdue_in], contribution[overdue_in]),
                     "other_open_expected": other_expected,
                     "new_deals_expected": new_deals,
+                    "new_deals_trend": new_deals_trend,
                     "revenue_calibration": segments.sums(open_deals, calibration_change),
                     "outlier_deals": segments.sums(open_deals.loc[outliers]).round().astype("int64"),
                     "outlier_pipeline": segments.sums(open_deals.loc[outliers], amounts[outliers]),

@@ -14,6 +14,8 @@ How a scorer is chosen (`train_scorer`):
    part of the training rows and calibrated and early-stopped on the later `calibration_share` of the
    dates (isotonic with at least `ISOTONIC_MIN_DEALS` deals, else Platt). Probabilities stay within
    [0.001, 0.999].
+   Every candidate but the constant rate scores a deal that has sat in its stage longer than any
+   training row of its pipeline with the stated prior of `StageDaysPrior`.
 3. Every fitted candidate scores the held-out rows: AUC, log loss, Brier, ECE. The lowest log loss is
    published (ties: the simpler tier); since the constant rate always competes, the published scorer is
    never worse than it. It is published as evaluated, not refit, so the metrics describe the scorer in
@@ -180,6 +182,59 @@ def typical_days_in_stage(frame: pd.DataFrame) -> pd.DataFrame:
     return medians.astype({"pipeline": "string", "stage": "string"})
 
 
+class StageDaysPrior:
+    """How a deal that has sat in its stage longer than any training row is scored.
+
+    No training row of a pipeline was more than `limit` days in its stage, so no scorer has seen
+    how such deals end, and a rate learnt on fresher deals would be carried over unchanged. A deal
+    sitting d > limit days is scored as it stood when it had sat `limit` days (days in stage and
+    age moved back by d - limit), and its odds of winning are multiplied by limit / d: a deal that
+    has sat three times as long as any training row keeps a third of the odds. By Bayes' rule the
+    factor is the chance that a deal which will be won sits d days given it sat `limit` days,
+    against deals that will not be won, which a CRM nobody cleans up keeps open (taken as 1); the
+    stated assumption is a waiting-time tail of index 1 (P(stay >= d | stay >= limit) = limit / d),
+    the slowest decay in common use, because the history at hand holds no won deal's stay that long
+    to measure it with. A pipeline without training rows uses the largest limit of all; a row
+    without a known days in stage is left as it is."""
+
+    def __init__(self, limits: dict[str, float], overall_limit: float):
+        self.limits = dict(limits)
+        self.overall_limit = float(overall_limit)
+
+    @classmethod
+    def fit(cls, train: pd.DataFrame) -> "StageDaysPrior | None":
+        """The prior for a scorer fitted on `train` (None without days in stage in the rows)."""
+        if "days_in_stage" not in train.columns or not train["days_in_stage"].notna().any():
+            return None
+        days = train["days_in_stage"].astype(float)
+        limits = days.groupby(train["pipeline"].astype("string").fillna(UNKNOWN)).max().dropna()
+        return cls({str(k): float(v) for k, v in limits.items()}, float(days.max()))
+
+    def limit_of(self, frame: pd.DataFrame) -> np.ndarray:
+        """Each row's limit: its pipeline's largest days in stage among the training rows."""
+        pipeline = frame["pipeline"].astype("string").fillna(UNKNOWN)
+        return pipeline.map(self.limits).astype(float).fillna(self.overall_limit).to_numpy(dtype=float)
+
+    def odds_factor(self, frame: pd.DataFrame) -> np.ndarray:
+        """The factor on each row's odds: limit / days in stage beyond the limit, else 1."""
+        days = frame["days_in_stage"].astype(float).to_numpy()
+        limit = self.limit_of(frame)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(days > limit, limit / days, 1.0)
+
+    def moved_back(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """`frame` with the rows beyond their limit as they stood when they had sat `limit` days."""
+        days = frame["days_in_stage"].astype(float)
+        excess = (days - self.limit_of(frame)).clip(lower=0.0).fillna(0.0)
+        if not bool((excess > 0).any()):
+            return frame
+        out = frame.copy()
+        out["days_in_stage"] = days - excess
+        if "age_days" in out.columns:
+            out["age_days"] = (out["age_days"].astype(float) - excess).clip(lower=0.0)
+        return out
+
+
 class Scorer(abc.ABC):
     """Turns a features frame (from `snapshot_features` or a training set) into win probabilities.
 
@@ -194,6 +249,8 @@ class Scorer(abc.ABC):
         self.feature_names = list(feature_names)
         self.typical = dict(typical)
         self.typical_stage_days = typical_stage_days
+        # Set by `train_scorer`: how deals beyond the training rows' days in stage are scored.
+        self.stage_days_prior: StageDaysPrior | None = None
 
     @property
     def factor_groups(self) -> dict[str, list[str]]:
@@ -201,6 +258,13 @@ class Scorer(abc.ABC):
         if "stage" in groups and "stage_order" in groups:
             groups["stage"] = ["stage", "stage_order"]
             del groups["stage_order"]
+        return groups
+
+    def explained_groups(self) -> dict[str, list[str]]:
+        """`factor_groups`, plus days in stage when the stage-days prior can move a score."""
+        groups = self.factor_groups
+        if getattr(self, "stage_days_prior", None) is not None and "days_in_stage" not in groups:
+            groups = {**groups, "days_in_stage": ["days_in_stage"]}
         return groups
 
     def predict_proba(self, features_frame: pd.DataFrame) -> np.ndarray:
@@ -213,7 +277,12 @@ class Scorer(abc.ABC):
             )
         if features_frame.empty:
             return np.zeros(0, dtype=float)
-        return _clip(self._probabilities(features_frame))
+        prior = getattr(self, "stage_days_prior", None)
+        if prior is None or "days_in_stage" not in features_frame.columns:
+            return _clip(self._probabilities(features_frame))
+        p = _clip(self._probabilities(prior.moved_back(features_frame)))
+        odds = p / (1.0 - p) * prior.odds_factor(features_frame)
+        return _clip(odds / (1.0 + odds))
 
     @property
     def required_columns(self) -> list[str]:
@@ -347,7 +416,7 @@ class StageRateScorer(Scorer):
             table["rate"] = (table["won"] + m * table["parent"]) / (table["rows"] + m)
             table = table.reset_index()
             if level == "cell":
-                table = _non_increasing_with_age(table)
+                table = _older_buckets_extended(_non_increasing_with_age(table))
             self.rates[level] = table[[*columns, "rows", "rate"]]
             parent = keys[columns].merge(table[[*columns, "rate"]], on=columns, how="left")["rate"]
             parent.index = keys.index
@@ -378,6 +447,25 @@ def _non_increasing_with_age(table: pd.DataFrame) -> pd.DataFrame:
         )
         table.loc[group.index, "rate"] = fitted.predict(group["position"].to_numpy(dtype=float))
     return table.drop(columns=["position"])
+
+
+def _older_buckets_extended(table: pd.DataFrame) -> pd.DataFrame:
+    """Per pipeline x stage, every age bucket older than the oldest one with rows gets that
+    bucket's rate (no rows of its own): without evidence about older deals a stage's rate is not
+    allowed to climb back to the stage's pooled rate, which the younger buckets dominate."""
+    order = {label: i for i, label in enumerate(AGE_BUCKET_LABELS)}
+    position = table["age_bucket"].map(order)
+    known = table.loc[position.notna()].assign(position=position[position.notna()])
+    if known.empty:
+        return table
+    oldest = known.sort_values("position").groupby(["pipeline", "stage"], sort=False).tail(1)
+    extra = []
+    for _, row in oldest.iterrows():
+        for label in AGE_BUCKET_LABELS[int(row["position"]) + 1:]:
+            extra.append({"pipeline": row["pipeline"], "stage": row["stage"], "age_bucket": label, "rows": 0, "rate": row["rate"]})
+    if not extra:
+        return table
+    return pd.concat([table, pd.DataFrame(extra).astype({c: table[c].dtype for c in ("pipeline", "stage", "age_bucket")})], ignore_index=True)
 
 
 class ConstantRateScorer(Scorer):
@@ -809,6 +897,8 @@ def train_scorer(training: TrainingSet, config: ModelConfig, as_of: dt.date) -> 
         "logistic_min_won": config.logistic_min_won,
         "logistic_min_lost": config.logistic_min_lost,
         "maturity_days": training.maturity_days,
+        "unresolved_deals": training.unresolved_deals,
+        "censored_deals": training.censored_deals,
     }
     version = model_version(training, run_params)
     labels = frame["label"].astype(int)
@@ -880,6 +970,15 @@ def train_scorer(training: TrainingSet, config: ModelConfig, as_of: dt.date) -> 
                 skipped[METHOD_MODEL] = why
             else:
                 candidates[METHOD_MODEL] = boosting
+
+    # Deals beyond the training rows' days in stage: the same stated prior for every candidate
+    # but the constant rate, which stays the plain floor no published scorer may be worse than.
+    prior = StageDaysPrior.fit(train) if training.has_history else None
+    for method, candidate in candidates.items():
+        if method != METHOD_CONSTANT:
+            candidate.stage_days_prior = prior
+    if prior is not None:
+        run_params["stage_days_limits"] = {k: round(v, 1) for k, v in prior.limits.items()}
 
     predictions = pd.DataFrame(
         {"deal_id": test["deal_id"].to_numpy(), "snapshot_at": test["snapshot_at"].to_numpy(), "label": y_test.to_numpy()}
@@ -975,6 +1074,7 @@ def train_scorer(training: TrainingSet, config: ModelConfig, as_of: dt.date) -> 
         "params": {**run_params, "calibration_method": run_params.get("calibration_method")},
         "won_deals": won,
         "lost_deals": lost,
+        "unresolved_deals": training.unresolved_deals,
         "censored_deals": training.censored_deals,
     }
     if fallback_reason:

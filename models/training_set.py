@@ -5,9 +5,10 @@ known that day. The training set asks that question in the past: at each predict
 week by default) it takes every deal that was open at t, rebuilt as it stood at t by
 `etl.pipeline_state.pipeline_at_many` (stage, days in stage, amount, expected close date, stage
 moves, close-date pushes, forecast category, CRM probability), adds what the company knew about
-owners, products and accounts from deals closed strictly before t, and labels the row with the
-deal's outcome as known at `as_of` (won 1, lost 0). Deals still open at `as_of` are censored:
-left out, never counted as lost.
+owners, products and accounts from deals closed strictly before t, and labels the row 1 when the
+deal was won within the label horizon H (`maturity_days`) of t, else 0 (lost by then, won later or
+still open). Prediction dates stop H before `as_of`, so every label is known at `as_of`: a deal still
+open then, a stale one nobody closes, is a row not won within H rather than being left out.
 
 A deal never open on a prediction date (a win keyed in at the moment of closing, a deal decided within
 days) gets one row at the instant it was created instead, with only what was known then
@@ -15,10 +16,11 @@ days) gets one row at the instant it was created instead, with only what was kno
 
 Rules that keep the model honest (see docs of `build_training_set`):
 - no feature known only at close (`LEAKY_FEATURES`); asking for one raises `LeakageError`;
-- label maturity: prediction dates stop `maturity_days` before `as_of` (by default the 90th
-  percentile of the sales cycle), so that nearly every deal open at a prediction date has an
-  outcome by `as_of`. Without it the latest snapshots would keep only the deals that happened to
-  close quickly, and the test metrics would describe those deals instead of the open pipeline;
+- label horizon: prediction dates stop `maturity_days` before `as_of` (by default the 90th
+  percentile of the sales cycle, at most half the history), and a row counts as won only when the
+  win came within that many days of its date, as known at `as_of`. Labelling with the eventual
+  outcome and leaving out the deals still open would train on resolved deals only, which on an
+  untidy CRM are mostly the wins;
 - sources without stage history (a generic CSV with only the current stage) train on the deal's
   creation-time attributes and the closed-before-t history rates only (`NO_HISTORY_FEATURES`);
   the stage, which for a closed deal is its final stage, is never a feature there.
@@ -161,7 +163,8 @@ class LeakageError(ValueError):
 class TrainingSet:
     """As-of snapshots of deals with their known outcomes.
 
-    `frame`: one row per (snapshot_at, deal_id) with `label` (1 won, 0 lost), `snapshot_kind`
+    `frame`: one row per (snapshot_at, deal_id) with `label` (1 won within `maturity_days` of
+    `snapshot_at`, else 0), `snapshot_kind`
     (`scheduled` or `creation`), the features in `feature_names` and the baseline columns in
     `CONTEXT_COLUMNS`.
     """
@@ -172,6 +175,7 @@ class TrainingSet:
     as_of: dt.date
     frequency: str
     maturity_days: float
+    unresolved_deals: int
     censored_deals: int
     sampled: bool
 
@@ -385,13 +389,22 @@ def snapshot_features(
 
 def _default_maturity_days(outcomes: pd.DataFrame, first_date: pd.Timestamp, as_of: pd.Timestamp) -> float:
     """The 90th percentile of closed deals' cycle length (creation to close), at most half of the
-    history span, rounded up to whole days; 0 when nothing has closed."""
+    history span, rounded up to whole days, at least one; 0 when nothing has closed."""
     if outcomes.empty:
         return 0.0
     cycle = (outcomes["closed_at"] - outcomes["created_at"]) / pd.Timedelta(days=1)
     quantile = float(np.nanquantile(cycle.clip(lower=0.0).to_numpy(dtype=float), MATURITY_QUANTILE))
     span = max((as_of - first_date) / pd.Timedelta(days=1), 0.0)
-    return float(np.ceil(min(quantile, MATURITY_MAX_SHARE_OF_SPAN * span)))
+    return float(max(np.ceil(min(quantile, MATURITY_MAX_SHARE_OF_SPAN * span)), 1.0))
+
+
+def _horizon_labels(rows: pd.DataFrame, won_at: pd.Series, horizon: pd.Timedelta) -> np.ndarray:
+    """1 where the row's deal was won within `horizon` of the row's snapshot (by when it won, as
+    known at as_of, which the horizon never passes), else 0: lost by then, lost later, won later
+    or still open."""
+    deadline = rows["snapshot_at"].to_numpy(dtype=TIMESTAMP) + horizon.to_timedelta64()
+    won = rows["deal_id"].map(won_at).to_numpy(dtype=TIMESTAMP)
+    return (~np.isnat(won) & (won <= deadline)).astype("int64")
 
 
 def _date_chunks(rows_per_date: np.ndarray) -> Iterator[tuple[int, int]]:
@@ -583,11 +596,13 @@ def build_training_set(
       `as_of - maturity_days`; each snapshot is the start (00:00) of that date, i.e. the pipeline
       as the previous night's run saw it.
     - `maturity_days` (default: the 90th percentile of the sales cycle of deals closed by `as_of`,
-      at most half the history span) lets nearly every deal open at a prediction date reach its
-      outcome by `as_of`; pass 0 to use every date up to `as_of`.
-    - Rows: deals open at the snapshot, as they stood then (`pipeline_at_many`).
-    - Label: the deal's status at the end of `as_of` (won 1, lost 0); deals still open then are
-      censored (left out).
+      at most half the history span, at least one day) is the label horizon.
+    - Rows: deals open at the snapshot, as they stood then (`pipeline_at_many`); a deal still open
+      at `as_of` without recorded stage history is left out (`censored_deals`), since its past
+      states would be its present record.
+    - Label: 1 when the deal was won within `maturity_days` (the label horizon) of the snapshot, as
+      known at the end of `as_of`; else 0 (lost, won later, or still open: `unresolved_deals`
+      counts the deals still open at `as_of`). `maturity_days` must be positive.
     - History rates (owner, product, account) count only deals closed strictly before the snapshot.
     - At most `max_rows_per_snapshot` rows per date (deterministic sample by deal id hash).
     - Creation snapshots (`creation_snapshots`, on by default): a deal with recorded stage history
@@ -610,18 +625,24 @@ def build_training_set(
     final = pipeline_at_many(*lean_rebuild_inputs(deals, history, [], []), [as_of_instant])
     final_status = final["status"].astype("string")
     closed = final.loc[_bool(final_status != STATUS_OPEN), ["deal_id", "status", "closed_at", "created_at"]]
-    labels = pd.DataFrame(
-        {"deal_id": closed["deal_id"], "label": _bool(closed["status"] == STATUS_WON).astype("int64")}
-    )
+    won = closed.loc[_bool(closed["status"] == STATUS_WON)]
+    # When each deal won, as known at as_of (NaT: lost or still open then).
+    won_at = pd.Series(won["closed_at"].to_numpy(dtype=TIMESTAMP), index=pd.Index(won["deal_id"]))
 
     created = deals["created_at"].dropna()
     empty = pd.DataFrame({c: pd.Series(dtype="float64") for c in columns})
     if created.empty or created.min() > as_of_instant:
-        return TrainingSet(empty, names, has_history, as_of_date, frequency, 0.0, 0, False)
+        return TrainingSet(empty, names, has_history, as_of_date, frequency, 0.0, 0, 0, False)
     first_date = created.min().normalize()
     if maturity_days is None:
         maturity_days = _default_maturity_days(closed, first_date, as_of_instant)
-    last_date = pd.Timestamp(as_of_date) - pd.Timedelta(days=float(maturity_days))
+    if maturity_days <= 0 and not closed.empty:
+        raise ValueError(
+            f"maturity_days (the label horizon) must be positive, got {maturity_days}: a row is labelled "
+            "won when the deal was won within that many days of its prediction date"
+        )
+    horizon = pd.Timedelta(days=float(maturity_days))
+    last_date = pd.Timestamp(as_of_date) - horizon
     dates = pd.date_range(first_date, last_date, freq=frequency) if last_date >= first_date else []
     instants = list(dates)
     logger.info(
@@ -630,7 +651,7 @@ def build_training_set(
     )
 
     parts: list[pd.DataFrame] = []
-    censored = 0
+    unresolved = censored = 0
     sampled = False
     if instants:
         # Only the history rows holding an open state at some prediction date are rebuilt, and
@@ -644,7 +665,7 @@ def build_training_set(
         priors = _PriorCounts(deals, deal_index, spans, first, stop, snapshots)
         open_rows_at = np.flatnonzero(_bool(spans["status"].astype("string") == STATUS_OPEN) & (first < stop))
         creation_rows_at = (
-            _creation_span_rows(deals, spans, open_rows_at, pd.Index(labels["deal_id"]), instants[0], instants[-1])
+            _creation_span_rows(deals, spans, open_rows_at, pd.Index(closed["deal_id"]), instants[0], instants[-1])
             if creation_snapshots
             else np.zeros(0, dtype=np.int64)
         )
@@ -659,15 +680,19 @@ def build_training_set(
         creation_history = lean_history.iloc[creation_rows_at]
         del lean_history
         open_deals = deal_index.get_indexer(open_history["deal_id"])
-        # Which (open row, date) pairs become training rows is decided from positions alone: a deal
-        # still open at as_of is censored (never a row), and the per-date cap samples among the
-        # labelled deals by a hash of the deal id. Only the kept pairs are rebuilt and featurised.
-        labelled_deal = pd.Index(labels["deal_id"]).get_indexer(deals["deal_id"]) >= 0
-        row_labelled = labelled_deal[open_deals]
-        censored = int(np.unique(open_deals[~row_labelled]).size)
-        pair_row, pair_snapshot = _held_pairs(
-            np.flatnonzero(row_labelled), open_first[row_labelled], open_stop[row_labelled]
-        )
+        # Which (open row, date) pairs become training rows is decided from positions alone: every
+        # deal open at a prediction date has a known label (the horizon ends by as_of), a deal still
+        # open at as_of included, and the per-date cap samples by a hash of the deal id. Only the
+        # kept pairs are rebuilt and featurised.
+        # A deal still open at as_of without recorded stage history shows its present record at
+        # every past date, which was not known then: it stays out (censored).
+        open_at_as_of = final.loc[_bool(final_status == STATUS_OPEN), "deal_id"]
+        still_open = pd.Index(open_at_as_of).get_indexer(deals["deal_id"]) >= 0
+        recorded = _bool(deals["has_history"])
+        row_kept = ~still_open[open_deals] | recorded[open_deals]
+        unresolved = int(np.unique(open_deals[still_open[open_deals] & recorded[open_deals]]).size)
+        censored = int(np.unique(open_deals[~row_kept]).size)
+        pair_row, pair_snapshot = _held_pairs(np.flatnonzero(row_kept), open_first[row_kept], open_stop[row_kept])
         deal_hash = pd.util.hash_array(deals["deal_id"].astype(str).to_numpy(dtype=object))
         pair_row, pair_snapshot, sampled = _sample_pairs(
             pair_row, pair_snapshot, deal_hash[open_deals[pair_row]], len(snapshots), max_rows_per_snapshot
@@ -687,7 +712,8 @@ def build_training_set(
                     rows[f"{key}_prior_closed"] = closed_count
             rows = _with_stage_probability(rows, stages)
             rows["snapshot_kind"] = KIND_SCHEDULED
-            parts.append(rows.merge(labels, on="deal_id", how="inner", validate="many_to_one")[columns])
+            rows["label"] = _horizon_labels(rows, won_at, horizon)
+            parts.append(rows[columns])
         if len(creation_history):
             states = _creation_states(lean_deals, creation_history)
             rows = _state_features(states, fiscal_year_start_month)
@@ -700,7 +726,8 @@ def build_training_set(
                     rows[f"{key}_prior_closed"] = closed_count
             rows = _with_stage_probability(rows, stages)
             rows["snapshot_kind"] = KIND_CREATION
-            parts.append(rows.merge(labels, on="deal_id", how="inner", validate="one_to_one")[columns])
+            rows["label"] = _horizon_labels(rows, won_at, horizon)
+            parts.append(rows[columns])
             logger.info("creation snapshots: %d deals never open on a prediction date", len(rows))
     frame = pd.concat(parts, ignore_index=True) if parts else empty
     frame = frame.sort_values(["snapshot_at", "deal_id"], kind="stable").reset_index(drop=True)
@@ -713,6 +740,7 @@ def build_training_set(
         as_of=as_of_date,
         frequency=frequency,
         maturity_days=float(maturity_days),
+        unresolved_deals=unresolved,
         censored_deals=censored,
         sampled=sampled,
     )

@@ -339,6 +339,41 @@ class SampleWorld:
         `etl.pipeline_state.pipeline_at_many` produces): open rows from their state at
         `snapshot_at` (see the `sample_crm` package docstring for how weeks in stage are counted), 1 for won
         rows and 0 for lost rows. Index aligned with `frame`."""
+        status = self._statuses(frame)
+        out = np.where(status == STATUS_WON, 1.0, 0.0)
+        is_open = status == STATUS_OPEN
+        if is_open.any():
+            deal_class, stage, weeks_in_stage, boundary = self._open_states(frame.loc[is_open])
+            out[is_open] = self.win_probability(deal_class, stage, weeks_in_stage, boundary)
+        return pd.Series(out, index=frame.index, name="true_win_probability", dtype="float64")
+
+    def true_win_within_probability(self, frame: pd.DataFrame, horizon_days: float) -> pd.Series:
+        """The true probability that each row's deal is won within `horizon_days` of
+        `snapshot_at` (the event a scorer trained on horizon labels predicts), for the same frame
+        as `true_win_probability`: backward induction over the weeks whose events (by Friday
+        20:00) fall inside the horizon, from 0 for a deal still open after them; 1 for won rows
+        and 0 for lost ones."""
+        status = self._statuses(frame)
+        out = np.where(status == STATUS_WON, 1.0, 0.0)
+        is_open = status == STATUS_OPEN
+        if not is_open.any():
+            return pd.Series(out, index=frame.index, name="true_win_within_probability", dtype="float64")
+        deal_class, stage, weeks_in_stage, boundary = self._open_states(frame.loc[is_open])
+        # Week b + k - 1 ends on day 7(k - 1) + 4.83 after the Monday boundary b.
+        weeks = int((float(horizon_days) - WINDOW_END_SECONDS / DAY_SECONDS) // 7) + 1
+        valid = self._valid_states()
+        result = np.zeros(len(deal_class))
+        for b in np.unique(boundary) if weeks > 0 else ():
+            values = np.zeros((self.n_classes, self.max_open_stages, WEEKS_IN_STAGE_CAP + 1))
+            for week in range(int(b) + weeks - 1, int(b) - 1, -1):
+                values = _backward_step(self.transition_probabilities(week), values, valid)
+            at = boundary == b
+            result[at] = values[deal_class[at], stage[at], np.minimum(weeks_in_stage[at], WEEKS_IN_STAGE_CAP)]
+        out[is_open] = result
+        return pd.Series(out, index=frame.index, name="true_win_within_probability", dtype="float64")
+
+    def _statuses(self, frame: pd.DataFrame) -> np.ndarray:
+        """The status of each row, after checking the frame has what the truth needs."""
         required = ["snapshot_at", "pipeline", "stage", "stage_entered_at", "owner", "product", "account_segment", "status"]
         missing = [c for c in required if c not in frame.columns]
         if missing:
@@ -350,32 +385,31 @@ class SampleWorld:
             raise ValueError(
                 f"true_win_probability: row {row}, column 'status': expected open/won/lost, got {status[row]!r}"
             )
-        out = np.where(status == STATUS_WON, 1.0, 0.0)
-        is_open = status == STATUS_OPEN
-        if is_open.any():
-            rows = frame.loc[is_open]
-            deal_class = self.deal_class(
-                rows["pipeline"], rows["owner"], rows["product"], rows["account_segment"], row_labels=rows.index
+        return status
+
+    def _open_states(self, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(effect class, stage position, weeks in stage, week boundary) of open rows."""
+        deal_class = self.deal_class(
+            rows["pipeline"], rows["owner"], rows["product"], rows["account_segment"], row_labels=rows.index
+        )
+        pipeline_codes = self.class_parts(deal_class)[0]
+        stage = np.full(len(rows), -1, dtype=np.int64)
+        stage_names = rows["stage"].astype("string").to_numpy(dtype=object, na_value=None)
+        for code, name in enumerate(self.pipelines):
+            in_pipeline = pipeline_codes == code
+            positions = {s: i for i, s in enumerate(self.stages[name].open_stages)}
+            mapped = pd.Series(stage_names[in_pipeline], dtype=object).map(positions)
+            stage[in_pipeline] = mapped.fillna(-1).to_numpy(dtype=np.int64)
+        if (stage < 0).any():
+            row = int(np.flatnonzero(stage < 0)[0])
+            raise ValueError(
+                f"true_win_probability: row {rows.index[row]}, column 'stage': {stage_names[row]!r} "
+                f"is not an open stage of pipeline {rows['pipeline'].iloc[row]!r}"
             )
-            pipeline_codes = self.class_parts(deal_class)[0]
-            stage = np.full(len(rows), -1, dtype=np.int64)
-            stage_names = rows["stage"].astype("string").to_numpy(dtype=object, na_value=None)
-            for code, name in enumerate(self.pipelines):
-                in_pipeline = pipeline_codes == code
-                positions = {s: i for i, s in enumerate(self.stages[name].open_stages)}
-                mapped = pd.Series(stage_names[in_pipeline], dtype=object).map(positions)
-                stage[in_pipeline] = mapped.fillna(-1).to_numpy(dtype=np.int64)
-            if (stage < 0).any():
-                row = int(np.flatnonzero(stage < 0)[0])
-                raise ValueError(
-                    f"true_win_probability: row {rows.index[row]}, column 'stage': {stage_names[row]!r} "
-                    f"is not an open stage of pipeline {rows['pipeline'].iloc[row]!r}"
-                )
-            snapshot = utc_microseconds(rows["snapshot_at"], "snapshot_at", rows.index)
-            entered = utc_microseconds(rows["stage_entered_at"], "stage_entered_at", rows.index)
-            boundary, weeks_in_stage = boundary_state(snapshot, entered)
-            out[is_open] = self.win_probability(deal_class, stage, weeks_in_stage, boundary)
-        return pd.Series(out, index=frame.index, name="true_win_probability", dtype="float64")
+        snapshot = utc_microseconds(rows["snapshot_at"], "snapshot_at", rows.index)
+        entered = utc_microseconds(rows["stage_entered_at"], "stage_entered_at", rows.index)
+        boundary, weeks_in_stage = boundary_state(snapshot, entered)
+        return deal_class, stage, weeks_in_stage, boundary
 
     # -- who sells what ----------------------------------------------------------------------
     def _mixes(self) -> dict[str, np.ndarray]:

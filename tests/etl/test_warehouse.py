@@ -94,6 +94,7 @@ def forecast(quarters: list[str], p50: float = 100.0) -> pd.DataFrame:
             "overdue_expected": [10.0] * n,
             "other_open_expected": [5.0] * n,
             "new_deals_expected": [5.0] * n,
+            "new_deals_trend": [0.0] * n,
             "revenue_calibration": [0.0] * n,
             "outlier_deals": [0] * n,
             "outlier_pipeline": [0.0] * n,

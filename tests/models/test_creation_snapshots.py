@@ -9,7 +9,7 @@ Hand-made history (pipeline P: A -> B -> C; prediction dates every Monday 00:00 
             won 15:30 the same day, the amount corrected to 900 on the closing row
   k2 (Bob): created Wed 2024-01-17 10:00 in A, amount 200, close 01-19; lost Thu 01-18 09:00
   late (Ann): created Tue 2024-03-26 10:00, won the same day: after the last prediction date
-  open (Bob): created 2024-01-03 in A, still open at as_of 2024-03-31 (censored)
+  open (Bob): created 2024-01-03 in A, still open at as_of 2024-03-31 (scheduled rows, not won)
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from tests.models.test_training_set import CATALOG, make_deals, make_history
 
 T = pd.Timestamp
 AS_OF = dt.date(2024, 3, 31)
+# Labels: won within 7 days of the row's instant; prediction dates stop at 03-24 (last Monday 03-18).
+HORIZON = 7.0
 FEATURE_COLUMNS = ["stage", "stage_order", "days_in_stage", "age_days", "log_amount_reporting", "days_to_expected_close",
                    "stage_moves", "backward_moves", "close_pushes", "crm_probability", "owner_prior_win_rate",
                    "owner_prior_closed"]
@@ -69,10 +71,10 @@ def _creation_rows(training) -> pd.DataFrame:
 
 def test_deals_never_open_on_a_prediction_date_get_one_row_at_their_creation():
     deals, history = _world()
-    training = build_training_set(deals, history, CATALOG, AS_OF, maturity_days=0)
+    training = build_training_set(deals, history, CATALOG, AS_OF, maturity_days=HORIZON)
     rows = _creation_rows(training)
-    # o1 is open on Monday 01-08 (a scheduled row instead); late is after the last date (03-25);
-    # open is censored.
+    # o1 is open on Monday 01-08 (a scheduled row instead); late is after the last date (03-18);
+    # open has scheduled rows.
     assert rows.index.tolist() == ["k1", "k2", "w1"]
     assert training.creation_rows == 3
     assert set(training.frame.loc[training.frame["deal_id"] == "o1", "snapshot_kind"]) == {"scheduled"}
@@ -94,14 +96,14 @@ def test_deals_never_open_on_a_prediction_date_get_one_row_at_their_creation():
     # w1 (Monday 01-01): nothing closed yet, no rate.
     assert rows.loc["w1", "owner_prior_closed"] == 0.0 and np.isnan(rows.loc["w1", "owner_prior_win_rate"])
     # The won deal counts as training evidence only through its creation row.
-    without = build_training_set(deals, history, CATALOG, AS_OF, maturity_days=0, creation_snapshots=False)
+    without = build_training_set(deals, history, CATALOG, AS_OF, maturity_days=HORIZON, creation_snapshots=False)
     assert (training.won_deals, training.lost_deals) == (without.won_deals + 1, without.lost_deals + 2)
     assert without.creation_rows == 0
 
 
 def test_creation_rows_match_the_pipeline_as_it_stood_at_that_instant():
     deals, history = _world()
-    rows = _creation_rows(build_training_set(deals, history, CATALOG, AS_OF, maturity_days=0))
+    rows = _creation_rows(build_training_set(deals, history, CATALOG, AS_OF, maturity_days=HORIZON))
     for deal_id, row in rows.iterrows():
         previous_monday = row["snapshot_at"].normalize() - pd.Timedelta(days=row["snapshot_at"].weekday())
         then = snapshot_features(deals, history, CATALOG, row["snapshot_at"], closed_before=previous_monday)
@@ -115,9 +117,9 @@ def test_nothing_recorded_after_creation_reaches_a_creation_row():
     """Leakage tripwire: change what happens after the creation instants (k1's closing amount, k2's
     outcome): the creation rows' features stay exactly the same, only k2's label follows."""
     deals, history = _world()
-    base = _creation_rows(build_training_set(deals, history, CATALOG, AS_OF, maturity_days=0))
+    base = _creation_rows(build_training_set(deals, history, CATALOG, AS_OF, maturity_days=HORIZON))
     other_deals, other_history = _world(k1_closing_amount=5000.0, k2_outcome="Won")
-    changed = _creation_rows(build_training_set(other_deals, other_history, CATALOG, AS_OF, maturity_days=0))
+    changed = _creation_rows(build_training_set(other_deals, other_history, CATALOG, AS_OF, maturity_days=HORIZON))
     assert changed.index.tolist() == base.index.tolist()
     for column in FEATURE_COLUMNS:
         pd.testing.assert_series_equal(changed.loc[["k1", "k2"], column], base.loc[["k1", "k2"], column], check_names=False)

@@ -30,15 +30,17 @@ def test_effects_are_differences_against_the_typical_value():
     out = explain(scorer, deal)
     factors = json.loads(out.loc[0, "top_factors"])
     # By hand (pseudo-count 20, see test_scoring): stage A 11/24, stage B 12/22,
-    # cell B x 30-59 days (2 + 20 x 12/22)/22. Stage set to A: the cell A x 30-59 days is empty,
-    # so stage A's 11/24. Age set to 5 days: the cell B x 0-29 is empty, so stage B's 12/22.
+    # cell B x 30-59 days (2 + 20 x 12/22)/22. Stage set to A: A has no row of 30-59 days, older
+    # than its oldest rows (0-29 days), so the cell takes that bucket's (1 + 20 x 11/24)/24, not
+    # stage A's pooled rate. Age set to 5 days: the cell B x 0-29 is empty and younger than B's
+    # rows, so stage B's 12/22.
     actual = (2 + 20 * 12 / 22) / 22
     assert [f["feature"] for f in factors] == ["stage", "age_days"]
-    assert factors[0]["effect"] == pytest.approx(actual - 11 / 24, abs=1e-4)
+    assert factors[0]["effect"] == pytest.approx(actual - (1 + 20 * 11 / 24) / 24, abs=1e-4)
     assert factors[1]["effect"] == pytest.approx(actual - 12 / 22, abs=1e-4)
     assert factors[0]["text"] == 'at stage B "big"'
     assert factors[1]["text"] == "open for 40 days (typical 5)"
-    assert out.loc[0, "top_factors_text"] == 'at stage B "big" (+13 pts); open for 40 days (typical 5) (+4 pts)'
+    assert out.loc[0, "top_factors_text"] == 'at stage B "big" (+16 pts); open for 40 days (typical 5) (+4 pts)'
 
 
 def test_a_typical_deal_has_no_factor():

@@ -21,7 +21,7 @@ import pytest
 
 from etl.pipeline_state import as_of_end, pipeline_at
 from etl.tables import TABLES
-from models.forecast import forecast_quarterly, new_deal_stream, simulate_quarter
+from models.forecast import creation_growth, forecast_quarterly, new_deal_stream, simulate_quarter
 from models.timing import CloseTiming
 from tests.models.hand_crm import CATALOG, make_crm
 
@@ -195,6 +195,29 @@ def test_forecast_matches_the_enumerated_distribution_per_segment():
     assert (following["closed_won_to_date"], following["p10"], following["p50"], following["p90"]) == (0, 0, 0, 0)
 
 
+def test_one_quarter_alone_has_the_enumerated_distribution_and_the_same_draws():
+    # What the backtest asks for: 2024-Q2 only, without the second simulation that P90 without
+    # outliers needs. Its quantiles are those of the enumerated law (closed won 100 added), and its
+    # draws are the very draws of the full forecast (each quarter is seeded on its own).
+    deals, history = four_deal_crm()
+    scores = pd.DataFrame({"deal_id": ["O1", "O2", "O3", "O4"], "win_probability": PROBABILITIES})
+    alone = run_forecast(deals, history, scores, only_quarter="2024-Q2", outlier_ranges=False)
+    assert set(alone["quarter"]) == {"2024-Q2"}
+    assert alone["p90_without_outliers"].isna().all()
+    exact = exact_summary(exact_distribution(AMOUNTS, PROBABILITIES), shift=100.0)
+    got = row(alone, "2024-Q2")
+    assert (got["p10"], got["p50"], got["p90"]) == pytest.approx((exact["p10"], exact["p50"], exact["p90"]))
+    # expected is exact: closed won + sum of amount x probability = 100 + 90 + 150 + 120 + 200
+    assert got["expected"] == pytest.approx(660.0)
+    full = run_forecast(deals, history, scores)
+    columns = ["segment_type", "segment", "p10", "p50", "p90", "expected"]
+    pd.testing.assert_frame_equal(
+        alone[columns].reset_index(drop=True), full.loc[full["quarter"] == "2024-Q2", columns].reset_index(drop=True)
+    )
+    with pytest.raises(ValueError, match="only_quarter must be the current quarter 2024-Q2 or the next 2024-Q3"):
+        run_forecast(deals, history, scores, only_quarter="2024-Q4")
+
+
 def test_forecast_columns_rows_and_ordering_of_quantiles():
     deals, history = four_deal_crm()
     scores = pd.DataFrame({"deal_id": ["O1", "O2", "O3", "O4"], "win_probability": PROBABILITIES})
@@ -347,23 +370,60 @@ def stream_crm():
     return make_crm(deals, events)
 
 
+# Creation growth of each past quarter (models.forecast.creation_growth), by hand. Deals created on
+# the data's first day (START, 2023-07-02) are not counted; a window is at most a year and ends at a
+# past quarter's matching point, against the same length ending at as_of (the end of 2024-05-16);
+# under 182 days of data after the first day's end (2023-07-03 00:00) the growth is 1.
+# - 2023-Q3 (point Aug 15), 2023-Q4 (Nov 15: 136 days) and, for 2024-Q3, 2023-Q4 (Aug 16) and
+#   2024-Q1 (Nov 16: 137 days): 1.
+# - 2024-Q1 for 2024-Q2 (point Feb 15, window 228 days, from 2023-10-01 now): N0 N2 N4 then,
+#   N2 N3 N4 N5 now: (4 + 10) / (3 + 10).
+GROWTH_Q1 = 14 / 13
+
+
 def test_new_deal_stream_by_hand():
     deals, history = stream_crm()
-    # 2024-Q2: 2023-Q3 N0 60; 2023-Q4 N2 30; 2024-Q1 N3 100 (N4 was created before Feb 15, N5 won in Q2).
+    # 2024-Q2: 2023-Q3 N0 60; 2023-Q4 N2 30; 2024-Q1 N3 100 (N4 was created before Feb 15, N5 won in Q2),
+    # each times its quarter's creation growth.
     # 2023-Q2's matching point (May 16) is before the data start: not used.
     total = new_deal_stream(deals, history, AS_OF, "2024-Q2", 1, "all")
     assert list(total.index) == ["2023-Q3", "2023-Q4", "2024-Q1"]
-    assert total["all"].tolist() == [60.0, 30.0, 100.0]
+    assert total["all"].tolist() == pytest.approx([60.0, 30.0, 100.0 * GROWTH_Q1])
     owners = new_deal_stream(deals, history, AS_OF, "2024-Q2", 1, "owner")
-    assert owners["Ana"].tolist() == [0.0, 30.0, 0.0]
-    assert owners["Ben"].tolist() == [60.0, 0.0, 100.0]
+    assert owners["Ana"].tolist() == pytest.approx([0.0, 30.0, 0.0])
+    assert owners["Ben"].tolist() == pytest.approx([60.0, 0.0, 100.0 * GROWTH_Q1])
     # 2024-Q3: 2024-Q2 is not finished; 2024-Q1 gets N3 100 + N4 50; 2023-Q4 gets N2 30.
     following = new_deal_stream(deals, history, AS_OF, "2024-Q3", 1, "all")
     assert list(following.index) == ["2023-Q4", "2024-Q1"] and following["all"].tolist() == [30.0, 150.0]
     # Looking back one quarter only.
-    assert new_deal_stream(deals, history, AS_OF, "2024-Q2", 1, "all", lookback_quarters=1)["all"].tolist() == [100.0]
+    assert new_deal_stream(deals, history, AS_OF, "2024-Q2", 1, "all", lookback_quarters=1)["all"].tolist() == pytest.approx(
+        [100.0 * GROWTH_Q1]
+    )
     # Before any quarter has finished since the data start there is no stream.
     assert new_deal_stream(deals, history, "2023-09-01", "2023-Q3", 1, "all").empty
+
+
+def test_creation_growth_by_hand():
+    # 50 deals imported on the data's first day (not counted), 30 created 2023-06-15, 20 on
+    # 2024-02-01, 60 on 2024-06-15; as seen at the end of 2024-12-31.
+    created = pd.Series(
+        pd.to_datetime(["2023-01-01 09:00"] * 50 + ["2023-06-15 10:00"] * 30 + ["2024-02-01 10:00"] * 20 + ["2024-06-15 10:00"] * 60)
+    )
+    end = pd.Timestamp("2024-12-31 23:59:59.999999")
+    cuts = [pd.Timestamp(d) + pd.Timedelta(days=1, microseconds=-1) for d in ("2024-03-31", "2023-03-01", "2023-07-31")]
+    # 2024-03-31: a full year each: now 2024-02-01 and 2024-06-15 (80); then 2023-06-15 and
+    # 2024-02-01 (50): (80 + 10) / (50 + 10) = 1.5.
+    # 2023-03-01: 59 days after the first day, under 182: 1.
+    # 2023-07-31: 211 days after the first day's end; then 2023-06-15 (30), now (from 2024-06-04) 60:
+    # (60 + 10) / (30 + 10) = 1.75.
+    assert creation_growth(created, end, cuts) == pytest.approx([1.5, 1.0, 1.75])
+    # Kept within a factor of max_growth either way.
+    assert creation_growth(created, end, cuts, max_growth=1.6) == pytest.approx([1.5, 1.0, 1.6])
+    # A falling volume lowers the run-rate: seen at the end of 2025-03-31, the year to then holds
+    # 2024-06-15 (60) against 80 in the year to 2024-06-30: (60 + 10) / (80 + 10).
+    falling = creation_growth(created, pd.Timestamp("2025-03-31 23:59:59.999999"), [pd.Timestamp("2024-06-30 23:59:59.999999")])
+    assert falling == pytest.approx([7 / 9])
+    assert creation_growth(pd.Series([], dtype="datetime64[ns]"), end, cuts).tolist() == [1.0, 1.0, 1.0]
 
 
 def new_deal_law(quarters, shift=0.0, max_count=25):
@@ -392,12 +452,14 @@ def test_forecast_bootstraps_past_quarters_for_new_deals():
     deals, history = stream_crm()
     frame = run_forecast(deals, history, pd.DataFrame({"deal_id": [], "win_probability": []}))
 
-    # 2024-Q2: won so far N5 (Ana, 70); new deals: a past quarter with 60, 30 or 100 (one win each),
-    # each win taken Poisson(1) times. Expected: 70 + (60 + 30 + 100) / 3, exactly.
+    # 2024-Q2: won so far N5 (Ana, 70); new deals: a past quarter with 60, 30 or 100 x 14/13
+    # (one win each, scaled by its creation growth), each win taken Poisson(1) times.
+    stream = [60.0, 30.0, 100.0 * GROWTH_Q1]
     q2 = row(frame, "2024-Q2")
-    assert q2["new_deals_expected"] == pytest.approx(190 / 3)
-    assert q2["expected"] == pytest.approx(70 + 190 / 3)
-    law = new_deal_law([[60.0], [30.0], [100.0]], shift=70.0)
+    assert q2["new_deals_expected"] == pytest.approx(sum(stream) / 3)
+    assert q2["new_deals_trend"] == pytest.approx((sum(stream) - 190.0) / 3)
+    assert q2["expected"] == pytest.approx(70 + sum(stream) / 3)
+    law = new_deal_law([[v] for v in stream], shift=70.0)
     assert sum(law.values()) == pytest.approx(1.0)
     # P(no new deal) = e^-1 = 0.37 > 0.1: P10 is the closed won amount alone.
     assert q2["p10"] == 70.0
@@ -405,14 +467,14 @@ def test_forecast_bootstraps_past_quarters_for_new_deals():
         low, high = quantile_range(law, q)
         assert low <= q2[name] <= high, (name, low, q2[name], high)
     ana, ben = row(frame, "2024-Q2", "owner", "Ana"), row(frame, "2024-Q2", "owner", "Ben")
-    assert ana["expected"] == pytest.approx(70 + 30 / 3) and ben["expected"] == pytest.approx((60 + 100) / 3)
+    assert ana["expected"] == pytest.approx(70 + stream[1] / 3) and ben["expected"] == pytest.approx((stream[0] + stream[2]) / 3)
     assert ana["p10"] == 70.0 and ben["p10"] == 0.0
     # the same past quarter is drawn for every segment: owners add up to the total
     assert ana["expected"] + ben["expected"] == pytest.approx(q2["expected"])
 
     # 2024-Q3: a past quarter with {30} or {100, 50}: expected (30 + 150) / 2 = 90.
     q3 = row(frame, "2024-Q3")
-    assert q3["expected"] == pytest.approx(90.0)
+    assert q3["expected"] == pytest.approx(90.0) and q3["new_deals_trend"] == 0.0
     law = new_deal_law([[30.0], [100.0, 50.0]])
     assert q3["p10"] == 0.0  # P(0) = (e^-1 + e^-2) / 2 = 0.25
     low, high = quantile_range(law, 0.9)

@@ -185,7 +185,7 @@ def test_the_revenue_calibration_is_a_visible_column():
     deals, history = hand_crm()
     scores = pd.DataFrame({"deal_id": list(OPEN), "win_probability": [v[3] for v in OPEN.values()]})
     # Deals of 1,000 and more (NX, OUT) win half as much money as their scores say.
-    calibration = RevenueCalibration(edges=(1000.0,), factors=(1.0, 0.5), rows=40)
+    calibration = RevenueCalibration(edges=(999.0,), factors=(1.0, 0.5), rows=40)
     calibrated = build_forecast(
         deals, history, CATALOG, AS_OF, scores=scores, timing=HandTiming(), quotas=None, draws=DRAWS, seed=3,
         revenue_calibration=calibration,

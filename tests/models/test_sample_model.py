@@ -1,6 +1,7 @@
 """The deal model on the realistic sample CRM, against its ground truth (slow: about 15 s per seed).
 
-The sample (sample_crm) knows every open deal's true win probability at every Monday 00:00.
+The sample (sample_crm) knows every open deal's true probability of a win within the label horizon at
+every Monday 00:00.
 On the latest, held-out prediction dates the true probabilities' log loss is the best any model
 can reach; the trained model must come within 3% of it, be as calibrated as the truth itself on
 those rows (ECE within `ECE_MARGIN` of the true probabilities' ECE: a finite sample gives even the
@@ -65,7 +66,8 @@ def test_model_is_close_to_the_truth_and_calibrated(sample_run):
     test = result.test_predictions
     states = pipeline_at_many(export.deals, history, sorted(test["snapshot_at"].unique()))
     world = SampleWorld.build(seed=seed, n_deals=N_DEALS, end_date=END, years=YEARS)
-    states["truth"] = world.true_win_probability(states)
+    # The truth of the event the labels record: won within the label horizon.
+    states["truth"] = world.true_win_within_probability(states, training.maturity_days)
     test = test.merge(states[["snapshot_at", "deal_id", "truth"]], on=["snapshot_at", "deal_id"], how="left")
     assert test["truth"].notna().all()
     y = test["label"].to_numpy(dtype=float)

@@ -136,7 +136,7 @@ def _ladder_training(test_a: int, test_b: int, crm: bool) -> TrainingSet:
         snapshot_kind="scheduled", pipeline="P", age_days=5.0,
         crm_probability=np.where(frame["stage"] == "A", 0.9, 0.1) if crm else np.nan, stage_probability=np.nan,
     )
-    return TrainingSet(frame, ["stage", "age_days"], True, dt.date(2024, 12, 31), "W-MON", 0.0, 0, False)
+    return TrainingSet(frame, ["stage", "age_days"], True, dt.date(2024, 12, 31), "W-MON", 28.0, 0, 0, False)
 
 
 def test_the_ladder_publishes_the_best_held_out_log_loss():
@@ -294,7 +294,7 @@ def _ten_and_ten() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_thin_history_competes_without_the_fitted_models():
     deals, history = _ten_and_ten()
-    training = build_training_set(deals, history, CATALOG, dt.date(2024, 7, 1), maturity_days=0)
+    training = build_training_set(deals, history, CATALOG, dt.date(2024, 7, 1), maturity_days=14)
     assert (training.won_deals, training.lost_deals) == (10, 10)
     result = train_scorer(training, ModelConfig(min_won=200, min_lost=200), dt.date(2024, 7, 1))
     m = result.metrics
@@ -312,7 +312,7 @@ def test_no_lost_deals_is_a_clear_error():
     won_only = deals["status"] == "won"
     kept_deals = deals.loc[won_only].reset_index(drop=True)
     kept_history = history.loc[history["deal_id"].isin(kept_deals["deal_id"])]
-    training = build_training_set(kept_deals, kept_history, CATALOG, dt.date(2024, 7, 1), maturity_days=0)
+    training = build_training_set(kept_deals, kept_history, CATALOG, dt.date(2024, 7, 1), maturity_days=14)
     with pytest.raises(InsufficientHistoryError, match="no lost deals"):
         train_scorer(training, ModelConfig(min_won=1, min_lost=1), dt.date(2024, 7, 1))
 

@@ -1,5 +1,6 @@
 """As-of training snapshots: no leaky features, no information from after the snapshot, history
-rates from deals closed strictly before it, censoring of deals still open.
+rates from deals closed strictly before it, labels that say whether the deal was won within the
+horizon (a deal still open at as_of counts as not won within it).
 
 Hand-made history (pipeline P: A -> B -> C; snapshots at 00:00 each Monday):
   d1 (Ann): created Sun 2023-12-31 09:00 in A, amount 100, close 2024-02-01
@@ -8,8 +9,10 @@ Hand-made history (pipeline P: A -> B -> C; snapshots at 00:00 each Monday):
   d2 (Bob): created 2024-01-02 in A; 2024-01-15 00:00 (exactly the 01-15 snapshot) -> C;
             2024-01-30 lost
   d3 (Ann): created 2024-01-03 in A; won 2024-01-10
-  d4 (Bob): created 2024-01-04 in A; still open at as_of (censored)
-  d5 (Bob): created 2024-01-05 in A; won 2024-04-15, after as_of 2024-03-31 (censored at as_of)
+  d4 (Bob): created 2024-01-04 in A; still open at as_of
+  d5 (Bob): created 2024-01-05 in A; won 2024-04-15, after as_of 2024-03-31
+With a 60-day horizon and as_of 2024-03-31 the prediction dates stop at 2024-01-31 (last Monday
+01-29); every row's horizon ends by 03-31, so d4 and d5 are rows labelled 0 (not won by then).
 """
 
 from __future__ import annotations
@@ -117,11 +120,12 @@ def test_no_leaky_name_is_allowed():
 
 def test_training_refuses_a_hand_built_leaky_set(small):
     deals, history = small
-    honest = build_training_set(deals, history, CATALOG, AS_OF, maturity_days=0)
+    honest = build_training_set(deals, history, CATALOG, AS_OF, maturity_days=HORIZON)
     leaky = TrainingSet(
         frame=honest.frame.assign(is_won=honest.frame["label"]),
         feature_names=[*honest.feature_names, "is_won"],
-        has_history=True, as_of=AS_OF, frequency="W-MON", maturity_days=0.0, censored_deals=0, sampled=False,
+        has_history=True, as_of=AS_OF, frequency="W-MON", maturity_days=HORIZON, unresolved_deals=2,
+        censored_deals=0, sampled=False,
     )
     with pytest.raises(LeakageError, match="is_won"):
         train_scorer(leaky, ModelConfig(min_won=1, min_lost=1), AS_OF)
@@ -129,7 +133,8 @@ def test_training_refuses_a_hand_built_leaky_set(small):
 
 # Each row: snapshot (Monday 00:00), deal, stage, when that stage
 # was entered, stage moves, backward moves, close-date pushes, amount, expected close date, label
-# -- read off the history above by hand.
+# (won within 60 days of the snapshot) -- read off the history above by hand.
+HORIZON = 60.0
 EXPECTED = [
     ("2024-01-01", "d1", "A", "2023-12-31 09:00", 0, 0, 0, 100.0, "2024-02-01", 1),
     ("2024-01-08", "d1", "A", "2023-12-31 09:00", 0, 0, 0, 100.0, "2024-02-01", 1),
@@ -140,12 +145,22 @@ EXPECTED = [
     ("2024-01-22", "d1", "A", "2024-01-16 00:00", 2, 1, 1, 150.0, "2024-02-15", 1),
     ("2024-01-22", "d2", "C", "2024-01-15 00:00", 1, 0, 0, 200.0, "2024-02-01", 0),
     ("2024-01-29", "d2", "C", "2024-01-15 00:00", 1, 0, 0, 200.0, "2024-02-01", 0),
+    # still open at as_of: not won within 60 days of any of its dates
+    ("2024-01-08", "d4", "A", "2024-01-04 00:00", 0, 0, 0, 400.0, "2024-05-01", 0),
+    ("2024-01-15", "d4", "A", "2024-01-04 00:00", 0, 0, 0, 400.0, "2024-05-01", 0),
+    ("2024-01-22", "d4", "A", "2024-01-04 00:00", 0, 0, 0, 400.0, "2024-05-01", 0),
+    ("2024-01-29", "d4", "A", "2024-01-04 00:00", 0, 0, 0, 400.0, "2024-05-01", 0),
+    # won 04-15: more than 60 days after 01-29 (the horizon ends 03-29), and after as_of
+    ("2024-01-08", "d5", "A", "2024-01-05 00:00", 0, 0, 0, 500.0, "2024-05-01", 0),
+    ("2024-01-15", "d5", "A", "2024-01-05 00:00", 0, 0, 0, 500.0, "2024-05-01", 0),
+    ("2024-01-22", "d5", "A", "2024-01-05 00:00", 0, 0, 0, 500.0, "2024-05-01", 0),
+    ("2024-01-29", "d5", "A", "2024-01-05 00:00", 0, 0, 0, 500.0, "2024-05-01", 0),
 ]
 
 
 def test_snapshots_hold_the_state_before_later_changes(small):
     deals, history = small
-    training = build_training_set(deals, history, CATALOG, AS_OF, maturity_days=0)
+    training = build_training_set(deals, history, CATALOG, AS_OF, maturity_days=HORIZON)
     got = training.frame.set_index(["snapshot_at", "deal_id"]).sort_index()
     expected_keys = [(T(day), deal) for day, deal, *_ in EXPECTED]
     assert list(got.index) == sorted(expected_keys)
@@ -172,14 +187,13 @@ def test_snapshots_hold_the_state_before_later_changes(small):
 def test_snapshot_features_match_the_training_rows(small):
     """Scoring features at a date are the training features of that date (one code path)."""
     deals, history = small
-    training = build_training_set(deals, history, CATALOG, AS_OF, maturity_days=0)
+    training = build_training_set(deals, history, CATALOG, AS_OF, maturity_days=HORIZON)
     at = T("2024-01-15")
     scored = snapshot_features(deals, history, CATALOG, at)
     trained_rows = training.frame.loc[training.frame["snapshot_at"] == at]
-    # d4 and d5 are open on 01-15 too; they are scored but censored in training.
     assert scored["deal_id"].tolist() == ["d1", "d2", "d4", "d5"]
     merged = trained_rows.merge(scored, on=["deal_id", "snapshot_at"], suffixes=("", "_scored"))
-    assert len(merged) == 2
+    assert len(merged) == 4
     for column in training.feature_names:
         pd.testing.assert_series_equal(merged[column], merged[f"{column}_scored"], check_names=False)
 
@@ -196,16 +210,30 @@ def test_a_change_right_after_the_snapshot_is_not_seen(small):
     assert d1_after["log_amount_reporting"] == pytest.approx(np.log1p(150.0))
 
 
-def test_deals_open_at_as_of_are_censored(small):
+def test_labels_say_won_within_the_horizon_as_known_at_as_of(small):
     deals, history = small
-    training = build_training_set(deals, history, CATALOG, AS_OF, maturity_days=0)
-    # d4 is still open; d5 closes only after as_of: neither is labelled, neither counts as lost.
-    assert set(training.frame["deal_id"]) == {"d1", "d2", "d3"}
-    assert training.censored_deals == 2
-    assert (training.won_deals, training.lost_deals) == (2, 1)
-    # With as_of after d5's win, d5 is labelled won.
-    later = build_training_set(deals, history, CATALOG, dt.date(2024, 4, 30), maturity_days=0)
-    assert later.frame.loc[later.frame["deal_id"] == "d5", "label"].unique().tolist() == [1]
+    training = build_training_set(deals, history, CATALOG, AS_OF, maturity_days=HORIZON)
+    labels = training.frame.set_index(["deal_id", "snapshot_at"])["label"]
+    # d4 (still open at as_of) and d5 (won after as_of) are not censored: not won within 60 days.
+    assert labels.loc["d4"].tolist() == [0, 0, 0, 0] and labels.loc["d5"].tolist() == [0, 0, 0, 0]
+    assert training.unresolved_deals == 2 and training.censored_deals == 0  # d4 and d5 are open at as_of
+    # Deals with a won row: d1, d3; with a not-won row: d2, d4, d5.
+    assert (training.won_deals, training.lost_deals) == (2, 3)
+    # Outcomes read on 04-30 with the same horizon: dates stop at 03-01 (last Monday 02-26). d5 won
+    # 04-15 00:00, within 60 days of 02-19 (horizon ends 04-19) and 02-26, not of 02-12 (04-12).
+    later = build_training_set(deals, history, CATALOG, dt.date(2024, 4, 30), maturity_days=HORIZON)
+    d5 = later.frame.loc[later.frame["deal_id"] == "d5"].set_index("snapshot_at")["label"]
+    assert d5.loc[T("2024-02-12")] == 0
+    assert d5.loc[[T("2024-02-19"), T("2024-02-26")]].tolist() == [1, 1]
+    assert d5.sum() == 2
+    # A 10-day horizon: d1 (won 01-23) counts as won only from its 01-15 row (horizon 01-25);
+    # d3 (won 01-10) from 01-08 (01-18).
+    short = build_training_set(deals, history, CATALOG, AS_OF, maturity_days=10)
+    rows = short.frame.set_index(["deal_id", "snapshot_at"])["label"]
+    assert rows.loc["d1"].tolist() == [0, 0, 1, 1]
+    assert rows.loc[("d3", T("2024-01-08"))] == 1
+    with pytest.raises(ValueError, match="label horizon"):
+        build_training_set(deals, history, CATALOG, AS_OF, maturity_days=0)
 
 
 def test_history_rates_use_only_deals_closed_strictly_before():
@@ -261,11 +289,11 @@ def test_maturity_wait_defaults_to_the_sales_cycle(small):
     # Cycles of deals closed by 03-31: d1 22.625 days, d2 28, d3 7 -> 90th percentile
     # 22.625 + 0.8 x (28 - 22.625) = 26.925 -> 27 days (less than half the 91-day span).
     assert training.maturity_days == 27
-    # A 14-day wait with outcomes read on 02-10 stops the prediction dates at 01-27: d2's row of
-    # Monday 01-29 (it was lost the next day) is not used, the 01-22 rows are.
+    # A 14-day horizon with outcomes read on 02-10 stops the prediction dates at 01-27: the rows of
+    # Monday 01-29 (d2, lost the next day; d4; d5) are not used, the 01-22 rows are.
     waited = build_training_set(deals, history, CATALOG, dt.date(2024, 2, 10), maturity_days=14)
     assert waited.frame["snapshot_at"].max() == T("2024-01-22")
-    assert len(waited.frame) == len(EXPECTED) - 1
+    assert len(waited.frame) == len(EXPECTED) - 3
 
 
 def test_rows_per_snapshot_are_capped_deterministically(world):
@@ -292,8 +320,8 @@ def test_capped_rows_are_the_uncapped_rows_of_the_lowest_hash_deals(world):
     expected = pd.concat([kept.drop(columns="_hash"), full.frame.loc[full.frame["snapshot_kind"] == "creation"]])
     expected = expected.sort_values(["snapshot_at", "deal_id"], kind="stable").reset_index(drop=True)
     pd.testing.assert_frame_equal(capped.frame, expected)
-    # Censoring does not depend on the cap: deals open at as_of are left out either way.
-    assert capped.censored_deals == full.censored_deals > 0
+    # The deals still open at as_of are counted the same with or without the cap.
+    assert capped.unresolved_deals == full.unresolved_deals > 0
 
 
 def test_processing_dates_in_chunks_changes_no_row(world, training, monkeypatch):
@@ -306,7 +334,7 @@ def test_processing_dates_in_chunks_changes_no_row(world, training, monkeypatch)
     monkeypatch.setattr(training_set, "ROWS_PER_CHUNK", 1)
     one_date_each = build_training_set(deals, history, SYNTHETIC_CATALOG, training.as_of)
     pd.testing.assert_frame_equal(one_date_each.frame, training.frame)
-    assert one_date_each.censored_deals == training.censored_deals
+    assert one_date_each.unresolved_deals == training.unresolved_deals
 
 
 def test_no_history_source_uses_creation_time_attributes_only():

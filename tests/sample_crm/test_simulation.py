@@ -19,7 +19,7 @@ from etl.pipeline_state import as_of_end, pipeline_at_many, prepare_history
 from sample_crm.cli import main
 from sample_crm.formatting import format_timestamps
 from sample_crm.generate import generate_sample
-from sample_crm.parameters import LOST, WON
+from sample_crm.parameters import ADVANCE, BACK, LOST, SKIP, STAY, WON
 from sample_crm.world import SampleWorld
 from etl.stages import PipelineStages, StageCatalog
 
@@ -395,6 +395,45 @@ def test_truth_at_creation_matches_the_realised_win_rate(export):
     se = math.sqrt(mean_truth * (1 - mean_truth) / n)
     assert n > 800 and still_open < 0.01 * n
     assert won / n - 4 * se <= mean_truth <= (won + still_open) / n + 4 * se
+
+
+def test_truth_within_a_horizon_counts_the_weeks_that_end_inside_it(world):
+    """A deal at Monday 00:00 of week b: within 7 days only week b's events count (they end Friday
+    20:00, day 4.83; week b+1's end on day 11.83), so the chance is week b's win probability; within
+    14 days, a win in week b or, still open in the same stage, in week b+1; no horizon shorter than
+    4.83 days holds a week; a horizon long enough is the eventual win probability."""
+    frame = pd.DataFrame(
+        {
+            "snapshot_at": [pd.Timestamp("2026-11-09 00:00")], "pipeline": ["Channel"], "stage": ["Proposal/Price Quote"],
+            "stage_entered_at": [pd.Timestamp("2026-10-21 10:00")], "owner": [world.users["Name"].iloc[1]],
+            "product": ["Analytics Add-on"], "account_segment": ["Mid-Market"], "status": ["open"],
+        }
+    )  # fmt: skip
+    deal_class = world.deal_class(["Channel"], [world.users["Name"].iloc[1]], ["Analytics Add-on"], ["Mid-Market"])[0]
+    b = (dt.date(2026, 11, 9) - dt.date(1970, 1, 5)).days // 7
+    stage, weeks = 2, 2  # Proposal/Price Quote, two full weeks in stage at the boundary
+    this_week, next_week = world.transition_probabilities(b), world.transition_probabilities(b + 1)
+    n_open = len(world.stages["Channel"].open_stages)
+
+    def win_next_week(to_stage: int, in_stage: int) -> float:
+        return float(next_week[WON][deal_class, to_stage, in_stage]) if 0 <= to_stage < n_open else 0.0
+
+    within = lambda days: float(world.true_win_within_probability(frame, days).iloc[0])  # noqa: E731
+    assert within(4.0) == 0.0
+    assert within(7.0) == pytest.approx(this_week[WON][deal_class, stage, weeks], abs=1e-12)
+    # Within 14 days: won this week, or one step this week (advance, skip, back: 0 weeks in the new
+    # stage; stay: one more week) and won from there next week. One step per week.
+    step = {outcome: float(this_week[outcome][deal_class, stage, weeks]) for outcome in (ADVANCE, SKIP, BACK, STAY, WON)}
+    two_weeks = (
+        step[WON]
+        + step[ADVANCE] * win_next_week(stage + 1, 0)
+        + step[SKIP] * win_next_week(stage + 2, 0)
+        + step[BACK] * win_next_week(stage - 1, 0)
+        + step[STAY] * win_next_week(stage, weeks + 1)
+    )
+    assert within(14.0) == pytest.approx(two_weeks, abs=1e-12)
+    assert within(5000.0) == pytest.approx(float(world.true_win_probability(frame).iloc[0]), abs=1e-9)
+    assert 0.0 < within(7.0) < within(14.0) < within(90.0) < within(5000.0)
 
 
 def test_point_in_time_truth_agrees_with_the_truth_file(export, catalog, world):
