@@ -6,6 +6,7 @@ import pandas as pd
 
 from assets.execution import HEAVY_STEP_TAGS
 from assets.partitions import NIGHTS
+from assets.publishing import publish_table
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.quotas import load_quotas
@@ -35,16 +36,12 @@ def forecast_backtest(
         cache=cache, new_quarters=project.forecast.backtest_new_quarters,
     )
     frame = run.frame
-    with warehouse.for_run(context, resolved.as_of) as writer:
-        # One transaction: the night's rows and the quarters computed for them land together.
-        writer.write_many({"forecast_backtest": frame, "forecast_backtest_cache": run.cache_rows})
     context.log.info(
         f"forecast_backtest: quarters reused {list(run.reused)}, computed {list(run.computed)}, "
         f"pending {list(run.pending)} (at most {project.forecast.backtest_new_quarters} computed per night)"
     )
     backtested = backtested_rows(frame)
     metadata = {
-        "dagster/row_count": len(frame),
         "quarters": backtested["quarter"].nunique(),
         "quarters_reused": len(run.reused),
         "quarters_computed": len(run.computed),
@@ -61,20 +58,26 @@ def forecast_backtest(
         context.log.warning(f"forecast_backtest: nothing backtested: {reason}")
         metadata["status"] = "not_backtested"
         metadata["why"] = reason
-        return dg.MaterializeResult(metadata=metadata)
-    metadata["status"] = "backtested"
-    frame = backtested
-    metadata["accuracy"] = dg.MetadataValue.md(
-        markdown_table(backtest_summary(frame, by=("method", "checkpoint")), floatfmt="{:,.3f}")
-    )
-    metadata["accuracy_company_total"] = dg.MetadataValue.md(
-        markdown_table(backtest_summary(frame[frame["segment_type"] == "all"], by=("method", "checkpoint")), floatfmt="{:,.3f}")
-    )
-    latest = frame["quarter"].max()
-    points = backtest_fan(frame, latest)
-    chart = fan_chart(
-        points, f"{latest}: forecast at start, week 4 and week 8 (backtest)",
-        quota=quota_of(load_quotas(resolved.quota_path()), latest), actual=float(points["actual"].iloc[0]),
-    )
-    metadata["fan_chart"] = dg.MetadataValue.md(image_markdown(chart, f"{latest} backtest fan chart"))
-    return dg.MaterializeResult(metadata=metadata)
+    else:
+        metadata["status"] = "backtested"
+        metadata["accuracy"] = dg.MetadataValue.md(
+            markdown_table(backtest_summary(backtested, by=("method", "checkpoint")), floatfmt="{:,.3f}")
+        )
+        metadata["accuracy_company_total"] = dg.MetadataValue.md(
+            markdown_table(
+                backtest_summary(backtested[backtested["segment_type"] == "all"], by=("method", "checkpoint")),
+                floatfmt="{:,.3f}",
+            )
+        )
+        latest = backtested["quarter"].max()
+        points = backtest_fan(backtested, latest)
+        chart = fan_chart(
+            points, f"{latest}: forecast at start, week 4 and week 8 (backtest)",
+            quota=quota_of(load_quotas(resolved.quota_path()), latest), actual=float(points["actual"].iloc[0]),
+        )
+        metadata["fan_chart"] = dg.MetadataValue.md(image_markdown(chart, f"{latest} backtest fan chart"))
+    # The night's rows and the past quarters computed for them land together (one transaction).
+    return publish_table(
+        context, warehouse, resolved.as_of, "forecast_backtest", frame,
+        together={"forecast_backtest_cache": run.cache_rows}, metadata=metadata,
+    )  # fmt: skip

@@ -7,6 +7,7 @@ import pandas as pd
 
 from assets.checks import FORECAST_CHECK_SPEC, forecast_check_result
 from assets.partitions import NIGHTS
+from assets.publishing import publish_table
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
 from etl.periods import quarter_label
@@ -54,18 +55,17 @@ def forecast_quarterly(
         revenue_calibration=calibration,
     )
     frame = forecast.quarterly
-    warehouse.publish(context, resolved.as_of, "forecast_contributions", forecast.contributions)
-    warehouse.publish(context, resolved.as_of, "forecast_quarterly", frame)
     totals = frame[frame.segment_type == "all"]
     quarter = quarter_label(resolved.as_of, fiscal_start)
-    # Every nightly forecast of this quarter up to this night (this run's rows were just written; a
-    # backfilled night does not show later nights): earlier nights' published rows, which only the
-    # warehouse holds, so they are read there rather than taken as an input of tonight's graph.
+    # Every nightly forecast of this quarter up to this night (a backfilled night does not show later
+    # nights): earlier nights' published rows, which only the warehouse holds, so they are read there
+    # rather than taken as an input of tonight's graph, then tonight's own rows.
     written = warehouse.warehouse.read("forecast_quarterly")
-    trail = forecast_fan(written[written["as_of"] <= pd.Timestamp(resolved.as_of)], quarter, fiscal_start)
+    earlier = written[written["as_of"] < pd.Timestamp(resolved.as_of)]
+    tonight = frame.assign(as_of=pd.Timestamp(resolved.as_of))
+    trail = forecast_fan(pd.concat([earlier, tonight], ignore_index=True), quarter, fiscal_start)
     chart = fan_chart(trail, f"{quarter}: forecast by night (P10-P90, P50) against quota", quota=trail["quota"].iloc[-1])
     metadata = {
-        "dagster/row_count": len(frame),
         "company": dg.MetadataValue.md(
             markdown_table(totals[["quarter", "closed_won_to_date", "p10", "p50", "p90", "quota", "gap", "coverage"]])
         ),
@@ -80,7 +80,6 @@ def forecast_quarterly(
         "outliers": dg.MetadataValue.md(
             markdown_table(totals[["quarter", "outlier_deals", "outlier_pipeline", "p90", "p90_without_outliers"]])
         ),
-        "contribution_rows": len(forecast.contributions),
         "revenue_calibration": dg.MetadataValue.md(markdown_table(calibration.table())),
         "not_yet_backtested": bool(frame["not_yet_backtested"].any()),
         "fan_chart": dg.MetadataValue.md(image_markdown(chart, f"{quarter} fan chart")),
@@ -89,4 +88,9 @@ def forecast_quarterly(
         _, reason = not_backtested_reason(deals, resolved.as_of, fiscal_start, forecast_cfg.backtest_quarters)
         metadata["backtest"] = f"not yet backtested: {reason}"
         context.log.warning(f"forecast_quarterly: not yet backtested: {reason}")
-    return dg.MaterializeResult(metadata=metadata, check_results=[forecast_check_result(frame)])
+    # The forecast and the contributions it adds up from land together (one transaction).
+    return publish_table(
+        context, warehouse, resolved.as_of, "forecast_quarterly", frame,
+        together={"forecast_contributions": forecast.contributions},
+        metadata=metadata, check_results=[forecast_check_result(frame)],
+    )  # fmt: skip

@@ -4,7 +4,7 @@
 import datetime as dt
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import dagster as dg
@@ -101,10 +101,13 @@ class WarehouseResource(dg.ConfigurableResource):
         context.log.info(f"writing as_of {as_of} to {warehouse.safe_url}")
         yield RunWriter(warehouse, as_of, run_id)
 
-    def publish(self, context: dg.AssetExecutionContext, as_of: dt.date, table: str, frame: pd.DataFrame) -> int:
-        """Write one table's rows for `as_of` as this run (see `for_run`); returns the rows written."""
+    def publish(
+        self, context: dg.AssetExecutionContext, as_of: dt.date, frames: Mapping[str, pd.DataFrame]
+    ) -> dict[str, int]:
+        """Write each table's rows of `frames` for `as_of` as this run (see `for_run`), in one transaction;
+        returns the rows written per table."""
         with self.for_run(context, as_of) as writer:
-            return writer.write(table, frame)
+            return writer.write_many(frames)
 
 
 class _Heartbeat:
@@ -140,9 +143,6 @@ class RunWriter:
         self.warehouse = warehouse
         self.as_of = as_of
         self.run_id = run_id
-
-    def write(self, table: str, frame: pd.DataFrame) -> int:
-        return self.warehouse.write(table, frame, as_of=self.as_of, run_id=self.run_id)
 
     def write_many(self, frames: dict[str, pd.DataFrame]) -> dict[str, int]:
         return self.warehouse.write_many(frames, as_of=self.as_of, run_id=self.run_id)

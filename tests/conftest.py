@@ -19,6 +19,16 @@ PG_URL_ENV = "DEALCAST_TEST_POSTGRES_URL"
 REQUIRE_PG_ENV = "DEALCAST_REQUIRE_POSTGRES"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The order the xdist workers take the test files in. With `--dist loadfile --no-loadscope-reorder`
+    (pyproject.toml) each file's tests run on one worker (its module fixtures built once) and the two
+    workers take files from one queue in collection order. Files holding a `slow` test are queued first,
+    so the long end-to-end runs start at the beginning and the short tests fill in around them, instead
+    of a long run starting last while the other worker has nothing left to do."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     """The PostgreSQL server URL for tests (each test gets its own schema from `pg_schema`)."""

@@ -17,7 +17,7 @@ from assets.resources import DealcastSettings
 from etl.tables import TABLES as CONTRACT
 from etl.warehouse import Warehouse
 from sample_crm.generate import generate_sample
-from tests.e2e.conftest import materialize_graph, project_config
+from tests.e2e.conftest import materialize_graph, project_config, won_in_quarter_from_export
 
 AS_OF = dt.date(2026, 11, 15)
 TABLES = ["rep_funnel", "deal_value_spread", "product_mix", "revenue_growth", "ask_to_decision", "pipeline_coverage"]
@@ -33,18 +33,6 @@ def run(tmp_path_factory):
         assets=[crm_exports, crm_tables, deals_at_as_of, *(TABLE_ASSETS[name] for name in ["stage_conversion", *TABLES])],
     )
     return result, exports, url
-
-
-def _won_in_quarter(exports) -> float:
-    """Won amount closed from the start of AS_OF's quarter to AS_OF, from Opportunity.csv."""
-    start = dt.date(AS_OF.year, 3 * ((AS_OF.month - 1) // 3) + 1, 1)
-    total = 0.0
-    with open(exports / "Opportunity.csv", newline="", encoding="utf-8-sig") as handle:
-        for row in csv.DictReader(handle):
-            close = dt.date.fromisoformat(row["CloseDate"][:10])
-            if row["IsWon"] == "1" and row["IsDeleted"] == "0" and start <= close <= AS_OF:
-                total += float(row["Amount"])
-    return total
 
 
 def _quota(exports, quarter: str) -> float:
@@ -67,7 +55,7 @@ def test_the_coaching_assets_write_their_tables(run):
             assert metadata["dagster/row_count"].value == len(frame), table
         coverage = warehouse.read("pipeline_coverage", as_of=AS_OF)
         company = coverage[(coverage["quarter"] == "2026-Q4") & (coverage["segment_type"] == "all")].iloc[0]
-        assert company["closed_won"] == pytest.approx(_won_in_quarter(exports), abs=0.01)
+        assert company["closed_won"] == pytest.approx(won_in_quarter_from_export(exports, AS_OF), abs=0.01)
         assert company["quota"] == pytest.approx(_quota(exports, "2026-Q4"))
         assert company["remaining"] == pytest.approx(company["quota"] - company["closed_won"], abs=0.01)
         reps = warehouse.read("rep_funnel", as_of=AS_OF)

@@ -1,10 +1,10 @@
-"""The whole asset graph, materialised for real (in-process Dagster runs) into SQLite and PostgreSQL.
+"""The whole asset graph, materialised for real (in-process Dagster runs) into SQLite (here) and
+PostgreSQL (test_full_graph_postgres.py, with the same checks).
 
 The expected numbers are computed independently of the pipeline: straight from the export files with
 the csv module, or from invariants that must hold whatever the data.
 """
 
-import csv
 import datetime as dt
 
 import pandas as pd
@@ -12,7 +12,7 @@ import pytest
 
 from etl.warehouse import Warehouse
 
-from .conftest import AS_OF, E2E_BACKTEST_QUARTERS, materialize_graph, project_config
+from .conftest import AS_OF, E2E_BACKTEST_QUARTERS, materialize_graph, project_config, won_in_quarter_from_export
 from .test_cli_summary import check_finished_night_summary
 
 pytestmark = pytest.mark.slow
@@ -39,18 +39,6 @@ def materialize(exports, url, config, schema=None, store=None):
     return materialize_graph(exports, AS_OF, config, url, schema or "dealcast", store=store)
 
 
-def won_this_quarter_from_export(exports) -> float:
-    """Won amount with a close date in AS_OF's calendar quarter, up to AS_OF, read straight from Opportunity.csv."""
-    start = dt.date(AS_OF.year, 3 * ((AS_OF.month - 1) // 3) + 1, 1)
-    total = 0.0
-    with open(exports / "Opportunity.csv", newline="", encoding="utf-8-sig") as handle:
-        for row in csv.DictReader(handle):
-            close = dt.date.fromisoformat(row["CloseDate"][:10])
-            if row["IsWon"] == "1" and row["IsDeleted"] == "0" and start <= close <= AS_OF:
-                total += float(row["Amount"])
-    return total
-
-
 def check_warehouse(warehouse: Warehouse, exports):
     deals = warehouse.read("deals")
     scores = warehouse.read("deal_scores", as_of=AS_OF)
@@ -72,7 +60,7 @@ def check_warehouse(warehouse: Warehouse, exports):
     assert (forecast["p10"] <= forecast["p50"] + 0.01).all() and (forecast["p50"] <= forecast["p90"] + 0.01).all()
     current = forecast[(forecast["segment_type"] == "all") & (forecast["quarter"] == "2026-Q4")]
     assert len(current) == 1
-    assert current["closed_won_to_date"].iloc[0] == pytest.approx(won_this_quarter_from_export(exports), abs=0.01)
+    assert current["closed_won_to_date"].iloc[0] == pytest.approx(won_in_quarter_from_export(exports, AS_OF), abs=0.01)
 
     # Segment rows add up to the company total for additive columns.
     for segment_type in ["owner", "pipeline", "product"]:
@@ -138,8 +126,3 @@ def test_whole_graph_into_sqlite(sample_exports, tmp_path, capsys, monkeypatch):
     url, config = f"sqlite:///{tmp_path / 'dealcast.sqlite'}", project_config(tmp_path)
     run_twice_and_check(sample_exports, url, config)
     check_finished_night_summary(url, config, sample_exports, capsys, monkeypatch)
-
-
-@pytest.mark.postgres
-def test_whole_graph_into_postgres(sample_exports, pg_url, pg_schema, tmp_path):
-    run_twice_and_check(sample_exports, pg_url, project_config(tmp_path), pg_schema)

@@ -9,6 +9,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
+
 from etl.config import resolve_settings
 from etl.ingest.crm_load import CrmLoad, load_crm
 
@@ -52,8 +54,29 @@ def load(exports: Path, config: Path | None = None) -> CrmLoad:
     return load_crm(resolve_settings(exports_dir=exports, as_of=AS_OF, config_file=config))
 
 
+def load_copy(fixture: Path, workdir: Path) -> CrmLoad:
+    """The nightly load of a copy of the export folder `fixture` (in `workdir`), reporting in USD."""
+    exports = workdir / "exports"
+    shutil.copytree(fixture, exports)
+    config = workdir / "dealcast.toml"
+    config.write_text('[reporting]\ncurrency = "USD"\n', encoding="utf-8")
+    return load(exports, config)
+
+
 def quarantined_at(crm: CrmLoad, file_name: str, row: int) -> dict | None:
     """The quarantine row of `file_name` at spreadsheet row `row`, or None."""
     q = crm.validation.quarantine
     hit = q[(q["source_file"].str.endswith("/" + file_name)) & (q["source_row"] == row)]
     return None if hit.empty else hit.iloc[0].to_dict()
+
+
+def quarantine_codes(crm: CrmLoad) -> dict[tuple[str, int], str]:
+    """Every quarantined row as (file name, spreadsheet row) -> reason_code."""
+    q = crm.validation.quarantine
+    return {(Path(f).name, int(r)): code for f, r, code in zip(q["source_file"], q["source_row"], q["reason_code"])}
+
+
+def reconciliation_by_file(crm: CrmLoad) -> pd.DataFrame:
+    """The per-file reconciliation, indexed by file name."""
+    recon = crm.validation.reconciliation
+    return recon.assign(name=recon["source_file"].map(lambda s: Path(s).name)).set_index("name")

@@ -411,34 +411,49 @@ def test_an_older_night_leaves_the_current_state_tables_on_the_newer_one(warehou
     assert warehouse.read("deals")["deal_id"].tolist() == ["D9"]
 
 
+def _linger_after_delete(conn, cursor, statement, parameters, context, executemany):
+    # Widen the window between delete and insert, so unserialised writers would surely overlap.
+    if statement.lstrip().upper().startswith("DELETE"):
+        time.sleep(0.1)
+
+
+def written_side_by_side(target, claims, table: str, writes) -> pd.DataFrame:
+    """`table` as read after two writers on the warehouse `target` (url, schema) each wrote once at the
+    same moment, `writes[i]` = (frame, as_of, run_id), after every (as_of, run_id) of `claims` was claimed,
+    with a pause after each DELETE so unserialised writes would overlap."""
+    url, schema = target
+    writers = [Warehouse(url, schema=schema or "dealcast") for _ in range(2)]
+    try:
+        writers[0].create_all()
+        for as_of, run_id in claims:
+            writers[0].claim(as_of, run_id)
+        start = threading.Barrier(2)
+
+        def write_once(index: int) -> None:
+            frame, as_of, run_id = writes[index]
+            start.wait()
+            writers[index].write(table, frame, as_of=as_of, run_id=run_id)
+
+        for wh in writers:
+            sa.event.listen(wh.engine, "after_cursor_execute", _linger_after_delete)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for future in [pool.submit(write_once, i) for i in range(2)]:
+                future.result()
+        return writers[0].read(table)
+    finally:
+        for wh in writers:
+            wh.dispose()
+
+
 def test_two_nights_replacing_a_current_state_table_at_once_leave_the_newer(warehouse_target):
     """Nights of a backfill run side by side: their writes of a current-state table (overlapping keys)
     are serialised, whichever starts first, and the table ends on the newer night."""
-    url, schema = warehouse_target
-    writers = [Warehouse(url, schema=schema or "dealcast") for _ in range(2)]
-    writers[0].create_all()
-    nights = [AS_OF, NEXT_DAY]
-    for night in nights:
-        writers[0].claim(night, f"run-{night:%d}")
-    frames = [deals([f"D{i:04d}" for i in range(300)]), deals([f"D{i:04d}" for i in range(100, 350)])]
-    start = threading.Barrier(2)
-
-    def linger_after_delete(conn, cursor, statement, parameters, context, executemany):
-        if statement.lstrip().upper().startswith("DELETE"):
-            time.sleep(0.1)
-
-    def write_once(index: int) -> None:
-        start.wait()
-        writers[index].write("deals", frames[index], as_of=nights[index], run_id=f"run-{nights[index]:%d}")
-
-    for wh in writers:
-        sa.event.listen(wh.engine, "after_cursor_execute", linger_after_delete)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for future in [pool.submit(write_once, i) for i in range(2)]:
-            future.result()
-    result = writers[0].read("deals")
-    for wh in writers:
-        wh.dispose()
+    claims = [(AS_OF, "run-15"), (NEXT_DAY, "run-16")]
+    writes = [
+        (deals([f"D{i:04d}" for i in range(300)]), AS_OF, "run-15"),
+        (deals([f"D{i:04d}" for i in range(100, 350)]), NEXT_DAY, "run-16"),
+    ]
+    result = written_side_by_side(warehouse_target, claims, "deals", writes)
     assert result["deal_id"].tolist() == [f"D{i:04d}" for i in range(100, 350)]
     assert (result["as_of"] == pd.Timestamp(NEXT_DAY)).all()
 
@@ -525,30 +540,11 @@ def test_a_superseded_run_can_no_longer_write(warehouse):
 
 
 def test_concurrent_writers_of_one_as_of_never_mix(warehouse_target):
-    url, schema = warehouse_target
-    writers = [Warehouse(url, schema=schema or "dealcast") for _ in range(2)]
-    writers[0].create_all()
-    writers[0].claim(AS_OF, "run-a")
-    frames = [scores([f"A{i:04d}" for i in range(400)]), scores([f"B{i:04d}" for i in range(300)], probability=0.7)]
-    start = threading.Barrier(2)
-
-    def linger_after_delete(conn, cursor, statement, parameters, context, executemany):
-        # Widen the window between delete and insert, so unserialised writers would surely overlap.
-        if statement.lstrip().upper().startswith("DELETE"):
-            time.sleep(0.1)
-
-    def write_once(index: int) -> None:
-        start.wait()
-        writers[index].write("deal_scores", frames[index], as_of=AS_OF, run_id="run-a")
-
-    for wh in writers:
-        sa.event.listen(wh.engine, "after_cursor_execute", linger_after_delete)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        for future in [pool.submit(write_once, i) for i in range(2)]:
-            future.result()
-    result = writers[0].read("deal_scores")
-    for wh in writers:
-        wh.dispose()
+    writes = [
+        (scores([f"A{i:04d}" for i in range(400)]), AS_OF, "run-a"),
+        (scores([f"B{i:04d}" for i in range(300)], probability=0.7), AS_OF, "run-a"),
+    ]
+    result = written_side_by_side(warehouse_target, [(AS_OF, "run-a")], "deal_scores", writes)
     ids = result["deal_id"].tolist()
     assert ids in ([f"A{i:04d}" for i in range(400)], [f"B{i:04d}" for i in range(300)])
 

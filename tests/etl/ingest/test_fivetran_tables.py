@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.etl.exports_kit import load
+from tests.etl.exports_kit import load, load_copy, quarantine_codes, reconciliation_by_file
 
 FIXTURE = Path(__file__).parents[2] / "fixtures" / "fivetran_salesforce"
 T = pd.Timestamp
@@ -38,10 +38,7 @@ T = pd.Timestamp
 
 @pytest.fixture
 def crm(tmp_path):
-    shutil.copytree(FIXTURE, tmp_path / "exports")
-    config = tmp_path / "dealcast.toml"
-    config.write_text('[reporting]\ncurrency = "USD"\n', encoding="utf-8")
-    return load(tmp_path / "exports", config)
+    return load_copy(FIXTURE, tmp_path)
 
 
 def test_deals_are_read_from_the_active_undeleted_rows(crm):
@@ -72,9 +69,7 @@ def test_history_offsets_are_read_as_utc_and_deleted_rows_are_left_out(crm):
 
 
 def test_reconciliation_counts_excluded_rows_apart(crm):
-    q = crm.validation.quarantine
-    rows = {(Path(f).name, int(r)): code for f, r, code in zip(q["source_file"], q["source_row"], q["reason_code"])}
-    assert rows == {
+    assert quarantine_codes(crm) == {
         ("opportunity.csv", 2): "inactive_version",
         ("opportunity.csv", 6): "deleted_in_crm",
         ("opportunity.csv", 7): "deleted_in_crm",
@@ -92,7 +87,7 @@ def test_reconciliation_counts_excluded_rows_apart(crm):
         "read 10; accepted 7 + quarantined 0 + excluded 3 (left out as deleted in the CRM) = 10"
     )
     assert observed["user.csv]"] == "read 1; accepted 1 + quarantined 0 = 1"
-    recon = crm.validation.reconciliation.assign(name=lambda f: f["source_file"].map(lambda s: Path(s).name)).set_index("name")
+    recon = reconciliation_by_file(crm)
     assert recon.loc["opportunity.csv", ["rows_read", "accepted", "quarantined", "excluded"]].tolist() == [6, 3, 3, 3]
     # Left out on purpose: no part of the blocking shares.
     assert results.loc["deals.quarantine_share", "observed"].startswith("0.00% (0 of 3 deal rows quarantined; 3 more left out")

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from etl.ingest.exports import detect_format
-from tests.etl.exports_kit import load
+from tests.etl.exports_kit import load_copy, quarantine_codes, reconciliation_by_file
 
 FIXTURE = Path(__file__).parents[2] / "fixtures" / "fivetran_hubspot"
 T = pd.Timestamp
@@ -29,10 +29,7 @@ T = pd.Timestamp
 
 @pytest.fixture
 def crm(tmp_path):
-    shutil.copytree(FIXTURE, tmp_path / "exports")
-    config = tmp_path / "dealcast.toml"
-    config.write_text('[reporting]\ncurrency = "USD"\n', encoding="utf-8")
-    return load(tmp_path / "exports", config)
+    return load_copy(FIXTURE, tmp_path)
 
 
 def test_the_four_tables_are_recognised():
@@ -65,15 +62,13 @@ def test_deals_stages_and_history(crm):
 
 
 def test_deleted_rows_are_excluded_and_orphans_quarantined(crm):
-    q = crm.validation.quarantine
-    rows = {(Path(f).name, int(r)): code for f, r, code in zip(q["source_file"], q["source_row"], q["reason_code"])}
-    assert rows == {
+    assert quarantine_codes(crm) == {
         ("deal.csv", 5): "deleted_in_crm",
         ("deal.csv", 6): "deleted_in_crm",
         ("deal_stage.csv", 9): "deleted_in_crm",
         ("deal_stage.csv", 10): "orphan_history",
     }
-    recon = crm.validation.reconciliation.assign(name=lambda f: f["source_file"].map(lambda s: Path(s).name)).set_index("name")
+    recon = reconciliation_by_file(crm)
     counts = ["rows_read", "accepted", "quarantined", "excluded"]
     assert recon.loc["deal.csv", counts].tolist() == [5, 3, 2, 2]
     assert recon.loc["deal_stage.csv", counts].tolist() == [9, 7, 2, 1]  # the orphan is a defect, not excluded
