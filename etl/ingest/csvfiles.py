@@ -43,7 +43,14 @@ import pyarrow.csv as pacsv
 from etl.ingest.readers import ExportFormatError
 from etl.schema import QUARANTINE_COLUMNS, TIMESTAMP, conform, empty_frame
 from etl.validation.raw import RawRules, RawSuite, declare_raw_suite
-from etl.validation.reason_codes import BLANK_ROW, MALFORMED_QUOTING, MALFORMED_ROW, MISSING_REQUIRED_VALUE
+from etl.validation.reason_codes import (
+    BLANK_ROW,
+    DUPLICATE_ID,
+    MALFORMED_QUOTING,
+    MALFORMED_ROW,
+    MISSING_ID,
+    MISSING_REQUIRED_VALUE,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -1154,6 +1161,23 @@ class RowChecks:
         text = reason if isinstance(reason, str) else np.asarray(list(reason(rows)), dtype=object)
         self.quarantine.add(rows["_file"].to_numpy(), rows["_pos"].to_numpy(), reason_code, column, text)
         self.bad |= mask
+
+    def ids(self, column: str, label: str, what: str = "deal") -> None:
+        """Flag blank ids in `column` (`missing_id`), then ids repeating an earlier live row's
+        (`duplicate_id`, naming where the kept first occurrence is); `label` is the export's header."""
+        frame = self.frame
+        self.flag(is_blank(frame[column]), MISSING_ID, label, f"{label} is blank; expected the {what}'s id")
+        live = ~self.bad
+        self.flag(
+            repeated_ids(frame[column], live),
+            DUPLICATE_ID,
+            label,
+            lambda rows: [
+                f"{label} {i!r} appears more than once; the first occurrence ({first[i]}) is kept"
+                for first in [first_occurrences(frame, column, live)]
+                for i in rows[column]
+            ],
+        )
 
     def blank_required(self, columns: Sequence[str]) -> None:
         for column in columns:

@@ -70,12 +70,8 @@ from etl.ingest.csvfiles import (
     parse_numbers,
     parse_timestamps,
     refuse_regional_formats,
-    first_occurrences,
-    repeated_ids,
 )
 from etl.ingest.readers.salesforce import (
-    DUPLICATE_ID,
-    MISSING_ID,
     UNKNOWN_STAGE,
     UNPARSEABLE_AMOUNT,
     UNPARSEABLE_DATE,
@@ -520,19 +516,7 @@ def read_hubspot(files: Mapping[str, Sequence[Path]], project: ProjectConfig) ->
     )
     quarantine.declare(frame, RAW_RULES, LABEL, lambda key, column: checks.column_label(column))
 
-    ids = frame["deal_id"]
-    checks.flag(is_blank(ids), MISSING_ID, "Record ID", "Record ID is blank; expected the deal's id")
-    live = ~checks.bad
-    checks.flag(
-        repeated_ids(ids, live),
-        DUPLICATE_ID,
-        "Record ID",
-        lambda rows: [
-            f"Record ID {i!r} appears more than once; the first occurrence ({first[i]}) is kept"
-            for first in [first_occurrences(frame, "deal_id", live)]
-            for i in rows["deal_id"]
-        ],
-    )
+    checks.ids("deal_id", "Record ID")
     for field_name in ("stage", "create_date"):
         label = checks.column_label(field_name)
         checks.flag(is_blank(frame[field_name]), MISSING_REQUIRED_VALUE, label, f"{label} is blank; expected a value")

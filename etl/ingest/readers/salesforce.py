@@ -51,7 +51,6 @@ from etl.ingest.csvfiles import (
     parse_numbers,
     parse_timestamps,
     refuse_regional_formats,
-    first_occurrences,
     repeated_ids,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
@@ -291,20 +290,8 @@ def _left_out(checks: RowChecks, what: str) -> None:
 
 def _deleted_and_ids(checks: RowChecks, what: str) -> None:
     """Rows left out (`_left_out`), blank Ids and repeated Ids (the first live occurrence is kept)."""
-    frame = checks.frame
     _left_out(checks, what)
-    checks.flag(is_blank(frame["Id"]), MISSING_ID, "Id", f"Id is blank; expected the {what}'s id")
-    live = ~checks.bad
-    checks.flag(
-        repeated_ids(frame["Id"], live),
-        DUPLICATE_ID,
-        "Id",
-        lambda rows: [
-            f"Id {i!r} appears more than once; the first occurrence ({first[i]}) is kept"
-            for first in [first_occurrences(frame, "Id", live)]
-            for i in rows["Id"]
-        ],
-    )
+    checks.ids("Id", "Id", what)
 
 
 # --------------------------------------------------------------------------------------------
@@ -811,7 +798,6 @@ def _read_opportunities(
     # Stage order: configured pipelines as they are, others from the rows that parsed.
     inference_columns = ["pipeline", "stage", "sort_order", "is_closed", "is_won", "probability", "has_sort_order_column"]
     clean = frame.loc[~checks.bad, inference_columns]
-    stated = all(t.has("StageSortOrder") for _, t in tables)
     # The history's stage moves only matter for a pipeline dealcast.toml does not configure.
     unconfigured = history_tables and not bool(clean["pipeline"].isin(project.stages.names).all())
     moves = _history_moves(history_tables, frame.loc[~checks.bad, ["Id", "pipeline"]]) if unconfigured else None
