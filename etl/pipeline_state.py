@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 import pandas as pd
@@ -391,7 +393,7 @@ def states_of_rows(
     state.insert(0, "snapshot_at", np.asarray(snapshot_at, dtype=TIMESTAMP))
 
     attributes = deals[["deal_id", *DEAL_ATTRIBUTES]]
-    out = state.merge(attributes, on="deal_id", how="left", validate="many_to_one")
+    out = _with_deal_attributes(state, attributes)
     # A deal exists from its creation; history rows dated before creation do not make it exist earlier.
     out = out.loc[out["created_at"] <= out["snapshot_at"]].reset_index(drop=True)
 
@@ -404,7 +406,40 @@ def states_of_rows(
     )
     out["age_days"] = (out["snapshot_at"] - out["created_at"]) / pd.Timedelta(days=1)
     columns = ["snapshot_at", "deal_id", *DEAL_ATTRIBUTES, *STATE_COLUMNS, "status", "days_in_stage", "age_days"]
+    if _in_snapshot_and_deal_order(out):
+        # History is grouped by deal in deal order and pairs come date by date: nothing to sort.
+        return out[columns]
     return out[columns].sort_values(["snapshot_at", "deal_id"], kind="stable").reset_index(drop=True)
+
+
+def _with_deal_attributes(state: pd.DataFrame, attributes: pd.DataFrame) -> pd.DataFrame:
+    """The left merge of `state` with `attributes` on deal_id (many to one), found by position when
+    every row's deal is there once and the ids have one type (the merge itself otherwise, with its
+    checks and type rules): a merge would also factorise every id again to check that each is once
+    in `attributes`, which at a million deals costs a second or more per rebuild."""
+    if state["deal_id"].dtype == attributes["deal_id"].dtype:
+        ids = pd.Index(attributes["deal_id"])
+        if ids.is_unique:
+            position = ids.get_indexer(state["deal_id"])
+            if len(position) == 0 or position.min() >= 0:
+                found = attributes.drop(columns="deal_id").iloc[position].reset_index(drop=True)
+                return pd.concat([state.reset_index(drop=True), found], axis=1)
+    return state.merge(attributes, on="deal_id", how="left", validate="many_to_one")
+
+
+def _in_snapshot_and_deal_order(rows: pd.DataFrame) -> bool:
+    """Whether `rows` are already sorted by snapshot_at, then deal_id (as a sort of both would put them)."""
+    if len(rows) < 2:
+        return True
+    snapshot = rows["snapshot_at"].to_numpy(dtype=TIMESTAMP)
+    if np.isnat(snapshot).any() or bool((snapshot[1:] < snapshot[:-1]).any()):
+        return False
+    ids = rows["deal_id"].array
+    try:
+        ascending = pd.Series(ids[1:] >= ids[:-1]).fillna(False).to_numpy(dtype=bool)
+    except TypeError:  # ids of mixed types: left to the sort
+        return False
+    return bool((ascending | (snapshot[1:] != snapshot[:-1])).all())
 
 
 def blank_column(n: int) -> pd.Categorical:
@@ -447,9 +482,39 @@ def lean_rebuild_inputs(
     return pd.DataFrame(lean_deals), pd.DataFrame(lean_history)
 
 
+# The latest `pipeline_at` result inside a `reusing_states` block: (deals, history, instant, rows).
+_REUSED: ContextVar[list | None] = ContextVar("dealcast_reused_state", default=None)
+
+
+@contextmanager
+def reusing_states() -> Iterator[None]:
+    """Inside this block, `pipeline_at` rebuilds the pipeline once for consecutive calls with the
+    same `deals` and `history` objects and the same instant, and hands each caller its own
+    (copy-on-write) copy of those rows; a call with other frames or another instant replaces the
+    one kept. For work that asks for the same state from several places (the forecast backtest:
+    the close timing, the revenue calibration, the scoring features and both forecasts of a
+    checkpoint all read the pipeline at the end of the checkpoint's day). The frames must not be
+    modified in place inside the block. Blocks nest; the outermost one ends the reuse."""
+    if _REUSED.get() is not None:
+        yield
+        return
+    token = _REUSED.set([])
+    try:
+        yield
+    finally:
+        _REUSED.reset(token)
+
+
 def pipeline_at(deals: pd.DataFrame, history: pd.DataFrame, at: dt.date | pd.Timestamp) -> pd.DataFrame:
-    """Every deal that existed at instant `at`, as it stood then (see `pipeline_at_many`)."""
-    return pipeline_at_many(deals, history, [at])
+    """Every deal that existed at instant `at`, as it stood then (see `pipeline_at_many`; inside a
+    `reusing_states` block a repeated call is not rebuilt)."""
+    kept = _REUSED.get()
+    if kept is None:
+        return pipeline_at_many(deals, history, [at])
+    instant = _timestamp(at)
+    if not (kept and kept[0] is deals and kept[1] is history and kept[2] == instant):
+        kept[:] = [deals, history, instant, pipeline_at_many(deals, history, [instant])]
+    return kept[3].copy(deep=False)
 
 
 def state_spans(deals: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:

@@ -41,6 +41,7 @@ from etl.pipeline_state import (
     DEAL_ATTRIBUTES,
     as_of_end,
     lean_rebuild_inputs,
+    pipeline_at,
     pipeline_at_many,
     state_spans,
     states_of_rows,
@@ -382,7 +383,7 @@ def snapshot_features(
             f"closed_before {cutoff} is after the scoring instant {instant}: outcomes after the "
             "scoring date would leak into the history-based features"
         )
-    states = pipeline_at_many(deals, history, [instant])
+    states = pipeline_at(deals, history, instant)
     features = features_from_states(states, stages, cutoff, fiscal_year_start_month)
     return features.sort_values("deal_id", kind="stable").reset_index(drop=True)
 
