@@ -20,6 +20,7 @@ from contextvars import ContextVar
 import numpy as np
 import pandas as pd
 
+from etl.deal_ids import deal_index, deal_positions
 from etl.schema import DEAL_COLUMNS, STAGE_EVENT_COLUMNS, TIMESTAMP, conform
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
 
@@ -200,7 +201,7 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     )
     frames = [history, _synthesised_history(deals, has_rows)]
     hist = pd.concat([f for f in frames if not f.empty] or [history], ignore_index=True)
-    hist = hist.merge(deals[["deal_id", "pipeline"]], on="deal_id", how="inner", validate="many_to_one")
+    hist = _with_deal_attributes(hist, deals[["deal_id", "pipeline"]], how="inner")
     hist = hist.sort_values(["deal_id", "changed_at", "source_row"], kind="stable").reset_index(drop=True)
     hist = stages.annotate(hist)
     hist, reconciled = _reconciled_history(hist, deals, stages)
@@ -279,7 +280,9 @@ def completed_from_history(deals: pd.DataFrame, history: pd.DataFrame, stages: S
     - last_stage_change_at, where the record leaves it blank: the moment the deal entered the
       stage its history ends in;
     - push_count: the close-date pushes of its history (`is_push`)."""
-    prepared = prepare_history(deals, history, stages)
+    # Only what orders the rows and decides stage entries and pushes is carried through the rebuild.
+    keys = [c for c in ("deal_id", "changed_at", "source_row", "stage", "expected_close_date") if c in history.columns]
+    prepared = prepare_history(deals, history[keys], stages)
     ends = _history_ends(prepared).reindex(deals["deal_id"].to_numpy())
     entered = pd.Series(ends["stage_entered_at"].to_numpy(dtype=TIMESTAMP), index=deals.index)
     closed_in_history = ends["stage_status"].isin([STATUS_WON, STATUS_LOST]).to_numpy()
@@ -393,7 +396,7 @@ def states_of_rows(
     state.insert(0, "snapshot_at", np.asarray(snapshot_at, dtype=TIMESTAMP))
 
     attributes = deals[["deal_id", *DEAL_ATTRIBUTES]]
-    out = _with_deal_attributes(state, attributes)
+    out = _with_deal_attributes(state, attributes, ids=deal_index(deals))
     # A deal exists from its creation; history rows dated before creation do not make it exist earlier.
     out = out.loc[out["created_at"] <= out["snapshot_at"]].reset_index(drop=True)
 
@@ -412,19 +415,27 @@ def states_of_rows(
     return out[columns].sort_values(["snapshot_at", "deal_id"], kind="stable").reset_index(drop=True)
 
 
-def _with_deal_attributes(state: pd.DataFrame, attributes: pd.DataFrame) -> pd.DataFrame:
-    """The left merge of `state` with `attributes` on deal_id (many to one), found by position when
-    every row's deal is there once and the ids have one type (the merge itself otherwise, with its
-    checks and type rules): a merge would also factorise every id again to check that each is once
-    in `attributes`, which at a million deals costs a second or more per rebuild."""
-    if state["deal_id"].dtype == attributes["deal_id"].dtype:
-        ids = pd.Index(attributes["deal_id"])
+def _with_deal_attributes(
+    state: pd.DataFrame, attributes: pd.DataFrame, how: str = "left", ids: pd.Index | None = None
+) -> pd.DataFrame:
+    """`state.merge(attributes, on="deal_id", how=how, validate="many_to_one")` (how: "left" or
+    "inner"), found by position when the ids have one type, each is once in `attributes`, no other
+    column is in both and (for "left") every row's deal is there: a merge would also factorise
+    every id again to check that each is once in `attributes`, a second or more per call at a
+    million deals. The merge itself otherwise, with its checks and type rules. `ids`: the index
+    of `attributes.deal_id` when the caller has it."""
+    shared = set(state.columns) & set(attributes.columns)
+    if shared == {"deal_id"} and state["deal_id"].dtype == attributes["deal_id"].dtype:
+        ids = pd.Index(attributes["deal_id"]) if ids is None else ids
         if ids.is_unique:
             position = ids.get_indexer(state["deal_id"])
-            if len(position) == 0 or position.min() >= 0:
+            matched = position >= 0
+            if how == "inner" or matched.all():
+                if not matched.all():
+                    state, position = state.loc[matched], position[matched]
                 found = attributes.drop(columns="deal_id").iloc[position].reset_index(drop=True)
                 return pd.concat([state.reset_index(drop=True), found], axis=1)
-    return state.merge(attributes, on="deal_id", how="left", validate="many_to_one")
+    return state.merge(attributes, on="deal_id", how=how, validate="many_to_one")
 
 
 def _in_snapshot_and_deal_order(rows: pd.DataFrame) -> bool:
@@ -527,7 +538,7 @@ def state_spans(deals: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     as `pipeline_at_many` reports it); closed_at (as `pipeline_at_many` reports it, NaT while open).
     `pipeline_at_many` at instant t shows this row exactly when held_from <= t < held_until.
     """
-    positions = pd.Index(deals["deal_id"]).get_indexer(history["deal_id"])
+    positions = deal_positions(deals, history["deal_id"])
     created_all = deals["created_at"].to_numpy(dtype=TIMESTAMP)
     created = np.where(positions >= 0, created_all[np.maximum(positions, 0)], np.datetime64("NaT"))
     changed_at = history["changed_at"].to_numpy(dtype=TIMESTAMP)
