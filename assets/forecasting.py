@@ -73,7 +73,8 @@ def forecast_quarterly(
             markdown_table(
                 totals[
                     ["quarter", "closed_won_to_date", "pipeline_expected", "overdue_expected", "other_open_expected",
-                     "new_deals_expected", "new_deals_trend", "revenue_calibration", "expected", "open_pipeline", "overdue_pipeline"]
+                     "new_deals_expected", "new_deals_trend", "new_deals_imported",
+                     "new_deals_keying_lag", "revenue_calibration", "expected", "open_pipeline", "overdue_pipeline"]
                 ]
             )
         ),
