@@ -55,6 +55,7 @@ def forecast_quarterly(
             model_version=deal_scores["model_version"].iloc[0] if len(deal_scores) else deal_scoring_model.scorer.version,
             outlier_factor=resolved.project.warnings.outlier_factor,
             revenue_calibration=calibration,
+            label_horizon_days=deal_scoring_model.label_horizon_days,
             workers=threads,
         )
     frame = forecast.quarterly

@@ -54,7 +54,7 @@ from etl.stages import STATUS_OPEN, STATUS_WON, StageCatalog
 from etl.tables import TABLES
 from models.keying import KeyingLag, keyed_at_close_share
 from models.revenue_calibration import CEILING, RevenueCalibration
-from models.timing import CloseTiming, prepared_history
+from models.timing import CloseTiming, horizon_factor, prepared_history
 
 logger = logging.getLogger(__name__)
 
@@ -669,6 +669,7 @@ def build_forecast(
     revenue_calibration: RevenueCalibration | None = None,
     only_quarter: str | None = None,
     outlier_ranges: bool = True,
+    label_horizon_days: float | None = None,
 ) -> Forecast:
     """The forecast for the quarter containing `as_of` and the next one, for every segment type
     and value: the `forecast_quarterly` rows and the per-deal `forecast_contributions` rows
@@ -682,8 +683,11 @@ def build_forecast(
       overdue_deals / overdue_pipeline the overdue part and weighted_pipeline_crm its amount x
       CRM probability (the stage's default where the deal has none);
     - every open deal (in the pipeline or not) wins inside the quarter with probability
-      win_probability x revenue_factor x P(closes inside the quarter | wins) (`models.timing`); its
-      contribution is amount x that probability. revenue_factor is the deal's amount band's factor
+      win_probability x horizon_factor x revenue_factor x P(closes inside the quarter | wins)
+      (`models.timing`); its contribution is amount x that probability. horizon_factor turns the
+      score, a chance of winning within the scorer's label horizon `label_horizon_days`, into a
+      chance of winning at all (`models.timing.horizon_factor`; 1 without a horizon), capped so the
+      probability stays below 1. revenue_factor is the deal's amount band's factor
       of `revenue_calibration` (`models.revenue_calibration`; 1 without one), capped so the
       probability stays below 1; revenue_calibration (the column) is what the factors changed; pipeline_expected (overdue_expected its overdue part) sums the
       contributions of the open pipeline, other_open_expected those of the other open deals;
@@ -720,10 +724,16 @@ def build_forecast(
     won = state.loc[state["status"] == STATUS_WON]
     amounts = open_deals["amount_reporting"].astype("float64").fillna(0.0).to_numpy()
     win = _win_probabilities(open_deals, scores)
+    # Only a score is a chance within the label horizon: the CRM probability standing in for a deal
+    # without one is taken as it is.
+    scored = open_deals["deal_id"].astype("string").isin(scores["deal_id"].astype("string")).to_numpy(dtype=bool)
+    to_win = np.where(scored, horizon_factor(open_deals, timing, label_horizon_days), 1.0)
+    win_at_all = np.minimum(win * to_win, np.maximum(win, CEILING))
     band_factor = np.ones(len(open_deals)) if revenue_calibration is None else revenue_calibration.factor(amounts)
-    win_revenue = np.where(band_factor == 1.0, win, np.clip(win * band_factor, 0.0, CEILING))
+    win_revenue = np.where(band_factor == 1.0, win_at_all, np.clip(win_at_all * band_factor, 0.0, CEILING))
     with np.errstate(divide="ignore", invalid="ignore"):
-        revenue_factor = np.where(win > 0, win_revenue / win, 1.0)
+        to_win = np.where(win > 0, win_at_all / win, 1.0)
+        revenue_factor = np.where(win_at_all > 0, win_revenue / win_at_all, 1.0)
     crm = open_deals["crm_probability"].astype("float64").fillna(open_deals["stage_probability"]).fillna(0.0).to_numpy()
     quota_table = _quota_table(quotas)
     is_outlier, outlier_reason = outlier_flags(open_deals, won, outlier_factor)
@@ -763,7 +773,7 @@ def build_forecast(
         closes_inside = _close_in_quarter(open_deals, timing, quarter, fiscal_year_start_month)
         probability = win_revenue * closes_inside
         contribution = amounts * probability
-        calibration_change = amounts * (win_revenue - win) * closes_inside
+        calibration_change = amounts * (win_revenue - win_at_all) * closes_inside
         draw_seed = np.random.SeedSequence(seed, spawn_key=(index, 0))
         totals = simulate_quarter(
             amounts, probability, open_codes, len(segments), draws, draw_seed, chunk_size=chunk_size, workers=workers
@@ -863,6 +873,7 @@ def build_forecast(
                     "amount_reporting": part["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan),
                     "expected_close_date": pd.to_datetime(part["expected_close_date"]).to_numpy(),
                     "win_probability": win[rows],
+                    "horizon_factor": to_win[rows],
                     "revenue_factor": revenue_factor[rows],
                     "close_in_quarter_probability": closes_inside[rows],
                     "win_in_quarter_probability": probability[rows],

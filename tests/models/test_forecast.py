@@ -21,9 +21,9 @@ import pytest
 
 from etl.pipeline_state import as_of_end, pipeline_at
 from etl.tables import TABLES
-from models.forecast import creation_growth, forecast_quarterly, new_deal_stream, simulate_quarter
+from models.forecast import build_forecast, creation_growth, forecast_quarterly, new_deal_stream, simulate_quarter
 from models.timing import CloseTiming
-from tests.models.hand_crm import CATALOG, make_crm
+from tests.models.hand_crm import CATALOG, half_within_thirty_days_crm, make_crm, open_at
 
 DRAWS = 10_000
 AS_OF = pd.Timestamp("2024-05-16")  # 2024-Q2 (calendar quarters); the next quarter is 2024-Q3
@@ -424,6 +424,32 @@ def test_creation_growth_by_hand():
     falling = creation_growth(created, pd.Timestamp("2025-03-31 23:59:59.999999"), [pd.Timestamp("2024-06-30 23:59:59.999999")])
     assert falling == pytest.approx([7 / 9])
     assert creation_growth(pd.Series([], dtype="datetime64[ns]"), end, cuts).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_score_within_the_label_horizon_becomes_a_chance_to_win_at_all():
+    # half_within_thirty_days_crm: a deal just entered in X closes within 30 days with chance 1/2 if
+    # it wins, and always within 61. as_of 2024-04-30 leaves 61 days of 2024-Q2. NEW is scored 0.3
+    # as a chance of winning within H = 30 days: a chance of 0.3 / (1/2) = 0.6 of winning at all,
+    # all of it inside 2024-Q2. The other open deals have no score: their stage's 0.5 is used as it is.
+    deals, history, as_of = half_within_thirty_days_crm()
+    timing = CloseTiming.fit(deals, history, CATALOG, as_of)
+    scores = pd.DataFrame({"deal_id": ["NEW"], "win_probability": [0.3]})
+    common = dict(scores=scores, timing=timing, quotas=None, draws=200, seed=3, only_quarter="2024-Q2", outlier_ranges=False)
+    forecast = build_forecast(deals, history, CATALOG, as_of, label_horizon_days=30.0, **common)
+    new = forecast.contributions.set_index("deal_id").loc["NEW"]
+    within = timing.probability_closed_by(open_at(deals, history, as_of, ["NEW"]), as_of_end(as_of) + pd.Timedelta(days=30))[0]
+    assert within == pytest.approx(0.5, rel=0.05)
+    assert new["horizon_factor"] == pytest.approx(1 / within)
+    assert new["close_in_quarter_probability"] == pytest.approx(1.0)
+    assert new["win_in_quarter_probability"] == pytest.approx(0.3 / within)
+    others = forecast.contributions[forecast.contributions["deal_id"] != "NEW"]
+    assert len(others) > 0 and (others["horizon_factor"] == 1.0).all() and (others["win_probability"] == 0.5).all()
+    # Without a label horizon the score is taken as it is.
+    plain = build_forecast(deals, history, CATALOG, as_of, **common).contributions.set_index("deal_id").loc["NEW"]
+    assert plain["horizon_factor"] == 1.0 and plain["win_in_quarter_probability"] == pytest.approx(0.3)
+    # Either way the contributions add up to the expected revenue.
+    total = forecast.quarterly.query("segment_type == 'all'").iloc[0]
+    assert total["expected"] == pytest.approx(total["closed_won_to_date"] + forecast.contributions["contribution"].sum() + total["new_deals_expected"])
 
 
 def go_live_crm(keyed_at_close: bool):
