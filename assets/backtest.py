@@ -4,7 +4,7 @@
 import dagster as dg
 import pandas as pd
 
-from assets.execution import HEAVY_STEP_TAGS
+from assets.execution import HEAVY_STEP_TAGS, step_thread_limit
 from assets.partitions import NIGHTS
 from assets.publishing import publish_table
 from assets.resources import DealcastSettings, WarehouseResource
@@ -30,11 +30,12 @@ def forecast_backtest(
     # Past quarters computed on earlier nights (any machine): reused while their key holds. Earlier nights'
     # results live only in the warehouse, so they are read there, not taken as an input of tonight's graph.
     cache = warehouse.warehouse.read("forecast_backtest_cache")
-    run = run_backtest(
-        deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
-        project.model, project.forecast, project.fiscal_year_start_month,
-        cache=cache, new_quarters=project.forecast.backtest_new_quarters,
-    )
+    with step_thread_limit() as threads:
+        run = run_backtest(
+            deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
+            project.model, project.forecast, project.fiscal_year_start_month,
+            cache=cache, new_quarters=project.forecast.backtest_new_quarters, workers=threads,
+        )
     frame = run.frame
     context.log.info(
         f"forecast_backtest: quarters reused {list(run.reused)}, computed {list(run.computed)}, "

@@ -6,6 +6,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.checks import FORECAST_CHECK_SPEC, forecast_check_result
+from assets.execution import step_thread_limit
 from assets.partitions import NIGHTS
 from assets.publishing import publish_table
 from assets.resources import DealcastSettings, WarehouseResource
@@ -41,20 +42,22 @@ def forecast_quarterly(
     stages = StageCatalog.from_frame(pipeline_stages)
     # Learnt on the open deals at tonight's scorer's held-out dates; each deal's factor is a column
     # of forecast_contributions.
-    calibration = RevenueCalibration.fit(
-        deal_scoring_model, deals, deal_history, stages, close_timing, resolved.as_of, fiscal_start
-    )
-    forecast = build_forecast(
-        deals, deal_history, stages, resolved.as_of,
-        scores=deal_scores, timing=close_timing, quotas=quotas,
-        fiscal_year_start_month=fiscal_start,
-        draws=forecast_cfg.draws, seed=forecast_cfg.seed,
-        # The model whose scores fed the forecast (an earlier run's when tonight's did not qualify).
-        model_version=deal_scores["model_version"].iloc[0] if len(deal_scores) else deal_scoring_model.scorer.version,
-        outlier_factor=resolved.project.warnings.outlier_factor,
-        revenue_calibration=calibration,
-        label_horizon_days=deal_scoring_model.label_horizon_days,
-    )
+    with step_thread_limit() as threads:
+        calibration = RevenueCalibration.fit(
+            deal_scoring_model, deals, deal_history, stages, close_timing, resolved.as_of, fiscal_start
+        )
+        forecast = build_forecast(
+            deals, deal_history, stages, resolved.as_of,
+            scores=deal_scores, timing=close_timing, quotas=quotas,
+            fiscal_year_start_month=fiscal_start,
+            draws=forecast_cfg.draws, seed=forecast_cfg.seed,
+            # The model whose scores fed the forecast (an earlier run's when tonight's did not qualify).
+            model_version=deal_scores["model_version"].iloc[0] if len(deal_scores) else deal_scoring_model.scorer.version,
+            outlier_factor=resolved.project.warnings.outlier_factor,
+            revenue_calibration=calibration,
+            label_horizon_days=deal_scoring_model.label_horizon_days,
+            workers=threads,
+        )
     frame = forecast.quarterly
     totals = frame[frame.segment_type == "all"]
     quarter = quarter_label(resolved.as_of, fiscal_start)

@@ -7,7 +7,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.checks import MODEL_CHECK_SPEC, model_check_result
-from assets.execution import HEAVY_STEP_TAGS
+from assets.execution import HEAVY_STEP_TAGS, step_thread_limit
 from assets.partitions import NIGHTS
 from assets.publishing import publish_table
 from assets.resources import DealcastSettings, WarehouseResource
@@ -35,10 +35,11 @@ def deal_scoring_model(
     """The published win-probability scorer: the ladder's candidates (constant rate, CRM probability, stage rates, logistic, gradient boosting) fitted on as-of snapshots before a time cut, the best held-out log loss published."""
     resolved = run_settings(context, settings)
     model_cfg = resolved.project.model
-    training = build_training_set(
-        deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of, frequency=model_cfg.snapshot_frequency
-    )
-    result = train_scorer(training, model_cfg, resolved.as_of)
+    with step_thread_limit():
+        training = build_training_set(
+            deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of, frequency=model_cfg.snapshot_frequency
+        )
+        result = train_scorer(training, model_cfg, resolved.as_of)
     artifact = save_artifact(result.scorer, resolved.model_dir)
     metrics = result.metrics
     context.log.info(f"published scorer {result.scorer.scoring_method}: {metrics['selection_reason']}")
@@ -83,10 +84,11 @@ def close_timing(
 ) -> CloseTiming:
     """How soon deals that will win actually close, by pipeline, stage and age: turns win probability into win-this-quarter probability."""
     resolved = run_settings(context, settings)
-    return CloseTiming.fit(
-        deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
-        frequency=resolved.project.model.snapshot_frequency,
-    )
+    with step_thread_limit():
+        return CloseTiming.fit(
+            deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
+            frequency=resolved.project.model.snapshot_frequency,
+        )
 
 
 @dg.asset(partitions_def=NIGHTS, group_name="scoring", kinds={"pandas", "sql"})
@@ -109,12 +111,13 @@ def deal_scores(
         context.log.warning(f"deal scores use {choice.scored_with} {choice.model_version}: {choice.reason}")
     else:
         context.log.info(f"deal scores use this run's model {choice.model_version}")
-    frame = build_deal_scores(
-        deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
-        choice.scorer, close_timing, resolved.project.fiscal_year_start_month,
-        scored_with=choice.scored_with, scoring_reason=choice.reason,
-        label_horizon_days=deal_scoring_model.label_horizon_days,
-    )
+    with step_thread_limit():
+        frame = build_deal_scores(
+            deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
+            choice.scorer, close_timing, resolved.project.fiscal_year_start_month,
+            scored_with=choice.scored_with, scoring_reason=choice.reason,
+            label_horizon_days=deal_scoring_model.label_horizon_days,
+        )
     bands = frame.groupby("score_band").agg(deals=("deal_id", "size"), expected_value=("expected_value", "sum")).reset_index()
     top = frame.sort_values("expected_value", ascending=False).head(10)
     return publish_table(

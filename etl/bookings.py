@@ -31,6 +31,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
+from etl.deal_ids import deal_positions
 from etl.schema import TIMESTAMP
 
 BOOKING_CRM_CLOSE_DATE = "crm_close_date"
@@ -113,7 +114,7 @@ def state_booking_dates(state: pd.DataFrame, deals: pd.DataFrame, at: dt.date | 
     """The booking date of each row of `state`, a point-in-time rebuild at instant `at`
     (`etl.pipeline_state.pipeline_at` output: deal_id, closed_at), with the anchors of `deals`
     (`booking_anchor`); NaT for rows open at `at`. Same index as `state`."""
-    position = pd.Index(deals["deal_id"]).get_indexer(state["deal_id"])
+    position = deal_positions(deals, state["deal_id"])
     anchors = booking_anchor(deals)
     anchor = np.where(position >= 0, anchors[np.maximum(position, 0)] if len(anchors) else _NAT, _NAT)
     return pd.Series(booking_dates(anchor, state["closed_at"], pd.Timestamp(at)), index=state.index)

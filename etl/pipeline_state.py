@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import numpy as np
 import pandas as pd
 
+from etl.deal_ids import deal_index, deal_positions
 from etl.schema import DEAL_COLUMNS, STAGE_EVENT_COLUMNS, TIMESTAMP, conform
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
 
@@ -198,7 +201,7 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     )
     frames = [history, _synthesised_history(deals, has_rows)]
     hist = pd.concat([f for f in frames if not f.empty] or [history], ignore_index=True)
-    hist = hist.merge(deals[["deal_id", "pipeline"]], on="deal_id", how="inner", validate="many_to_one")
+    hist = _with_deal_attributes(hist, deals[["deal_id", "pipeline"]], how="inner")
     hist = hist.sort_values(["deal_id", "changed_at", "source_row"], kind="stable").reset_index(drop=True)
     hist = stages.annotate(hist)
     hist, reconciled = _reconciled_history(hist, deals, stages)
@@ -277,7 +280,9 @@ def completed_from_history(deals: pd.DataFrame, history: pd.DataFrame, stages: S
     - last_stage_change_at, where the record leaves it blank: the moment the deal entered the
       stage its history ends in;
     - push_count: the close-date pushes of its history (`is_push`)."""
-    prepared = prepare_history(deals, history, stages)
+    # Only what orders the rows and decides stage entries and pushes is carried through the rebuild.
+    keys = [c for c in ("deal_id", "changed_at", "source_row", "stage", "expected_close_date") if c in history.columns]
+    prepared = prepare_history(deals, history[keys], stages)
     ends = _history_ends(prepared).reindex(deals["deal_id"].to_numpy())
     entered = pd.Series(ends["stage_entered_at"].to_numpy(dtype=TIMESTAMP), index=deals.index)
     closed_in_history = ends["stage_status"].isin([STATUS_WON, STATUS_LOST]).to_numpy()
@@ -391,7 +396,7 @@ def states_of_rows(
     state.insert(0, "snapshot_at", np.asarray(snapshot_at, dtype=TIMESTAMP))
 
     attributes = deals[["deal_id", *DEAL_ATTRIBUTES]]
-    out = state.merge(attributes, on="deal_id", how="left", validate="many_to_one")
+    out = _with_deal_attributes(state, attributes, ids=deal_index(deals))
     # A deal exists from its creation; history rows dated before creation do not make it exist earlier.
     out = out.loc[out["created_at"] <= out["snapshot_at"]].reset_index(drop=True)
 
@@ -404,7 +409,48 @@ def states_of_rows(
     )
     out["age_days"] = (out["snapshot_at"] - out["created_at"]) / pd.Timedelta(days=1)
     columns = ["snapshot_at", "deal_id", *DEAL_ATTRIBUTES, *STATE_COLUMNS, "status", "days_in_stage", "age_days"]
+    if _in_snapshot_and_deal_order(out):
+        # History is grouped by deal in deal order and pairs come date by date: nothing to sort.
+        return out[columns]
     return out[columns].sort_values(["snapshot_at", "deal_id"], kind="stable").reset_index(drop=True)
+
+
+def _with_deal_attributes(
+    state: pd.DataFrame, attributes: pd.DataFrame, how: str = "left", ids: pd.Index | None = None
+) -> pd.DataFrame:
+    """`state.merge(attributes, on="deal_id", how=how, validate="many_to_one")` (how: "left" or
+    "inner"), found by position when the ids have one type, each is once in `attributes`, no other
+    column is in both and (for "left") every row's deal is there: a merge would also factorise
+    every id again to check that each is once in `attributes`, a second or more per call at a
+    million deals. The merge itself otherwise, with its checks and type rules. `ids`: the index
+    of `attributes.deal_id` when the caller has it."""
+    shared = set(state.columns) & set(attributes.columns)
+    if shared == {"deal_id"} and state["deal_id"].dtype == attributes["deal_id"].dtype:
+        ids = pd.Index(attributes["deal_id"]) if ids is None else ids
+        if ids.is_unique:
+            position = ids.get_indexer(state["deal_id"])
+            matched = position >= 0
+            if how == "inner" or matched.all():
+                if not matched.all():
+                    state, position = state.loc[matched], position[matched]
+                found = attributes.drop(columns="deal_id").iloc[position].reset_index(drop=True)
+                return pd.concat([state.reset_index(drop=True), found], axis=1)
+    return state.merge(attributes, on="deal_id", how=how, validate="many_to_one")
+
+
+def _in_snapshot_and_deal_order(rows: pd.DataFrame) -> bool:
+    """Whether `rows` are already sorted by snapshot_at, then deal_id (as a sort of both would put them)."""
+    if len(rows) < 2:
+        return True
+    snapshot = rows["snapshot_at"].to_numpy(dtype=TIMESTAMP)
+    if np.isnat(snapshot).any() or bool((snapshot[1:] < snapshot[:-1]).any()):
+        return False
+    ids = rows["deal_id"].array
+    try:
+        ascending = pd.Series(ids[1:] >= ids[:-1]).fillna(False).to_numpy(dtype=bool)
+    except TypeError:  # ids of mixed types: left to the sort
+        return False
+    return bool((ascending | (snapshot[1:] != snapshot[:-1])).all())
 
 
 def blank_column(n: int) -> pd.Categorical:
@@ -447,9 +493,39 @@ def lean_rebuild_inputs(
     return pd.DataFrame(lean_deals), pd.DataFrame(lean_history)
 
 
+# The latest `pipeline_at` result inside a `reusing_states` block: (deals, history, instant, rows).
+_REUSED: ContextVar[list | None] = ContextVar("dealcast_reused_state", default=None)
+
+
+@contextmanager
+def reusing_states() -> Iterator[None]:
+    """Inside this block, `pipeline_at` rebuilds the pipeline once for consecutive calls with the
+    same `deals` and `history` objects and the same instant, and hands each caller its own
+    (copy-on-write) copy of those rows; a call with other frames or another instant replaces the
+    one kept. For work that asks for the same state from several places (the forecast backtest:
+    the close timing, the revenue calibration, the scoring features and both forecasts of a
+    checkpoint all read the pipeline at the end of the checkpoint's day). The frames must not be
+    modified in place inside the block. Blocks nest; the outermost one ends the reuse."""
+    if _REUSED.get() is not None:
+        yield
+        return
+    token = _REUSED.set([])
+    try:
+        yield
+    finally:
+        _REUSED.reset(token)
+
+
 def pipeline_at(deals: pd.DataFrame, history: pd.DataFrame, at: dt.date | pd.Timestamp) -> pd.DataFrame:
-    """Every deal that existed at instant `at`, as it stood then (see `pipeline_at_many`)."""
-    return pipeline_at_many(deals, history, [at])
+    """Every deal that existed at instant `at`, as it stood then (see `pipeline_at_many`; inside a
+    `reusing_states` block a repeated call is not rebuilt)."""
+    kept = _REUSED.get()
+    if kept is None:
+        return pipeline_at_many(deals, history, [at])
+    instant = _timestamp(at)
+    if not (kept and kept[0] is deals and kept[1] is history and kept[2] == instant):
+        kept[:] = [deals, history, instant, pipeline_at_many(deals, history, [instant])]
+    return kept[3].copy(deep=False)
 
 
 def state_spans(deals: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
@@ -462,7 +538,7 @@ def state_spans(deals: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     as `pipeline_at_many` reports it); closed_at (as `pipeline_at_many` reports it, NaT while open).
     `pipeline_at_many` at instant t shows this row exactly when held_from <= t < held_until.
     """
-    positions = pd.Index(deals["deal_id"]).get_indexer(history["deal_id"])
+    positions = deal_positions(deals, history["deal_id"])
     created_all = deals["created_at"].to_numpy(dtype=TIMESTAMP)
     created = np.where(positions >= 0, created_all[np.maximum(positions, 0)], np.datetime64("NaT"))
     changed_at = history["changed_at"].to_numpy(dtype=TIMESTAMP)

@@ -69,7 +69,7 @@ import sklearn
 from etl.config import ForecastConfig, ModelConfig
 from etl.periods import period_bounds, quarter_label, quarter_labels
 from etl.bookings import booking_anchor, state_booking_dates
-from etl.pipeline_state import DEAL_ATTRIBUTES, as_of_end, pipeline_at
+from etl.pipeline_state import DEAL_ATTRIBUTES, as_of_end, pipeline_at, reusing_states
 from etl.schema import SEGMENT_COLUMNS, segment_values
 from etl.stages import STATUS_WON, StageCatalog
 from etl.tables import TABLES
@@ -437,20 +437,22 @@ def backtest_quarter(
     row (segment all, method ours) whose skip_reason says why."""
     parts = []
     models: CheckpointModels | None = None
-    for checkpoint in quarter_checkpoints(quarter, fiscal_year_start_month):
-        if models is None or retrain == RETRAIN_CHECKPOINT:
-            try:
-                models = models_at(deals, history, stages, checkpoint.as_of, model_config, fiscal_year_start_month)
-            except InsufficientHistoryError as error:
-                logger.warning("forecast backtest: quarter %s skipped at %s: %s", quarter, checkpoint.name, error)
-                parts.append(_skip_row(checkpoint, f"{quarter} (at its {checkpoint.name}: {error})"))
-                break
-        parts.append(
-            _checkpoint_rows(
-                checkpoint, models, deals, history, stages, fiscal_year_start_month, draws, seed,
-                lookback_quarters, workers,
+    # A checkpoint's models and forecasts all read the pipeline at the end of its day: rebuilt once.
+    with reusing_states():
+        for checkpoint in quarter_checkpoints(quarter, fiscal_year_start_month):
+            if models is None or retrain == RETRAIN_CHECKPOINT:
+                try:
+                    models = models_at(deals, history, stages, checkpoint.as_of, model_config, fiscal_year_start_month)
+                except InsufficientHistoryError as error:
+                    logger.warning("forecast backtest: quarter %s skipped at %s: %s", quarter, checkpoint.name, error)
+                    parts.append(_skip_row(checkpoint, f"{quarter} (at its {checkpoint.name}: {error})"))
+                    break
+            parts.append(
+                _checkpoint_rows(
+                    checkpoint, models, deals, history, stages, fiscal_year_start_month, draws, seed,
+                    lookback_quarters, workers,
+                )
             )
-        )
     rows = pd.concat(parts, ignore_index=True)
     # Money is kept at cent precision (NUMERIC(18,2)): a quarter read back from the cache is then
     # the very rows computed, and a reused quarter equals a fresh one.

@@ -172,20 +172,37 @@ def _counterfactual(scorer: Scorer, frame: pd.DataFrame, columns: list[str]) -> 
     return changed
 
 
+def _changed_rows(frame: pd.DataFrame, variant: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """True where `variant` differs from `frame` in any of `columns` (blank and blank are equal)."""
+    changed = np.zeros(len(frame), dtype=bool)
+    for column in columns:
+        if column not in frame.columns:
+            return np.ones(len(frame), dtype=bool)
+        actual, typical = frame[column], variant[column]
+        same = (actual == typical).fillna(False).to_numpy(dtype=bool) | (actual.isna() & typical.isna()).to_numpy(dtype=bool)
+        changed |= ~same
+    return changed
+
+
 def _explain_batch(scorer: Scorer, frame: pd.DataFrame, top_n: int) -> pd.DataFrame:
     base = scorer.predict_proba(frame)
-    names, variants = [], []
+    names, variants, changed = [], [], []
     for name, columns in scorer.explained_groups().items():
         variant = _counterfactual(scorer, frame, columns)
         if variant is not None:
             names.append(name)
-            variants.append(variant)
+            # A deal whose factor already has its typical value scores the same with it: its effect
+            # is 0, and only the other rows are scored again (all of them in one call).
+            rows = _changed_rows(frame, variant, columns)
+            variants.append(variant.loc[rows])
+            changed.append(rows)
     n = len(frame)
+    effect = np.zeros((len(names), n))
     if names:
-        altered = scorer.predict_proba(pd.concat(variants, ignore_index=True)).reshape(len(names), n)
-        effect = base[None, :] - altered
-    else:
-        effect = np.zeros((0, n))
+        mask = np.stack(changed)
+        if mask.any():
+            altered = scorer.predict_proba(pd.concat(variants, ignore_index=True))
+            effect[mask] = np.repeat(base[None, :], len(names), axis=0)[mask] - altered
     long = pd.DataFrame(
         {
             "row": np.tile(np.arange(n), len(names)),

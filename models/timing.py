@@ -221,9 +221,11 @@ class CloseTiming:
             logger.info("close timing at %s: no deal won yet, the CRM's expected close dates will be used", end.date())
             return empty()
 
-        # Only the open rows of the winners: a deal's open spells then end at its close.
+        # Only the open rows of the winners: a deal's open spells then end at its close. (A hash
+        # lookup, not Series.isin, which turns every id looked for into an Arrow scalar in Python.)
+        winners = pd.Index(won["deal_id"].unique())
         open_rows = history.loc[
-            history["deal_id"].isin(won["deal_id"]) & ~history["stage_status"].isin([STATUS_WON, STATUS_LOST])
+            (winners.get_indexer(history["deal_id"]) >= 0) & ~history["stage_status"].isin([STATUS_WON, STATUS_LOST])
         ]
         first_day = open_rows["changed_at"].min().normalize() if not open_rows.empty else end.normalize()
         dates = pd.date_range(first_day, end.normalize() - DAY, freq=frequency)
@@ -232,7 +234,7 @@ class CloseTiming:
             return empty(len(won))
         # Only the columns the pools read: the rebuild repeats each row once per date it holds at.
         lean_deals, lean_rows = lean_rebuild_inputs(
-            deals.loc[deals["deal_id"].isin(won["deal_id"])], open_rows,
+            deals.loc[winners.get_indexer(deals["deal_id"]) >= 0], open_rows,
             deal_columns=["pipeline"], state_columns=["stage", "stage_order"], categorical=["pipeline", "stage"],
         )
         snapshots = pipeline_at_many(lean_deals, lean_rows, [as_of_end(d) for d in dates])
@@ -249,6 +251,7 @@ class CloseTiming:
         observable = np.maximum(observable, remaining)
         features = _cell_features(snapshots, stages)
         deal_codes = pd.factorize(snapshots["deal_id"])[0]
+        stride = int(deal_codes.max()) + 1
 
         levels = []
         for name, keys in LEVELS:
@@ -264,8 +267,9 @@ class CloseTiming:
                 cell = np.zeros(int(known.sum()), dtype="int64")
                 cells = pd.DataFrame({"rows": [int(known.sum())]})
             n_cells = len(cells)
-            distinct = pd.DataFrame({"cell": cell, "deal": deal_codes[known]}).drop_duplicates()
-            cells["deals"] = np.bincount(distinct["cell"].to_numpy(), minlength=n_cells)
+            # Distinct (cell, deal) pairs, each as one integer.
+            pairs = np.unique(cell.astype("int64") * stride + deal_codes[known])
+            cells["deals"] = np.bincount(pairs // stride, minlength=n_cells)
             cells["cell"] = np.arange(n_cells)
             table = closed_by_table(cell, remaining[known], observable[known], n_cells, max_horizon_days)
             levels.append(TimingLevel(name, keys, cells, table))

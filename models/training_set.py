@@ -36,11 +36,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from etl import deal_ids
 from etl.periods import period_bounds, quarter_labels
 from etl.pipeline_state import (
     DEAL_ATTRIBUTES,
     as_of_end,
     lean_rebuild_inputs,
+    pipeline_at,
     pipeline_at_many,
     state_spans,
     states_of_rows,
@@ -382,7 +384,7 @@ def snapshot_features(
             f"closed_before {cutoff} is after the scoring instant {instant}: outcomes after the "
             "scoring date would leak into the history-based features"
         )
-    states = pipeline_at_many(deals, history, [instant])
+    states = pipeline_at(deals, history, instant)
     features = features_from_states(states, stages, cutoff, fiscal_year_start_month)
     return features.sort_values("deal_id", kind="stable").reset_index(drop=True)
 
@@ -517,7 +519,7 @@ def _creation_span_rows(
     instant it was created, for the deals that get a creation snapshot: created between `first`
     and `last` (the first and last prediction dates), with recorded stage history, labelled (closed
     by as_of), and never open on a prediction date (`open_rows_at`: the history rows open at one)."""
-    positions = pd.Index(deals["deal_id"]).get_indexer(spans["deal_id"])
+    positions = deal_ids.deal_positions(deals, spans["deal_id"])
     known = positions >= 0
     safe = np.maximum(positions, 0)
     created = np.where(known, deals["created_at"].to_numpy(dtype=TIMESTAMP)[safe], np.datetime64("NaT"))
@@ -661,7 +663,7 @@ def build_training_set(
         spans = state_spans(deals, history)
         first = _span_positions(spans["held_from"].to_numpy(dtype=TIMESTAMP), snapshots)
         stop = _span_positions(spans["held_until"].to_numpy(dtype=TIMESTAMP), snapshots)
-        deal_index = pd.Index(deals["deal_id"])
+        deal_index = deal_ids.deal_index(deals)
         priors = _PriorCounts(deals, deal_index, spans, first, stop, snapshots)
         open_rows_at = np.flatnonzero(_bool(spans["status"].astype("string") == STATUS_OPEN) & (first < stop))
         creation_rows_at = (

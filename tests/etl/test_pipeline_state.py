@@ -19,6 +19,7 @@ from etl.pipeline_state import (
     pipeline_at,
     pipeline_at_many,
     prepare_history,
+    reusing_states,
     stage_events,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform
@@ -96,6 +97,38 @@ def test_state_at_a_date(prepared):
     assert at.loc["d2", "stage"] == "A" and at.loc["d2", "days_in_stage"] == pytest.approx(16.0)
     # d3 has no history: open with its stage unknown until it closed.
     assert at.loc["d3", "status"] == "open" and pd.isna(at.loc["d3", "stage"])
+
+
+def test_a_repeated_state_is_rebuilt_once_inside_a_reusing_block(prepared, monkeypatch):
+    import etl.pipeline_state as pipeline_state
+
+    rebuilds = []
+    rebuild = pipeline_state.pipeline_at_many
+
+    def counting(deals, history, dates):
+        rebuilds.append(list(dates))
+        return rebuild(deals, history, dates)
+
+    monkeypatch.setattr(pipeline_state, "pipeline_at_many", counting)
+    deals = _deals()
+    outside = pipeline_at(deals, prepared, T("2024-01-21"))
+    with reusing_states():
+        first = pipeline_at(deals, prepared, T("2024-01-21"))
+        # A caller changing its rows leaves the next caller's rows as they were.
+        first.loc[first["deal_id"] == "d1", "stage"] = "changed"
+        first["extra"] = 1
+        second = pipeline_at(deals, prepared, T("2024-01-21"))
+        later = pipeline_at(deals, prepared, T("2024-01-26"))
+        other_frame = pipeline_at(deals.copy(), prepared, T("2024-01-26"))
+    after = pipeline_at(deals, prepared, T("2024-01-21"))
+    # outside, first, later (another instant), other_frame (other deals object), after (block ended)
+    assert len(rebuilds) == 5
+    pd.testing.assert_frame_equal(second, outside)
+    pd.testing.assert_frame_equal(after, outside)
+    assert second.set_index("deal_id").loc["d1", "stage"] == "B" and "extra" not in second.columns
+    # On 01-26 d2 has entered B (01-25): the later state is its own rebuild.
+    assert later.set_index("deal_id").loc["d2", "stage"] == "B"
+    pd.testing.assert_frame_equal(other_frame, later)
 
 
 def test_many_dates_and_existence(prepared):

@@ -51,6 +51,29 @@ def test_a_typical_deal_has_no_factor():
     assert out.loc[0, "top_factors_text"] == NO_FACTOR_TEXT
 
 
+def test_only_deals_away_from_a_typical_value_are_scored_again(monkeypatch):
+    scorer = _hand_scorer()
+    deals = pd.DataFrame(
+        {"deal_id": ["x1", "x2", "x3"], "pipeline": ["P"] * 3, "stage": ['B "big"', "A", "A"], "age_days": [40.0, 5.0, 40.0]}
+    )
+    scored = []
+    predict = StageRateScorer.predict_proba
+
+    def counting(self, frame):
+        scored.append(len(frame))
+        return predict(self, frame)
+
+    monkeypatch.setattr(StageRateScorer, "predict_proba", counting)
+    out = explain(scorer, deals)
+    # Once all three as they are, then stage set to A for x1 only and age set to 5 for x1 and x3.
+    assert scored == [3, 3]
+    assert out.loc[1, "top_factors_text"] == NO_FACTOR_TEXT
+    # Each deal explained alone reads the same.
+    monkeypatch.undo()
+    for i in range(3):
+        assert explain(scorer, deals.iloc[[i]]).loc[0, "top_factors"] == out.loc[i, "top_factors"]
+
+
 def test_long_stay_in_stage_is_the_first_factor_in_words(trained, training):
     """A deal typical in every way except that it has sat in its stage four times the usual."""
     scorer = trained.scorer

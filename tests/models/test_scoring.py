@@ -374,3 +374,33 @@ def test_keeping_the_best_rounds_equals_refitting_with_them(training):
     fresh.fit(frame.loc[train, training.feature_names], labels[train])
     rows = frame[training.feature_names]
     np.testing.assert_array_equal(pipeline.predict_proba(rows), fresh.predict_proba(rows))
+
+
+def test_the_model_input_ranks_text_in_the_order_the_encoder_sorts_it():
+    from sklearn.preprocessing import OrdinalEncoder
+
+    from models.scoring import UNSEEN_TEXT, ModelInput
+
+    fitted_on = pd.DataFrame(
+        {"owner": pd.Series(["b", "a", None, "c", "a", "B"], dtype="string"), "age_days": [1, 2, 3, 4, 5, 6]}
+    )
+    step = ModelInput().fit(fitted_on)
+    later = pd.DataFrame({"owner": pd.Series(["c", "zz", None, "a", "B"], dtype="string"), "age_days": [1.5, 2, 3, 4, 5]})
+    out = step.transform(later)
+    # Python's string order puts "B" before "a": B=0, a=1, b=2, c=3; "zz" was never seen; None stays blank.
+    assert out["owner"].tolist()[:2] == [3.0, UNSEEN_TEXT]
+    assert np.isnan(out["owner"].iloc[2])
+    assert out["owner"].tolist()[3:] == [1.0, 0.0]
+    assert out["age_days"].tolist() == [1.5, 2.0, 3.0, 4.0, 5.0]
+    assert list(step.get_feature_names_out()) == ["owner", "age_days"]
+
+    # The encoder after it gives what it gives on the text: same categories in the same order, the
+    # rarest ("B", "b", "c" once each) grouped as infrequent, unseen and blank values NaN.
+    def encoder():
+        return OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=np.nan, encoded_missing_value=np.nan, max_categories=3)
+
+    text = fitted_on[["owner"]].astype(object).where(fitted_on[["owner"]].notna(), np.nan)
+    on_text = encoder().fit(text).transform(later[["owner"]].astype(object).where(later[["owner"]].notna(), np.nan))
+    on_ranks = encoder().fit(step.transform(fitted_on)[["owner"]]).transform(out[["owner"]])
+    np.testing.assert_array_equal(on_text, on_ranks)
+    assert np.isnan(on_ranks[1, 0]) and np.isnan(on_ranks[2, 0])
