@@ -53,6 +53,7 @@ def forecast_quarterly(
         model_version=deal_scores["model_version"].iloc[0] if len(deal_scores) else deal_scoring_model.scorer.version,
         outlier_factor=resolved.project.warnings.outlier_factor,
         revenue_calibration=calibration,
+        label_horizon_days=deal_scoring_model.label_horizon_days,
     )
     frame = forecast.quarterly
     totals = frame[frame.segment_type == "all"]
@@ -73,7 +74,8 @@ def forecast_quarterly(
             markdown_table(
                 totals[
                     ["quarter", "closed_won_to_date", "pipeline_expected", "overdue_expected", "other_open_expected",
-                     "new_deals_expected", "new_deals_trend", "revenue_calibration", "expected", "open_pipeline", "overdue_pipeline"]
+                     "new_deals_expected", "new_deals_trend", "new_deals_imported",
+                     "new_deals_keying_lag", "revenue_calibration", "expected", "open_pipeline", "overdue_pipeline"]
                 ]
             )
         ),

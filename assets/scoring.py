@@ -113,6 +113,7 @@ def deal_scores(
         deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
         choice.scorer, close_timing, resolved.project.fiscal_year_start_month,
         scored_with=choice.scored_with, scoring_reason=choice.reason,
+        label_horizon_days=deal_scoring_model.label_horizon_days,
     )
     bands = frame.groupby("score_band").agg(deals=("deal_id", "size"), expected_value=("expected_value", "sum")).reset_index()
     top = frame.sort_values("expected_value", ascending=False).head(10)

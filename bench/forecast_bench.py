@@ -2,7 +2,7 @@
 
     python bench/forecast_bench.py simulate --open-deals 100000 1000000 [--draws 10000]
     python bench/forecast_bench.py backtest --deals 10000 [--quarters 8] [--retrain quarter]
-    python bench/forecast_bench.py messy --seeds 1 2 3 4 5 [--deals 720] [--years 1.5]
+    python bench/forecast_bench.py messy --seeds 1 2 3 4 5 [--deals 720] [--years 1.5] [--option NAME=VALUE]
     python bench/forecast_bench.py factors --seeds 1 2 3 [--deals 720]
 
 `simulate` times `models.forecast.simulate_quarter` alone (random amounts and probabilities, every
@@ -51,6 +51,7 @@ from etl.pipeline_state import as_of_end, pipeline_at, prepare_history  # noqa: 
 from etl.charts import markdown_table  # noqa: E402
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON  # noqa: E402
 from sample_crm.generate import generate_sample  # noqa: E402
+from sample_crm.messy import MessyOptions  # noqa: E402
 from models.backtest import backtest_summary, backtested_rows, forecast_backtest, models_at  # noqa: E402
 from models.forecast import backtest_quarters, simulate_quarter  # noqa: E402
 from models.revenue_calibration import CEILING  # noqa: E402
@@ -112,7 +113,7 @@ def backtest(deals: int, seed: int, end: dt.date, quarters: int, retrain: str, d
     print(markdown_table(backtest_summary(frame[frame["segment_type"] == "all"], by=("method", "checkpoint")), floatfmt="{:,.3f}"))
 
 
-def messy(seeds: list[int], deals: int | None, years: float | None, end: dt.date, draws: int) -> None:
+def messy(seeds: list[int], deals: int | None, years: float | None, end: dt.date, draws: int, options: list[str]) -> None:
     project = load_project_config()
     forecast = replace(project.forecast, backtest_quarters=None, draws=draws)
     frames = []
@@ -120,7 +121,10 @@ def messy(seeds: list[int], deals: int | None, years: float | None, end: dt.date
         out = Path(tempfile.mkdtemp(prefix=f"dealcast-messy-{seed}-"))
         summary = _timed(
             f"seed {seed}: generate messy sample",
-            lambda: generate_sample(out, n_deals=deals, seed=seed, end_date=end, years=years, profile="messy"),
+            lambda: generate_sample(
+                out, n_deals=deals, seed=seed, end_date=end, years=years, profile="messy",
+                messy=MessyOptions().with_assignments(options),
+            ),
         )
         export = read_exports(out, project)
         history = prepare_history(export.deals, export.history, export.stages)
@@ -264,6 +268,10 @@ def main() -> int:
     me.add_argument("--years", type=float, default=None, help="years of data (default: the messy profile's)")
     me.add_argument("--end", type=dt.date.fromisoformat, default=dt.date(2026, 11, 15))
     me.add_argument("--draws", type=int, default=2_000)
+    me.add_argument(
+        "--option", action="append", default=[], metavar="NAME=VALUE",
+        help="a messy-profile option, repeatable (as sample_crm's --option), e.g. import_at=0.625",
+    )
     fa = sub.add_parser("factors")
     fa.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     fa.add_argument("--deals", type=int, default=None, help="simulated deals per sample (default: the profile's)")
@@ -277,7 +285,7 @@ def main() -> int:
     elif args.command == "factors":
         factors(args.seeds, args.deals, args.end, args.profile, args.quarter)
     elif args.command == "messy":
-        messy(args.seeds, args.deals, args.years, args.end, args.draws)
+        messy(args.seeds, args.deals, args.years, args.end, args.draws, args.option)
     else:
         backtest(args.deals, args.seed, args.end, args.quarters, args.retrain, args.draws)
     return 0

@@ -99,7 +99,7 @@ BACKTEST_COLUMNS: list[str] = TABLES["forecast_backtest"].columns
 CACHE_COLUMNS: list[str] = TABLES["forecast_backtest_cache"].columns
 # Raise when a change to the backtest's code changes its numbers for the same inputs: every cached
 # past quarter is then computed again (the key of `quarter_cache_key` includes it).
-BACKTEST_CODE_VERSION = "2026.12.5"
+BACKTEST_CODE_VERSION = "2026.12.7"
 _FORECAST_VALUES = ("expected", "forecast_p50", "p10", "p90")
 # The prepared-history columns a point-in-time rebuild reads (the running counts follow from them).
 _HISTORY_KEY_COLUMNS = (
@@ -146,6 +146,7 @@ class CheckpointModels:
     calibration: RevenueCalibration
     stage_rate: StageRateScorer
     timing: CloseTiming
+    label_horizon_days: float | None = None
 
 
 # --- Which quarters -----------------------------------------------------------------------------
@@ -192,6 +193,7 @@ def models_at(
     calibration = RevenueCalibration.fit(result, deals, history, stages, timing, as_of, fiscal_year_start_month)
     return CheckpointModels(
         as_of, result.scorer, calibration, stage_rate_scorer(training, result.scorer.version), timing,
+        result.label_horizon_days,
     )
 
 
@@ -264,6 +266,7 @@ def _checkpoint_rows(
     common = dict(
         quotas=None, fiscal_year_start_month=fiscal_year_start_month, draws=draws, seed=seed,
         lookback_quarters=lookback_quarters, workers=workers, only_quarter=checkpoint.quarter, outlier_ranges=False,
+        label_horizon_days=models.label_horizon_days,
     )
     forecasts = {}
     for method, scorer, calibration in (

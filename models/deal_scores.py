@@ -14,7 +14,8 @@ from etl.tables import TABLES
 from models.explain import explain
 from models.registry import SCORED_WITH_EARLIER, SCORED_WITH_FALLBACK, SCORED_WITH_THIS_RUN
 from models.scoring import METHOD_LOGISTIC, METHOD_MODEL, Scorer, score_bands
-from models.timing import CloseTiming, win_this_quarter_probability
+from models.revenue_calibration import CEILING
+from models.timing import CloseTiming, horizon_factor, win_this_quarter_probability
 from models.training_set import features_from_states
 
 DEAL_SCORE_COLUMNS = [c for c in TABLES["deal_scores"].columns if c != "as_of"]
@@ -32,11 +33,15 @@ def build_deal_scores(
     *,
     scored_with: str | None = None,
     scoring_reason: str | None = None,
+    label_horizon_days: float | None = None,
 ) -> pd.DataFrame:
     """Score every deal open at the end of `as_of`, as it stood then (one rebuild of the pipeline
     serves the features, the close timing and the table's descriptive columns).
 
-    expected_value = amount (reporting currency) x win probability. `scored_with` and
+    expected_value = amount (reporting currency) x win probability. win_this_quarter_probability
+    is the chance of winning at all (the score, a chance of winning within the scorer's label
+    horizon `label_horizon_days`, times `models.timing.horizon_factor`, below 1) times the chance of
+    closing inside the quarter if it wins, as the forecast counts it. `scored_with` and
     `scoring_reason` come from `models.registry.choose_scorer`; by default `scored_with` is
     `this_run_model` for a fitted model (gradient boosting or logistic) and `this_run_fallback` for
     a rate scorer (constant, CRM probability, stage rates).
@@ -54,7 +59,8 @@ def build_deal_scores(
         raise RuntimeError("deal_scores: features and open deals are not aligned by deal_id")
 
     win = np.asarray(scorer.predict_proba(features), dtype="float64")
-    this_quarter = win_this_quarter_probability(open_deals, win, timing, as_of, fiscal_year_start_month)
+    win_at_all = np.minimum(win * horizon_factor(open_deals, timing, label_horizon_days), np.maximum(win, CEILING))
+    this_quarter = win_this_quarter_probability(open_deals, win_at_all, timing, as_of, fiscal_year_start_month)
     reasons = explain(scorer, features).set_index("deal_id")
 
     amount = open_deals["amount_reporting"].astype("float64")

@@ -15,8 +15,9 @@ Revenue(quarter) = closed won so far in the quarter
   scaled by how many times more deals are being created now than before that point
   (`creation_growth`: a year's creations against a year's, so a growing CRM's older quarters are
   not read at their old volume). Each Monte Carlo draw picks one of those quarters at random and
-  takes each of its wins a Poisson(1) number of times (`simulate_new_deals`), segment by segment,
-  so segments stay consistent with the total. No finished past quarter means no stream (zero).
+  takes each of its wins a random number of times with mean 1 (`simulate_new_deals`: Poisson
+  noise plus the uncertainty of a run-rate read from few quarters), segment by segment, so
+  segments stay consistent with the total. No finished past quarter means no stream (zero).
 - Every segment type (all, pipeline, owner, team, product, region, lead_source, deal_type) is
   summed from the same draws, so in every draw the segments of a type add up to the `all` total.
 - The open pipeline of a quarter (open_deals, open_pipeline, overdue_*) follows
@@ -51,8 +52,9 @@ from etl.quarter_pipeline import in_quarter_pipeline, overdue
 from etl.schema import SEGMENT_COLUMNS, segment_values
 from etl.stages import STATUS_OPEN, STATUS_WON, StageCatalog
 from etl.tables import TABLES
+from models.keying import KeyingLag, keyed_at_close_share
 from models.revenue_calibration import CEILING, RevenueCalibration
-from models.timing import CloseTiming, prepared_history
+from models.timing import CloseTiming, horizon_factor, prepared_history
 
 logger = logging.getLogger(__name__)
 
@@ -201,9 +203,12 @@ def simulate_new_deals(
     `amounts[i]` is a win of past quarter `quarter_of[i]` (0..n_quarters-1) by a deal created after
     that quarter's matching point, in the segments `segment_codes[i]` ((n,) or (n, k)). Each draw
     picks one past quarter uniformly at random (quarter-to-quarter variation), then takes each of
-    its wins a Poisson(1) number of times (how many such deals and which ones: a Poisson bootstrap).
-    The mean over draws is the mean of the past quarters' totals, as with a plain bootstrap, but a
-    young CRM with one or two past quarters still gets a range rather than a single value.
+    its wins K times (how many such deals and which ones), K ~ NegativeBinomial(L, L / (L + 1))
+    with L = `n_quarters`: mean 1, variance 1 + 1/L. That is a Poisson(rate) count whose rate is
+    itself uncertain, Gamma(L, 1/L), as a rate read from L quarters is: the Poisson noise of the
+    quarter ahead plus the error of the run-rate, which a young CRM with one past quarter cannot
+    average away (L = 1: variance 2), and which shrinks as quarters accumulate. The mean over draws
+    is the mean of the past quarters' totals, as with a plain bootstrap.
     """
     amounts = np.asarray(amounts, dtype="float64")
     codes = np.asarray(segment_codes)
@@ -228,7 +233,7 @@ def simulate_new_deals(
         step = max(1, chunk_size // n)
         for start in range(0, len(rows), step):
             block = rows[start : start + step]
-            counts = rng.poisson(1.0, size=(n, len(block))).astype("float64")
+            counts = rng.negative_binomial(n_quarters, n_quarters / (n_quarters + 1.0), size=(n, len(block))).astype("float64")
             totals[block] = (matrix @ counts).T
     return totals
 
@@ -266,7 +271,16 @@ def _new_deal_wins(
     quarter is its start plus (`end` - `quarter`'s start): for the current quarter a point inside
     the quarter, for the next quarter a point that many days before it starts. A past quarter
     qualifies when it had finished by `end` and the data already existed at its matching point.
-    Returns (past quarter labels, oldest first; the won rows of `state` with a `past_quarter` column).
+
+    The deals of the data's first day (where a CRM's go-live import puts every deal open then, with
+    the import as their creation) are the exception: their CRM creation says nothing of when the
+    org would have entered them. One won inside the quarter after the matching point counts with
+    weight `keyed_at_close_share` of the other won deals: an org that keys in most deals only once
+    they are won would have entered that share of them after the point, as new deals. Every other
+    win has weight 1. Each win also counts `lag_weight` times (`models.keying.KeyingLag`, 1 for
+    wins booked long enough before `end`): the wins of the same days not keyed in yet.
+    Returns (past quarter labels, oldest first; the won rows of `state` with columns
+    `past_quarter`, `weight`, `imported` and `lag_weight`).
     """
     target_start, _ = period_bounds(quarter, fiscal_year_start_month)
     offset = end - target_start
@@ -278,6 +292,13 @@ def _new_deal_wins(
         return quarters, state.iloc[0:0].assign(past_quarter=pd.Series(dtype="string"))
     won = state.loc[state["status"] == STATUS_WON]
     booked = state_booking_dates(won, deals, end)
+    first_day_end = data_start.normalize() + pd.Timedelta(days=1)
+    imported = (won["created_at"] < first_day_end).to_numpy(dtype=bool)
+    keyed_share = keyed_at_close_share(won.loc[~imported])
+    # Deals the import brought in already closed carry the import as the moment they were marked won.
+    keyed_live = (won["closed_at"] >= first_day_end).to_numpy(dtype=bool)
+    lag = KeyingLag.fit(won["closed_at"].loc[keyed_live], booked.loc[keyed_live], end)
+    lag_weight = pd.Series(lag.weights(booked, end), index=won.index)
     back = 1
     while len(quarters) < lookback_quarters:
         start = target_start - pd.DateOffset(months=3 * back)
@@ -291,11 +312,23 @@ def _new_deal_wins(
         if stop - pd.Timedelta(microseconds=1) > end:
             continue
         label = quarter_label(start, fiscal_year_start_month)
-        inside = ((won["created_at"] > cut) & (booked >= start) & (booked < stop)).to_numpy(dtype=bool)
+        in_quarter = ((booked >= start) & (booked < stop)).to_numpy(dtype=bool)
+        created_after = (won["created_at"] > cut).to_numpy(dtype=bool)
+        # A deal of the go-live import won after the point was open in the CRM then only because
+        # it was imported: under the org's habit it would have been keyed in at its win (after
+        # the point) with the share of wins keyed in at close.
+        won_after = (booked > cut).to_numpy(dtype=bool)
+        take_imported = in_quarter & imported & won_after & (keyed_share > 0)
         quarters.append(label)
-        frames.append(won.loc[inside].assign(past_quarter=label))
+        for rows, weight, is_imported in ((in_quarter & created_after, 1.0, False), (take_imported, keyed_share, True)):
+            frames.append(
+                won.loc[rows].assign(past_quarter=label, weight=weight, imported=is_imported, lag_weight=lag_weight.loc[rows])
+            )
     quarters.reverse()
-    wins = pd.concat(frames, ignore_index=True) if frames else won.iloc[0:0].assign(past_quarter="")
+    if frames:
+        wins = pd.concat(frames, ignore_index=True)
+    else:
+        wins = won.iloc[0:0].assign(past_quarter="", weight=1.0, imported=False, lag_weight=1.0)
     return quarters, wins
 
 
@@ -371,7 +404,8 @@ def new_deal_stream(
     """Revenue from deals not yet created at `as_of`, as past quarters delivered it: one row per
     past quarter (index `past_quarter`, oldest first), one column per segment of `segment_type`,
     values the amount (reporting currency) won inside that quarter by deals created after the
-    point matching `as_of` (see `_new_deal_wins`), times that quarter's `creation_growth` (how many
+    point matching `as_of` (the go-live import's deals weighted as `_new_deal_wins` says), times
+    that quarter's `creation_growth` (how many
     times more deals are being created now than before its matching point). Zero rows when no past
     quarter qualifies.
 
@@ -386,7 +420,12 @@ def new_deal_stream(
     quarters, wins = _new_deal_wins(state, deals, end, quarter, fiscal_year_start_month, lookback_quarters)
     growth = pd.Series(_stream_growth(state, end, quarter, quarters, fiscal_year_start_month), index=quarters, dtype="float64")
     segment = segment_values(wins, segment_type)
-    amount = wins["amount_reporting"].astype("float64").fillna(0.0) * wins["past_quarter"].map(growth).astype("float64")
+    amount = (
+        wins["amount_reporting"].astype("float64").fillna(0.0)
+        * wins["weight"].astype("float64")
+        * wins["lag_weight"].astype("float64")
+        * wins["past_quarter"].map(growth).astype("float64")
+    )
     table = (
         pd.DataFrame({"past_quarter": wins["past_quarter"], "segment": segment, "amount": amount})
         .groupby(["past_quarter", "segment"])["amount"]
@@ -630,6 +669,7 @@ def build_forecast(
     revenue_calibration: RevenueCalibration | None = None,
     only_quarter: str | None = None,
     outlier_ranges: bool = True,
+    label_horizon_days: float | None = None,
 ) -> Forecast:
     """The forecast for the quarter containing `as_of` and the next one, for every segment type
     and value: the `forecast_quarterly` rows and the per-deal `forecast_contributions` rows
@@ -643,13 +683,19 @@ def build_forecast(
       overdue_deals / overdue_pipeline the overdue part and weighted_pipeline_crm its amount x
       CRM probability (the stage's default where the deal has none);
     - every open deal (in the pipeline or not) wins inside the quarter with probability
-      win_probability x revenue_factor x P(closes inside the quarter | wins) (`models.timing`); its
-      contribution is amount x that probability. revenue_factor is the deal's amount band's factor
+      win_probability x horizon_factor x revenue_factor x P(closes inside the quarter | wins)
+      (`models.timing`); its contribution is amount x that probability. horizon_factor turns the
+      score, a chance of winning within the scorer's label horizon `label_horizon_days`, into a
+      chance of winning at all (`models.timing.horizon_factor`; 1 without a horizon), capped so the
+      probability stays below 1. revenue_factor is the deal's amount band's factor
       of `revenue_calibration` (`models.revenue_calibration`; 1 without one), capped so the
       probability stays below 1; revenue_calibration (the column) is what the factors changed; pipeline_expected (overdue_expected its overdue part) sums the
       contributions of the open pipeline, other_open_expected those of the other open deals;
     - new_deals_expected: the mean over past quarters of the new-deal run-rate (`new_deal_stream`),
       each scaled by its `creation_growth`; new_deals_trend: what that scaling added;
+      new_deals_imported: the part of new_deals_expected from wins of the data's first-day import,
+      each weighted by the share of wins keyed in at close (`_new_deal_wins`); new_deals_keying_lag:
+      what counting the past quarters' wins not keyed in yet added (`models.keying.KeyingLag`);
     - expected = closed_won_to_date + pipeline_expected + other_open_expected + new_deals_expected,
       exactly (the mean of the law the draws sample); p10, p50, p90: quantiles of the draws;
     - outlier_deals / outlier_pipeline: open deals that can win in the quarter flagged by
@@ -678,10 +724,16 @@ def build_forecast(
     won = state.loc[state["status"] == STATUS_WON]
     amounts = open_deals["amount_reporting"].astype("float64").fillna(0.0).to_numpy()
     win = _win_probabilities(open_deals, scores)
+    # Only a score is a chance within the label horizon: the CRM probability standing in for a deal
+    # without one is taken as it is.
+    scored = open_deals["deal_id"].astype("string").isin(scores["deal_id"].astype("string")).to_numpy(dtype=bool)
+    to_win = np.where(scored, horizon_factor(open_deals, timing, label_horizon_days), 1.0)
+    win_at_all = np.minimum(win * to_win, np.maximum(win, CEILING))
     band_factor = np.ones(len(open_deals)) if revenue_calibration is None else revenue_calibration.factor(amounts)
-    win_revenue = np.where(band_factor == 1.0, win, np.clip(win * band_factor, 0.0, CEILING))
+    win_revenue = np.where(band_factor == 1.0, win_at_all, np.clip(win_at_all * band_factor, 0.0, CEILING))
     with np.errstate(divide="ignore", invalid="ignore"):
-        revenue_factor = np.where(win > 0, win_revenue / win, 1.0)
+        to_win = np.where(win > 0, win_at_all / win, 1.0)
+        revenue_factor = np.where(win_at_all > 0, win_revenue / win_at_all, 1.0)
     crm = open_deals["crm_probability"].astype("float64").fillna(open_deals["stage_probability"]).fillna(0.0).to_numpy()
     quota_table = _quota_table(quotas)
     is_outlier, outlier_reason = outlier_flags(open_deals, won, outlier_factor)
@@ -721,7 +773,7 @@ def build_forecast(
         closes_inside = _close_in_quarter(open_deals, timing, quarter, fiscal_year_start_month)
         probability = win_revenue * closes_inside
         contribution = amounts * probability
-        calibration_change = amounts * (win_revenue - win) * closes_inside
+        calibration_change = amounts * (win_revenue - win_at_all) * closes_inside
         draw_seed = np.random.SeedSequence(seed, spawn_key=(index, 0))
         totals = simulate_quarter(
             amounts, probability, open_codes, len(segments), draws, draw_seed, chunk_size=chunk_size, workers=workers
@@ -729,14 +781,19 @@ def build_forecast(
         past_quarters, wins = streams[quarter]
         new_deals = np.zeros(len(segments))
         new_deals_trend = np.zeros(len(segments))
+        new_deals_imported = np.zeros(len(segments))
+        new_deals_keying_lag = np.zeros(len(segments))
         new_draws = np.zeros((draws, len(segments)))
         if past_quarters:
             position = pd.Categorical(wins["past_quarter"], categories=past_quarters).codes.astype("int64")
             codes = segments.codes(wins)
             growth = _stream_growth(state, end, quarter, past_quarters, fiscal_year_start_month)
-            recorded = wins["amount_reporting"].fillna(0.0).to_numpy(dtype="float64")
+            weighted = wins["amount_reporting"].fillna(0.0).to_numpy(dtype="float64") * wins["weight"].to_numpy(dtype="float64")
+            lag_weight = wins["lag_weight"].to_numpy(dtype="float64")
+            recorded = weighted * lag_weight
             # Each past quarter's wins scaled by how much more deals are created now (creation_growth).
             new_amounts = recorded * growth[position]
+            imported = wins["imported"].to_numpy(dtype=bool)
 
             def per_quarter_sums(values: np.ndarray) -> np.ndarray:
                 return np.bincount(
@@ -751,6 +808,8 @@ def build_forecast(
             )
             new_deals = per_quarter_sums(new_amounts).mean(axis=0)
             new_deals_trend = new_deals - per_quarter_sums(recorded).mean(axis=0)
+            new_deals_imported = per_quarter_sums(np.where(imported, new_amounts, 0.0)).mean(axis=0)
+            new_deals_keying_lag = per_quarter_sums(weighted * (lag_weight - 1.0) * growth[position]).mean(axis=0)
         closed = closed_won_sums if quarter == current else np.zeros(len(segments))
         summary = summarise_draws(totals + new_draws + closed)
 
@@ -792,6 +851,8 @@ def build_forecast(
                     "other_open_expected": other_expected,
                     "new_deals_expected": new_deals,
                     "new_deals_trend": new_deals_trend,
+                    "new_deals_imported": new_deals_imported,
+                    "new_deals_keying_lag": new_deals_keying_lag,
                     "revenue_calibration": segments.sums(open_deals, calibration_change),
                     "outlier_deals": segments.sums(open_deals.loc[outliers]).round().astype("int64"),
                     "outlier_pipeline": segments.sums(open_deals.loc[outliers], amounts[outliers]),
@@ -812,6 +873,7 @@ def build_forecast(
                     "amount_reporting": part["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan),
                     "expected_close_date": pd.to_datetime(part["expected_close_date"]).to_numpy(),
                     "win_probability": win[rows],
+                    "horizon_factor": to_win[rows],
                     "revenue_factor": revenue_factor[rows],
                     "close_in_quarter_probability": closes_inside[rows],
                     "win_in_quarter_probability": probability[rows],

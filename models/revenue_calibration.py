@@ -19,7 +19,9 @@ never learnt from:
 - At each date every deal then open is rebuilt as it stood (`etl.pipeline_state.pipeline_at_many`),
   scored by the published scorer and given the close-timing model's chance of closing within the
   next `HORIZON_DAYS` if it wins: its expected in-horizon win is amount x P(win) x P(closes within
-  the horizon | wins), as a forecast made that day would have counted it. What it did is the amount
+  the horizon | wins), as a forecast made that day would have counted it (P(win) the score turned
+  from a chance of winning within the scorer's label horizon into a chance of winning at all,
+  `models.timing.horizon_factor`). What it did is the amount
   it won with a booking date (`etl.bookings`) inside that horizon, as known at `as_of`: a deal still
   open then, or lost, won nothing inside it. So, unlike the scorer's own held-out rows, no open deal
   is left out because its outcome is not known yet.
@@ -57,7 +59,7 @@ import pandas as pd
 from etl.bookings import state_booking_dates
 from etl.pipeline_state import as_of_end, pipeline_at, pipeline_at_many
 from etl.stages import STATUS_OPEN, STATUS_WON, StageCatalog
-from models.timing import prepared_history
+from models.timing import horizon_factor, prepared_history
 from models.training_set import features_from_states
 
 logger = logging.getLogger(__name__)
@@ -230,12 +232,16 @@ class RevenueCalibration:
         with np.errstate(invalid="ignore"):
             won_inside = (booking >= snapshot) & (booking < snapshot + horizon.to_timedelta64())
         closes_inside = np.zeros(len(open_rows))
+        to_win = np.ones(len(open_rows))
         for date in dates:
             rows = np.flatnonzero(snapshot == np.datetime64(date))
             if len(rows):
                 closes_inside[rows] = timing.probability_closed_by(open_rows.iloc[rows], date + horizon)
+                to_win[rows] = horizon_factor(open_rows.iloc[rows], timing, result.label_horizon_days)
         amount = open_rows["amount_reporting"].astype("float64").fillna(0.0).clip(lower=0.0).to_numpy()
-        expected = amount * np.nan_to_num(p_win, nan=0.0) * closes_inside
+        # As the forecast counts it: the chance of winning at all from the chance of winning within
+        # the scorer's label horizon (models.timing.horizon_factor), then of closing inside.
+        expected = amount * np.clip(np.nan_to_num(p_win, nan=0.0) * to_win, 0.0, CEILING) * closes_inside
         calibration = cls.from_rows(amount, expected, amount * won_inside, keys["deal_id"].to_numpy(), len(dates), bands)
         logger.info(
             "revenue calibration at %s on %d open deal x date rows at %d held-out dates: amount bands %s, "

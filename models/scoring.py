@@ -620,6 +620,13 @@ class ScorerResult:
     def version(self) -> str:
         return self.scorer.version
 
+    @property
+    def label_horizon_days(self) -> float | None:
+        """The label horizon H its scores are chances of winning within (`maturity_days` of the
+        training set, as model_runs.params records it); None when the run did not record one."""
+        value = (self.metrics.get("params") or {}).get("maturity_days")
+        return None if value is None or pd.isna(value) else float(value)
+
 
 def model_params(params: dict) -> dict:
     """`[model.params]` with the defaults that keep training reproducible; unknown names are an error."""

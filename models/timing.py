@@ -353,6 +353,34 @@ class CloseTiming:
         return result
 
 
+# A deal's chance of winning within the label horizon is turned into its chance of winning at all
+# by dividing by its chance of closing within the horizon if it wins, read no lower than this (a
+# deal the timing gives little chance to close within the horizon has little chance to win within
+# it either: the quotient of two small numbers is noise).
+MIN_WITHIN_HORIZON = 0.25
+
+
+def horizon_factor(open_deals: pd.DataFrame, timing: CloseTiming, horizon_days: float | None) -> np.ndarray:
+    """How many times its chance of winning within `horizon_days` a deal's chance of winning at all
+    is: 1 / P(closes within the horizon | wins), from `timing`, read no lower than
+    `MIN_WITHIN_HORIZON`; 1 where the timing gives no chance at all (no information) and
+    everywhere without a horizon.
+
+    The deal scorer is trained on the label "won within H of the prediction date" (the label
+    horizon, `models.training_set`), so P(win within H) = P(win) x P(closes within H | wins), and
+    the chance of winning inside a quarter is P(win within H) x factor x P(closes inside the
+    quarter | wins).
+    """
+    if horizon_days is None or len(open_deals) == 0:
+        return np.ones(len(open_deals), dtype="float64")
+    snapshot = pd.to_datetime(open_deals["snapshot_at"])
+    if snapshot.nunique() > 1:
+        raise ValueError("horizon_factor: the open deals must all describe the same moment (one snapshot_at)")
+    until = snapshot.iloc[0] + pd.Timedelta(days=float(horizon_days))
+    within = timing.probability_closed_by(open_deals, until)
+    return np.where(within > 0, 1.0 / np.maximum(within, MIN_WITHIN_HORIZON), 1.0)
+
+
 def win_in_quarter_probability(
     open_deals: pd.DataFrame,
     win_probability: np.ndarray | pd.Series,

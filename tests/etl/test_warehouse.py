@@ -95,6 +95,8 @@ def forecast(quarters: list[str], p50: float = 100.0) -> pd.DataFrame:
             "other_open_expected": [5.0] * n,
             "new_deals_expected": [5.0] * n,
             "new_deals_trend": [0.0] * n,
+            "new_deals_imported": [0.0] * n,
+            "new_deals_keying_lag": [0.0] * n,
             "revenue_calibration": [0.0] * n,
             "outlier_deals": [0] * n,
             "outlier_pipeline": [0.0] * n,

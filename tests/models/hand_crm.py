@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from etl.pipeline_state import prepare_history
+from etl.pipeline_state import as_of_end, pipeline_at, prepare_history
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform
 from etl.stages import PipelineStages, StageCatalog
 
@@ -73,3 +73,30 @@ def make_crm(deals: list[dict], events: list[tuple[str, str, str]]) -> tuple[pd.
     )
     deals_frame = conform(frame, DEAL_COLUMNS, "hand deals")
     return deals_frame, prepare_history(deals_frame, history, CATALOG)
+
+
+def open_at(deals, history, as_of, deal_ids=None):
+    state = pipeline_at(deals, history, as_of_end(as_of))
+    rows = state.loc[state["status"] == "open"]
+    if deal_ids is not None:
+        rows = rows.loc[rows["deal_id"].isin(deal_ids)]
+    return rows.reset_index(drop=True)
+
+
+def half_within_thirty_days_crm():
+    """One deal enters X every day for 120 days; even-numbered deals win 10 days later, odd ones 60
+    days later, so P(close within 30 days | wins) is 1/2 for a deal just entered in X (NEW)."""
+    day0 = pd.Timestamp("2024-01-01")
+    as_of = day0 + pd.Timedelta(days=120)
+    deals, events = [], []
+    for i in range(120):
+        created = day0 + i * pd.Timedelta(days=1)
+        close = created + (10 if i % 2 == 0 else 60) * pd.Timedelta(days=1)
+        deals.append({"deal_id": f"D{i:03d}", "created_at": created})
+        events.append((f"D{i:03d}", created, "X"))
+        if close <= as_of:
+            events.append((f"D{i:03d}", close, "Closed Won"))
+    deals.append({"deal_id": "NEW", "created_at": as_of})
+    events.append(("NEW", as_of, "X"))
+    crm_deals, history = make_crm(deals, events)
+    return crm_deals, history, as_of

@@ -21,9 +21,9 @@ import pytest
 
 from etl.pipeline_state import as_of_end, pipeline_at
 from etl.tables import TABLES
-from models.forecast import creation_growth, forecast_quarterly, new_deal_stream, simulate_quarter
+from models.forecast import build_forecast, creation_growth, forecast_quarterly, new_deal_stream, simulate_quarter
 from models.timing import CloseTiming
-from tests.models.hand_crm import CATALOG, make_crm
+from tests.models.hand_crm import CATALOG, half_within_thirty_days_crm, make_crm, open_at
 
 DRAWS = 10_000
 AS_OF = pd.Timestamp("2024-05-16")  # 2024-Q2 (calendar quarters); the next quarter is 2024-Q3
@@ -426,15 +426,111 @@ def test_creation_growth_by_hand():
     assert creation_growth(pd.Series([], dtype="datetime64[ns]"), end, cuts).tolist() == [1.0, 1.0, 1.0]
 
 
-def new_deal_law(quarters, shift=0.0, max_count=25):
-    """The exact law of the new-deal stream: a past quarter picked uniformly, then each of its wins
-    (amounts) taken K ~ Poisson(1) times, independently. {revenue: probability}, by enumerating K up
-    to `max_count` (the remaining mass is below 1e-25)."""
-    poisson = [np.exp(-1.0) / math.factorial(k) for k in range(max_count + 1)]
+def test_a_score_within_the_label_horizon_becomes_a_chance_to_win_at_all():
+    # half_within_thirty_days_crm: a deal just entered in X closes within 30 days with chance 1/2 if
+    # it wins, and always within 61. as_of 2024-04-30 leaves 61 days of 2024-Q2. NEW is scored 0.3
+    # as a chance of winning within H = 30 days: a chance of 0.3 / (1/2) = 0.6 of winning at all,
+    # all of it inside 2024-Q2. The other open deals have no score: their stage's 0.5 is used as it is.
+    deals, history, as_of = half_within_thirty_days_crm()
+    timing = CloseTiming.fit(deals, history, CATALOG, as_of)
+    scores = pd.DataFrame({"deal_id": ["NEW"], "win_probability": [0.3]})
+    common = dict(scores=scores, timing=timing, quotas=None, draws=200, seed=3, only_quarter="2024-Q2", outlier_ranges=False)
+    forecast = build_forecast(deals, history, CATALOG, as_of, label_horizon_days=30.0, **common)
+    new = forecast.contributions.set_index("deal_id").loc["NEW"]
+    within = timing.probability_closed_by(open_at(deals, history, as_of, ["NEW"]), as_of_end(as_of) + pd.Timedelta(days=30))[0]
+    assert within == pytest.approx(0.5, rel=0.05)
+    assert new["horizon_factor"] == pytest.approx(1 / within)
+    assert new["close_in_quarter_probability"] == pytest.approx(1.0)
+    assert new["win_in_quarter_probability"] == pytest.approx(0.3 / within)
+    others = forecast.contributions[forecast.contributions["deal_id"] != "NEW"]
+    assert len(others) > 0 and (others["horizon_factor"] == 1.0).all() and (others["win_probability"] == 0.5).all()
+    # Without a label horizon the score is taken as it is.
+    plain = build_forecast(deals, history, CATALOG, as_of, **common).contributions.set_index("deal_id").loc["NEW"]
+    assert plain["horizon_factor"] == 1.0 and plain["win_in_quarter_probability"] == pytest.approx(0.3)
+    # Either way the contributions add up to the expected revenue.
+    total = forecast.quarterly.query("segment_type == 'all'").iloc[0]
+    assert total["expected"] == pytest.approx(total["closed_won_to_date"] + forecast.contributions["contribution"].sum() + total["new_deals_expected"])
+
+
+def go_live_crm(keyed_at_close: bool):
+    """A CRM that went live on 2023-07-01 with a bulk import (I1, I2, I3 all created at 09:00 that
+    day, whatever their real age), then deals entered as they come. With `keyed_at_close` the reps
+    enter K1, K2, K3 only once won (won an hour or two after creation); otherwise they are won ten
+    days after creation. N1 is entered early and won 86 days later either way."""
+    won_after = {True: " 11:00", False: ""}
+    deals = [
+        deal("I1", "2023-07-01 09:00", 200.0, "Ben"),
+        deal("I2", "2023-07-01 09:00", 80.0, "Ana"),
+        deal("I3", "2023-07-01 09:00", 500.0, "Ana"),
+        deal("K1", "2023-09-05 10:00", 40.0, "Ana"),
+        deal("N1", "2023-09-20 10:00", 50.0, "Ben"),
+        deal("K2", "2023-11-20 10:00", 30.0, "Ana"),
+        deal("K3", "2024-01-10 10:00", 60.0, "Ben"),
+    ]
+    def won(created_day, ten_days_later):
+        return created_day + won_after[True] if keyed_at_close else ten_days_later
+    events = [
+        ("I1", "2023-07-01 09:00", "X"), ("I1", "2023-12-10", "Closed Won"),
+        ("I2", "2023-07-01 09:00", "X"), ("I2", "2024-02-20", "Closed Won"),
+        ("I3", "2023-07-01 09:00", "X"), ("I3", "2023-10-02", "Closed Lost"),
+        ("K1", "2023-09-05 10:00", "Negotiate"), ("K1", won("2023-09-05", "2023-09-15"), "Closed Won"),
+        ("N1", "2023-09-20 10:00", "Qualify"), ("N1", "2023-12-15", "Closed Won"),
+        ("K2", "2023-11-20 10:00", "Negotiate"), ("K2", won("2023-11-20", "2023-11-30"), "Closed Won"),
+        ("K3", "2024-01-10 10:00", "Negotiate"), ("K3", won("2024-01-10", "2024-01-20"), "Closed Won"),
+    ]
+    return make_crm(deals, events)
+
+
+# go_live_crm seen at the end of AS_OF (2024-05-16), forecasting 2024-Q2: the matching points are
+# the ends of 2023-08-15, 2023-11-15 and 2024-02-15. Creation growth is 1 for the first two (under
+# 182 days of data); for 2024-Q1 a 228-day window (from the end of the import day, 2023-07-02):
+# K2 and K3 now, K1, N1, K2 and K3 then: (2 + 10) / (4 + 10).
+GO_LIVE_GROWTH_Q1 = 12 / 14
+
+
+def test_wins_of_a_go_live_import_count_as_new_deals_by_the_keyed_at_close_share():
+    deals, history = go_live_crm(keyed_at_close=True)
+    # Won deals not imported: K1, K2 and K3 were entered at most a day before their win, N1 was not.
+    share = 3 / 4
+    # 2023-Q3: K1 (40, entered after Aug 15). 2023-Q4: K2 (30); N1 was entered before Nov 15; I1
+    # (imported, won Dec 10, after the point) counts 200 x 3/4. 2024-Q1: K3 was entered before
+    # Feb 15; I2 (imported, won Feb 20) counts 80 x 3/4, times the quarter's growth.
+    expected = [40.0, 30.0 + 200.0 * share, 80.0 * share * GO_LIVE_GROWTH_Q1]
+    stream = new_deal_stream(deals, history, AS_OF, "2024-Q2", 1, "all")
+    assert list(stream.index) == ["2023-Q3", "2023-Q4", "2024-Q1"]
+    assert stream["all"].tolist() == pytest.approx(expected)
+    owners = new_deal_stream(deals, history, AS_OF, "2024-Q2", 1, "owner")
+    assert owners["Ben"].tolist() == pytest.approx([0.0, 150.0, 0.0])  # I1
+    assert owners["Ana"].tolist() == pytest.approx([40.0, 30.0, 60.0 * GO_LIVE_GROWTH_Q1])  # K1, K2, I2
+
+    frame = run_forecast(deals, history, pd.DataFrame({"deal_id": [], "win_probability": []}))
+    q2 = row(frame, "2024-Q2")
+    assert q2["new_deals_expected"] == pytest.approx(sum(expected) / 3)
+    assert q2["new_deals_imported"] == pytest.approx((150.0 + 60.0 * GO_LIVE_GROWTH_Q1) / 3)
+    assert q2["expected"] == pytest.approx(sum(expected) / 3)  # nothing won or open in 2024-Q2
+
+
+def test_without_the_keyed_at_close_habit_a_go_live_import_adds_no_new_deals():
+    deals, history = go_live_crm(keyed_at_close=False)
+    # Every won deal not imported was open for days: share 0, so I1 and I2 count for nothing.
+    stream = new_deal_stream(deals, history, AS_OF, "2024-Q2", 1, "all")
+    assert stream["all"].tolist() == pytest.approx([40.0, 30.0, 0.0])
+    q2 = row(run_forecast(deals, history, pd.DataFrame({"deal_id": [], "win_probability": []})), "2024-Q2")
+    assert q2["new_deals_imported"] == 0.0 and q2["new_deals_expected"] == pytest.approx(70.0 / 3)
+
+
+def new_deal_law(quarters, shift=0.0, max_count=60):
+    """The exact law of the new-deal stream: one of the L past quarters picked uniformly, then each
+    of its wins (amounts) taken K times, independently, K negative binomial with r = L and
+    p = L / (L + 1): P(K = k) = C(k + L - 1, k) p^L (1 - p)^k (mean 1, variance 1 + 1/L).
+    {revenue: probability}, by enumerating K up to `max_count` (the remaining mass is below 1e-15)."""
+    r = len(quarters)
+    p = r / (r + 1)
+    counts_law = [math.comb(k + r - 1, k) * p**r * (1 - p) ** k for k in range(max_count + 1)]
     law: dict[float, float] = {}
     for wins in quarters:
         for counts in itertools.product(range(max_count + 1), repeat=len(wins)) if len(wins) < 3 else []:
-            probability = np.prod([poisson[k] for k in counts]) / len(quarters)
+            probability = np.prod([counts_law[k] for k in counts]) / len(quarters)
             revenue = shift + sum(k * a for k, a in zip(counts, wins))
             law[revenue] = law.get(revenue, 0.0) + probability
     return law
@@ -453,7 +549,7 @@ def test_forecast_bootstraps_past_quarters_for_new_deals():
     frame = run_forecast(deals, history, pd.DataFrame({"deal_id": [], "win_probability": []}))
 
     # 2024-Q2: won so far N5 (Ana, 70); new deals: a past quarter with 60, 30 or 100 x 14/13
-    # (one win each, scaled by its creation growth), each win taken Poisson(1) times.
+    # (one win each, scaled by its creation growth), each win taken K ~ NB(3, 3/4) times.
     stream = [60.0, 30.0, 100.0 * GROWTH_Q1]
     q2 = row(frame, "2024-Q2")
     assert q2["new_deals_expected"] == pytest.approx(sum(stream) / 3)
@@ -461,7 +557,7 @@ def test_forecast_bootstraps_past_quarters_for_new_deals():
     assert q2["expected"] == pytest.approx(70 + sum(stream) / 3)
     law = new_deal_law([[v] for v in stream], shift=70.0)
     assert sum(law.values()) == pytest.approx(1.0)
-    # P(no new deal) = e^-1 = 0.37 > 0.1: P10 is the closed won amount alone.
+    # P(no new deal) = (3/4)^3 = 0.42 > 0.1: P10 is the closed won amount alone.
     assert q2["p10"] == 70.0
     for name, q in (("p50", 0.5), ("p90", 0.9)):
         low, high = quantile_range(law, q)
@@ -476,6 +572,6 @@ def test_forecast_bootstraps_past_quarters_for_new_deals():
     q3 = row(frame, "2024-Q3")
     assert q3["expected"] == pytest.approx(90.0) and q3["new_deals_trend"] == 0.0
     law = new_deal_law([[30.0], [100.0, 50.0]])
-    assert q3["p10"] == 0.0  # P(0) = (e^-1 + e^-2) / 2 = 0.25
+    assert q3["p10"] == 0.0  # P(0) = ((2/3)^2 + (2/3)^4) / 2 = 0.32 (K ~ NB(2, 2/3))
     low, high = quantile_range(law, 0.9)
     assert low <= q3["p90"] <= high

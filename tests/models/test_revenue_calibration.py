@@ -42,10 +42,10 @@ def world():
 
 def scorer_result(dates: list[pd.Timestamp]):
     """What the calibration reads of a `models.scoring.ScorerResult`: the published scorer (here a
-    constant 0.5) and its held-out prediction dates."""
+    constant 0.5), its held-out prediction dates and its label horizon (none: scores taken as they are)."""
     predictions = pd.DataFrame({"deal_id": "A", "snapshot_at": pd.to_datetime(dates), "label": 1, "published": 0.5})
     scorer = ConstantRateScorer(0.5, version="test", feature_names=[], typical={}, typical_stage_days=pd.DataFrame())
-    return SimpleNamespace(scorer=scorer, test_predictions=predictions)
+    return SimpleNamespace(scorer=scorer, test_predictions=predictions, label_horizon_days=None)
 
 
 def test_money_bands_hold_equal_shares_of_the_amount():
@@ -132,7 +132,7 @@ def test_without_a_date_a_quarter_back_the_held_out_rows_are_used_by_hand():
     predictions = pd.DataFrame(
         {"deal_id": list(amounts), "snapshot_at": pd.Timestamp("2024-03-04"), "label": [won[d] for d in amounts], "published": 0.5}
     )
-    result = SimpleNamespace(scorer=SimpleNamespace(scoring_method="stage_rate"), test_predictions=predictions)
+    result = SimpleNamespace(scorer=SimpleNamespace(scoring_method="stage_rate"), test_predictions=predictions, label_horizon_days=None)
     timing = CloseTiming.fit(deals_frame, history, CATALOG, "2024-04-30")
     calibration = RevenueCalibration.fit(result, deals_frame, history, CATALOG, timing, "2024-04-30")
     assert calibration.source == "held_out_rows"
@@ -144,7 +144,9 @@ def test_without_a_date_a_quarter_back_the_held_out_rows_are_used_by_hand():
     assert calibration.factors == pytest.approx(((200 + prior) / (100 + prior), 1.0, prior / (1000 + prior)))
     assert calibration.rows == 6 and calibration.deals == (2, 2, 2)
     # An older scorer result without `published` is read by its method's column.
-    legacy = SimpleNamespace(scorer=result.scorer, test_predictions=predictions.rename(columns={"published": "stage_rate_baseline"}))
+    legacy = SimpleNamespace(
+        scorer=result.scorer, test_predictions=predictions.rename(columns={"published": "stage_rate_baseline"}), label_horizon_days=None
+    )
     assert RevenueCalibration.fit(legacy, deals_frame, history, CATALOG, timing, "2024-04-30") == calibration
 
 

@@ -8,12 +8,14 @@ import pytest
 
 from etl.pipeline_state import as_of_end, pipeline_at
 from models.timing import (
+    MIN_WITHIN_HORIZON,
     CloseTiming,
     closed_by_table,
+    horizon_factor,
     win_in_quarter_probability,
     win_this_quarter_probability,
 )
-from tests.models.hand_crm import CATALOG, make_crm
+from tests.models.hand_crm import CATALOG, half_within_thirty_days_crm, make_crm, open_at
 
 DAY = pd.Timedelta(days=1)
 AS_OF = pd.Timestamp("2024-06-15")
@@ -35,14 +37,6 @@ def thirty_day_crm(extra_deals=(), extra_events=()):
     deals.append({"deal_id": "NEW", "created_at": AS_OF - 5 * DAY})
     events += [("NEW", AS_OF - 5 * DAY, "Qualify"), ("NEW", AS_OF + pd.Timedelta(hours=9), "X")]
     return make_crm(deals + list(extra_deals), events + list(extra_events))
-
-
-def open_at(deals, history, as_of, deal_ids=None):
-    state = pipeline_at(deals, history, as_of_end(as_of))
-    rows = state.loc[state["status"] == "open"]
-    if deal_ids is not None:
-        rows = rows.loc[rows["deal_id"].isin(deal_ids)]
-    return rows.reset_index(drop=True)
 
 
 def test_deals_that_close_30_days_after_entering_x():
@@ -101,6 +95,45 @@ def test_recent_slow_winners_not_yet_closed_do_not_bias_the_estimate():
     new = open_at(crm_deals, history, as_of, ["NEW"])
     p30 = timing.probability_closed_by(new, as_of_end(as_of) + 30 * DAY)[0]
     assert p30 == pytest.approx(0.5, abs=0.02)
+
+
+def test_horizon_factor_turns_a_chance_within_the_horizon_into_a_chance_at_all():
+    deals, history, as_of = half_within_thirty_days_crm()
+    timing = CloseTiming.fit(deals, history, CATALOG, as_of)
+    new = open_at(deals, history, as_of, ["NEW"])
+    # P(closes within 30 days | wins) = 1/2 (up to the estimate's noise): a deal with a 30% chance
+    # of winning within 30 days has a 60% chance of winning at all.
+    within = timing.probability_closed_by(new, as_of_end(as_of) + 30 * DAY)[0]
+    assert horizon_factor(new, timing, 30.0) == pytest.approx([1 / within])
+    assert 1 / within == pytest.approx(2.0, rel=0.08)
+    # Within a horizon of 61 days every winner has closed: nothing to correct.
+    assert horizon_factor(new, timing, 61.0) == pytest.approx([1.0])
+    # Within a day no winner closes (the quickest take 10 days in X, a snapshot is at most a week
+    # into it): the timing says nothing, the score is taken as it is.
+    assert timing.probability_closed_by(new, as_of_end(as_of) + 1 * DAY)[0] == 0.0
+    assert horizon_factor(new, timing, 1.0) == pytest.approx([1.0])
+    # No horizon (a run that did not record one): 1.
+    assert horizon_factor(new, timing, None) == pytest.approx([1.0])
+
+
+def test_horizon_factor_reads_the_chance_within_the_horizon_no_lower_than_a_quarter():
+    # Deals that close 10 days (1 in 10) or 60 days (9 in 10) after entering X: within 30 days 1/10,
+    # read as 1/4, so the factor is 4, not 10.
+    day0 = pd.Timestamp("2024-01-01")
+    as_of = day0 + 200 * DAY
+    deals, events = [], []
+    for i in range(130):
+        created = day0 + i * DAY
+        close = created + (10 if i % 10 == 0 else 60) * DAY
+        deals.append({"deal_id": f"D{i:03d}", "created_at": created})
+        events += [(f"D{i:03d}", created, "X"), (f"D{i:03d}", close, "Closed Won")]
+    deals.append({"deal_id": "NEW", "created_at": as_of})
+    events.append(("NEW", as_of, "X"))
+    crm_deals, history = make_crm(deals, events)
+    timing = CloseTiming.fit(crm_deals, history, CATALOG, as_of)
+    new = open_at(crm_deals, history, as_of, ["NEW"])
+    assert timing.probability_closed_by(new, as_of_end(as_of) + 30 * DAY)[0] == pytest.approx(0.1, abs=0.01)
+    assert horizon_factor(new, timing, 30.0) == pytest.approx([1 / MIN_WITHIN_HORIZON])
 
 
 def test_closed_by_table_is_the_truncation_product_limit_worked_by_hand():
