@@ -14,8 +14,7 @@ from etl.tables import TABLES
 from models.explain import explain
 from models.registry import SCORED_WITH_EARLIER, SCORED_WITH_FALLBACK, SCORED_WITH_THIS_RUN
 from models.scoring import METHOD_LOGISTIC, METHOD_MODEL, Scorer, score_bands
-from models.revenue_calibration import CEILING
-from models.timing import CloseTiming, horizon_factor, win_this_quarter_probability
+from models.timing import CloseTiming, win_at_all_probability, win_this_quarter_probability
 from models.training_set import features_from_states
 
 DEAL_SCORE_COLUMNS = [c for c in TABLES["deal_scores"].columns if c != "as_of"]
@@ -40,7 +39,7 @@ def build_deal_scores(
 
     expected_value = amount (reporting currency) x win probability. win_this_quarter_probability
     is the chance of winning at all (the score, a chance of winning within the scorer's label
-    horizon `label_horizon_days`, times `models.timing.horizon_factor`, below 1) times the chance of
+    horizon `label_horizon_days`, `models.timing.win_at_all_probability`) times the chance of
     closing inside the quarter if it wins, as the forecast counts it. `scored_with` and
     `scoring_reason` come from `models.registry.choose_scorer`; by default `scored_with` is
     `this_run_model` for a fitted model (gradient boosting or logistic) and `this_run_fallback` for
@@ -59,7 +58,7 @@ def build_deal_scores(
         raise RuntimeError("deal_scores: features and open deals are not aligned by deal_id")
 
     win = np.asarray(scorer.predict_proba(features), dtype="float64")
-    win_at_all = np.minimum(win * horizon_factor(open_deals, timing, label_horizon_days), np.maximum(win, CEILING))
+    win_at_all = win_at_all_probability(open_deals, win, timing, label_horizon_days)
     this_quarter = win_this_quarter_probability(open_deals, win_at_all, timing, as_of, fiscal_year_start_month)
     reasons = explain(scorer, features).set_index("deal_id")
 

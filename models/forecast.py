@@ -54,7 +54,7 @@ from etl.stages import STATUS_OPEN, STATUS_WON, StageCatalog
 from etl.tables import TABLES
 from models.keying import KeyingLag, keyed_at_close_share
 from models.revenue_calibration import CEILING, RevenueCalibration
-from models.timing import CloseTiming, horizon_factor, prepared_history
+from models.timing import CloseTiming, prepared_history, win_at_all_probability
 
 logger = logging.getLogger(__name__)
 
@@ -255,9 +255,40 @@ def _require_prepared(history: pd.DataFrame, where: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _StreamWins:
+    """The won deals the new-deal run-rate reads, as known at `end`, with what every past quarter
+    shares: each one's booking date, whether it came with the data's first day (a go-live import),
+    its keying-lag weight, and the share of the other wins keyed in at close."""
+
+    won: pd.DataFrame
+    booked: pd.Series
+    data_start: pd.Timestamp
+    imported: np.ndarray
+    keyed_share: float
+    lag_weight: pd.Series
+
+    @classmethod
+    def at(cls, state: pd.DataFrame, deals: pd.DataFrame, end: pd.Timestamp) -> "_StreamWins":
+        """From `state`, the pipeline at `end` (every deal as then known)."""
+        won = state.loc[state["status"] == STATUS_WON]
+        booked = state_booking_dates(won, deals, end)
+        data_start = state["created_at"].min()
+        if pd.isna(data_start):
+            return cls(won, booked, data_start, np.zeros(len(won), dtype=bool), 0.0, pd.Series(1.0, index=won.index))
+        first_day_end = data_start.normalize() + pd.Timedelta(days=1)
+        imported = (won["created_at"] < first_day_end).to_numpy(dtype=bool)
+        # Deals the import brought in already closed carry the import as the moment they were marked won.
+        keyed_live = (won["closed_at"] >= first_day_end).to_numpy(dtype=bool)
+        lag = KeyingLag.fit(won["closed_at"].loc[keyed_live], booked.loc[keyed_live], end)
+        return cls(
+            won, booked, data_start, imported, keyed_at_close_share(won.loc[~imported]),
+            pd.Series(lag.weights(booked, end), index=won.index),
+        )
+
+
 def _new_deal_wins(
-    state: pd.DataFrame,
-    deals: pd.DataFrame,
+    stream: _StreamWins,
     end: pd.Timestamp,
     quarter: str,
     fiscal_year_start_month: int,
@@ -267,7 +298,7 @@ def _new_deal_wins(
     booking date, `etl.bookings`, as the actuals count them) after being created past the point
     that matches `end`.
 
-    `state` is the pipeline at `end` (every deal as then known). The matching point of a past
+    `stream` holds the won deals as known at `end` (`_StreamWins.at`). The matching point of a past
     quarter is its start plus (`end` - `quarter`'s start): for the current quarter a point inside
     the quarter, for the next quarter a point that many days before it starts. A past quarter
     qualifies when it had finished by `end` and the data already existed at its matching point.
@@ -284,28 +315,20 @@ def _new_deal_wins(
     """
     target_start, _ = period_bounds(quarter, fiscal_year_start_month)
     offset = end - target_start
-    created = state["created_at"]
-    data_start = created.min()
+    won, booked, imported, keyed_share, lag_weight = (
+        stream.won, stream.booked, stream.imported, stream.keyed_share, stream.lag_weight
+    )
     quarters: list[str] = []
     frames: list[pd.DataFrame] = []
-    if pd.isna(data_start):
-        return quarters, state.iloc[0:0].assign(past_quarter=pd.Series(dtype="string"))
-    won = state.loc[state["status"] == STATUS_WON]
-    booked = state_booking_dates(won, deals, end)
-    first_day_end = data_start.normalize() + pd.Timedelta(days=1)
-    imported = (won["created_at"] < first_day_end).to_numpy(dtype=bool)
-    keyed_share = keyed_at_close_share(won.loc[~imported])
-    # Deals the import brought in already closed carry the import as the moment they were marked won.
-    keyed_live = (won["closed_at"] >= first_day_end).to_numpy(dtype=bool)
-    lag = KeyingLag.fit(won["closed_at"].loc[keyed_live], booked.loc[keyed_live], end)
-    lag_weight = pd.Series(lag.weights(booked, end), index=won.index)
+    if pd.isna(stream.data_start):
+        return quarters, won.iloc[0:0].assign(past_quarter="", weight=1.0, imported=False, lag_weight=1.0)
     back = 1
     while len(quarters) < lookback_quarters:
         start = target_start - pd.DateOffset(months=3 * back)
         stop = start + pd.DateOffset(months=3)
         cut = start + offset
         back += 1
-        if cut < data_start:
+        if cut < stream.data_start:
             break
         # Finished by `end`: its last instant (stop - 1 microsecond, as `end` is a day's last
         # instant) is at or before `end`.
@@ -417,7 +440,7 @@ def new_deal_stream(
     _require_prepared(history, "new_deal_stream")
     end = as_of_end(as_of)
     state = pipeline_at(deals, history, end)
-    quarters, wins = _new_deal_wins(state, deals, end, quarter, fiscal_year_start_month, lookback_quarters)
+    quarters, wins = _new_deal_wins(_StreamWins.at(state, deals, end), end, quarter, fiscal_year_start_month, lookback_quarters)
     growth = pd.Series(_stream_growth(state, end, quarter, quarters, fiscal_year_start_month), index=quarters, dtype="float64")
     segment = segment_values(wins, segment_type)
     amount = (
@@ -721,14 +744,14 @@ def build_forecast(
     as_of_day = end.normalize()
     state = stages.annotate(pipeline_at(deals, history, end))
     open_deals = state.loc[state["status"] == STATUS_OPEN].reset_index(drop=True)
-    won = state.loc[state["status"] == STATUS_WON]
+    stream = _StreamWins.at(state, deals, end)
+    won = stream.won
     amounts = open_deals["amount_reporting"].astype("float64").fillna(0.0).to_numpy()
     win = _win_probabilities(open_deals, scores)
     # Only a score is a chance within the label horizon: the CRM probability standing in for a deal
     # without one is taken as it is.
     scored = open_deals["deal_id"].astype("string").isin(scores["deal_id"].astype("string")).to_numpy(dtype=bool)
-    to_win = np.where(scored, horizon_factor(open_deals, timing, label_horizon_days), 1.0)
-    win_at_all = np.minimum(win * to_win, np.maximum(win, CEILING))
+    win_at_all = np.where(scored, win_at_all_probability(open_deals, win, timing, label_horizon_days), win)
     band_factor = np.ones(len(open_deals)) if revenue_calibration is None else revenue_calibration.factor(amounts)
     win_revenue = np.where(band_factor == 1.0, win_at_all, np.clip(win_at_all * band_factor, 0.0, CEILING))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -750,9 +773,9 @@ def build_forecast(
             f"of as_of {end.date()}, got {only_quarter!r}"
         )
     current_start, _ = period_bounds(current, fiscal_year_start_month)
-    booked = state_booking_dates(won, deals, end)  # closed won counts by booking date (etl.bookings)
+    booked = stream.booked  # closed won counts by booking date (etl.bookings)
     closed_won = won.loc[((booked >= current_start) & (booked <= end)).to_numpy(dtype=bool)]
-    streams = {q: _new_deal_wins(state, deals, end, q, fiscal_year_start_month, lookback_quarters) for q in quarters}
+    streams = {q: _new_deal_wins(stream, end, q, fiscal_year_start_month, lookback_quarters) for q in quarters}
 
     segments = SegmentIndex(
         [open_deals, closed_won, *(wins for _, wins in streams.values())],

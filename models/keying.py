@@ -73,15 +73,19 @@ class KeyingLag:
         lag = np.clip(((closed.astype("datetime64[D]") - day.astype("datetime64[D]")) // _DAY).astype("int64"), 0, None)
         window = ((end_day.astype("datetime64[D]") - day.astype("datetime64[D]")) // _DAY).astype("int64")
         window = np.maximum(window, lag)
-        recorded = np.ones(max_lag_days + 1)
-        survive = 1.0
-        # F(l) = prod_{j > l} (1 - h_j), walking down from the longest lag corrected.
-        for j in range(max_lag_days, 0, -1):
-            at_risk = int(np.count_nonzero((lag <= j) & (window >= j)))
-            hits = int(np.count_nonzero(lag == j))
-            if at_risk and hits:
-                survive *= 1.0 - hits / at_risk
-            recorded[j - 1] = survive
+        # Counts per day up to the longest lag corrected; longer lags and windows in one bucket past it.
+        bins = max_lag_days + 2
+        hits = np.bincount(np.minimum(lag, max_lag_days + 1), minlength=bins)
+        windows = np.bincount(np.minimum(window, max_lag_days + 1), minlength=bins)
+        # At risk at lag j: recorded with lag <= j and a window >= j, i.e. #{lag <= j} - #{window < j}
+        # (a window below j implies a lag below j).
+        lag_at_most = np.cumsum(hits)
+        window_below = np.concatenate([[0], np.cumsum(windows)[:-1]])
+        j = np.arange(1, max_lag_days + 1)
+        at_risk = lag_at_most[j] - window_below[j]
+        hazard = np.divide(hits[j], at_risk, out=np.zeros(len(j)), where=at_risk > 0)
+        # F(l) = prod_{j > l} (1 - h_j): recorded[l] for l = 0..max_lag_days - 1, and 1 at max_lag_days.
+        recorded = np.append(np.cumprod((1.0 - hazard)[::-1])[::-1], 1.0)
         return cls(recorded=recorded, wins=int(len(lag)), late_wins=int(np.count_nonzero(lag >= 1)))
 
     def weights(self, booked: pd.Series, end: pd.Timestamp) -> np.ndarray:

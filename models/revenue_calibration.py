@@ -59,7 +59,8 @@ import pandas as pd
 from etl.bookings import state_booking_dates
 from etl.pipeline_state import as_of_end, pipeline_at, pipeline_at_many
 from etl.stages import STATUS_OPEN, STATUS_WON, StageCatalog
-from models.timing import horizon_factor, prepared_history
+from models.scoring import PROBABILITY_CEILING
+from models.timing import prepared_history, win_at_all_probability
 from models.training_set import features_from_states
 
 logger = logging.getLogger(__name__)
@@ -80,8 +81,8 @@ MAX_DATES = 8
 # Deal x date rows rebuilt at most (every deal that existed at a date is a row): a CRM of a million
 # deals is calibrated on 2 dates rather than 8.
 MAX_STATE_ROWS = 2_000_000
-# A calibrated probability stays below 1 (as the scorer's own probabilities do).
-CEILING = 0.999
+# A calibrated probability stays below 1, as the scorer's own probabilities do.
+CEILING = PROBABILITY_CEILING
 
 
 def money_band_edges(amount: np.ndarray, bands: int = BANDS) -> tuple[float, ...]:
@@ -231,17 +232,19 @@ class RevenueCalibration:
         snapshot = keys["snapshot_at"].to_numpy()
         with np.errstate(invalid="ignore"):
             won_inside = (booking >= snapshot) & (booking < snapshot + horizon.to_timedelta64())
+        p_win = np.nan_to_num(p_win, nan=0.0)
         closes_inside = np.zeros(len(open_rows))
-        to_win = np.ones(len(open_rows))
+        # As the forecast counts it: the chance of winning at all from the chance of winning within
+        # the scorer's label horizon (models.timing.win_at_all_probability), then of closing inside.
+        win_at_all = p_win.copy()
         for date in dates:
             rows = np.flatnonzero(snapshot == np.datetime64(date))
             if len(rows):
-                closes_inside[rows] = timing.probability_closed_by(open_rows.iloc[rows], date + horizon)
-                to_win[rows] = horizon_factor(open_rows.iloc[rows], timing, result.label_horizon_days)
+                at_date = open_rows.iloc[rows]
+                closes_inside[rows] = timing.probability_closed_by(at_date, date + horizon)
+                win_at_all[rows] = win_at_all_probability(at_date, p_win[rows], timing, result.label_horizon_days)
         amount = open_rows["amount_reporting"].astype("float64").fillna(0.0).clip(lower=0.0).to_numpy()
-        # As the forecast counts it: the chance of winning at all from the chance of winning within
-        # the scorer's label horizon (models.timing.horizon_factor), then of closing inside.
-        expected = amount * np.clip(np.nan_to_num(p_win, nan=0.0) * to_win, 0.0, CEILING) * closes_inside
+        expected = amount * win_at_all * closes_inside
         calibration = cls.from_rows(amount, expected, amount * won_inside, keys["deal_id"].to_numpy(), len(dates), bands)
         logger.info(
             "revenue calibration at %s on %d open deal x date rows at %d held-out dates: amount bands %s, "

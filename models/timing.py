@@ -41,6 +41,7 @@ from etl.bookings import state_booking_dates
 from etl.periods import period_bounds, quarter_label
 from etl.pipeline_state import as_of_end, lean_rebuild_inputs, pipeline_at, pipeline_at_many, prepare_history
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
+from models.scoring import PROBABILITY_CEILING
 
 logger = logging.getLogger(__name__)
 
@@ -383,6 +384,16 @@ def horizon_factor(open_deals: pd.DataFrame, timing: CloseTiming, horizon_days: 
     until = snapshot.iloc[0] + pd.Timedelta(days=float(horizon_days))
     within = timing.probability_closed_by(open_deals, until)
     return np.where(within > 0, 1.0 / np.maximum(within, MIN_WITHIN_HORIZON), 1.0)
+
+
+def win_at_all_probability(
+    open_deals: pd.DataFrame, win_probability: np.ndarray | pd.Series, timing: CloseTiming, horizon_days: float | None
+) -> np.ndarray:
+    """Each open deal's chance of winning at all from its score, a chance of winning within
+    `horizon_days`: score x `horizon_factor`, kept below `PROBABILITY_CEILING` (a score already
+    above it stays as it is)."""
+    win = np.asarray(win_probability, dtype="float64")
+    return np.minimum(win * horizon_factor(open_deals, timing, horizon_days), np.maximum(win, PROBABILITY_CEILING))
 
 
 def win_in_quarter_probability(
