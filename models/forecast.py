@@ -269,14 +269,26 @@ def simulate_new_deals(
             if not mixing:
                 totals[block] = (matrix @ counts.astype("float64")).T
                 continue
-            moved = rng.binomial(counts, mix_share)
-            totals[block] = (matrix @ (counts - moved).astype("float64")).T
-            # Each moved copy: its win's amount, in the segments of a row of the mix.
-            flat = np.repeat(np.arange(moved.size), moved.ravel())
-            if len(flat) == 0:
+            # Every copy moves with probability mix_share, independently: in each draw, as many
+            # moves as Binomial(copies, mix_share), the copies that move picked at random.
+            copies = counts.sum(axis=0)
+            moves = rng.binomial(copies, mix_share)
+            columns = np.flatnonzero(moves)
+            if len(columns) == 0:
+                totals[block] = (matrix @ counts.astype("float64")).T
                 continue
-            win, column = np.divmod(flat, len(block))
-            target = rng.choice(len(mix_codes), size=len(flat), p=mix_probability)
+            ends = np.cumsum(counts[:, columns], axis=0)
+            win = np.concatenate(
+                [
+                    np.searchsorted(ends[:, j], rng.choice(copies[d], size=moves[d], replace=False), side="right")
+                    for j, d in enumerate(columns)
+                ]
+            )
+            column = np.repeat(columns, moves[columns])
+            np.subtract.at(counts, (win, column), 1)
+            totals[block] = (matrix @ counts.astype("float64")).T
+            # Each moved copy: its win's amount, in the segments of a row of the mix.
+            target = rng.choice(len(mix_codes), size=len(win), p=mix_probability)
             cells = (mix_codes[target] * len(block) + column[:, None]).ravel()
             moved_sums = np.bincount(
                 cells, weights=np.repeat(amounts[items][win], k), minlength=n_segments * len(block)
