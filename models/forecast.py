@@ -17,7 +17,10 @@ Revenue(quarter) = closed won so far in the quarter
   not read at their old volume). Each Monte Carlo draw picks one of those quarters at random and
   takes each of its wins a random number of times with mean 1 (`simulate_new_deals`: Poisson
   noise plus the uncertainty of a run-rate read from few quarters), segment by segment, so
-  segments stay consistent with the total. No finished past quarter means no stream (zero).
+  segments stay consistent with the total. A copy of a win keeps its segments, or, with the
+  share `stream_mix_share` (large when a quarter holds few such wins), takes those of one of the
+  last year's wins, drawn by amount: a small org's owner with no new-deal win last quarter can
+  still win one. No finished past quarter means no stream (zero).
 - Every segment type (all, pipeline, owner, team, product, region, lead_source, deal_type) is
   summed from the same draws, so in every draw the segments of a type add up to the `all` total.
 - The open pipeline of a quarter (open_deals, open_pipeline, overdue_*) follows
@@ -80,6 +83,10 @@ GROWTH_WINDOW_DAYS = 365
 MIN_GROWTH_WINDOW_DAYS = 182
 GROWTH_PSEUDO_DEALS = 10.0
 MAX_GROWTH = 2.0
+# Where the new-deal run-rate's wins land (`stream_mix_share`): the segments of the wins booked in
+# the last year, as if 10 wins' worth of evidence spread like them.
+MIX_WINDOW_DAYS = 365
+MIX_PSEUDO_WINS = 10.0
 _DEFAULTS = ForecastConfig()
 _WARNINGS = WarningsConfig()
 # Whole quarters of data needed before a quarter's start for it to be backtested.
@@ -197,6 +204,10 @@ def simulate_new_deals(
     draws: int,
     seed: int | np.random.SeedSequence,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    *,
+    mix_share: float = 0.0,
+    mix_codes: np.ndarray | None = None,
+    mix_weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """Revenue from deals not yet created in each draw, per segment: a (draws, n_segments) array.
 
@@ -209,6 +220,13 @@ def simulate_new_deals(
     quarter ahead plus the error of the run-rate, which a young CRM with one past quarter cannot
     average away (L = 1: variance 2), and which shrinks as quarters accumulate. The mean over draws
     is the mean of the past quarters' totals, as with a plain bootstrap.
+
+    Which segments the wins land in: each of the K copies of a win keeps the win's segments with
+    probability 1 - `mix_share`; otherwise it keeps its amount and takes the segments of one row of
+    `mix_codes` (the mix: (m,) or (m, k) codes, the same segment types as `segment_codes`), row j
+    with probability proportional to `mix_weights[j]`. The amounts drawn, and so the `all` total
+    of every draw, do not depend on `mix_share`; a segment's mean is (1 - mix_share) x its share of
+    the past wins + mix_share x its share of the mix, times the total's mean (`mix_revenue_shares`).
     """
     amounts = np.asarray(amounts, dtype="float64")
     codes = np.asarray(segment_codes)
@@ -217,9 +235,23 @@ def simulate_new_deals(
     totals = np.zeros((draws, n_segments), dtype="float64")
     if n_quarters < 1:
         return totals
+    k = codes.shape[1]
+    mixing = mix_share > 0
+    if mixing:
+        if not 0.0 < mix_share <= 1.0:
+            raise ValueError(f"simulate_new_deals: mix_share must be in 0..1, got {mix_share}")
+        mix_codes = np.asarray(mix_codes, dtype="int64")
+        if mix_codes.ndim == 1:
+            mix_codes = mix_codes[:, None]
+        mix_weights = np.asarray(mix_weights, dtype="float64")
+        if mix_codes.shape[1] != k or mix_weights.shape != (len(mix_codes),) or not (mix_weights >= 0).all() or mix_weights.sum() <= 0:
+            raise ValueError(
+                f"simulate_new_deals: the mix needs codes for the same {k} segment type(s) and non-negative "
+                f"weights, one per row, not all 0 (got codes {mix_codes.shape}, weights {mix_weights.shape})"
+            )
+        mix_probability = mix_weights / mix_weights.sum()
     rng = np.random.default_rng(seed)
     picked = rng.integers(0, n_quarters, size=draws)
-    k = codes.shape[1]
     for quarter in range(n_quarters):
         rows = np.flatnonzero(picked == quarter)
         items = np.flatnonzero((quarter_of == quarter) & (amounts != 0))
@@ -233,9 +265,47 @@ def simulate_new_deals(
         step = max(1, chunk_size // n)
         for start in range(0, len(rows), step):
             block = rows[start : start + step]
-            counts = rng.negative_binomial(n_quarters, n_quarters / (n_quarters + 1.0), size=(n, len(block))).astype("float64")
-            totals[block] = (matrix @ counts).T
+            counts = rng.negative_binomial(n_quarters, n_quarters / (n_quarters + 1.0), size=(n, len(block)))
+            if not mixing:
+                totals[block] = (matrix @ counts.astype("float64")).T
+                continue
+            # Every copy moves with probability mix_share, independently: in each draw, as many
+            # moves as Binomial(copies, mix_share), the copies that move picked at random.
+            copies = counts.sum(axis=0)
+            moves = rng.binomial(copies, mix_share)
+            columns = np.flatnonzero(moves)
+            if len(columns) == 0:
+                totals[block] = (matrix @ counts.astype("float64")).T
+                continue
+            ends = np.cumsum(counts[:, columns], axis=0)
+            win = np.concatenate(
+                [
+                    np.searchsorted(ends[:, j], rng.choice(copies[d], size=moves[d], replace=False), side="right")
+                    for j, d in enumerate(columns)
+                ]
+            )
+            column = np.repeat(columns, moves[columns])
+            np.subtract.at(counts, (win, column), 1)
+            totals[block] = (matrix @ counts.astype("float64")).T
+            # Each moved copy: its win's amount, in the segments of a row of the mix.
+            target = rng.choice(len(mix_codes), size=len(win), p=mix_probability)
+            cells = (mix_codes[target] * len(block) + column[:, None]).ravel()
+            moved_sums = np.bincount(
+                cells, weights=np.repeat(amounts[items][win], k), minlength=n_segments * len(block)
+            ).reshape(n_segments, len(block))
+            totals[block] += moved_sums.T
     return totals
+
+
+def mix_revenue_shares(mix_codes: np.ndarray, mix_weights: np.ndarray, n_segments: int) -> np.ndarray:
+    """Per segment, the share of the mix's weight whose rows are in it (per segment type the
+    shares add up to 1): where `simulate_new_deals` puts a moved copy, on average."""
+    mix_codes = np.asarray(mix_codes, dtype="int64")
+    if mix_codes.ndim == 1:
+        mix_codes = mix_codes[:, None]
+    weights = np.asarray(mix_weights, dtype="float64")
+    sums = np.bincount(mix_codes.ravel(), weights=np.repeat(weights, mix_codes.shape[1]), minlength=n_segments)
+    return sums / weights.sum()
 
 
 def summarise_draws(draws: np.ndarray) -> dict[str, np.ndarray]:
@@ -353,6 +423,21 @@ def _new_deal_wins(
     else:
         wins = won.iloc[0:0].assign(past_quarter="", weight=1.0, imported=False, lag_weight=1.0)
     return quarters, wins
+
+
+def stream_mix_share(amounts: np.ndarray, n_quarters: int, pseudo_wins: float = MIX_PSEUDO_WINS) -> float:
+    """The share of the new-deal run-rate's wins `simulate_new_deals` moves to the segments of the
+    recent wins (`MIX_WINDOW_DAYS`): k / (n + k), n the past quarters' wins per quarter (those with
+    an amount), k = `pseudo_wins`. Which owner, product or region the next quarter's new deals
+    come from is read from n wins a quarter; with few of them (a small org: one or two a quarter
+    per owner) a rep with none last quarter would be forecast none, and one with a lucky quarter
+    that much again, while the mix moves from quarter to quarter. As in a Dirichlet prior of k
+    pseudo-wins spread like the last year's won money, the mix of the few wins is drawn towards
+    that of all recent wins, and hardly at all once a quarter holds hundreds."""
+    if n_quarters < 1:
+        return 0.0
+    wins = np.count_nonzero(np.asarray(amounts) != 0) / n_quarters
+    return float(pseudo_wins / (wins + pseudo_wins)) if pseudo_wins > 0 else 0.0
 
 
 def creation_growth(
@@ -776,11 +861,15 @@ def build_forecast(
     booked = stream.booked  # closed won counts by booking date (etl.bookings)
     closed_won = won.loc[((booked >= current_start) & (booked <= end)).to_numpy(dtype=bool)]
     streams = {q: _new_deal_wins(stream, end, q, fiscal_year_start_month, lookback_quarters) for q in quarters}
+    mix = stream.won.loc[((booked > end - pd.Timedelta(days=MIX_WINDOW_DAYS)) & (booked <= end)).to_numpy(dtype=bool)]
+    mix_weights = mix["amount_reporting"].astype("float64").fillna(0.0).clip(lower=0.0).to_numpy()
 
     segments = SegmentIndex(
-        [open_deals, closed_won, *(wins for _, wins in streams.values())],
+        [open_deals, closed_won, *(wins for _, wins in streams.values()), mix],
         quota_table.loc[quota_table["quarter"].isin(quarters)],
     )
+    mix_codes = segments.codes(mix)
+    mix_shares = mix_revenue_shares(mix_codes, mix_weights, len(segments)) if mix_weights.sum() > 0 else None
     open_codes = segments.codes(open_deals)
     closed_won_sums = segments.sums(closed_won, closed_won["amount_reporting"].fillna(0.0).to_numpy())
     logger.info(
@@ -825,14 +914,24 @@ def build_forecast(
                     minlength=len(past_quarters) * len(segments),
                 ).reshape(len(past_quarters), len(segments))
 
+            share = 0.0 if mix_shares is None else stream_mix_share(new_amounts, len(past_quarters))
+
+            def mean_per_segment(values: np.ndarray) -> np.ndarray:
+                """The mean over draws, per segment, of what `values` (one per win) add up to."""
+                own = per_quarter_sums(values).mean(axis=0)
+                if share == 0.0:
+                    return own
+                return (1.0 - share) * own + share * (values.sum() / len(past_quarters)) * mix_shares
+
             new_draws = simulate_new_deals(
                 new_amounts, position, codes, len(past_quarters), len(segments), draws,
                 np.random.SeedSequence(seed, spawn_key=(index, 1)), chunk_size=chunk_size,
+                mix_share=share, mix_codes=mix_codes, mix_weights=mix_weights,
             )
-            new_deals = per_quarter_sums(new_amounts).mean(axis=0)
-            new_deals_trend = new_deals - per_quarter_sums(recorded).mean(axis=0)
-            new_deals_imported = per_quarter_sums(np.where(imported, new_amounts, 0.0)).mean(axis=0)
-            new_deals_keying_lag = per_quarter_sums(weighted * (lag_weight - 1.0) * growth[position]).mean(axis=0)
+            new_deals = mean_per_segment(new_amounts)
+            new_deals_trend = new_deals - mean_per_segment(recorded)
+            new_deals_imported = mean_per_segment(np.where(imported, new_amounts, 0.0))
+            new_deals_keying_lag = mean_per_segment(weighted * (lag_weight - 1.0) * growth[position])
         closed = closed_won_sums if quarter == current else np.zeros(len(segments))
         summary = summarise_draws(totals + new_draws + closed)
 

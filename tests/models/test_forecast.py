@@ -21,7 +21,16 @@ import pytest
 
 from etl.pipeline_state import as_of_end, pipeline_at
 from etl.tables import TABLES
-from models.forecast import build_forecast, creation_growth, forecast_quarterly, new_deal_stream, simulate_quarter
+from models.forecast import (
+    build_forecast,
+    creation_growth,
+    forecast_quarterly,
+    mix_revenue_shares,
+    new_deal_stream,
+    simulate_new_deals,
+    simulate_quarter,
+    stream_mix_share,
+)
 from models.timing import CloseTiming
 from tests.models.hand_crm import CATALOG, half_within_thirty_days_crm, make_crm, open_at
 
@@ -544,6 +553,45 @@ def quantile_range(law, q):
     return values[int(np.argmax(cdf >= q - SAMPLING_MARGIN))], values[int(np.argmax(cdf >= q + SAMPLING_MARGIN))]
 
 
+def test_new_deal_copies_move_to_the_mix_without_changing_the_total():
+    # One past quarter with one win of 100 in segment A (codes: column 0 the total, 0; column 1 the
+    # segment, A = 1, B = 2); the mix is one row in B. K ~ NB(1, 1/2): P(K = k) = (1/2)^(k + 1).
+    # Each copy stays in A with probability 1/2, so P(nothing in A) = sum_k (1/2)^(k + 1) (1/2)^k
+    # = (1/2) / (1 - 1/4) = 2/3, while P(total 0) stays P(K = 0) = 1/2; A and B 50 each on average.
+    draws = 200_000
+    result = simulate_new_deals(
+        np.array([100.0]), np.array([0]), np.array([[0, 1]]), 1, 3, draws, 7,
+        mix_share=0.5, mix_codes=np.array([[0, 2]]), mix_weights=np.array([1.0]),
+    )
+    total, a, b = result[:, 0], result[:, 1], result[:, 2]
+    assert np.array_equal(total, a + b)
+    margin = 5 * np.sqrt(0.25 / draws)
+    assert (a == 0).mean() == pytest.approx(2 / 3, abs=margin)
+    assert (total == 0).mean() == pytest.approx(1 / 2, abs=margin)
+    # mean 50 each: the standard deviation of 100 K is 100 sqrt(2)
+    assert a.mean() == pytest.approx(50.0, abs=5 * 100 * np.sqrt(2) / np.sqrt(draws))
+    assert b.mean() == pytest.approx(50.0, abs=5 * 100 * np.sqrt(2) / np.sqrt(draws))
+    # Without the mix every copy stays in A; the total's law is the same.
+    plain = simulate_new_deals(np.array([100.0]), np.array([0]), np.array([[0, 1]]), 1, 3, draws, 7)
+    assert np.array_equal(plain[:, 0], plain[:, 1]) and (plain[:, 2] == 0).all()
+    assert (plain[:, 0] == 0).mean() == pytest.approx(1 / 2, abs=margin)
+
+
+def test_new_deal_mix_share_and_where_the_mix_puts_money():
+    # Three wins with an amount in one past quarter: 10 / (3 + 10); over two quarters 1.5 a quarter.
+    assert stream_mix_share(np.array([5.0, 0.0, 7.0, 9.0]), 1) == pytest.approx(10 / 13)
+    assert stream_mix_share(np.array([5.0, 0.0, 7.0, 9.0]), 2) == pytest.approx(10 / 11.5)
+    assert stream_mix_share(np.array([5.0]), 0) == 0.0
+    # Mix rows: 30 in A (code 1), 10 in B (code 2), 60 in A again: A 90 / 100, B 10 / 100, total 1.
+    shares = mix_revenue_shares(np.array([[0, 1], [0, 2], [0, 1]]), np.array([30.0, 10.0, 60.0]), 3)
+    assert shares.tolist() == pytest.approx([1.0, 0.9, 0.1])
+    with pytest.raises(ValueError, match="mix"):
+        simulate_new_deals(
+            np.array([1.0]), np.array([0]), np.array([[0, 1]]), 1, 3, 10, 1,
+            mix_share=0.5, mix_codes=np.array([[0]]), mix_weights=np.array([1.0]),
+        )
+
+
 def test_forecast_bootstraps_past_quarters_for_new_deals():
     deals, history = stream_crm()
     frame = run_forecast(deals, history, pd.DataFrame({"deal_id": [], "win_probability": []}))
@@ -563,7 +611,16 @@ def test_forecast_bootstraps_past_quarters_for_new_deals():
         low, high = quantile_range(law, q)
         assert low <= q2[name] <= high, (name, low, q2[name], high)
     ana, ben = row(frame, "2024-Q2", "owner", "Ana"), row(frame, "2024-Q2", "owner", "Ben")
-    assert ana["expected"] == pytest.approx(70 + stream[1] / 3) and ben["expected"] == pytest.approx((stream[0] + stream[2]) / 3)
+    # Which owner the new deals go to: one win a quarter, so a copy keeps its owner with probability
+    # 1 - 10 / (1 + 10) and otherwise goes where the last year's won money went: N0 60, N3 100 for
+    # Ben, N2 30, N4 50, N5 70 for Ana (booked 2023-05-17 .. 2024-05-16): Ana 150 / 310.
+    total, share = sum(stream) / 3, 10 / 11
+    ana_new = (1 - share) * stream[1] / 3 + share * total * 150 / 310
+    ben_new = (1 - share) * (stream[0] + stream[2]) / 3 + share * total * 160 / 310
+    assert ana["new_deals_expected"] == pytest.approx(ana_new) and ben["new_deals_expected"] == pytest.approx(ben_new)
+    assert ana["expected"] == pytest.approx(70 + ana_new) and ben["expected"] == pytest.approx(ben_new)
+    # Without the mix Ana would get only N2's 30, a third of the time: 10 on average.
+    assert ana_new > stream[1] / 3
     assert ana["p10"] == 70.0 and ben["p10"] == 0.0
     # the same past quarter is drawn for every segment: owners add up to the total
     assert ana["expected"] + ben["expected"] == pytest.approx(q2["expected"])

@@ -22,9 +22,12 @@ from models.scoring import (
     StageRateScorer,
     score_band,
     score_bands,
+    model_params,
+    recency_weights,
     time_split,
     train_scorer,
     _deal_folds,
+    _fit_boosting,
 )
 from models.training_set import TrainingSet, build_training_set, snapshot_features
 from tests.models.conftest import AS_OF, TEST_CONFIG
@@ -230,6 +233,57 @@ def test_deal_folds_never_split_a_deal_and_need_both_outcomes_to_fit():
     assert _deal_folds(frame, one_lost) is None
     # Fewer deals than folds: none.
     assert _deal_folds(frame.iloc[:6], labels.iloc[:6]) is None
+
+
+def test_recency_weights_halve_per_half_life():
+    at = pd.Series([pd.Timestamp(t) for t in ("2025-12-29", "2024-12-29", "2023-12-30", "2025-06-29 12:00")])
+    # 0, 365, 730 and 182.5 days before the latest date: 1, 1/2, 1/4 and 1/sqrt(2).
+    assert recency_weights(at, 365.0) == pytest.approx([1.0, 0.5, 0.25, 2 ** -0.5])
+    assert recency_weights(at, None) is None
+    with pytest.raises(ValueError, match="half-life"):
+        recency_weights(at, 0.0)
+
+
+def _two_period_rows() -> tuple[pd.DataFrame, pd.Series]:
+    """500 deals (one row each) in each of two groups x = 0 / 1 at each of two dates 730 days apart.
+    The old date wins 10% (x = 0) and 50% (x = 1); the recent one 30% and 70%."""
+    rows, labels = [], []
+    for date, rates in (("2023-01-02", (0.1, 0.5)), ("2025-01-01", (0.3, 0.7))):
+        for x, rate in enumerate(rates):
+            won = int(round(rate * 500))
+            for i in range(500):
+                rows.append({"deal_id": f"{date}-{x}-{i}", "snapshot_at": pd.Timestamp(date), "x": float(x)})
+                labels.append(1 if i < won else 0)
+    frame = pd.DataFrame(rows)
+    frame["label"] = labels
+    return frame, frame["label"]
+
+
+@pytest.mark.parametrize(
+    "half_life, expected",
+    [
+        # Every row alike: the pooled rates, (10% + 30%) / 2 and (50% + 70%) / 2.
+        (None, (0.20, 0.60)),
+        # The old rows weigh 0.5 ** (730 / 365) = 1/4: (0.25 * 10% + 30%) / 1.25 = 26% and
+        # (0.25 * 50% + 70%) / 1.25 = 66%.
+        (365.0, (0.26, 0.66)),
+    ],
+)
+def test_the_cross_fitted_calibration_follows_the_recent_outcomes(monkeypatch, half_life, expected):
+    import models.scoring as scoring
+
+    monkeypatch.setattr(scoring, "CALIBRATION_HALF_LIFE_DAYS", half_life)
+    frame, labels = _two_period_rows()
+    common = {"version": "test", "typical": {}, "typical_stage_days": pd.DataFrame()}
+    scorer, why, calibration_rows = _fit_boosting(
+        frame, labels, ["x"], model_params({"max_iter": 30}), ModelConfig(), 0.0, common, {}
+    )
+    assert why is None and scorer.calibration_method == "sigmoid_cross_fitted"
+    assert calibration_rows == 2000
+    p = scorer.predict_proba(pd.DataFrame({"x": [0.0, 1.0]}))
+    # The sigmoid's two parameters meet the two groups' weighted rates (Platt's targets and the
+    # folds' scores move them by well under a point).
+    assert p == pytest.approx(expected, abs=0.01)
 
 
 def test_training_rows_come_before_the_test_rows(trained, training):
