@@ -72,6 +72,11 @@ BATCH_ROWS = 200_000
 # SQLite's page cache per connection, in KiB (its default is 2,000 KiB). A night's insert of millions
 # of history rows otherwise evicts, and writes to the WAL again and again, the same index pages.
 SQLITE_CACHE_KIB = 262_144
+# The page size of a new SQLite warehouse, in bytes (SQLite's default is 4,096). A night rewrites
+# millions of rows of deals, history and stage events in one transaction; with 16 KiB pages SQLite
+# keeps a quarter of the pages and of their WAL frames (the 4.5M-row history of a million deals:
+# insert and commit 17.5 s instead of 23 s).
+SQLITE_PAGE_BYTES = 16_384
 # How long a run's claim on its as_of stays live without a write or heartbeat. A running pipeline
 # renews it every lease/4 (see assets.resources); a killed run's claim expires after this.
 DEFAULT_LEASE_SECONDS = 600.0
@@ -397,8 +402,10 @@ def _python_values(series: pd.Series, kind: str, style: str) -> np.ndarray:
     if len(raw) == 0:
         converted = np.empty(0, dtype=object)
     elif style == "sqlite":
-        text = np.datetime_as_string(raw, unit="D" if kind == "date" else "us")
-        converted = (np.strings.replace(text, "T", " ") if kind == "timestamp" else text).astype(object)
+        # Arrow's cast writes YYYY-MM-DD and YYYY-MM-DD HH:MM:SS.ffffff, the text SQLAlchemy's
+        # SQLite types store, about five times faster than numpy's datetime_as_string (4.2 million
+        # distinct change times of a million-deal history: 0.9 s against 4.4 s).
+        converted = pa.array(raw).cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
     else:
         converted = raw.astype(object)
     # Code -1 (missing) picks the None appended at the end.
@@ -580,6 +587,9 @@ class Warehouse:
             cursor = dbapi_connection.cursor()
             try:
                 cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+                # Takes effect only while the file is still empty (a new warehouse); an existing one
+                # keeps the page size it was created with.
+                cursor.execute(f"PRAGMA page_size = {SQLITE_PAGE_BYTES}")
                 cursor.execute("PRAGMA journal_mode = WAL")
                 cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
             finally:

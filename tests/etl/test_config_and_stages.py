@@ -115,3 +115,34 @@ def test_without_an_analytics_section_nothing_is_configured(tmp_path):
     cfg = _config_with(tmp_path, "[reporting]\ncurrency = 'EUR'\n")
     assert cfg.analytics.stall_days == {} and cfg.analytics.ask_stages == ()
     assert cfg.analytics.stall_thresholds(StageCatalog([PipelineStages("P", ("A",))])) == ({}, [])
+
+
+def test_annotate_gives_each_row_its_pairs_order_status_and_probability():
+    """Each row gets the stage_order, stage_status and stage_probability of its own (pipeline, stage)
+    pair, whatever the frame's index, with pairs repeated, unknown or missing (NaN)."""
+    import pandas as pd
+
+    catalog = StageCatalog([PipelineStages("P", ("A", "B"), probabilities={"A": 0.2, "B": 0.6}), PipelineStages("Q", ("B",))])
+    frame = pd.DataFrame(
+        {
+            "deal": ["d1", "d2", "d3", "d4", "d5", "d6", "d7"],
+            "pipeline": ["Q", "P", "P", "X", "P", "P", None],
+            "stage": ["B", "B", "Closed Lost", "A", None, "B", "A"],
+        },
+        index=[70, 60, 50, 40, 30, 20, 10],
+    )
+    out = catalog.annotate(frame)
+    assert list(out.columns) == ["deal", "pipeline", "stage", "stage_order", "stage_status", "stage_probability"]
+    assert list(out.index) == list(range(7))
+    assert out["deal"].tolist() == ["d1", "d2", "d3", "d4", "d5", "d6", "d7"]
+    # Q: B is its only open stage (1), won 2, lost 3; P: A 1, B 2, won 3, lost 4.
+    orders = [None if pd.isna(v) else int(v) for v in out["stage_order"]]
+    assert orders == [1, 2, 4, None, None, 2, None]
+    statuses = [None if pd.isna(v) else v for v in out["stage_status"]]
+    assert statuses == ["open", "open", "lost", None, None, "open", None]
+    probabilities = [None if pd.isna(v) else v for v in out["stage_probability"]]
+    assert probabilities[1:3] == [0.6, 0.0] and probabilities[5] == 0.6
+    assert all(p is None for p in (probabilities[0], probabilities[3], probabilities[4], probabilities[6]))
+    # Every row of a known pair: the order stays whole numbers.
+    known = catalog.annotate(frame.iloc[[1, 2, 5]])
+    assert str(known["stage_order"].dtype) == "int64" and known["stage_order"].tolist() == [2, 4, 2]

@@ -675,6 +675,53 @@ def test_values_round_trip_with_their_types(warehouse):
     assert str(close_date) == "2026-12-31"
 
 
+def test_sqlite_stores_dates_and_timestamps_as_sqlalchemy_text(tmp_path):
+    """The SQLite file holds DATE as YYYY-MM-DD and TIMESTAMP as YYYY-MM-DD HH:MM:SS.ffffff (the
+    text SQLAlchemy's SQLite types write and parse), NULL as NULL; large whole numbers and non-ASCII
+    text arrive exactly."""
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.sqlite'}")
+    wh.create_all()
+    claimed(wh)
+    frame = deals(["D1", "D2", "D3"])
+    frame["created_at"] = pd.to_datetime(["2026-11-02 17:00:00.000250", "1999-12-31 23:59:59.999999", "2026-01-05"], format="ISO8601")
+    frame["closed_at"] = pd.to_datetime([None, "2026-03-04 05:06:07", None])
+    frame["expected_close_date"] = pd.to_datetime(["2026-12-31 15:45", None, "0999-01-02"], format="ISO8601")
+    frame["source_row"] = [2**53 + 1, 2**62, 3]  # beyond a float's exact whole numbers
+    frame["deal_name"] = ["Ærø – 東京 🚀", "", None]
+    wh.write("deals", frame, as_of=AS_OF, run_id="run-a")
+    rows = sql_rows(
+        wh, "SELECT deal_id, created_at, closed_at, expected_close_date, as_of, source_row, deal_name FROM deals ORDER BY deal_id"
+    )
+    assert rows == [
+        ("D1", "2026-11-02 17:00:00.000250", None, "2026-12-31", "2026-11-15", 9007199254740993, "Ærø – 東京 🚀"),
+        ("D2", "1999-12-31 23:59:59.999999", "2026-03-04 05:06:07.000000", None, "2026-11-15", 4611686018427387904, ""),
+        ("D3", "2026-01-05 00:00:00.000000", None, "0999-01-02", "2026-11-15", 3, None),
+    ]
+    back = wh.read("deals").set_index("deal_id")
+    assert back.loc["D2", "created_at"] == pd.Timestamp("1999-12-31 23:59:59.999999")
+    assert back.loc["D3", "expected_close_date"] == pd.Timestamp("0999-01-02")
+    assert back["source_row"].tolist() == [9007199254740993, 4611686018427387904, 3]
+    wh.dispose()
+
+
+def test_a_new_sqlite_warehouse_has_16_kib_pages_and_an_existing_one_keeps_its_own(tmp_path):
+    new = Warehouse(f"sqlite:///{tmp_path / 'new.sqlite'}")
+    new.create_all()
+    assert sql_rows(new, "PRAGMA page_size") == [(16384,)]
+    new.dispose()
+    old_file = tmp_path / "old.sqlite"
+    with sqlite3.connect(old_file) as conn:  # a warehouse file made before, with SQLite's default pages
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("CREATE TABLE made_before (x INTEGER)")
+    old = Warehouse(f"sqlite:///{old_file}")
+    old.create_all()
+    claimed(old)
+    old.write("deals", deals(["D1", "D2"]), as_of=AS_OF, run_id="run-a")
+    assert sql_rows(old, "PRAGMA page_size") == [(4096,)]
+    assert old.read("deals")["deal_id"].tolist() == ["D1", "D2"]
+    old.dispose()
+
+
 def test_python_and_timezone_aware_values_are_converted(warehouse):
     claimed(warehouse)
     frame = scores(["D1", "D2"])
