@@ -30,7 +30,7 @@ def forecast_backtest(
     # Past quarters computed on earlier nights (any machine): reused while their key holds. Earlier nights'
     # results live only in the warehouse, so they are read there, not taken as an input of tonight's graph.
     cache = warehouse.warehouse.read("forecast_backtest_cache")
-    with step_thread_limit() as threads:
+    with step_thread_limit(context) as threads:
         run = run_backtest(
             deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
             project.model, project.forecast, project.fiscal_year_start_month,

@@ -42,7 +42,7 @@ def forecast_quarterly(
     stages = StageCatalog.from_frame(pipeline_stages)
     # Learnt on the open deals at tonight's scorer's held-out dates; each deal's factor is a column
     # of forecast_contributions.
-    with step_thread_limit() as threads:
+    with step_thread_limit(context) as threads:
         calibration = RevenueCalibration.fit(
             deal_scoring_model, deals, deal_history, stages, close_timing, resolved.as_of, fiscal_start
         )

@@ -35,7 +35,7 @@ def deal_scoring_model(
     """The published win-probability scorer: the ladder's candidates (constant rate, CRM probability, stage rates, logistic, gradient boosting) fitted on as-of snapshots before a time cut, the best held-out log loss published."""
     resolved = run_settings(context, settings)
     model_cfg = resolved.project.model
-    with step_thread_limit():
+    with step_thread_limit(context):
         training = build_training_set(
             deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of, frequency=model_cfg.snapshot_frequency
         )
@@ -84,7 +84,7 @@ def close_timing(
 ) -> CloseTiming:
     """How soon deals that will win actually close, by pipeline, stage and age: turns win probability into win-this-quarter probability."""
     resolved = run_settings(context, settings)
-    with step_thread_limit():
+    with step_thread_limit(context):
         return CloseTiming.fit(
             deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
             frequency=resolved.project.model.snapshot_frequency,
@@ -111,7 +111,7 @@ def deal_scores(
         context.log.warning(f"deal scores use {choice.scored_with} {choice.model_version}: {choice.reason}")
     else:
         context.log.info(f"deal scores use this run's model {choice.model_version}")
-    with step_thread_limit():
+    with step_thread_limit(context):
         frame = build_deal_scores(
             deals, deal_history, StageCatalog.from_frame(pipeline_stages), resolved.as_of,
             choice.scorer, close_timing, resolved.project.fiscal_year_start_month,
