@@ -31,6 +31,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,6 +194,12 @@ def _scan(path: Path) -> FileScan:
         lone_carriage_returns=carriage_returns - crlf,
         stray_quotes=stray,
     )
+
+
+def _starts_with_bom(path: Path) -> bool:
+    """Whether the file begins with the UTF-8 byte order mark (`FileScan.has_bom`, read without the scan)."""
+    with open(path, "rb") as handle:
+        return handle.read(len(_UTF8_BOM)) == _UTF8_BOM
 
 
 def detect_encoding(path: Path, scan: FileScan) -> str:
@@ -459,12 +466,35 @@ def load_csv(
     `ExportFormatError` for an empty, binary, truncated or header-only file, a wrong delimiter,
     a repeated column name, or a missing required column.
     """
-    scan = scan_file(path)
-    encoding = "utf-8-sig" if scan.has_bom else "utf-8"
+    # The byte scan (checksum, quote and line counts) runs on a thread while the header is checked
+    # and pyarrow parses the file: the parser and hashlib work without the GIL, so the two overlap.
+    # Whatever goes wrong, a scan error (unreadable, empty, binary or UTF-16 file) is the one raised,
+    # as when the scan came first.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="csv-scan") as pool:
+        pending = pool.submit(scan_file, path)
+        try:
+            return _load_scanned(path, pending, format_label, required, delimiter, snake_case)
+        except Exception:
+            failed = pending.exception()
+            if failed is not None:
+                raise failed from None
+            raise
+
+
+def _load_scanned(
+    path: Path,
+    pending: Future[FileScan],
+    format_label: str,
+    required: Sequence[str],
+    delimiter: str,
+    snake_case: bool,
+) -> CsvTable:
+    """`load_csv` once the scan of `path` is under way in `pending`."""
+    encoding = "utf-8-sig" if _starts_with_bom(path) else "utf-8"
     try:
         header = read_header(path, encoding)
     except UnicodeDecodeError:
-        encoding = detect_encoding(path, scan)
+        encoding = detect_encoding(path, pending.result())
         header = read_header(path, encoding)
     columns = header.split_on(delimiter)
     expected = ", ".join(required)
@@ -503,10 +533,11 @@ def load_csv(
             f"expected each column once"
         )
 
-    data = _read_fast(path, scan, encoding, columns, delimiter)
+    data = _read_fast(path, pending.result, encoding, columns, delimiter)
+    scan = pending.result()
     if data is _NOT_UTF8:
         encoding = detect_encoding(path, scan)
-        data = _read_fast(path, scan, encoding, columns, delimiter)
+        data = _read_fast(path, pending.result, encoding, columns, delimiter)
     if isinstance(data, pa.Table):
         source_row = np.arange(2, data.num_rows + 2, dtype=np.int64)
         malformed = empty_frame(QUARANTINE_COLUMNS)
@@ -542,17 +573,17 @@ _NOT_UTF8 = "not utf-8"
 
 
 def _read_fast(
-    path: Path, scan: FileScan, encoding: str, columns: tuple[str, ...], delimiter: str
+    path: Path, scan_of: Callable[[], FileScan], encoding: str, columns: tuple[str, ...], delimiter: str
 ) -> pa.Table | str | None:
     """pyarrow's parser. Returns the table when every record is numbered exactly (record i is
     spreadsheet row i + 2), `_NOT_UTF8` when the file is not UTF-8, None when the record-by-record
     reader must take over (ragged rows, an unbalanced quote, a parse error).
 
     Files whose values hold no line break are parsed with the faster splitter (one record per
-    line, checked by counting lines); others with the quote-aware one.
+    line, checked by counting lines); others with the quote-aware one. `scan_of` gives the file's
+    scan, waiting for it when it runs on another thread: the first parse runs meanwhile, and what it
+    found counts only once the scan says the quotes are balanced and none is stray.
     """
-    if scan.quote_count % 2 or scan.stray_quotes:
-        return None
     for newlines_in_values in (False, True):
         invalid: list[int] = []
 
@@ -560,6 +591,7 @@ def _read_fast(
             invalid.append(row.actual_columns)
             return "skip"
 
+        failure: pa.ArrowInvalid | None = None
         try:
             data = pacsv.read_csv(
                 path,
@@ -583,11 +615,16 @@ def _read_fast(
                 ),
             )
         except pa.ArrowInvalid as exc:
-            if "utf8" in str(exc).lower() and encoding.startswith("utf-8"):
+            failure = exc
+        scan = scan_of()
+        if scan.quote_count % 2 or scan.stray_quotes:
+            return None
+        if failure is not None:
+            if "utf8" in str(failure).lower() and encoding.startswith("utf-8"):
                 return _NOT_UTF8
             if not newlines_in_values:
                 continue
-            logger.info("%s: pyarrow could not parse the file (%s); reading it record by record", path, exc)
+            logger.info("%s: pyarrow could not parse the file (%s); reading it record by record", path, failure)
             return None
         if invalid:
             if not newlines_in_values:
