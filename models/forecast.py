@@ -266,28 +266,12 @@ def simulate_new_deals(
         for start in range(0, len(rows), step):
             block = rows[start : start + step]
             counts = rng.negative_binomial(n_quarters, n_quarters / (n_quarters + 1.0), size=(n, len(block)))
-            if not mixing:
-                totals[block] = (matrix @ counts.astype("float64")).T
-                continue
-            # Every copy moves with probability mix_share, independently: in each draw, as many
-            # moves as Binomial(copies, mix_share), the copies that move picked at random.
-            copies = counts.sum(axis=0)
-            moves = rng.binomial(copies, mix_share)
-            columns = np.flatnonzero(moves)
-            if len(columns) == 0:
-                totals[block] = (matrix @ counts.astype("float64")).T
-                continue
-            ends = np.cumsum(counts[:, columns], axis=0)
-            win = np.concatenate(
-                [
-                    np.searchsorted(ends[:, j], rng.choice(copies[d], size=moves[d], replace=False), side="right")
-                    for j, d in enumerate(columns)
-                ]
-            )
-            column = np.repeat(columns, moves[columns])
-            np.subtract.at(counts, (win, column), 1)
+            moved = _move_copies(counts, mix_share, rng) if mixing else None
             totals[block] = (matrix @ counts.astype("float64")).T
+            if moved is None:
+                continue
             # Each moved copy: its win's amount, in the segments of a row of the mix.
+            win, column = moved
             target = rng.choice(len(mix_codes), size=len(win), p=mix_probability)
             cells = (mix_codes[target] * len(block) + column[:, None]).ravel()
             moved_sums = np.bincount(
@@ -295,6 +279,30 @@ def simulate_new_deals(
             ).reshape(n_segments, len(block))
             totals[block] += moved_sums.T
     return totals
+
+
+def _move_copies(
+    counts: np.ndarray, mix_share: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Take the copies that move out of `counts` (wins x draws, changed in place): every copy moves
+    with probability `mix_share`, independently; in each draw, as many moves as Binomial(copies,
+    mix_share), the copies that move picked at random. Returns each moved copy's (win, draw), or None
+    when none moves."""
+    copies = counts.sum(axis=0)
+    moves = rng.binomial(copies, mix_share)
+    columns = np.flatnonzero(moves)
+    if len(columns) == 0:
+        return None
+    ends = np.cumsum(counts[:, columns], axis=0)
+    win = np.concatenate(
+        [
+            np.searchsorted(ends[:, j], rng.choice(copies[d], size=moves[d], replace=False), side="right")
+            for j, d in enumerate(columns)
+        ]
+    )
+    column = np.repeat(columns, moves[columns])
+    np.subtract.at(counts, (win, column), 1)
+    return win, column
 
 
 def mix_revenue_shares(mix_codes: np.ndarray, mix_weights: np.ndarray, n_segments: int) -> np.ndarray:
