@@ -417,7 +417,7 @@ class DaysInStageCalibration:
     The terms correct what the gradient-boosting model under-learns: with small trees, large leaves
     and early stopping it learns the first weeks' fall in the win chance but flattens out beyond
     them, where few rows sit, so deals that have sat long in their stage keep too high a score
-    (docs/modeling.md, "Calibration on few deals"). The calibration learns how much the score
+    (docs/modeling.md, "Days in stage in the calibration"). The calibration learns how much the score
     should still fall with log days in stage, how that bends, and how it differs by stage order, from
     every training deal's out-of-fold score, a handful of coefficients where the trees have none."""
 
@@ -442,7 +442,7 @@ class DaysInStageCalibration:
 
     def fit(self, frame: pd.DataFrame, labels, sample_weight=None) -> "DaysInStageCalibration":
         y = np.asarray(labels, dtype=int)
-        self.uses_days_ = "days_in_stage" in frame.columns and frame["days_in_stage"].notna().any()
+        self.uses_days_ = bool("days_in_stage" in frame.columns and frame["days_in_stage"].notna().any())
         self.uses_stage_order_ = bool(
             self.uses_days_ and "stage_order" in frame.columns and frame["stage_order"].notna().any()
         )
@@ -987,6 +987,7 @@ def _fit_boosting(
         method = "isotonic" if enough else "sigmoid"
         calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
         calibrated.fit(cal_part[model_features], y_train[cal_mask])
+        run_params["calibration_terms"] = list(CALIBRATION_TERMS[:1])
         calibration_rows = len(cal_part)
     run_params["calibration_method"] = method
     scorer = CalibratedModelScorer(estimator=calibrated, calibration_method=method, feature_names=model_features, **common)
