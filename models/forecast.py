@@ -87,6 +87,11 @@ MAX_GROWTH = 2.0
 # the last year, as if 10 wins' worth of evidence spread like them.
 MIX_WINDOW_DAYS = 365
 MIX_PSEUDO_WINS = 10.0
+# The new-deal run-rate's level between quarters (`run_rate_level_sd`): the prior's spread of the
+# log of a quarter's new-deal revenue around the business's level, beyond the count noise, and how
+# many past quarters it weighs as.
+LEVEL_PRIOR_SD = 0.25
+LEVEL_PRIOR_QUARTERS = 4.0
 _DEFAULTS = ForecastConfig()
 _WARNINGS = WarningsConfig()
 # Whole quarters of data needed before a quarter's start for it to be backtested.
@@ -446,6 +451,53 @@ def stream_mix_share(amounts: np.ndarray, n_quarters: int, pseudo_wins: float = 
         return 0.0
     wins = np.count_nonzero(np.asarray(amounts) != 0) / n_quarters
     return float(pseudo_wins / (wins + pseudo_wins)) if pseudo_wins > 0 else 0.0
+
+
+def run_rate_level_sd(
+    amounts: np.ndarray,
+    quarter_of: np.ndarray,
+    n_quarters: int,
+    prior_sd: float = LEVEL_PRIOR_SD,
+    prior_quarters: float = LEVEL_PRIOR_QUARTERS,
+) -> float:
+    """The spread (standard deviation of the log) of a common factor on every draw of
+    `simulate_new_deals`'s revenue, for what L = `n_quarters` past quarters cannot show of the
+    next quarter's level.
+
+    Each draw takes one past quarter's wins: across draws the level varies as the L past quarters
+    did, about sigma^2 (L - 1) / L in the log for quarters spread sigma^2 around the business's
+    level, while the next quarter's level is one more such quarter around a level read from L of
+    them: sigma^2 (1 + 1 / L). The factor adds the difference, sigma^2 x 2 / L: with L = 1 (a CRM
+    with one past quarter) every draw would otherwise repeat that quarter's level, and with 8 the
+    addition is small. sigma^2 is the past quarters' variance of the log of their revenue (those
+    with any; `amounts`, `quarter_of` as in `simulate_new_deals`) less the part the count noise of
+    their wins already explains (a quarter of wins a_i: sum a_i^2 / (sum a_i)^2, which the draws
+    simulate), pooled with a prior of `prior_sd` weighing as `prior_quarters` quarters: a small
+    org's quarters are too few to tell their spread, so a new CRM's next quarter is taken to move
+    by about a quarter (exp 0.25 = 1.28) in the log either way unless its quarters show otherwise."""
+    if n_quarters < 1:
+        return 0.0
+    amounts = np.asarray(amounts, dtype="float64")
+    quarter_of = np.asarray(quarter_of)
+    totals = np.bincount(quarter_of, weights=amounts, minlength=n_quarters)
+    squares = np.bincount(quarter_of, weights=amounts**2, minlength=n_quarters)
+    seen = totals > 0
+    spread, freedom = 0.0, 0
+    if np.count_nonzero(seen) >= 2:
+        logs = np.log(totals[seen])
+        freedom = len(logs) - 1
+        count_noise = float(np.mean(squares[seen] / totals[seen] ** 2))
+        spread = max(0.0, float(np.sum((logs - logs.mean()) ** 2)) - freedom * count_noise)
+    variance = (prior_quarters * prior_sd**2 + spread) / (prior_quarters + freedom)
+    return float(np.sqrt(variance * 2.0 / n_quarters))
+
+
+def level_factors(draws: int, sd: float, seed: int | np.random.SeedSequence) -> np.ndarray:
+    """One factor per draw, exp(sd Z - sd^2 / 2) with Z standard normal: log-normal with mean 1."""
+    if sd <= 0:
+        return np.ones(draws)
+    z = np.random.default_rng(seed).standard_normal(draws)
+    return np.exp(sd * z - sd * sd / 2.0)
 
 
 def creation_growth(
@@ -936,6 +988,10 @@ def build_forecast(
                 np.random.SeedSequence(seed, spawn_key=(index, 1)), chunk_size=chunk_size,
                 mix_share=share, mix_codes=mix_codes, mix_weights=mix_weights,
             )
+            new_draws *= level_factors(
+                draws, run_rate_level_sd(new_amounts, position, len(past_quarters)),
+                np.random.SeedSequence(seed, spawn_key=(index, 2)),
+            )[:, None]
             new_deals = mean_per_segment(new_amounts)
             new_deals_trend = new_deals - mean_per_segment(recorded)
             new_deals_imported = mean_per_segment(np.where(imported, new_amounts, 0.0))

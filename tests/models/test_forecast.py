@@ -18,6 +18,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from etl.pipeline_state import as_of_end, pipeline_at
 from etl.tables import TABLES
@@ -25,8 +26,10 @@ from models.forecast import (
     build_forecast,
     creation_growth,
     forecast_quarterly,
+    level_factors,
     mix_revenue_shares,
     new_deal_stream,
+    run_rate_level_sd,
     simulate_new_deals,
     simulate_quarter,
     stream_mix_share,
@@ -553,6 +556,82 @@ def quantile_range(law, q):
     return values[int(np.argmax(cdf >= q - SAMPLING_MARGIN))], values[int(np.argmax(cdf >= q + SAMPLING_MARGIN))]
 
 
+def quantile_range_with_level(law, q, sd, shift=0.0):
+    """`quantile_range` when each draw's new-deal revenue (the law's value less `shift`) is also
+    multiplied by a log-normal factor of mean 1 and log spread `sd`: the exact q -/+ margin
+    quantiles of the mixture, P(X <= t) = sum_x P(x) Phi((ln((t - shift) / (x - shift)) + sd^2 / 2) / sd),
+    found by bisection."""
+    values = np.array(sorted(law))
+    weights = np.array([law[v] for v in values])
+    new = values - shift
+
+    def cdf(t):
+        if t < shift:
+            return 0.0
+        at_zero = weights[new <= 0].sum()
+        positive = new > 0
+        if t == shift:
+            return at_zero
+        z = (np.log((t - shift) / new[positive]) + sd * sd / 2) / sd
+        return at_zero + float(np.sum(weights[positive] * 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))))
+
+    def quantile(p):
+        if cdf(shift) >= p:
+            return shift
+        low, high = shift, shift + 50 * max(new.max(), 1.0)
+        for _ in range(200):
+            middle = (low + high) / 2
+            low, high = (middle, high) if cdf(middle) < p else (low, middle)
+        return high
+
+    return quantile(q - SAMPLING_MARGIN), quantile(q + SAMPLING_MARGIN)
+
+
+def test_the_level_factor_of_new_deals_by_hand():
+    # One past quarter (a CRM's first): nothing to read its spread from, the prior's 0.25 and
+    # sd^2 = 0.25^2 x 2 / 1: the draws would otherwise all repeat that quarter's level.
+    assert run_rate_level_sd(np.array([5.0, 7.0]), np.array([0, 0]), 1) == pytest.approx(0.25 * math.sqrt(2))
+    # Two quarters of 100 wins each: of 1 (total 100) and of 4 (400). Log spread (ln 4)^2 / 2 =
+    # 0.9609, count noise 100 / 100^2 = 0.01 in each; one degree of freedom:
+    # sigma^2 = (4 x 0.0625 + 0.9609 - 0.01) / (4 + 1) = 0.24018; sd^2 = sigma^2 x 2 / 2.
+    amounts = np.r_[np.ones(100), np.full(100, 4.0)]
+    quarters = np.r_[np.zeros(100, dtype=int), np.ones(100, dtype=int)]
+    assert run_rate_level_sd(amounts, quarters, 2) == pytest.approx(math.sqrt((0.25 + math.log(4) ** 2 / 2 - 0.01) / 5), rel=1e-6)
+    # The same totals from one win each: the count noise (1 a quarter) explains the spread; the prior alone.
+    assert run_rate_level_sd(np.array([100.0, 400.0]), np.array([0, 1]), 2) == pytest.approx(math.sqrt(0.25 / 5))
+    # Eight quarters exactly alike: sigma^2 = 4 x 0.0625 / (4 + 7) and sd^2 = sigma^2 x 2 / 8.
+    eight = run_rate_level_sd(np.full(800, 1.0), np.repeat(np.arange(8), 100), 8)
+    assert eight == pytest.approx(math.sqrt(0.25 / 11 * 2 / 8))
+    assert run_rate_level_sd(np.array([]), np.array([], dtype=int), 0) == 0.0
+    # The factors: mean 1 (the forecast's expected does not move), log spread sd.
+    factors = level_factors(400_000, 0.5, 3)
+    assert factors.mean() == pytest.approx(1.0, abs=0.005)
+    assert np.log(factors).std() == pytest.approx(0.5, abs=0.002)
+    assert (level_factors(10, 0.0, 3) == 1.0).all()
+
+
+def test_a_young_crm_forecasts_its_next_quarter_with_the_level_it_cannot_read_yet():
+    # Data from 2024-01-02; 2024-Q1 is the only past quarter: 300 deals of 10 created after its
+    # matching point (Feb 15) and won inside it. Nothing is open or won in 2024-Q2 yet.
+    deals = [deal("START", "2024-01-02", 5.0, "Ben")]
+    events = [("START", "2024-01-02", "Qualify"), ("START", "2024-01-20", "Closed Lost")]
+    for i in range(300):
+        deals.append(deal(f"W{i}", "2024-02-20", 10.0, "Ben"))
+        events += [(f"W{i}", "2024-02-20", "X"), (f"W{i}", "2024-03-10", "Closed Won")]
+    deals_frame, history = make_crm(deals, events)
+    q2 = row(run_forecast(deals_frame, history, pd.DataFrame({"deal_id": [], "win_probability": []})), "2024-Q2")
+    assert q2["expected"] == pytest.approx(3000.0)
+    # The draws: 10 x K, K the sum of 300 NB(1, 1/2) counts = NB(300, 1/2) (mean 300, sd 24.5: the
+    # count noise alone puts P90 near 3,314), times the level factor of one past quarter,
+    # log-normal with sd 0.25 x sqrt 2.
+    counts = np.arange(0, 1200)
+    law = dict(zip(10.0 * counts, stats.nbinom.pmf(counts, 300, 0.5)))
+    for name, q in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9)):
+        low, high = quantile_range_with_level(law, q, sd=0.25 * math.sqrt(2))
+        assert low <= q2[name] <= high, (name, low, q2[name], high)
+    assert q2["p90"] > 4000.0 and q2["p10"] < 2100.0
+
+
 def test_new_deal_copies_move_to_the_mix_without_changing_the_total():
     # One past quarter with one win of 100 in segment A (codes: column 0 the total, 0; column 1 the
     # segment, A = 1, B = 2); the mix is one row in B. K ~ NB(1, 1/2): P(K = k) = (1/2)^(k + 1).
@@ -607,8 +686,11 @@ def test_forecast_bootstraps_past_quarters_for_new_deals():
     assert sum(law.values()) == pytest.approx(1.0)
     # P(no new deal) = (3/4)^3 = 0.42 > 0.1: P10 is the closed won amount alone.
     assert q2["p10"] == 70.0
+    # Each draw's new deals times a log-normal level factor: three quarters of one win each, whose
+    # log spread (0.82) is less than their wins' count noise explains (1 a quarter, 2 degrees of
+    # freedom), so the prior alone: sigma^2 = 4 x 0.25^2 / (4 + 2) = 1/24; sd^2 = sigma^2 x 2 / 3 = 1/36.
     for name, q in (("p50", 0.5), ("p90", 0.9)):
-        low, high = quantile_range(law, q)
+        low, high = quantile_range_with_level(law, q, sd=1 / 6, shift=70.0)
         assert low <= q2[name] <= high, (name, low, q2[name], high)
     ana, ben = row(frame, "2024-Q2", "owner", "Ana"), row(frame, "2024-Q2", "owner", "Ben")
     # Which owner the new deals go to: one win a quarter, so a copy keeps its owner with probability
@@ -630,5 +712,8 @@ def test_forecast_bootstraps_past_quarters_for_new_deals():
     assert q3["expected"] == pytest.approx(90.0) and q3["new_deals_trend"] == 0.0
     law = new_deal_law([[30.0], [100.0, 50.0]])
     assert q3["p10"] == 0.0  # P(0) = ((2/3)^2 + (2/3)^4) / 2 = 0.32 (K ~ NB(2, 2/3))
-    low, high = quantile_range(law, 0.9)
+    # The level: log totals ln 30, ln 150 spread (ln 5)^2 / 2 = 1.2951; count noise 1 and
+    # (100^2 + 50^2) / 150^2 = 5/9, mean 7/9, one degree of freedom: (0.25 + 1.2951 - 0.7778) / 5.
+    sd = math.sqrt((0.25 + math.log(5) ** 2 / 2 - 7 / 9) / 5 * 2 / 2)
+    low, high = quantile_range_with_level(law, 0.9, sd=sd)
     assert low <= q3["p90"] <= high
