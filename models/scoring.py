@@ -12,8 +12,9 @@ How a scorer is chosen (`train_scorer`):
    age bucket (never rising with age); a regularised logistic model (from `logistic_min_won` /
    `logistic_min_lost` deals); gradient boosting (from `min_won` / `min_lost`), fitted on the earlier
    part of the training rows and calibrated and early-stopped on the later `calibration_share` of the
-   dates (isotonic with at least `ISOTONIC_MIN_DEALS` deals, else Platt cross-fitted over every training
-   deal with recency weights, `CALIBRATION_HALF_LIFE_DAYS`). Probabilities stay within
+   dates (isotonic with at least `ISOTONIC_MIN_DEALS` deals, else a logistic calibration on the
+   score and days in stage, cross-fitted over every training deal with recency weights,
+   `DaysInStageCalibration`, `CALIBRATION_HALF_LIFE_DAYS`). Probabilities stay within
    [0.001, 0.999].
    Every candidate but the constant rate scores a deal that has sat in its stage longer than any
    training row of its pipeline with the stated prior of `StageDaysPrior`.
@@ -31,7 +32,6 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import logging
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,6 +108,9 @@ CROSS_FIT_FOLDS = 5
 # The model itself is fitted on every row with equal weight: only the calibration follows the
 # recent past. None gives every row the same weight.
 CALIBRATION_HALF_LIFE_DAYS: float | None = 365.0
+# What the cross-fitted calibration reads beside the model's score (`DaysInStageCalibration`), as
+# `model_runs.params.calibration_terms` records it.
+CALIBRATION_TERMS = ("log_odds_of_score", "log1p_days_in_stage", "log1p_days_in_stage_squared", "log1p_days_in_stage_x_stage_order")
 # Age buckets (days since creation) of the stage-rate baseline.
 AGE_BUCKET_EDGES = (0.0, 30.0, 60.0, 90.0, 180.0, 365.0, np.inf)
 AGE_BUCKET_LABELS = ("0-29 days", "30-59 days", "60-89 days", "90-179 days", "180-364 days", "365+ days")
@@ -400,6 +403,80 @@ class CalibratedModelScorer(Scorer):
 
     def _probabilities(self, frame: pd.DataFrame) -> np.ndarray:
         return self.estimator.predict_proba(frame[self.feature_names])[:, 1]
+
+
+class DaysInStageCalibration:
+    """Platt scaling cross-fitted by deal, with days in stage beside the model's score.
+
+    Each fold's rows are scored by a clone of `estimator` fitted on the other folds (no deal is
+    scored by a model that learnt its outcome); a logistic regression is fitted, with `sample_weight`,
+    on those out-of-fold scores' log odds and on the `days_in_stage_terms` of each row; the published
+    model is `estimator` refitted on every row. Without a `days_in_stage` column it is plain Platt
+    scaling (log odds of the score only).
+
+    The terms correct what the gradient-boosting model under-learns: with small trees, large leaves
+    and early stopping it learns the first weeks' fall in the win chance but flattens out beyond
+    them, where few rows sit, so deals that have sat long in their stage keep too high a score
+    (docs/modeling.md, "Days in stage in the calibration"). The calibration learns how much the score
+    should still fall with log days in stage, how that bends, and how it differs by stage order, from
+    every training deal's out-of-fold score, a handful of coefficients where the trees have none."""
+
+    def __init__(self, estimator, folds: list[tuple[np.ndarray, np.ndarray]]):
+        self.estimator = estimator
+        self.folds = folds
+
+    def _design(self, frame: pd.DataFrame, scores: np.ndarray) -> np.ndarray:
+        p = np.clip(np.asarray(scores, dtype=float), 1e-6, 1.0 - 1e-6)
+        columns = [np.log(p / (1.0 - p))]
+        if self.uses_days_:
+            days = frame["days_in_stage"].to_numpy(dtype=float)
+            log_days = np.log1p(np.clip(np.where(np.isnan(days), self.typical_days_, days), 0.0, None))
+            columns += days_in_stage_terms(log_days, self._stage_order(frame))
+        return np.column_stack(columns)
+
+    def _stage_order(self, frame: pd.DataFrame) -> np.ndarray | None:
+        if not self.uses_stage_order_:
+            return None
+        order = frame["stage_order"].to_numpy(dtype=float)
+        return np.where(np.isnan(order), self.typical_stage_order_, order)
+
+    def fit(self, frame: pd.DataFrame, labels, sample_weight=None) -> "DaysInStageCalibration":
+        y = np.asarray(labels, dtype=int)
+        self.uses_days_ = bool("days_in_stage" in frame.columns and frame["days_in_stage"].notna().any())
+        self.uses_stage_order_ = bool(
+            self.uses_days_ and "stage_order" in frame.columns and frame["stage_order"].notna().any()
+        )
+        if self.uses_days_:
+            self.typical_days_ = float(frame["days_in_stage"].median())
+        if self.uses_stage_order_:
+            self.typical_stage_order_ = float(frame["stage_order"].median())
+        out_of_fold = np.empty(len(frame))
+        for fit_rows, held_rows in self.folds:
+            model = clone(self.estimator).fit(frame.iloc[fit_rows], y[fit_rows])
+            out_of_fold[held_rows] = model.predict_proba(frame.iloc[held_rows])[:, 1]
+        design = self._design(frame, out_of_fold)
+        # Each column on the scale of its spread (one of about constant spread stays as it is).
+        spread = design.std(axis=0)
+        self.scale_ = np.where(spread > 1e-6, spread, 1.0)
+        self.calibrator_ = LogisticRegression(C=1e6, max_iter=1000).fit(
+            design / self.scale_, y, sample_weight=sample_weight
+        )
+        self.model_ = clone(self.estimator).fit(frame, y)
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        design = self._design(frame, self.model_.predict_proba(frame)[:, 1])
+        return self.calibrator_.predict_proba(design / self.scale_)
+
+
+def days_in_stage_terms(log_days: np.ndarray, stage_order: np.ndarray | None) -> list[np.ndarray]:
+    """The calibration's days-in-stage terms of `DaysInStageCalibration`: log(1 + days), its
+    square, and (when stage order is known) its product with the stage order."""
+    terms = [log_days, log_days**2]
+    if stage_order is not None:
+        terms.append(log_days * stage_order)
+    return terms
 
 
 class StageRateScorer(Scorer):
@@ -897,18 +974,20 @@ def _fit_boosting(
         # training rows with the rounds chosen above.
         method = "sigmoid_cross_fitted"
         estimator = build_model_pipeline(model_features, {**params, "max_iter": rounds})
-        calibrated = CalibratedClassifierCV(estimator, method="sigmoid", cv=folds, ensemble=False)
+        calibrated = DaysInStageCalibration(estimator, folds)
+        # The recency weights apply to the calibration only: the model learns from every row alike.
         weights = recency_weights(train["snapshot_at"], CALIBRATION_HALF_LIFE_DAYS)
-        with warnings.catch_warnings():
-            # The pipeline takes no sample weights, so scikit-learn uses them for the sigmoid only
-            # (and says so): the intent here, the model learns from every row alike.
-            warnings.filterwarnings("ignore", message=".*sample weights will only be used for the calibration")
-            calibrated.fit(train[model_features], y_train, sample_weight=weights)
+        calibrated.fit(train[model_features], y_train, sample_weight=weights)
+        if not calibrated.uses_days_:
+            run_params["calibration_terms"] = list(CALIBRATION_TERMS[:1])
+        elif not calibrated.uses_stage_order_:
+            run_params["calibration_terms"] = list(CALIBRATION_TERMS[:3])
         calibration_rows = len(train)
     else:
         method = "isotonic" if enough else "sigmoid"
         calibrated = CalibratedClassifierCV(FrozenEstimator(pipeline), method=method)
         calibrated.fit(cal_part[model_features], y_train[cal_mask])
+        run_params["calibration_terms"] = list(CALIBRATION_TERMS[:1])
         calibration_rows = len(cal_part)
     run_params["calibration_method"] = method
     scorer = CalibratedModelScorer(estimator=calibrated, calibration_method=method, feature_names=model_features, **common)
@@ -978,6 +1057,7 @@ def train_scorer(training: TrainingSet, config: ModelConfig, as_of: dt.date) -> 
         "unresolved_deals": training.unresolved_deals,
         "censored_deals": training.censored_deals,
         "calibration_half_life_days": CALIBRATION_HALF_LIFE_DAYS,
+        "calibration_terms": list(CALIBRATION_TERMS),
     }
     version = model_version(training, run_params)
     labels = frame["label"].astype(int)

@@ -13,6 +13,7 @@ from etl.config import ModelConfig
 from etl.pipeline_state import prepare_history
 from models.evaluation import reliability_table
 from models.scoring import (
+    DaysInStageCalibration,
     METHOD_CONSTANT,
     METHOD_MODEL,
     METHOD_STAGE_RATE,
@@ -284,6 +285,37 @@ def test_the_cross_fitted_calibration_follows_the_recent_outcomes(monkeypatch, h
     # The sigmoid's two parameters meet the two groups' weighted rates (Platt's targets and the
     # folds' scores move them by well under a point).
     assert p == pytest.approx(expected, abs=0.01)
+
+
+def _stay_rows(with_days: bool = True) -> tuple[pd.DataFrame, pd.Series, list]:
+    """1,000 deals (one row each) 5 days in their stage, 60% won, and 1,000 deals 100 days in
+    their stage, 20% won; all in stage order 1. The model below never looks at the days."""
+    rows, labels = [], []
+    for days, won in ((5.0, 600), (100.0, 200)):
+        for i in range(1000):
+            rows.append({"x": 0.0, "stage_order": 1.0, "days_in_stage": days})
+            labels.append(1 if i < won else 0)
+    frame = pd.DataFrame(rows)
+    if not with_days:
+        frame = frame.drop(columns=["days_in_stage"])
+    y = pd.Series(labels)
+    folds = _deal_folds(pd.DataFrame({"deal_id": np.arange(len(frame))}), y)
+    return frame, y, folds
+
+
+def test_the_cross_fitted_calibration_learns_what_the_model_misses_about_days_in_stage():
+    from sklearn.dummy import DummyClassifier
+
+    # The model scores every deal with its fitting rows' win rate, 40%, whatever its days in
+    # stage. The calibration sees the days beside that score: 60% at 5 days, 20% at 100.
+    frame, y, folds = _stay_rows()
+    calibrated = DaysInStageCalibration(DummyClassifier(strategy="prior"), folds).fit(frame, y)
+    p = calibrated.predict_proba(frame.iloc[[0, 1000]])[:, 1]
+    assert p == pytest.approx([0.60, 0.20], abs=0.01)
+    # Without days in stage it is Platt scaling of the score alone: 40% for every deal.
+    frame, y, folds = _stay_rows(with_days=False)
+    calibrated = DaysInStageCalibration(DummyClassifier(strategy="prior"), folds).fit(frame, y)
+    assert calibrated.predict_proba(frame.iloc[[0, 1000]])[:, 1] == pytest.approx([0.40, 0.40], abs=0.01)
 
 
 def test_training_rows_come_before_the_test_rows(trained, training):
