@@ -410,7 +410,7 @@ class DaysInStageCalibration:
 
     Each fold's rows are scored by a clone of `estimator` fitted on the other folds (no deal is
     scored by a model that learnt its outcome); a logistic regression is fitted, with `sample_weight`,
-    on those out-of-fold scores' log odds and on the `days_in_stage_terms` of each row; the published
+    on those out-of-fold scores' log odds and on each row's days-in-stage terms (`terms`); the published
     model is `estimator` refitted on every row. Without a `days_in_stage` column it is plain Platt
     scaling (log odds of the score only).
 
@@ -425,20 +425,24 @@ class DaysInStageCalibration:
         self.estimator = estimator
         self.folds = folds
 
+    @property
+    def terms(self) -> list[str]:
+        """The `CALIBRATION_TERMS` this fitted calibration reads, in the order of its columns."""
+        return list(CALIBRATION_TERMS[: 1 + 2 * self.uses_days_ + self.uses_stage_order_])
+
     def _design(self, frame: pd.DataFrame, scores: np.ndarray) -> np.ndarray:
+        """The columns of `terms`: the score's log odds; log(1 + days in stage) and its square; its
+        product with the stage order (a missing value takes the training median)."""
         p = np.clip(np.asarray(scores, dtype=float), 1e-6, 1.0 - 1e-6)
         columns = [np.log(p / (1.0 - p))]
         if self.uses_days_:
             days = frame["days_in_stage"].to_numpy(dtype=float)
             log_days = np.log1p(np.clip(np.where(np.isnan(days), self.typical_days_, days), 0.0, None))
-            columns += days_in_stage_terms(log_days, self._stage_order(frame))
+            columns += [log_days, log_days**2]
+            if self.uses_stage_order_:
+                order = frame["stage_order"].to_numpy(dtype=float)
+                columns.append(log_days * np.where(np.isnan(order), self.typical_stage_order_, order))
         return np.column_stack(columns)
-
-    def _stage_order(self, frame: pd.DataFrame) -> np.ndarray | None:
-        if not self.uses_stage_order_:
-            return None
-        order = frame["stage_order"].to_numpy(dtype=float)
-        return np.where(np.isnan(order), self.typical_stage_order_, order)
 
     def fit(self, frame: pd.DataFrame, labels, sample_weight=None) -> "DaysInStageCalibration":
         y = np.asarray(labels, dtype=int)
@@ -468,15 +472,6 @@ class DaysInStageCalibration:
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         design = self._design(frame, self.model_.predict_proba(frame)[:, 1])
         return self.calibrator_.predict_proba(design / self.scale_)
-
-
-def days_in_stage_terms(log_days: np.ndarray, stage_order: np.ndarray | None) -> list[np.ndarray]:
-    """The calibration's days-in-stage terms of `DaysInStageCalibration`: log(1 + days), its
-    square, and (when stage order is known) its product with the stage order."""
-    terms = [log_days, log_days**2]
-    if stage_order is not None:
-        terms.append(log_days * stage_order)
-    return terms
 
 
 class StageRateScorer(Scorer):
@@ -978,10 +973,7 @@ def _fit_boosting(
         # The recency weights apply to the calibration only: the model learns from every row alike.
         weights = recency_weights(train["snapshot_at"], CALIBRATION_HALF_LIFE_DAYS)
         calibrated.fit(train[model_features], y_train, sample_weight=weights)
-        if not calibrated.uses_days_:
-            run_params["calibration_terms"] = list(CALIBRATION_TERMS[:1])
-        elif not calibrated.uses_stage_order_:
-            run_params["calibration_terms"] = list(CALIBRATION_TERMS[:3])
+        run_params["calibration_terms"] = calibrated.terms
         calibration_rows = len(train)
     else:
         method = "isotonic" if enough else "sigmoid"
