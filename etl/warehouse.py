@@ -450,8 +450,8 @@ class PreparedFrame:
         for start in range(0, self.rows, BATCH_ROWS):
             yield list(zip(*self.values(style, start, start + BATCH_ROWS)))
 
-    def sqlite_batch(self, start: int, stop: int) -> pa.RecordBatch:
-        """Rows start..stop as an Arrow batch of exactly the values `values("sqlite")` gives, NULL as
+    def sqlite_batch(self, start: int, stop: int) -> pa.Table:
+        """Rows start..stop as an Arrow table of exactly the values `values("sqlite")` gives, NULL as
         null: text as strings, dates as YYYY-MM-DD and timestamps as YYYY-MM-DD HH:MM:SS.ffffff
         text, booleans as 0/1, integers as int64, numbers as float64."""
         rows = self.data.iloc[start:stop]
@@ -472,7 +472,8 @@ class PreparedFrame:
             else:
                 array = pa.array(series, type=pa.large_string(), from_pandas=True)
             arrays.append(array)
-        return pa.RecordBatch.from_arrays(arrays, names=list(self.kinds))
+        # Arrow-backed text may come in several chunks: a table takes either.
+        return pa.Table.from_arrays(arrays, names=list(self.kinds))
 
     def csv_block(self, start: int, stop: int) -> bytes:
         """Rows start..stop as PostgreSQL COPY CSV, written by Arrow's C++ CSV writer: every value

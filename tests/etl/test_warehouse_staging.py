@@ -186,3 +186,15 @@ def test_the_deals_frame_is_unchanged_by_staging(tmp_path, staged_always):
     wh.write("deals", frame, as_of=AS_OF, run_id="run-a")
     pd.testing.assert_frame_equal(frame, before)
     wh.dispose()
+
+
+def test_text_held_by_arrow_in_several_chunks_is_staged(tmp_path, staged_always):
+    import pyarrow as pa
+
+    frame = deals(["C1", "C2", "C3"])
+    frame["deal_id"] = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([["C1", "C2"], ["C3"]])))
+    frame["account"] = pd.Series(pd.arrays.ArrowStringArray(pa.chunked_array([["x"], [None, "z"]])))
+    wh = claimed(sqlite_warehouse(tmp_path / "w"))
+    wh.write("deals", frame, as_of=AS_OF, run_id="run-a")
+    assert sql_rows(wh, "SELECT deal_id, account FROM deals ORDER BY rowid") == [("C1", "x"), ("C2", None), ("C3", "z")]
+    wh.dispose()
