@@ -12,9 +12,11 @@ run never leaves a half-written or duplicated table:
 3. delete the rows the frame replaces (its as_of, every row, or the rows with its keys, per the
    table's `TableSpec.replace`); a current-state (`whole`) table that already holds a newer night
    keeps it (a backfilled older night is counted in `night_writes` but does not turn it back);
-4. bulk insert (PostgreSQL: psycopg 3 `COPY ... FROM STDIN` of CSV built by Arrow; SQLite:
-   `executemany` per batch of rows, the next batch converted to Python values on a second thread
-   while SQLite inserts the current one), and note the table in `night_writes`;
+4. bulk insert (PostgreSQL: psycopg 3 `COPY ... FROM STDIN` of CSV built by Arrow; SQLite file,
+   frames of `SQLITE_STAGED_ROWS` or more: `INSERT INTO t SELECT * FROM staging.t` from staging
+   files written before the transaction from Arrow by the ADBC SQLite driver (`Warehouse._staged`);
+   other SQLite frames: `executemany` per batch of rows, the next batch converted to Python values
+   on a second thread while SQLite inserts the current one), and note the table in `night_writes`;
 5. commit; any error rolls back everything written in that call.
 
 Run fencing lives here, in the warehouse, not in one Dagster instance's run list: a run claims its
