@@ -287,7 +287,8 @@ def simulate_new_deals(
             if redrawn is not None:
                 # Each copy whose amount is redrawn: in its win's segments, any win's amount.
                 win, column = redrawn
-                totals[block] += _copy_sums(codes[items][win], column, pool[rng.integers(0, n, size=len(win))], n_segments, len(block))
+                value = pool[rng.integers(0, n, size=len(win))]
+                totals[block] += _copy_sums(codes[items][win], column, value, n_segments, len(block))
             if moved is None:
                 continue
             # Each moved copy: in the segments of a row of the mix, its win's amount or (with
@@ -305,7 +306,8 @@ def _copy_sums(codes: np.ndarray, column: np.ndarray, value: np.ndarray, n_segme
     """A (width, n_segments) block of totals: copy j adds `value[j]` to each of its segments
     `codes[j]` ((m, k) codes) in draw `column[j]` of the block."""
     cells = (codes.astype("int64") * width + column[:, None]).ravel()
-    return np.bincount(cells, weights=np.repeat(value, codes.shape[1]), minlength=n_segments * width).reshape(n_segments, width).T
+    sums = np.bincount(cells, weights=np.repeat(value, codes.shape[1]), minlength=n_segments * width)
+    return sums.reshape(n_segments, width).T
 
 
 def _move_copies(
