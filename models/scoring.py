@@ -111,16 +111,6 @@ CALIBRATION_HALF_LIFE_DAYS: float | None = 365.0
 # What the cross-fitted calibration reads beside the model's score (`DaysInStageCalibration`), as
 # `model_runs.params.calibration_terms` records it.
 CALIBRATION_TERMS = ("log_odds_of_score", "log1p_days_in_stage", "log1p_days_in_stage_squared", "log1p_days_in_stage_x_stage_order")
-# Time of year in the cross-fitted calibration: the sine and cosine of the prediction date's day of
-# the year, and of twice it (`SEASON_HARMONICS` pairs), as `model_runs.params.calibration_terms`
-# records them after `CALIBRATION_TERMS`. Each of their coefficients has a normal prior of standard
-# deviation `SEASON_PRIOR_SD` on the log-odds scale (the other coefficients none to speak of): a
-# seasonal swing of the odds by up to about 30% is let through when the history shows it, while a
-# history of one or two years, where every season is seen once or twice, is kept from reading one
-# year's luck as a season. Measured choices (docs/modeling.md, "Time of year in the calibration").
-SEASON_HARMONICS = 2
-SEASON_TERMS = ("sin_day_of_year", "cos_day_of_year", "sin_2_day_of_year", "cos_2_day_of_year")
-SEASON_PRIOR_SD: float | None = 0.3
 # Age buckets (days since creation) of the stage-rate baseline.
 AGE_BUCKET_EDGES = (0.0, 30.0, 60.0, 90.0, 180.0, 365.0, np.inf)
 AGE_BUCKET_LABELS = ("0-29 days", "30-59 days", "60-89 days", "90-179 days", "180-364 days", "365+ days")
@@ -411,72 +401,38 @@ class CalibratedModelScorer(Scorer):
         self.estimator = estimator
         self.calibration_method = calibration_method
 
-    @property
-    def required_columns(self) -> list[str]:
-        # A calibration with season terms reads each row's prediction date too.
-        extra = ["snapshot_at"] if getattr(self.estimator, "uses_season", False) else []
-        return [*self.feature_names, *extra]
-
     def _probabilities(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.estimator.predict_proba(frame[self.required_columns])[:, 1]
+        return self.estimator.predict_proba(frame[self.feature_names])[:, 1]
 
 
 class DaysInStageCalibration:
-    """Platt scaling cross-fitted by deal, with days in stage and the time of year beside the
-    model's score.
+    """Platt scaling cross-fitted by deal, with days in stage beside the model's score.
 
     Each fold's rows are scored by a clone of `estimator` fitted on the other folds (no deal is
     scored by a model that learnt its outcome); a logistic regression is fitted, with `sample_weight`,
-    on those out-of-fold scores' log odds, on each row's days-in-stage terms and on the season terms
-    of its prediction date (`terms`); the published model is `estimator` refitted on every row.
-    Without a `days_in_stage` column there are no days-in-stage terms; without a `snapshot_at`
-    column (or with `season_harmonics` 0) no season terms; without either it is plain Platt scaling.
-    `snapshot_at` is never given to the model itself.
+    on those out-of-fold scores' log odds and on each row's days-in-stage terms (`terms`); the published
+    model is `estimator` refitted on every row. Without a `days_in_stage` column it is plain Platt
+    scaling (log odds of the score only).
 
-    The days-in-stage terms correct what the gradient-boosting model under-learns: with small trees,
-    large leaves and early stopping it learns the first weeks' fall in the win chance but flattens
-    out beyond them, where few rows sit, so deals that have sat long in their stage keep too high a
-    score (docs/modeling.md, "Days in stage in the calibration"). The calibration learns how much the
-    score should still fall with log days in stage, how that bends, and how it differs by stage
-    order, from every training deal's out-of-fold score, a handful of coefficients where the trees
-    have none. The season terms carry what the model's features do not say: a deal open before the
-    summer or the year-end holidays has fewer selling weeks ahead within the label horizon than the
-    same deal in spring (docs/modeling.md, "Time of year in the calibration"); their coefficients
-    are held near zero by a normal prior of standard deviation `season_prior_sd`."""
+    The terms correct what the gradient-boosting model under-learns: with small trees, large leaves
+    and early stopping it learns the first weeks' fall in the win chance but flattens out beyond
+    them, where few rows sit, so deals that have sat long in their stage keep too high a score
+    (docs/modeling.md, "Days in stage in the calibration"). The calibration learns how much the score
+    should still fall with log days in stage, how that bends, and how it differs by stage order, from
+    every training deal's out-of-fold score, a handful of coefficients where the trees have none."""
 
-    def __init__(
-        self,
-        estimator,
-        folds: list[tuple[np.ndarray, np.ndarray]],
-        season_harmonics: int = 0,
-        season_prior_sd: float | None = None,
-    ):
+    def __init__(self, estimator, folds: list[tuple[np.ndarray, np.ndarray]]):
         self.estimator = estimator
         self.folds = folds
-        self.season_harmonics = season_harmonics
-        self.season_prior_sd = season_prior_sd
-
-    @property
-    def season_harmonics_used(self) -> int:
-        """The number of (sine, cosine) pairs of the day of the year this fitted calibration reads."""
-        return int(getattr(self, "season_harmonics_", 0))
-
-    @property
-    def uses_season(self) -> bool:
-        """Whether scoring needs each row's `snapshot_at` (the prediction date)."""
-        return self.season_harmonics_used > 0
 
     @property
     def terms(self) -> list[str]:
-        """The `CALIBRATION_TERMS` and `SEASON_TERMS` this fitted calibration reads, in the order
-        of its columns."""
-        days = list(CALIBRATION_TERMS[: 1 + 2 * self.uses_days_ + self.uses_stage_order_])
-        return days + list(SEASON_TERMS[: 2 * self.season_harmonics_used])
+        """The `CALIBRATION_TERMS` this fitted calibration reads, in the order of its columns."""
+        return list(CALIBRATION_TERMS[: 1 + 2 * self.uses_days_ + self.uses_stage_order_])
 
     def _design(self, frame: pd.DataFrame, scores: np.ndarray) -> np.ndarray:
         """The columns of `terms`: the score's log odds; log(1 + days in stage) and its square; its
-        product with the stage order (a missing value takes the training median); the sine and
-        cosine of k x 2 pi x (day of the year - 1) / 365.25 of the prediction date, k = 1, 2."""
+        product with the stage order (a missing value takes the training median)."""
         p = np.clip(np.asarray(scores, dtype=float), 1e-6, 1.0 - 1e-6)
         columns = [np.log(p / (1.0 - p))]
         if self.uses_days_:
@@ -486,11 +442,6 @@ class DaysInStageCalibration:
             if self.uses_stage_order_:
                 order = frame["stage_order"].to_numpy(dtype=float)
                 columns.append(log_days * np.where(np.isnan(order), self.typical_stage_order_, order))
-        if self.uses_season:
-            day = pd.to_datetime(frame["snapshot_at"]).dt.day_of_year.to_numpy(dtype=float)
-            angle = 2.0 * np.pi * (day - 1.0) / 365.25
-            for k in range(1, self.season_harmonics_used + 1):
-                columns += [np.sin(k * angle), np.cos(k * angle)]
         return np.column_stack(columns)
 
     def fit(self, frame: pd.DataFrame, labels, sample_weight=None) -> "DaysInStageCalibration":
@@ -503,37 +454,24 @@ class DaysInStageCalibration:
             self.typical_days_ = float(frame["days_in_stage"].median())
         if self.uses_stage_order_:
             self.typical_stage_order_ = float(frame["stage_order"].median())
-        self.season_harmonics_ = int(self.season_harmonics) if "snapshot_at" in frame.columns else 0
-        model_frame = frame.drop(columns=["snapshot_at"], errors="ignore")
         out_of_fold = np.empty(len(frame))
         for fit_rows, held_rows in self.folds:
-            model = clone(self.estimator).fit(model_frame.iloc[fit_rows], y[fit_rows])
-            out_of_fold[held_rows] = model.predict_proba(model_frame.iloc[held_rows])[:, 1]
+            model = clone(self.estimator).fit(frame.iloc[fit_rows], y[fit_rows])
+            out_of_fold[held_rows] = model.predict_proba(frame.iloc[held_rows])[:, 1]
         design = self._design(frame, out_of_fold)
         # Each column on the scale of its spread (one of about constant spread stays as it is).
         spread = design.std(axis=0)
         self.scale_ = np.where(spread > 1e-6, spread, 1.0)
-        strength = 1e6
-        if self.uses_season and self.season_prior_sd is not None:
-            # Minimising 1/2 |w|^2 + C x (weighted log loss) with C = 1, a column multiplied by
-            # `season_prior_sd` has a coefficient b = sd x w, whose penalty is then the normal prior
-            # b^2 / (2 sd^2). The standardised columns get a standard normal prior per standard
-            # deviation of their column, nothing beside the evidence of the few thousand rows the
-            # cross-fitting needs. (A large C with the season columns shrunk further is the same
-            # prior in theory, but the solver then stops before their coefficients move.)
-            strength = 1.0
-            seasons = 2 * self.season_harmonics_used
-            self.scale_[-seasons:] = 1.0 / float(self.season_prior_sd)
-        self.calibrator_ = LogisticRegression(C=strength, max_iter=1000).fit(
+        self.calibrator_ = LogisticRegression(C=1e6, max_iter=1000).fit(
             design / self.scale_, y, sample_weight=sample_weight
         )
-        self.model_ = clone(self.estimator).fit(model_frame, y)
+        self.model_ = clone(self.estimator).fit(frame, y)
         self.classes_ = np.array([0, 1])
         return self
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        scores = self.model_.predict_proba(frame.drop(columns=["snapshot_at"], errors="ignore"))[:, 1]
-        return self.calibrator_.predict_proba(self._design(frame, scores) / self.scale_)
+        design = self._design(frame, self.model_.predict_proba(frame)[:, 1])
+        return self.calibrator_.predict_proba(design / self.scale_)
 
 
 class StageRateScorer(Scorer):
@@ -1031,12 +969,10 @@ def _fit_boosting(
         # training rows with the rounds chosen above.
         method = "sigmoid_cross_fitted"
         estimator = build_model_pipeline(model_features, {**params, "max_iter": rounds})
-        calibrated = DaysInStageCalibration(
-            estimator, folds, season_harmonics=SEASON_HARMONICS, season_prior_sd=SEASON_PRIOR_SD
-        )
+        calibrated = DaysInStageCalibration(estimator, folds)
         # The recency weights apply to the calibration only: the model learns from every row alike.
         weights = recency_weights(train["snapshot_at"], CALIBRATION_HALF_LIFE_DAYS)
-        calibrated.fit(train[[*model_features, "snapshot_at"]], y_train, sample_weight=weights)
+        calibrated.fit(train[model_features], y_train, sample_weight=weights)
         run_params["calibration_terms"] = calibrated.terms
         calibration_rows = len(train)
     else:
@@ -1113,8 +1049,7 @@ def train_scorer(training: TrainingSet, config: ModelConfig, as_of: dt.date) -> 
         "unresolved_deals": training.unresolved_deals,
         "censored_deals": training.censored_deals,
         "calibration_half_life_days": CALIBRATION_HALF_LIFE_DAYS,
-        "calibration_terms": [*CALIBRATION_TERMS, *SEASON_TERMS[: 2 * SEASON_HARMONICS]],
-        "calibration_season_prior_sd": SEASON_PRIOR_SD,
+        "calibration_terms": list(CALIBRATION_TERMS),
     }
     version = model_version(training, run_params)
     labels = frame["label"].astype(int)

@@ -13,7 +13,6 @@ from etl.config import ModelConfig
 from etl.pipeline_state import prepare_history
 from models.evaluation import reliability_table
 from models.scoring import (
-    CalibratedModelScorer,
     DaysInStageCalibration,
     METHOD_CONSTANT,
     METHOD_MODEL,
@@ -282,8 +281,7 @@ def test_the_cross_fitted_calibration_follows_the_recent_outcomes(monkeypatch, h
     )
     assert why is None and scorer.calibration_method == "sigmoid_cross_fitted"
     assert calibration_rows == 2000
-    p = scorer.predict_proba(pd.DataFrame({"x": [0.0, 1.0], "snapshot_at": pd.Timestamp("2025-01-01")}))
-    # Both dates are the first days of January, so the season terms cannot tell them apart.
+    p = scorer.predict_proba(pd.DataFrame({"x": [0.0, 1.0]}))
     # The sigmoid's two parameters meet the two groups' weighted rates (Platt's targets and the
     # folds' scores move them by well under a point).
     assert p == pytest.approx(expected, abs=0.01)
@@ -318,71 +316,6 @@ def test_the_cross_fitted_calibration_learns_what_the_model_misses_about_days_in
     frame, y, folds = _stay_rows(with_days=False)
     calibrated = DaysInStageCalibration(DummyClassifier(strategy="prior"), folds).fit(frame, y)
     assert calibrated.predict_proba(frame.iloc[[0, 1000]])[:, 1] == pytest.approx([0.40, 0.40], abs=0.01)
-
-
-def _season_rows(per_month: int) -> tuple[pd.DataFrame, pd.Series, list]:
-    """`per_month` deals (one row each) on Monday 6 January 2025, 30% won, and as many on Monday
-    7 July 2025, 10% won; the model below never looks at the date."""
-    rows, labels = [], []
-    for date, rate in (("2025-01-06", 0.3), ("2025-07-07", 0.1)):
-        won = int(round(rate * per_month))
-        for i in range(per_month):
-            rows.append({"x": 0.0, "snapshot_at": pd.Timestamp(date)})
-            labels.append(1 if i < won else 0)
-    frame = pd.DataFrame(rows)
-    y = pd.Series(labels)
-    folds = _deal_folds(pd.DataFrame({"deal_id": np.arange(len(frame))}), y)
-    return frame, y, folds
-
-
-def test_the_cross_fitted_calibration_learns_the_time_of_year():
-    from sklearn.dummy import DummyClassifier
-
-    # The model scores every deal 20%, the rate of all rows. With 5,000 deals on each date the
-    # prior (sd 0.3) moves the season coefficient (about (logit 0.3 - logit 0.1) / 2 = 0.68 on
-    # the cosine, which is +1 in January and -1 in July) by under 1%: the dates' own rates.
-    frame, y, folds = _season_rows(5000)
-    calibrated = DaysInStageCalibration(DummyClassifier(strategy="prior"), folds, season_harmonics=2, season_prior_sd=0.3)
-    calibrated.fit(frame, y)
-    assert calibrated.terms == ["log_odds_of_score", "sin_day_of_year", "cos_day_of_year", "sin_2_day_of_year", "cos_2_day_of_year"]
-    p = calibrated.predict_proba(frame.iloc[[0, 5000]])[:, 1]
-    assert p == pytest.approx([0.30, 0.10], abs=0.01)
-    # The same day of another year reads the same season.
-    later = pd.DataFrame({"x": [0.0, 0.0], "snapshot_at": pd.to_datetime(["2027-01-06", "2027-07-07"])})
-    assert calibrated.predict_proba(later)[:, 1] == pytest.approx([0.30, 0.10], abs=0.01)
-    # Without the prediction date (or with no harmonics) it is Platt scaling of the score: 20%.
-    for columns, harmonics in ((["x"], 2), (["x", "snapshot_at"], 0)):
-        plain = DaysInStageCalibration(DummyClassifier(strategy="prior"), folds, season_harmonics=harmonics, season_prior_sd=0.3)
-        plain.fit(frame[columns], y)
-        assert not plain.uses_season and plain.terms == ["log_odds_of_score"]
-        assert plain.predict_proba(frame[columns].iloc[[0, 5000]])[:, 1] == pytest.approx([0.20, 0.20], abs=0.01)
-
-
-def test_the_season_prior_keeps_a_short_history_near_the_pooled_rate():
-    from sklearn.dummy import DummyClassifier
-
-    # 100 deals on each date. Without a prior the fit meets each date's rate, 30% and 10%; with a
-    # prior of sd 0.01 the coefficient can move the odds by about 1% at most, so both dates get
-    # about the pooled rate, 20% (logit 0.2 +- 0.02 is 19.7%-20.3%).
-    frame, y, folds = _season_rows(100)
-    free = DaysInStageCalibration(DummyClassifier(strategy="prior"), folds, season_harmonics=2, season_prior_sd=None).fit(frame, y)
-    assert free.predict_proba(frame.iloc[[0, 100]])[:, 1] == pytest.approx([0.30, 0.10], abs=0.01)
-    held = DaysInStageCalibration(DummyClassifier(strategy="prior"), folds, season_harmonics=2, season_prior_sd=0.01).fit(frame, y)
-    assert held.predict_proba(frame.iloc[[0, 100]])[:, 1] == pytest.approx([0.20, 0.20], abs=0.005)
-
-
-def test_a_calibrated_model_with_season_terms_needs_the_prediction_date():
-    from sklearn.dummy import DummyClassifier
-
-    frame, y, folds = _season_rows(5000)
-    calibrated = DaysInStageCalibration(DummyClassifier(strategy="prior"), folds, season_harmonics=1, season_prior_sd=0.3).fit(frame, y)
-    common = {"version": "test", "typical": {}, "typical_stage_days": pd.DataFrame()}
-    scorer = CalibratedModelScorer(estimator=calibrated, calibration_method="sigmoid_cross_fitted", feature_names=["x"], **common)
-    assert scorer.required_columns == ["x", "snapshot_at"]
-    with pytest.raises(ValueError, match="snapshot_at"):
-        scorer.predict_proba(pd.DataFrame({"x": [0.0]}))
-    # One harmonic suffices here: the cosine is +1 in early January and -1 in early July.
-    assert scorer.predict_proba(frame.iloc[[0]]) == pytest.approx([0.30], abs=0.01)
 
 
 def test_training_rows_come_before_the_test_rows(trained, training):
