@@ -502,8 +502,9 @@ forecast_quarterly = _table(
     sa.Column("other_open_expected", MONEY, comment="Expected revenue from open deals outside open_pipeline (expected to close in a later quarter, or without a close date) that the close-timing model gives a chance to win in this quarter, reporting currency. NULL on nights written before this column existed."),
     sa.Column("new_deals_expected", MONEY, nullable=False, comment=(
         "Expected revenue from deals not yet created, reporting currency. Per segment: the segment's own new-deal "
-        "run-rate, drawn towards its share of the last year's won money when the run-rate rests on few wins "
-        "(docs/modeling.md, Which segments the new deals land in)."
+        "run-rate, drawn towards its share of the last year's won money, and its wins' amounts towards those of "
+        "every past win of their quarter, when the run-rate rests on few wins (docs/modeling.md, Which segments "
+        "the new deals land in)."
     )),
     sa.Column("new_deals_trend", MONEY, comment="What following the deal creation volume changed in new_deals_expected: the run-rate of each past quarter is scaled by how many times more deals were created in the year to as_of than in the year to that quarter's matching point (models.forecast.creation_growth); positive for a growing CRM, 0 with too little history, reporting currency. NULL on nights written before this column existed."),
     sa.Column("new_deals_imported", MONEY, comment="The part of new_deals_expected that comes from deals of the data's first day (a CRM's go-live import, where every deal open then gets the import as its creation date) won in a past quarter after its matching point, each weighted by the share of the other won deals that were keyed in at close (entered in the CRM at most a day before they show as won): an org that enters most deals only once won would have entered that share of them as new deals. 0 without such deals or habit, reporting currency. NULL on nights written before this column existed."),

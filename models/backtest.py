@@ -99,7 +99,7 @@ BACKTEST_COLUMNS: list[str] = TABLES["forecast_backtest"].columns
 CACHE_COLUMNS: list[str] = TABLES["forecast_backtest_cache"].columns
 # Raise when a change to the backtest's code changes its numbers for the same inputs: every cached
 # past quarter is then computed again (the key of `quarter_cache_key` includes it).
-BACKTEST_CODE_VERSION = "2026.12.11"
+BACKTEST_CODE_VERSION = "2026.12.12"
 _FORECAST_VALUES = ("expected", "forecast_p50", "p10", "p90")
 # The prepared-history columns a point-in-time rebuild reads (the running counts follow from them).
 _HISTORY_KEY_COLUMNS = (

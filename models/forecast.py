@@ -213,6 +213,7 @@ def simulate_new_deals(
     mix_share: float = 0.0,
     mix_codes: np.ndarray | None = None,
     mix_weights: np.ndarray | None = None,
+    amount_share: float = 0.0,
 ) -> np.ndarray:
     """Revenue from deals not yet created in each draw, per segment: a (draws, n_segments) array.
 
@@ -232,6 +233,12 @@ def simulate_new_deals(
     with probability proportional to `mix_weights[j]`. The amounts drawn, and so the `all` total
     of every draw, do not depend on `mix_share`; a segment's mean is (1 - mix_share) x its share of
     the past wins + mix_share x its share of the mix, times the total's mean (`mix_revenue_shares`).
+
+    Which amount each copy has: independently of where it lands, a copy keeps its win's amount with
+    probability 1 - `amount_share` and otherwise takes the amount of one of the picked quarter's
+    wins (those with an amount), each as likely: a segment's next new deals are as large as its own
+    few past wins with that probability, and as large as anyone's otherwise. The `all` total's mean
+    is unchanged; a segment's is `new_deal_segment_means`'s.
     """
     amounts = np.asarray(amounts, dtype="float64")
     codes = np.asarray(segment_codes)
@@ -255,6 +262,8 @@ def simulate_new_deals(
                 f"weights, one per row, not all 0 (got codes {mix_codes.shape}, weights {mix_weights.shape})"
             )
         mix_probability = mix_weights / mix_weights.sum()
+    if not 0.0 <= amount_share <= 1.0:
+        raise ValueError(f"simulate_new_deals: amount_share must be in 0..1, got {amount_share}")
     rng = np.random.default_rng(seed)
     picked = rng.integers(0, n_quarters, size=draws)
     for quarter in range(n_quarters):
@@ -272,18 +281,33 @@ def simulate_new_deals(
             block = rows[start : start + step]
             counts = rng.negative_binomial(n_quarters, n_quarters / (n_quarters + 1.0), size=(n, len(block)))
             moved = _move_copies(counts, mix_share, rng) if mixing else None
+            redrawn = _move_copies(counts, amount_share, rng) if amount_share > 0 else None
             totals[block] = (matrix @ counts.astype("float64")).T
+            pool = amounts[items]
+            if redrawn is not None:
+                # Each copy whose amount is redrawn: in its win's segments, any win's amount.
+                win, column = redrawn
+                value = pool[rng.integers(0, n, size=len(win))]
+                totals[block] += _copy_sums(codes[items][win], column, value, n_segments, len(block))
             if moved is None:
                 continue
-            # Each moved copy: its win's amount, in the segments of a row of the mix.
+            # Each moved copy: in the segments of a row of the mix, its win's amount or (with
+            # probability amount_share) any win's.
             win, column = moved
+            value = pool[win]
+            if amount_share > 0:
+                value = np.where(rng.random(len(win)) < amount_share, pool[rng.integers(0, n, size=len(win))], value)
             target = rng.choice(len(mix_codes), size=len(win), p=mix_probability)
-            cells = (mix_codes[target] * len(block) + column[:, None]).ravel()
-            moved_sums = np.bincount(
-                cells, weights=np.repeat(amounts[items][win], k), minlength=n_segments * len(block)
-            ).reshape(n_segments, len(block))
-            totals[block] += moved_sums.T
+            totals[block] += _copy_sums(mix_codes[target], column, value, n_segments, len(block))
     return totals
+
+
+def _copy_sums(codes: np.ndarray, column: np.ndarray, value: np.ndarray, n_segments: int, width: int) -> np.ndarray:
+    """A (width, n_segments) block of totals: copy j adds `value[j]` to each of its segments
+    `codes[j]` ((m, k) codes) in draw `column[j]` of the block."""
+    cells = (codes.astype("int64") * width + column[:, None]).ravel()
+    sums = np.bincount(cells, weights=np.repeat(value, codes.shape[1]), minlength=n_segments * width)
+    return sums.reshape(n_segments, width).T
 
 
 def _move_copies(
@@ -308,6 +332,52 @@ def _move_copies(
     column = np.repeat(columns, moves[columns])
     np.subtract.at(counts, (win, column), 1)
     return win, column
+
+
+def new_deal_segment_means(
+    values: np.ndarray,
+    quarter_of: np.ndarray,
+    segment_codes: np.ndarray,
+    n_quarters: int,
+    n_segments: int,
+    *,
+    drawn: np.ndarray | None = None,
+    mix_share: float = 0.0,
+    mix_shares: np.ndarray | None = None,
+    amount_share: float = 0.0,
+) -> np.ndarray:
+    """The mean over `simulate_new_deals`'s draws, per segment, of what `values` (one per win, as
+    `amounts` there, or any part of them) add up to. `drawn` marks the wins the draws copy (those
+    with an amount; default every win with a nonzero value).
+
+    Per past quarter q and segment g, with A the sum of the values of q's wins in g, c their count
+    and m_q the mean value of q's wins: (1 - amount_share) A + amount_share c m_q (a copy keeps its
+    amount or takes any of the quarter's), averaged over the quarters; then (1 - mix_share) x that +
+    mix_share x the quarters' mean total x the segment's share of the mix (`mix_shares`)."""
+    values = np.asarray(values, dtype="float64")
+    quarter_of = np.asarray(quarter_of, dtype="int64")
+    codes = np.asarray(segment_codes, dtype="int64")
+    if codes.ndim == 1:
+        codes = codes[:, None]
+    drawn = values != 0 if drawn is None else np.asarray(drawn, dtype=bool)
+    values = np.where(drawn, values, 0.0)
+
+    def per_quarter_sums(weights: np.ndarray) -> np.ndarray:
+        return np.bincount(
+            (quarter_of[:, None] * n_segments + codes).ravel(),
+            weights=np.repeat(weights, codes.shape[1]),
+            minlength=n_quarters * n_segments,
+        ).reshape(n_quarters, n_segments)
+
+    own = per_quarter_sums(values)
+    if amount_share > 0:
+        count = np.bincount(quarter_of, weights=drawn.astype("float64"), minlength=n_quarters)
+        mean = np.bincount(quarter_of, weights=values, minlength=n_quarters) / np.maximum(count, 1.0)
+        own = (1.0 - amount_share) * own + amount_share * per_quarter_sums(drawn * mean[quarter_of])
+    means = own.mean(axis=0)
+    if mix_share == 0.0 or mix_shares is None:
+        return means
+    return (1.0 - mix_share) * means + mix_share * (values.sum() / n_quarters) * np.asarray(mix_shares, dtype="float64")
 
 
 def mix_revenue_shares(mix_codes: np.ndarray, mix_weights: np.ndarray, n_segments: int) -> np.ndarray:
@@ -967,26 +1037,20 @@ def build_forecast(
             new_amounts = recorded * growth[position]
             imported = wins["imported"].to_numpy(dtype=bool)
 
-            def per_quarter_sums(values: np.ndarray) -> np.ndarray:
-                return np.bincount(
-                    (position[:, None] * len(segments) + codes).ravel(),
-                    weights=np.repeat(values, codes.shape[1]),
-                    minlength=len(past_quarters) * len(segments),
-                ).reshape(len(past_quarters), len(segments))
-
-            share = 0.0 if mix_shares is None else stream_mix_share(new_amounts, len(past_quarters))
+            share = stream_mix_share(new_amounts, len(past_quarters))
+            mix_share = 0.0 if mix_shares is None else share
 
             def mean_per_segment(values: np.ndarray) -> np.ndarray:
                 """The mean over draws, per segment, of what `values` (one per win) add up to."""
-                own = per_quarter_sums(values).mean(axis=0)
-                if share == 0.0:
-                    return own
-                return (1.0 - share) * own + share * (values.sum() / len(past_quarters)) * mix_shares
+                return new_deal_segment_means(
+                    values, position, codes, len(past_quarters), len(segments), drawn=new_amounts != 0,
+                    mix_share=mix_share, mix_shares=mix_shares, amount_share=share,
+                )
 
             new_draws = simulate_new_deals(
                 new_amounts, position, codes, len(past_quarters), len(segments), draws,
                 np.random.SeedSequence(seed, spawn_key=(index, 1)), chunk_size=chunk_size,
-                mix_share=share, mix_codes=mix_codes, mix_weights=mix_weights,
+                mix_share=mix_share, mix_codes=mix_codes, mix_weights=mix_weights, amount_share=share,
             )
             new_draws *= level_factors(
                 draws, run_rate_level_sd(new_amounts, position, len(past_quarters)),

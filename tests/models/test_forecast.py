@@ -28,6 +28,7 @@ from models.forecast import (
     forecast_quarterly,
     level_factors,
     mix_revenue_shares,
+    new_deal_segment_means,
     new_deal_stream,
     run_rate_level_sd,
     simulate_new_deals,
@@ -654,6 +655,70 @@ def test_new_deal_copies_move_to_the_mix_without_changing_the_total():
     plain = simulate_new_deals(np.array([100.0]), np.array([0]), np.array([[0, 1]]), 1, 3, draws, 7)
     assert np.array_equal(plain[:, 0], plain[:, 1]) and (plain[:, 2] == 0).all()
     assert (plain[:, 0] == 0).mean() == pytest.approx(1 / 2, abs=margin)
+
+
+def test_a_new_deal_copy_can_take_any_past_win_s_amount():
+    # One past quarter: a win of 100 in A (code 1) and one of 900 in B (code 2); column 0 the total.
+    # Each copy keeps its win's amount with probability 1/2, else takes 100 or 900 alike. A's win is
+    # taken K ~ NB(1, 1/2) times, P(K = k) = (1/2)^(k + 1); each copy is 900 with probability 1/4, so
+    # P(no copy of 900 in A) = sum_k (1/2)^(k + 1) (3/4)^k = (1/2) / (1 - 3/8) = 0.8. Means: A
+    # 1/2 x 100 + 1/2 x 500 = 300, B 1/2 x 900 + 1/2 x 500 = 700, the total 1,000 as without.
+    draws = 200_000
+    result = simulate_new_deals(
+        np.array([100.0, 900.0]), np.array([0, 0]), np.array([[0, 1], [0, 2]]), 1, 3, draws, 11, amount_share=0.5,
+    )
+    total, a, b = result[:, 0], result[:, 1], result[:, 2]
+    assert np.array_equal(total, a + b)
+    assert (a >= 900).mean() == pytest.approx(0.2, abs=5 * np.sqrt(0.16 / draws))
+    assert a.mean() == pytest.approx(300.0, rel=0.02)
+    assert b.mean() == pytest.approx(700.0, rel=0.02)
+    assert total.mean() == pytest.approx(1000.0, rel=0.02)
+    assert new_deal_segment_means(
+        np.array([100.0, 900.0]), np.array([0, 0]), np.array([[0, 1], [0, 2]]), 1, 3, amount_share=0.5
+    ).tolist() == pytest.approx([1000.0, 300.0, 700.0])
+    # Without the share A only ever holds multiples of 100 below 900 with the same probability.
+    plain = simulate_new_deals(np.array([100.0, 900.0]), np.array([0, 0]), np.array([[0, 1], [0, 2]]), 1, 3, draws, 11)
+    assert (plain[:, 1] % 100 == 0).all() and plain[:, 1].mean() == pytest.approx(100.0, rel=0.02)
+    with pytest.raises(ValueError, match="amount_share"):
+        simulate_new_deals(np.array([1.0]), np.array([0]), np.array([[0, 1]]), 1, 3, 10, 1, amount_share=1.5)
+
+
+def test_new_deal_segment_means_with_amounts_and_segments_drawn_towards_everyone():
+    # Quarter 0: 100 in A (code 1), 300 in B (code 2) and a win with no amount in A (not drawn);
+    # quarter 1: 300 in B. Amount share 1/2: quarter 0's pool mean is 200, so A 50 + 100 = 150,
+    # B 150 + 100 = 250; quarter 1: B 300. Over the two quarters: total 350, A 75, B 275. Mix share
+    # 0.2 towards a mix of half A, half B: A 0.8 x 75 + 0.2 x 350 / 2 = 95, B 0.8 x 275 + 35 = 255.
+    values = np.array([100.0, 300.0, 0.0, 300.0])
+    codes = np.array([[0, 1], [0, 2], [0, 1], [0, 2]])
+    means = new_deal_segment_means(
+        values, np.array([0, 0, 0, 1]), codes, 2, 3, mix_share=0.2, mix_shares=np.array([1.0, 0.5, 0.5]), amount_share=0.5,
+    )
+    assert means.tolist() == pytest.approx([350.0, 95.0, 255.0])
+    # The draws sample that law: the same wins, mix rows one in A and one in B of equal weight.
+    draws = 200_000
+    result = simulate_new_deals(
+        values, np.array([0, 0, 0, 1]), codes, 2, 3, draws, 5,
+        mix_share=0.2, mix_codes=np.array([[0, 1], [0, 2]]), mix_weights=np.array([1.0, 1.0]), amount_share=0.5,
+    )
+    assert result.mean(axis=0).tolist() == pytest.approx([350.0, 95.0, 255.0], rel=0.02)
+
+
+def test_a_small_org_s_owner_can_win_a_deal_as_large_as_anyone_s():
+    # 2024-Q1 is the only past quarter: after its matching point Ana won a new deal of 100 and Ben
+    # one of 900. Two wins a quarter: share 10 / (2 + 10) = 5/6, for the amount and the segment.
+    # Ana's own run-rate with amounts drawn towards the quarter's mean (500): 1/6 x 100 + 5/6 x 500
+    # = 433.33; towards the last year's won money (Ana 100 of 1,000): 1/6 x 433.33 + 5/6 x 1,000 x
+    # 0.1 = 155.56; Ben 1/6 x (150 + 416.67) + 5/6 x 900 = 844.44. (Amounts kept: Ana 100.)
+    deals = [deal("START", "2024-01-02", 5.0, "Ben")]
+    events = [("START", "2024-01-02", "Qualify"), ("START", "2024-01-20", "Closed Lost")]
+    for name, owner, amount in (("WA", "Ana", 100.0), ("WB", "Ben", 900.0)):
+        deals.append(deal(name, "2024-02-20", amount, owner))
+        events += [(name, "2024-02-20", "X"), (name, "2024-03-10", "Closed Won")]
+    deals_frame, history = make_crm(deals, events)
+    frame = run_forecast(deals_frame, history, pd.DataFrame({"deal_id": [], "win_probability": []}))
+    assert row(frame, "2024-Q2")["new_deals_expected"] == pytest.approx(1000.0)
+    assert row(frame, "2024-Q2", "owner", "Ana")["new_deals_expected"] == pytest.approx(1400 / 9)
+    assert row(frame, "2024-Q2", "owner", "Ben")["new_deals_expected"] == pytest.approx(7600 / 9)
 
 
 def test_new_deal_mix_share_and_where_the_mix_puts_money():
