@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import re
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -989,7 +990,7 @@ class Warehouse:
         _pause_for_tests(names, "before")
         started = time.perf_counter()
         try:
-            with self._staged(prepared) as staging, self._locked_transaction(None, as_of, attach=staging) as conn:
+            with self._staged(prepared) as (staged, files), self._locked_transaction(None, as_of, attach=files) as conn:
                 self._fence(conn, as_of, run_id)
                 if self.dialect == "postgresql":
                     # Registry tables are shared by every night: runs of different as_of (a
@@ -997,7 +998,6 @@ class Warehouse:
                     for name in sorted(p.name for p in prepared if p.spec.replace == "key"):
                         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _lock_key(f"table:{name}")})
                 kept = self._newer_current_state(conn, prepared, as_of)
-                staged = self._staged_frames(prepared)
                 for item in prepared:
                     if item.name in kept:
                         continue
@@ -1068,7 +1068,7 @@ class Warehouse:
         the largest frames first, each to the file with the fewest rows so far."""
         if self.dialect != "sqlite" or self._sqlite_file is None:
             return {}
-        large = sorted((item for item in prepared if item.rows >= max(SQLITE_STAGED_ROWS, 1)), key=lambda i: -i.rows)
+        large = sorted((item for item in prepared if item.rows >= SQLITE_STAGED_ROWS), key=lambda i: -i.rows)
         rows = [0] * SQLITE_STAGING_FILES
         placed = {}
         for item in large:
@@ -1078,10 +1078,11 @@ class Warehouse:
         return placed
 
     @contextmanager
-    def _staged(self, prepared: Sequence[PreparedFrame]) -> Iterator[dict[str, Path]]:
+    def _staged(self, prepared: Sequence[PreparedFrame]) -> Iterator[tuple[dict[str, str], dict[str, Path]]]:
         """A SQLite warehouse's large frames written, before the write transaction, to staging files
         beside the warehouse (`SQLITE_STAGING_FILES` at most, written at the same time); yields
-        each file by the schema it is to be attached as, and removes them afterwards.
+        (`_staged_frames`: each staged frame's schema, each file by the schema it is to be attached
+        as), and removes the files afterwards.
 
         Each staged table is created there with the warehouse table's own definition (its CREATE
         TABLE and CREATE INDEX statements as the warehouse stores them), and its rows are bound from
@@ -1093,7 +1094,7 @@ class Warehouse:
         syncs. The warehouse's own transaction, journal and syncs are unchanged."""
         placed = self._staged_frames(prepared)
         if not placed:
-            yield {}
+            yield {}, {}
             return
         import adbc_driver_sqlite.dbapi as adbc_sqlite
 
@@ -1136,7 +1137,7 @@ class Warehouse:
                 ]
                 for job in jobs:
                     job.result()
-            yield files
+            yield placed, files
 
     def _insert(self, conn: sa.Connection, item: PreparedFrame, staged_in: str | None = None) -> None:
         if item.rows == 0:
@@ -1232,8 +1233,6 @@ class Warehouse:
 
 def _adbc_errors() -> tuple[type[Exception], ...]:
     """The ADBC driver manager's error class, once a staged write has loaded it."""
-    import sys
-
     module = sys.modules.get("adbc_driver_manager")
     return (module.Error,) if module is not None else ()
 
