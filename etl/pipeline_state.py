@@ -20,7 +20,7 @@ from contextvars import ContextVar
 import numpy as np
 import pandas as pd
 
-from etl.deal_ids import deal_index, deal_positions
+from etl.deal_ids import deal_index, deal_positions, index_in, is_in, run_ends, run_starts
 from etl.schema import DEAL_COLUMNS, STAGE_EVENT_COLUMNS, TIMESTAMP, conform
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
 
@@ -142,11 +142,8 @@ def _reconciled_history(hist: pd.DataFrame, deals: pd.DataFrame, stages: StageCa
                       "expected_close_date", "crm_probability", "forecast_category", "source_file", "source_row")
     if not set(record_columns) <= set(deals.columns):
         return hist, np.zeros(len(hist), dtype=bool)
-    deal_id = hist["deal_id"].to_numpy(dtype=object)
-    last = np.ones(len(hist), dtype=bool)
-    last[:-1] = deal_id[1:] != deal_id[:-1]
-    ends = hist.loc[last]
-    position = pd.Index(deals["deal_id"]).get_indexer(ends["deal_id"])
+    ends = hist.loc[run_ends(hist["deal_id"])]
+    position = index_in(ends["deal_id"], deals["deal_id"])
     record_status = deals["status"].to_numpy(dtype=object)[position]
     history_status = ends["stage_status"].astype(object).where(ends["stage_status"].notna(), STATUS_OPEN).to_numpy()
     differs = (position >= 0) & (record_status != history_status)
@@ -194,11 +191,7 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     won or lost stage (re-opened, or won turned lost), and the rows added to bring a history in line
     with the deal's record.
     """
-    # A hash lookup: Series.isin on pyarrow-backed strings walks the values in Python (minutes
-    # for millions of ids).
-    has_rows = pd.Series(
-        pd.Index(history["deal_id"].unique()).get_indexer(deals["deal_id"]) >= 0, index=deals.index
-    )
+    has_rows = pd.Series(is_in(deals["deal_id"], history["deal_id"]), index=deals.index)
     frames = [history, _synthesised_history(deals, has_rows)]
     hist = pd.concat([f for f in frames if not f.empty] or [history], ignore_index=True)
     hist = _with_deal_attributes(hist, deals[["deal_id", "pipeline"]], how="inner")
@@ -206,11 +199,10 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     hist = stages.annotate(hist)
     hist, reconciled = _reconciled_history(hist, deals, stages)
 
-    deal = hist["deal_id"]
-    deal_codes = pd.factorize(deal)[0]
+    # Rows are grouped by deal: a deal's code is the count of deal starts up to its rows.
+    first_np = run_starts(hist["deal_id"])
+    deal_codes = np.cumsum(first_np) - 1
     stage_codes = pd.factorize(hist["stage"])[0]  # -1 where the stage is unknown
-    first_np = np.ones(len(hist), dtype=bool)
-    first_np[1:] = deal_codes[1:] != deal_codes[:-1]
     prev_stage_codes = np.concatenate([[-1], stage_codes[:-1]])
     stage_known_np = stage_codes >= 0
     changed_np = stage_known_np & (first_np | (prev_stage_codes < 0) | (stage_codes != prev_stage_codes))
@@ -254,10 +246,7 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
 
 def _history_ends(history: pd.DataFrame) -> pd.DataFrame:
     """The last row of each deal of `history` (`prepare_history` output, grouped by deal), indexed by deal_id."""
-    deal_id = history["deal_id"].to_numpy(dtype=object)
-    last = np.ones(len(history), dtype=bool)
-    last[:-1] = deal_id[1:] != deal_id[:-1]
-    return history.loc[last].set_index("deal_id")
+    return history.loc[run_ends(history["deal_id"])].set_index("deal_id")
 
 
 def closed_at_from_history(deals: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
@@ -301,9 +290,7 @@ def stage_move_counts(history: pd.DataFrame) -> pd.DataFrame:
     with stage_moves (a deal going from one open stage to another) and backward_moves (those that
     go to an earlier open stage, `is_backward`). `history` is the output of `prepare_history`;
     synthesised rows (creation, close) never make such a move."""
-    deal_codes = pd.factorize(history["deal_id"])[0]
-    first = np.ones(len(history), dtype=bool)
-    first[1:] = deal_codes[1:] != deal_codes[:-1]
+    first = run_starts(history["deal_id"])
     is_open = (history["stage_status"] == STATUS_OPEN).fillna(False).to_numpy(dtype=bool)
     prev_open = np.concatenate([[False], is_open[:-1]]) & ~first
     moved = history["is_stage_change"].to_numpy(dtype=bool) & is_open & prev_open
