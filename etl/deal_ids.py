@@ -49,8 +49,11 @@ def deal_positions(deals: pd.DataFrame, ids: pd.Series | pd.Index | np.ndarray) 
 
 
 def _arrow_text(values) -> pa.Array:
-    array = values.array if isinstance(values, (pd.Series, pd.Index)) else values
-    return pc.cast(pa.array(array, from_pandas=True), pa.large_string())
+    """`values` as one Arrow text array (a column read from CSV comes in several chunks)."""
+    array = pa.array(values.array if isinstance(values, (pd.Series, pd.Index)) else values, from_pandas=True)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return pc.cast(array, pa.large_string())
 
 
 def index_in(values, universe) -> np.ndarray:

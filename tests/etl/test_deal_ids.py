@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from etl.deal_ids import deal_index, deal_positions, index_in, is_in, run_ends, run_starts
 
@@ -59,3 +60,12 @@ def test_runs_of_equal_ids_start_and_end_where_the_id_changes():
     assert run_starts(ids).tolist() == [True, False, True, True, False, True, True]
     assert run_ends(ids).tolist() == [False, True, True, False, True, True, True]
     assert run_starts(["x"]).tolist() == [True] and run_ends(pd.Series([], dtype="string")).tolist() == []
+
+
+def test_ids_read_in_several_chunks_are_looked_up_as_one_column():
+    # pyarrow's CSV reader hands a column over in blocks; pandas keeps them as chunks.
+    chunked = pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array([["d1", "d2"], ["d2", "d3"]])))
+    universe = pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array([["d3"], ["d2", "d1"]])))
+    assert index_in(chunked, universe).tolist() == [2, 1, 1, 0]
+    assert is_in(chunked, universe.iloc[:1]).tolist() == [False, False, False, True]
+    assert run_starts(chunked).tolist() == [True, True, False, True]

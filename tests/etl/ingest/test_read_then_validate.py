@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 import etl.ingest.crm_load
@@ -144,6 +145,18 @@ def test_repeated_ids_keep_the_first_live_row():
     assert repeated_ids(frame["Id"], live).tolist() == [False, False, False, False, True, False, True]
     first = first_occurrences(frame, "Id", live)
     assert first.to_dict() == {"B": "x.csv row 3", "A": "x.csv row 4", "C": "y.csv row 3"}
+
+
+def test_repeated_ids_of_any_type_and_missing_ones_count_among_live_rows_only():
+    # Ids read from a warehouse table may be numbers; a missing id repeats only a live missing id
+    # (row 3 is the first live one although row 1, quarantined, is missing too).
+    ids = pd.Series([7, None, 7, None, 8, None, 8], dtype="Int64")
+    live = np.array([True, False, True, True, True, True, False])
+    assert repeated_ids(ids, live).tolist() == [False, False, True, False, False, True, False]
+    chunked = pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array([["A", "B"], ["A", "C", "B"]])))
+    assert repeated_ids(chunked, np.ones(5, dtype=bool)).tolist() == [False, False, True, False, True]
+    mixed = pd.Series(["7", 7, "7"], dtype=object)  # text and a number are different ids
+    assert repeated_ids(mixed, np.ones(3, dtype=bool)).tolist() == [False, False, True]
 
 
 def test_one_session_checks_each_frame_it_is_given_without_fingerprinting_it():
