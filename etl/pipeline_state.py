@@ -199,13 +199,11 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     hist = stages.annotate(hist)
     hist, reconciled = _reconciled_history(hist, deals, stages)
 
-    # Rows are grouped by deal: a deal's code is the count of deal starts up to its rows.
+    # Rows are grouped by deal (`first_np` starts each deal's rows); running counts and carried
+    # values restart at each deal's first row.
     first_np = run_starts(hist["deal_id"])
-    deal_codes = np.cumsum(first_np) - 1
-    stage_codes = pd.factorize(hist["stage"])[0]  # -1 where the stage is unknown
-    prev_stage_codes = np.concatenate([[-1], stage_codes[:-1]])
-    stage_known_np = stage_codes >= 0
-    changed_np = stage_known_np & (first_np | (prev_stage_codes < 0) | (stage_codes != prev_stage_codes))
+    stage_known_np = hist["stage"].notna().to_numpy(dtype=bool)
+    changed_np = stage_known_np & (first_np | run_starts(hist["stage"]))
 
     order = hist["stage_order"].astype("float64").to_numpy()
     prev_order = np.concatenate([[np.nan], order[:-1]])
@@ -224,24 +222,39 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     # its expected date is late, not pushed (its closing row carries the actual close date).
     push_np = ~first_np & prev_open & is_open & later
 
-    first = pd.Series(first_np, index=hist.index)
-    changed = pd.Series(changed_np, index=hist.index)
-    is_push = pd.Series(push_np, index=hist.index)
-    stage_known = pd.Series(stage_known_np, index=hist.index)
-    hist["is_stage_change"] = changed
+    hist["is_stage_change"] = pd.Series(changed_np, index=hist.index)
     hist["is_backward"] = pd.Series(backward_np, index=hist.index)
     hist["is_contradictory"] = pd.Series(contradictory_np, index=hist.index)
-    hist["is_push"] = is_push
+    hist["is_push"] = pd.Series(push_np, index=hist.index)
 
-    moves = (changed & ~first).astype("int64")
-    hist["stage_moves"] = moves.groupby(deal_codes).cumsum()
-    hist["backward_moves"] = hist["is_backward"].astype("int64").groupby(deal_codes).cumsum()
-    hist["close_pushes"] = is_push.astype("int64").groupby(deal_codes).cumsum()
+    hist["stage_moves"] = _count_within(changed_np & ~first_np, first_np)
+    hist["backward_moves"] = _count_within(backward_np, first_np)
+    hist["close_pushes"] = _count_within(push_np, first_np)
 
-    entered = hist["changed_at"].where(changed)
-    hist["stage_entered_at"] = entered.groupby(deal_codes).ffill().where(stage_known)
-    hist["valid_to"] = hist["changed_at"].groupby(deal_codes).shift(-1)
+    changed_at = hist["changed_at"]
+    entry = _last_within(changed_np, first_np)  # the row where the deal entered its current stage
+    hist["stage_entered_at"] = changed_at.iloc[entry].set_axis(hist.index).where(stage_known_np & changed_np[entry])
+    hist["valid_to"] = _next_within(changed_at, first_np)
     return hist
+
+
+def _count_within(flags: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Running count of `flags` within each group of consecutive rows (`first` starts a group)."""
+    total = np.cumsum(flags, dtype=np.int64)
+    before_group = (total - flags)[first]
+    return total - np.repeat(before_group, np.diff(np.append(np.flatnonzero(first), len(flags))))
+
+
+def _last_within(flags: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Per row, the position of the latest row at or before it in its group where `flags` holds;
+    the group's first row where none does yet."""
+    return np.maximum.accumulate(np.where(flags | first, np.arange(len(flags)), 0))
+
+
+def _next_within(values: pd.Series, first: np.ndarray) -> pd.Series:
+    """`values` of the next row of the same group (missing on each group's last row)."""
+    shifted = values.shift(-1)
+    return shifted.where(~np.append(first[1:], True))
 
 
 def _history_ends(history: pd.DataFrame) -> pd.DataFrame:
@@ -311,10 +324,13 @@ def stage_events(history: pd.DataFrame, as_of: dt.date | pd.Timestamp) -> pd.Dat
     end of `as_of`; a stay in a won or lost stage has no duration.
     """
     end = as_of_end(as_of)
-    known = history.loc[history["changed_at"] <= end]
-    entries = known.loc[known["is_stage_change"]].copy()
-    deal = entries["deal_id"]
-    entries["exited_at"] = entries.groupby(deal)["changed_at"].shift(-1)
+    entries = history.loc[(history["changed_at"] <= end).to_numpy(dtype=bool) & history["is_stage_change"].to_numpy(dtype=bool)]
+    # The rows are grouped by deal: a stay ends where the deal's next one starts.
+    next_same_deal = ~np.append(run_starts(entries["deal_id"])[1:], True)
+    entered = entries["changed_at"].to_numpy(dtype=TIMESTAMP)
+    exited = np.full(len(entries), np.datetime64("NaT"), dtype=TIMESTAMP)
+    exited[:-1][next_same_deal[:-1]] = entered[1:][next_same_deal[:-1]]
+    entries = entries.assign(exited_at=pd.Series(exited, index=entries.index))
     closed_stage = entries["stage_status"].isin([STATUS_WON, STATUS_LOST])
     entries["is_current"] = entries["exited_at"].isna()
     stay_end = entries["exited_at"].fillna(end)
