@@ -324,7 +324,11 @@ def stage_events(history: pd.DataFrame, as_of: dt.date | pd.Timestamp) -> pd.Dat
     end of `as_of`; a stay in a won or lost stage has no duration.
     """
     end = as_of_end(as_of)
-    entries = history.loc[(history["changed_at"] <= end).to_numpy(dtype=bool) & history["is_stage_change"].to_numpy(dtype=bool)]
+    # Only the columns a stay keeps are carried through the filter (a history row has twice as many).
+    kept = ["deal_id", "pipeline", "stage", "stage_order", "stage_status", "changed_at", "amount_reporting",
+            "expected_close_date", "is_backward", "is_contradictory"]
+    is_entry = (history["changed_at"] <= end).to_numpy(dtype=bool) & history["is_stage_change"].to_numpy(dtype=bool)
+    entries = history.loc[is_entry, [c for c in kept if c in history.columns]]
     # The rows are grouped by deal: a stay ends where the deal's next one starts.
     next_same_deal = ~np.append(run_starts(entries["deal_id"])[1:], True)
     entered = entries["changed_at"].to_numpy(dtype=TIMESTAMP)
