@@ -5,6 +5,9 @@ up in the ids of the deals frame; the forecast backtest does so dozens of times 
 the same deals. `deal_index` keeps the index (and the hash table it builds) of the latest deal-id
 column it was given, recognised by its very array: a frame read once and passed around is hashed
 once. A changed column (assigned, edited: pandas then makes a new array) is a new one, hashed anew.
+
+`index_in` and `is_in` look text ids up once: an Arrow hash lookup, two to three times faster than
+a pandas index on millions of Arrow-backed ids (which first turns them into Python strings).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import weakref
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 _lock = threading.Lock()
 # [weak reference to the deal-id array, its pd.Index]
@@ -41,3 +46,45 @@ def deal_index(deals: pd.DataFrame) -> pd.Index:
 def deal_positions(deals: pd.DataFrame, ids: pd.Series | pd.Index | np.ndarray) -> np.ndarray:
     """The position in `deals` of each of `ids`, -1 where it is not there (`deals.deal_id` unique)."""
     return deal_index(deals).get_indexer(ids)
+
+
+def _arrow_text(values) -> pa.Array:
+    """`values` as one Arrow text array (a column read from CSV comes in several chunks)."""
+    array = pa.array(values.array if isinstance(values, (pd.Series, pd.Index)) else values, from_pandas=True)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return pc.cast(array, pa.large_string())
+
+
+def index_in(values, universe) -> np.ndarray:
+    """Position of each of `values` (text ids: a Series, Index, array or list) in `universe`,
+    -1 where absent; the first position when `universe` repeats a value. A missing value is found
+    where `universe` holds one, as `pd.Index.get_indexer` finds it."""
+    found = pc.index_in(_arrow_text(values), value_set=_arrow_text(universe))
+    return np.asarray(found.fill_null(-1).to_numpy(zero_copy_only=False), dtype="int64")
+
+
+def is_in(values, pool) -> np.ndarray:
+    """Whether each of `values` (text ids) is among `pool` (repeats allowed), as booleans."""
+    found = pc.is_in(_arrow_text(values), value_set=_arrow_text(pool))
+    return np.asarray(found.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def run_starts(values) -> np.ndarray:
+    """Whether each row starts a run of equal values (the first row always does): the first row of
+    each deal in a frame grouped by deal. Compared in Arrow, without turning millions of text ids
+    into Python strings; a missing value starts a run unless the row before is missing too."""
+    text = _arrow_text(values)
+    starts = np.ones(len(text), dtype=bool)
+    if len(text) > 1:
+        before, after = text.slice(0, len(text) - 1), text.slice(1)
+        differs = pc.not_equal(after, before)
+        either_missing = pc.xor(pc.is_null(after), pc.is_null(before))
+        starts[1:] = pc.if_else(pc.is_null(differs), either_missing, differs).to_numpy(zero_copy_only=False)
+    return starts
+
+
+def run_ends(values) -> np.ndarray:
+    """Whether each row ends a run of equal values (`run_starts` read from the other end)."""
+    starts = run_starts(values)
+    return np.append(starts[1:], True) if len(starts) else starts

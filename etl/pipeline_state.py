@@ -20,7 +20,7 @@ from contextvars import ContextVar
 import numpy as np
 import pandas as pd
 
-from etl.deal_ids import deal_index, deal_positions
+from etl.deal_ids import deal_index, deal_positions, index_in, is_in, run_ends, run_starts
 from etl.schema import DEAL_COLUMNS, STAGE_EVENT_COLUMNS, TIMESTAMP, conform
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
 
@@ -142,11 +142,8 @@ def _reconciled_history(hist: pd.DataFrame, deals: pd.DataFrame, stages: StageCa
                       "expected_close_date", "crm_probability", "forecast_category", "source_file", "source_row")
     if not set(record_columns) <= set(deals.columns):
         return hist, np.zeros(len(hist), dtype=bool)
-    deal_id = hist["deal_id"].to_numpy(dtype=object)
-    last = np.ones(len(hist), dtype=bool)
-    last[:-1] = deal_id[1:] != deal_id[:-1]
-    ends = hist.loc[last]
-    position = pd.Index(deals["deal_id"]).get_indexer(ends["deal_id"])
+    ends = hist.loc[run_ends(hist["deal_id"])]
+    position = index_in(ends["deal_id"], deals["deal_id"])
     record_status = deals["status"].to_numpy(dtype=object)[position]
     history_status = ends["stage_status"].astype(object).where(ends["stage_status"].notna(), STATUS_OPEN).to_numpy()
     differs = (position >= 0) & (record_status != history_status)
@@ -194,11 +191,7 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     won or lost stage (re-opened, or won turned lost), and the rows added to bring a history in line
     with the deal's record.
     """
-    # A hash lookup: Series.isin on pyarrow-backed strings walks the values in Python (minutes
-    # for millions of ids).
-    has_rows = pd.Series(
-        pd.Index(history["deal_id"].unique()).get_indexer(deals["deal_id"]) >= 0, index=deals.index
-    )
+    has_rows = pd.Series(is_in(deals["deal_id"], history["deal_id"]), index=deals.index)
     frames = [history, _synthesised_history(deals, has_rows)]
     hist = pd.concat([f for f in frames if not f.empty] or [history], ignore_index=True)
     hist = _with_deal_attributes(hist, deals[["deal_id", "pipeline"]], how="inner")
@@ -206,14 +199,11 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     hist = stages.annotate(hist)
     hist, reconciled = _reconciled_history(hist, deals, stages)
 
-    deal = hist["deal_id"]
-    deal_codes = pd.factorize(deal)[0]
-    stage_codes = pd.factorize(hist["stage"])[0]  # -1 where the stage is unknown
-    first_np = np.ones(len(hist), dtype=bool)
-    first_np[1:] = deal_codes[1:] != deal_codes[:-1]
-    prev_stage_codes = np.concatenate([[-1], stage_codes[:-1]])
-    stage_known_np = stage_codes >= 0
-    changed_np = stage_known_np & (first_np | (prev_stage_codes < 0) | (stage_codes != prev_stage_codes))
+    # Rows are grouped by deal (`first_np` starts each deal's rows); running counts and carried
+    # values restart at each deal's first row.
+    first_np = run_starts(hist["deal_id"])
+    stage_known_np = hist["stage"].notna().to_numpy(dtype=bool)
+    changed_np = stage_known_np & (first_np | run_starts(hist["stage"]))
 
     order = hist["stage_order"].astype("float64").to_numpy()
     prev_order = np.concatenate([[np.nan], order[:-1]])
@@ -232,32 +222,44 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     # its expected date is late, not pushed (its closing row carries the actual close date).
     push_np = ~first_np & prev_open & is_open & later
 
-    first = pd.Series(first_np, index=hist.index)
-    changed = pd.Series(changed_np, index=hist.index)
-    is_push = pd.Series(push_np, index=hist.index)
-    stage_known = pd.Series(stage_known_np, index=hist.index)
-    hist["is_stage_change"] = changed
+    hist["is_stage_change"] = pd.Series(changed_np, index=hist.index)
     hist["is_backward"] = pd.Series(backward_np, index=hist.index)
     hist["is_contradictory"] = pd.Series(contradictory_np, index=hist.index)
-    hist["is_push"] = is_push
+    hist["is_push"] = pd.Series(push_np, index=hist.index)
 
-    moves = (changed & ~first).astype("int64")
-    hist["stage_moves"] = moves.groupby(deal_codes).cumsum()
-    hist["backward_moves"] = hist["is_backward"].astype("int64").groupby(deal_codes).cumsum()
-    hist["close_pushes"] = is_push.astype("int64").groupby(deal_codes).cumsum()
+    hist["stage_moves"] = _count_within(changed_np & ~first_np, first_np)
+    hist["backward_moves"] = _count_within(backward_np, first_np)
+    hist["close_pushes"] = _count_within(push_np, first_np)
 
-    entered = hist["changed_at"].where(changed)
-    hist["stage_entered_at"] = entered.groupby(deal_codes).ffill().where(stage_known)
-    hist["valid_to"] = hist["changed_at"].groupby(deal_codes).shift(-1)
+    changed_at = hist["changed_at"]
+    entry = _last_within(changed_np, first_np)  # the row where the deal entered its current stage
+    hist["stage_entered_at"] = changed_at.iloc[entry].set_axis(hist.index).where(stage_known_np & changed_np[entry])
+    hist["valid_to"] = _next_within(changed_at, first_np)
     return hist
+
+
+def _count_within(flags: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Running count of `flags` within each group of consecutive rows (`first` starts a group)."""
+    total = np.cumsum(flags, dtype=np.int64)
+    before_group = (total - flags)[first]
+    return total - np.repeat(before_group, np.diff(np.append(np.flatnonzero(first), len(flags))))
+
+
+def _last_within(flags: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Per row, the position of the latest row at or before it in its group where `flags` holds;
+    the group's first row where none does yet."""
+    return np.maximum.accumulate(np.where(flags | first, np.arange(len(flags)), 0))
+
+
+def _next_within(values: pd.Series, first: np.ndarray) -> pd.Series:
+    """`values` of the next row of the same group (missing on each group's last row)."""
+    shifted = values.shift(-1)
+    return shifted.where(~np.append(first[1:], True))
 
 
 def _history_ends(history: pd.DataFrame) -> pd.DataFrame:
     """The last row of each deal of `history` (`prepare_history` output, grouped by deal), indexed by deal_id."""
-    deal_id = history["deal_id"].to_numpy(dtype=object)
-    last = np.ones(len(history), dtype=bool)
-    last[:-1] = deal_id[1:] != deal_id[:-1]
-    return history.loc[last].set_index("deal_id")
+    return history.loc[run_ends(history["deal_id"])].set_index("deal_id")
 
 
 def closed_at_from_history(deals: pd.DataFrame, history: pd.DataFrame) -> pd.Series:
@@ -301,9 +303,7 @@ def stage_move_counts(history: pd.DataFrame) -> pd.DataFrame:
     with stage_moves (a deal going from one open stage to another) and backward_moves (those that
     go to an earlier open stage, `is_backward`). `history` is the output of `prepare_history`;
     synthesised rows (creation, close) never make such a move."""
-    deal_codes = pd.factorize(history["deal_id"])[0]
-    first = np.ones(len(history), dtype=bool)
-    first[1:] = deal_codes[1:] != deal_codes[:-1]
+    first = run_starts(history["deal_id"])
     is_open = (history["stage_status"] == STATUS_OPEN).fillna(False).to_numpy(dtype=bool)
     prev_open = np.concatenate([[False], is_open[:-1]]) & ~first
     moved = history["is_stage_change"].to_numpy(dtype=bool) & is_open & prev_open
@@ -324,10 +324,13 @@ def stage_events(history: pd.DataFrame, as_of: dt.date | pd.Timestamp) -> pd.Dat
     end of `as_of`; a stay in a won or lost stage has no duration.
     """
     end = as_of_end(as_of)
-    known = history.loc[history["changed_at"] <= end]
-    entries = known.loc[known["is_stage_change"]].copy()
-    deal = entries["deal_id"]
-    entries["exited_at"] = entries.groupby(deal)["changed_at"].shift(-1)
+    entries = history.loc[(history["changed_at"] <= end).to_numpy(dtype=bool) & history["is_stage_change"].to_numpy(dtype=bool)]
+    # The rows are grouped by deal: a stay ends where the deal's next one starts.
+    next_same_deal = ~np.append(run_starts(entries["deal_id"])[1:], True)
+    entered = entries["changed_at"].to_numpy(dtype=TIMESTAMP)
+    exited = np.full(len(entries), np.datetime64("NaT"), dtype=TIMESTAMP)
+    exited[:-1][next_same_deal[:-1]] = entered[1:][next_same_deal[:-1]]
+    entries = entries.assign(exited_at=pd.Series(exited, index=entries.index))
     closed_stage = entries["stage_status"].isin([STATUS_WON, STATUS_LOST])
     entries["is_current"] = entries["exited_at"].isna()
     stay_end = entries["exited_at"].fillna(end)

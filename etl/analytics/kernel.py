@@ -27,11 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from etl.bookings import booking_anchor, booking_dates
+from etl.deal_ids import index_in
 from etl.periods import period_bounds, period_labels, quarter_start
 from etl.pipeline_state import DEAL_ATTRIBUTES, STATE_COLUMNS, as_of_end, blank_column, pipeline_at_many
 from etl.schema import SEGMENT_COLUMNS, TIMESTAMP, segment_values
@@ -105,17 +104,6 @@ def concat_pieces(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 # Codes, groups, percentiles and ratios
 # --------------------------------------------------------------------------------------------
-
-
-def _arrow_text(values: pd.Series | list) -> pa.Array:
-    return pc.cast(pa.array(values, from_pandas=True), pa.large_string())
-
-
-def index_in(values: pd.Series, universe: pd.Series | list) -> np.ndarray:
-    """Position of each of `values` in `universe` (whose values are unique), -1 where absent.
-    An Arrow hash lookup: several times faster than a pandas index on millions of text ids."""
-    found = pc.index_in(_arrow_text(values), value_set=_arrow_text(universe))
-    return np.asarray(found.fill_null(-1).to_numpy(zero_copy_only=False), dtype="int64")
 
 
 def codes(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from etl.config import ProjectConfig
+from etl.deal_ids import index_in, is_in
 from etl.ingest.csvfiles import is_blank, load_csv, parse_numbers, parse_timestamps
 from etl.schema import TIMESTAMP
 from etl.validation.reason_codes import NO_RATE_FOR_DATE, UNKNOWN_CURRENCY
@@ -252,7 +253,7 @@ def convert_to_reporting(
     if needs_rate.any():
         # A deal needs a rate only when there is an amount to convert (its own or its history's).
         history_amounts = history.loc[history["amount"].notna(), "deal_id"]
-        in_history = pd.Index(pd.unique(history_amounts)).get_indexer(deals["deal_id"]) >= 0
+        in_history = is_in(deals["deal_id"], history_amounts)
         needs_rate &= ~np.isnan(amount) | in_history
 
     # Each deal's rate: 1 in the reporting currency, the file's rate where one is needed, the
@@ -306,7 +307,7 @@ def convert_to_reporting(
     converted = amount * rate
     deals["amount_reporting"] = np.where(np.isnan(given), converted, given)
     if not history.empty:
-        position = pd.Index(deals["deal_id"]).get_indexer(history["deal_id"])
+        position = index_in(history["deal_id"], deals["deal_id"])
         history_rate = np.where(position >= 0, rate[np.where(position >= 0, position, 0)], np.nan)
         history_amount = history["amount"].to_numpy(dtype="float64", na_value=np.nan)
         given_history = history["amount_reporting"].to_numpy(dtype="float64", na_value=np.nan)

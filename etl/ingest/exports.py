@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from etl.config import ConfigError, ProjectConfig
 from etl.ingest.currency import convert_to_reporting, find_rates_file, load_rates
@@ -79,6 +81,8 @@ NORMALISED_COLUMNS = ["source_file", "source_row", "column", "as_written"]
 # words) and every kind of blank only at the edges.
 _INVISIBLE = "[\u200b\u2060\ufeff]"
 _EDGE_BLANKS = "[\\s\u00a0\u202f\u200c\u200d]"
+# The ASCII characters Python's `\\s` matches: tab to carriage return, the four separators, space.
+_ASCII_BLANK = "[\\t-\\r\\x1c-\\x20]"
 
 # The CRM readers, asked in this order which format a file is. A generic CSV mapping claims its
 # files by name, so it is asked first; the CRM readers recognise their exports by their headers.
@@ -394,12 +398,7 @@ def normalise_identifying_text(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Da
             continue
         codes, uniques = pd.factorize(frame[column], use_na_sentinel=True)
         text = pd.Series(uniques, dtype="string")
-        fixed = (
-            text.str.normalize("NFC")
-            .str.replace(_INVISIBLE, "", regex=True)
-            .str.replace(f"^{_EDGE_BLANKS}+|{_EDGE_BLANKS}+$", "", regex=True)
-        )
-        fixed = fixed.mask(fixed.eq(""))
+        fixed = _one_unicode_form(text)
         differs = (fixed.ne(text) | fixed.isna()).to_numpy(dtype=bool, na_value=True) & text.notna().to_numpy()
         if not differs.any():
             continue
@@ -423,6 +422,26 @@ def normalise_identifying_text(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Da
         logger.info("%d identifying value(s) put in one Unicode form (NFC, no zero-width or edge blanks)",
                     sum(len(c) for c in changes))
     return out, pd.concat(changes, ignore_index=True) if changes else pd.DataFrame(columns=NORMALISED_COLUMNS)
+
+
+def _one_unicode_form(text: pd.Series) -> pd.Series:
+    """`text` (distinct values) in NFC, without zero-width characters or blanks at either end;
+    NA where nothing is left. Only the values that can change go through Python's `re` (which
+    knows every Unicode blank): those with a character beyond ASCII, or an ASCII blank or
+    separator first or last. A pure-ASCII value has one Unicode form already."""
+    arrow = pa.array(text.array, type=pa.large_string(), from_pandas=True)
+    edge = pc.match_substring_regex(arrow, f"^{_ASCII_BLANK}|{_ASCII_BLANK}$")
+    maybe = pc.or_kleene(pc.invert(pc.string_is_ascii(arrow)), edge).fill_null(False)
+    candidates = maybe.to_numpy(zero_copy_only=False)
+    fixed = text.copy()
+    if candidates.any():
+        fixed[candidates] = (
+            text[candidates]
+            .str.normalize("NFC")
+            .str.replace(_INVISIBLE, "", regex=True)
+            .str.replace(f"^{_EDGE_BLANKS}+|{_EDGE_BLANKS}+$", "", regex=True)
+        )
+    return fixed.mask(fixed.eq(""))
 
 
 def with_values_as_written(quarantine: pd.DataFrame, normalised: pd.DataFrame) -> pd.DataFrame:

@@ -49,6 +49,7 @@ import sqlalchemy as sa
 from great_expectations.expectations.row_conditions import Column as RowColumn
 
 from etl.config import ValidationConfig
+from etl.deal_ids import index_in
 from etl.schema import (
     DEAL_COLUMNS,
     DEAL_HISTORY_COLUMNS,
@@ -835,7 +836,7 @@ def _history_work_frame(
     accepted); the deal's created_at minus a day; the previous row's changed_at for the deal."""
     codes, ids = pd.factorize(history["deal_id"])
     ids = pd.Index(ids, dtype=object)
-    id_position = pd.Index(accepted_deals["deal_id"], dtype=object).get_indexer(ids)
+    id_position = index_in(ids, accepted_deals["deal_id"])
     deal_position = np.append(id_position, -1)[codes]  # -1: not accepted or blank id
     accepted = deal_position >= 0
     # Of the ids not accepted (usually few), which were read and quarantined.

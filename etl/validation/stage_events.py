@@ -6,6 +6,7 @@ from __future__ import annotations
 import great_expectations.expectations as gxe
 import pandas as pd
 
+from etl.deal_ids import is_in
 from etl.schema import DQ_RESULT_COLUMNS, conform
 from etl.validation.gx_session import GxSession, checkable_datetime, failing_rows, quiet_great_expectations
 from etl.validation.outcome import SAMPLE_ROWS_KEPT, SEVERITY_ERROR, check_result, count_text
@@ -34,7 +35,7 @@ def validate_stage_events(
     previous = entered.groupby(deal_codes).shift(1)
     work = pd.DataFrame(
         {
-            "deal_known": pd.Index(deals["deal_id"]).get_indexer(events["deal_id"]) >= 0,
+            "deal_known": is_in(events["deal_id"], deals["deal_id"]),
             "stage_order": events["stage_order"].astype("Float64").astype("float64"),
             "entered_at": entered,
             "previous_entered_at": previous,

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from etl.deal_ids import deal_index, deal_positions
+from etl.deal_ids import deal_index, deal_positions, index_in, is_in, run_ends, run_starts
 
 
 def _deals(ids):
@@ -32,3 +33,39 @@ def test_another_frame_gets_its_own_index():
     assert deal_positions(one, pd.Series(["a"], dtype="string")).tolist() == [0]
     assert deal_positions(other, pd.Series(["a"], dtype="string")).tolist() == [1]
     assert deal_positions(one, pd.Series(["a"], dtype="string")).tolist() == [0]
+
+
+def test_index_in_finds_text_ids_of_any_container_and_the_first_of_repeats():
+    universe = pd.Series(["d2", "d1", "d2", None], dtype="string")
+    for values in (
+        pd.Series(["d1", "d9", "d2", None], dtype="string"),
+        pd.Series(["d1", "d9", "d2", None], dtype=object),
+        np.array(["d1", "d9", "d2", None], dtype=object),
+        ["d1", "d9", "d2", None],
+    ):
+        # d2 is first at 0; a missing id is found where the universe holds one (3), as pandas does.
+        assert index_in(values, universe).tolist() == [1, -1, 0, 3]
+    assert index_in(pd.Index(["d1", "x"]), pd.Index(["x"])).tolist() == [-1, 0]
+
+
+def test_is_in_answers_membership_with_repeats_in_the_pool():
+    pool = pd.Series(["a", "a", "c"], dtype="string")
+    assert is_in(pd.Series(["c", "b", "a", "A"], dtype="string"), pool).tolist() == [True, False, True, False]
+    assert is_in(pd.Series([], dtype="string"), pool).tolist() == []
+
+
+def test_runs_of_equal_ids_start_and_end_where_the_id_changes():
+    ids = pd.Series(["a", "a", "b", None, None, "c", "a"], dtype="string")
+    # A second run of "a" after "c" is a run of its own: rows are compared with their neighbour only.
+    assert run_starts(ids).tolist() == [True, False, True, True, False, True, True]
+    assert run_ends(ids).tolist() == [False, True, True, False, True, True, True]
+    assert run_starts(["x"]).tolist() == [True] and run_ends(pd.Series([], dtype="string")).tolist() == []
+
+
+def test_ids_read_in_several_chunks_are_looked_up_as_one_column():
+    # pyarrow's CSV reader hands a column over in blocks; pandas keeps them as chunks.
+    chunked = pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array([["d1", "d2"], ["d2", "d3"]])))
+    universe = pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array([["d3"], ["d2", "d1"]])))
+    assert index_in(chunked, universe).tolist() == [2, 1, 1, 0]
+    assert is_in(chunked, universe.iloc[:1]).tolist() == [False, False, False, True]
+    assert run_starts(chunked).tolist() == [True, True, False, True]

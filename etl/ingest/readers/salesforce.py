@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from etl.config import ProjectConfig, SalesforceSourceConfig
+from etl.deal_ids import index_in, is_in
 from etl.ingest.readers import HISTORY_GAP_COLUMNS, ExportFormatError, ExportReader, FileReport, SourceExport
 from etl.ingest.csvfiles import (
     CsvHeader,
@@ -248,7 +249,7 @@ def _working_frame(tables: Sequence[tuple[int, CsvTable]], columns: Mapping[str,
 
 def _members(values: pd.Series, pool: pd.Series | pd.Index) -> np.ndarray:
     """Whether each value is in `pool` (a hash lookup: fast for millions of ids)."""
-    return pd.Index(pd.unique(pool)).get_indexer(values) >= 0
+    return is_in(values, pool)
 
 
 def _blank_to_na(values: pd.Series) -> pd.Series:
@@ -874,13 +875,13 @@ def _read_history(
     with_id = deals.loc[~is_blank(deals["Id"]), ["Id", "_file", "_pos", "source_file", "source_row"]]
     first_rows = with_id.loc[~with_id["Id"].duplicated(keep="first").to_numpy()]
     ids = pd.Index(first_rows["Id"])
-    position = ids.get_indexer(frame["OpportunityId"])
+    position = index_in(frame["OpportunityId"], ids)
     in_export = position >= 0
 
     def accepted_rows() -> np.ndarray:
         rows = np.flatnonzero(~deal_checks.bad)
         by_id = np.full(len(ids) + 1, -1, dtype=np.int64)
-        by_id[ids.get_indexer(deals["Id"].to_numpy()[rows])] = rows
+        by_id[index_in(deals["Id"].iloc[rows], ids)] = rows
         by_id[-1] = -1
         return by_id[position]
 
@@ -968,7 +969,7 @@ def _read_history(
 
 def _deal_in_reporting_currency(deal_ids: pd.Series, opp: pd.DataFrame, reporting: str) -> np.ndarray:
     """Whether the deal of each history row is in the reporting currency."""
-    position = pd.Index(opp["Id"]).get_indexer(deal_ids)
+    position = index_in(deal_ids, opp["Id"])
     in_reporting = opp["currency"].eq(reporting).to_numpy(dtype=bool)
     return (position >= 0) & in_reporting[np.where(position >= 0, position, 0)]
 
@@ -981,7 +982,7 @@ def _lookup(ids: pd.Series, table: pd.DataFrame, column: str) -> pd.Series:
     """`table[column]` for each id ("" where the id is not in the table)."""
     if column not in table.columns or table.empty:
         return pd.Series("", index=ids.index, dtype="str")
-    position = table.index.get_indexer(ids)
+    position = index_in(ids, table.index)
     values = table[column].to_numpy(dtype=object)
     found = np.where(position >= 0, values[np.where(position >= 0, position, 0)], "")
     return pd.Series(found, index=ids.index, dtype="str")

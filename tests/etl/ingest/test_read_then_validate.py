@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 import etl.ingest.crm_load
@@ -22,7 +23,7 @@ from etl.ingest.crm_load import load_crm
 from etl.ingest.csvfiles import first_occurrences, repeated_ids
 from etl.ingest.exports import read_exports
 from etl.ingest.readers.salesforce import FORMATS, read_salesforce
-from etl.validation.gx_session import GxSession
+from etl.validation.gx_session import GxSession, failing_rows
 from etl.validation.raw import run_raw_suites
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -144,3 +145,33 @@ def test_repeated_ids_keep_the_first_live_row():
     assert repeated_ids(frame["Id"], live).tolist() == [False, False, False, False, True, False, True]
     first = first_occurrences(frame, "Id", live)
     assert first.to_dict() == {"B": "x.csv row 3", "A": "x.csv row 4", "C": "y.csv row 3"}
+
+
+def test_repeated_ids_of_any_type_and_missing_ones_count_among_live_rows_only():
+    # Ids read from a warehouse table may be numbers; a missing id repeats only a live missing id
+    # (row 3 is the first live one although row 1, quarantined, is missing too).
+    ids = pd.Series([7, None, 7, None, 8, None, 8], dtype="Int64")
+    live = np.array([True, False, True, True, True, True, False])
+    assert repeated_ids(ids, live).tolist() == [False, False, True, False, False, True, False]
+    chunked = pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array([["A", "B"], ["A", "C", "B"]])))
+    assert repeated_ids(chunked, np.ones(5, dtype=bool)).tolist() == [False, False, True, False, True]
+    mixed = pd.Series(["7", 7, "7"], dtype=object)  # text and a number are different ids
+    assert repeated_ids(mixed, np.ones(3, dtype=bool)).tolist() == [False, False, True]
+
+
+def test_one_session_checks_each_frame_it_is_given_without_fingerprinting_it():
+    import great_expectations.expectations as gxe
+
+    session = GxSession()
+
+    def failing(suite, values):
+        frame = pd.DataFrame({"amount": values})
+        check = gxe.ExpectColumnValuesToBeBetween(column="amount", min_value=0, meta={"check_name": "amount_not_negative"})
+        return failing_rows(session.validate(suite, frame, [check])["amount_not_negative"], "amount_not_negative")
+
+    # Two frames of the same shape in one session: each gets its own answer (no batch mixed up
+    # with an earlier one once GX no longer fingerprints the frames).
+    assert failing("first", [5.0, -1.0, 3.0]).tolist() == [1]
+    assert failing("second", [-2.0, 4.0, -7.0]).tolist() == [0, 2]
+    batch = session.batch_definition.get_batch(batch_parameters={"dataframe": pd.DataFrame({"amount": [1.0]})})
+    assert "pandas_data_fingerprint" not in batch.batch_markers
