@@ -253,8 +253,8 @@ def _last_within(flags: np.ndarray, first: np.ndarray) -> np.ndarray:
 
 def _next_within(values: pd.Series, first: np.ndarray) -> pd.Series:
     """`values` of the next row of the same group (missing on each group's last row)."""
-    shifted = values.shift(-1)
-    return shifted.where(~np.append(first[1:], True))
+    last = np.append(first[1:], True)[: len(first)]
+    return values.shift(-1).where(~last)
 
 
 def _history_ends(history: pd.DataFrame) -> pd.DataFrame:
@@ -330,7 +330,7 @@ def stage_events(history: pd.DataFrame, as_of: dt.date | pd.Timestamp) -> pd.Dat
     is_entry = (history["changed_at"] <= end).to_numpy(dtype=bool) & history["is_stage_change"].to_numpy(dtype=bool)
     entries = history.loc[is_entry, [c for c in kept if c in history.columns]]
     # The rows are grouped by deal: a stay ends where the deal's next one starts.
-    next_same_deal = ~np.append(run_starts(entries["deal_id"])[1:], True)
+    next_same_deal = ~run_ends(entries["deal_id"])
     entered = entries["changed_at"].to_numpy(dtype=TIMESTAMP)
     exited = np.full(len(entries), np.datetime64("NaT"), dtype=TIMESTAMP)
     exited[:-1][next_same_deal[:-1]] = entered[1:][next_same_deal[:-1]]

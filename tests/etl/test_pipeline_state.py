@@ -199,3 +199,11 @@ def test_closing_late_is_not_a_push():
     d2 = prepared[prepared.deal_id == "d2"]
     assert d2["is_push"].tolist() == [False, True, False, False]
     assert d2["close_pushes"].iloc[-1] == 1
+
+
+def test_no_deal_and_no_history_rebuild_to_empty_tables():
+    # Every deal quarantined: the rebuild still runs, over nothing, and keeps its columns.
+    prepared = prepare_history(_deals().iloc[0:0], _history().iloc[0:0], CATALOG)
+    assert len(prepared) == 0
+    assert {"stage_moves", "stage_entered_at", "valid_to"} <= set(prepared.columns)
+    assert len(stage_events(prepared, T("2024-01-31").date())) == 0
