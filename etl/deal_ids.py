@@ -48,12 +48,15 @@ def deal_positions(deals: pd.DataFrame, ids: pd.Series | pd.Index | np.ndarray) 
     return deal_index(deals).get_indexer(ids)
 
 
-def _arrow_text(values) -> pa.Array:
-    """`values` as one Arrow text array (a column read from CSV comes in several chunks)."""
+def arrow_values(values) -> pa.Array:
+    """`values` (a Series, Index, array or list) as one Arrow array: a column read from CSV comes
+    in several chunks, joined here. Raises pyarrow's error for values of mixed types."""
     array = pa.array(values.array if isinstance(values, (pd.Series, pd.Index)) else values, from_pandas=True)
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    return pc.cast(array, pa.large_string())
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def _arrow_text(values) -> pa.Array:
+    return pc.cast(arrow_values(values), pa.large_string())
 
 
 def index_in(values, universe) -> np.ndarray:

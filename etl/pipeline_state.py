@@ -330,11 +330,7 @@ def stage_events(history: pd.DataFrame, as_of: dt.date | pd.Timestamp) -> pd.Dat
     is_entry = (history["changed_at"] <= end).to_numpy(dtype=bool) & history["is_stage_change"].to_numpy(dtype=bool)
     entries = history.loc[is_entry, [c for c in kept if c in history.columns]]
     # The rows are grouped by deal: a stay ends where the deal's next one starts.
-    next_same_deal = ~run_ends(entries["deal_id"])
-    entered = entries["changed_at"].to_numpy(dtype=TIMESTAMP)
-    exited = np.full(len(entries), np.datetime64("NaT"), dtype=TIMESTAMP)
-    exited[:-1][next_same_deal[:-1]] = entered[1:][next_same_deal[:-1]]
-    entries = entries.assign(exited_at=pd.Series(exited, index=entries.index))
+    entries = entries.assign(exited_at=_next_within(entries["changed_at"], run_starts(entries["deal_id"])))
     closed_stage = entries["stage_status"].isin([STATUS_WON, STATUS_LOST])
     entries["is_current"] = entries["exited_at"].isna()
     stay_end = entries["exited_at"].fillna(end)

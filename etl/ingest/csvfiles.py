@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from etl.deal_ids import arrow_values
 from etl.ingest.readers import ExportFormatError
 from etl.schema import QUARANTINE_COLUMNS, TIMESTAMP, conform, empty_frame
 from etl.validation.raw import RawRules, RawSuite, declare_raw_suite
@@ -1153,9 +1154,7 @@ def repeated_ids(ids: pd.Series, live: np.ndarray) -> np.ndarray:
     live = np.asarray(live, dtype=bool)
     rows = np.flatnonzero(live)
     try:
-        values = pa.array(ids.iloc[rows].array, from_pandas=True)
-        if isinstance(values, pa.ChunkedArray):  # a column read from CSV comes in several chunks
-            values = values.combine_chunks()
+        values = arrow_values(ids.iloc[rows])
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # ids of mixed types: pandas compares them
         return ids.where(live).duplicated(keep="first").to_numpy() & live
     # Arrow numbers distinct values in the order they first appear: a row repeats an earlier id
