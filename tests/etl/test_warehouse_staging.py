@@ -198,3 +198,33 @@ def test_text_held_by_arrow_in_several_chunks_is_staged(tmp_path, staged_always)
     wh.write("deals", frame, as_of=AS_OF, run_id="run-a")
     assert sql_rows(wh, "SELECT deal_id, account FROM deals ORDER BY rowid") == [("C1", "x"), ("C2", None), ("C3", "z")]
     wh.dispose()
+
+
+def _autocheckpoint_pages(wh: Warehouse) -> int:
+    with wh.engine.connect() as conn:
+        return conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+
+
+def test_a_staged_write_is_checkpointed_into_the_database_file(tmp_path, staged_always):
+    """The staged transaction commits without SQLite's automatic checkpoint and the write
+    checkpoints afterwards: the database file alone, without its write-ahead log, holds the night,
+    and the connection goes back to SQLite's automatic checkpoints."""
+    import shutil
+    import sqlite3
+
+    wh = claimed(sqlite_warehouse(tmp_path / "w"))
+    wh.write("deals", tricky_deals(), as_of=AS_OF, run_id="run-a")
+    shutil.copyfile(tmp_path / "w" / "w.sqlite", tmp_path / "file-only.sqlite")  # not the -wal file
+    copy = sqlite3.connect(tmp_path / "file-only.sqlite")
+    assert copy.execute("SELECT deal_id FROM deals ORDER BY rowid").fetchall() == [(f"D{i}",) for i in range(1, 6)]
+    copy.close()
+    assert _autocheckpoint_pages(wh) == 1000
+    wh.dispose()
+
+
+def test_a_failed_staged_write_gives_the_connection_its_automatic_checkpoints_back(tmp_path, staged_always):
+    wh = claimed(sqlite_warehouse(tmp_path / "w"))
+    with pytest.raises(WarehouseError):
+        wh.write("deals", deals(["D1", "D1"]), as_of=AS_OF, run_id="run-a")
+    assert _autocheckpoint_pages(wh) == 1000
+    wh.dispose()
