@@ -44,6 +44,7 @@ import pyarrow.csv as pacsv
 from etl.deal_ids import arrow_values
 from etl.ingest.readers import ExportFormatError
 from etl.schema import QUARANTINE_COLUMNS, TIMESTAMP, conform, empty_frame
+from etl.threads import map_in_threads
 from etl.validation.raw import RawRules, RawSuite, declare_raw_suite
 from etl.validation.reason_codes import (
     BLANK_ROW,
@@ -1243,7 +1244,21 @@ class RowChecks:
         expected: str,
     ) -> pd.Series:
         """`column` parsed; rows whose value does not parse are flagged with `reason_code`."""
-        values, bad = parser(self.frame[column])
-        label = self.column_label(column)
-        self.flag(bad, reason_code, label, lambda rows: [f"{label}: expected {expected}, got {v!r}" for v in rows[column]])
-        return values
+        return self.parsed_all([(column, parser, reason_code, expected)])[0]
+
+    def parsed_all(
+        self, specs: Sequence[tuple[str, Callable[[pd.Series], tuple[pd.Series, np.ndarray]], str, str]]
+    ) -> list[pd.Series]:
+        """`parsed` for each (column, parser, reason_code, expected) of `specs`, in that order: the
+        columns are parsed at the same time (Arrow's parsers release the GIL), and their rows are
+        flagged in the order of `specs`, so a row's first reason is what it is with `parsed`."""
+        results = map_in_threads(lambda spec: spec[1](self.frame[spec[0]]), specs)
+        for (column, _, reason_code, expected), (_, bad) in zip(specs, results):
+            label = self.column_label(column)
+            self.flag(
+                bad, reason_code, label,
+                lambda rows, label=label, column=column, expected=expected: [
+                    f"{label}: expected {expected}, got {v!r}" for v in rows[column]
+                ],
+            )
+        return [values for values, _ in results]

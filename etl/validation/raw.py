@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.schema import DQ_RESULT_COLUMNS, conform, empty_frame
+from etl.threads import map_in_threads
 from etl.validation.gx_session import GxSession, failing_rows, quiet_great_expectations
 from etl.validation.outcome import ASSET_EXPORTS, CHECK_NAME_MAX, SEVERITY_ROW, check_result, count_text
 
@@ -158,10 +159,8 @@ def declare_raw_suite(
     ("" for blank) plus `_file` (the file key of each row, a key of `files`). `label(file_key,
     column)` is the column's header in that file. Nothing is checked here (see `run_raw_suites`)."""
     columns = _checked_columns(rules, frame)
-    encoded = {}
-    for column, blind in columns:
-        codes, values = _distinct(frame[column], blind)
-        encoded[(column, blind)] = (codes.astype(np.int32), values)
+    distinct = map_in_threads(lambda wanted: _distinct(frame[wanted[0]], wanted[1]), columns)
+    encoded = {wanted: (codes.astype(np.int32), values) for wanted, (codes, values) in zip(columns, distinct)}
     headers = {(key, column): label(key, column) for key in files for column in dict.fromkeys(c for c, _ in columns)}
     return RawSuite(
         format_label=format_label,

@@ -55,6 +55,7 @@ from etl.ingest.csvfiles import (
     repeated_ids,
 )
 from etl.schema import DEAL_COLUMNS, DEAL_HISTORY_COLUMNS, conform, empty_frame
+from etl.threads import map_in_threads
 from etl.stages import (
     ORDER_CRM,
     ORDER_INFERRED,
@@ -236,7 +237,7 @@ def _working_frame(tables: Sequence[tuple[int, CsvTable]], columns: Mapping[str,
     export column names."""
     parts = []
     for key, table in tables:
-        part = pd.DataFrame({name: table.text(column) for name, column in columns.items()})
+        part = pd.DataFrame(dict(zip(columns, map_in_threads(table.text, columns.values()))))
         part.insert(0, "_file", np.int64(key))
         part.insert(1, "_pos", np.arange(len(table), dtype=np.int64))
         part["source_file"] = str(table.path)
@@ -782,15 +783,21 @@ def _read_opportunities(
     checks = RowChecks(frame, quarantine)
     _deleted_and_ids(checks, "opportunity")
     checks.blank_required(["StageName", "CreatedDate", "CloseDate"])
-    frame["created_at"] = checks.parsed("CreatedDate", parse_timestamps, UNPARSEABLE_DATE, _DATE)
-    frame["close_date"] = checks.parsed("CloseDate", parse_timestamps, UNPARSEABLE_DATE, _DATE).dt.normalize()
-    frame["last_stage_change_at"] = checks.parsed("LastStageChangeDate", parse_timestamps, UNPARSEABLE_DATE, _DATE)
-    frame["amount"] = checks.parsed("Amount", parse_numbers, UNPARSEABLE_AMOUNT, _NUMBER)
-    frame["probability"] = checks.parsed("Probability", parse_numbers, UNPARSEABLE_NUMBER, _NUMBER)
-    frame["sort_order"] = checks.parsed("StageSortOrder", parse_numbers, UNPARSEABLE_NUMBER, _NUMBER)
-    frame["is_closed"] = checks.parsed("IsClosed", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN)
-    frame["is_won"] = checks.parsed("IsWon", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN)
-    checks.parsed("IsDeleted", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN)
+    (
+        frame["created_at"], close_date, frame["last_stage_change_at"], frame["amount"], frame["probability"],
+        frame["sort_order"], frame["is_closed"], frame["is_won"], _,
+    ) = checks.parsed_all([
+        ("CreatedDate", parse_timestamps, UNPARSEABLE_DATE, _DATE),
+        ("CloseDate", parse_timestamps, UNPARSEABLE_DATE, _DATE),
+        ("LastStageChangeDate", parse_timestamps, UNPARSEABLE_DATE, _DATE),
+        ("Amount", parse_numbers, UNPARSEABLE_AMOUNT, _NUMBER),
+        ("Probability", parse_numbers, UNPARSEABLE_NUMBER, _NUMBER),
+        ("StageSortOrder", parse_numbers, UNPARSEABLE_NUMBER, _NUMBER),
+        ("IsClosed", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN),
+        ("IsWon", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN),
+        ("IsDeleted", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN),
+    ])
+    frame["close_date"] = close_date.dt.normalize()
 
     pipeline = frame["pipeline_field"]
     frame["pipeline"] = pipeline.where(pipeline.ne(""), settings.default_pipeline)
@@ -862,13 +869,19 @@ def _read_history(
         lambda rows: [f"history row Id {i!r} appears more than once; the first occurrence is kept" for i in rows["Id"]],
     )
     checks.blank_required(["CreatedDate", "StageName"])
-    frame["changed_at"] = checks.parsed("CreatedDate", parse_timestamps, UNPARSEABLE_DATE, _DATE)
-    frame["close_date"] = checks.parsed("CloseDate", parse_timestamps, UNPARSEABLE_DATE, _DATE).dt.normalize()
-    frame["prev_close_date"] = checks.parsed("PrevCloseDate", parse_timestamps, UNPARSEABLE_DATE, _DATE).dt.normalize()
-    frame["amount"] = checks.parsed("Amount", parse_numbers, UNPARSEABLE_AMOUNT, _NUMBER)
-    frame["prev_amount"] = checks.parsed("PrevAmount", parse_numbers, UNPARSEABLE_AMOUNT, _NUMBER)
-    frame["probability"] = checks.parsed("Probability", parse_numbers, UNPARSEABLE_NUMBER, _NUMBER)
-    checks.parsed("IsDeleted", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN)
+    frame["changed_at"], close_date, prev_close_date, frame["amount"], frame["prev_amount"], frame["probability"], _ = (
+        checks.parsed_all([
+            ("CreatedDate", parse_timestamps, UNPARSEABLE_DATE, _DATE),
+            ("CloseDate", parse_timestamps, UNPARSEABLE_DATE, _DATE),
+            ("PrevCloseDate", parse_timestamps, UNPARSEABLE_DATE, _DATE),
+            ("Amount", parse_numbers, UNPARSEABLE_AMOUNT, _NUMBER),
+            ("PrevAmount", parse_numbers, UNPARSEABLE_AMOUNT, _NUMBER),
+            ("Probability", parse_numbers, UNPARSEABLE_NUMBER, _NUMBER),
+            ("IsDeleted", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN),
+        ])
+    )
+    frame["close_date"] = close_date.dt.normalize()
+    frame["prev_close_date"] = prev_close_date.dt.normalize()
 
     # The deal each row belongs to: `position` indexes the distinct Opportunity ids (-1: not in
     # the export); `accepted_rows()` gives each history row its accepted Opportunity row (-1: none).
