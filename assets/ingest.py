@@ -6,6 +6,8 @@ warehouse) but deals, history and stage events are not, and every downstream ass
 """
 
 
+from concurrent.futures import ThreadPoolExecutor
+
 import dagster as dg
 import pandas as pd
 
@@ -14,6 +16,7 @@ from assets.execution import HEAVY_STEP_TAGS
 from assets.partitions import NIGHTS
 from assets.resources import DealcastSettings, WarehouseResource
 from assets.runs import run_settings
+from assets.store import encoded
 from etl.ingest.crm_load import (
     CrmLoad,
     describe_exports,
@@ -117,8 +120,14 @@ def crm_tables(
             "data_quality_results": results_frame(load, run_id),
             "reconciliation": reconciliation_frame(load, run_id),
         }
+        frames = _output_frames(load)
         if load.publishable:
-            written = writer.write_many({**load.warehouse_frames(), **diagnostics})
+            # The outputs' Parquet files are made on a thread while the warehouse is written: the
+            # write spends most of its time in SQLite or the database server, without the GIL.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-encoding") as encoder:
+                encoding = encoder.submit(encoded, frames)
+                written = writer.write_many({**load.warehouse_frames(), **diagnostics})
+            frames = encoding.result()
         else:
             written = writer.write_many(diagnostics)
             context.log.error(
@@ -126,18 +135,22 @@ def crm_tables(
                 + markdown_table(load.validation.blocking_failures)
             )
 
-    yield from _outputs(load, written)
+    yield from _outputs(load, frames, written)
     yield from blocking_check_results(load.validation)
 
 
-def _outputs(load: CrmLoad, written: dict[str, int]):
-    status = "published" if load.publishable else "NOT published: blocking checks failed"
-    frames = {
+def _output_frames(load: CrmLoad) -> dict[str, pd.DataFrame]:
+    """The frames later steps read from the store, by output name."""
+    return {
         "deals": load.deals,
         "deal_history": load.history,
         "stage_events": load.events,
         "pipeline_stages": load.pipeline_stages,
     }
+
+
+def _outputs(load: CrmLoad, frames: dict[str, pd.DataFrame], written: dict[str, int]):
+    status = "published" if load.publishable else "NOT published: blocking checks failed"
     previews = {
         "deals": ["deal_id", "pipeline", "owner", "stage", "status", "amount_reporting", "created_at", "closed_at"],
         "deal_history": ["deal_id", "changed_at", "stage", "amount_reporting", "expected_close_date", "is_backward", "is_push"],

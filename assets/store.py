@@ -40,6 +40,45 @@ class StoreError(RuntimeError):
     """A value cannot be written to or read from the store; the message names the asset and file."""
 
 
+def parquet_file(frame: pd.DataFrame) -> pa.Buffer:
+    """`frame` as the store writes it: a zstd-compressed Parquet file with pandas' dtypes kept, in
+    memory. Raises pyarrow's error for a frame Parquet cannot hold."""
+    table = pa.Table.from_pandas(frame, preserve_index=None)
+    out = pa.BufferOutputStream()
+    pq.write_table(table, out, compression="zstd")
+    return out.getvalue()
+
+
+class EncodedFrame(pd.DataFrame):
+    """A DataFrame handed to the store with its Parquet file already made (`encoded`), so that a
+    step can encode its outputs on a thread while it does other work, such as writing the
+    warehouse: the store writes that file instead of encoding the frame again.
+
+    Anything pandas derives from it is a plain DataFrame without the bytes; the frame itself must
+    not be changed in place once encoded."""
+
+    _metadata = ["parquet"]
+
+    @property
+    def _constructor(self):
+        return pd.DataFrame
+
+
+def encoded(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Each frame (its data shared, not copied) with its Parquet file (`parquet_file`) attached; a
+    frame Parquet cannot hold is left as it is, for the store to report with its asset and file."""
+    out: dict[str, pd.DataFrame] = {}
+    for name, frame in frames.items():
+        try:
+            data = parquet_file(frame)
+        except (pa.ArrowException, ValueError, TypeError):
+            out[name] = frame
+            continue
+        out[name] = EncodedFrame(frame)
+        out[name].parquet = data
+    return out
+
+
 class ParquetJoblibStore(dg.UPathIOManager):
     """DataFrames as Parquet, anything else as joblib, through a UPath (local folder or object store)."""
 
@@ -57,13 +96,13 @@ class ParquetJoblibStore(dg.UPathIOManager):
         if isinstance(obj, pd.DataFrame):
             target, stale = parquet, pickled
             try:
-                table = pa.Table.from_pandas(obj, preserve_index=None)
+                data = obj.parquet if isinstance(obj, EncodedFrame) else parquet_file(obj)
             except (pa.ArrowException, ValueError, TypeError) as exc:
                 raise StoreError(
                     f"asset {context.asset_key.to_user_string() if context.has_asset_key else context.step_key}: "
                     f"its DataFrame cannot be written as Parquet to {parquet}: {exc}"
                 ) from exc
-            write_atomic(target, lambda out: pq.write_table(table, out, compression="zstd"))
+            write_atomic(target, lambda out: out.write(memoryview(data)))
         else:
             target, stale = pickled, parquet
             write_atomic(target, lambda out: joblib.dump(obj, out, compress=3))

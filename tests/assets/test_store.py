@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from upath import UPath
 
-from assets.store import DealcastStore, StoreError, default_store_location
+from assets.store import DealcastStore, EncodedFrame, StoreError, default_store_location, encoded
 from etl.config import resolve_settings
 from models.scoring import Scorer
 
@@ -121,6 +121,48 @@ def test_a_frame_parquet_cannot_hold_fails_naming_the_asset_and_column(tmp_path)
     store_error = next(e for e in chain if e.cls_name == "StoreError")
     assert "asset mixed" in store_error.message and "column amount" in store_error.message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_frame_encoded_beforehand_is_stored_as_that_file(tmp_path):
+    """A step that made its outputs' Parquet files while it did other work hands them over with
+    the frames: the store writes those files, and reads them back as the frames they encode."""
+    made = encoded({"frame": messy_frame(), "other": pd.DataFrame({"x": [1, 2, 3]})})
+
+    @dg.asset
+    def frame() -> pd.DataFrame:
+        return made["frame"]
+
+    @dg.asset
+    def swapped() -> pd.DataFrame:
+        # The file of another frame: what is written is the file that came with the value.
+        value = EncodedFrame(messy_frame())
+        value.parquet = made["other"].parquet
+        return value
+
+    result = dg.materialize([frame, swapped], resources={"io_manager": DealcastStore(base_url=str(tmp_path))})
+    assert result.success
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "frame.parquet"), messy_frame())
+    assert pd.read_parquet(tmp_path / "swapped.parquet")["x"].tolist() == [1, 2, 3]
+
+
+def test_what_pandas_derives_from_an_encoded_frame_carries_no_file():
+    made = encoded({"frame": messy_frame()})["frame"]
+    assert isinstance(made, EncodedFrame)
+    for derived in (made[["deal_id"]], made.assign(amount=0.0), made.copy(), made.iloc[:1], made.reset_index()):
+        assert type(derived) is pd.DataFrame
+        assert getattr(derived, "parquet", None) is None
+
+
+def test_a_frame_parquet_cannot_hold_is_not_encoded_beforehand_and_the_store_names_it(tmp_path):
+    made = encoded({"mixed": pd.DataFrame({"amount": [1, "one thousand"]})})["mixed"]
+    assert type(made) is pd.DataFrame
+
+    @dg.asset
+    def mixed() -> pd.DataFrame:
+        return made
+
+    result = dg.materialize([mixed], resources={"io_manager": DealcastStore(base_url=str(tmp_path))}, raise_on_error=False)
+    assert not result.success and "asset mixed" in result.failure_data_for_node("mixed").error.cause.message
 
 
 def test_a_missing_value_names_both_files_and_the_store(tmp_path):
