@@ -19,8 +19,9 @@ from contextvars import ContextVar
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
-from etl.deal_ids import deal_index, deal_positions, index_in, is_in, run_ends, run_starts
+from etl.deal_ids import arrow_values, deal_index, deal_positions, index_in, is_in, run_ends, run_starts
 from etl.schema import DEAL_COLUMNS, STAGE_EVENT_COLUMNS, TIMESTAMP, conform
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
 
@@ -194,8 +195,7 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     has_rows = pd.Series(is_in(deals["deal_id"], history["deal_id"]), index=deals.index)
     frames = [history, _synthesised_history(deals, has_rows)]
     hist = pd.concat([f for f in frames if not f.empty] or [history], ignore_index=True)
-    hist = _with_deal_attributes(hist, deals[["deal_id", "pipeline"]], how="inner")
-    hist = hist.sort_values(["deal_id", "changed_at", "source_row"], kind="stable").reset_index(drop=True)
+    hist = _with_pipeline_in_deal_order(hist, deals)
     hist = stages.annotate(hist)
     hist, reconciled = _reconciled_history(hist, deals, stages)
 
@@ -236,6 +236,42 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     hist["stage_entered_at"] = changed_at.iloc[entry].set_axis(hist.index).where(stage_known_np & changed_np[entry])
     hist["valid_to"] = _next_within(changed_at, first_np)
     return hist
+
+
+def _with_pipeline_in_deal_order(hist: pd.DataFrame, deals: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `hist` whose deal is in `deals`, each with its deal's pipeline (the last column),
+    sorted by deal_id, changed_at and source_row (rows equal in all three keep their order; a
+    missing time or row number sorts last): as an inner merge and a stable `sort_values` give
+    them.
+
+    The deal of each row is looked up once, and the rows are ordered by integers (the rank of
+    its deal's id among the deals, the time, the row number) rather than by millions of text ids
+    factorised again; the merge and the sort otherwise (ids repeated or missing in `deals`, ids
+    of another type, or a row number that is not a plain integer)."""
+    ids = deal_index(deals)
+    fast = (
+        "pipeline" not in hist.columns
+        and hist["deal_id"].dtype == deals["deal_id"].dtype
+        and ids.is_unique
+        and not ids.hasnans
+        and pd.api.types.is_integer_dtype(hist["source_row"].dtype)
+        and not isinstance(hist["source_row"].dtype, pd.api.extensions.ExtensionDtype)
+    )
+    if not fast:
+        joined = _with_deal_attributes(hist, deals[["deal_id", "pipeline"]], how="inner")
+        return joined.sort_values(["deal_id", "changed_at", "source_row"], kind="stable").reset_index(drop=True)
+    position = _positions(ids, hist["deal_id"])
+    id_rank = np.empty(len(ids), dtype=np.int64)
+    id_rank[pc.sort_indices(arrow_values(ids)).to_numpy()] = np.arange(len(ids))
+    changed_at = hist["changed_at"].to_numpy(dtype=TIMESTAMP).view(np.int64)
+    changed_at = np.where(changed_at == np.iinfo(np.int64).min, np.iinfo(np.int64).max, changed_at)  # NaT last
+    rows = np.flatnonzero(position >= 0)
+    order = rows[np.lexsort((
+        hist["source_row"].to_numpy(dtype=np.int64)[rows], changed_at[rows], id_rank[position[rows]]
+    ))]
+    out = hist.take(order).reset_index(drop=True)
+    out["pipeline"] = deals["pipeline"].take(position[order]).reset_index(drop=True)
+    return out
 
 
 def _count_within(flags: np.ndarray, first: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ Deal d2: 2024-01-05 created in A (close 2024-02-01); 2024-01-15 close date pushe
 Deal d3: no history in the source (current stage only); lost on 2024-03-01.
 """
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -207,3 +208,41 @@ def test_no_deal_and_no_history_rebuild_to_empty_tables():
     assert len(prepared) == 0
     assert {"stage_moves", "stage_entered_at", "valid_to"} <= set(prepared.columns)
     assert len(stage_events(prepared, T("2024-01-31").date())) == 0
+
+
+def _rows_to_order() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """History rows out of order: ids that sort otherwise as text than as the deals list them
+    ("D10" before "D9"), rows sharing a time told apart by their row number, two rows equal in all
+    three keys (kept in file order by `note`), a missing time, and a row of a deal not among the deals."""
+    deals = pd.DataFrame({
+        "deal_id": pd.array(["D9", "D10", "Ä1", "B2"], dtype="string"),
+        "pipeline": pd.array(["P9", "P10", "PÄ", "PB"], dtype="string"),
+    })
+    t = pd.Timestamp
+    history = pd.DataFrame({
+        "deal_id": pd.array(["D9", "ZZ", "D10", "D9", "Ä1", "D10", "B2", "D9", "D9", "B2"], dtype="string"),
+        "changed_at": [t("2026-03-01"), t("2026-01-01"), t("2026-02-01"), t("2026-01-01"), t("2026-01-05"),
+                       t("2026-02-01"), pd.NaT, t("2026-01-01"), t("2026-01-01"), t("2026-04-01")],
+        "source_row": np.array([5, 9, 8, 7, 3, 2, 4, 7, 6, 1], dtype=np.int64),
+        "note": ["a", "orphan", "b", "c", "d", "e", "f", "g", "h", "i"],
+    })
+    return deals, history
+
+
+@pytest.mark.parametrize("path", ["integer keys", "merge and sort"])
+def test_history_rows_in_deal_order_with_their_pipeline(path, monkeypatch):
+    from etl import pipeline_state
+
+    deals, history = _rows_to_order()
+    if path == "merge and sort":
+        history["source_row"] = history["source_row"].astype("Int64")  # not a plain integer: the general path
+    out = pipeline_state._with_pipeline_in_deal_order(history, deals)
+    # By hand: B2 (its missing time last), D10 (same time: row 2 before row 8), D9 (row 6, then the two
+    # rows 7 in file order c, g, then March), Ä1 (non-ASCII sorts after ASCII); the orphan row is dropped.
+    assert out["note"].tolist() == ["i", "f", "e", "b", "h", "c", "g", "a", "d"]
+    assert out["pipeline"].tolist() == ["PB", "PB", "P10", "P10", "P9", "P9", "P9", "P9", "PÄ"]
+    assert list(out.columns) == ["deal_id", "changed_at", "source_row", "note", "pipeline"]
+    reference = history.merge(deals, on="deal_id", how="inner").sort_values(
+        ["deal_id", "changed_at", "source_row"], kind="stable"
+    ).reset_index(drop=True)
+    pd.testing.assert_frame_equal(out, reference)
