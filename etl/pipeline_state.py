@@ -126,7 +126,9 @@ def _synthesised_history(deals: pd.DataFrame, has_rows: pd.Series) -> pd.DataFra
     return pd.concat([created, closing], ignore_index=True)
 
 
-def _reconciled_history(hist: pd.DataFrame, deals: pd.DataFrame, stages: StageCatalog) -> tuple[pd.DataFrame, np.ndarray]:
+def _reconciled_history(
+    hist: pd.DataFrame, deals: pd.DataFrame, stages: StageCatalog, position: np.ndarray | None = None
+) -> tuple[pd.DataFrame, np.ndarray]:
     """`hist` (sorted by deal and time, annotated with stage status) completed where a deal's history
     ends in another status than the deal's own record, and a mask of the rows added.
 
@@ -136,6 +138,7 @@ def _reconciled_history(hist: pd.DataFrame, deals: pd.DataFrame, stages: StageCa
     when the record says the deal reached that state (closed_at for a closed deal,
     last_stage_change_at for an open one), but never before the history's last row (one
     microsecond after it at the earliest). It names the deal's own file and row as its source.
+    `position`: each row's position in `deals`, when the caller has it.
     A deals frame without the record's columns (status, stage, ...) has no record to compare with:
     its history is kept as it is.
     """
@@ -143,8 +146,9 @@ def _reconciled_history(hist: pd.DataFrame, deals: pd.DataFrame, stages: StageCa
                       "expected_close_date", "crm_probability", "forecast_category", "source_file", "source_row")
     if not set(record_columns) <= set(deals.columns):
         return hist, np.zeros(len(hist), dtype=bool)
-    ends = hist.loc[run_ends(hist["deal_id"])]
-    position = index_in(ends["deal_id"], deals["deal_id"])
+    last = run_ends(hist["deal_id"])
+    ends = hist.loc[last]
+    position = index_in(ends["deal_id"], deals["deal_id"]) if position is None else position[last]
     record_status = deals["status"].to_numpy(dtype=object)[position]
     history_status = ends["stage_status"].astype(object).where(ends["stage_status"].notna(), STATUS_OPEN).to_numpy()
     differs = (position >= 0) & (record_status != history_status)
@@ -192,12 +196,23 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     won or lost stage (re-opened, or won turned lost), and the rows added to bring a history in line
     with the deal's record.
     """
-    has_rows = pd.Series(is_in(deals["deal_id"], history["deal_id"]), index=deals.index)
-    frames = [history, _synthesised_history(deals, has_rows)]
+    ids = deal_index(deals)
+    by_position = _looked_up_by_position(history, deals, ids)
+    if by_position:
+        # Each history row's deal, found once: it says which deals have history, and orders the rows.
+        position = _positions(ids, history["deal_id"])
+        has_rows = np.zeros(len(deals), dtype=bool)
+        has_rows[position[position >= 0]] = True
+    else:
+        has_rows = is_in(deals["deal_id"], history["deal_id"])
+    synthesised = _synthesised_history(deals, pd.Series(has_rows, index=deals.index))
+    frames = [history, synthesised]
     hist = pd.concat([f for f in frames if not f.empty] or [history], ignore_index=True)
-    hist = _with_pipeline_in_deal_order(hist, deals)
+    if by_position:
+        position = np.concatenate([position, _positions(ids, synthesised["deal_id"])])
+    hist, position = _with_pipeline_in_deal_order(hist, deals, ids, position if by_position else None)
     hist = stages.annotate(hist)
-    hist, reconciled = _reconciled_history(hist, deals, stages)
+    hist, reconciled = _reconciled_history(hist, deals, stages, position)
 
     # Rows are grouped by deal (`first_np` starts each deal's rows); running counts and carried
     # values restart at each deal's first row.
@@ -238,29 +253,35 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     return hist
 
 
-def _with_pipeline_in_deal_order(hist: pd.DataFrame, deals: pd.DataFrame) -> pd.DataFrame:
-    """The rows of `hist` whose deal is in `deals`, each with its deal's pipeline (the last column),
-    sorted by deal_id, changed_at and source_row (rows equal in all three keep their order; a
-    missing time or row number sorts last): as an inner merge and a stable `sort_values` give
-    them.
-
-    The deal of each row is looked up once, and the rows are ordered by integers (the rank of
-    its deal's id among the deals, the time, the row number) rather than by millions of text ids
-    factorised again; the merge and the sort otherwise (ids repeated or missing in `deals`, ids
-    of another type, or a row number that is not a plain integer)."""
-    ids = deal_index(deals)
-    fast = (
-        "pipeline" not in hist.columns
-        and hist["deal_id"].dtype == deals["deal_id"].dtype
+def _looked_up_by_position(history: pd.DataFrame, deals: pd.DataFrame, ids: pd.Index) -> bool:
+    """Whether the rows of `history` can be matched to `deals` by their deal's position
+    (`_positions`): ids of one type, each once and none missing in `deals`."""
+    return (
+        "pipeline" not in history.columns
+        and history["deal_id"].dtype == deals["deal_id"].dtype
         and ids.is_unique
         and not ids.hasnans
-        and pd.api.types.is_integer_dtype(hist["source_row"].dtype)
-        and not isinstance(hist["source_row"].dtype, pd.api.extensions.ExtensionDtype)
     )
-    if not fast:
-        joined = _with_deal_attributes(hist, deals[["deal_id", "pipeline"]], how="inner")
-        return joined.sort_values(["deal_id", "changed_at", "source_row"], kind="stable").reset_index(drop=True)
-    position = _positions(ids, hist["deal_id"])
+
+
+def _with_pipeline_in_deal_order(
+    hist: pd.DataFrame, deals: pd.DataFrame, ids: pd.Index, position: np.ndarray | None = None
+):
+    """The rows of `hist` whose deal is in `deals`, each with its deal's pipeline (the last column),
+    sorted by deal_id, changed_at and source_row (rows equal in all three keep their order; a
+    missing time sorts last): as an inner merge and a stable `sort_values` give them.
+
+    With `position` (each row's position in `deals`, -1 where absent; `_looked_up_by_position`
+    holds) and row numbers that are plain integers, the rows are ordered by integers (the rank of
+    the deal's id among the deals, the time, the row number) rather than by millions of text ids
+    factorised again, and the sorted rows' positions are returned with them. Otherwise the merge
+    and the sort, and None for the positions."""
+    source_row = hist["source_row"].dtype
+    if position is None or not (
+        pd.api.types.is_integer_dtype(source_row) and not isinstance(source_row, pd.api.extensions.ExtensionDtype)
+    ):
+        joined = _with_deal_attributes(hist, deals[["deal_id", "pipeline"]], how="inner", ids=ids)
+        return joined.sort_values(["deal_id", "changed_at", "source_row"], kind="stable").reset_index(drop=True), None
     id_rank = np.empty(len(ids), dtype=np.int64)
     id_rank[pc.sort_indices(arrow_values(ids)).to_numpy()] = np.arange(len(ids))
     changed_at = hist["changed_at"].to_numpy(dtype=TIMESTAMP).view(np.int64)
@@ -271,7 +292,7 @@ def _with_pipeline_in_deal_order(hist: pd.DataFrame, deals: pd.DataFrame) -> pd.
     ))]
     out = hist.take(order).reset_index(drop=True)
     out["pipeline"] = deals["pipeline"].take(position[order]).reset_index(drop=True)
-    return out
+    return out, position[order]
 
 
 def _count_within(flags: np.ndarray, first: np.ndarray) -> np.ndarray:

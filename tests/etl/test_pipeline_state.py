@@ -230,13 +230,19 @@ def _rows_to_order() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 @pytest.mark.parametrize("path", ["integer keys", "merge and sort"])
-def test_history_rows_in_deal_order_with_their_pipeline(path, monkeypatch):
+def test_history_rows_in_deal_order_with_their_pipeline(path):
     from etl import pipeline_state
 
     deals, history = _rows_to_order()
     if path == "merge and sort":
         history["source_row"] = history["source_row"].astype("Int64")  # not a plain integer: the general path
-    out = pipeline_state._with_pipeline_in_deal_order(history, deals)
+    ids = pd.Index(deals["deal_id"])
+    position = pipeline_state._positions(ids, history["deal_id"])
+    out, sorted_position = pipeline_state._with_pipeline_in_deal_order(history, deals, ids, position)
+    if path == "integer keys":
+        assert sorted_position.tolist() == [3, 3, 1, 1, 0, 0, 0, 0, 2]
+    else:
+        assert sorted_position is None
     # By hand: B2 (its missing time last), D10 (same time: row 2 before row 8), D9 (row 6, then the two
     # rows 7 in file order c, g, then March), Ä1 (non-ASCII sorts after ASCII); the orphan row is dropped.
     assert out["note"].tolist() == ["i", "f", "e", "b", "h", "c", "g", "a", "d"]
