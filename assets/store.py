@@ -12,6 +12,8 @@ processes, on separate machines or in separate Kubernetes pods, and share nothin
   docs/deployment.md).
 
 Assets whose result is only written to the warehouse return a MaterializeResult and store nothing.
+A step may make its frames' Parquet files beforehand, on a thread while it writes the warehouse
+(`encoded`, as crm_tables does): the store then writes those files as they are.
 """
 
 from __future__ import annotations
