@@ -229,6 +229,17 @@ def detect(header: CsvHeader | None, path: Path) -> str | None:
 _DATE = "a date-time like 2024-05-31 14:03:00 (or ISO 8601)"
 _NUMBER = "a number like 1234.5"
 _BOOLEAN = "0, 1, true or false"
+# How a column is parsed: (parser, reason code of a value it cannot parse, what was expected).
+_AS_DATE = (parse_timestamps, UNPARSEABLE_DATE, _DATE)
+_AS_AMOUNT = (parse_numbers, UNPARSEABLE_AMOUNT, _NUMBER)
+_AS_NUMBER = (parse_numbers, UNPARSEABLE_NUMBER, _NUMBER)
+_AS_BOOLEAN = (parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN)
+
+
+def _parsed(checks: RowChecks, **columns) -> dict[str, pd.Series]:
+    """Each column parsed as given (`_AS_DATE`, ...), all at once (`RowChecks.parsed_all`): bad values
+    are flagged in the order the columns are named."""
+    return dict(zip(columns, checks.parsed_all([(column, *how) for column, how in columns.items()])))
 
 
 def _working_frame(tables: Sequence[tuple[int, CsvTable]], columns: Mapping[str, str | None]) -> pd.DataFrame:
@@ -287,7 +298,7 @@ def _left_out(checks: RowChecks, what: str) -> None:
         f"an earlier version of the {what} ({FIVETRAN_ACTIVE} = false in a history-mode table); the active one is read",
     )
     for column in (FIVETRAN_DELETED, FIVETRAN_ACTIVE):
-        checks.parsed(column, parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN)
+        checks.parsed(column, *_AS_BOOLEAN)
 
 
 def _deleted_and_ids(checks: RowChecks, what: str) -> None:
@@ -783,21 +794,19 @@ def _read_opportunities(
     checks = RowChecks(frame, quarantine)
     _deleted_and_ids(checks, "opportunity")
     checks.blank_required(["StageName", "CreatedDate", "CloseDate"])
-    (
-        frame["created_at"], close_date, frame["last_stage_change_at"], frame["amount"], frame["probability"],
-        frame["sort_order"], frame["is_closed"], frame["is_won"], _,
-    ) = checks.parsed_all([
-        ("CreatedDate", parse_timestamps, UNPARSEABLE_DATE, _DATE),
-        ("CloseDate", parse_timestamps, UNPARSEABLE_DATE, _DATE),
-        ("LastStageChangeDate", parse_timestamps, UNPARSEABLE_DATE, _DATE),
-        ("Amount", parse_numbers, UNPARSEABLE_AMOUNT, _NUMBER),
-        ("Probability", parse_numbers, UNPARSEABLE_NUMBER, _NUMBER),
-        ("StageSortOrder", parse_numbers, UNPARSEABLE_NUMBER, _NUMBER),
-        ("IsClosed", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN),
-        ("IsWon", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN),
-        ("IsDeleted", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN),
-    ])
-    frame["close_date"] = close_date.dt.normalize()
+    parsed = _parsed(
+        checks, CreatedDate=_AS_DATE, CloseDate=_AS_DATE, LastStageChangeDate=_AS_DATE, Amount=_AS_AMOUNT,
+        Probability=_AS_NUMBER, StageSortOrder=_AS_NUMBER, IsClosed=_AS_BOOLEAN, IsWon=_AS_BOOLEAN,
+        IsDeleted=_AS_BOOLEAN,
+    )
+    frame["created_at"] = parsed["CreatedDate"]
+    frame["close_date"] = parsed["CloseDate"].dt.normalize()
+    frame["last_stage_change_at"] = parsed["LastStageChangeDate"]
+    frame["amount"] = parsed["Amount"]
+    frame["probability"] = parsed["Probability"]
+    frame["sort_order"] = parsed["StageSortOrder"]
+    frame["is_closed"] = parsed["IsClosed"]
+    frame["is_won"] = parsed["IsWon"]
 
     pipeline = frame["pipeline_field"]
     frame["pipeline"] = pipeline.where(pipeline.ne(""), settings.default_pipeline)
@@ -869,19 +878,16 @@ def _read_history(
         lambda rows: [f"history row Id {i!r} appears more than once; the first occurrence is kept" for i in rows["Id"]],
     )
     checks.blank_required(["CreatedDate", "StageName"])
-    frame["changed_at"], close_date, prev_close_date, frame["amount"], frame["prev_amount"], frame["probability"], _ = (
-        checks.parsed_all([
-            ("CreatedDate", parse_timestamps, UNPARSEABLE_DATE, _DATE),
-            ("CloseDate", parse_timestamps, UNPARSEABLE_DATE, _DATE),
-            ("PrevCloseDate", parse_timestamps, UNPARSEABLE_DATE, _DATE),
-            ("Amount", parse_numbers, UNPARSEABLE_AMOUNT, _NUMBER),
-            ("PrevAmount", parse_numbers, UNPARSEABLE_AMOUNT, _NUMBER),
-            ("Probability", parse_numbers, UNPARSEABLE_NUMBER, _NUMBER),
-            ("IsDeleted", parse_booleans, UNPARSEABLE_BOOLEAN, _BOOLEAN),
-        ])
+    parsed = _parsed(
+        checks, CreatedDate=_AS_DATE, CloseDate=_AS_DATE, PrevCloseDate=_AS_DATE, Amount=_AS_AMOUNT,
+        PrevAmount=_AS_AMOUNT, Probability=_AS_NUMBER, IsDeleted=_AS_BOOLEAN,
     )
-    frame["close_date"] = close_date.dt.normalize()
-    frame["prev_close_date"] = prev_close_date.dt.normalize()
+    frame["changed_at"] = parsed["CreatedDate"]
+    frame["close_date"] = parsed["CloseDate"].dt.normalize()
+    frame["prev_close_date"] = parsed["PrevCloseDate"].dt.normalize()
+    frame["amount"] = parsed["Amount"]
+    frame["prev_amount"] = parsed["PrevAmount"]
+    frame["probability"] = parsed["Probability"]
 
     # The deal each row belongs to: `position` indexes the distinct Opportunity ids (-1: not in
     # the export); `accepted_rows()` gives each history row its accepted Opportunity row (-1: none).
