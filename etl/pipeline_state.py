@@ -19,6 +19,7 @@ from contextvars import ContextVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.deal_ids import arrow_values, deal_index, deal_positions, index_in, is_in, run_ends, run_starts
@@ -277,13 +278,19 @@ def _with_pipeline_in_deal_order(
     factorised again, and the sorted rows' positions are returned with them. Otherwise the merge
     and the sort, and None for the positions."""
     source_row = hist["source_row"].dtype
-    if position is None or not (
-        pd.api.types.is_integer_dtype(source_row) and not isinstance(source_row, pd.api.extensions.ExtensionDtype)
+    id_order = None
+    if position is not None and pd.api.types.is_integer_dtype(source_row) and not isinstance(
+        source_row, pd.api.extensions.ExtensionDtype
     ):
+        try:
+            id_order = pc.sort_indices(arrow_values(ids)).to_numpy()
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError):
+            pass  # ids of mixed types: the merge and the sort say what becomes of them
+    if id_order is None:
         joined = _with_deal_attributes(hist, deals[["deal_id", "pipeline"]], how="inner", ids=ids)
         return joined.sort_values(["deal_id", "changed_at", "source_row"], kind="stable").reset_index(drop=True), None
     id_rank = np.empty(len(ids), dtype=np.int64)
-    id_rank[pc.sort_indices(arrow_values(ids)).to_numpy()] = np.arange(len(ids))
+    id_rank[id_order] = np.arange(len(ids))
     changed_at = hist["changed_at"].to_numpy(dtype=TIMESTAMP).view(np.int64)
     changed_at = np.where(changed_at == np.iinfo(np.int64).min, np.iinfo(np.int64).max, changed_at)  # NaT last
     rows = np.flatnonzero(position >= 0)

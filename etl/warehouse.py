@@ -1079,14 +1079,14 @@ class Warehouse:
 
         A staged write commits gigabytes of WAL at 1M deals. SQLite would checkpoint them inside
         the commit, while the staging files (as large, about to be deleted) still wait to be
-        written back by the kernel: measured at 1M deals, the write took 32-37 s so, and 23-25 s
-        plus a 2 s checkpoint once the staging files were gone first. The rows are committed
+        written back by the kernel: measured at 1M deals, the write took 32-37 s that way, and
+        23-25 s plus a 2 s checkpoint once the staging files were gone. The rows are committed
         either way; a checkpoint that fails leaves them in the log, which SQLite reads and
         checkpoints at the next write, so it is reported, not raised."""
         started = time.perf_counter()
         try:
             with self.engine.connect() as conn:
-                busy, frames, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
+                _, frames, copied = conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
         except (sa.exc.SQLAlchemyError, self._dbapi_error) as exc:
             log.warning(
                 "the write is committed, but copying the write-ahead log into %s failed (%s); "

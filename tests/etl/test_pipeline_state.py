@@ -252,3 +252,24 @@ def test_history_rows_in_deal_order_with_their_pipeline(path):
         ["deal_id", "changed_at", "source_row"], kind="stable"
     ).reset_index(drop=True)
     pd.testing.assert_frame_equal(out, reference)
+
+
+def test_history_of_deals_with_ids_of_mixed_types_is_ordered_by_the_merge_and_sort():
+    """Ids a warehouse source gives as numbers for some deals and text for others cannot be ranked by
+    Arrow: the general path orders them, as pandas does."""
+    from etl import pipeline_state
+
+    deals = pd.DataFrame({"deal_id": pd.array([7, "A"], dtype=object), "pipeline": ["P7", "PA"]})
+    history = pd.DataFrame({
+        "deal_id": pd.array(["A", 7, 7], dtype=object),
+        "changed_at": pd.to_datetime(["2026-01-02", "2026-01-03", "2026-01-01"]),
+        "source_row": np.array([1, 2, 3], dtype=np.int64),
+    })
+    ids = pd.Index(deals["deal_id"])
+    position = pipeline_state._positions(ids, history["deal_id"])
+    out, sorted_position = pipeline_state._with_pipeline_in_deal_order(history, deals, ids, position)
+    assert sorted_position is None
+    # pandas puts the number before the text; each deal's rows by time.
+    assert out["deal_id"].tolist() == [7, 7, "A"]
+    assert out["source_row"].tolist() == [3, 2, 1]
+    assert out["pipeline"].tolist() == ["P7", "P7", "PA"]
