@@ -55,6 +55,19 @@ def arrow_values(values) -> pa.Array:
     return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
+def id_ranks(ids) -> np.ndarray | None:
+    """Each of `ids` (unique, none missing) numbered by its place in their sorted order (text by
+    code point, numbers by value): integers that sort as the ids do. None for ids Arrow cannot
+    order (numbers and text mixed in one column)."""
+    try:
+        order = pc.sort_indices(arrow_values(ids)).to_numpy()
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError):
+        return None
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(len(order))
+    return ranks
+
+
 def _arrow_text(values) -> pa.Array:
     return pc.cast(arrow_values(values), pa.large_string())
 

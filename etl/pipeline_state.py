@@ -19,10 +19,8 @@ from contextvars import ContextVar
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from etl.deal_ids import arrow_values, deal_index, deal_positions, index_in, is_in, run_ends, run_starts
+from etl.deal_ids import deal_index, deal_positions, id_ranks, index_in, is_in, run_ends, run_starts
 from etl.schema import DEAL_COLUMNS, STAGE_EVENT_COLUMNS, TIMESTAMP, conform
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON, StageCatalog
 
@@ -198,8 +196,9 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     with the deal's record.
     """
     ids = deal_index(deals)
-    by_position = _looked_up_by_position(history, deals, ids)
-    if by_position:
+    id_rank = id_ranks(ids) if _looked_up_by_position(history, deals, ids) else None
+    position = None
+    if id_rank is not None:
         # Each history row's deal, found once: it says which deals have history, and orders the rows.
         position = _positions(ids, history["deal_id"])
         has_rows = np.zeros(len(deals), dtype=bool)
@@ -209,9 +208,9 @@ def prepare_history(deals: pd.DataFrame, history: pd.DataFrame, stages: StageCat
     synthesised = _synthesised_history(deals, pd.Series(has_rows, index=deals.index))
     frames = [history, synthesised]
     hist = pd.concat([f for f in frames if not f.empty] or [history], ignore_index=True)
-    if by_position:
+    if position is not None:
         position = np.concatenate([position, _positions(ids, synthesised["deal_id"])])
-    hist, position = _with_pipeline_in_deal_order(hist, deals, ids, position if by_position else None)
+    hist, position = _with_pipeline_in_deal_order(hist, deals, ids, position, id_rank)
     hist = stages.annotate(hist)
     hist, reconciled = _reconciled_history(hist, deals, stages, position)
 
@@ -266,31 +265,26 @@ def _looked_up_by_position(history: pd.DataFrame, deals: pd.DataFrame, ids: pd.I
 
 
 def _with_pipeline_in_deal_order(
-    hist: pd.DataFrame, deals: pd.DataFrame, ids: pd.Index, position: np.ndarray | None = None
+    hist: pd.DataFrame,
+    deals: pd.DataFrame,
+    ids: pd.Index,
+    position: np.ndarray | None = None,
+    id_rank: np.ndarray | None = None,
 ):
     """The rows of `hist` whose deal is in `deals`, each with its deal's pipeline (the last column),
     sorted by deal_id, changed_at and source_row (rows equal in all three keep their order; a
     missing time sorts last): as an inner merge and a stable `sort_values` give them.
 
     With `position` (each row's position in `deals`, -1 where absent; `_looked_up_by_position`
-    holds) and row numbers that are plain integers, the rows are ordered by integers (the rank of
-    the deal's id among the deals, the time, the row number) rather than by millions of text ids
-    factorised again, and the sorted rows' positions are returned with them. Otherwise the merge
-    and the sort, and None for the positions."""
+    holds), `id_rank` (`id_ranks` of the deals' ids) and row numbers that are plain integers, the
+    rows are ordered by integers (the rank of the deal's id, the time, the row number) rather than
+    by millions of text ids factorised again, and the sorted rows' positions are returned with
+    them. Otherwise the merge and the sort, and None for the positions."""
     source_row = hist["source_row"].dtype
-    id_order = None
-    if position is not None and pd.api.types.is_integer_dtype(source_row) and not isinstance(
-        source_row, pd.api.extensions.ExtensionDtype
-    ):
-        try:
-            id_order = pc.sort_indices(arrow_values(ids)).to_numpy()
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError):
-            pass  # ids of mixed types: the merge and the sort say what becomes of them
-    if id_order is None:
+    plain_rows = pd.api.types.is_integer_dtype(source_row) and not isinstance(source_row, pd.api.extensions.ExtensionDtype)
+    if position is None or id_rank is None or not plain_rows:
         joined = _with_deal_attributes(hist, deals[["deal_id", "pipeline"]], how="inner", ids=ids)
         return joined.sort_values(["deal_id", "changed_at", "source_row"], kind="stable").reset_index(drop=True), None
-    id_rank = np.empty(len(ids), dtype=np.int64)
-    id_rank[id_order] = np.arange(len(ids))
     changed_at = hist["changed_at"].to_numpy(dtype=TIMESTAMP).view(np.int64)
     changed_at = np.where(changed_at == np.iinfo(np.int64).min, np.iinfo(np.int64).max, changed_at)  # NaT last
     rows = np.flatnonzero(position >= 0)

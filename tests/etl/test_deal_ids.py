@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from etl.deal_ids import deal_index, deal_positions, index_in, is_in, run_ends, run_starts
+from etl.deal_ids import deal_index, deal_positions, id_ranks, index_in, is_in, run_ends, run_starts
 
 
 def _deals(ids):
@@ -69,3 +69,9 @@ def test_ids_read_in_several_chunks_are_looked_up_as_one_column():
     assert index_in(chunked, universe).tolist() == [2, 1, 1, 0]
     assert is_in(chunked, universe.iloc[:1]).tolist() == [False, False, False, True]
     assert run_starts(chunked).tolist() == [True, True, False, True]
+
+
+def test_id_ranks_number_ids_in_their_sorted_order():
+    assert id_ranks(pd.Index(["D9", "D10", "Ä1", "B2"])).tolist() == [2, 1, 3, 0]  # text by code point
+    assert id_ranks(pd.Series([30, 4, 100])).tolist() == [1, 0, 2]  # numbers by value, not as text
+    assert id_ranks(pd.Index([7, "A"], dtype=object)) is None  # numbers and text mixed: no order here

@@ -232,13 +232,16 @@ def _rows_to_order() -> tuple[pd.DataFrame, pd.DataFrame]:
 @pytest.mark.parametrize("path", ["integer keys", "merge and sort"])
 def test_history_rows_in_deal_order_with_their_pipeline(path):
     from etl import pipeline_state
+    from etl.deal_ids import id_ranks
 
     deals, history = _rows_to_order()
     if path == "merge and sort":
         history["source_row"] = history["source_row"].astype("Int64")  # not a plain integer: the general path
     ids = pd.Index(deals["deal_id"])
     position = pipeline_state._positions(ids, history["deal_id"])
-    out, sorted_position = pipeline_state._with_pipeline_in_deal_order(history, deals, ids, position)
+    out, sorted_position = pipeline_state._with_pipeline_in_deal_order(
+        history, deals, ids, position, id_ranks(ids)
+    )
     if path == "integer keys":
         assert sorted_position.tolist() == [3, 3, 1, 1, 0, 0, 0, 0, 2]
     else:
@@ -258,6 +261,7 @@ def test_history_of_deals_with_ids_of_mixed_types_is_ordered_by_the_merge_and_so
     """Ids a warehouse source gives as numbers for some deals and text for others cannot be ranked by
     Arrow: the general path orders them, as pandas does."""
     from etl import pipeline_state
+    from etl.deal_ids import id_ranks
 
     deals = pd.DataFrame({"deal_id": pd.array([7, "A"], dtype=object), "pipeline": ["P7", "PA"]})
     history = pd.DataFrame({
@@ -267,7 +271,9 @@ def test_history_of_deals_with_ids_of_mixed_types_is_ordered_by_the_merge_and_so
     })
     ids = pd.Index(deals["deal_id"])
     position = pipeline_state._positions(ids, history["deal_id"])
-    out, sorted_position = pipeline_state._with_pipeline_in_deal_order(history, deals, ids, position)
+    out, sorted_position = pipeline_state._with_pipeline_in_deal_order(
+        history, deals, ids, position, id_ranks(ids)
+    )
     assert sorted_position is None
     # pandas puts the number before the text; each deal's rows by time.
     assert out["deal_id"].tolist() == [7, 7, "A"]
