@@ -185,4 +185,9 @@ Python API of the messy profile
   `.quarter_bookings()` (quarter, segment_type, segment, won_deals, won_amount, expected_won_amount).
 - `sample_crm.quotas.expected_won_revenue(world)`: the won revenue the parameters expect per quarter and
   segment (the quotas are 1.1 times it, rounded to the thousand).
+- `sample_crm.quotas.expected_new_deal_wins(world, start, end)` and `expected_new_deal_revenue(...)`: the
+  deals (per effect class) and the revenue the parameters expect from deals created on or after
+  `start` and won before `end`: what a forecast made at a quarter's start should expect from the
+  deals not yet created (`bench/forecast_bench.py backtest --truth` adds it to the open deals' true
+  chances to give the truth's own forecast).
 """

@@ -3,6 +3,8 @@ and each pipeline), and the quotas set as a stretch of it."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 
@@ -11,6 +13,7 @@ from sample_crm.files import QUOTA_COLUMNS
 from sample_crm.parameters import (
     ADVANCE,
     BACK,
+    EPOCH_MONDAY,
     EPOCH_MONDAY_DAY,
     QUOTA_STRETCH,
     SKIP,
@@ -51,10 +54,38 @@ def _expected_revenue_rows(world: SampleWorld) -> list[tuple[str, str, str, floa
     weeks = np.arange(world.first_week, week_of_date(last_day) + 1)
 
     created = world.creation_weights(weeks)
-    in_span = world.creation_weights(np.arange(world.first_week, world.last_week + 1)).sum()
+    won = _won_by_week(world, weeks, created)
+    revenue = won * world.mean_amount()[None, :]
+    thursdays = pd.Series(pd.to_datetime(weeks * 7 + EPOCH_MONDAY_DAY + 3, unit="D"))
+    week_quarter = quarter_labels(thursdays, fiscal).to_numpy(dtype=object)
+
     team_share = world.team_class_share()
     class_share = team_share.sum(axis=0)
-    inflow = world.n_deals * (created / in_span)[:, None] * class_share[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        team_given_class = np.where(class_share > 0, team_share / class_share, 0.0)
+    pipeline_of_class = world.class_parts(np.arange(world.n_classes))[0]
+    rows = []
+    for label in labels:
+        in_quarter = week_quarter == label
+        by_class = revenue[in_quarter].sum(axis=0)
+        groups = [("all", "all", by_class.sum())]
+        groups += [("team", name, float(by_class @ team_given_class[t])) for t, name in enumerate(world.teams["team"])]
+        groups += [
+            ("pipeline", name, float(by_class[pipeline_of_class == p].sum())) for p, name in enumerate(world.pipelines)
+        ]
+        rows += [(label, kind, segment, value) for kind, segment, value in groups]
+    return rows
+
+
+def _won_by_week(world: SampleWorld, weeks: np.ndarray, created: np.ndarray) -> np.ndarray:
+    """Expected deals won in each of `weeks` (consecutive), per effect class, of the deals created
+    in those weeks (`created`: each week's relative number of creations, as
+    `SampleWorld.creation_weights` gives them, scaled so the simulated span holds `n_deals`):
+    the expected number of deals in every state propagated week by week (created deals in, won
+    and lost deals out) with the step probabilities. Shape (weeks, classes)."""
+    in_span = world.creation_weights(np.arange(world.first_week, world.last_week + 1)).sum()
+    class_share = world.team_class_share().sum(axis=0)
+    inflow = world.n_deals * (np.asarray(created, dtype="float64") / in_span)[:, None] * class_share[None, :]
     won = np.zeros((len(weeks), world.n_classes))
     mass = np.zeros((world.n_classes, world.max_open_stages, WEEKS_IN_STAGE_CAP + 1))
     for i, week in enumerate(weeks):
@@ -72,24 +103,34 @@ def _expected_revenue_rows(world: SampleWorld) -> list[tuple[str, str, str, floa
         moved[:, :, WEEKS_IN_STAGE_CAP] += staying[:, :, WEEKS_IN_STAGE_CAP]
         moved[:, 0, 0] += inflow[i]
         mass = moved
-    revenue = won * world.mean_amount()[None, :]
-    thursdays = pd.Series(pd.to_datetime(weeks * 7 + EPOCH_MONDAY_DAY + 3, unit="D"))
-    week_quarter = quarter_labels(thursdays, fiscal).to_numpy(dtype=object)
+    return won
 
-    with np.errstate(invalid="ignore", divide="ignore"):
-        team_given_class = np.where(class_share > 0, team_share / class_share, 0.0)
-    pipeline_of_class = world.class_parts(np.arange(world.n_classes))[0]
-    rows = []
-    for label in labels:
-        in_quarter = week_quarter == label
-        by_class = revenue[in_quarter].sum(axis=0)
-        groups = [("all", "all", by_class.sum())]
-        groups += [("team", name, float(by_class @ team_given_class[t])) for t, name in enumerate(world.teams["team"])]
-        groups += [
-            ("pipeline", name, float(by_class[pipeline_of_class == p].sum())) for p, name in enumerate(world.pipelines)
-        ]
-        rows += [(label, kind, segment, value) for kind, segment, value in groups]
-    return rows
+
+def _business_day_shares(weeks: np.ndarray, first_day: dt.date, last_day: dt.date) -> np.ndarray:
+    """Share of each week's five business days (Monday to Friday) that lie in [first_day, last_day]."""
+    mondays = (EPOCH_MONDAY + dt.timedelta(days=7 * int(w)) for w in weeks)
+    return np.array(
+        [sum(first_day <= monday + dt.timedelta(days=d) <= last_day for d in range(5)) / 5.0 for monday in mondays]
+    )
+
+
+def expected_new_deal_wins(world: SampleWorld, start: dt.date, end: dt.date) -> np.ndarray:
+    """The number of deals the simulation's parameters expect to be created on or after `start`
+    and won before `end` (exclusive), per effect class: the deals not yet created that a forecast
+    made at the start of the window [`start`, `end`) should expect to win inside it. Creations
+    and wins spread evenly over a week's business days, so a week that straddles `start` or `end`
+    counts with the share of its business days inside."""
+    last_day = end - dt.timedelta(days=1)
+    weeks = np.arange(week_of_date(start), week_of_date(last_day) + 1)
+    created = world.creation_weights(weeks) * _business_day_shares(weeks, start, dt.date.max)
+    won = _won_by_week(world, weeks, created) * _business_day_shares(weeks, start, last_day)[:, None]
+    return won.sum(axis=0)
+
+
+def expected_new_deal_revenue(world: SampleWorld, start: dt.date, end: dt.date) -> float:
+    """The won revenue (whole company) of `expected_new_deal_wins`: each class's expected wins
+    times its expected amount."""
+    return float(expected_new_deal_wins(world, start, end) @ world.mean_amount())
 
 
 def expected_won_revenue(world: SampleWorld) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from sample_crm.cli import main
 from sample_crm.formatting import format_timestamps
 from sample_crm.generate import generate_sample
 from sample_crm.parameters import ADVANCE, BACK, LOST, SKIP, STAY, WON
+from sample_crm.quotas import _business_day_shares, expected_new_deal_revenue, expected_new_deal_wins
 from sample_crm.world import SampleWorld
 from etl.stages import PipelineStages, StageCatalog
 
@@ -519,6 +520,37 @@ def test_quotas_cover_the_span_and_stretch_over_the_expected_revenue(sample, exp
     mature = expected[expected.index("2023-Q4") : expected.index("2026-Q3") + 1]
     won_revenue = won["Amount"].astype(float).groupby(quarter).sum().reindex(mature).sum()
     assert 0.9 <= totals[mature].sum() / won_revenue <= 1.4
+
+
+def test_business_day_shares_count_the_weekdays_inside_the_window():
+    # 2025-01-01 is a Wednesday: its week runs Monday 30 December to Friday 3 January.
+    week = np.array([(dt.date(2024, 12, 30) - dt.date(1970, 1, 5)).days // 7])
+    assert _business_day_shares(week, dt.date(2025, 1, 1), dt.date.max).tolist() == [3 / 5]
+    assert _business_day_shares(week, dt.date(2024, 1, 1), dt.date(2024, 12, 31)).tolist() == [2 / 5]
+    # a window starting on a Saturday holds none of that week's weekdays, all of the next one's
+    assert _business_day_shares(week + np.array([0, 1]), dt.date(2025, 1, 4), dt.date.max).tolist() == [0.0, 1.0]
+
+
+def test_expected_new_deal_wins_match_the_simulated_ones(export, world):
+    """The deals the parameters expect to be created inside a window and won inside it, against
+    the simulation's draws, for windows of a year and of a quarter (the 2,000-deal sample). The
+    counts are compared: a sum of amounts is dominated by a few large deals at this size. The
+    drawn counts are Poisson-like, so the bound is three standard errors, sqrt(expected)."""
+    o = export["Opportunity.csv"]
+    won = o[o["IsWon"] == "1"]
+    created = pd.to_datetime(won["CreatedDate"])
+    close = pd.to_datetime(won["CloseDate"])
+    years = [(dt.date(y, 1, 1), dt.date(y + 1, 1, 1)) for y in (2024, 2025)] + [(dt.date(2026, 1, 1), dt.date(2026, 10, 1))]
+    quarters = [(dt.date(y, m, 1), dt.date(y + (m == 10), 1 if m == 10 else m + 3, 1)) for y in (2024, 2025) for m in (1, 4, 7, 10)]
+    for windows in (years, quarters):
+        drawn = sum(int(((created >= pd.Timestamp(a)) & (close < pd.Timestamp(b))).sum()) for a, b in windows)
+        expected = sum(float(expected_new_deal_wins(world, a, b).sum()) for a, b in windows)
+        assert expected > 100
+        assert abs(drawn - expected) <= 3 * math.sqrt(expected), (windows, drawn, expected)
+    # revenue is the expected wins of each class times its expected amount
+    a, b = quarters[0]
+    wins = expected_new_deal_wins(world, a, b)
+    assert expected_new_deal_revenue(world, a, b) == pytest.approx(float((wins * world.mean_amount()).sum()))
 
 
 # ----------------------------------------------------------------------------------------------
