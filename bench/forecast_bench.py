@@ -1,14 +1,18 @@
 """Benchmark the forecast's Monte Carlo and the forecast backtest.
 
     python bench/forecast_bench.py simulate --open-deals 100000 1000000 [--draws 10000]
-    python bench/forecast_bench.py backtest --deals 10000 [--quarters 8] [--retrain quarter]
+    python bench/forecast_bench.py backtest --deals 10000 [--quarters 8] [--retrain quarter] [--truth]
     python bench/forecast_bench.py messy --seeds 1 2 3 4 5 [--deals 720] [--years 1.5] [--option NAME=VALUE]
     python bench/forecast_bench.py factors --seeds 1 2 3 [--deals 720]
 
 `simulate` times `models.forecast.simulate_quarter` alone (random amounts and probabilities, every
 segment type's codes as in a real forecast: 8 columns). `backtest` generates the sample CRM, reads it
 and runs `models.backtest.forecast_backtest` with the project's settings, then prints the accuracy
-table (WAPE, bias, interval coverage per method and checkpoint). `messy` does the same on messy-org
+table (WAPE, bias, interval coverage per method and checkpoint); with `--truth` also, per quarter at
+its start, the simulator's own expectation of the company total (closed won + each open deal's
+amount x its true chance of winning before the quarter ends + the revenue the hidden parameters
+expect from deals not yet created) and its WAPE: the error a forecast that knew the parameters
+would still make, as the quarters' outcomes vary around their expectation. `messy` does the same on messy-org
 samples (`generate_sample(profile="messy")`, one per seed), backtesting every quarter that has a full
 quarter of data before it, and prints per seed and pooled: the backtested quarter x segment rows of
 `ours` and the share whose actual lies inside P10-P90 (target 70-90%), and the company-total WAPE
@@ -52,7 +56,9 @@ from etl.charts import markdown_table  # noqa: E402
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON  # noqa: E402
 from sample_crm.generate import generate_sample  # noqa: E402
 from sample_crm.messy import MessyOptions  # noqa: E402
-from models.backtest import backtest_summary, backtested_rows, forecast_backtest, models_at  # noqa: E402
+from sample_crm.quotas import expected_new_deal_revenue  # noqa: E402
+from sample_crm.world import SampleWorld  # noqa: E402
+from models.backtest import backtest_summary, backtested_rows, forecast_backtest, models_at, quarter_actuals  # noqa: E402
 from models.forecast import backtest_quarters, simulate_quarter  # noqa: E402
 from models.revenue_calibration import CEILING  # noqa: E402
 from models.timing import win_in_quarter_probability  # noqa: E402
@@ -91,7 +97,51 @@ def simulate(open_deals: list[int], draws: int) -> None:
         )
 
 
-def backtest(deals: int, seed: int, end: dt.date, quarters: int, retrain: str, draws: int | None) -> None:
+def truth_at_start(export, history, seed: int, deals: int, end: dt.date, quarters: list[str], fy: int) -> pd.DataFrame:
+    """The simulator's own expectation of each quarter's company-total revenue at the quarter's
+    start, as a forecast that knew the hidden parameters would give it: closed won to date + each
+    open deal's amount x its true chance of being won before the quarter ends
+    (`SampleWorld.true_win_within_probability`) + the revenue the parameters expect from deals
+    created and won inside the quarter (`sample_crm.quotas.expected_new_deal_revenue`)."""
+    world = SampleWorld.build(seed=seed, n_deals=deals, end_date=end)
+    rows = []
+    for quarter in quarters:
+        start, stop = period_bounds(quarter, fy)
+        as_of = (start - pd.Timedelta(days=1)).date()
+        state = pipeline_at(export.deals, history, as_of_end(as_of))
+        open_deals = state.loc[state["status"] == STATUS_OPEN].assign(snapshot_at=as_of_end(as_of))
+        days_left = (stop - as_of_end(as_of)).total_seconds() / 86_400
+        chance = world.true_win_within_probability(open_deals, days_left).to_numpy()
+        amount = open_deals["amount_reporting"].astype("float64").fillna(0.0).to_numpy()
+        closed = quarter_actuals(export.deals, history, as_of, [quarter], fy)
+        closed = closed.loc[closed["segment_type"] == "all", "actual"].sum()
+        rows.append({
+            "quarter": quarter,
+            "truth_closed_won": float(closed),
+            "truth_open": float(amount @ chance),
+            "truth_new_deals": expected_new_deal_revenue(world, start.date(), stop.date()),
+        })
+    frame = pd.DataFrame(rows)
+    frame["truth_expected"] = frame["truth_closed_won"] + frame["truth_open"] + frame["truth_new_deals"]
+    return frame
+
+
+def _print_truth(frame: pd.DataFrame, truth: pd.DataFrame) -> None:
+    """Per quarter at its start, company total: our expected and P50, the truth's expectation and
+    the actual; then WAPE and bias of each against the actual."""
+    ours = frame[(frame["method"] == "ours") & (frame["checkpoint"] == "start") & (frame["segment_type"] == "all")]
+    table = truth.merge(ours[["quarter", "expected", "forecast_p50", "actual"]], on="quarter", how="inner")
+    print("\nCompany total at the quarter's start against the simulator's truth (millions):\n")
+    shown = table[["quarter", "expected", "forecast_p50", "truth_closed_won", "truth_open", "truth_new_deals", "truth_expected", "actual"]]
+    print(markdown_table(shown.assign(**{c: shown[c] / 1e6 for c in shown.columns if c != "quarter"}), floatfmt="{:,.3f}"))
+    actual = table["actual"].sum()
+    print()
+    for name, column in (("ours, P50", "forecast_p50"), ("ours, expected", "expected"), ("truth, expected", "truth_expected")):
+        error = table[column] - table["actual"]
+        print(f"  {name:<16} WAPE {error.abs().sum() / actual:6.1%}  bias {error.sum() / actual:+6.1%}")
+
+
+def backtest(deals: int, seed: int, end: dt.date, quarters: int, retrain: str, draws: int | None, truth: bool = False) -> None:
     project = load_project_config()
     forecast = replace(project.forecast, backtest_quarters=quarters, backtest_retrain=retrain)
     if draws is not None:
@@ -111,6 +161,9 @@ def backtest(deals: int, seed: int, end: dt.date, quarters: int, retrain: str, d
     print(markdown_table(backtest_summary(frame, by=("method", "checkpoint")), floatfmt="{:,.3f}"))
     print("\nCompany total (segment_type all):\n")
     print(markdown_table(backtest_summary(frame[frame["segment_type"] == "all"], by=("method", "checkpoint")), floatfmt="{:,.3f}"))
+    if truth:
+        backtested = sorted(backtested_rows(frame)["quarter"].unique())
+        _print_truth(frame, truth_at_start(export, history, seed, deals, end, backtested, project.fiscal_year_start_month))
 
 
 def messy(seeds: list[int], deals: int | None, years: float | None, end: dt.date, draws: int, options: list[str]) -> None:
@@ -208,7 +261,7 @@ def factors(seeds: list[int], deals: int | None, end: dt.date, profile: str, qua
         booked = pd.Series(state_booking_dates(won_final, export.deals, as_of_end(end)).to_numpy(), index=won_final.index)
         booking = pd.to_datetime(ids.map(booked))
         won = outcome == STATUS_WON
-        won_inside = won & ((booking >= start) & (booking <= stop)).fillna(False).to_numpy(dtype=bool)
+        won_inside = won & ((booking >= start) & (booking < stop)).fillna(False).to_numpy(dtype=bool)
         overdue = (pd.to_datetime(open_deals["expected_close_date"]) < pd.Timestamp(as_of)).fillna(False).to_numpy(dtype=bool)
         stale = (pd.to_numeric(open_deals["days_in_stage"], errors="coerce") > STALE_STAGE_DAYS).fillna(False).to_numpy(dtype=bool)
         trained_days = pd.to_numeric(training.frame["days_in_stage"], errors="coerce")
@@ -262,6 +315,7 @@ def main() -> int:
     bt.add_argument("--quarters", type=int, default=8)
     bt.add_argument("--retrain", choices=["quarter", "checkpoint"], default="quarter")
     bt.add_argument("--draws", type=int, default=None)
+    bt.add_argument("--truth", action="store_true", help="also the simulator's own expectation at each quarter's start, and its WAPE")
     me = sub.add_parser("messy")
     me.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     me.add_argument("--deals", type=int, default=None, help="simulated deals per sample (default: the messy profile's 720)")
@@ -287,7 +341,7 @@ def main() -> int:
     elif args.command == "messy":
         messy(args.seeds, args.deals, args.years, args.end, args.draws, args.option)
     else:
-        backtest(args.deals, args.seed, args.end, args.quarters, args.retrain, args.draws)
+        backtest(args.deals, args.seed, args.end, args.quarters, args.retrain, args.draws, args.truth)
     return 0
 
 
