@@ -10,6 +10,14 @@ scorer was never tuned on: prints tables of numbers (run it under `flock`, it fi
    within the label horizon (`SampleWorld.true_win_within_probability`); the truth's
    ECE is the noise floor (the calibration error that sampling alone gives on these rows).
    Targets: log loss <= 1.03 x the truth's; ECE <= the truth's ECE + 0.005.
+   Beside them, what learning a calibration from these labels costs by itself: the truth
+   recalibrated on the training rows' labels (a logistic regression of the label on the truth's
+   log-odds, its level alone or level and slope, with the recency weights the published
+   calibration uses, and the level alone unweighted), a learner that knows every row's true
+   ranking and learns only its level from the labels the scorer had; its ECE above the truth's
+   (`truth_level_gap`, `truth_level_slope_gap`, `truth_level_unweighted_gap`). Also the held-out
+   scores' mean minus the truth's (`score_minus_truth`) and the training labels' weighted mean
+   minus the truth's (`train_label_minus_truth`): the level the training outcomes' luck carries.
 2. Messy real-org profile, at least five seeds of 300-1,500 simulated deals: the published
    scorer's held-out log loss beside the constant rate's and the CRM probability's (target: it is
    at most both: the ladder publishes the best), and that of the true probability of an eventual
@@ -45,7 +53,7 @@ from sample_crm.generate import generate_sample  # noqa: E402
 from sample_crm.truth import SampleTruth  # noqa: E402
 from sample_crm.world import SampleWorld  # noqa: E402
 from models.evaluation import expected_calibration_error, reliability_table  # noqa: E402
-from models.scoring import age_buckets, train_scorer  # noqa: E402
+from models.scoring import CALIBRATION_HALF_LIFE_DAYS, age_buckets, recency_weights, train_scorer  # noqa: E402
 from models.training_set import build_training_set, snapshot_features  # noqa: E402
 
 END = dt.date(2026, 11, 15)
@@ -59,6 +67,38 @@ def log_loss(y: np.ndarray, p: np.ndarray) -> float:
 
 def ece(y: np.ndarray, p: np.ndarray) -> float:
     return float(expected_calibration_error(reliability_table(y, np.clip(p, 0.0, 1.0))))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def fit_recalibration(x: np.ndarray, y: np.ndarray, weights: np.ndarray, slope: bool = True) -> tuple[float, float]:
+    """(intercept, slope) of the weighted logistic regression of `y` on `x` (slope fixed at 1, the
+    intercept alone fitted, when `slope` is False), by Newton's method."""
+    design = np.column_stack([np.ones(len(x)), x]) if slope else np.ones((len(x), 1))
+    offset = np.zeros(len(x)) if slope else x
+    beta = np.zeros(design.shape[1])
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-(design @ beta + offset)))
+        gradient = design.T @ (weights * (y - p))
+        hessian = (design * (weights * p * (1 - p))[:, None]).T @ design
+        step = np.linalg.solve(hessian, gradient)
+        beta += step
+        if np.abs(step).max() < 1e-10:
+            break
+    return (float(beta[0]), float(beta[1])) if slope else (float(beta[0]), 1.0)
+
+
+def recalibrated_truth(train_truth, train_y, test_truth, weights, slope: bool = True) -> np.ndarray:
+    """The true probabilities recalibrated on the training rows' labels (a logistic regression of
+    the label on the truth's log-odds, weighted as the published calibration weighs its rows): a
+    learner that knows every deal's true ranking and learns only the level (and slope) from the
+    same labels the published scorer had. Its ECE above the truth's is what learning a calibration
+    from these labels costs by itself, whatever the model."""
+    intercept, b = fit_recalibration(_logit(train_truth), np.asarray(train_y, dtype=float), weights, slope)
+    return 1.0 / (1.0 + np.exp(-(intercept + b * _logit(test_truth))))
 
 
 def load(out: Path, project, as_of: dt.date):
@@ -89,11 +129,29 @@ def simulator_rows(seeds, n_deals: int, project, work: Path) -> list[dict]:
         states["truth"] = world.true_win_within_probability(states, training.maturity_days)
         test = test.merge(states[["snapshot_at", "deal_id", "truth"]], on=["snapshot_at", "deal_id"], how="left")
         y, p, t = test["label"].to_numpy(float), test["published"].to_numpy(float), test["truth"].to_numpy(float)
+        # The training side of the split: the rows dated before the first held-out date.
+        train_rows = training.frame.loc[training.frame["snapshot_at"] < test["snapshot_at"].min(), ["snapshot_at", "deal_id", "label"]]
+        train_states = pipeline_at_many(export.deals, history, sorted(train_rows["snapshot_at"].unique()))
+        train_states["truth"] = world.true_win_within_probability(train_states, training.maturity_days)
+        train_rows = train_rows.merge(train_states[["snapshot_at", "deal_id", "truth"]], on=["snapshot_at", "deal_id"], how="left")
+        weights = recency_weights(train_rows["snapshot_at"], CALIBRATION_HALF_LIFE_DAYS)
+        weights = np.ones(len(train_rows)) if weights is None else weights
+        recalibrated = {
+            name: recalibrated_truth(train_rows["truth"].to_numpy(float), train_rows["label"].to_numpy(float), t, w, slope)
+            for name, slope, w in (
+                ("level", False, weights), ("level_slope", True, weights), ("level_unweighted", False, np.ones(len(train_rows))),
+            )
+        }
         m = result.metrics
         rows.append({
             "seed": seed, "deals": n_deals, "horizon_days": training.maturity_days, "published": m["scoring_method"], "test_rows": len(test),
             "log_loss": log_loss(y, p), "truth_log_loss": log_loss(y, t), "ratio": log_loss(y, p) / log_loss(y, t),
             "ece": ece(y, p), "truth_ece": ece(y, t), "ece_gap": ece(y, p) - ece(y, t),
+            "truth_level_gap": ece(y, recalibrated["level"]) - ece(y, t),
+            "truth_level_slope_gap": ece(y, recalibrated["level_slope"]) - ece(y, t),
+            "truth_level_unweighted_gap": ece(y, recalibrated["level_unweighted"]) - ece(y, t),
+            "score_minus_truth": float(np.mean(p - t)),
+            "train_label_minus_truth": float(np.average(train_rows["label"] - train_rows["truth"], weights=weights)),
             "target_met": bool(log_loss(y, p) <= 1.03 * log_loss(y, t) and ece(y, p) <= ece(y, t) + 0.005),
         })
         print(pd.DataFrame(rows[-1:]).round(4).to_string(index=False), flush=True)
