@@ -51,7 +51,7 @@ from etl.bookings import state_booking_dates  # noqa: E402
 from etl.config import load_project_config  # noqa: E402
 from etl.ingest.exports import read_exports  # noqa: E402
 from etl.periods import period_bounds  # noqa: E402
-from etl.pipeline_state import as_of_end, pipeline_at, prepare_history  # noqa: E402
+from etl.pipeline_state import as_of_end, pipeline_at, prepare_history, reusing_states  # noqa: E402
 from etl.charts import markdown_table  # noqa: E402
 from etl.stages import STATUS_LOST, STATUS_OPEN, STATUS_WON  # noqa: E402
 from sample_crm.generate import generate_sample  # noqa: E402
@@ -108,12 +108,14 @@ def truth_at_start(export, history, seed: int, deals: int, end: dt.date, quarter
     for quarter in quarters:
         start, stop = period_bounds(quarter, fy)
         as_of = (start - pd.Timedelta(days=1)).date()
-        state = pipeline_at(export.deals, history, as_of_end(as_of))
+        # The open deals and the wins booked so far both read the pipeline at the end of as_of: built once.
+        with reusing_states():
+            state = pipeline_at(export.deals, history, as_of_end(as_of))
+            closed = quarter_actuals(export.deals, history, as_of, [quarter], fy)
         open_deals = state.loc[state["status"] == STATUS_OPEN].assign(snapshot_at=as_of_end(as_of))
         days_left = (stop - as_of_end(as_of)).total_seconds() / 86_400
         chance = world.true_win_within_probability(open_deals, days_left).to_numpy()
         amount = open_deals["amount_reporting"].astype("float64").fillna(0.0).to_numpy()
-        closed = quarter_actuals(export.deals, history, as_of, [quarter], fy)
         closed = closed.loc[closed["segment_type"] == "all", "actual"].sum()
         rows.append({
             "quarter": quarter,
