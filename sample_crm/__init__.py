@@ -74,6 +74,14 @@ window otherwise it is the value at the start of that week. The truth file gives
 row written in week k, V_(k+1) of the state after the change: exact, because the row is the deal's
 only change of week k.
 
+`SampleWorld.true_win_within_probability(frame, horizon_days)` is the chance of the event a scorer's
+labels record: won before t + horizon_days. The same induction from boundary b runs over the weeks
+whose change window closes (Friday 20:00) before that instant, and over the week that holds the
+instant, whose win counts with the probability that its change falls before it: the change's day is
+uniform over the week's business days and its time uniform over 06:00-20:00
+(`SampleWorld.change_share_before`). From Monday 00:00, a horizon of 137 days ends on a Friday 00:00,
+so a win of the twentieth week counts on four of its five days.
+
 The messy profile: a small, untidy real org
 -------------------------------------------
 `generate_sample(out_dir, profile="messy")` (or `messy=MessyOptions(...)`; command line

@@ -23,6 +23,7 @@ from sample_crm.parameters import (
     EARLY_WIN_RATE,
     EFFECT_SLOPE,
     EPOCH_MONDAY_DAY,
+    EVENT_HOURS,
     FIRST_NAMES,
     FOCUS_KINDS,
     FOCUS_SEGMENTS,
@@ -348,29 +349,56 @@ class SampleWorld:
         return pd.Series(out, index=frame.index, name="true_win_probability", dtype="float64")
 
     def true_win_within_probability(self, frame: pd.DataFrame, horizon_days: float) -> pd.Series:
-        """The true probability that each row's deal is won within `horizon_days` of
-        `snapshot_at` (the event a scorer trained on horizon labels predicts), for the same frame
-        as `true_win_probability`: backward induction over the weeks whose events (by Friday
-        20:00) fall inside the horizon, from 0 for a deal still open after them; 1 for won rows
-        and 0 for lost ones."""
+        """The true probability that each row's deal is won before `snapshot_at` + `horizon_days`
+        (the event a scorer trained on horizon labels predicts), for the same frame as
+        `true_win_probability`: backward induction over the weeks from the row's boundary whose
+        changes (weekdays 06:00-20:00, up to Friday 20:00) all fall before that instant, and over
+        the week that holds it, whose step counts only as far as its change falls before the
+        instant (`change_share_before`: the change's day is uniform over the week's business days,
+        its time uniform over 06:00-20:00); 0 for a deal still open after that; 1 for won rows and
+        0 for lost ones."""
         status = self._statuses(frame)
         out = np.where(status == STATUS_WON, 1.0, 0.0)
         is_open = status == STATUS_OPEN
         if not is_open.any():
             return pd.Series(out, index=frame.index, name="true_win_within_probability", dtype="float64")
-        deal_class, stage, weeks_in_stage, boundary = self._open_states(frame.loc[is_open])
-        # Week b + k - 1 ends on day 7(k - 1) + 4.83 after the Monday boundary b.
-        weeks = int((float(horizon_days) - WINDOW_END_SECONDS / DAY_SECONDS) // 7) + 1
+        rows = frame.loc[is_open]
+        deal_class, stage, weeks_in_stage, boundary = self._open_states(rows)
+        end_us = utc_microseconds(rows["snapshot_at"], "snapshot_at", rows.index) + round(float(horizon_days) * DAY_SECONDS * 1e6)
+        # Weeks from the boundary whose change window (to Friday 20:00) ends by the instant, then the
+        # share of the next week's change falling before it.
+        monday_us = (EPOCH_MONDAY_DAY * DAY_SECONDS + boundary * WEEK_SECONDS) * 1_000_000
+        full = np.maximum((end_us - monday_us - WINDOW_END_SECONDS * 1_000_000) // (WEEK_SECONDS * 1_000_000) + 1, 0)
+        share = self.change_share_before(boundary + full, end_us)
         valid = self._valid_states()
         result = np.zeros(len(deal_class))
-        for b in np.unique(boundary) if weeks > 0 else ():
+        groups = pd.DataFrame({"b": boundary, "full": full, "share": share})
+        for (b, n_full, part), at in groups.groupby(["b", "full", "share"], sort=False).indices.items():
             values = np.zeros((self.n_classes, self.max_open_stages, WEEKS_IN_STAGE_CAP + 1))
-            for week in range(int(b) + weeks - 1, int(b) - 1, -1):
+            if part > 0:
+                values = part * _backward_step(self.transition_probabilities(int(b + n_full)), values, valid)
+            for week in range(int(b + n_full) - 1, int(b) - 1, -1):
                 values = _backward_step(self.transition_probabilities(week), values, valid)
-            at = boundary == b
             result[at] = values[deal_class[at], stage[at], np.minimum(weeks_in_stage[at], WEEKS_IN_STAGE_CAP)]
         out[is_open] = result
         return pd.Series(out, index=frame.index, name="true_win_within_probability", dtype="float64")
+
+    def change_share_before(self, weeks: np.ndarray, instant_us: np.ndarray) -> np.ndarray:
+        """For each week and instant (microseconds since the Unix epoch, UTC), the probability
+        that a change of that week happens before the instant: its day is uniform over the week's
+        business days (`business_days`), its time of day uniform over `EVENT_HOURS`."""
+        weeks = np.asarray(weeks, dtype=np.int64)
+        first, last = self.business_days(weeks)
+        day_us = DAY_SECONDS * 1_000_000
+        monday_us = (EPOCH_MONDAY_DAY * DAY_SECONDS + weeks * WEEK_SECONDS) * 1_000_000
+        covered = np.zeros(len(weeks))
+        for day in range(5):
+            opens = monday_us + day * day_us + EVENT_HOURS[0] * 3_600_000_000
+            span = (EVENT_HOURS[1] - EVENT_HOURS[0]) * 3_600_000_000
+            in_week = (day >= first) & (day <= last)
+            covered += np.where(in_week, np.clip((np.asarray(instant_us) - opens) / span, 0.0, 1.0), 0.0)
+        days = last - first + 1
+        return np.where(days > 0, covered / np.maximum(days, 1), 0.0)
 
     def _statuses(self, frame: pd.DataFrame) -> np.ndarray:
         """The status of each row, after checking the frame has what the truth needs."""

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from etl.config import load_project_config
-from etl.pipeline_state import as_of_end, pipeline_at_many, prepare_history
+from etl.pipeline_state import as_of_end, pipeline_at, pipeline_at_many, prepare_history
 from sample_crm.cli import main
 from sample_crm.formatting import format_timestamps
 from sample_crm.generate import generate_sample
@@ -398,11 +398,15 @@ def test_truth_at_creation_matches_the_realised_win_rate(export):
     assert won / n - 4 * se <= mean_truth <= (won + still_open) / n + 4 * se
 
 
-def test_truth_within_a_horizon_counts_the_weeks_that_end_inside_it(world):
-    """A deal at Monday 00:00 of week b: within 7 days only week b's events count (they end Friday
-    20:00, day 4.83; week b+1's end on day 11.83), so the chance is week b's win probability; within
-    14 days, a win in week b or, still open in the same stage, in week b+1; no horizon shorter than
-    4.83 days holds a week; a horizon long enough is the eventual win probability."""
+def test_truth_within_a_horizon_counts_the_weeks_and_the_part_of_a_week_inside_it(world):
+    """A deal at Monday 00:00 of week b. Each week's change happens on one of its five weekdays
+    (equally likely) between 06:00 and 20:00 (uniformly). Within 7 days all of week b's changes
+    count and none of week b+1's, so the chance is week b's win probability; within 4 days (to
+    Friday 00:00) a win of week b counts if it came Monday to Thursday, 4 of 5 days; within 3.5
+    days (to Thursday 12:00) Monday to Wednesday and 6 of Thursday's 14 hours; within 14 days, a
+    win in week b or, after one step in week b, in week b+1; within 10 days (to Thursday 00:00 of
+    week b+1) such a win of week b+1 counts 3 times in 5; a horizon long enough is the eventual win
+    probability."""
     frame = pd.DataFrame(
         {
             "snapshot_at": [pd.Timestamp("2026-11-09 00:00")], "pipeline": ["Channel"], "stage": ["Proposal/Price Quote"],
@@ -420,8 +424,11 @@ def test_truth_within_a_horizon_counts_the_weeks_that_end_inside_it(world):
         return float(next_week[WON][deal_class, to_stage, in_stage]) if 0 <= to_stage < n_open else 0.0
 
     within = lambda days: float(world.true_win_within_probability(frame, days).iloc[0])  # noqa: E731
-    assert within(4.0) == 0.0
-    assert within(7.0) == pytest.approx(this_week[WON][deal_class, stage, weeks], abs=1e-12)
+    won_this_week = float(this_week[WON][deal_class, stage, weeks])
+    assert within(7.0) == pytest.approx(won_this_week, abs=1e-12)
+    assert within(4.0) == pytest.approx(won_this_week * 4 / 5, abs=1e-12)
+    assert within(3.5) == pytest.approx(won_this_week * (3 + 6 / 14) / 5, abs=1e-12)
+    assert within(0.25) == 0.0  # Monday 06:00: no change has happened yet
     # Within 14 days: won this week, or one step this week (advance, skip, back: 0 weeks in the new
     # stage; stay: one more week) and won from there next week. One step per week.
     step = {outcome: float(this_week[outcome][deal_class, stage, weeks]) for outcome in (ADVANCE, SKIP, BACK, STAY, WON)}
@@ -433,14 +440,15 @@ def test_truth_within_a_horizon_counts_the_weeks_that_end_inside_it(world):
         + step[STAY] * win_next_week(stage, weeks + 1)
     )
     assert within(14.0) == pytest.approx(two_weeks, abs=1e-12)
+    assert within(10.0) == pytest.approx(step[WON] + (two_weeks - step[WON]) * 3 / 5, abs=1e-12)
     assert within(5000.0) == pytest.approx(float(world.true_win_probability(frame).iloc[0]), abs=1e-9)
-    assert 0.0 < within(7.0) < within(14.0) < within(90.0) < within(5000.0)
+    assert 0.0 < within(4.0) < within(7.0) < within(10.0) < within(14.0) < within(90.0) < within(5000.0)
 
 
-def test_point_in_time_truth_agrees_with_the_truth_file(export, catalog, world):
-    """Rebuild the pipeline at Mondays with etl.pipeline_state; for deals whose last change was in
-    the week before the Monday, the two computations describe the same state and must agree."""
-    o, h, u, t = (export[n] for n in ("Opportunity.csv", "OpportunityHistory.csv", "User.csv", "truth_win_probability.csv"))
+@pytest.fixture(scope="module")
+def rebuilt(export, catalog):
+    """The export's deals and prepared history, as etl.pipeline_state rebuilds them."""
+    o, h, u = (export[n] for n in ("Opportunity.csv", "OpportunityHistory.csv", "User.csv"))
     names = dict(zip(u["Id"], u["Name"]))
     deals = pd.DataFrame(
         {
@@ -460,8 +468,16 @@ def test_point_in_time_truth_agrees_with_the_truth_file(export, catalog, world):
             "source_row": np.arange(2, len(h) + 2),
         }
     )  # fmt: skip
+    return deals, prepare_history(deals, history, catalog)
+
+
+def test_point_in_time_truth_agrees_with_the_truth_file(export, rebuilt, world):
+    """Rebuild the pipeline at Mondays with etl.pipeline_state; for deals whose last change was in
+    the week before the Monday, the two computations describe the same state and must agree."""
+    deals, history = rebuilt
+    t = export["truth_win_probability.csv"]
     mondays = pd.date_range("2024-01-01", "2026-11-09", freq="5W-MON")
-    frame = pipeline_at_many(deals, prepare_history(deals, history, catalog), mondays)
+    frame = pipeline_at_many(deals, history, mondays)
     frame["truth"] = world.true_win_probability(frame).to_numpy()
     assert (frame.loc[frame["status"] == "won", "truth"] == 1).all()
     assert (frame.loc[frame["status"] == "lost", "truth"] == 0).all()
@@ -475,6 +491,27 @@ def test_point_in_time_truth_agrees_with_the_truth_file(export, catalog, world):
     recent = (merged["status"] == "open") & (merged["snapshot_at"] - merged["row_at"] < pd.Timedelta(days=7))
     assert recent.sum() > 500
     assert np.abs(merged.loc[recent, "truth"] - merged.loc[recent, "file_truth"]).max() < 1e-9
+
+
+def test_truth_within_part_of_a_week_matches_the_simulated_wins(rebuilt, world):
+    """At every Monday 00:00, the open deals' chance of being won within 4 days (by Friday 00:00:
+    Monday to Thursday, 4 of the week's 5 days of changes) and within 2.5 days (by Wednesday
+    12:00) against the share of them that the simulation won by then, within 4 standard errors
+    (a deal is won at most once, so its rows at different Mondays are never won together). A
+    truth that left out the week holding the horizon's end would give 0 for both."""
+    deals, history = rebuilt
+    mondays = pd.date_range("2023-01-02", "2026-11-02", freq="W-MON")
+    frame = pipeline_at_many(deals, history, mondays)
+    frame = frame.loc[frame["status"] == "open"].reset_index(drop=True)
+    final = pipeline_at(deals, history, as_of_end(END))
+    won_at = frame["deal_id"].map(final.loc[final["status"] == "won"].set_index("deal_id")["closed_at"])
+    assert len(frame) > 15_000
+    for days in (4.0, 2.5):
+        truth = world.true_win_within_probability(frame, days).to_numpy()
+        won = ((won_at >= frame["snapshot_at"]) & (won_at < frame["snapshot_at"] + pd.Timedelta(days=days))).to_numpy()
+        se = math.sqrt(float(np.sum(truth * (1 - truth)))) / len(frame)
+        assert won.mean() > 10 * se
+        assert abs(won.mean() - truth.mean()) <= 4 * se, (days, won.mean(), truth.mean(), se)
 
 
 def test_true_win_probability_names_row_and_column_of_unknown_values(world):
