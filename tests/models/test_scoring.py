@@ -217,6 +217,23 @@ def test_calibration_is_cross_fitted_by_deal_when_calibration_deals_are_few(trai
     assert trained.scorer.calibration_method == "sigmoid_cross_fitted"
 
 
+def test_a_calibration_slice_with_enough_deals_is_calibrated_there_isotonically(training, monkeypatch):
+    # With the bar for isotonic calibration below this CRM's calibration slice, the model is
+    # calibrated on that slice's rows alone (no cross-fitting): fewer calibration rows than
+    # training rows, probabilities that never fall as the model's score rises.
+    monkeypatch.setattr("models.scoring.ISOTONIC_MIN_DEALS", 10)
+    monkeypatch.setattr("models.scoring.ISOTONIC_MIN_ROWS", 10)
+    result = train_scorer(training, TEST_CONFIG, AS_OF)
+    m = result.metrics
+    assert m["params"]["calibration_method"] == "isotonic"
+    assert 0 < m["calibration_rows"] < m["train_rows"]
+    frame = result.test_frame
+    raw = result.scorer.estimator.estimator.predict_proba(frame[result.scorer.feature_names])[:, 1]
+    calibrated = result.scorer.estimator.predict_proba(frame[result.scorer.feature_names])[:, 1]
+    order = np.argsort(raw, kind="stable")
+    assert np.all(np.diff(calibrated[order]) >= -1e-12)
+
+
 def test_deal_folds_never_split_a_deal_and_need_both_outcomes_to_fit():
     # Ten deals, d0..d9, with 1..10 rows each (55 rows); d0-d4 won, d5-d9 lost.
     deal_ids = [f"d{i}" for i in range(10) for _ in range(i + 1)]
