@@ -57,7 +57,9 @@ def main() -> int:
         result = train_scorer(training, project.model, as_of)
         m = result.metrics
         losses = ", ".join(f"{c['method']} {c['log_loss']:.3f}" for c in m["candidates"] if c["log_loss"] is not None)
-        r["detail"] = f"published {result.scorer.scoring_method} ({m['split_rule']} split); held-out log loss: {losses}"
+        calibration = m["params"].get("calibration_method")
+        calibrated = f", calibration {calibration} on {m['calibration_rows']:,} rows" if calibration else ""
+        r["detail"] = f"published {result.scorer.scoring_method} ({m['split_rule']} split{calibrated}); held-out log loss: {losses}"
     del training
     gc.collect()
     with steps.step("close timing") as r:

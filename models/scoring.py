@@ -83,14 +83,8 @@ PROBABILITY_CEILING = 0.999
 # many distinct deals in the calibration slice, the calibration is cross-fitted (below). Counting rows
 # would overstate the evidence about sevenfold (each deal appears in about seven weekly
 # snapshots with the same outcome); on the 10,000-deal sample (about 1,300 calibration deals, 9,000
-# rows) isotonic was worse than Platt on held-out log loss and ECE for every seed tried. On 21
-# simulator seeds of 30,000 deals (about 5,700 calibration deals), isotonic on the slice left the
-# published scores 0.5 points below the truth on average (the slice's half-year of outcomes and
-# seasons set their level) with a held-out log loss 1.015 times the truth's; the cross-fitted
-# calibration gave 0.3 points and 1.008 times. At this many calibration deals (a CRM of about
-# 250,000 deals) the cross-fitting's five extra model fits become the night's largest cost, and
-# the slice's own outcomes are precise enough to set a calibration.
-ISOTONIC_MIN_DEALS = 50_000
+# rows) isotonic was worse than Platt on held-out log loss and ECE for every seed tried.
+ISOTONIC_MIN_DEALS = 5_000
 # At least this many calibration rows too (the rule of thumb for independent rows).
 ISOTONIC_MIN_ROWS = 1_000
 # Below `ISOTONIC_MIN_DEALS` calibration deals, the Platt scaling is cross-fitted instead of fitted
@@ -101,8 +95,17 @@ ISOTONIC_MIN_ROWS = 1_000
 # intercept carries the outcome noise of those few deals (a win rate over 1,900 deals has a standard
 # error of about 0.011), more than the calibration it corrects; over every training deal (about
 # 6,000) the noise is about half as large and the model learns from every row. Five folds cost five
-# more fits of the model; at the scale where isotonic applies they are not run.
+# more fits of the model; beyond `CROSS_FIT_MAX_ROWS` they are not run.
 CROSS_FIT_FOLDS = 5
+# Up to this many training rows the calibration is cross-fitted even when the calibration slice holds
+# enough deals for isotonic. On 21 simulator seeds of 30,000 deals (about 5,700 calibration deals,
+# 175,000 training rows), isotonic on the slice left the published scores 0.53 points below the truth
+# on average (the slice's half-year of outcomes and seasons set their level, and its model learnt from
+# the earlier 80% of the rows) with a held-out log loss 1.0146 times the truth's; cross-fitted, 0.26
+# points and 1.0084 times. Beyond it (a CRM of about 45,000 deals; the training set holds at most
+# `max_rows_per_snapshot` rows a date) the five extra fits would be the night's largest cost, and a
+# slice of that many deals is calibrated on by itself.
+CROSS_FIT_MAX_ROWS = 250_000
 # The cross-fitted sigmoid weighs each training row by its recency: a row loses half its weight per
 # `CALIBRATION_HALF_LIFE_DAYS` before the latest training prediction date (`recency_weights`).
 # Fitted with equal weights over the whole history, its level carried the first year's outcomes
@@ -968,7 +971,7 @@ def _fit_boosting(
     run_params["boosting_rounds"] = rounds
     run_params["boosting_split"] = inner.rule
     enough = len(cal_part) >= ISOTONIC_MIN_ROWS and cal_part["deal_id"].nunique() >= ISOTONIC_MIN_DEALS
-    folds = None if enough else _deal_folds(train, y_train)
+    folds = None if enough and len(train) > CROSS_FIT_MAX_ROWS else _deal_folds(train, y_train)
     if folds is not None:
         # Too few calibration deals for their outcomes alone to set the calibration: cross-fitted
         # Platt scaling over every training deal (see `CROSS_FIT_FOLDS`), the model refitted on all

@@ -208,6 +208,15 @@ def test_model_finds_the_signal_and_is_calibrated(trained, training):
         assert abs(mean_p - observed) <= tolerance, (b, mean_p, observed, deals_in_bin)
 
 
+def test_a_slice_with_enough_deals_is_still_cross_fitted_below_the_row_bar(training, monkeypatch):
+    monkeypatch.setattr("models.scoring.ISOTONIC_MIN_DEALS", 10)
+    monkeypatch.setattr("models.scoring.ISOTONIC_MIN_ROWS", 10)
+    m = train_scorer(training, TEST_CONFIG, AS_OF).metrics
+    assert len(training.frame) < 250_000
+    assert m["params"]["calibration_method"] == "sigmoid_cross_fitted"
+    assert m["calibration_rows"] == m["train_rows"]
+
+
 def test_calibration_is_cross_fitted_by_deal_when_calibration_deals_are_few(trained):
     # The synthetic CRM's calibration slice holds far fewer than ISOTONIC_MIN_DEALS deals, so the
     # sigmoid is fitted on out-of-fold scores of every training row (grouped by deal).
@@ -218,11 +227,12 @@ def test_calibration_is_cross_fitted_by_deal_when_calibration_deals_are_few(trai
 
 
 def test_a_calibration_slice_with_enough_deals_is_calibrated_there_isotonically(training, monkeypatch):
-    # With the bar for isotonic calibration below this CRM's calibration slice, the model is
-    # calibrated on that slice's rows alone (no cross-fitting): fewer calibration rows than
-    # training rows, probabilities that never fall as the model's score rises.
+    # With the bar for isotonic calibration below this CRM's calibration slice and more training
+    # rows than are cross-fitted, the model is calibrated on that slice's rows alone: fewer
+    # calibration rows than training rows, probabilities that never fall as the model's score rises.
     monkeypatch.setattr("models.scoring.ISOTONIC_MIN_DEALS", 10)
     monkeypatch.setattr("models.scoring.ISOTONIC_MIN_ROWS", 10)
+    monkeypatch.setattr("models.scoring.CROSS_FIT_MAX_ROWS", 0)
     result = train_scorer(training, TEST_CONFIG, AS_OF)
     m = result.metrics
     assert m["params"]["calibration_method"] == "isotonic"
