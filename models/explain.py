@@ -34,6 +34,7 @@ _LABELS = {
     "lead_source": "lead source",
     "deal_type": "deal type",
     "forecast_category": "forecast category",
+    "day_of_year": "time of year",
 }
 
 
@@ -86,6 +87,16 @@ def _stage_days_text(rows: pd.DataFrame) -> pd.Series:
     return pd.Series(out, index=rows.index, dtype="string")
 
 
+def _time_of_year(day_of_year: pd.Series) -> pd.Series:
+    """Day of the year (1-366) -> "early July", "mid-March", "late December"."""
+    day = pd.to_numeric(day_of_year, errors="coerce")
+    known = day.between(1, 366)
+    dates = pd.Timestamp("2024-01-01") + pd.to_timedelta(day.where(known, 1) - 1, unit="D")
+    part = np.select([dates.dt.day <= 10, dates.dt.day <= 20], ["early ", "mid-"], default="late ")
+    text = pd.Series(part, index=day.index, dtype="string") + dates.dt.month_name().astype("string")
+    return text.where(known, pd.NA)
+
+
 def _factor_text(feature: str, rows: pd.DataFrame) -> pd.Series:
     """Plain-words description of `feature`'s actual value for each row of `rows` (the deal's
     columns plus `typical_value`)."""
@@ -115,6 +126,8 @@ def _factor_text(feature: str, rows: pd.DataFrame) -> pd.Series:
         text = "CRM probability " + _percent(value)
     elif feature == "week_of_quarter":
         text = "week " + _whole(value) + " of the quarter"
+    elif feature == "day_of_year":
+        text = "time of year: " + _time_of_year(value)
     elif feature == "owner_prior_win_rate":
         text = "owner's win rate to date " + _percent(value)
     elif feature == "owner_prior_closed":

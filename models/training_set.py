@@ -75,12 +75,18 @@ NUMERIC_FEATURES: list[str] = [
     "close_pushes",
     "crm_probability",
     "week_of_quarter",
+    "day_of_year",
     "owner_prior_win_rate",
     "owner_prior_closed",
     "product_prior_win_rate",
     "account_prior_win_rate",
     "account_prior_closed",
 ]
+# The prediction date's day of the year (1-366): how the season moves the chance of a win within the
+# label horizon (a summer slowdown, a year-end push). Used only when the prediction dates span at
+# least `SEASON_MIN_DAYS`, so that every day of the year is seen in two years.
+SEASON_FEATURE = "day_of_year"
+SEASON_MIN_DAYS = 730
 # Every feature the model may use: each one is known at the prediction date.
 FEATURES: list[str] = CATEGORICAL_FEATURES + NUMERIC_FEATURES
 
@@ -351,6 +357,7 @@ def _state_features(open_rows: pd.DataFrame, fiscal_year_start_month: int) -> pd
         out[column] = open_rows[column].astype("float64")
     out["crm_probability"] = open_rows["crm_probability"].astype("float64")
     out["week_of_quarter"] = _week_of_quarter(open_rows["snapshot_at"], fiscal_year_start_month)
+    out["day_of_year"] = pd.to_datetime(open_rows["snapshot_at"]).dt.day_of_year.astype("float64")
     return out
 
 
@@ -647,6 +654,12 @@ def build_training_set(
     last_date = pd.Timestamp(as_of_date) - horizon
     dates = pd.date_range(first_date, last_date, freq=frequency) if last_date >= first_date else []
     instants = list(dates)
+    if SEASON_FEATURE in names and (not instants or instants[-1] - instants[0] < pd.Timedelta(days=SEASON_MIN_DAYS)):
+        # With less than two years of prediction dates a day of the year is seen once at most: the
+        # model could not tell a season from what happened that one year.
+        names = [name for name in names if name != SEASON_FEATURE]
+        columns = [column for column in columns if column != SEASON_FEATURE]
+        logger.info("training snapshots span less than %d days: %s left out", SEASON_MIN_DAYS, SEASON_FEATURE)
     logger.info(
         "training snapshots: %d %s dates from %s to %s (maturity wait %.0f days), outcomes at %s",
         len(instants), frequency, first_date.date(), last_date.date(), maturity_days, as_of_date,

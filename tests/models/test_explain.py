@@ -136,6 +136,17 @@ def test_words_for_counts_and_dates():
     ]
 
 
+def test_the_time_of_year_in_words():
+    from models.explain import _factor_text
+
+    # Day 1 is 1 January, day 15 the 15th, day 190 (after a 29-day February) 8 July, day 366 31 December.
+    rows = pd.DataFrame({"day_of_year": [1.0, 15.0, 190.0, 366.0, np.nan], "typical_value": [180.0] * 5})
+    assert _factor_text("day_of_year", rows).tolist() == [
+        "time of year: early January", "time of year: mid-January", "time of year: early July",
+        "time of year: late December", "time of year unknown",
+    ]
+
+
 def test_a_very_old_deal_is_not_called_better_for_its_age_without_evidence():
     """Stage A: 40 fresh rows (5 days old, 10 won) and 2 rows 204 days old, both won; stage B: 20
     fresh rows, 10 won. Unconstrained, the thin old cell would sit above the fresh one and a

@@ -184,6 +184,24 @@ def test_snapshots_hold_the_state_before_later_changes(small):
     assert got.loc[(T("2024-01-08"), "d3"), "days_in_stage"] == 5
 
 
+def test_the_day_of_the_year_needs_two_years_of_prediction_dates(world, training):
+    """`small` spans three months of prediction dates: the day of the year is not a feature there.
+    The synthetic world's dates span more than two years: it is, each row's own (4 March 2024 is
+    day 31 + 29 + 4 = 64 of a leap year)."""
+    deals, history = world
+    short = build_training_set(deals, history, SYNTHETIC_CATALOG, dt.date(2022, 12, 31))
+    dates = short.frame["snapshot_at"]
+    assert dates.max() - dates.min() < pd.Timedelta(days=730)
+    assert "day_of_year" not in short.feature_names and "day_of_year" not in short.frame.columns
+    full = training  # as of 2024-12-31
+    assert full.frame["snapshot_at"].max() - full.frame["snapshot_at"].min() >= pd.Timedelta(days=730)
+    assert "day_of_year" in full.feature_names
+    at = full.frame.loc[full.frame["snapshot_at"] == T("2024-03-04")]
+    assert len(at) > 0 and (at["day_of_year"] == 64).all()
+    scored = snapshot_features(deals, history, SYNTHETIC_CATALOG, T("2024-03-04"))
+    assert (scored["day_of_year"] == 64).all()
+
+
 def test_snapshot_features_match_the_training_rows(small):
     """Scoring features at a date are the training features of that date (one code path)."""
     deals, history = small
