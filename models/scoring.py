@@ -12,8 +12,9 @@ How a scorer is chosen (`train_scorer`):
    age bucket (never rising with age); a regularised logistic model (from `logistic_min_won` /
    `logistic_min_lost` deals); gradient boosting (from `min_won` / `min_lost`), fitted on the earlier
    part of the training rows and calibrated and early-stopped on the later `calibration_share` of the
-   dates (isotonic with at least `ISOTONIC_MIN_DEALS` deals, else a logistic calibration on the
-   score and days in stage, cross-fitted over every training deal with recency weights,
+   dates (isotonic with at least `ISOTONIC_MIN_DEALS` deals and more than `CROSS_FIT_MAX_ROWS`
+   training rows, else a logistic calibration on the score and days in stage, cross-fitted over
+   every training deal with recency weights,
    `DaysInStageCalibration`, `CALIBRATION_HALF_LIFE_DAYS`). Probabilities stay within
    [0.001, 0.999].
    Every candidate but the constant rate scores a deal that has sat in its stage longer than any
@@ -973,9 +974,10 @@ def _fit_boosting(
     enough = len(cal_part) >= ISOTONIC_MIN_ROWS and cal_part["deal_id"].nunique() >= ISOTONIC_MIN_DEALS
     folds = None if enough and len(train) > CROSS_FIT_MAX_ROWS else _deal_folds(train, y_train)
     if folds is not None:
-        # Too few calibration deals for their outcomes alone to set the calibration: cross-fitted
-        # Platt scaling over every training deal (see `CROSS_FIT_FOLDS`), the model refitted on all
-        # training rows with the rounds chosen above.
+        # Too few calibration deals for their outcomes alone to set the calibration, or few enough
+        # training rows to afford it (`CROSS_FIT_MAX_ROWS`): cross-fitted Platt scaling over every
+        # training deal (see `CROSS_FIT_FOLDS`), the model refitted on all training rows with the
+        # rounds chosen above.
         method = "sigmoid_cross_fitted"
         estimator = build_model_pipeline(model_features, {**params, "max_iter": rounds})
         calibrated = DaysInStageCalibration(estimator, folds)
