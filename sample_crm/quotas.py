@@ -13,7 +13,7 @@ from sample_crm.files import QUOTA_COLUMNS
 from sample_crm.parameters import (
     ADVANCE,
     BACK,
-    EPOCH_MONDAY,
+    DAY_SECONDS,
     EPOCH_MONDAY_DAY,
     QUOTA_STRETCH,
     SKIP,
@@ -106,12 +106,18 @@ def _won_by_week(world: SampleWorld, weeks: np.ndarray, created: np.ndarray) -> 
     return won
 
 
-def _business_day_shares(weeks: np.ndarray, first_day: dt.date, last_day: dt.date) -> np.ndarray:
-    """Share of each week's five business days (Monday to Friday) that lie in [first_day, last_day]."""
-    mondays = (EPOCH_MONDAY + dt.timedelta(days=7 * int(w)) for w in weeks)
-    return np.array(
-        [sum(first_day <= monday + dt.timedelta(days=d) <= last_day for d in range(5)) / 5.0 for monday in mondays]
-    )
+def _business_day_shares(world: SampleWorld, weeks: np.ndarray, first_day: dt.date, last_day: dt.date) -> np.ndarray:
+    """Share of each week's changes (`SampleWorld.change_share_before`: spread over the week's
+    business days) that happen on the days `first_day` to `last_day`."""
+    def midnight_us(day: dt.date) -> int:
+        return (day - dt.date(1970, 1, 1)).days * DAY_SECONDS * 1_000_000
+
+    weeks = np.asarray(weeks, dtype=np.int64)
+    instants = np.ones(len(weeks), dtype=np.int64)
+    before_first = world.change_share_before(weeks, instants * midnight_us(first_day))
+    if last_day >= dt.date.max:
+        return 1.0 - before_first
+    return world.change_share_before(weeks, instants * midnight_us(last_day + dt.timedelta(days=1))) - before_first
 
 
 def expected_new_deal_wins(world: SampleWorld, start: dt.date, end: dt.date) -> np.ndarray:
@@ -122,8 +128,8 @@ def expected_new_deal_wins(world: SampleWorld, start: dt.date, end: dt.date) -> 
     counts with the share of its business days inside."""
     last_day = end - dt.timedelta(days=1)
     weeks = np.arange(week_of_date(start), week_of_date(last_day) + 1)
-    created = world.creation_weights(weeks) * _business_day_shares(weeks, start, dt.date.max)
-    won = _won_by_week(world, weeks, created) * _business_day_shares(weeks, start, last_day)[:, None]
+    created = world.creation_weights(weeks) * _business_day_shares(world, weeks, start, dt.date.max)
+    won = _won_by_week(world, weeks, created) * _business_day_shares(world, weeks, start, last_day)[:, None]
     return won.sum(axis=0)
 
 

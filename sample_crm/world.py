@@ -367,8 +367,7 @@ class SampleWorld:
         end_us = utc_microseconds(rows["snapshot_at"], "snapshot_at", rows.index) + round(float(horizon_days) * DAY_SECONDS * 1e6)
         # Weeks from the boundary whose change window (to Friday 20:00) ends by the instant, then the
         # share of the next week's change falling before it.
-        monday_us = (EPOCH_MONDAY_DAY * DAY_SECONDS + boundary * WEEK_SECONDS) * 1_000_000
-        full = np.maximum((end_us - monday_us - WINDOW_END_SECONDS * 1_000_000) // (WEEK_SECONDS * 1_000_000) + 1, 0)
+        full = np.maximum((end_us - _week_start_us(boundary) - WINDOW_END_SECONDS * 1_000_000) // (WEEK_SECONDS * 1_000_000) + 1, 0)
         share = self.change_share_before(boundary + full, end_us)
         valid = self._valid_states()
         result = np.zeros(len(deal_class))
@@ -388,15 +387,14 @@ class SampleWorld:
         that a change of that week happens before the instant: its day is uniform over the week's
         business days (`business_days`), its time of day uniform over `EVENT_HOURS`."""
         weeks = np.asarray(weeks, dtype=np.int64)
+        instant_us = np.asarray(instant_us)
         first, last = self.business_days(weeks)
-        day_us = DAY_SECONDS * 1_000_000
-        monday_us = (EPOCH_MONDAY_DAY * DAY_SECONDS + weeks * WEEK_SECONDS) * 1_000_000
+        first_opens = _week_start_us(weeks) + EVENT_HOURS[0] * 3_600_000_000
+        span = (EVENT_HOURS[1] - EVENT_HOURS[0]) * 3_600_000_000
         covered = np.zeros(len(weeks))
         for day in range(5):
-            opens = monday_us + day * day_us + EVENT_HOURS[0] * 3_600_000_000
-            span = (EVENT_HOURS[1] - EVENT_HOURS[0]) * 3_600_000_000
-            in_week = (day >= first) & (day <= last)
-            covered += np.where(in_week, np.clip((np.asarray(instant_us) - opens) / span, 0.0, 1.0), 0.0)
+            share = np.clip((instant_us - first_opens - day * DAY_SECONDS * 1_000_000) / span, 0.0, 1.0)
+            covered += np.where((day >= first) & (day <= last), share, 0.0)
         days = last - first + 1
         return np.where(days > 0, covered / np.maximum(days, 1), 0.0)
 
@@ -533,6 +531,11 @@ def _backward_step(p: np.ndarray, values: np.ndarray, valid: np.ndarray) -> np.n
     )
     out[..., ~valid, :] = 0.0
     return out
+
+
+def _week_start_us(weeks: np.ndarray) -> np.ndarray:
+    """Monday 00:00 UTC of each week, in microseconds since the Unix epoch."""
+    return (EPOCH_MONDAY_DAY * DAY_SECONDS + np.asarray(weeks, dtype=np.int64) * WEEK_SECONDS) * 1_000_000
 
 
 def boundary_state(snapshot_us: np.ndarray, entered_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

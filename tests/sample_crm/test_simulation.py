@@ -559,13 +559,13 @@ def test_quotas_cover_the_span_and_stretch_over_the_expected_revenue(sample, exp
     assert 0.9 <= totals[mature].sum() / won_revenue <= 1.4
 
 
-def test_business_day_shares_count_the_weekdays_inside_the_window():
+def test_business_day_shares_count_the_weekdays_inside_the_window(world):
     # 2025-01-01 is a Wednesday: its week runs Monday 30 December to Friday 3 January.
     week = np.array([(dt.date(2024, 12, 30) - dt.date(1970, 1, 5)).days // 7])
-    assert _business_day_shares(week, dt.date(2025, 1, 1), dt.date.max).tolist() == [3 / 5]
-    assert _business_day_shares(week, dt.date(2024, 1, 1), dt.date(2024, 12, 31)).tolist() == [2 / 5]
+    assert _business_day_shares(world, week, dt.date(2025, 1, 1), dt.date.max).tolist() == [3 / 5]
+    assert _business_day_shares(world, week, dt.date(2024, 1, 1), dt.date(2024, 12, 31)).tolist() == [2 / 5]
     # a window starting on a Saturday holds none of that week's weekdays, all of the next one's
-    assert _business_day_shares(week + np.array([0, 1]), dt.date(2025, 1, 4), dt.date.max).tolist() == [0.0, 1.0]
+    assert _business_day_shares(world, week + np.array([0, 1]), dt.date(2025, 1, 4), dt.date.max).tolist() == [0.0, 1.0]
 
 
 def test_expected_new_deal_wins_match_the_simulated_ones(export, world):
