@@ -224,6 +224,29 @@ def test_calibration_is_cross_fitted_by_deal_when_calibration_deals_are_few(trai
     assert m["params"]["calibration_method"] == "sigmoid_cross_fitted"
     assert m["calibration_rows"] == m["train_rows"]
     assert trained.scorer.calibration_method == "sigmoid_cross_fitted"
+    # Fewer than 4,000 won training deals: the calibration's line stays straight.
+    assert m["train_won_deals"] < 4_000
+    assert "calibration_knots" not in m["params"]
+    assert m["params"]["calibration_terms"] == [
+        "log_odds_of_score", "log1p_days_in_stage", "log1p_days_in_stage_squared", "log1p_days_in_stage_x_stage_order",
+    ]
+
+
+def test_the_calibration_bends_once_the_training_rows_hold_enough_deals_of_each_outcome(training, monkeypatch):
+    monkeypatch.setattr("models.scoring.CALIBRATION_KNOTS_MIN_DEALS", 100)
+    result = train_scorer(training, TEST_CONFIG, AS_OF)
+    m = result.metrics
+    assert min(m["train_won_deals"], m["train_lost_deals"]) >= 100
+    knots = m["params"]["calibration_knots"]
+    # The quartiles of the training rows' out-of-fold scores, as probabilities.
+    assert len(knots) == 3 and 0 < knots[0] < knots[1] < knots[2] < 1
+    assert result.scorer.scoring_method == METHOD_MODEL
+    calibration = result.scorer.estimator
+    assert calibration.bends_kept_
+    assert m["params"]["calibration_terms"][:4] == [
+        "log_odds_of_score", "log_odds_of_score_beyond_q25", "log_odds_of_score_beyond_q50", "log_odds_of_score_beyond_q75",
+    ]
+    assert (calibration.slopes_ > 0).all()
 
 
 def test_a_calibration_slice_with_enough_deals_is_calibrated_there_isotonically(training, monkeypatch):
@@ -343,6 +366,76 @@ def test_the_cross_fitted_calibration_learns_what_the_model_misses_about_days_in
     frame, y, folds = _stay_rows(with_days=False)
     calibrated = DaysInStageCalibration(DummyClassifier(strategy="prior"), folds).fit(frame, y)
     assert calibrated.predict_proba(frame.iloc[[0, 1000]])[:, 1] == pytest.approx([0.40, 0.40], abs=0.01)
+
+
+class _LogOddsColumn:
+    """A stand-in model whose score is sigmoid(x), whatever it is fitted on."""
+
+    def get_params(self, deep=True):
+        return {}
+
+    def set_params(self, **params):
+        return self
+
+    def fit(self, frame, y):
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict_proba(self, frame):
+        p = 1.0 / (1.0 + np.exp(-frame["x"].to_numpy(dtype=float)))
+        return np.column_stack([1.0 - p, p])
+
+
+def _bent_rows(log_odds) -> tuple[pd.DataFrame, pd.Series, list]:
+    """2,000 rows at each score log odds x = -2, -1.5, ..., 2, of which exactly
+    round(2000 sigmoid(log_odds(x))) are won."""
+    xs = np.arange(-2.0, 2.01, 0.5)
+    frame = pd.DataFrame({"x": np.repeat(xs, 2000)})
+    won = [round(2000 / (1.0 + np.exp(-log_odds(x)))) for x in xs]
+    y = pd.Series(np.concatenate([np.arange(2000) < w for w in won]).astype(int))
+    return frame, y, _deal_folds(pd.DataFrame({"deal_id": np.arange(len(frame))}), y)
+
+
+def _true_bent(x: float) -> float:
+    # Worked by hand: -0.5 at x = 0; slope 1.6 below -1, 1.0 on [-1, 0], 0.6 on [0, 1], 1.4 above 1.
+    if x < -1:
+        return -1.5 + 1.6 * (x + 1)
+    if x < 0:
+        return -0.5 + 1.0 * x
+    if x < 1:
+        return -0.5 + 0.6 * x
+    return 0.1 + 1.4 * (x - 1)
+
+
+def test_the_calibration_bends_at_the_score_quartiles():
+    frame, y, folds = _bent_rows(_true_bent)
+    calibrated = DaysInStageCalibration(_LogOddsColumn(), folds).fit(frame, y)
+    # Nine equal groups: the quartiles of the scores' log odds are the groups at -1, 0 and 1.
+    assert calibrated.knots_ == pytest.approx((-1.0, 0.0, 1.0))
+    assert calibrated.bends_kept_
+    assert calibrated.terms == ["log_odds_of_score", "log_odds_of_score_beyond_q25", "log_odds_of_score_beyond_q50", "log_odds_of_score_beyond_q75"]
+    assert calibrated.slopes_ == pytest.approx([1.6, 1.0, 0.6, 1.4], abs=0.02)
+    queries = pd.DataFrame({"x": [-2.0, -1.0, 0.0, 1.0, 2.0]})
+    truth = [1.0 / (1.0 + np.exp(-_true_bent(x))) for x in queries["x"]]
+    # sigmoid(-3.1) = 0.0431, sigmoid(-1.5) = 0.1824, sigmoid(-0.5) = 0.3775, sigmoid(0.1) = 0.5250, sigmoid(1.5) = 0.8176
+    assert truth == pytest.approx([0.0431, 0.1824, 0.3775, 0.5250, 0.8176], abs=1e-4)
+    assert calibrated.predict_proba(queries)[:, 1] == pytest.approx(truth, abs=0.003)
+    # A straight line cannot follow it: it misses the ends by more than two points.
+    straight = DaysInStageCalibration(_LogOddsColumn(), folds, bends=False).fit(frame, y)
+    assert straight.terms == ["log_odds_of_score"]
+    assert np.abs(straight.predict_proba(queries)[:, 1] - truth).max() > 0.02
+
+
+def test_a_calibration_that_would_fall_somewhere_stays_straight():
+    # Above x = 1 the win chance falls as the score rises: a bend would give that piece a negative
+    # slope, so the line is refitted straight and still rises everywhere.
+    frame, y, folds = _bent_rows(lambda x: x if x <= 1 else 1.0 - 2.0 * (x - 1))
+    calibrated = DaysInStageCalibration(_LogOddsColumn(), folds).fit(frame, y)
+    assert not calibrated.bends_kept_
+    assert calibrated.knots_ == ()
+    assert calibrated.terms == ["log_odds_of_score"]
+    p = calibrated.predict_proba(pd.DataFrame({"x": np.arange(-2.0, 2.01, 0.5)}))[:, 1]
+    assert (np.diff(p) > 0).all()
 
 
 def test_training_rows_come_before_the_test_rows(trained, training):
