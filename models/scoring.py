@@ -14,7 +14,8 @@ How a scorer is chosen (`train_scorer`):
    part of the training rows and calibrated and early-stopped on the later `calibration_share` of the
    dates (isotonic with at least `ISOTONIC_MIN_DEALS` deals and more than `CROSS_FIT_MAX_ROWS`
    training rows, else a logistic calibration on the score and days in stage, cross-fitted over
-   every training deal with recency weights,
+   every training deal with recency weights and bent at the score's quartiles from
+   `CALIBRATION_KNOTS_MIN_DEALS` deals of each outcome,
    `DaysInStageCalibration`, `CALIBRATION_HALF_LIFE_DAYS`). Probabilities stay within
    [0.001, 0.999].
    Every candidate but the constant rate scores a deal that has sat in its stage longer than any
