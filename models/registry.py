@@ -237,7 +237,15 @@ def choose_scorer(
                 row.model_version, row.artifact, scorer.scoring_method, scorer.version, row.model_version,
             )
             continue
-        loss = _held_out_log_loss(scorer, current)
+        try:
+            loss = _held_out_log_loss(scorer, current)
+        except _UNREADABLE_ARTIFACT as exc:
+            # Read, but unable to score this run's rows (saved by a version that kept other state).
+            logger.warning(
+                "model %s: artifact %s cannot score this run's held-out rows (%s); trying an older model",
+                row.model_version, row.artifact, exc,
+            )
+            continue
         if loss is None or own_loss is None or not loss < own_loss:
             logger.info(
                 "earlier model %s: held-out log loss %s does not beat this run's %s (%s); not used",

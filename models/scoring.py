@@ -534,6 +534,14 @@ class DaysInStageCalibration:
         design = self._design(frame, self.model_.predict_proba(frame)[:, 1])
         return self.calibrator_.predict_proba(design / self.scale_)
 
+    def __setstate__(self, state: dict) -> None:
+        # An artifact saved by a version whose calibration could not bend (an earlier night's model,
+        # which a run may score its held-out rows with) reads its line straight, as it was fitted.
+        state.setdefault("bends", False)
+        state.setdefault("knots_", ())
+        state.setdefault("bends_kept_", False)
+        self.__dict__.update(state)
+
 
 class StageRateScorer(Scorer):
     """Empirical win rate of past snapshots by pipeline x stage (x age bucket when `use_age`),

@@ -194,6 +194,20 @@ def test_an_unreadable_artifact_is_skipped_for_the_next_older_model(trained, tra
     assert "deal-scorer-mid.joblib" in caplog.text
 
 
+def test_an_artifact_that_loads_but_cannot_score_is_skipped_for_the_next_older_model(trained, training, registry, caplog):
+    # "mid" loads, but its calibration lacks what this version's scoring reads (as an artifact
+    # written by another version of the code might): the night goes on with "old".
+    runs, store = registry
+    broken = load_artifact(store / "deal-scorer-mid.joblib")
+    del broken.estimator.__dict__["calibrator_"]
+    (store / "deal-scorer-mid.joblib").unlink()
+    save_artifact(broken, store)
+    current = _stage_rate_fallback(trained, training)
+    choice = choose_scorer(current, RUN_AS_OF, runs, store)
+    assert choice.model_version == "old" and choice.scored_with == "earlier_model"
+    assert "deal-scorer-mid.joblib" in caplog.text and "cannot score this run's held-out rows" in caplog.text
+
+
 def test_deal_scores_say_which_scorer_produced_them(trained, training, registry, world):
     runs, store = registry
     deals, history = world

@@ -426,6 +426,21 @@ def test_the_calibration_bends_at_the_score_quartiles():
     assert np.abs(straight.predict_proba(queries)[:, 1] - truth).max() > 0.02
 
 
+def test_a_calibration_saved_before_it_could_bend_still_scores():
+    # An earlier night's artifact, written by a version without the bends, has no knots: loaded
+    # again, it scores as the straight line it was fitted as.
+    import pickle
+
+    frame, y, folds = _bent_rows(_true_bent)
+    straight = DaysInStageCalibration(_LogOddsColumn(), folds, bends=False).fit(frame, y)
+    expected = straight.predict_proba(frame.iloc[[0, 9000, 17999]])[:, 1]
+    for name in ("bends", "knots_", "bends_kept_"):
+        del straight.__dict__[name]
+    loaded = pickle.loads(pickle.dumps(straight))
+    assert loaded.knots_ == () and loaded.terms == ["log_odds_of_score"]
+    assert loaded.predict_proba(frame.iloc[[0, 9000, 17999]])[:, 1] == pytest.approx(expected)
+
+
 def test_a_calibration_that_would_fall_somewhere_stays_straight():
     # Above x = 1 the win chance falls as the score rises: a bend would give that piece a negative
     # slope, so the line is refitted straight and still rises everywhere.
