@@ -132,9 +132,10 @@ CALIBRATION_KNOT_QUANTILES = (0.25, 0.5, 0.75)
 # The bends are fitted from this many training deals of each outcome; below it the line stays
 # straight. Below about 20,000 deals what the bends change is small beside the level's noise, which
 # they cannot touch: at 5,000 deals the mean ECE gap over 21 seeds went from 0.0109 to 0.0096, at
-# 10,000 (2,100-2,400 won training deals) from 0.0038 to 0.0035 over 21 unseen seeds and from 0.0045
+# 10,000 (2,100-2,600 won training deals) from 0.0038 to 0.0035 over 21 unseen seeds and from 0.0045
 # to 0.0048 over the four of tests/models/test_sample_model.py (seed 7: 0.0068 to 0.0117), with the
-# log loss within 0.0007 times the truth's; at 30,000 (6,500-7,100 won) they halved it.
+# log loss within 0.0007 times the truth's; at 20,000 (4,300-5,300 won) 0.0023 to 0.0017, and at
+# 30,000 (6,500-7,700 won) they halved it.
 CALIBRATION_KNOTS_MIN_DEALS = 4_000
 # What the cross-fitted calibration reads (`DaysInStageCalibration`), as
 # `model_runs.params.calibration_terms` records it.
