@@ -426,6 +426,18 @@ def test_the_calibration_bends_at_the_score_quartiles():
     assert np.abs(straight.predict_proba(queries)[:, 1] - truth).max() > 0.02
 
 
+def test_a_score_with_few_distinct_values_is_not_bent():
+    # A model that gives most rows one of two scores (a CRM whose deals look alike): its quartiles
+    # coincide, so there is nothing to bend at and the line stays straight.
+    frame = pd.DataFrame({"x": np.repeat([-1.0, 0.5], [3000, 1000])})
+    y = pd.Series(np.concatenate([np.arange(3000) < 800, np.arange(1000) < 600]).astype(int))
+    folds = _deal_folds(pd.DataFrame({"deal_id": np.arange(len(frame))}), y)
+    calibrated = DaysInStageCalibration(_LogOddsColumn(), folds).fit(frame, y)
+    assert calibrated.knots_ == () and calibrated.terms == ["log_odds_of_score"]
+    # Two scores, two observed rates: 800/3000 and 600/1000.
+    assert calibrated.predict_proba(frame.iloc[[0, 3999]])[:, 1] == pytest.approx([800 / 3000, 0.6], abs=1e-3)
+
+
 def test_a_calibration_saved_before_it_could_bend_still_scores():
     # An earlier night's artifact, written by a version without the bends, has no knots: loaded
     # again, it scores as the straight line it was fitted as.
