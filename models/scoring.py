@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit, logit
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
@@ -470,12 +471,14 @@ class DaysInStageCalibration:
         days = CALIBRATION_DAYS_TERMS[: 2 * self.uses_days_ + self.uses_stage_order_]
         return ["log_odds_of_score", *CALIBRATION_KNOT_TERMS[: len(self.knots_)], *days]
 
-    def _design(self, frame: pd.DataFrame, scores: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _log_odds(scores: np.ndarray) -> np.ndarray:
+        return logit(np.clip(np.asarray(scores, dtype=float), 1e-6, 1.0 - 1e-6))
+
+    def _design(self, frame: pd.DataFrame, log_odds: np.ndarray) -> np.ndarray:
         """The columns of `terms`: the score's log odds and its excess over each knot; log(1 + days in
         stage) and its square; its product with the stage order (a missing value takes the training
         median)."""
-        p = np.clip(np.asarray(scores, dtype=float), 1e-6, 1.0 - 1e-6)
-        log_odds = np.log(p / (1.0 - p))
         columns = [log_odds, *(np.clip(log_odds - knot, 0.0, None) for knot in self.knots_)]
         if self.uses_days_:
             days = frame["days_in_stage"].to_numpy(dtype=float)
@@ -486,8 +489,8 @@ class DaysInStageCalibration:
                 columns.append(log_days * np.where(np.isnan(order), self.typical_stage_order_, order))
         return np.column_stack(columns)
 
-    def _fit_calibrator(self, frame: pd.DataFrame, out_of_fold: np.ndarray, y: np.ndarray, sample_weight) -> None:
-        design = self._design(frame, out_of_fold)
+    def _fit_calibrator(self, frame: pd.DataFrame, log_odds: np.ndarray, y: np.ndarray, sample_weight) -> None:
+        design = self._design(frame, log_odds)
         # Each column on the scale of its spread (one of about constant spread stays as it is).
         spread = design.std(axis=0)
         self.scale_ = np.where(spread > 1e-6, spread, 1.0)
@@ -516,31 +519,35 @@ class DaysInStageCalibration:
         for fit_rows, held_rows in self.folds:
             model = clone(self.estimator).fit(frame.iloc[fit_rows], y[fit_rows])
             out_of_fold[held_rows] = model.predict_proba(frame.iloc[held_rows])[:, 1]
+        log_odds = self._log_odds(out_of_fold)
         self.knots_: tuple[float, ...] = ()
         if self.bends:
-            p = np.clip(out_of_fold, 1e-6, 1.0 - 1e-6)
-            knots = np.unique(np.quantile(np.log(p / (1.0 - p)), CALIBRATION_KNOT_QUANTILES))
+            knots = np.unique(np.quantile(log_odds, CALIBRATION_KNOT_QUANTILES))
             # Knots that coincide (a score with few distinct values) cannot bend it.
             self.knots_ = tuple(float(k) for k in knots) if len(knots) == len(CALIBRATION_KNOT_QUANTILES) else ()
-        self._fit_calibrator(frame, out_of_fold, y, sample_weight)
-        self.bends_kept_ = bool(self.knots_) and bool((self.slopes_ > 0).all())
-        if self.knots_ and not self.bends_kept_:
+        self._fit_calibrator(frame, log_odds, y, sample_weight)
+        if self.knots_ and not (self.slopes_ > 0).all():
             self.knots_ = ()
-            self._fit_calibrator(frame, out_of_fold, y, sample_weight)
+            self._fit_calibrator(frame, log_odds, y, sample_weight)
         self.model_ = clone(self.estimator).fit(frame, y)
         self.classes_ = np.array([0, 1])
         return self
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
-        design = self._design(frame, self.model_.predict_proba(frame)[:, 1])
+        design = self._design(frame, self._log_odds(self.model_.predict_proba(frame)[:, 1]))
         return self.calibrator_.predict_proba(design / self.scale_)
+
+    @property
+    def bends_kept_(self) -> bool:
+        """Whether the fitted line bends (False when `bends` was off, the knots coincided or a bent
+        line would have fallen somewhere)."""
+        return bool(self.knots_)
 
     def __setstate__(self, state: dict) -> None:
         # An artifact saved by a version whose calibration could not bend (an earlier night's model,
         # which a run may score its held-out rows with) reads its line straight, as it was fitted.
         state.setdefault("bends", False)
         state.setdefault("knots_", ())
-        state.setdefault("bends_kept_", False)
         self.__dict__.update(state)
 
 
@@ -1048,9 +1055,9 @@ def _fit_boosting(
         calibrated.fit(train[model_features], y_train, sample_weight=weights)
         run_params["calibration_terms"] = calibrated.terms
         if bends:
-            run_params["calibration_knots"] = [round(float(1.0 / (1.0 + np.exp(-k))), 4) for k in calibrated.knots_]
+            run_params["calibration_knots"] = [round(float(expit(k)), 4) for k in calibrated.knots_]
             if not calibrated.bends_kept_:
-                logger.info("the calibration's bends gave a falling piece; it was refitted as a straight line")
+                logger.info("the calibration stays straight: its knots coincide or a bent line would fall somewhere")
         calibration_rows = len(train)
     else:
         method = "isotonic" if enough else "sigmoid"

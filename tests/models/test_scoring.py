@@ -446,7 +446,7 @@ def test_a_calibration_saved_before_it_could_bend_still_scores():
     frame, y, folds = _bent_rows(_true_bent)
     straight = DaysInStageCalibration(_LogOddsColumn(), folds, bends=False).fit(frame, y)
     expected = straight.predict_proba(frame.iloc[[0, 9000, 17999]])[:, 1]
-    for name in ("bends", "knots_", "bends_kept_"):
+    for name in ("bends", "knots_"):
         del straight.__dict__[name]
     loaded = pickle.loads(pickle.dumps(straight))
     assert loaded.knots_ == () and loaded.terms == ["log_odds_of_score"]
